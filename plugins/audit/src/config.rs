@@ -1,0 +1,216 @@
+//! palisade-audit's configuration.
+
+use palisade_kit::config::{PluginConfig, Problems};
+use palisade_kit::duration::ConfigDuration;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// palisade-audit configuration.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where batches go. Without a sink, events are counted but not shipped.
+    #[serde(default)]
+    pub sink: Option<Sink>,
+    /// Topic (Kafka) or stream name per event class.
+    #[serde(default)]
+    pub topics: Topics,
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+/// A collector reached with `dispatch_http_call`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Sink {
+    /// Kafka REST Proxy v2 produce API (Confluent REST Proxy, Redpanda HTTP proxy, Strimzi
+    /// Kafka Bridge): one POST per topic to `/topics/<topic>`.
+    KafkaRest(Collector),
+    /// Newline-delimited JSON POSTed to one path of any HTTP collector.
+    Http(Collector),
+}
+
+/// How to reach a collector from both hosts.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Collector {
+    /// The upstream to call: an Envoy cluster name under Envoy, `host:port` under Kong.
+    pub upstream: String,
+    /// The `:authority` sent to the collector.
+    pub authority: String,
+    /// Request path: the NDJSON endpoint, or the REST proxy's base path (`/topics/<topic>` is
+    /// appended).
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// How long a batch may take before it counts as failed and is retried.
+    #[serde(default = "default_timeout")]
+    pub timeout: ConfigDuration,
+}
+
+fn default_path() -> String {
+    "/".to_owned()
+}
+
+fn default_timeout() -> ConfigDuration {
+    ConfigDuration::from_secs(5)
+}
+
+/// Topic names for the platform's three event classes, plus security events.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    pub data: String,
+    pub system: String,
+    pub audit: String,
+    pub security: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            data: "palisade.events.data".to_owned(),
+            system: "palisade.events.system".to_owned(),
+            audit: "palisade.events.audit".to_owned(),
+            security: "palisade.events.security".to_owned(),
+        }
+    }
+}
+
+/// When a batch is sent, and how much may wait.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// A batch is sent when it holds this many events...
+    pub max_events: u32,
+    /// ...or when its oldest event has waited this long.
+    pub max_interval: ConfigDuration,
+    /// Events held while the collector is slow or down; beyond this they are dropped and counted.
+    pub max_buffered_events: u32,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_events: 100,
+            max_interval: ConfigDuration::from_secs(1),
+            max_buffered_events: 10_000,
+        }
+    }
+}
+
+/// Kafka's own rule for topic names.
+fn is_topic_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+impl PluginConfig for AuditConfig {
+    fn validate(&self, problems: &mut Problems) {
+        if let Some(sink) = &self.sink {
+            let (variant, collector) = match sink {
+                Sink::KafkaRest(c) => ("kafka_rest", c),
+                Sink::Http(c) => ("http", c),
+            };
+            problems.field("sink", |p| {
+                p.field(variant, |p| {
+                    if collector.upstream.trim().is_empty() {
+                        p.push_at("upstream", "must not be empty");
+                    }
+                    if collector.authority.trim().is_empty() {
+                        p.push_at("authority", "must not be empty");
+                    }
+                    if !collector.path.starts_with('/') {
+                        p.push_at("path", "must start with /");
+                    }
+                    if collector.timeout.get().is_zero() {
+                        p.push_at("timeout", "must be longer than 0s");
+                    }
+                });
+            });
+        }
+        problems.field("topics", |p| {
+            let t = &self.topics;
+            for (name, topic) in [("data", &t.data), ("system", &t.system), ("audit", &t.audit), ("security", &t.security)] {
+                if !is_topic_name(topic) {
+                    p.push_at(name, format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 249)"));
+                }
+            }
+        });
+        problems.field("batch", |p| {
+            let b = &self.batch;
+            if b.max_events == 0 {
+                p.push_at("max_events", "must be at least 1");
+            }
+            if b.max_interval.get().is_zero() {
+                p.push_at("max_interval", "must be longer than 0s");
+            }
+            if b.max_buffered_events < b.max_events {
+                p.push_at(
+                    "max_buffered_events",
+                    format!("must be at least max_events ({})", b.max_events),
+                );
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use palisade_kit::config::load;
+
+    #[test]
+    fn defaults_need_no_sink() {
+        let config: AuditConfig = load(b"{}").unwrap();
+        assert!(config.sink.is_none());
+        assert_eq!(config.topics.audit, "palisade.events.audit");
+        assert_eq!(config.batch.max_events, 100);
+    }
+
+    #[test]
+    fn kafka_rest_sink() {
+        let config: AuditConfig = load(
+            br#"{"sink":{"kafka_rest":{"upstream":"kafka-rest","authority":"kafka-rest.kafka:8082"}}}"#,
+        )
+        .unwrap();
+        match config.sink {
+            Some(Sink::KafkaRest(c)) => {
+                assert_eq!(c.path, "/");
+                assert_eq!(c.timeout, ConfigDuration::from_secs(5));
+            }
+            other => panic!("unexpected sink {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_sink_and_topics_are_refused() {
+        let err = load::<AuditConfig>(
+            br#"{"sink":{"http":{"upstream":"","authority":"c","path":"events"}},
+                 "topics":{"audit":"bad topic"},"batch":{"max_events":500,"max_buffered_events":10}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sink.http.upstream: must not be empty; sink.http.path: must start with /; \
+             topics.audit: \"bad topic\" is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 249); \
+             batch.max_buffered_events: must be at least max_events (500)"
+        );
+    }
+
+    #[test]
+    fn unknown_sink_kind_is_refused() {
+        let err = load::<AuditConfig>(br#"{"sink":{"syslog":{}}}"#).unwrap_err();
+        assert_eq!(err.problems[0].path, "sink");
+        assert!(err.problems[0]
+            .reason
+            .starts_with("unknown variant `syslog`"));
+    }
+}

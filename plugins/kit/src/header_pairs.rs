@@ -1,0 +1,95 @@
+//! The proxy-wasm ABI's encoding of a header map: a `u32` count, then each pair's name and value
+//! sizes (`u32` each), then each name and value followed by a NUL. Little-endian, as Wasm is.
+//! Shared by the plugins' host calls and the test host, so both sides agree by construction.
+
+/// Header (or trailer) pairs as raw bytes: names and values are not assumed to be UTF-8.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Encodes pairs for `proxy_send_local_response`, `proxy_set_header_map_pairs` and the like.
+pub fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let size_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    let data_len: usize = pairs.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + data_len);
+    out.extend_from_slice(&size_of(pairs.len()));
+    for (name, value) in pairs {
+        out.extend_from_slice(&size_of(name.len()));
+        out.extend_from_slice(&size_of(value.len()));
+    }
+    for (name, value) in pairs {
+        out.extend_from_slice(name);
+        out.push(0);
+        out.extend_from_slice(value);
+        out.push(0);
+    }
+    out
+}
+
+/// Decodes a host's header map; `None` if the bytes are malformed (never a panic: the sizes come
+/// from outside).
+pub fn decode(bytes: &[u8]) -> Option<Pairs> {
+    fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
+        let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(raw)).ok()
+    }
+    if bytes.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = read_u32(bytes, 0)?;
+    let mut sizes_at = 4usize;
+    let mut data_at = count.checked_mul(8)?.checked_add(4)?;
+    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
+    for _ in 0..count {
+        let name_len = read_u32(bytes, sizes_at)?;
+        let value_len = read_u32(bytes, sizes_at.checked_add(4)?)?;
+        sizes_at = sizes_at.checked_add(8)?;
+        let name = bytes.get(data_at..data_at.checked_add(name_len)?)?.to_vec();
+        data_at = data_at.checked_add(name_len)?.checked_add(1)?;
+        let value = bytes
+            .get(data_at..data_at.checked_add(value_len)?)?
+            .to_vec();
+        data_at = data_at.checked_add(value_len)?.checked_add(1)?;
+        pairs.push((name, value));
+    }
+    Some(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn round_trips_including_non_utf8_and_empty_values() {
+        let pairs: Vec<(&[u8], &[u8])> = vec![
+            (b":path", b"/a?b=c"),
+            (b"x-bin", b"\xff\xfe"),
+            (b"x-empty", b""),
+        ];
+        let encoded = encode(&pairs);
+        let decoded = decode(&encoded).unwrap();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = pairs
+            .iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        assert_eq!(decoded, expected);
+    }
+
+    #[test]
+    fn layout_matches_the_abi() {
+        let encoded = encode(&[(b"ab", b"c")]);
+        assert_eq!(encoded, b"\x01\0\0\0\x02\0\0\0\x01\0\0\0ab\0c\0");
+    }
+
+    #[test]
+    fn malformed_input_is_refused_not_a_panic() {
+        assert_eq!(decode(b""), Some(vec![]));
+        assert_eq!(decode(b"\x01"), None);
+        assert_eq!(decode(b"\xff\xff\xff\xff"), None);
+        assert_eq!(decode(b"\x01\0\0\0\xff\xff\xff\xff\0\0\0\0"), None);
+        let mut truncated = encode(&[(b"name", b"value")]);
+        truncated.truncate(truncated.len() - 3);
+        assert_eq!(decode(&truncated), None);
+    }
+}

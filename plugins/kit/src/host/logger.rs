@@ -1,0 +1,67 @@
+//! `log` macros routed to the host's log, and a panic hook that logs the panic at critical level
+//! before the VM dies (a panic aborts: the worker's VM is gone, and this line is the only trace).
+
+use super::abi;
+
+const TRACE: u32 = 0;
+const DEBUG: u32 = 1;
+const INFO: u32 = 2;
+const WARN: u32 = 3;
+const ERROR: u32 = 4;
+const CRITICAL: u32 = 5;
+
+struct HostLogger;
+
+static LOGGER: HostLogger = HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Trace => TRACE,
+            log::Level::Debug => DEBUG,
+            log::Level::Info => INFO,
+            log::Level::Warn => WARN,
+            log::Level::Error => ERROR,
+        };
+        write(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+fn write(level: u32, message: &str) {
+    // SAFETY: pointer to a live string. A host that cannot log leaves us nothing better to do.
+    let _ = unsafe { abi::proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+/// Routes `log` to the host at the host's level, and installs the panic hook. Idempotent.
+pub fn init_logging(plugin: &'static str) {
+    let mut level = INFO;
+    // SAFETY: pointer to a local.
+    let status = unsafe { abi::proxy_get_log_level(&mut level) };
+    let filter = match (status, level) {
+        (abi::OK, TRACE) => log::LevelFilter::Trace,
+        (abi::OK, DEBUG) => log::LevelFilter::Debug,
+        (abi::OK, WARN) => log::LevelFilter::Warn,
+        (abi::OK, ERROR) => log::LevelFilter::Error,
+        (abi::OK, CRITICAL) => log::LevelFilter::Off,
+        // Info, or a host without proxy_get_log_level: the host filters again anyway.
+        _ => log::LevelFilter::Info,
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        std::panic::set_hook(Box::new(move |info| {
+            write(
+                CRITICAL,
+                &format!("[{plugin}] panic, this worker's VM stops: {info}"),
+            );
+        }));
+    }
+    log::set_max_level(filter);
+}

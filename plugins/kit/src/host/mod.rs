@@ -1,0 +1,221 @@
+//! The kit's side of the proxy-wasm host (only in the `wasm32-wasip1` build). Every call returns
+//! a `Result` or degrades; none panics, whatever status or bytes the host returns.
+
+mod abi;
+pub mod logger;
+pub mod metrics;
+pub mod plugin;
+pub mod store;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::reply::{ErrorReply, CONTENT_TYPE};
+
+pub use logger::init_logging;
+pub use plugin::{start, PassThrough, Plugin};
+pub use store::HostStore;
+
+/// A host call that did not succeed: which call, and the status the host returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("host call {call} failed with status {status}")]
+pub struct HostError {
+    pub call: &'static str,
+    pub status: u32,
+}
+
+fn check(call: &'static str, status: u32) -> Result<(), HostError> {
+    if status == abi::OK {
+        Ok(())
+    } else {
+        Err(HostError { call, status })
+    }
+}
+
+/// The header and trailer maps of the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Map {
+    RequestHeaders = 0,
+    RequestTrailers = 1,
+    ResponseHeaders = 2,
+    ResponseTrailers = 3,
+    HttpCallResponseHeaders = 6,
+}
+
+/// One header value, as raw bytes (never assumed UTF-8), or `None` when absent.
+pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: pointers to locals; the host writes a buffer it allocated through our allocator.
+    let status = unsafe {
+        abi::proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
+    match status {
+        abi::OK => Ok(Some(unsafe { abi::take(data, size) })),
+        abi::NOT_FOUND => Ok(None),
+        status => Err(HostError {
+            call: "proxy_get_header_map_value",
+            status,
+        }),
+    }
+}
+
+/// Every header of a map, in order, as raw bytes.
+pub fn headers(map: Map) -> Result<crate::header_pairs::Pairs, HostError> {
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: as in `header`.
+    let status = unsafe { abi::proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
+    match status {
+        abi::OK => {
+            let bytes = unsafe { abi::take(data, size) };
+            crate::header_pairs::decode(&bytes).ok_or(HostError {
+                call: "proxy_get_header_map_pairs (malformed map)",
+                status,
+            })
+        }
+        abi::NOT_FOUND | abi::EMPTY => Ok(Vec::new()),
+        status => Err(HostError {
+            call: "proxy_get_header_map_pairs",
+            status,
+        }),
+    }
+}
+
+/// Sets a header, replacing any value it had.
+pub fn set_header(map: Map, name: &str, value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: pointers to live slices.
+    let status = unsafe {
+        abi::proxy_replace_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    check("proxy_replace_header_map_value", status)
+}
+
+/// Adds a header value, keeping those it had.
+pub fn add_header(map: Map, name: &str, value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: pointers to live slices.
+    let status = unsafe {
+        abi::proxy_add_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    check("proxy_add_header_map_value", status)
+}
+
+/// Removes every value of a header; removing an absent header succeeds.
+pub fn remove_header(map: Map, name: &str) -> Result<(), HostError> {
+    // SAFETY: pointer to a live slice.
+    let status =
+        unsafe { abi::proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) };
+    match status {
+        abi::OK | abi::NOT_FOUND => Ok(()),
+        status => Err(HostError {
+            call: "proxy_remove_header_map_value",
+            status,
+        }),
+    }
+}
+
+/// A host property (`["request", "path"]`, `["source", "address"]`, ...) as raw bytes, or
+/// `None` when the host has no value for it.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+    let mut encoded = Vec::new();
+    for segment in path {
+        encoded.extend_from_slice(segment.as_bytes());
+        encoded.push(0);
+    }
+    encoded.pop();
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: as in `header`.
+    let status =
+        unsafe { abi::proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) };
+    match status {
+        abi::OK => Ok(Some(unsafe { abi::take(data, size) })),
+        abi::NOT_FOUND | abi::EMPTY => Ok(None),
+        status => Err(HostError {
+            call: "proxy_get_property",
+            status,
+        }),
+    }
+}
+
+/// The plugin's configuration bytes; empty when none was given.
+pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
+    const PLUGIN_CONFIGURATION: u32 = 7;
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: as in `header`.
+    let status = unsafe {
+        abi::proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, usize::MAX, &mut data, &mut size)
+    };
+    match status {
+        abi::OK => Ok(unsafe { abi::take(data, size) }),
+        abi::NOT_FOUND | abi::EMPTY => Ok(Vec::new()),
+        status => Err(HostError {
+            call: "proxy_get_buffer_bytes",
+            status,
+        }),
+    }
+}
+
+/// The host's wall clock, the same for every worker.
+pub fn now() -> Result<SystemTime, HostError> {
+    let mut nanos = 0u64;
+    // SAFETY: pointer to a local.
+    check("proxy_get_current_time_nanoseconds", unsafe {
+        abi::proxy_get_current_time_nanoseconds(&mut nanos)
+    })?;
+    Ok(UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+/// The host's clock as a [`crate::clock::Clock`]. A failing host clock reads as the epoch, which
+/// every time-based check treats as "long ago" (tokens expired, windows elapsed).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostClock;
+
+impl crate::clock::Clock for HostClock {
+    fn now(&self) -> SystemTime {
+        now().unwrap_or(UNIX_EPOCH)
+    }
+}
+
+/// Answers the request locally with the kit's JSON error body. The caller then returns
+/// `Action::Pause` from its callback.
+pub fn send_error(reply: &ErrorReply, request_id: Option<&str>) -> Result<(), HostError> {
+    let body = reply.body(request_id);
+    let mut headers: Vec<(&[u8], &[u8])> = vec![(b"content-type", CONTENT_TYPE.as_bytes())];
+    headers.extend(
+        reply
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_bytes(), value.as_bytes())),
+    );
+    let headers = crate::header_pairs::encode(&headers);
+    // Shows as the response code details in Envoy's access log.
+    let details = "palisade_local_reply";
+    // SAFETY: pointers to live buffers.
+    let status = unsafe {
+        abi::proxy_send_local_response(
+            u32::from(reply.status),
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    check("proxy_send_local_response", status)
+}

@@ -1,0 +1,112 @@
+//! The root context every Palisade plugin shares: configure once (strictly, all or nothing),
+//! then hand the compiled engine to each HTTP context.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+
+use crate::config::{self, ConfigError, PluginConfig};
+use crate::reply::ErrorReply;
+
+/// What a plugin crate provides to the shared root context.
+pub trait Plugin: 'static {
+    /// `palisade-auth`, ...: prefixes every log line.
+    const NAME: &'static str;
+    type Config: PluginConfig;
+    /// The compiled, immutable form of the config (regexes built, keys parsed), shared by every
+    /// HTTP context of this worker.
+    type Engine: 'static;
+
+    /// Turns a validated config into the engine; problems found here refuse the config too.
+    fn compile(config: Self::Config) -> Result<Self::Engine, ConfigError>;
+
+    fn http_context(engine: Rc<Self::Engine>, context_id: u32) -> Box<dyn HttpContext>;
+}
+
+/// Sets up logging and registers the plugin's root context. Call from `proxy_wasm::main!`.
+pub fn start<P: Plugin>() {
+    super::init_logging(P::NAME);
+    proxy_wasm::set_root_context(|_| Box::new(PluginRoot::<P> { engine: None }));
+}
+
+struct PluginRoot<P: Plugin> {
+    engine: Option<Rc<P::Engine>>,
+}
+
+impl<P: Plugin> Context for PluginRoot<P> {}
+
+impl<P: Plugin> RootContext for PluginRoot<P> {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        log::info!(
+            "[{}] version {} (revision {}) starting",
+            P::NAME,
+            crate::VERSION,
+            crate::GIT_REV
+        );
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let compiled = super::plugin_configuration()
+            .map_err(|err| err.to_string())
+            .and_then(|bytes| config::load::<P::Config>(&bytes).map_err(|err| err.to_string()))
+            .and_then(|config| P::compile(config).map_err(|err| err.to_string()));
+        match compiled {
+            Ok(engine) => {
+                self.engine = Some(Rc::new(engine));
+                log::info!("[{}] configuration accepted", P::NAME);
+                true
+            }
+            Err(reason) => {
+                // One line, naming the field and the reason. Nothing of the new config applies.
+                log::error!("[{}] configuration rejected: {reason}", P::NAME);
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(match &self.engine {
+            Some(engine) => P::http_context(Rc::clone(engine), context_id),
+            // A host that runs a plugin whose configuration was refused: fail closed rather
+            // than let traffic through a plugin that does not know what to enforce (returning
+            // None here would make the SDK panic and kill the VM).
+            None => Box::new(Unconfigured { plugin: P::NAME }),
+        })
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Unconfigured {
+    plugin: &'static str,
+}
+
+impl Context for Unconfigured {}
+
+impl HttpContext for Unconfigured {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let reply = ErrorReply::new(503, format!("{} is not configured", self.plugin));
+        match super::send_error(&reply, None) {
+            Ok(()) => Action::Pause,
+            Err(err) => {
+                log::error!(
+                    "[{}] could not refuse an unconfigured request: {err}",
+                    self.plugin
+                );
+                Action::Continue
+            }
+        }
+    }
+}
+
+/// The HTTP context of a plugin whose own logic has not landed yet: lets every request through
+/// untouched.
+pub struct PassThrough;
+
+impl Context for PassThrough {}
+
+impl HttpContext for PassThrough {}

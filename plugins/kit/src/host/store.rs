@@ -1,0 +1,49 @@
+//! [`SharedStore`] over proxy-wasm shared data.
+
+use std::num::NonZeroU32;
+
+use super::abi;
+use crate::store::{Cas, Entry, SharedStore, StoreError, Write};
+
+/// The host's shared data: one store for every worker's VM of this plugin (Envoy scopes it by
+/// `vm_id`; Kong by its shm zone). Keys should carry the plugin's name as a prefix.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let mut data = std::ptr::null_mut();
+        let mut size = 0;
+        let mut cas = 0u32;
+        // SAFETY: pointers to locals; the host writes a buffer from our allocator.
+        let status = unsafe {
+            abi::proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        };
+        match status {
+            abi::OK => {
+                let value = unsafe { abi::take(data, size) };
+                // A version of 0 would make every later write blind; refuse to pretend.
+                let cas = NonZeroU32::new(cas).ok_or(StoreError::Host(status))?;
+                Ok(Some(Entry {
+                    value,
+                    cas: Cas(cas),
+                }))
+            }
+            abi::NOT_FOUND => Ok(None),
+            status => Err(StoreError::Host(status)),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
+        let cas = expected.map_or(0, |Cas(cas)| cas.get());
+        // SAFETY: pointers to live slices.
+        let status = unsafe {
+            abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+        };
+        match status {
+            abi::OK => Ok(Write::Stored),
+            abi::CAS_MISMATCH => Ok(Write::Conflict),
+            status => Err(StoreError::Host(status)),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The request headers through which palisade-auth tells the plugins after it (and the upstream)
+//! who is calling. palisade-auth owns every header with the [`PREFIX`]: it removes them from the
+//! client's request before it sets its own, so a client can never claim an identity. Plugins
+//! that run without palisade-auth in front must not trust them.
+
+/// Every header palisade-auth owns starts with this.
+pub const PREFIX: &str = "x-palisade-";
+/// The authenticated subject (JWT `sub`, the API key's consumer, the introspected `sub`).
+pub const SUBJECT: &str = "x-palisade-subject";
+/// The consumer a rate limit or audit event is keyed by.
+pub const CONSUMER: &str = "x-palisade-consumer";
+/// The provider that authenticated the request.
+pub const PROVIDER: &str = "x-palisade-auth-provider";
+
+/// Does palisade-auth own this header (so a client must not send it)? Header names compare
+/// case-insensitively.
+pub fn is_owned(name: &[u8]) -> bool {
+    name.get(..PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn owned_headers_match_in_any_case() {
+        assert!(is_owned(SUBJECT.as_bytes()));
+        assert!(is_owned(b"X-Palisade-Consumer"));
+        assert!(is_owned(b"x-palisade-"));
+        assert!(!is_owned(b"x-palisad"));
+        assert!(!is_owned(b"x-request-id"));
+    }
+}

@@ -1,0 +1,24 @@
+//! What every Palisade plugin shares.
+//!
+//! Everything here except [`host`] is host-free: it compiles and is unit-tested natively (and on
+//! `wasm32-unknown-unknown`). [`host`] exists only in the `wasm32-wasip1` build; it is the one
+//! place that talks to the proxy-wasm host, and it never panics on a host's answer.
+
+pub mod clock;
+pub mod config;
+pub mod duration;
+pub mod header_pairs;
+pub mod identity;
+pub mod reply;
+pub mod store;
+
+#[cfg(target_os = "wasi")]
+pub mod host;
+
+/// The crate version and the source revision the plugins were built from (`just build` sets
+/// `PALISADE_GIT_REV`), logged once per VM start.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const GIT_REV: &str = match option_env!("PALISADE_GIT_REV") {
+    Some(rev) => rev,
+    None => "unknown",
+};
