@@ -16,7 +16,6 @@ pub const CAS_MISMATCH: u32 = 8;
 #[link(wasm_import_module = "env")]
 extern "C" {
     pub fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
-    pub fn proxy_get_log_level(return_level: *mut u32) -> u32;
     pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     pub fn proxy_get_buffer_bytes(
         buffer_type: u32,

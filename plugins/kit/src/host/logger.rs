@@ -41,27 +41,15 @@ fn write(level: u32, message: &str) {
     let _ = unsafe { abi::proxy_log(level, message.as_ptr(), message.len()) };
 }
 
-/// Routes `log` to the host at the host's level, and installs the panic hook. Idempotent.
+/// Routes `log` to the host at `info` and installs the panic hook. The level is not read from
+/// the host: Envoy refuses host calls while the module initialises (`restricted_callback`), and
+/// Kong's ngx_wasm_module does not implement `proxy_get_log_level` at all (the call traps), so
+/// the host's own level filters what `info` lets through. Debug logging is not emitted.
 pub fn init_logging(plugin: &'static str) {
-    let mut level = INFO;
-    // SAFETY: pointer to a local.
-    let status = unsafe { abi::proxy_get_log_level(&mut level) };
-    let filter = match (status, level) {
-        (abi::OK, TRACE) => log::LevelFilter::Trace,
-        (abi::OK, DEBUG) => log::LevelFilter::Debug,
-        (abi::OK, WARN) => log::LevelFilter::Warn,
-        (abi::OK, ERROR) => log::LevelFilter::Error,
-        (abi::OK, CRITICAL) => log::LevelFilter::Off,
-        // Info, or a host without proxy_get_log_level: the host filters again anyway.
-        _ => log::LevelFilter::Info,
-    };
     if log::set_logger(&LOGGER).is_ok() {
         std::panic::set_hook(Box::new(move |info| {
-            write(
-                CRITICAL,
-                &format!("[{plugin}] panic, this worker's VM stops: {info}"),
-            );
+            write(CRITICAL, &format!("[{plugin}] panic, this worker's VM stops: {info}"));
         }));
     }
-    log::set_max_level(filter);
+    log::set_max_level(log::LevelFilter::Info);
 }
