@@ -1,0 +1,121 @@
+//! The `palisade` binary as an operator runs it.
+
+use std::process::{Command, Output};
+
+fn palisade(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .output()
+        .expect("palisade runs")
+}
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_accepts_every_shipped_example() {
+    for plugin in ["auth", "rate-limit", "resilience", "header-security", "audit"] {
+        let file = format!("{}/manifests/examples/{plugin}.json", env!("CARGO_MANIFEST_DIR"));
+        let out = palisade(&["validate", plugin, &file]);
+        assert!(out.status.success(), "{plugin}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), format!("{file}: valid palisade-{plugin} configuration\n"));
+    }
+}
+
+#[test]
+fn validate_prints_every_problem_with_its_path_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "limits.json",
+        r#"{"limits":[{"name":"a","rate":"ten","period":"1s","key":["consumer"]},
+                      {"name":"b","rate":1,"period":"soon","key":["consumer"]}]}"#,
+    );
+    let out = palisade(&["validate", "rate-limit", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0].starts_with(&format!("{file}: limits[0].rate: ")), "{stderr}");
+    assert!(lines[1].starts_with(&format!("{file}: limits[1].period: ")), "{stderr}");
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn validate_runs_the_plugins_own_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "r.json", r#"{"retry":{"max_retries":11},"timeouts":{"default":"0s"}}"#);
+    let out = palisade(&["validate", "resilience", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{file}: retry.max_retries: must be at most 10\n{file}: timeouts.default: must be between 1ms and 24h\n"
+        )
+    );
+}
+
+#[test]
+fn validate_reads_istio_wasm_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        &dir,
+        "wasmplugin.yaml",
+        r#"apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: palisade-header-security
+spec:
+  phase: AUTHN
+  pluginConfig:
+    security_headers:
+      preset: strict
+      headers:
+        X-Bad: "v"
+"#,
+    );
+    let out = palisade(&["validate", "header-security", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "{file}: WasmPlugin palisade-header-security: security_headers.headers[\"X-Bad\"]: is not a lower-case HTTP header name\n"
+        )
+    );
+}
+
+#[test]
+fn validate_refuses_what_is_not_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(&dir, "broken.json", "limits: [");
+    let out = palisade(&["validate", "rate-limit", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with(&format!("{file}: not JSON or YAML: ")), "{}", text(&out.stderr));
+}
+
+#[test]
+fn schema_is_json_that_refuses_unknown_fields() {
+    let out = palisade(&["schema", "audit"]);
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "AuditConfig");
+    assert_eq!(schema["additionalProperties"], false);
+    assert!(schema["properties"]["batch"].is_object());
+}
+
+#[test]
+fn unknown_plugin_is_a_usage_error() {
+    let out = palisade(&["schema", "waf"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "unknown plugin \"waf\"; one of: header-security, auth, rate-limit, resilience, audit\n"
+    );
+}
