@@ -21,11 +21,23 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn validate_accepts_every_shipped_example() {
-    for plugin in ["auth", "rate-limit", "resilience", "header-security", "audit"] {
-        let file = format!("{}/manifests/examples/{plugin}.json", env!("CARGO_MANIFEST_DIR"));
+    for plugin in [
+        "auth",
+        "rate-limit",
+        "resilience",
+        "header-security",
+        "audit",
+    ] {
+        let file = format!(
+            "{}/manifests/examples/{plugin}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let out = palisade(&["validate", plugin, &file]);
         assert!(out.status.success(), "{plugin}: {}", text(&out.stderr));
-        assert_eq!(text(&out.stdout), format!("{file}: valid palisade-{plugin} configuration\n"));
+        assert_eq!(
+            text(&out.stdout),
+            format!("{file}: valid palisade-{plugin} configuration\n")
+        );
     }
 }
 
@@ -43,15 +55,25 @@ fn validate_prints_every_problem_with_its_path_and_fails() {
     let stderr = text(&out.stderr);
     let lines: Vec<_> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
-    assert!(lines[0].starts_with(&format!("{file}: limits[0].rate: ")), "{stderr}");
-    assert!(lines[1].starts_with(&format!("{file}: limits[1].period: ")), "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("{file}: limits[0].rate: ")),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{file}: limits[1].period: ")),
+        "{stderr}"
+    );
     assert!(text(&out.stdout).is_empty());
 }
 
 #[test]
 fn validate_runs_the_plugins_own_checks() {
     let dir = tempfile::tempdir().unwrap();
-    let file = write(&dir, "r.json", r#"{"retry":{"max_retries":11},"timeouts":{"default":"0s"}}"#);
+    let file = write(
+        &dir,
+        "r.json",
+        r#"{"retry":{"max_retries":11},"timeouts":{"default":"0s"}}"#,
+    );
     let out = palisade(&["validate", "resilience", &file]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -97,7 +119,11 @@ fn validate_refuses_what_is_not_a_config() {
     let file = write(&dir, "broken.json", "limits: [");
     let out = palisade(&["validate", "rate-limit", &file]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).starts_with(&format!("{file}: not JSON or YAML: ")), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with(&format!("{file}: not JSON or YAML: ")),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
