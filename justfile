@@ -4,6 +4,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 plugins := "-p palisade-auth -p palisade-rate-limit -p palisade-resilience -p palisade-header-security -p palisade-audit"
 envoy_version := "1.40.0"
+wasm32_tests := "cargo test --target wasm32-unknown-unknown --lib -p palisade-kit " + plugins
 venv := justfile_directory() / ".venv"
 tools := justfile_directory() / ".tools"
 export PATH := tools / "bin" + ":" + env_var("PATH")
@@ -49,12 +50,17 @@ lint:
 
 # Run every test: unit (native and wasm32), host-tests (own Wasm host), end to end in real Envoy.
 test: setup build lint
-    cargo test --workspace
-    just test-wasm32
+    #!/usr/bin/env bash
+    set -euo pipefail
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    cargo test --workspace 2>&1 | tee -a "$log"
+    {{wasm32_tests}} 2>&1 | tee -a "$log"
+    awk '/^test result:/ {passed += $4; failed += $6} END {printf "summary: %d passed, %d failed\n", passed, failed}' "$log"
 
 # The kit's and plugins' unit tests compiled to wasm32-unknown-unknown, run in Node.
 test-wasm32:
-    cargo test --target wasm32-unknown-unknown -p palisade-kit {{plugins}}
+    {{wasm32_tests}}
 
 # Build and serve all five plugins in real Envoy on 127.0.0.1:10000 in front of a demo upstream.
 demo: setup build
