@@ -1,6 +1,10 @@
-//! Metrics defined once per root context, incremented cheaply per request. A host without
-//! metrics (some Kong versions) leaves them as no-ops, logged once at definition: metrics never
-//! fail a request.
+//! Metrics defined once per root context, incremented cheaply per request. A definition the
+//! host refuses with a status leaves that metric a no-op (logged once): metrics never fail a
+//! request.
+//!
+//! Kong before 3.8 (ngx_wasm_module < 0.4.0) does not refuse: its metric functions are stubs
+//! that trap, which kills the VM. Plugins that define metrics therefore take a `metrics` switch
+//! in their config, and Kong 3.4–3.7 configs set it to `false`.
 
 use super::abi;
 
