@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use palisade_kit::config::{is_header_name, is_header_value, PluginConfig, Problems};
+use palisade_kit::duration::ConfigDuration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -12,6 +13,176 @@ use serde::Deserialize;
 pub struct HeaderSecurityConfig {
     #[serde(default)]
     pub security_headers: SecurityHeadersConfig,
+    /// Cross-origin resource sharing. Absent: the plugin does nothing for CORS.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub transforms: TransformsConfig,
+    #[serde(default)]
+    pub request_id: RequestIdConfig,
+    #[serde(default)]
+    pub trace_context: TraceContextConfig,
+}
+
+/// CORS, with the semantics of Envoy's native CORS filter (so a policy moves between them
+/// unchanged) plus `Vary: Origin` on every answer that depends on the origin.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Origins allowed to read responses.
+    pub allow_origins: Vec<OriginPattern>,
+    /// `Access-Control-Allow-Methods` of a preflight answer; `["*"]` echoes the requested one.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// `Access-Control-Allow-Headers` of a preflight answer; `["*"]` echoes the requested ones.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// `Access-Control-Expose-Headers` on actual responses.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    #[serde(default)]
+    pub max_age: Option<ConfigDuration>,
+    /// Allow cookies and credentials (`Access-Control-Allow-Credentials: true`).
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// A preflight from an origin not allowed: passed to the upstream (as Envoy does), or
+    /// refused here with 403.
+    #[serde(default)]
+    pub disallowed_preflight: DisallowedPreflight,
+}
+
+/// One allowed origin.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginPattern {
+    /// Exactly this origin, e.g. `https://app.example.com`; `*` allows every origin.
+    Exact(String),
+    /// `https://*.example.com`: the scheme and port as written, any subdomain (one or more
+    /// labels) of the domain, not the domain itself.
+    Wildcard(String),
+    /// A regular expression the whole origin must match.
+    Regex(String),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DisallowedPreflight {
+    #[default]
+    Forward,
+    Reject,
+}
+
+/// Limits checked before the upstream sees anything.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body, in bytes (413 above it).
+    pub max_body_bytes: u64,
+    /// Most request header fields (pseudo-headers not counted; 431 above it).
+    pub max_header_count: u32,
+    /// Largest total size of request header names and values, in bytes (431 above it).
+    pub max_header_bytes: u32,
+    /// Methods served (405 for others, with `Allow`). Empty: any method.
+    pub allowed_methods: Vec<String>,
+    /// Hosts served (403 for others): `api.example.com`, `*.example.com`, optionally with
+    /// `:port`. Empty: any host.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 100 * 1024 * 1024,
+            max_header_count: 100,
+            max_header_bytes: 64 * 1024,
+            allowed_methods: Vec::new(),
+            allowed_hosts: Vec::new(),
+        }
+    }
+}
+
+/// Header edits, applied in order.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransformsConfig {
+    /// On the request, before it goes upstream.
+    #[serde(default)]
+    pub request: Vec<HeaderTransform>,
+    /// On the response, before it goes to the client.
+    #[serde(default)]
+    pub response: Vec<HeaderTransform>,
+}
+
+/// One header edit. Values may use `${request_id}`, `${client_address}` and `${route}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderTransform {
+    /// Adds a value, keeping existing ones.
+    Add(NamedValue),
+    /// Sets the header, replacing existing values.
+    Set(NamedValue),
+    /// Removes every value of the header.
+    Remove(String),
+    /// Moves every value of a header to another name.
+    Rename(Rename),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rename {
+    pub from: String,
+    pub to: String,
+}
+
+/// `x-request-id` handling.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestIdConfig {
+    /// The header carrying the id.
+    pub header: String,
+    /// Generate an id (UUID v4) when the request has none, or one that is not a plain token.
+    pub generate: bool,
+    /// Return the id on the response.
+    pub echo: bool,
+}
+
+impl Default for RequestIdConfig {
+    fn default() -> Self {
+        Self {
+            header: "x-request-id".to_owned(),
+            generate: true,
+            echo: true,
+        }
+    }
+}
+
+/// W3C Trace Context (`traceparent`).
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceContextConfig {
+    /// Start a trace when the request has no valid `traceparent`.
+    pub create: bool,
+    /// Share of the traces started here marked as sampled, from 0 to 1.
+    pub sampling_rate: f64,
+}
+
+impl Default for TraceContextConfig {
+    fn default() -> Self {
+        Self {
+            create: true,
+            sampling_rate: 0.1,
+        }
+    }
 }
 
 /// Security headers added to every response.
@@ -83,6 +254,8 @@ impl PluginConfig for HeaderSecurityConfig {
                 }
             });
         });
+        // Everything else is checked by compiling it, exactly as on_configure does.
+        crate::engine::HeaderSecurity::build(self, problems);
     }
 }
 

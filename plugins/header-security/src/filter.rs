@@ -1,55 +1,209 @@
-//! The proxy-wasm adapter: glue only.
+//! The proxy-wasm adapter: glue only. Header maps are read once per phase as bytes, the engine
+//! decides, and its edits or local reply are applied here.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
-use palisade_kit::config::ConfigError;
+use palisade_kit::config::{ConfigError, Problems};
+use palisade_kit::header_pairs::Pairs;
 use palisade_kit::host::{self, Map, Plugin};
+use palisade_kit::random::Xoshiro256;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::HeaderSecurityConfig;
-use crate::security_headers::SecurityHeaders;
+use crate::engine::{HeaderSecurity, HostValues, LocalReply, RequestVerdict, StreamState};
+use crate::transform::HeaderEdit;
 
-struct HeaderSecurity;
+const NAME: &str = "palisade-header-security";
 
-impl Plugin for HeaderSecurity {
-    const NAME: &'static str = "palisade-header-security";
+struct HeaderSecurityPlugin;
+
+/// The engine and this VM's random generator (one seed per VM, not per request).
+struct Worker {
+    engine: HeaderSecurity,
+    rng: RefCell<Xoshiro256>,
+    /// Which host property names the route: Envoy's `route_name`, else Kong's (3.9+).
+    route_property: RefCell<RouteProperty>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RouteProperty {
+    Unknown,
+    Envoy,
+    Kong,
+    None,
+}
+
+impl Plugin for HeaderSecurityPlugin {
+    const NAME: &'static str = NAME;
     type Config = HeaderSecurityConfig;
-    type Engine = SecurityHeaders;
+    type Engine = Worker;
 
-    fn compile(config: HeaderSecurityConfig) -> Result<SecurityHeaders, ConfigError> {
-        Ok(SecurityHeaders::new(&config.security_headers))
+    fn compile(config: HeaderSecurityConfig) -> Result<Worker, ConfigError> {
+        let mut problems = Problems::default();
+        let engine = HeaderSecurity::build(&config, &mut problems);
+        problems.into_result()?;
+        Ok(Worker {
+            engine,
+            rng: RefCell::new(Xoshiro256::from_seed(host::random_seed())),
+            route_property: RefCell::new(RouteProperty::Unknown),
+        })
     }
 
-    fn http_context(engine: Rc<SecurityHeaders>, _context_id: u32) -> Box<dyn HttpContext> {
-        Box::new(Stream { headers: engine })
+    fn http_context(worker: Rc<Worker>, _context_id: u32) -> Box<dyn HttpContext> {
+        Box::new(Stream {
+            worker,
+            state: StreamState::default(),
+        })
     }
 }
 
 struct Stream {
-    headers: Rc<SecurityHeaders>,
+    worker: Rc<Worker>,
+    state: StreamState,
+}
+
+/// Host values, read only when a transform uses them.
+struct Host<'a> {
+    route_property: &'a RefCell<RouteProperty>,
+}
+
+impl HostValues for Host<'_> {
+    fn client_address(&mut self) -> Option<String> {
+        let address = host::property(&["source", "address"]).ok().flatten()?;
+        let address = String::from_utf8(address).ok()?;
+        Some(strip_port(&address).to_owned())
+    }
+
+    fn route(&mut self) -> Option<String> {
+        // Asking Kong for `route_name` logs an error per call, so remember which host this is.
+        let known = *self.route_property.borrow();
+        let lookup = |path: &[&str]| {
+            host::property(path)
+                .ok()
+                .flatten()
+                .and_then(|v| String::from_utf8(v).ok())
+        };
+        let found = match known {
+            RouteProperty::Envoy => lookup(&["route_name"]),
+            RouteProperty::Kong => lookup(&["kong", "route_name"]),
+            RouteProperty::None => None,
+            RouteProperty::Unknown => {
+                let (property, value) = match lookup(&["route_name"]) {
+                    Some(v) => (RouteProperty::Envoy, Some(v)),
+                    None => match lookup(&["kong", "route_name"]) {
+                        Some(v) => (RouteProperty::Kong, Some(v)),
+                        None => (RouteProperty::None, None),
+                    },
+                };
+                *self.route_property.borrow_mut() = property;
+                value
+            }
+        };
+        found.filter(|route| !route.is_empty())
+    }
+}
+
+/// `10.0.0.1:5000` -> `10.0.0.1`, `[::1]:5000` -> `::1`; Kong gives the address alone.
+fn strip_port(address: &str) -> &str {
+    if let Some(v6) = address.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => address,
+    }
+}
+
+fn read(map: Map) -> Pairs {
+    host::headers(map).unwrap_or_else(|err| {
+        log::warn!("[{NAME}] could not read headers: {err}");
+        Pairs::new()
+    })
+}
+
+fn apply(map: Map, edits: &[HeaderEdit]) {
+    for edit in edits {
+        let result = match edit {
+            HeaderEdit::Set(name, value) => host::set_header(map, name, value),
+            HeaderEdit::Add(name, value) => host::add_header(map, name, value),
+            HeaderEdit::Remove(name) => host::remove_header(map, name),
+        };
+        if let Err(err) = result {
+            // The request or response still goes on with every other edit.
+            log::warn!("[{NAME}] header edit refused by the host: {err}");
+        }
+    }
+}
+
+fn reply(local: &LocalReply) -> Action {
+    let headers: Vec<(&str, &str)> = local
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    match host::send_reply(local.status, &headers, &local.body) {
+        Ok(()) => Action::Pause,
+        Err(err) => {
+            log::error!("[{NAME}] could not send a {} reply: {err}", local.status);
+            Action::Continue
+        }
+    }
 }
 
 impl Context for Stream {}
 
 impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = read(Map::RequestHeaders);
+        let worker = Rc::clone(&self.worker);
+        let verdict = worker.engine.on_request_headers(
+            &headers,
+            &mut worker.rng.borrow_mut(),
+            &mut Host {
+                route_property: &worker.route_property,
+            },
+            &mut self.state,
+        );
+        match verdict {
+            RequestVerdict::Continue(edits) => {
+                apply(Map::RequestHeaders, &edits);
+                Action::Continue
+            }
+            RequestVerdict::Reply(local) => reply(&local),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        // Returning Continue passes each chunk on, so the host reports only the new bytes.
+        match self
+            .worker
+            .engine
+            .on_request_body(&mut self.state, body_size)
+        {
+            Some(local) => reply(&local),
+            None => Action::Continue,
+        }
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // A header the host refuses to change is logged and skipped: the response still goes
-        // out, with every other header applied.
-        for name in &self.headers.remove {
-            if let Err(err) = host::remove_header(Map::ResponseHeaders, name) {
-                log::warn!("[palisade-header-security] could not remove {name}: {err}");
-            }
-        }
-        for (name, value) in &self.headers.set {
-            if let Err(err) = host::set_header(Map::ResponseHeaders, name, value.as_bytes()) {
-                log::warn!("[palisade-header-security] could not set {name}: {err}");
-            }
-        }
+        let headers = read(Map::ResponseHeaders);
+        let worker = Rc::clone(&self.worker);
+        let edits = worker.engine.on_response_headers(
+            &self.state,
+            &headers,
+            &mut Host {
+                route_property: &worker.route_property,
+            },
+        );
+        apply(Map::ResponseHeaders, &edits);
         Action::Continue
     }
 }
 
 proxy_wasm::main! {{
-    host::start::<HeaderSecurity>();
+    host::start::<HeaderSecurityPlugin>();
 }}

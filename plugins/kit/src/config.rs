@@ -50,29 +50,32 @@ pub struct Problems {
 
 impl Problems {
     /// Validates the fields of `name` inside `f`.
-    pub fn field(&mut self, name: &str, f: impl FnOnce(&mut Problems)) {
+    pub fn field<R>(&mut self, name: &str, f: impl FnOnce(&mut Problems) -> R) -> R {
         let segment = if self.path.is_empty() {
             name.to_owned()
         } else {
             format!(".{name}")
         };
         self.path.push(segment);
-        f(self);
+        let result = f(self);
         self.path.pop();
+        result
     }
 
     /// Validates the element `index` of a list inside `f`.
-    pub fn index(&mut self, index: usize, f: impl FnOnce(&mut Problems)) {
+    pub fn index<R>(&mut self, index: usize, f: impl FnOnce(&mut Problems) -> R) -> R {
         self.path.push(format!("[{index}]"));
-        f(self);
+        let result = f(self);
         self.path.pop();
+        result
     }
 
     /// Validates the entry `key` of a map inside `f`.
-    pub fn key(&mut self, key: &str, f: impl FnOnce(&mut Problems)) {
+    pub fn key<R>(&mut self, key: &str, f: impl FnOnce(&mut Problems) -> R) -> R {
         self.path.push(format!("[{key:?}]"));
-        f(self);
+        let result = f(self);
         self.path.pop();
+        result
     }
 
     /// Records a problem at the current path.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod duration;
 pub mod header_pairs;
 pub mod identity;
+pub mod random;
 pub mod reply;
 pub mod store;
 

@@ -193,21 +193,25 @@ impl crate::clock::Clock for HostClock {
 /// Answers the request locally with the kit's JSON error body. The caller then returns
 /// `Action::Pause` from its callback.
 pub fn send_error(reply: &ErrorReply, request_id: Option<&str>) -> Result<(), HostError> {
-    let body = reply.body(request_id);
-    let mut headers: Vec<(&[u8], &[u8])> = vec![(b"content-type", CONTENT_TYPE.as_bytes())];
-    headers.extend(
-        reply
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_bytes(), value.as_bytes())),
-    );
-    let headers = crate::header_pairs::encode(&headers);
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", CONTENT_TYPE)];
+    headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+    send_reply(reply.status, &headers, &reply.body(request_id))
+}
+
+/// Answers the request locally with this status, headers and body. The caller then returns
+/// `Action::Pause` from its callback.
+pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+    let pairs: Vec<(&[u8], &[u8])> = headers
+        .iter()
+        .map(|(name, value)| (name.as_bytes(), value.as_bytes()))
+        .collect();
+    let headers = crate::header_pairs::encode(&pairs);
     // Shows as the response code details in Envoy's access log.
     let details = "palisade_local_reply";
     // SAFETY: pointers to live buffers.
     let status = unsafe {
         abi::proxy_send_local_response(
-            u32::from(reply.status),
+            u32::from(status),
             details.as_ptr(),
             details.len(),
             body.as_ptr(),
@@ -218,4 +222,22 @@ pub fn send_error(reply: &ErrorReply, request_id: Option<&str>) -> Result<(), Ho
         )
     };
     check("proxy_send_local_response", status)
+}
+
+/// 32 bytes from the host's entropy (WASI `random_get`, which Envoy and Kong both provide), to
+/// seed a [`crate::random::Xoshiro256`] once per VM. Should the host refuse, the clock seeds
+/// it instead: ids stay unique per VM in practice, just guessable.
+pub fn random_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if getrandom::fill(&mut seed).is_err() {
+        log::warn!("host entropy unavailable; seeding from the clock");
+        let nanos = now()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        for (byte, nano) in seed.iter_mut().zip(nanos.to_le_bytes().iter().cycle()) {
+            *byte = *nano;
+        }
+    }
+    seed
 }

@@ -1,0 +1,593 @@
+//! Everything palisade-header-security decides, host-free: the adapter hands it header
+//! snapshots and applies the edits or the local reply it returns.
+
+use palisade_kit::config::Problems;
+use palisade_kit::header_pairs::Pairs;
+use palisade_kit::random::Xoshiro256;
+use palisade_kit::reply::{ErrorReply, CONTENT_TYPE};
+
+use crate::config::{HeaderSecurityConfig, RequestIdConfig, TraceContextConfig};
+use crate::cors::{CorsDecision, CorsPolicy};
+use crate::limits::{LimitExceeded, RequestLimits};
+use crate::request_id;
+use crate::security_headers::SecurityHeaders;
+use crate::transform::{Direction, HeaderEdit, Transforms, Variables};
+
+/// Values only the host knows, read when a transform needs them.
+pub trait HostValues {
+    fn client_address(&mut self) -> Option<String>;
+    fn route(&mut self) -> Option<String>;
+}
+
+struct Vars<'a> {
+    request_id: Option<&'a str>,
+    host: &'a mut dyn HostValues,
+}
+
+impl Variables for Vars<'_> {
+    fn request_id(&mut self) -> Option<String> {
+        self.request_id.map(str::to_owned)
+    }
+    fn client_address(&mut self) -> Option<String> {
+        self.host.client_address()
+    }
+    fn route(&mut self) -> Option<String> {
+        self.host.route()
+    }
+}
+
+/// What one stream carries from the request to the response.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    request_id: Option<String>,
+    /// The allowed origin of a CORS request, echoed on the response.
+    cors_origin: Option<String>,
+    body_bytes: u64,
+    /// This plugin answered the request itself, with every header already on the reply.
+    replied: bool,
+}
+
+/// A response made here instead of by the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestVerdict {
+    Continue(Vec<HeaderEdit>),
+    Reply(LocalReply),
+}
+
+/// palisade-header-security's compiled configuration and its decisions.
+#[derive(Debug, Clone)]
+pub struct HeaderSecurity {
+    security: SecurityHeaders,
+    cors: Option<CorsPolicy>,
+    limits: RequestLimits,
+    request_transforms: Transforms,
+    response_transforms: Transforms,
+    request_id: RequestIdConfig,
+    trace: TraceContextConfig,
+}
+
+fn header<'a>(headers: &'a Pairs, name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name.as_bytes())
+        .map(|(_, v)| v.as_slice())
+}
+
+impl HeaderSecurity {
+    /// Compiles the configuration, recording every problem.
+    pub fn build(config: &HeaderSecurityConfig, problems: &mut Problems) -> Self {
+        let cors = config
+            .cors
+            .as_ref()
+            .map(|cors| problems.field("cors", |p| CorsPolicy::build(cors, p)));
+        let limits = problems.field("limits", |p| RequestLimits::build(&config.limits, p));
+        let (request_transforms, response_transforms) = problems.field("transforms", |p| {
+            (
+                p.field("request", |p| {
+                    Transforms::build(&config.transforms.request, Direction::Request, p)
+                }),
+                p.field("response", |p| {
+                    Transforms::build(&config.transforms.response, Direction::Response, p)
+                }),
+            )
+        });
+        problems.field("request_id", |p| {
+            if !palisade_kit::config::is_header_name(&config.request_id.header) {
+                p.push_at(
+                    "header",
+                    format!(
+                        "{:?} is not a lower-case HTTP header name",
+                        config.request_id.header
+                    ),
+                );
+            }
+        });
+        problems.field("trace_context", |p| {
+            if !(0.0..=1.0).contains(&config.trace_context.sampling_rate) {
+                p.push_at("sampling_rate", "must be between 0 and 1");
+            }
+        });
+        Self {
+            security: SecurityHeaders::new(&config.security_headers),
+            cors,
+            limits,
+            request_transforms,
+            response_transforms,
+            request_id: config.request_id.clone(),
+            trace: config.trace_context.clone(),
+        }
+    }
+
+    /// Decides on the request headers.
+    pub fn on_request_headers(
+        &self,
+        headers: &Pairs,
+        rng: &mut Xoshiro256,
+        host: &mut dyn HostValues,
+        state: &mut StreamState,
+    ) -> RequestVerdict {
+        let mut edits = Vec::new();
+        // The id comes first: every reply, including refusals, carries it.
+        let incoming =
+            header(headers, &self.request_id.header).filter(|id| request_id::is_acceptable_id(id));
+        state.request_id = match incoming {
+            Some(id) => Some(String::from_utf8_lossy(id).into_owned()),
+            None if self.request_id.generate => {
+                let mut bytes = [0u8; 16];
+                rng.fill(&mut bytes);
+                let id = request_id::uuid_v4(bytes);
+                edits.push(HeaderEdit::Set(
+                    self.request_id.header.clone(),
+                    id.clone().into_bytes(),
+                ));
+                Some(id)
+            }
+            None => None,
+        };
+
+        if let Some(cors) = &self.cors {
+            match cors.on_request(
+                header(headers, ":method").unwrap_or_default(),
+                header(headers, "origin"),
+                header(headers, "access-control-request-method"),
+                header(headers, "access-control-request-headers"),
+            ) {
+                CorsDecision::AnswerPreflight(cors_headers) => {
+                    let mut reply = self.reply_headers(state);
+                    reply.extend(cors_headers.into_iter().map(|(n, v)| (n.to_owned(), v)));
+                    state.replied = true;
+                    return RequestVerdict::Reply(LocalReply {
+                        status: 204,
+                        headers: reply,
+                        body: Vec::new(),
+                    });
+                }
+                CorsDecision::RejectPreflight => {
+                    return RequestVerdict::Reply(
+                        self.error(state, &ErrorReply::new(403, "origin not allowed")),
+                    );
+                }
+                CorsDecision::NotCors => {}
+                CorsDecision::Forward { allowed_origin } => state.cors_origin = allowed_origin,
+            }
+        }
+
+        if let Err(exceeded) = self.limits.check_headers(headers) {
+            return RequestVerdict::Reply(self.refusal(state, &exceeded));
+        }
+
+        if self.trace.create {
+            match header(headers, "traceparent") {
+                Some(value) if request_id::is_valid_traceparent(value) => {}
+                existing => {
+                    let mut random = [0u8; 24];
+                    rng.fill(&mut random);
+                    let sampled = request_id::is_sampled(rng.next_u32(), self.trace.sampling_rate);
+                    let traceparent = request_id::new_traceparent(random, sampled);
+                    edits.push(HeaderEdit::Set(
+                        "traceparent".to_owned(),
+                        traceparent.into_bytes(),
+                    ));
+                    if existing.is_some() {
+                        // tracestate belongs to the trace being replaced.
+                        edits.push(HeaderEdit::Remove("tracestate".to_owned()));
+                    }
+                }
+            }
+        }
+
+        if !self.request_transforms.is_empty() {
+            let mut vars = Vars {
+                request_id: state.request_id.as_deref(),
+                host,
+            };
+            edits.extend(self.request_transforms.apply(headers, &mut vars));
+        }
+        RequestVerdict::Continue(edits)
+    }
+
+    /// Counts a chunk of a streamed request body.
+    pub fn on_request_body(&self, state: &mut StreamState, chunk_len: usize) -> Option<LocalReply> {
+        if state.replied {
+            return None;
+        }
+        let mut total = state.body_bytes;
+        let result = self.limits.check_body(&mut total, chunk_len);
+        state.body_bytes = total;
+        result.err().map(|exceeded| self.refusal(state, &exceeded))
+    }
+
+    /// The edits to the response headers.
+    pub fn on_response_headers(
+        &self,
+        state: &StreamState,
+        headers: &Pairs,
+        host: &mut dyn HostValues,
+    ) -> Vec<HeaderEdit> {
+        if state.replied {
+            // Our own reply already carries every header.
+            return Vec::new();
+        }
+        let mut edits: Vec<HeaderEdit> = self
+            .security
+            .remove
+            .iter()
+            .map(|name| HeaderEdit::Remove(name.clone()))
+            .collect();
+        edits.extend(
+            self.response_headers(state)
+                .into_iter()
+                .map(|(name, value)| HeaderEdit::Set(name, value.into_bytes())),
+        );
+        if self.cors.is_some() && !varies_by_origin(headers) {
+            edits.push(HeaderEdit::Add("vary".to_owned(), b"Origin".to_vec()));
+        }
+        if !self.response_transforms.is_empty() {
+            let mut vars = Vars {
+                request_id: state.request_id.as_deref(),
+                host,
+            };
+            edits.extend(self.response_transforms.apply(headers, &mut vars));
+        }
+        edits
+    }
+
+    /// Headers every response gets: security headers, the request id, CORS for an allowed
+    /// origin.
+    fn response_headers(&self, state: &StreamState) -> Vec<(String, String)> {
+        let mut headers = self.reply_headers(state);
+        if let (Some(cors), Some(origin)) = (&self.cors, &state.cors_origin) {
+            headers.extend(
+                cors.response_headers(origin)
+                    .into_iter()
+                    .map(|(n, v)| (n.to_owned(), v)),
+            );
+        }
+        headers
+    }
+
+    fn reply_headers(&self, state: &StreamState) -> Vec<(String, String)> {
+        let mut headers = self.security.set.clone();
+        if let (true, Some(id)) = (self.request_id.echo, &state.request_id) {
+            headers.push((self.request_id.header.clone(), id.clone()));
+        }
+        headers
+    }
+
+    fn refusal(&self, state: &mut StreamState, exceeded: &LimitExceeded) -> LocalReply {
+        let mut reply = ErrorReply::new(exceeded.status(), exceeded.reason());
+        if let LimitExceeded::MethodNotAllowed(allow) = exceeded {
+            reply = reply.with_header("allow", allow.clone());
+        }
+        self.error(state, &reply)
+    }
+
+    /// A refusal with the kit's JSON body; CORS headers included so a browser can read it.
+    fn error(&self, state: &mut StreamState, reply: &ErrorReply) -> LocalReply {
+        state.replied = true;
+        let mut headers = vec![("content-type".to_owned(), CONTENT_TYPE.to_owned())];
+        headers.extend(self.response_headers(state));
+        headers.extend(reply.headers.iter().cloned());
+        if self.cors.is_some() {
+            headers.push(("vary".to_owned(), "Origin".to_owned()));
+        }
+        LocalReply {
+            status: reply.status,
+            headers,
+            body: reply.body(state.request_id.as_deref()),
+        }
+    }
+}
+
+/// Does the response already vary by origin (or by everything)?
+fn varies_by_origin(headers: &Pairs) -> bool {
+    headers.iter().filter(|(n, _)| n == b"vary").any(|(_, v)| {
+        v.split(|&b| b == b',')
+            .map(|t| t.trim_ascii())
+            .any(|t| t == b"*" || t.eq_ignore_ascii_case(b"origin"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use palisade_kit::config::load;
+
+    struct NoHost;
+    impl HostValues for NoHost {
+        fn client_address(&mut self) -> Option<String> {
+            Some("192.0.2.7".into())
+        }
+        fn route(&mut self) -> Option<String> {
+            Some("orders".into())
+        }
+    }
+
+    fn engine(json: &str) -> HeaderSecurity {
+        let config: HeaderSecurityConfig = load(json.as_bytes()).unwrap();
+        let mut problems = Problems::default();
+        let engine = HeaderSecurity::build(&config, &mut problems);
+        problems.into_result().unwrap();
+        engine
+    }
+
+    fn request(extra: &[(&str, &str)]) -> Pairs {
+        let mut headers: Pairs = vec![
+            (b":method".to_vec(), b"GET".to_vec()),
+            (b":path".to_vec(), b"/orders".to_vec()),
+            (b":authority".to_vec(), b"api.example.com".to_vec()),
+        ];
+        for (n, v) in extra {
+            if let Some(existing) = headers.iter_mut().find(|(name, _)| name == n.as_bytes()) {
+                existing.1 = v.as_bytes().to_vec();
+            } else {
+                headers.push((n.as_bytes().to_vec(), v.as_bytes().to_vec()));
+            }
+        }
+        headers
+    }
+
+    fn run(engine: &HeaderSecurity, headers: &Pairs) -> (RequestVerdict, StreamState) {
+        let mut state = StreamState::default();
+        let mut rng = Xoshiro256::from_seed([3; 32]);
+        let verdict = engine.on_request_headers(headers, &mut rng, &mut NoHost, &mut state);
+        (verdict, state)
+    }
+
+    fn set_value<'a>(edits: &'a [HeaderEdit], name: &str) -> Option<&'a [u8]> {
+        edits.iter().find_map(|e| match e {
+            HeaderEdit::Set(n, v) if n == name => Some(v.as_slice()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn generates_request_id_and_trace_and_echoes_the_id() {
+        let e = engine("{}");
+        let (verdict, state) = run(&e, &request(&[]));
+        let RequestVerdict::Continue(edits) = verdict else {
+            panic!("{verdict:?}")
+        };
+        let id = String::from_utf8(set_value(&edits, "x-request-id").unwrap().to_vec()).unwrap();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        let traceparent = set_value(&edits, "traceparent").unwrap();
+        assert!(request_id::is_valid_traceparent(traceparent));
+        let response = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
+        assert!(response.contains(&HeaderEdit::Set("x-request-id".into(), id.into_bytes())));
+        assert!(response.contains(&HeaderEdit::Remove("server".into())));
+        assert!(response.contains(&HeaderEdit::Set(
+            "x-content-type-options".into(),
+            b"nosniff".to_vec()
+        )));
+    }
+
+    #[test]
+    fn keeps_a_plain_request_id_and_a_valid_traceparent() {
+        let e = engine("{}");
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (verdict, _) = run(
+            &e,
+            &request(&[("x-request-id", "abc-123"), ("traceparent", tp)]),
+        );
+        assert_eq!(verdict, RequestVerdict::Continue(vec![]));
+    }
+
+    #[test]
+    fn replaces_a_hostile_request_id_and_an_invalid_traceparent() {
+        let e = engine("{}");
+        let (verdict, state) = run(
+            &e,
+            &request(&[
+                ("x-request-id", "a b\tc"),
+                ("traceparent", "garbage"),
+                ("tracestate", "k=v"),
+            ]),
+        );
+        let RequestVerdict::Continue(edits) = verdict else {
+            panic!()
+        };
+        assert_ne!(set_value(&edits, "x-request-id"), Some(&b"a b\tc"[..]));
+        assert!(set_value(&edits, "traceparent").is_some());
+        assert!(edits.contains(&HeaderEdit::Remove("tracestate".into())));
+        assert_eq!(state.request_id.as_deref().map(str::len), Some(36));
+    }
+
+    #[test]
+    fn sampling_rate_is_honoured() {
+        let e = engine(r#"{"trace_context":{"sampling_rate":0.1}}"#);
+        let mut rng = Xoshiro256::from_seed([9; 32]);
+        let sampled = (0..2000)
+            .filter(|_| {
+                let mut state = StreamState::default();
+                let RequestVerdict::Continue(edits) =
+                    e.on_request_headers(&request(&[]), &mut rng, &mut NoHost, &mut state)
+                else {
+                    panic!()
+                };
+                set_value(&edits, "traceparent").unwrap().ends_with(b"-01")
+            })
+            .count();
+        assert!(
+            (140..=260).contains(&sampled),
+            "{sampled} of 2000 sampled at 10%"
+        );
+    }
+
+    #[test]
+    fn refusals_carry_the_json_body_request_id_and_security_headers() {
+        let e = engine(r#"{"limits":{"allowed_methods":["GET"]}}"#);
+        let (verdict, state) = run(
+            &e,
+            &request(&[(":method", "DELETE"), ("x-request-id", "r-1")]),
+        );
+        let RequestVerdict::Reply(reply) = verdict else {
+            panic!()
+        };
+        assert_eq!(reply.status, 405);
+        assert_eq!(
+            String::from_utf8(reply.body).unwrap(),
+            r#"{"error":"method not allowed","status":405,"request_id":"r-1"}"#
+        );
+        assert!(reply.headers.contains(&("allow".into(), "GET".into())));
+        assert!(reply
+            .headers
+            .contains(&("content-type".into(), "application/json".into())));
+        assert!(reply
+            .headers
+            .contains(&("x-request-id".into(), "r-1".into())));
+        assert!(reply
+            .headers
+            .contains(&("x-frame-options".into(), "DENY".into())));
+        // The host may run the response phase on our own reply: nothing is added twice.
+        assert!(e
+            .on_response_headers(&state, &Pairs::new(), &mut NoHost)
+            .is_empty());
+    }
+
+    #[test]
+    fn streamed_body_over_the_limit_is_refused_once() {
+        let e = engine(r#"{"limits":{"max_body_bytes":10}}"#);
+        let (_, mut state) = run(&e, &request(&[]));
+        assert_eq!(e.on_request_body(&mut state, 10), None);
+        let reply = e.on_request_body(&mut state, 1).unwrap();
+        assert_eq!(reply.status, 413);
+        assert_eq!(e.on_request_body(&mut state, 1), None);
+    }
+
+    const CORS: &str = r#"{"cors":{"allow_origins":[{"exact":"https://app.example.com"}],"allow_methods":["GET","POST"],
+        "allow_headers":["authorization"],"expose_headers":["x-request-id"],"max_age":"1h","allow_credentials":true},
+        "limits":{"allowed_methods":["GET","POST"]}}"#;
+
+    #[test]
+    fn preflight_is_answered_before_method_limits() {
+        let e = engine(CORS);
+        let (verdict, _) = run(
+            &e,
+            &request(&[
+                (":method", "OPTIONS"),
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "POST"),
+            ]),
+        );
+        let RequestVerdict::Reply(reply) = verdict else {
+            panic!("{verdict:?}")
+        };
+        assert_eq!(reply.status, 204);
+        assert!(reply.body.is_empty());
+        for expected in [
+            ("access-control-allow-origin", "https://app.example.com"),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-allow-methods", "GET, POST"),
+            ("access-control-allow-headers", "authorization"),
+            ("access-control-max-age", "3600"),
+            ("vary", "Origin"),
+            ("x-content-type-options", "nosniff"),
+        ] {
+            assert!(
+                reply
+                    .headers
+                    .contains(&(expected.0.into(), expected.1.into())),
+                "{expected:?} in {:?}",
+                reply.headers
+            );
+        }
+    }
+
+    #[test]
+    fn cors_response_headers_for_allowed_origins_only() {
+        let e = engine(CORS);
+        let (_, state) = run(&e, &request(&[("origin", "https://app.example.com")]));
+        let edits = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
+        assert!(edits.contains(&HeaderEdit::Set(
+            "access-control-allow-origin".into(),
+            b"https://app.example.com".to_vec()
+        )));
+        assert!(edits.contains(&HeaderEdit::Set(
+            "access-control-expose-headers".into(),
+            b"x-request-id".to_vec()
+        )));
+        assert!(edits.contains(&HeaderEdit::Add("vary".into(), b"Origin".to_vec())));
+
+        let (_, state) = run(&e, &request(&[("origin", "https://evil.com")]));
+        let edits = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
+        assert!(!edits
+            .iter()
+            .any(|e| matches!(e, HeaderEdit::Set(n, _) if n.starts_with("access-control"))));
+        assert!(edits.contains(&HeaderEdit::Add("vary".into(), b"Origin".to_vec())));
+
+        // An upstream that already varies by origin is left alone.
+        let varying: Pairs = vec![(b"vary".to_vec(), b"Accept-Encoding, origin".to_vec())];
+        assert!(!e
+            .on_response_headers(&state, &varying, &mut NoHost)
+            .iter()
+            .any(|e| matches!(e, HeaderEdit::Add(n, _) if n == "vary")));
+    }
+
+    #[test]
+    fn transforms_use_variables() {
+        let e = engine(
+            r#"{"transforms":{"request":[{"set":{"name":"x-client","value":"${client_address}"}}],
+                "response":[{"set":{"name":"x-route","value":"${route}/${request_id}"}}]}}"#,
+        );
+        let (verdict, state) = run(&e, &request(&[("x-request-id", "r-9")]));
+        let RequestVerdict::Continue(edits) = verdict else {
+            panic!()
+        };
+        assert_eq!(set_value(&edits, "x-client"), Some(&b"192.0.2.7"[..]));
+        let response = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
+        assert_eq!(set_value(&response, "x-route"), Some(&b"orders/r-9"[..]));
+    }
+
+    #[test]
+    fn config_problems_from_every_part_are_reported() {
+        let err = load::<HeaderSecurityConfig>(
+            br#"{"cors":{"allow_origins":[{"regex":"("}]},"limits":{"max_header_count":0},
+                "transforms":{"response":[{"remove":"Bad"}]},"request_id":{"header":"X-Id"},
+                "trace_context":{"sampling_rate":1.5}}"#,
+        )
+        .unwrap_err();
+        let paths: Vec<_> = err.problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "cors.allow_origins[0].regex",
+                "limits.max_header_count",
+                "transforms.response[0].remove",
+                "request_id.header",
+                "trace_context.sampling_rate"
+            ]
+        );
+    }
+}

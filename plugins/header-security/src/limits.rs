@@ -1,0 +1,434 @@
+//! Request limits checked on the request headers, before the upstream sees anything: header
+//! count and size (431), host allowlist (403), methods (405), declared body size (413); and the
+//! body size again while a body without `Content-Length` streams in.
+
+use palisade_kit::config::Problems;
+use palisade_kit::header_pairs::Pairs;
+
+use crate::config::LimitsConfig;
+
+/// Is this an HTTP method token (RFC 9110 `token`)?
+pub fn is_method_token(method: &str) -> bool {
+    !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// One allowed host: exact, or any subdomain (`*.example.com`); with or without a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostPattern {
+    /// Lower case, without the `*.` of a wildcard.
+    domain: String,
+    wildcard: bool,
+    port: Option<String>,
+}
+
+impl HostPattern {
+    fn parse(text: &str) -> Option<Self> {
+        let (host, port) = split_host_port(text)?;
+        if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return None;
+        }
+        let (domain, wildcard) = match host.strip_prefix("*.") {
+            Some(domain) => (domain, true),
+            None => (host, false),
+        };
+        let valid = !domain.is_empty()
+            && domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+        valid.then(|| Self {
+            domain: domain.to_ascii_lowercase(),
+            wildcard,
+            port: port.map(str::to_owned),
+        })
+    }
+
+    fn matches(&self, host: &str, port: Option<&str>) -> bool {
+        if self.port.is_some() && self.port.as_deref() != port {
+            return false;
+        }
+        if self.wildcard {
+            host.strip_suffix(self.domain.as_str())
+                .and_then(|sub| sub.strip_suffix('.'))
+                .is_some_and(|sub| !sub.is_empty())
+        } else {
+            host == self.domain
+        }
+    }
+}
+
+/// `host[:port]` or `[v6]:port` into host and port; `None` if brackets do not close.
+fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
+    let host_end = if text.starts_with('[') {
+        text.find(']')? + 1
+    } else {
+        text.find(':').unwrap_or(text.len())
+    };
+    let (host, rest) = text.split_at(host_end);
+    match rest {
+        "" => Some((host, None)),
+        _ => Some((host, Some(rest.strip_prefix(':')?))),
+    }
+}
+
+/// An authority's lower-case host (without a trailing dot) and port.
+fn split_authority(authority: &str) -> Option<(String, Option<&str>)> {
+    let (host, port) = split_host_port(authority)?;
+    Some((host.trim_end_matches('.').to_ascii_lowercase(), port))
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitExceeded {
+    /// 400: a header value holds control characters, or Content-Length is not a number.
+    BadRequest(&'static str),
+    /// 431
+    TooManyHeaders,
+    /// 431
+    HeadersTooLarge,
+    /// 403
+    HostNotAllowed,
+    /// 405, with the `Allow` value.
+    MethodNotAllowed(String),
+    /// 413
+    BodyTooLarge,
+}
+
+impl LimitExceeded {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::TooManyHeaders | Self::HeadersTooLarge => 431,
+            Self::HostNotAllowed => 403,
+            Self::MethodNotAllowed(_) => 405,
+            Self::BodyTooLarge => 413,
+        }
+    }
+
+    /// The `error` of the reply body: what went wrong, never the offending value.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest(reason) => reason,
+            Self::TooManyHeaders => "too many request headers",
+            Self::HeadersTooLarge => "request headers too large",
+            Self::HostNotAllowed => "host not allowed",
+            Self::MethodNotAllowed(_) => "method not allowed",
+            Self::BodyTooLarge => "request body too large",
+        }
+    }
+}
+
+/// The compiled limits.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    max_body_bytes: u64,
+    max_header_count: usize,
+    max_header_bytes: usize,
+    methods: Vec<String>,
+    allow_header: String,
+    hosts: Vec<HostPattern>,
+}
+
+impl RequestLimits {
+    pub fn build(config: &LimitsConfig, problems: &mut Problems) -> Self {
+        if config.max_body_bytes == 0 {
+            problems.push_at("max_body_bytes", "must be at least 1");
+        }
+        if config.max_header_count == 0 {
+            problems.push_at("max_header_count", "must be at least 1");
+        }
+        if config.max_header_bytes == 0 {
+            problems.push_at("max_header_bytes", "must be at least 1");
+        }
+        problems.field("allowed_methods", |p| {
+            for (i, method) in config.allowed_methods.iter().enumerate() {
+                if !is_method_token(method) || method.bytes().any(|b| b.is_ascii_lowercase()) {
+                    p.index(i, |p| {
+                        p.push(format!("{method:?} is not an upper-case HTTP method"))
+                    });
+                }
+            }
+        });
+        let mut hosts = Vec::new();
+        problems.field("allowed_hosts", |p| {
+            for (i, host) in config.allowed_hosts.iter().enumerate() {
+                match HostPattern::parse(host) {
+                    Some(pattern) => hosts.push(pattern),
+                    None => p.index(i, |p| {
+                        p.push(format!(
+                            "{host:?} is not a host, *.domain, optionally with :port"
+                        ))
+                    }),
+                }
+            }
+        });
+        Self {
+            max_body_bytes: config.max_body_bytes,
+            max_header_count: usize::try_from(config.max_header_count).unwrap_or(usize::MAX),
+            max_header_bytes: usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX),
+            methods: config.allowed_methods.clone(),
+            allow_header: config.allowed_methods.join(", "),
+            hosts,
+        }
+    }
+
+    /// Checks the request headers. Pseudo-headers (`:path`, ...) are not counted as fields, but
+    /// their bytes count toward the size.
+    pub fn check_headers(&self, headers: &Pairs) -> Result<(), LimitExceeded> {
+        let mut count = 0usize;
+        let mut bytes = 0usize;
+        let mut method: &[u8] = b"";
+        let mut authority: Option<&[u8]> = None;
+        let mut content_length: Option<&[u8]> = None;
+        for (name, value) in headers {
+            if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
+                return Err(LimitExceeded::BadRequest(
+                    "request header value has control characters",
+                ));
+            }
+            bytes = bytes.saturating_add(name.len() + value.len());
+            match name.as_slice() {
+                b":method" => method = value,
+                b":authority" => authority = Some(value),
+                b"host" => {
+                    count += 1;
+                    authority = authority.or(Some(value));
+                }
+                b"content-length" => {
+                    count += 1;
+                    content_length = Some(value);
+                }
+                name if name.starts_with(b":") => {}
+                _ => count += 1,
+            }
+        }
+        if count > self.max_header_count {
+            return Err(LimitExceeded::TooManyHeaders);
+        }
+        if bytes > self.max_header_bytes {
+            return Err(LimitExceeded::HeadersTooLarge);
+        }
+        if !self.hosts.is_empty() {
+            let allowed = authority
+                .and_then(|a| std::str::from_utf8(a).ok())
+                .and_then(split_authority)
+                .is_some_and(|(host, port)| {
+                    self.hosts
+                        .iter()
+                        .any(|pattern| pattern.matches(&host, port))
+                });
+            if !allowed {
+                return Err(LimitExceeded::HostNotAllowed);
+            }
+        }
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.as_bytes() == method) {
+            return Err(LimitExceeded::MethodNotAllowed(self.allow_header.clone()));
+        }
+        if let Some(length) = content_length {
+            let length: u64 = std::str::from_utf8(length)
+                .ok()
+                .and_then(|l| l.trim().parse().ok())
+                .ok_or(LimitExceeded::BadRequest("invalid content-length"))?;
+            if length > self.max_body_bytes {
+                return Err(LimitExceeded::BodyTooLarge);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a streamed body chunk; `total` is the running count.
+    pub fn check_body(&self, total: &mut u64, chunk: usize) -> Result<(), LimitExceeded> {
+        *total = total.saturating_add(u64::try_from(chunk).unwrap_or(u64::MAX));
+        if *total > self.max_body_bytes {
+            Err(LimitExceeded::BodyTooLarge)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn limits(json: &str) -> RequestLimits {
+        let config: LimitsConfig = serde_json::from_str(json).unwrap();
+        let mut problems = Problems::default();
+        let limits = RequestLimits::build(&config, &mut problems);
+        problems.into_result().unwrap();
+        limits
+    }
+
+    fn request(extra: &[(&str, &str)]) -> Pairs {
+        let mut headers: Pairs = vec![
+            (b":method".to_vec(), b"GET".to_vec()),
+            (b":path".to_vec(), b"/".to_vec()),
+            (b":authority".to_vec(), b"api.example.com".to_vec()),
+        ];
+        headers.extend(
+            extra
+                .iter()
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())),
+        );
+        headers
+    }
+
+    #[test]
+    fn defaults_let_an_ordinary_request_through() {
+        assert_eq!(
+            limits("{}").check_headers(&request(&[("accept", "*/*")])),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn content_length_over_the_limit() {
+        let l = limits(r#"{"max_body_bytes":100}"#);
+        assert_eq!(
+            l.check_headers(&request(&[("content-length", "100")])),
+            Ok(())
+        );
+        assert_eq!(
+            l.check_headers(&request(&[("content-length", "101")])),
+            Err(LimitExceeded::BodyTooLarge)
+        );
+        assert_eq!(
+            l.check_headers(&request(&[("content-length", "1e3")])),
+            Err(LimitExceeded::BadRequest("invalid content-length"))
+        );
+        assert_eq!(
+            l.check_headers(&request(&[("content-length", "99999999999999999999999")])),
+            Err(LimitExceeded::BadRequest("invalid content-length"))
+        );
+    }
+
+    #[test]
+    fn default_body_limit_is_100_mb() {
+        let l = limits("{}");
+        assert_eq!(
+            l.check_headers(&request(&[("content-length", "104857600")])),
+            Ok(())
+        );
+        assert_eq!(
+            l.check_headers(&request(&[("content-length", "104857601")])),
+            Err(LimitExceeded::BodyTooLarge)
+        );
+    }
+
+    #[test]
+    fn streamed_body_is_counted() {
+        let l = limits(r#"{"max_body_bytes":10}"#);
+        let mut total = 0;
+        assert_eq!(l.check_body(&mut total, 6), Ok(()));
+        assert_eq!(l.check_body(&mut total, 4), Ok(()));
+        assert_eq!(
+            l.check_body(&mut total, 1),
+            Err(LimitExceeded::BodyTooLarge)
+        );
+        assert_eq!(total, 11);
+    }
+
+    #[test]
+    fn header_count_and_size() {
+        let l = limits(r#"{"max_header_count":2,"max_header_bytes":60}"#);
+        assert_eq!(l.check_headers(&request(&[("a", "1"), ("b", "2")])), Ok(()));
+        assert_eq!(
+            l.check_headers(&request(&[("a", "1"), ("b", "2"), ("c", "3")])),
+            Err(LimitExceeded::TooManyHeaders)
+        );
+        assert_eq!(
+            l.check_headers(&request(&[("a", &"x".repeat(30))])),
+            Err(LimitExceeded::HeadersTooLarge)
+        );
+    }
+
+    #[test]
+    fn control_characters_in_values_are_refused() {
+        for bad in ["a\rb", "a\nb", "a\0b", "a\x7fb", "\x1b[31m"] {
+            assert_eq!(
+                limits("{}").check_headers(&request(&[("x-a", bad)])),
+                Err(LimitExceeded::BadRequest(
+                    "request header value has control characters"
+                )),
+                "{bad:?}"
+            );
+        }
+        // Tabs and obs-text (non-UTF-8 bytes) are legal field content.
+        let mut headers = request(&[("x-a", "a\tb")]);
+        headers.push((b"x-b".to_vec(), b"\xff\xfe".to_vec()));
+        assert_eq!(limits("{}").check_headers(&headers), Ok(()));
+    }
+
+    #[test]
+    fn methods() {
+        let l = limits(r#"{"allowed_methods":["GET","POST"]}"#);
+        assert_eq!(l.check_headers(&request(&[])), Ok(()));
+        let mut delete = request(&[]);
+        delete[0].1 = b"DELETE".to_vec();
+        assert_eq!(
+            l.check_headers(&delete),
+            Err(LimitExceeded::MethodNotAllowed("GET, POST".into()))
+        );
+    }
+
+    #[test]
+    fn hosts() {
+        let l = limits(
+            r#"{"allowed_hosts":["api.example.com","*.example.org","admin.example.net:8443","[::1]:8080"]}"#,
+        );
+        let with_authority = |authority: &str| {
+            let mut headers = request(&[]);
+            headers[2].1 = authority.as_bytes().to_vec();
+            l.check_headers(&headers)
+        };
+        for ok in [
+            "api.example.com",
+            "API.Example.com",
+            "api.example.com:443",
+            "api.example.com.",
+            "a.example.org",
+            "a.b.example.org:80",
+            "admin.example.net:8443",
+            "[::1]:8080",
+        ] {
+            assert_eq!(with_authority(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "example.org",
+            "evil.com",
+            "api.example.com.evil.com",
+            "admin.example.net",
+            "admin.example.net:443",
+            "xexample.org",
+            "[::1]:80",
+            "[::1",
+        ] {
+            assert_eq!(
+                with_authority(refused),
+                Err(LimitExceeded::HostNotAllowed),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_limits_are_refused() {
+        let config: LimitsConfig = serde_json::from_str(
+            r#"{"max_body_bytes":0,"allowed_methods":["get"],"allowed_hosts":["a.com:x",""]}"#,
+        )
+        .unwrap();
+        let mut problems = Problems::default();
+        RequestLimits::build(&config, &mut problems);
+        assert_eq!(
+            problems.into_result().unwrap_err().to_string(),
+            "max_body_bytes: must be at least 1; allowed_methods[0]: \"get\" is not an upper-case HTTP method; \
+             allowed_hosts[0]: \"a.com:x\" is not a host, *.domain, optionally with :port; \
+             allowed_hosts[1]: \"\" is not a host, *.domain, optionally with :port"
+        );
+    }
+}
