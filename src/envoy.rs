@@ -57,6 +57,11 @@ pub struct Bootstrap {
     /// Where the `.wasm` files are.
     pub wasm_dir: PathBuf,
     pub filters: Vec<Filter>,
+    /// Envoy's own HTTP filters (as JSON), placed before the Palisade filters: the native
+    /// equivalents the conformance tests and benchmarks compare against.
+    pub native_filters: Vec<Value>,
+    /// `typed_per_filter_config` of the route, for native filters configured per route (CORS).
+    pub route_filter_configs: Value,
 }
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
@@ -102,26 +107,23 @@ impl Bootstrap {
 
     /// The Envoy bootstrap, as JSON. `dir` is where discovery files live.
     pub fn to_json(&self, dir: &Path) -> Value {
-        let mut http_filters: Vec<Value> = self
-            .filters
-            .iter()
-            .map(|filter| match filter.delivery {
-                Delivery::Static => json!({
-                    "name": filter.plugin.full_name,
-                    "typed_config": self.wasm_filter_config(filter),
-                }),
-                Delivery::Discovered => json!({
-                    "name": filter.plugin.full_name,
-                    "config_discovery": {
-                        "config_source": {
-                            "path_config_source": {"path": Self::discovery_file(dir, filter)},
-                            "initial_fetch_timeout": "5s",
-                        },
-                        "type_urls": [WASM_TYPE],
+        let mut http_filters: Vec<Value> = self.native_filters.clone();
+        http_filters.extend(self.filters.iter().map(|filter| match filter.delivery {
+            Delivery::Static => json!({
+                "name": filter.plugin.full_name,
+                "typed_config": self.wasm_filter_config(filter),
+            }),
+            Delivery::Discovered => json!({
+                "name": filter.plugin.full_name,
+                "config_discovery": {
+                    "config_source": {
+                        "path_config_source": {"path": Self::discovery_file(dir, filter)},
+                        "initial_fetch_timeout": "5s",
                     },
-                }),
-            })
-            .collect();
+                    "type_urls": [WASM_TYPE],
+                },
+            }),
+        }));
         http_filters.push(json!({
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -150,6 +152,7 @@ impl Bootstrap {
                                         "name": "default",
                                         "match": {"prefix": "/"},
                                         "route": {"cluster": "upstream"},
+                                        "typed_per_filter_config": self.route_filter_configs,
                                     }],
                                 }],
                             },
@@ -394,6 +397,8 @@ mod tests {
             upstream: "127.0.0.1:9999".parse().unwrap(),
             wasm_dir: PathBuf::from("/wasm"),
             filters,
+            native_filters: Vec::new(),
+            route_filter_configs: json!({}),
         }
     }
 

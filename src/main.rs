@@ -130,6 +130,8 @@ fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) 
                 .iter()
                 .map(|plugin| Filter::new(plugin, plugin.example_config))
                 .collect(),
+            native_filters: Vec::new(),
+            route_filter_configs: serde_json::json!({}),
         };
         let mut envoy = EnvoyProcess::start(&binary, &bootstrap, dir.path(), concurrency)
             .map_err(|err| err.to_string())?;

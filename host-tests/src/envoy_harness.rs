@@ -32,6 +32,15 @@ pub fn wasm_dir() -> PathBuf {
 /// Worker threads every test Envoy runs, so cross-worker behaviour is really exercised.
 pub const WORKERS: u32 = 2;
 
+/// A request body.
+pub enum Body {
+    None,
+    /// Sent with `Content-Length`.
+    Bytes(Vec<u8>),
+    /// Sent with `Transfer-Encoding: chunked`, no length announced.
+    Chunked(Vec<u8>),
+}
+
 /// A response as the client saw it.
 #[derive(Debug)]
 pub struct Reply {
@@ -69,6 +78,27 @@ impl EnvoyTest {
 
     /// Starts Envoy with these filters, or says why it did not start.
     pub fn try_start(filters: Vec<Filter>) -> Result<Self, EnvoyError> {
+        Self::try_start_with(filters, Vec::new(), serde_json::json!({}))
+    }
+
+    /// Starts Envoy with Envoy's own filters in front of the Palisade ones (and their
+    /// per-route configs); the test fails if it does not start.
+    pub fn start_with_native(
+        filters: Vec<Filter>,
+        native_filters: Vec<serde_json::Value>,
+        route_filter_configs: serde_json::Value,
+    ) -> Self {
+        match Self::try_start_with(filters, native_filters, route_filter_configs) {
+            Ok(test) => test,
+            Err(err) => panic!("Envoy did not start: {err}"),
+        }
+    }
+
+    fn try_start_with(
+        filters: Vec<Filter>,
+        native_filters: Vec<serde_json::Value>,
+        route_filter_configs: serde_json::Value,
+    ) -> Result<Self, EnvoyError> {
         let upstream = EchoUpstream::start(0).map_err(EnvoyError::Spawn)?;
         let dir = tempfile::tempdir().map_err(EnvoyError::Spawn)?;
         let bootstrap = Bootstrap {
@@ -76,6 +106,8 @@ impl EnvoyTest {
             upstream: upstream.addr(),
             wasm_dir: wasm_dir(),
             filters,
+            native_filters,
+            route_filter_configs,
         };
         let binary = envoy::default_binary(&workspace());
         let envoy = EnvoyProcess::start(&binary, &bootstrap, dir.path(), WORKERS)?;
@@ -94,16 +126,34 @@ impl EnvoyTest {
 
     /// A GET through Envoy with extra request headers.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        let mut request = self.agent.get(self.envoy.url(path));
+        self.send("GET", path, headers, Body::None)
+    }
+
+    /// Any request through Envoy.
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Body) -> Reply {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.envoy.url(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let mut response = request.call().unwrap_or_else(|err| {
-            panic!(
-                "GET {path} through Envoy failed: {err}\n{}",
-                self.envoy.log()
-            )
-        });
+        let result = match body {
+            Body::None => request.body(()).map(|r| self.agent.run(r)),
+            Body::Bytes(bytes) => request.body(bytes).map(|r| self.agent.run(r)),
+            Body::Chunked(bytes) => request
+                .body(ureq::SendBody::from_owned_reader(std::io::Cursor::new(
+                    bytes,
+                )))
+                .map(|r| self.agent.run(r)),
+        };
+        let mut response = result
+            .unwrap_or_else(|err| panic!("bad request {method} {path}: {err}"))
+            .unwrap_or_else(|err| {
+                panic!(
+                    "{method} {path} through Envoy failed: {err}\n{}",
+                    self.envoy.log()
+                )
+            });
         let status = response.status().as_u16();
         let headers = response
             .headers()

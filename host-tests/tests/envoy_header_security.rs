@@ -75,3 +75,166 @@ fn upstream_values_are_replaced_not_duplicated() {
         .collect();
     assert_eq!(servers, [&("server".to_owned(), "edge".to_owned())]);
 }
+
+use palisade_host_tests::envoy_harness::Body;
+
+#[test]
+fn body_limit_from_content_length_and_from_streamed_bytes() {
+    let test = header_security(r#"{"limits":{"max_body_bytes":1024}}"#);
+    let ok = test.send("POST", "/upload", &[], Body::Bytes(vec![b'a'; 1024]));
+    assert_eq!(ok.status, 200);
+    let declared = test.send(
+        "POST",
+        "/upload",
+        &[("x-request-id", "big-1")],
+        Body::Bytes(vec![b'a'; 1025]),
+    );
+    assert_eq!(declared.status, 413);
+    assert_eq!(
+        declared.body,
+        r#"{"error":"request body too large","status":413,"request_id":"big-1"}"#
+    );
+    assert_eq!(declared.header("content-type"), Some("application/json"));
+    let streamed = test.send("POST", "/upload", &[], Body::Chunked(vec![b'a'; 64 * 1024]));
+    assert_eq!(streamed.status, 413, "{}", streamed.body);
+    let small_stream = test.send("POST", "/upload", &[], Body::Chunked(vec![b'a'; 512]));
+    assert_eq!(small_stream.status, 200);
+    // Only the two requests within the limit reached the upstream.
+    let seen = test.upstream.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[test]
+fn header_limits_methods_and_hosts() {
+    let test = header_security(
+        r#"{"limits":{"max_header_count":20,"max_header_bytes":2048,
+            "allowed_methods":["GET","POST"],"allowed_hosts":["api.example.com","*.example.org"]}}"#,
+    );
+    let host = ("host", "api.example.com");
+    assert_eq!(test.get("/", &[host]).status, 200);
+    assert_eq!(test.get("/", &[("host", "a.example.org:8080")]).status, 200);
+
+    let refused = test.get("/", &[("host", "evil.example.com")]);
+    assert_eq!(refused.status, 403);
+    assert!(
+        refused.body.contains(r#""error":"host not allowed""#),
+        "{}",
+        refused.body
+    );
+
+    let delete = test.send("DELETE", "/", &[host], Body::None);
+    assert_eq!(delete.status, 405);
+    assert_eq!(delete.header("allow"), Some("GET, POST"));
+
+    let many: Vec<(String, String)> = (0..25)
+        .map(|i| (format!("x-h{i}"), "v".to_owned()))
+        .collect();
+    let mut headers: Vec<(&str, &str)> =
+        many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    headers.push(host);
+    assert_eq!(test.get("/", &headers).status, 431);
+
+    let big = "v".repeat(3000);
+    let too_large = test.get("/", &[host, ("x-big", &big)]);
+    assert_eq!(too_large.status, 431);
+    assert!(too_large.body.contains("request headers too large"));
+    assert_eq!(test.upstream.seen().len(), 2);
+}
+
+#[test]
+fn request_ids_traceparent_and_transforms() {
+    let test = header_security(
+        r#"{"transforms":{
+            "request":[{"set":{"name":"x-client","value":"${client_address}"}},{"set":{"name":"x-route","value":"${route}"}},
+                       {"rename":{"from":"x-legacy-user","to":"x-user"}},{"remove":"x-debug"}],
+            "response":[{"add":{"name":"x-served-by","value":"palisade ${request_id}"}},{"remove":"x-powered-by"}]},
+            "trace_context":{"sampling_rate":1.0}}"#,
+    );
+    let reply = test.get("/orders", &[("x-legacy-user", "ada"), ("x-debug", "1")]);
+    assert_eq!(reply.status, 200);
+    let seen = &test.upstream.seen()[0];
+    // Envoy generates x-request-id before any filter; the plugin keeps it and echoes it.
+    let id = seen
+        .header("x-request-id")
+        .expect("upstream saw a request id");
+    assert_eq!(reply.header("x-request-id"), Some(id));
+    assert_eq!(
+        reply.header("x-served-by"),
+        Some(format!("palisade {id}").as_str())
+    );
+    let traceparent = seen
+        .header("traceparent")
+        .expect("a traceparent was created");
+    assert!(
+        traceparent.starts_with("00-") && traceparent.ends_with("-01"),
+        "{traceparent}"
+    );
+    assert_eq!(seen.header("x-client"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-route"), Some("default"));
+    assert_eq!(seen.header("x-user"), Some("ada"));
+    assert_eq!(seen.header("x-legacy-user"), None);
+    assert_eq!(seen.header("x-debug"), None);
+    assert_eq!(reply.header("x-powered-by"), None);
+
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    test.get(
+        "/",
+        &[("traceparent", given), ("x-request-id", "client-id-7")],
+    );
+    let seen = &test.upstream.seen()[1];
+    assert_eq!(seen.header("traceparent"), Some(given));
+    assert_eq!(seen.header("x-request-id"), Some("client-id-7"));
+}
+
+#[test]
+fn cors_preflight_and_actual_requests() {
+    let test = header_security(
+        r#"{"cors":{"allow_origins":[{"wildcard":"https://*.example.com"}],"allow_methods":["GET","PUT"],
+            "allow_headers":["authorization"],"max_age":"10m","allow_credentials":true,"disallowed_preflight":"reject"}}"#,
+    );
+    let preflight = test.send(
+        "OPTIONS",
+        "/orders",
+        &[
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "PUT"),
+        ],
+        Body::None,
+    );
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-methods"),
+        Some("GET, PUT")
+    );
+    assert_eq!(preflight.header("access-control-max-age"), Some("600"));
+    assert_eq!(preflight.header("vary"), Some("Origin"));
+
+    let refused = test.send(
+        "OPTIONS",
+        "/orders",
+        &[
+            ("origin", "https://evil.com"),
+            ("access-control-request-method", "PUT"),
+        ],
+        Body::None,
+    );
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+
+    let actual = test.get("/orders", &[("origin", "https://app.example.com")]);
+    assert_eq!(actual.status, 200);
+    assert_eq!(
+        actual.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert_eq!(
+        actual.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    // Only the actual request reached the upstream.
+    assert_eq!(test.upstream.seen().len(), 1);
+}

@@ -232,6 +232,11 @@ impl CorsPolicy {
         if let Some(max_age) = &self.max_age {
             headers.push(("access-control-max-age", max_age.clone()));
         }
+        // Meaningless on a preflight, but Envoy's filter sends it there too (its response path
+        // decorates its own preflight answer), and the two must answer alike.
+        if let Some(expose) = &self.expose_headers {
+            headers.push(("access-control-expose-headers", expose.clone()));
+        }
         headers.push(("vary", "Origin".to_owned()));
         CorsDecision::AnswerPreflight(headers)
     }
@@ -345,6 +350,7 @@ mod tests {
                     "authorization, content-type".into()
                 ),
                 ("access-control-max-age", "600".into()),
+                ("access-control-expose-headers", "x-request-id".into()),
                 ("vary", "Origin".into()),
             ])
         );

@@ -23,7 +23,8 @@ struct HeaderSecurityPlugin;
 struct Worker {
     engine: HeaderSecurity,
     rng: RefCell<Xoshiro256>,
-    /// Which host property names the route: Envoy's `route_name`, else Kong's (3.9+).
+    /// Which host property names the route: Envoy's `xds.route_name`, else Kong's
+    /// `kong.route_name` (3.9+).
     route_property: RefCell<RouteProperty>,
 }
 
@@ -32,7 +33,6 @@ enum RouteProperty {
     Unknown,
     Envoy,
     Kong,
-    None,
 }
 
 impl Plugin for HeaderSecurityPlugin {
@@ -77,7 +77,8 @@ impl HostValues for Host<'_> {
     }
 
     fn route(&mut self) -> Option<String> {
-        // Asking Kong for `route_name` logs an error per call, so remember which host this is.
+        // Asking a host for a property it lacks costs a host call, and Kong logs an error for
+        // each: once one property answers, only that one is asked.
         let known = *self.route_property.borrow();
         let lookup = |path: &[&str]| {
             host::property(path)
@@ -86,15 +87,14 @@ impl HostValues for Host<'_> {
                 .and_then(|v| String::from_utf8(v).ok())
         };
         let found = match known {
-            RouteProperty::Envoy => lookup(&["route_name"]),
+            RouteProperty::Envoy => lookup(&["xds", "route_name"]),
             RouteProperty::Kong => lookup(&["kong", "route_name"]),
-            RouteProperty::None => None,
             RouteProperty::Unknown => {
-                let (property, value) = match lookup(&["route_name"]) {
+                let (property, value) = match lookup(&["xds", "route_name"]) {
                     Some(v) => (RouteProperty::Envoy, Some(v)),
                     None => match lookup(&["kong", "route_name"]) {
                         Some(v) => (RouteProperty::Kong, Some(v)),
-                        None => (RouteProperty::None, None),
+                        None => (RouteProperty::Unknown, None),
                     },
                 };
                 *self.route_property.borrow_mut() = property;

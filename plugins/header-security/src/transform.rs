@@ -52,9 +52,11 @@ impl Template {
                 "request_id" => Part::RequestId,
                 "client_address" => Part::ClientAddress,
                 "route" => Part::Route,
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "uses unknown variable ${{{other}}} (known: request_id, client_address, route)"
-                )),
+                ))
+                }
             });
             rest = after.get(1..).unwrap_or_default();
         }
