@@ -66,27 +66,72 @@ pub struct Bootstrap {
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
+/// The typed config of an Envoy Wasm HTTP filter running `wasm` on V8 with this configuration.
+pub fn wasm_filter_config(name: &str, wasm: &Path, configuration: &str) -> Value {
+    json!({
+        "@type": WASM_TYPE,
+        "config": {
+            "name": name,
+            "root_id": name,
+            // Envoy hands a StringValue to the plugin as its bytes; a Struct would arrive as
+            // binary protobuf.
+            "configuration": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": configuration,
+            },
+            "vm_config": {
+                "vm_id": name,
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": {"local": {"filename": wasm}},
+            },
+        },
+    })
+}
+
+/// An Envoy that answers every request itself (200, a small JSON body, and the headers an app
+/// server typically sends): an upstream that is never the bottleneck of a benchmark.
+pub fn direct_response_config(port: u16) -> Value {
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [{
+            "name": "upstream",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "upstream",
+                    "server_name": "demo-upstream/1.0",
+                    "route_config": {"virtual_hosts": [{
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{
+                            "match": {"prefix": "/"},
+                            "direct_response": {"status": 200, "body": {"inline_string": "{\"ok\":true}"}},
+                            "response_headers_to_add": [
+                                {"header": {"key": "content-type", "value": "application/json"}},
+                                {"header": {"key": "x-powered-by", "value": "palisade-demo"}},
+                            ],
+                        }],
+                    }]},
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                    }],
+                },
+            }]}],
+        }]},
+    })
+}
+
 impl Bootstrap {
     fn wasm_filter_config(&self, filter: &Filter) -> Value {
         let plugin = filter.plugin;
-        json!({
-            "@type": WASM_TYPE,
-            "config": {
-                "name": plugin.full_name,
-                "root_id": plugin.full_name,
-                // Envoy hands a StringValue to the plugin as its bytes; a Struct would arrive as
-                // binary protobuf.
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": filter.config,
-                },
-                "vm_config": {
-                    "vm_id": plugin.full_name,
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": self.wasm_dir.join(plugin.wasm_file)}},
-                },
-            },
-        })
+        wasm_filter_config(
+            plugin.full_name,
+            &self.wasm_dir.join(plugin.wasm_file),
+            &filter.config,
+        )
     }
 
     /// The file an ECDS-delivered filter's config is read from.
@@ -258,8 +303,24 @@ impl EnvoyProcess {
                 )?;
             }
         }
+        Self::start_config(binary, &bootstrap.to_json(dir), dir, concurrency)
+    }
+
+    /// Starts Envoy with a complete configuration (see [`direct_response_config`]).
+    pub fn start_config(
+        binary: &Path,
+        config: &Value,
+        dir: &Path,
+        concurrency: u32,
+    ) -> Result<Self, EnvoyError> {
+        if !binary.is_file() {
+            return Err(EnvoyError::MissingBinary(binary.to_owned()));
+        }
         let config_path = dir.join("envoy.json");
-        write(config_path.clone(), &bootstrap.to_json(dir))?;
+        std::fs::write(&config_path, config.to_string()).map_err(|source| EnvoyError::Files {
+            path: config_path.clone(),
+            source,
+        })?;
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin-address");
         let log = File::create(&log_path).map_err(|source| EnvoyError::Files {
@@ -347,6 +408,11 @@ impl EnvoyProcess {
     /// The admin endpoint, `http://127.0.0.1:<port>`.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin)
+    }
+
+    /// The process id, to read its memory.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The listener's port on 127.0.0.1.

@@ -2,7 +2,7 @@
 //! snapshots and applies the edits or the local reply it returns.
 
 use palisade_kit::config::Problems;
-use palisade_kit::header_pairs::Pairs;
+use palisade_kit::header_pairs::{Edit, Pairs};
 use palisade_kit::random::Xoshiro256;
 use palisade_kit::reply::{ErrorReply, CONTENT_TYPE};
 
@@ -11,7 +11,7 @@ use crate::cors::{CorsDecision, CorsPolicy};
 use crate::limits::{LimitExceeded, RequestLimits};
 use crate::request_id;
 use crate::security_headers::SecurityHeaders;
-use crate::transform::{Direction, HeaderEdit, Transforms, Variables};
+use crate::transform::{Direction, Transforms, Variables};
 
 /// Values only the host knows, read when a transform needs them.
 pub trait HostValues {
@@ -58,7 +58,7 @@ pub struct LocalReply {
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestVerdict {
-    Continue(Vec<HeaderEdit>),
+    Continue(Vec<Edit>),
     Reply(LocalReply),
 }
 
@@ -144,7 +144,7 @@ impl HeaderSecurity {
                 let mut bytes = [0u8; 16];
                 rng.fill(&mut bytes);
                 let id = request_id::uuid_v4(bytes);
-                edits.push(HeaderEdit::Set(
+                edits.push(Edit::Set(
                     self.request_id.header.clone(),
                     id.clone().into_bytes(),
                 ));
@@ -192,13 +192,13 @@ impl HeaderSecurity {
                     rng.fill(&mut random);
                     let sampled = request_id::is_sampled(rng.next_u32(), self.trace.sampling_rate);
                     let traceparent = request_id::new_traceparent(random, sampled);
-                    edits.push(HeaderEdit::Set(
+                    edits.push(Edit::Set(
                         "traceparent".to_owned(),
                         traceparent.into_bytes(),
                     ));
                     if existing.is_some() {
                         // tracestate belongs to the trace being replaced.
-                        edits.push(HeaderEdit::Remove("tracestate".to_owned()));
+                        edits.push(Edit::Remove("tracestate".to_owned()));
                     }
                 }
             }
@@ -231,24 +231,24 @@ impl HeaderSecurity {
         state: &StreamState,
         headers: &Pairs,
         host: &mut dyn HostValues,
-    ) -> Vec<HeaderEdit> {
+    ) -> Vec<Edit> {
         if state.replied {
             // Our own reply already carries every header.
             return Vec::new();
         }
-        let mut edits: Vec<HeaderEdit> = self
+        let mut edits: Vec<Edit> = self
             .security
             .remove
             .iter()
-            .map(|name| HeaderEdit::Remove(name.clone()))
+            .map(|name| Edit::Remove(name.clone()))
             .collect();
         edits.extend(
             self.response_headers(state)
                 .into_iter()
-                .map(|(name, value)| HeaderEdit::Set(name, value.into_bytes())),
+                .map(|(name, value)| Edit::Set(name, value.into_bytes())),
         );
         if self.cors.is_some() && !varies_by_origin(headers) {
-            edits.push(HeaderEdit::Add("vary".to_owned(), b"Origin".to_vec()));
+            edits.push(Edit::Add("vary".to_owned(), b"Origin".to_vec()));
         }
         if !self.response_transforms.is_empty() {
             let mut vars = Vars {
@@ -365,9 +365,9 @@ mod tests {
         (verdict, state)
     }
 
-    fn set_value<'a>(edits: &'a [HeaderEdit], name: &str) -> Option<&'a [u8]> {
+    fn set_value<'a>(edits: &'a [Edit], name: &str) -> Option<&'a [u8]> {
         edits.iter().find_map(|e| match e {
-            HeaderEdit::Set(n, v) if n == name => Some(v.as_slice()),
+            Edit::Set(n, v) if n == name => Some(v.as_slice()),
             _ => None,
         })
     }
@@ -385,9 +385,9 @@ mod tests {
         let traceparent = set_value(&edits, "traceparent").unwrap();
         assert!(request_id::is_valid_traceparent(traceparent));
         let response = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
-        assert!(response.contains(&HeaderEdit::Set("x-request-id".into(), id.into_bytes())));
-        assert!(response.contains(&HeaderEdit::Remove("server".into())));
-        assert!(response.contains(&HeaderEdit::Set(
+        assert!(response.contains(&Edit::Set("x-request-id".into(), id.into_bytes())));
+        assert!(response.contains(&Edit::Remove("server".into())));
+        assert!(response.contains(&Edit::Set(
             "x-content-type-options".into(),
             b"nosniff".to_vec()
         )));
@@ -420,7 +420,7 @@ mod tests {
         };
         assert_ne!(set_value(&edits, "x-request-id"), Some(&b"a b\tc"[..]));
         assert!(set_value(&edits, "traceparent").is_some());
-        assert!(edits.contains(&HeaderEdit::Remove("tracestate".into())));
+        assert!(edits.contains(&Edit::Remove("tracestate".into())));
         assert_eq!(state.request_id.as_deref().map(str::len), Some(36));
     }
 
@@ -530,29 +530,29 @@ mod tests {
         let e = engine(CORS);
         let (_, state) = run(&e, &request(&[("origin", "https://app.example.com")]));
         let edits = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
-        assert!(edits.contains(&HeaderEdit::Set(
+        assert!(edits.contains(&Edit::Set(
             "access-control-allow-origin".into(),
             b"https://app.example.com".to_vec()
         )));
-        assert!(edits.contains(&HeaderEdit::Set(
+        assert!(edits.contains(&Edit::Set(
             "access-control-expose-headers".into(),
             b"x-request-id".to_vec()
         )));
-        assert!(edits.contains(&HeaderEdit::Add("vary".into(), b"Origin".to_vec())));
+        assert!(edits.contains(&Edit::Add("vary".into(), b"Origin".to_vec())));
 
         let (_, state) = run(&e, &request(&[("origin", "https://evil.com")]));
         let edits = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
         assert!(!edits
             .iter()
-            .any(|e| matches!(e, HeaderEdit::Set(n, _) if n.starts_with("access-control"))));
-        assert!(edits.contains(&HeaderEdit::Add("vary".into(), b"Origin".to_vec())));
+            .any(|e| matches!(e, Edit::Set(n, _) if n.starts_with("access-control"))));
+        assert!(edits.contains(&Edit::Add("vary".into(), b"Origin".to_vec())));
 
         // An upstream that already varies by origin is left alone.
         let varying: Pairs = vec![(b"vary".to_vec(), b"Accept-Encoding, origin".to_vec())];
         assert!(!e
             .on_response_headers(&state, &varying, &mut NoHost)
             .iter()
-            .any(|e| matches!(e, HeaderEdit::Add(n, _) if n == "vary")));
+            .any(|e| matches!(e, Edit::Add(n, _) if n == "vary")));
     }
 
     #[test]

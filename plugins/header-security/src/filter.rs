@@ -13,7 +13,6 @@ use proxy_wasm::types::Action;
 
 use crate::config::HeaderSecurityConfig;
 use crate::engine::{HeaderSecurity, HostValues, LocalReply, RequestVerdict, StreamState};
-use crate::transform::HeaderEdit;
 
 const NAME: &str = "palisade-header-security";
 
@@ -125,20 +124,6 @@ fn read(map: Map) -> Pairs {
     })
 }
 
-fn apply(map: Map, edits: &[HeaderEdit]) {
-    for edit in edits {
-        let result = match edit {
-            HeaderEdit::Set(name, value) => host::set_header(map, name, value),
-            HeaderEdit::Add(name, value) => host::add_header(map, name, value),
-            HeaderEdit::Remove(name) => host::remove_header(map, name),
-        };
-        if let Err(err) = result {
-            // The request or response still goes on with every other edit.
-            log::warn!("[{NAME}] header edit refused by the host: {err}");
-        }
-    }
-}
-
 fn reply(local: &LocalReply) -> Action {
     let headers: Vec<(&str, &str)> = local
         .headers
@@ -170,7 +155,7 @@ impl HttpContext for Stream {
         );
         match verdict {
             RequestVerdict::Continue(edits) => {
-                apply(Map::RequestHeaders, &edits);
+                host::apply_edits(Map::RequestHeaders, headers, &edits);
                 Action::Continue
             }
             RequestVerdict::Reply(local) => reply(&local),
@@ -199,7 +184,7 @@ impl HttpContext for Stream {
                 route_property: &worker.route_property,
             },
         );
-        apply(Map::ResponseHeaders, &edits);
+        host::apply_edits(Map::ResponseHeaders, headers, &edits);
         Action::Continue
     }
 }

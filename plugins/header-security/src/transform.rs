@@ -2,18 +2,10 @@
 //! `${request_id}`, `${client_address}` and `${route}`.
 
 use palisade_kit::config::{is_header_name, is_header_value, Problems};
-use palisade_kit::header_pairs::Pairs;
+use palisade_kit::header_pairs::{Edit, Pairs};
 use palisade_kit::identity;
 
 use crate::config::HeaderTransform;
-
-/// A change to a header map, for the adapter to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HeaderEdit {
-    Set(String, Vec<u8>),
-    Add(String, Vec<u8>),
-    Remove(String),
-}
 
 /// Values a template may use, read from the host only when a template needs them.
 pub trait Variables {
@@ -201,7 +193,7 @@ impl Transforms {
 
     /// The edits that carry out every transform, in order, on `headers`. A rename moves the
     /// values the header has at that point (after the transforms before it).
-    pub fn apply(&self, headers: &Pairs, vars: &mut dyn Variables) -> Vec<HeaderEdit> {
+    pub fn apply(&self, headers: &Pairs, vars: &mut dyn Variables) -> Vec<Edit> {
         // Only a rename needs to know the current values: keep a model of the map then.
         let mut model: Option<Pairs> = self.renames.then(|| headers.clone());
         let mut edits = Vec::with_capacity(self.ops.len());
@@ -212,7 +204,7 @@ impl Transforms {
                     if let Some(model) = model.as_mut() {
                         model.push((name.as_bytes().to_vec(), value.clone()));
                     }
-                    edits.push(HeaderEdit::Add(name.clone(), value));
+                    edits.push(Edit::Add(name.clone(), value));
                 }
                 Op::Set(name, template) => {
                     let value = template.render(vars);
@@ -220,13 +212,13 @@ impl Transforms {
                         model.retain(|(n, _)| n != name.as_bytes());
                         model.push((name.as_bytes().to_vec(), value.clone()));
                     }
-                    edits.push(HeaderEdit::Set(name.clone(), value));
+                    edits.push(Edit::Set(name.clone(), value));
                 }
                 Op::Remove(name) => {
                     if let Some(model) = model.as_mut() {
                         model.retain(|(n, _)| n != name.as_bytes());
                     }
-                    edits.push(HeaderEdit::Remove(name.clone()));
+                    edits.push(Edit::Remove(name.clone()));
                 }
                 Op::Rename { from, to } => {
                     let Some(model) = model.as_mut() else {
@@ -241,11 +233,11 @@ impl Transforms {
                         continue;
                     }
                     model.retain(|(n, _)| n != from.as_bytes() && n != to.as_bytes());
-                    edits.push(HeaderEdit::Remove(from.clone()));
-                    edits.push(HeaderEdit::Remove(to.clone()));
+                    edits.push(Edit::Remove(from.clone()));
+                    edits.push(Edit::Remove(to.clone()));
                     for value in values {
                         model.push((to.as_bytes().to_vec(), value.clone()));
-                        edits.push(HeaderEdit::Add(to.clone(), value));
+                        edits.push(Edit::Add(to.clone(), value));
                     }
                 }
             }
@@ -313,13 +305,13 @@ mod tests {
         assert_eq!(
             edits,
             vec![
-                HeaderEdit::Set("x-client".into(), b"10.0.0.7 via ".to_vec()),
-                HeaderEdit::Add("x-trace".into(), b"id=req-1".to_vec()),
-                HeaderEdit::Remove("x-internal".into()),
-                HeaderEdit::Remove("x-old".into()),
-                HeaderEdit::Remove("x-new".into()),
-                HeaderEdit::Add("x-new".into(), b"a".to_vec()),
-                HeaderEdit::Add("x-new".into(), b"b".to_vec()),
+                Edit::Set("x-client".into(), b"10.0.0.7 via ".to_vec()),
+                Edit::Add("x-trace".into(), b"id=req-1".to_vec()),
+                Edit::Remove("x-internal".into()),
+                Edit::Remove("x-old".into()),
+                Edit::Remove("x-new".into()),
+                Edit::Add("x-new".into(), b"a".to_vec()),
+                Edit::Add("x-new".into(), b"b".to_vec()),
             ]
         );
         assert_eq!(vars.reads, 2);
@@ -336,10 +328,10 @@ mod tests {
         assert_eq!(
             edits,
             vec![
-                HeaderEdit::Set("x-a".into(), b"1".to_vec()),
-                HeaderEdit::Remove("x-a".into()),
-                HeaderEdit::Remove("x-b".into()),
-                HeaderEdit::Add("x-b".into(), b"1".to_vec()),
+                Edit::Set("x-a".into(), b"1".to_vec()),
+                Edit::Remove("x-a".into()),
+                Edit::Remove("x-b".into()),
+                Edit::Add("x-b".into(), b"1".to_vec()),
             ]
         );
     }
@@ -405,7 +397,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             t.apply(&Pairs::new(), &mut Hostile),
-            vec![HeaderEdit::Set("x-a".into(), b"aset-cookie: x".to_vec())]
+            vec![Edit::Set("x-a".into(), b"aset-cookie: x".to_vec())]
         );
     }
 }

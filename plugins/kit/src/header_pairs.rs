@@ -5,6 +5,47 @@
 /// Header (or trailer) pairs as raw bytes: names and values are not assumed to be UTF-8.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// A change to a header map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Replace every value of the header with this one.
+    Set(String, Vec<u8>),
+    /// Add a value, keeping the others.
+    Add(String, Vec<u8>),
+    /// Remove every value of the header.
+    Remove(String),
+}
+
+impl Edit {
+    /// Applies the edit to a snapshot of a map, as the host would to the map itself. Names
+    /// compare case-insensitively (hosts keep them lower-case; HTTP/1 clients may not).
+    pub fn apply_to(&self, pairs: &mut Pairs) {
+        match self {
+            Edit::Set(name, value) => {
+                let mut value = Some(value.clone());
+                pairs.retain_mut(|(n, v)| {
+                    if !n.eq_ignore_ascii_case(name.as_bytes()) {
+                        return true;
+                    }
+                    // Replace in place (keeping the header's position), drop later duplicates.
+                    match value.take() {
+                        Some(new) => {
+                            *v = new;
+                            true
+                        }
+                        None => false,
+                    }
+                });
+                if let Some(value) = value {
+                    pairs.push((name.as_bytes().to_vec(), value));
+                }
+            }
+            Edit::Add(name, value) => pairs.push((name.as_bytes().to_vec(), value.clone())),
+            Edit::Remove(name) => pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes())),
+        }
+    }
+}
+
 /// Encodes pairs for `proxy_send_local_response`, `proxy_set_header_map_pairs` and the like.
 pub fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     let size_of = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
@@ -80,6 +121,41 @@ mod tests {
     fn layout_matches_the_abi() {
         let encoded = encode(&[(b"ab", b"c")]);
         assert_eq!(encoded, b"\x01\0\0\0\x02\0\0\0\x01\0\0\0ab\0c\0");
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Pairs {
+        list.iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn edits_apply_like_the_host() {
+        let mut map = pairs(&[
+            (":status", "200"),
+            ("server", "x"),
+            ("vary", "a"),
+            ("vary", "b"),
+            ("Server", "y"),
+        ]);
+        Edit::Remove("server".into()).apply_to(&mut map);
+        assert_eq!(
+            map,
+            pairs(&[(":status", "200"), ("vary", "a"), ("vary", "b")])
+        );
+        Edit::Set("vary".into(), b"Origin".to_vec()).apply_to(&mut map);
+        assert_eq!(map, pairs(&[(":status", "200"), ("vary", "Origin")]));
+        Edit::Add("vary".into(), b"Accept".to_vec()).apply_to(&mut map);
+        Edit::Set("x-new".into(), b"1".to_vec()).apply_to(&mut map);
+        assert_eq!(
+            map,
+            pairs(&[
+                (":status", "200"),
+                ("vary", "Origin"),
+                ("vary", "Accept"),
+                ("x-new", "1")
+            ])
+        );
     }
 
     #[test]

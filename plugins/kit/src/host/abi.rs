@@ -36,6 +36,7 @@ extern "C" {
         return_value_data: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
+    pub fn proxy_set_header_map_pairs(map_type: u32, map_data: *const u8, map_size: usize) -> u32;
     pub fn proxy_replace_header_map_value(
         map_type: u32,
         key_data: *const u8,

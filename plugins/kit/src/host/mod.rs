@@ -82,6 +82,51 @@ pub fn headers(map: Map) -> Result<crate::header_pairs::Pairs, HostError> {
     }
 }
 
+/// Replaces a whole map in one host call: cheaper than one call per edit once there are more
+/// than a couple (each call crosses the Wasm boundary).
+pub fn set_headers(map: Map, pairs: &crate::header_pairs::Pairs) -> Result<(), HostError> {
+    let borrowed: Vec<(&[u8], &[u8])> = pairs
+        .iter()
+        .map(|(n, v)| (n.as_slice(), v.as_slice()))
+        .collect();
+    let encoded = crate::header_pairs::encode(&borrowed);
+    // SAFETY: pointer to a live buffer.
+    let status =
+        unsafe { abi::proxy_set_header_map_pairs(map as u32, encoded.as_ptr(), encoded.len()) };
+    check("proxy_set_header_map_pairs", status)
+}
+
+/// Applies edits to a map whose current pairs are `snapshot`: one call per edit when there are
+/// few, else the edited snapshot written back at once. A refused edit is logged, not fatal.
+pub fn apply_edits(
+    map: Map,
+    snapshot: crate::header_pairs::Pairs,
+    edits: &[crate::header_pairs::Edit],
+) {
+    use crate::header_pairs::Edit;
+    const ONE_BY_ONE: usize = 2;
+    if edits.len() > ONE_BY_ONE {
+        let mut pairs = snapshot;
+        for edit in edits {
+            edit.apply_to(&mut pairs);
+        }
+        if let Err(err) = set_headers(map, &pairs) {
+            log::warn!("header edits refused by the host: {err}");
+        }
+        return;
+    }
+    for edit in edits {
+        let result = match edit {
+            Edit::Set(name, value) => set_header(map, name, value),
+            Edit::Add(name, value) => add_header(map, name, value),
+            Edit::Remove(name) => remove_header(map, name),
+        };
+        if let Err(err) = result {
+            log::warn!("header edit refused by the host: {err}");
+        }
+    }
+}
+
 /// Sets a header, replacing any value it had.
 pub fn set_header(map: Map, name: &str, value: &[u8]) -> Result<(), HostError> {
     // SAFETY: pointers to live slices.

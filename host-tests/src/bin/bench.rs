@@ -1,0 +1,446 @@
+//! `just bench`: real Envoy (2 workers, V8) on loopback in front of the same upstream, loaded by
+//! `wrk` with fixed connections and duration after a warm-up, in each setup: no filter, the
+//! empty Wasm filter (the floor), each Palisade plugin, Envoy's native equivalent where one
+//! exists, and all five chained. Setups alternate and repeat, so drift on a noisy machine shows
+//! as spread; the table reports medians, and ratios from this one run.
+
+#![allow(clippy::print_stdout)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use palisade::envoy::{self, Bootstrap, EnvoyProcess, Filter};
+use palisade::plugins::{self, PluginInfo};
+use palisade_host_tests::envoy_harness::{wasm_dir, workspace, WORKERS};
+use serde_json::{json, Value};
+
+/// header-security as an edge would run it: the API preset, CORS for one app, a request id.
+const HEADER_SECURITY: &str = r#"{
+    "security_headers": {"preset": "api"},
+    "cors": {"allow_origins": [{"exact": "https://app.example.com"}], "allow_methods": ["GET", "POST"],
+             "allow_headers": ["authorization", "content-type"], "max_age": "10m"},
+    "trace_context": {"create": false}
+}"#;
+
+/// The same work with Envoy's own filters: CORS, and header_mutation for the security headers.
+fn native_header_security() -> (Vec<Value>, Value) {
+    let set = |key: &str, value: &str| json!({"append": {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}});
+    let remove = |key: &str| json!({"remove": key});
+    let filters = vec![
+        json!({"name": "envoy.filters.http.cors",
+               "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}),
+        json!({"name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"response_mutations": [
+                remove("server"), remove("x-powered-by"), remove("x-envoy-upstream-service-time"),
+                set("strict-transport-security", "max-age=31536000; includeSubDomains"),
+                set("x-content-type-options", "nosniff"),
+                set("x-frame-options", "DENY"),
+                set("content-security-policy", "default-src 'none'; frame-ancestors 'none'"),
+                set("referrer-policy", "no-referrer"),
+                set("cache-control", "no-store"),
+            ]}}}),
+    ];
+    let route = json!({"envoy.filters.http.cors": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": "https://app.example.com"}],
+        "allow_methods": "GET, POST",
+        "allow_headers": "authorization, content-type",
+        "max_age": "600"
+    }});
+    (filters, route)
+}
+
+struct Setup {
+    name: String,
+    palisade: Vec<Filter>,
+    native: Vec<Value>,
+    route: Value,
+    /// The setup this one is the Wasm counterpart of (for the "vs native" ratio).
+    native_counterpart: Option<&'static str>,
+    wasm_files: Vec<PathBuf>,
+}
+
+impl Setup {
+    fn plain(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            palisade: Vec::new(),
+            native: Vec::new(),
+            route: json!({}),
+            native_counterpart: None,
+            wasm_files: Vec::new(),
+        }
+    }
+}
+
+const NONE: &str = "envoy, no filter";
+const FLOOR: &str = "empty wasm filter (floor)";
+const NATIVE_HS: &str = "native cors + header_mutation";
+
+fn plugin(name: &str) -> &'static PluginInfo {
+    plugins::find(name).unwrap_or_else(|| panic!("no plugin {name}"))
+}
+
+fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
+    let floor_wasm = wasm.join("palisade_floor.wasm");
+    let mut all = vec![Setup::plain(NONE)];
+    all.push(Setup {
+        native: vec![json!({"name": "floor", "typed_config": envoy::wasm_filter_config("palisade-floor", &floor_wasm, "")})],
+        wasm_files: vec![floor_wasm],
+        ..Setup::plain(FLOOR)
+    });
+    let (native, route) = native_header_security();
+    all.push(Setup {
+        native,
+        route,
+        ..Setup::plain(NATIVE_HS)
+    });
+    all.push(Setup {
+        palisade: vec![Filter::new(plugin("header-security"), header_security)],
+        native_counterpart: Some(NATIVE_HS),
+        wasm_files: vec![wasm.join(plugin("header-security").wasm_file)],
+        ..Setup::plain("palisade-header-security")
+    });
+    for name in ["auth", "rate-limit", "resilience", "audit"] {
+        let p = plugin(name);
+        all.push(Setup {
+            palisade: vec![Filter::new(p, p.example_config)],
+            wasm_files: vec![wasm.join(p.wasm_file)],
+            ..Setup::plain(&format!("{} (pass-through so far)", p.full_name))
+        });
+    }
+    all.push(Setup {
+        palisade: plugins::ALL
+            .iter()
+            .map(|p| {
+                Filter::new(
+                    p,
+                    if p.name == "header-security" {
+                        HEADER_SECURITY
+                    } else {
+                        p.example_config
+                    },
+                )
+            })
+            .collect(),
+        wasm_files: plugins::ALL
+            .iter()
+            .map(|p| wasm.join(p.wasm_file))
+            .collect(),
+        ..Setup::plain("all five chained")
+    });
+    all
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    rss_mib: f64,
+}
+
+fn parse_latency(text: &str) -> Option<f64> {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1_000.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000_000.0)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// Requests per second and p50/p99 from `wrk --latency` output.
+fn parse_wrk(output: &str) -> Option<(f64, f64, f64)> {
+    let mut p50 = None;
+    let mut p99 = None;
+    let mut rps = None;
+    for line in output.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["50%", value] => p50 = parse_latency(value),
+            ["99%", value] => p99 = parse_latency(value),
+            ["Requests/sec:", value] => rps = value.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((rps?, p50?, p99?))
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+struct Load {
+    duration: u64,
+    warmup: u64,
+    connections: u32,
+}
+
+fn wrk(url: &str, seconds: u64, connections: u32) -> String {
+    let output = Command::new("wrk")
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+        ])
+        .args([
+            "-H",
+            "origin: https://app.example.com",
+            "-H",
+            "x-request-id: bench-0001",
+        ])
+        .arg(url)
+        .output()
+        .unwrap_or_else(|err| panic!("wrk: {err} (run `./just setup` to install it)"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn measure(setup: &Setup, upstream: std::net::SocketAddr, load: &Load) -> Sample {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bootstrap = Bootstrap {
+        listen_port: 0,
+        upstream,
+        wasm_dir: wasm_dir(),
+        filters: setup.palisade.clone(),
+        native_filters: setup.native.clone(),
+        route_filter_configs: setup.route.clone(),
+    };
+    let binary = envoy::default_binary(&workspace());
+    let envoy = EnvoyProcess::start(&binary, &bootstrap, dir.path(), WORKERS)
+        .unwrap_or_else(|err| panic!("{}: {err}", setup.name));
+    let url = envoy.url("/orders");
+    let run = |connections| {
+        let output = wrk(&url, load.duration, connections);
+        if let Some(errors) = output
+            .lines()
+            .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+        {
+            panic!("{}: requests failed: {errors}\n{}", setup.name, envoy.log());
+        }
+        parse_wrk(&output).unwrap_or_else(|| panic!("{}: wrk said\n{output}", setup.name))
+    };
+    wrk(&url, load.warmup, load.connections);
+    // Throughput under load; latency from one connection, where queueing does not hide the
+    // time the filter itself adds.
+    let (rps, _, _) = run(load.connections);
+    let (_, p50_us, p99_us) = run(1);
+    Sample {
+        rps,
+        p50_us,
+        p99_us,
+        rss_mib: rss_mib(envoy.pid()),
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let load = Load {
+        duration: arg(&args, "--duration", 5),
+        warmup: arg(&args, "--warmup", 2),
+        connections: u32::try_from(arg(&args, "--connections", 16)).unwrap_or(16),
+    };
+    let rounds = arg(&args, "--rounds", 3);
+    let out_dir = workspace().join("target/bench");
+    std::fs::create_dir_all(&out_dir).expect("target/bench");
+
+    let wasm = wasm_dir();
+    // Knobs for finding where the cost goes: another header-security config, and a subset of
+    // setups (by name; the no-filter baseline always runs).
+    let header_security: &'static str =
+        match args.iter().position(|a| a == "--header-security-config") {
+            Some(i) => Box::leak(
+                args.get(i + 1)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_boxed_str(),
+            ),
+            None => HEADER_SECURITY,
+        };
+    let only: Vec<&String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i > 0 && args.get(i - 1).is_some_and(|a| a == "--only"))
+        .map(|(_, v)| v)
+        .collect();
+    let setups: Vec<Setup> = setups(&wasm, header_security)
+        .into_iter()
+        .filter(|s| {
+            s.name == NONE || only.is_empty() || only.iter().any(|o| s.name.contains(o.as_str()))
+        })
+        .collect();
+    let upstream_dir = tempfile::tempdir().expect("temp dir");
+    let binary = envoy::default_binary(&workspace());
+    let upstream = EnvoyProcess::start_config(
+        &binary,
+        &envoy::direct_response_config(0),
+        upstream_dir.path(),
+        1,
+    )
+    .unwrap_or_else(|err| panic!("upstream: {err}"));
+    let upstream_addr = std::net::SocketAddr::from(([127, 0, 0, 1], upstream.port()));
+
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); setups.len()];
+    for round in 1..=rounds {
+        for (i, setup) in setups.iter().enumerate() {
+            let sample = measure(setup, upstream_addr, &load);
+            println!(
+                "round {round}/{rounds} {:<45} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
+                setup.name, sample.rps, sample.p50_us, sample.p99_us
+            );
+            samples[i].push(sample);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    struct Row {
+        rps: f64,
+        p50: f64,
+        p99: f64,
+        rss: f64,
+        spread: f64,
+    }
+    let rows: Vec<Row> = samples
+        .iter()
+        .map(|s| {
+            let mut rps: Vec<f64> = s.iter().map(|x| x.rps).collect();
+            let (lo, hi) = rps
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let rps_median = median(&mut rps);
+            Row {
+                rps: rps_median,
+                p50: median(&mut s.iter().map(|x| x.p50_us).collect::<Vec<_>>()),
+                p99: median(&mut s.iter().map(|x| x.p99_us).collect::<Vec<_>>()),
+                rss: median(&mut s.iter().map(|x| x.rss_mib).collect::<Vec<_>>()),
+                spread: if rps_median > 0.0 {
+                    (hi - lo) / rps_median * 100.0
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    let index = |name: &str| setups.iter().position(|s| s.name == name).unwrap_or(0);
+    let base = &rows[index(NONE)];
+    let added = |row: &Row| row.p50 - base.p50;
+    let floor_added = setups
+        .iter()
+        .position(|s| s.name == FLOOR)
+        .map_or(0.0, |i| added(&rows[i]));
+    let vms = f64::from(WORKERS + 1);
+
+    let mut table = String::new();
+    let mut csv = String::from("setup,req_per_s,p50_us,p99_us,added_p50_us,vs_native,vs_floor,rps_spread_pct,wasm_kib,rss_delta_per_vm_mib\n");
+    table.push_str("| setup | req/s (c={c}) | p50 µs (c=1) | p99 µs (c=1) | added p50 µs | vs native | vs floor | req/s spread | .wasm KiB | Δ RSS per VM MiB |\n".replace("{c}", &load.connections.to_string()).as_str());
+    table.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for (setup, row) in setups.iter().zip(&rows) {
+        let add = added(row);
+        let vs_native = setup
+            .native_counterpart
+            .map(|n| {
+                let native = setups
+                    .iter()
+                    .position(|s| s.name == n)
+                    .map_or(0.0, |i| added(&rows[i]));
+                if native > 0.0 {
+                    format!("{:.2}×", add / native)
+                } else {
+                    "n/a".to_owned()
+                }
+            })
+            .unwrap_or_default();
+        let vs_floor = if setup.name == NONE || floor_added <= 0.0 {
+            String::new()
+        } else {
+            format!("{:.2}×", add / floor_added)
+        };
+        let wasm_kib: u64 = setup
+            .wasm_files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+            / 1024;
+        let wasm_text = if setup.wasm_files.is_empty() {
+            String::new()
+        } else {
+            wasm_kib.to_string()
+        };
+        let rss_delta = if setup.name == NONE {
+            String::new()
+        } else {
+            format!("{:.1}", (row.rss - base.rss) / vms)
+        };
+        let _ = writeln!(
+            table,
+            "| {} | {:.0} | {:.0} | {:.0} | {:+.0} | {} | {} | {:.1}% | {} | {} |",
+            setup.name,
+            row.rps,
+            row.p50,
+            row.p99,
+            add,
+            vs_native,
+            vs_floor,
+            row.spread,
+            wasm_text,
+            rss_delta
+        );
+        let _ = writeln!(
+            csv,
+            "{},{:.0},{:.0},{:.0},{:.0},{},{},{:.1},{},{}",
+            setup.name,
+            row.rps,
+            row.p50,
+            row.p99,
+            add,
+            vs_native.trim_end_matches('×'),
+            vs_floor.trim_end_matches('×'),
+            row.spread,
+            wasm_text,
+            rss_delta
+        );
+    }
+    println!("\n{table}");
+    std::fs::write(out_dir.join("results.md"), &table).expect("write results.md");
+    std::fs::write(out_dir.join("results.csv"), &csv).expect("write results.csv");
+    let settings = format!(
+        "wrk -t1 --latency: req/s with -c{} -d{}s, latency with -c1 -d{1}s, after a {}s warm-up; Envoy --concurrency {WORKERS}; {rounds} rounds, setups alternating; medians",
+        load.connections, load.duration, load.warmup
+    );
+    std::fs::write(out_dir.join("settings.txt"), settings).expect("write settings.txt");
+}
