@@ -5,3 +5,4 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod envoy_harness;
+pub mod wasm_host;

@@ -1,0 +1,228 @@
+//! palisade-header-security in the test host, under Envoy and Kong: configuration refusal,
+//! pass-through, security headers added and leaky ones removed, request ids, non-UTF-8 values,
+//! local replies and host properties.
+
+mod plugin_support;
+
+use palisade_host_tests::wasm_host::{Failure, Host, Outcome, Plugin, Profile, Request, Response};
+use plugin_support::{assert_pass_through, assert_rejected, exchange, load, request, PROFILES};
+
+const NEUTRAL: &str = r#"{"security_headers":{"preset":"none","remove":[]},
+    "request_id":{"generate":false,"echo":false},"trace_context":{"create":false}}"#;
+
+#[test]
+fn a_bad_header_name_is_refused_with_one_line() -> Result<(), Failure> {
+    assert_rejected(
+        Plugin::HeaderSecurity,
+        r#"{"security_headers":{"remove":["Bad Name"]}}"#,
+        r#"[palisade-header-security] configuration rejected: security_headers.remove[0]: "Bad Name" is not a lower-case HTTP header name"#,
+    )
+}
+
+#[test]
+fn with_every_feature_off_requests_pass_through_untouched() -> Result<(), Failure> {
+    assert_pass_through(Plugin::HeaderSecurity, NEUTRAL)
+}
+
+#[test]
+fn defaults_add_security_headers_remove_leaky_ones_and_keep_the_rest() -> Result<(), Failure> {
+    let mut ids = Vec::new();
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, Plugin::HeaderSecurity, "{}")?;
+        let mut stream = vms.http_request(request())?;
+        assert_eq!(stream.send_request_headers(false)?, Outcome::Continue);
+        stream.send_request_body(plugin_support::REQUEST_BODY, true)?;
+        let upstream = stream.upstream_request_headers();
+        let id = upstream
+            .get("x-request-id")
+            .expect("a generated id")
+            .to_owned();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(id.as_bytes()[14], b'4', "UUID v4: {id}");
+        assert!(upstream.contains("traceparent"));
+        let untouched = upstream.without("x-request-id").without("traceparent");
+        assert_eq!(untouched, request().headers().clone(), "{profile:?}");
+
+        let upstream_response = Response::status(200)
+            .header("content-type", "application/json")
+            .header("server", "nginx/1.25")
+            .header("x-powered-by", "Express")
+            .header("x-upstream", "orders-7");
+        stream.send_response_headers(upstream_response, false)?;
+        stream.send_response_body("{}", true)?;
+        let client = stream.response_headers();
+        assert!(!client.contains("server"), "{profile:?}: {client:?}");
+        assert!(!client.contains("x-powered-by"));
+        for (name, value) in [
+            (
+                "strict-transport-security",
+                "max-age=31536000; includeSubDomains",
+            ),
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            (
+                "content-security-policy",
+                "default-src 'none'; frame-ancestors 'none'",
+            ),
+            ("referrer-policy", "no-referrer"),
+            ("cache-control", "no-store"),
+            ("x-request-id", id.as_str()),
+            ("content-type", "application/json"),
+            ("x-upstream", "orders-7"),
+        ] {
+            assert_eq!(client.get(name), Some(value), "{profile:?}: {name}");
+        }
+        assert_eq!(stream.response_status(), 200);
+        assert_eq!(stream.response_body(), b"{}");
+        stream.finish()?;
+        ids.push(id);
+    }
+    // The host's randomness is seeded: the same worker draws the same id under either profile.
+    assert_eq!(ids[0], ids[1]);
+    Ok(())
+}
+
+#[test]
+fn non_utf8_header_values_pass_through_without_a_panic() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, Plugin::HeaderSecurity, "{}")?;
+        let mut stream =
+            vms.http_request(Request::get("/").header("x-legacy", b"caf\xe9".as_slice()))?;
+        stream.send_request_headers(true)?;
+        assert_eq!(
+            stream.upstream_request_headers().get_bytes("x-legacy"),
+            Some(b"caf\xe9".as_slice())
+        );
+        let response = Response::status(200)
+            .header("x-bin", b"\xff\xfe\x80".as_slice())
+            .header("server", b"\xc3\x28".as_slice());
+        assert_eq!(
+            stream.send_response_headers(response, true)?,
+            Outcome::Continue
+        );
+        let client = stream.response_headers();
+        assert_eq!(
+            client.get_bytes("x-bin"),
+            Some(b"\xff\xfe\x80".as_slice()),
+            "{profile:?}"
+        );
+        assert!(!client.contains("server"));
+        stream.finish()?;
+        let critical = vms.logs().into_iter().find(|e| e.message.contains("panic"));
+        assert_eq!(critical, None, "{profile:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_body_over_the_limit_gets_a_local_413_through_the_response_callbacks() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (_host, vms) = load(
+            profile,
+            Plugin::HeaderSecurity,
+            r#"{"limits":{"max_body_bytes":8}}"#,
+        )?;
+        let mut stream = vms.http_request(Request::post("/upload"))?;
+        assert_eq!(stream.send_request_headers(false)?, Outcome::Continue);
+        let Outcome::LocalReply(reply) = stream.send_request_body("0123456789", true)? else {
+            panic!("{profile:?}: expected a local reply");
+        };
+        assert_eq!(reply.status, 413);
+        assert_eq!(stream.response_status(), 413);
+        let client = stream.response_headers();
+        assert_eq!(client.get("content-type"), Some("application/json"));
+        assert_eq!(client.get("x-content-type-options"), Some("nosniff"));
+        assert!(
+            stream.upstream_request_body().is_empty(),
+            "the body never left"
+        );
+        // Kong appends a newline to local response bodies (ngx_http_wasm_local_response.c).
+        let body = stream.response_body();
+        assert_eq!(body.ends_with(b"\n"), profile.is_kong(), "{profile:?}");
+        stream.finish()?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_cors_preflight_is_answered_locally() -> Result<(), Failure> {
+    let config = r#"{"cors":{"allow_origins":[{"exact":"https://app.example.com"}],"allow_methods":["GET","POST"]}}"#;
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, Plugin::HeaderSecurity, config)?;
+        let mut stream = vms.http_request(
+            Request::new("OPTIONS", "/api/orders")
+                .header("origin", "https://app.example.com")
+                .header("access-control-request-method", "POST"),
+        )?;
+        let outcome = stream.send_request_headers(true)?;
+        assert!(
+            matches!(outcome, Outcome::LocalReply(ref r) if r.status == 204),
+            "{profile:?}: {outcome:?}"
+        );
+        let client = stream.response_headers();
+        assert_eq!(
+            client.get("access-control-allow-origin"),
+            Some("https://app.example.com")
+        );
+        assert_eq!(
+            client.get("access-control-allow-methods"),
+            Some("GET, POST")
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_route_comes_from_each_hosts_own_property() -> Result<(), Failure> {
+    let config = r#"{"transforms":{"request":[{"set":{"name":"x-route","value":"${route}"}}]},
+        "request_id":{"generate":false},"trace_context":{"create":false}}"#;
+    let route = |host: &Host, request: Request| -> Result<Option<String>, Failure> {
+        let vms = host.load(Plugin::HeaderSecurity, config)?;
+        let mut stream = vms.http_request(request)?;
+        stream.send_request_headers(true)?;
+        Ok(stream
+            .upstream_request_headers()
+            .get("x-route")
+            .map(str::to_owned))
+    };
+
+    let envoy = Host::new(Profile::Envoy);
+    envoy.set_property("xds.route_name", "orders");
+    assert_eq!(route(&envoy, Request::get("/"))?, Some("orders".to_owned()));
+    assert!(envoy.refused_properties().is_empty());
+
+    let kong = Host::new(Profile::kong());
+    let vms = kong.load(Plugin::HeaderSecurity, config)?;
+    for _ in 0..2 {
+        let mut stream =
+            vms.http_request(Request::get("/").property("kong.route_name", "orders"))?;
+        stream.send_request_headers(true)?;
+        assert_eq!(
+            stream.upstream_request_headers().get("x-route"),
+            Some("orders")
+        );
+    }
+    let refused: Vec<String> = kong
+        .refused_properties()
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        refused,
+        ["xds.route_name"],
+        "asked once, then the worker remembers Kong's property"
+    );
+    Ok(())
+}
+
+#[test]
+fn exchange_helper_is_deterministic_in_fuel() -> Result<(), Failure> {
+    let fuel = |profile| -> Result<u64, Failure> {
+        let (_host, vms) = load(profile, Plugin::HeaderSecurity, "{}")?;
+        Ok(exchange(&vms)?.fuel())
+    };
+    for profile in PROFILES {
+        assert_eq!(fuel(profile)?, fuel(profile)?, "{profile:?}");
+    }
+    Ok(())
+}
