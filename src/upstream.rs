@@ -16,6 +16,10 @@ pub struct SeenRequest {
     pub path: String,
     /// Names in lower case, in arrival order.
     pub headers: Vec<(String, String)>,
+    /// Body bytes received.
+    pub body_len: u64,
+    /// Whether the body arrived whole (false when the proxy reset the stream mid-body).
+    pub body_complete: bool,
 }
 
 impl SeenRequest {
@@ -84,7 +88,7 @@ impl Drop for EchoUpstream {
 fn serve(server: &tiny_http::Server, seen: &Mutex<Vec<SeenRequest>>) {
     for mut request in server.incoming_requests() {
         // Drain the body so keep-alive connections stay usable.
-        let _ = std::io::copy(request.as_reader(), &mut std::io::sink());
+        let drained = std::io::copy(request.as_reader(), &mut std::io::sink());
         let headers: Vec<(String, String)> = request
             .headers()
             .iter()
@@ -99,6 +103,8 @@ fn serve(server: &tiny_http::Server, seen: &Mutex<Vec<SeenRequest>>) {
             method: request.method().as_str().to_owned(),
             path: request.url().to_owned(),
             headers,
+            body_len: *drained.as_ref().unwrap_or(&0),
+            body_complete: drained.is_ok(),
         };
         let body = json!({
             "method": entry.method,

@@ -2,7 +2,9 @@
 //! snapshots and applies the edits or the local reply it returns.
 
 use palisade_kit::config::Problems;
-use palisade_kit::header_pairs::{Edit, Pairs};
+use std::borrow::Cow;
+
+use palisade_kit::header_pairs::{get as header, Edit};
 use palisade_kit::random::Xoshiro256;
 use palisade_kit::reply::{ErrorReply, CONTENT_TYPE};
 
@@ -57,8 +59,9 @@ pub struct LocalReply {
 
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestVerdict {
-    Continue(Vec<Edit>),
+pub enum RequestVerdict<'a> {
+    /// Edits borrow from the configuration where they can.
+    Continue(Vec<Edit<'a>>),
     Reply(LocalReply),
 }
 
@@ -72,13 +75,6 @@ pub struct HeaderSecurity {
     response_transforms: Transforms,
     request_id: RequestIdConfig,
     trace: TraceContextConfig,
-}
-
-fn header<'a>(headers: &'a Pairs, name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name.as_bytes())
-        .map(|(_, v)| v.as_slice())
 }
 
 impl HeaderSecurity {
@@ -129,11 +125,11 @@ impl HeaderSecurity {
     /// Decides on the request headers.
     pub fn on_request_headers(
         &self,
-        headers: &Pairs,
+        headers: &[(&[u8], &[u8])],
         rng: &mut Xoshiro256,
         host: &mut dyn HostValues,
         state: &mut StreamState,
-    ) -> RequestVerdict {
+    ) -> RequestVerdict<'_> {
         let mut edits = Vec::new();
         // The id comes first: every reply, including refusals, carries it.
         let incoming =
@@ -145,8 +141,8 @@ impl HeaderSecurity {
                 rng.fill(&mut bytes);
                 let id = request_id::uuid_v4(bytes);
                 edits.push(Edit::Set(
-                    self.request_id.header.clone(),
-                    id.clone().into_bytes(),
+                    Cow::Borrowed(self.request_id.header.as_str()),
+                    Cow::Owned(id.clone().into_bytes()),
                 ));
                 Some(id)
             }
@@ -193,12 +189,12 @@ impl HeaderSecurity {
                     let sampled = request_id::is_sampled(rng.next_u32(), self.trace.sampling_rate);
                     let traceparent = request_id::new_traceparent(random, sampled);
                     edits.push(Edit::Set(
-                        "traceparent".to_owned(),
-                        traceparent.into_bytes(),
+                        Cow::Borrowed("traceparent"),
+                        Cow::Owned(traceparent),
                     ));
                     if existing.is_some() {
                         // tracestate belongs to the trace being replaced.
-                        edits.push(Edit::Remove("tracestate".to_owned()));
+                        edits.push(Edit::Remove(Cow::Borrowed("tracestate")));
                     }
                 }
             }
@@ -226,29 +222,47 @@ impl HeaderSecurity {
     }
 
     /// The edits to the response headers.
-    pub fn on_response_headers(
-        &self,
-        state: &StreamState,
-        headers: &Pairs,
+    pub fn on_response_headers<'a>(
+        &'a self,
+        state: &'a StreamState,
+        headers: &[(&[u8], &[u8])],
         host: &mut dyn HostValues,
-    ) -> Vec<Edit> {
+    ) -> Vec<Edit<'a>> {
         if state.replied {
             // Our own reply already carries every header.
             return Vec::new();
         }
-        let mut edits: Vec<Edit> = self
-            .security
-            .remove
-            .iter()
-            .map(|name| Edit::Remove(name.clone()))
-            .collect();
+        let borrowed = |name: &'a str, value: &'a str| {
+            Edit::Set(Cow::Borrowed(name), Cow::Borrowed(value.as_bytes()))
+        };
+        let mut edits: Vec<Edit<'a>> =
+            Vec::with_capacity(self.security.remove.len() + self.security.set.len() + 6);
         edits.extend(
-            self.response_headers(state)
-                .into_iter()
-                .map(|(name, value)| Edit::Set(name, value.into_bytes())),
+            self.security
+                .remove
+                .iter()
+                .map(|name| Edit::Remove(Cow::Borrowed(name.as_str()))),
         );
+        edits.extend(
+            self.security
+                .set
+                .iter()
+                .map(|(name, value)| borrowed(name, value)),
+        );
+        if let (true, Some(id)) = (self.request_id.echo, &state.request_id) {
+            edits.push(borrowed(&self.request_id.header, id));
+        }
+        if let (Some(cors), Some(origin)) = (&self.cors, &state.cors_origin) {
+            edits.extend(
+                cors.response_headers(origin)
+                    .into_iter()
+                    .map(|(name, value)| {
+                        Edit::Set(Cow::Borrowed(name), Cow::Owned(value.into_bytes()))
+                    }),
+            );
+        }
         if self.cors.is_some() && !varies_by_origin(headers) {
-            edits.push(Edit::Add("vary".to_owned(), b"Origin".to_vec()));
+            edits.push(Edit::Add(Cow::Borrowed("vary"), Cow::Borrowed(b"Origin")));
         }
         if !self.response_transforms.is_empty() {
             let mut vars = Vars {
@@ -258,6 +272,12 @@ impl HeaderSecurity {
             edits.extend(self.response_transforms.apply(headers, &mut vars));
         }
         edits
+    }
+
+    /// Whether [`Self::on_response_headers`] looks at the response's headers (CORS's `Vary`
+    /// check, transforms); without it the adapter need not read them from the host.
+    pub fn reads_response_headers(&self) -> bool {
+        self.cors.is_some() || !self.response_transforms.is_empty()
     }
 
     /// Headers every response gets: security headers, the request id, CORS for an allowed
@@ -308,12 +328,15 @@ impl HeaderSecurity {
 }
 
 /// Does the response already vary by origin (or by everything)?
-fn varies_by_origin(headers: &Pairs) -> bool {
-    headers.iter().filter(|(n, _)| n == b"vary").any(|(_, v)| {
-        v.split(|&b| b == b',')
-            .map(|t| t.trim_ascii())
-            .any(|t| t == b"*" || t.eq_ignore_ascii_case(b"origin"))
-    })
+fn varies_by_origin(headers: &[(&[u8], &[u8])]) -> bool {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"vary"))
+        .any(|(_, v)| {
+            v.split(|&b| b == b',')
+                .map(|t| t.trim_ascii())
+                .any(|t| t == b"*" || t.eq_ignore_ascii_case(b"origin"))
+        })
 }
 
 #[cfg(test)]
@@ -323,6 +346,7 @@ mod tests {
 
     use super::*;
     use palisade_kit::config::load;
+    use palisade_kit::header_pairs::{borrow, Pairs};
 
     struct NoHost;
     impl HostValues for NoHost {
@@ -358,16 +382,17 @@ mod tests {
         headers
     }
 
-    fn run(engine: &HeaderSecurity, headers: &Pairs) -> (RequestVerdict, StreamState) {
+    fn run<'a>(engine: &'a HeaderSecurity, headers: &Pairs) -> (RequestVerdict<'a>, StreamState) {
         let mut state = StreamState::default();
         let mut rng = Xoshiro256::from_seed([3; 32]);
-        let verdict = engine.on_request_headers(headers, &mut rng, &mut NoHost, &mut state);
+        let verdict =
+            engine.on_request_headers(&borrow(headers), &mut rng, &mut NoHost, &mut state);
         (verdict, state)
     }
 
     fn set_value<'a>(edits: &'a [Edit], name: &str) -> Option<&'a [u8]> {
         edits.iter().find_map(|e| match e {
-            Edit::Set(n, v) if n == name => Some(v.as_slice()),
+            Edit::Set(n, v) if n == name => Some(v.as_ref()),
             _ => None,
         })
     }
@@ -384,12 +409,12 @@ mod tests {
         assert_eq!(&id[14..15], "4");
         let traceparent = set_value(&edits, "traceparent").unwrap();
         assert!(request_id::is_valid_traceparent(traceparent));
-        let response = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
-        assert!(response.contains(&Edit::Set("x-request-id".into(), id.into_bytes())));
+        let response = e.on_response_headers(&state, &[], &mut NoHost);
+        assert!(response.contains(&Edit::Set("x-request-id".into(), id.into_bytes().into())));
         assert!(response.contains(&Edit::Remove("server".into())));
         assert!(response.contains(&Edit::Set(
             "x-content-type-options".into(),
-            b"nosniff".to_vec()
+            b"nosniff".to_vec().into()
         )));
     }
 
@@ -432,7 +457,7 @@ mod tests {
             .filter(|_| {
                 let mut state = StreamState::default();
                 let RequestVerdict::Continue(edits) =
-                    e.on_request_headers(&request(&[]), &mut rng, &mut NoHost, &mut state)
+                    e.on_request_headers(&borrow(&request(&[])), &mut rng, &mut NoHost, &mut state)
                 else {
                     panic!()
                 };
@@ -471,9 +496,7 @@ mod tests {
             .headers
             .contains(&("x-frame-options".into(), "DENY".into())));
         // The host may run the response phase on our own reply: nothing is added twice.
-        assert!(e
-            .on_response_headers(&state, &Pairs::new(), &mut NoHost)
-            .is_empty());
+        assert!(e.on_response_headers(&state, &[], &mut NoHost).is_empty());
     }
 
     #[test]
@@ -529,26 +552,26 @@ mod tests {
     fn cors_response_headers_for_allowed_origins_only() {
         let e = engine(CORS);
         let (_, state) = run(&e, &request(&[("origin", "https://app.example.com")]));
-        let edits = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
+        let edits = e.on_response_headers(&state, &[], &mut NoHost);
         assert!(edits.contains(&Edit::Set(
             "access-control-allow-origin".into(),
-            b"https://app.example.com".to_vec()
+            b"https://app.example.com".to_vec().into()
         )));
         assert!(edits.contains(&Edit::Set(
             "access-control-expose-headers".into(),
-            b"x-request-id".to_vec()
+            b"x-request-id".to_vec().into()
         )));
-        assert!(edits.contains(&Edit::Add("vary".into(), b"Origin".to_vec())));
+        assert!(edits.contains(&Edit::Add("vary".into(), b"Origin".to_vec().into())));
 
         let (_, state) = run(&e, &request(&[("origin", "https://evil.com")]));
-        let edits = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
+        let edits = e.on_response_headers(&state, &[], &mut NoHost);
         assert!(!edits
             .iter()
             .any(|e| matches!(e, Edit::Set(n, _) if n.starts_with("access-control"))));
-        assert!(edits.contains(&Edit::Add("vary".into(), b"Origin".to_vec())));
+        assert!(edits.contains(&Edit::Add("vary".into(), b"Origin".to_vec().into())));
 
         // An upstream that already varies by origin is left alone.
-        let varying: Pairs = vec![(b"vary".to_vec(), b"Accept-Encoding, origin".to_vec())];
+        let varying: Vec<(&[u8], &[u8])> = vec![(b"Vary", b"Accept-Encoding, origin")];
         assert!(!e
             .on_response_headers(&state, &varying, &mut NoHost)
             .iter()
@@ -566,7 +589,7 @@ mod tests {
             panic!()
         };
         assert_eq!(set_value(&edits, "x-client"), Some(&b"192.0.2.7"[..]));
-        let response = e.on_response_headers(&state, &Pairs::new(), &mut NoHost);
+        let response = e.on_response_headers(&state, &[], &mut NoHost);
         assert_eq!(set_value(&response, "x-route"), Some(&b"orders/r-9"[..]));
     }
 

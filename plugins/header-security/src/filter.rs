@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use palisade_kit::config::{ConfigError, Problems};
-use palisade_kit::header_pairs::Pairs;
+use palisade_kit::header_pairs::{decode_borrowed, Fields};
 use palisade_kit::host::{self, Map, Plugin};
 use palisade_kit::random::Xoshiro256;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -117,10 +117,18 @@ fn strip_port(address: &str) -> &str {
     }
 }
 
-fn read(map: Map) -> Pairs {
-    host::headers(map).unwrap_or_else(|err| {
+/// A header map as the host's raw answer; decode with [`fields`].
+fn read(map: Map) -> Vec<u8> {
+    host::headers_raw(map).unwrap_or_else(|err| {
         log::warn!("[{NAME}] could not read headers: {err}");
-        Pairs::new()
+        Vec::new()
+    })
+}
+
+fn fields(raw: &[u8]) -> Fields<'_> {
+    decode_borrowed(raw).unwrap_or_else(|| {
+        log::warn!("[{NAME}] the host returned a malformed header map");
+        Fields::new()
     })
 }
 
@@ -143,7 +151,8 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = read(Map::RequestHeaders);
+        let raw = read(Map::RequestHeaders);
+        let headers = fields(&raw);
         let worker = Rc::clone(&self.worker);
         let verdict = worker.engine.on_request_headers(
             &headers,
@@ -155,7 +164,7 @@ impl HttpContext for Stream {
         );
         match verdict {
             RequestVerdict::Continue(edits) => {
-                host::apply_edits(Map::RequestHeaders, headers, &edits);
+                host::apply_edits(Map::RequestHeaders, &headers, &edits);
                 Action::Continue
             }
             RequestVerdict::Reply(local) => reply(&local),
@@ -175,8 +184,16 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = read(Map::ResponseHeaders);
         let worker = Rc::clone(&self.worker);
+        // Reading a map makes the host call back into the VM to allocate (the dearest crossing
+        // in Envoy's V8): only when the engine needs the response's headers. Otherwise the
+        // edits go one call each, which are guest-to-host calls only.
+        let raw = if worker.engine.reads_response_headers() {
+            read(Map::ResponseHeaders)
+        } else {
+            Vec::new()
+        };
+        let headers = fields(&raw);
         let edits = worker.engine.on_response_headers(
             &self.state,
             &headers,
@@ -184,7 +201,11 @@ impl HttpContext for Stream {
                 route_property: &worker.route_property,
             },
         );
-        host::apply_edits(Map::ResponseHeaders, headers, &edits);
+        if raw.is_empty() {
+            host::apply_edits_one_by_one(Map::ResponseHeaders, &edits);
+        } else {
+            host::apply_edits(Map::ResponseHeaders, &headers, &edits);
+        }
         Action::Continue
     }
 }

@@ -3,7 +3,6 @@
 //! body size again while a body without `Content-Length` streams in.
 
 use palisade_kit::config::Problems;
-use palisade_kit::header_pairs::Pairs;
 
 use crate::config::LimitsConfig;
 
@@ -176,32 +175,33 @@ impl RequestLimits {
 
     /// Checks the request headers. Pseudo-headers (`:path`, ...) are not counted as fields, but
     /// their bytes count toward the size.
-    pub fn check_headers(&self, headers: &Pairs) -> Result<(), LimitExceeded> {
+    pub fn check_headers(&self, headers: &[(&[u8], &[u8])]) -> Result<(), LimitExceeded> {
         let mut count = 0usize;
         let mut bytes = 0usize;
         let mut method: &[u8] = b"";
         let mut authority: Option<&[u8]> = None;
         let mut content_length: Option<&[u8]> = None;
-        for (name, value) in headers {
+        for &(name, value) in headers {
             if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
                 return Err(LimitExceeded::BadRequest(
                     "request header value has control characters",
                 ));
             }
             bytes = bytes.saturating_add(name.len() + value.len());
-            match name.as_slice() {
-                b":method" => method = value,
-                b":authority" => authority = Some(value),
-                b"host" => {
-                    count += 1;
-                    authority = authority.or(Some(value));
+            // Kong (nginx) keeps the client's spelling of names; Envoy lower-cases them.
+            if name.starts_with(b":") {
+                match name {
+                    b":method" => method = value,
+                    b":authority" => authority = Some(value),
+                    _ => {}
                 }
-                b"content-length" => {
-                    count += 1;
-                    content_length = Some(value);
-                }
-                name if name.starts_with(b":") => {}
-                _ => count += 1,
+                continue;
+            }
+            count += 1;
+            if name.eq_ignore_ascii_case(b"host") {
+                authority = authority.or(Some(value));
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                content_length = Some(value);
             }
         }
         if count > self.max_header_count {
@@ -255,6 +255,13 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use palisade_kit::header_pairs::{borrow, Pairs};
+
+    impl RequestLimits {
+        fn check_pairs(&self, pairs: &Pairs) -> Result<(), LimitExceeded> {
+            self.check_headers(&borrow(pairs))
+        }
+    }
 
     fn limits(json: &str) -> RequestLimits {
         let config: LimitsConfig = serde_json::from_str(json).unwrap();
@@ -281,7 +288,7 @@ mod tests {
     #[test]
     fn defaults_let_an_ordinary_request_through() {
         assert_eq!(
-            limits("{}").check_headers(&request(&[("accept", "*/*")])),
+            limits("{}").check_pairs(&request(&[("accept", "*/*")])),
             Ok(())
         );
     }
@@ -290,19 +297,19 @@ mod tests {
     fn content_length_over_the_limit() {
         let l = limits(r#"{"max_body_bytes":100}"#);
         assert_eq!(
-            l.check_headers(&request(&[("content-length", "100")])),
+            l.check_pairs(&request(&[("content-length", "100")])),
             Ok(())
         );
         assert_eq!(
-            l.check_headers(&request(&[("content-length", "101")])),
+            l.check_pairs(&request(&[("content-length", "101")])),
             Err(LimitExceeded::BodyTooLarge)
         );
         assert_eq!(
-            l.check_headers(&request(&[("content-length", "1e3")])),
+            l.check_pairs(&request(&[("content-length", "1e3")])),
             Err(LimitExceeded::BadRequest("invalid content-length"))
         );
         assert_eq!(
-            l.check_headers(&request(&[("content-length", "99999999999999999999999")])),
+            l.check_pairs(&request(&[("content-length", "99999999999999999999999")])),
             Err(LimitExceeded::BadRequest("invalid content-length"))
         );
     }
@@ -311,11 +318,11 @@ mod tests {
     fn default_body_limit_is_100_mb() {
         let l = limits("{}");
         assert_eq!(
-            l.check_headers(&request(&[("content-length", "104857600")])),
+            l.check_pairs(&request(&[("content-length", "104857600")])),
             Ok(())
         );
         assert_eq!(
-            l.check_headers(&request(&[("content-length", "104857601")])),
+            l.check_pairs(&request(&[("content-length", "104857601")])),
             Err(LimitExceeded::BodyTooLarge)
         );
     }
@@ -336,13 +343,13 @@ mod tests {
     #[test]
     fn header_count_and_size() {
         let l = limits(r#"{"max_header_count":2,"max_header_bytes":60}"#);
-        assert_eq!(l.check_headers(&request(&[("a", "1"), ("b", "2")])), Ok(()));
+        assert_eq!(l.check_pairs(&request(&[("a", "1"), ("b", "2")])), Ok(()));
         assert_eq!(
-            l.check_headers(&request(&[("a", "1"), ("b", "2"), ("c", "3")])),
+            l.check_pairs(&request(&[("a", "1"), ("b", "2"), ("c", "3")])),
             Err(LimitExceeded::TooManyHeaders)
         );
         assert_eq!(
-            l.check_headers(&request(&[("a", &"x".repeat(30))])),
+            l.check_pairs(&request(&[("a", &"x".repeat(30))])),
             Err(LimitExceeded::HeadersTooLarge)
         );
     }
@@ -351,7 +358,7 @@ mod tests {
     fn control_characters_in_values_are_refused() {
         for bad in ["a\rb", "a\nb", "a\0b", "a\x7fb", "\x1b[31m"] {
             assert_eq!(
-                limits("{}").check_headers(&request(&[("x-a", bad)])),
+                limits("{}").check_pairs(&request(&[("x-a", bad)])),
                 Err(LimitExceeded::BadRequest(
                     "request header value has control characters"
                 )),
@@ -361,17 +368,17 @@ mod tests {
         // Tabs and obs-text (non-UTF-8 bytes) are legal field content.
         let mut headers = request(&[("x-a", "a\tb")]);
         headers.push((b"x-b".to_vec(), b"\xff\xfe".to_vec()));
-        assert_eq!(limits("{}").check_headers(&headers), Ok(()));
+        assert_eq!(limits("{}").check_pairs(&headers), Ok(()));
     }
 
     #[test]
     fn methods() {
         let l = limits(r#"{"allowed_methods":["GET","POST"]}"#);
-        assert_eq!(l.check_headers(&request(&[])), Ok(()));
+        assert_eq!(l.check_pairs(&request(&[])), Ok(()));
         let mut delete = request(&[]);
         delete[0].1 = b"DELETE".to_vec();
         assert_eq!(
-            l.check_headers(&delete),
+            l.check_pairs(&delete),
             Err(LimitExceeded::MethodNotAllowed("GET, POST".into()))
         );
     }
@@ -384,7 +391,7 @@ mod tests {
         let with_authority = |authority: &str| {
             let mut headers = request(&[]);
             headers[2].1 = authority.as_bytes().to_vec();
-            l.check_headers(&headers)
+            l.check_pairs(&headers)
         };
         for ok in [
             "api.example.com",

@@ -7,19 +7,25 @@ pub fn is_acceptable_id(id: &[u8]) -> bool {
     (1..=200).contains(&id.len()) && id.iter().all(|&b| (0x21..=0x7e).contains(&b))
 }
 
-fn hex(bytes: &[u8], out: &mut String) {
+fn hex(bytes: &[u8], out: &mut Vec<u8>) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for &b in bytes {
         for nibble in [b >> 4, b & 0x0f] {
-            out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+            out.push(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'));
         }
     }
+}
+
+/// The ids are built from ASCII hex digits and dashes only.
+fn ascii(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_default()
 }
 
 /// A random (version 4) UUID from 16 random bytes.
 pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut out = String::with_capacity(36);
+    let mut out = Vec::with_capacity(36);
     for (i, chunk) in [
         &bytes[..4],
         &bytes[4..6],
@@ -31,11 +37,11 @@ pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
     .enumerate()
     {
         if i > 0 {
-            out.push('-');
+            out.push(b'-');
         }
         hex(chunk, &mut out);
     }
-    out
+    ascii(out)
 }
 
 fn is_lower_hex(bytes: &[u8]) -> bool {
@@ -73,21 +79,22 @@ pub fn is_valid_traceparent(value: &[u8]) -> bool {
 }
 
 /// A new `traceparent` from 24 random bytes (16 for the trace id, 8 for the parent id).
-pub fn new_traceparent(random: [u8; 24], sampled: bool) -> String {
-    let (trace_id, parent_id) = random.split_at(16);
-    let mut out = String::with_capacity(55);
-    out.push_str("00-");
+pub fn new_traceparent(mut random: [u8; 24], sampled: bool) -> Vec<u8> {
+    let (trace_id, parent_id) = random.split_at_mut(16);
+    // All-zero ids are invalid; 2^-128 odds, but never emit one.
+    for id in [&mut *trace_id, &mut *parent_id] {
+        if id.iter().all(|&b| b == 0) {
+            if let Some(last) = id.last_mut() {
+                *last = 1;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(55);
+    out.extend_from_slice(b"00-");
     hex(trace_id, &mut out);
-    if trace_id.iter().all(|&b| b == 0) {
-        // All-zero ids are invalid; 2^-128 odds, but never emit one.
-        out.replace_range(34..35, "1");
-    }
-    out.push('-');
+    out.push(b'-');
     hex(parent_id, &mut out);
-    if parent_id.iter().all(|&b| b == 0) {
-        out.replace_range(51..52, "1");
-    }
-    out.push_str(if sampled { "-01" } else { "-00" });
+    out.extend_from_slice(if sampled { b"-01" } else { b"-00" });
     out
 }
 
@@ -150,11 +157,11 @@ mod tests {
             *b = i as u8 * 11;
         }
         let sampled = new_traceparent(random, true);
-        assert!(is_valid_traceparent(sampled.as_bytes()), "{sampled}");
-        assert!(sampled.ends_with("-01"));
+        assert!(is_valid_traceparent(&sampled), "{sampled:?}");
+        assert!(sampled.ends_with(b"-01"));
         let zero = new_traceparent([0; 24], false);
-        assert!(is_valid_traceparent(zero.as_bytes()), "{zero}");
-        assert!(zero.ends_with("-00"));
+        assert!(is_valid_traceparent(&zero), "{zero:?}");
+        assert!(zero.ends_with(b"-00"));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! `${request_id}`, `${client_address}` and `${route}`.
 
 use palisade_kit::config::{is_header_name, is_header_value, Problems};
+use std::borrow::Cow;
+
 use palisade_kit::header_pairs::{Edit, Pairs};
 use palisade_kit::identity;
 
@@ -193,9 +195,19 @@ impl Transforms {
 
     /// The edits that carry out every transform, in order, on `headers`. A rename moves the
     /// values the header has at that point (after the transforms before it).
-    pub fn apply(&self, headers: &Pairs, vars: &mut dyn Variables) -> Vec<Edit> {
+    pub fn apply<'a>(
+        &'a self,
+        headers: &[(&[u8], &[u8])],
+        vars: &mut dyn Variables,
+    ) -> Vec<Edit<'a>> {
         // Only a rename needs to know the current values: keep a model of the map then.
-        let mut model: Option<Pairs> = self.renames.then(|| headers.clone());
+        let mut model: Option<Pairs> = self.renames.then(|| {
+            headers
+                .iter()
+                .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                .collect()
+        });
+        let name_of = |name: &'a String| Cow::Borrowed(name.as_str());
         let mut edits = Vec::with_capacity(self.ops.len());
         for op in &self.ops {
             match op {
@@ -204,21 +216,21 @@ impl Transforms {
                     if let Some(model) = model.as_mut() {
                         model.push((name.as_bytes().to_vec(), value.clone()));
                     }
-                    edits.push(Edit::Add(name.clone(), value));
+                    edits.push(Edit::Add(name_of(name), value.into()));
                 }
                 Op::Set(name, template) => {
                     let value = template.render(vars);
                     if let Some(model) = model.as_mut() {
-                        model.retain(|(n, _)| n != name.as_bytes());
+                        model.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
                         model.push((name.as_bytes().to_vec(), value.clone()));
                     }
-                    edits.push(Edit::Set(name.clone(), value));
+                    edits.push(Edit::Set(name_of(name), value.into()));
                 }
                 Op::Remove(name) => {
                     if let Some(model) = model.as_mut() {
-                        model.retain(|(n, _)| n != name.as_bytes());
+                        model.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
                     }
-                    edits.push(Edit::Remove(name.clone()));
+                    edits.push(Edit::Remove(name_of(name)));
                 }
                 Op::Rename { from, to } => {
                     let Some(model) = model.as_mut() else {
@@ -226,18 +238,21 @@ impl Transforms {
                     };
                     let values: Vec<Vec<u8>> = model
                         .iter()
-                        .filter(|(n, _)| n == from.as_bytes())
+                        .filter(|(n, _)| n.eq_ignore_ascii_case(from.as_bytes()))
                         .map(|(_, v)| v.clone())
                         .collect();
                     if values.is_empty() {
                         continue;
                     }
-                    model.retain(|(n, _)| n != from.as_bytes() && n != to.as_bytes());
-                    edits.push(Edit::Remove(from.clone()));
-                    edits.push(Edit::Remove(to.clone()));
+                    model.retain(|(n, _)| {
+                        !n.eq_ignore_ascii_case(from.as_bytes())
+                            && !n.eq_ignore_ascii_case(to.as_bytes())
+                    });
+                    edits.push(Edit::Remove(name_of(from)));
+                    edits.push(Edit::Remove(name_of(to)));
                     for value in values {
                         model.push((to.as_bytes().to_vec(), value.clone()));
-                        edits.push(Edit::Add(to.clone(), value));
+                        edits.push(Edit::Add(name_of(to), value.into()));
                     }
                 }
             }
@@ -298,20 +313,18 @@ mod tests {
         )
         .unwrap();
         let mut vars = Fixed { reads: 0 };
-        let edits = t.apply(
-            &pairs(&[("x-old", "a"), ("x-old", "b"), ("x-new", "stale")]),
-            &mut vars,
-        );
+        let owned = pairs(&[("x-old", "a"), ("x-old", "b"), ("x-new", "stale")]);
+        let edits = t.apply(&palisade_kit::header_pairs::borrow(&owned), &mut vars);
         assert_eq!(
             edits,
             vec![
-                Edit::Set("x-client".into(), b"10.0.0.7 via ".to_vec()),
-                Edit::Add("x-trace".into(), b"id=req-1".to_vec()),
+                Edit::Set("x-client".into(), b"10.0.0.7 via ".to_vec().into()),
+                Edit::Add("x-trace".into(), b"id=req-1".to_vec().into()),
                 Edit::Remove("x-internal".into()),
                 Edit::Remove("x-old".into()),
                 Edit::Remove("x-new".into()),
-                Edit::Add("x-new".into(), b"a".to_vec()),
-                Edit::Add("x-new".into(), b"b".to_vec()),
+                Edit::Add("x-new".into(), b"a".to_vec().into()),
+                Edit::Add("x-new".into(), b"b".to_vec().into()),
             ]
         );
         assert_eq!(vars.reads, 2);
@@ -324,14 +337,14 @@ mod tests {
             Direction::Response,
         )
         .unwrap();
-        let edits = t.apply(&Pairs::new(), &mut Fixed { reads: 0 });
+        let edits = t.apply(&[], &mut Fixed { reads: 0 });
         assert_eq!(
             edits,
             vec![
-                Edit::Set("x-a".into(), b"1".to_vec()),
+                Edit::Set("x-a".into(), b"1".to_vec().into()),
                 Edit::Remove("x-a".into()),
                 Edit::Remove("x-b".into()),
-                Edit::Add("x-b".into(), b"1".to_vec()),
+                Edit::Add("x-b".into(), b"1".to_vec().into()),
             ]
         );
     }
@@ -344,7 +357,7 @@ mod tests {
         )
         .unwrap();
         let mut vars = Fixed { reads: 0 };
-        t.apply(&Pairs::new(), &mut vars);
+        t.apply(&[], &mut vars);
         assert_eq!(vars.reads, 0);
     }
 
@@ -396,8 +409,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            t.apply(&Pairs::new(), &mut Hostile),
-            vec![Edit::Set("x-a".into(), b"aset-cookie: x".to_vec())]
+            t.apply(&[], &mut Hostile),
+            vec![Edit::Set("x-a".into(), b"aset-cookie: x".to_vec().into())]
         );
     }
 }

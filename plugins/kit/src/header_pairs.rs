@@ -2,29 +2,53 @@
 //! sizes (`u32` each), then each name and value followed by a NUL. Little-endian, as Wasm is.
 //! Shared by the plugins' host calls and the test host, so both sides agree by construction.
 
+use std::borrow::Cow;
+
 /// Header (or trailer) pairs as raw bytes: names and values are not assumed to be UTF-8.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// A change to a header map.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Edit {
-    /// Replace every value of the header with this one.
-    Set(String, Vec<u8>),
-    /// Add a value, keeping the others.
-    Add(String, Vec<u8>),
-    /// Remove every value of the header.
-    Remove(String),
+/// Header pairs borrowed from one buffer (the host's answer, decoded once): reading a map costs
+/// one allocation, not two per header.
+pub type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// Borrows owned pairs as [`Fields`].
+pub fn borrow(pairs: &Pairs) -> Fields<'_> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.as_slice(), v.as_slice()))
+        .collect()
 }
 
-impl Edit {
+/// The first value of a header in a snapshot (names compared case-insensitively).
+pub fn get<'a>(fields: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| *v)
+}
+
+/// A change to a header map. Names and values borrow from the configuration when they can, so
+/// the same security headers on every response cost no allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit<'a> {
+    /// Replace every value of the header with this one.
+    Set(Cow<'a, str>, Cow<'a, [u8]>),
+    /// Add a value, keeping the others.
+    Add(Cow<'a, str>, Cow<'a, [u8]>),
+    /// Remove every value of the header.
+    Remove(Cow<'a, str>),
+}
+
+impl<'a> Edit<'a> {
     /// Applies the edit to a snapshot of a map, as the host would to the map itself. Names
     /// compare case-insensitively (hosts keep them lower-case; HTTP/1 clients may not).
-    pub fn apply_to(&self, pairs: &mut Pairs) {
+    pub fn apply_to<'s>(&'s self, fields: &mut Fields<'s>) {
         match self {
             Edit::Set(name, value) => {
-                let mut value = Some(value.clone());
-                pairs.retain_mut(|(n, v)| {
-                    if !n.eq_ignore_ascii_case(name.as_bytes()) {
+                let name = name.as_bytes();
+                let mut value = Some(value.as_ref());
+                fields.retain_mut(|(n, v)| {
+                    if !n.eq_ignore_ascii_case(name) {
                         return true;
                     }
                     // Replace in place (keeping the header's position), drop later duplicates.
@@ -37,11 +61,11 @@ impl Edit {
                     }
                 });
                 if let Some(value) = value {
-                    pairs.push((name.as_bytes().to_vec(), value));
+                    fields.push((name, value));
                 }
             }
-            Edit::Add(name, value) => pairs.push((name.as_bytes().to_vec(), value.clone())),
-            Edit::Remove(name) => pairs.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes())),
+            Edit::Add(name, value) => fields.push((name.as_bytes(), value.as_ref())),
+            Edit::Remove(name) => fields.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes())),
         }
     }
 }
@@ -65,9 +89,19 @@ pub fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
     out
 }
 
-/// Decodes a host's header map; `None` if the bytes are malformed (never a panic: the sizes come
-/// from outside).
+/// Decodes a host's header map into owned pairs; `None` if the bytes are malformed.
 pub fn decode(bytes: &[u8]) -> Option<Pairs> {
+    decode_borrowed(bytes).map(|fields| {
+        fields
+            .into_iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect()
+    })
+}
+
+/// Decodes a host's header map, borrowing from `bytes`; `None` if the bytes are malformed
+/// (never a panic: the sizes come from outside).
+pub fn decode_borrowed(bytes: &[u8]) -> Option<Fields<'_>> {
     fn read_u32(bytes: &[u8], at: usize) -> Option<usize> {
         let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
         usize::try_from(u32::from_le_bytes(raw)).ok()
@@ -83,11 +117,9 @@ pub fn decode(bytes: &[u8]) -> Option<Pairs> {
         let name_len = read_u32(bytes, sizes_at)?;
         let value_len = read_u32(bytes, sizes_at.checked_add(4)?)?;
         sizes_at = sizes_at.checked_add(8)?;
-        let name = bytes.get(data_at..data_at.checked_add(name_len)?)?.to_vec();
+        let name = bytes.get(data_at..data_at.checked_add(name_len)?)?;
         data_at = data_at.checked_add(name_len)?.checked_add(1)?;
-        let value = bytes
-            .get(data_at..data_at.checked_add(value_len)?)?
-            .to_vec();
+        let value = bytes.get(data_at..data_at.checked_add(value_len)?)?;
         data_at = data_at.checked_add(value_len)?.checked_add(1)?;
         pairs.push((name, value));
     }
@@ -131,31 +163,40 @@ mod tests {
 
     #[test]
     fn edits_apply_like_the_host() {
-        let mut map = pairs(&[
+        let owned = pairs(&[
             (":status", "200"),
             ("server", "x"),
             ("vary", "a"),
             ("vary", "b"),
             ("Server", "y"),
         ]);
-        Edit::Remove("server".into()).apply_to(&mut map);
+        let edits = [
+            Edit::Remove("server".into()),
+            Edit::Set("vary".into(), (&b"Origin"[..]).into()),
+            Edit::Add("vary".into(), (&b"Accept"[..]).into()),
+            Edit::Set("x-new".into(), b"1".to_vec().into()),
+        ];
+        let mut map = borrow(&owned);
+        edits[0].apply_to(&mut map);
         assert_eq!(
             map,
-            pairs(&[(":status", "200"), ("vary", "a"), ("vary", "b")])
+            borrow(&pairs(&[(":status", "200"), ("vary", "a"), ("vary", "b")]))
         );
-        Edit::Set("vary".into(), b"Origin".to_vec()).apply_to(&mut map);
-        assert_eq!(map, pairs(&[(":status", "200"), ("vary", "Origin")]));
-        Edit::Add("vary".into(), b"Accept".to_vec()).apply_to(&mut map);
-        Edit::Set("x-new".into(), b"1".to_vec()).apply_to(&mut map);
+        edits[1].apply_to(&mut map);
         assert_eq!(
             map,
-            pairs(&[
-                (":status", "200"),
-                ("vary", "Origin"),
-                ("vary", "Accept"),
-                ("x-new", "1")
-            ])
+            borrow(&pairs(&[(":status", "200"), ("vary", "Origin")]))
         );
+        edits[2].apply_to(&mut map);
+        edits[3].apply_to(&mut map);
+        let expected = pairs(&[
+            (":status", "200"),
+            ("vary", "Origin"),
+            ("vary", "Accept"),
+            ("x-new", "1"),
+        ]);
+        assert_eq!(map, borrow(&expected));
+        assert_eq!(get(&map, "VARY"), Some(&b"Origin"[..]));
     }
 
     #[test]

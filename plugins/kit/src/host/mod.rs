@@ -60,20 +60,15 @@ pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, HostError> {
     }
 }
 
-/// Every header of a map, in order, as raw bytes.
-pub fn headers(map: Map) -> Result<crate::header_pairs::Pairs, HostError> {
+/// Every header of a map, in order, as raw bytes: the host's encoded answer, to decode with
+/// [`crate::header_pairs::decode_borrowed`] (one buffer, no allocation per header).
+pub fn headers_raw(map: Map) -> Result<Vec<u8>, HostError> {
     let mut data = std::ptr::null_mut();
     let mut size = 0;
     // SAFETY: as in `header`.
     let status = unsafe { abi::proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
     match status {
-        abi::OK => {
-            let bytes = unsafe { abi::take(data, size) };
-            crate::header_pairs::decode(&bytes).ok_or(HostError {
-                call: "proxy_get_header_map_pairs (malformed map)",
-                status,
-            })
-        }
+        abi::OK => Ok(unsafe { abi::take(data, size) }),
         abi::NOT_FOUND | abi::EMPTY => Ok(Vec::new()),
         status => Err(HostError {
             call: "proxy_get_header_map_pairs",
@@ -84,12 +79,8 @@ pub fn headers(map: Map) -> Result<crate::header_pairs::Pairs, HostError> {
 
 /// Replaces a whole map in one host call: cheaper than one call per edit once there are more
 /// than a couple (each call crosses the Wasm boundary).
-pub fn set_headers(map: Map, pairs: &crate::header_pairs::Pairs) -> Result<(), HostError> {
-    let borrowed: Vec<(&[u8], &[u8])> = pairs
-        .iter()
-        .map(|(n, v)| (n.as_slice(), v.as_slice()))
-        .collect();
-    let encoded = crate::header_pairs::encode(&borrowed);
+pub fn set_headers(map: Map, fields: &[(&[u8], &[u8])]) -> Result<(), HostError> {
+    let encoded = crate::header_pairs::encode(fields);
     // SAFETY: pointer to a live buffer.
     let status =
         unsafe { abi::proxy_set_header_map_pairs(map as u32, encoded.as_ptr(), encoded.len()) };
@@ -98,23 +89,28 @@ pub fn set_headers(map: Map, pairs: &crate::header_pairs::Pairs) -> Result<(), H
 
 /// Applies edits to a map whose current pairs are `snapshot`: one call per edit when there are
 /// few, else the edited snapshot written back at once. A refused edit is logged, not fatal.
-pub fn apply_edits(
+pub fn apply_edits<'a>(
     map: Map,
-    snapshot: crate::header_pairs::Pairs,
-    edits: &[crate::header_pairs::Edit],
+    snapshot: &[(&'a [u8], &'a [u8])],
+    edits: &'a [crate::header_pairs::Edit<'a>],
 ) {
-    use crate::header_pairs::Edit;
     const ONE_BY_ONE: usize = 2;
     if edits.len() > ONE_BY_ONE {
-        let mut pairs = snapshot;
+        let mut fields = snapshot.to_vec();
         for edit in edits {
-            edit.apply_to(&mut pairs);
+            edit.apply_to(&mut fields);
         }
-        if let Err(err) = set_headers(map, &pairs) {
+        if let Err(err) = set_headers(map, &fields) {
             log::warn!("header edits refused by the host: {err}");
         }
         return;
     }
+    apply_edits_one_by_one(map, edits);
+}
+
+/// Applies edits with one host call each (no snapshot of the map needed).
+pub fn apply_edits_one_by_one(map: Map, edits: &[crate::header_pairs::Edit<'_>]) {
+    use crate::header_pairs::Edit;
     for edit in edits {
         let result = match edit {
             Edit::Set(name, value) => set_header(map, name, value),
