@@ -442,5 +442,72 @@ fn main() {
         "wrk -t1 --latency: req/s with -c{} -d{}s, latency with -c1 -d{1}s, after a {}s warm-up; Envoy --concurrency {WORKERS}; {rounds} rounds, setups alternating; medians",
         load.connections, load.duration, load.warmup
     );
-    std::fs::write(out_dir.join("settings.txt"), settings).expect("write settings.txt");
+    std::fs::write(out_dir.join("settings.txt"), &settings).expect("write settings.txt");
+
+    if let Some(path) = args
+        .iter()
+        .position(|a| a == "--report")
+        .and_then(|i| args.get(i + 1))
+    {
+        let report = report(&table, &settings, &args[1..]);
+        std::fs::write(workspace().join(path), report).expect("write the report");
+        println!("wrote {path}");
+    }
+}
+
+/// BENCHMARKS.md: the table, the fuel per request from the test host, the machine, and the
+/// command that reproduces it.
+fn report(table: &str, settings: &str, args: &[String]) -> String {
+    let shell = |command: &str| {
+        Command::new("sh")
+            .args(["-c", command])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cpu = shell("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2");
+    let envoy = shell(&format!(
+        "{} --version | grep -o '[0-9]*\\.[0-9]*\\.[0-9]*/[A-Za-z]*' | head -1",
+        envoy::default_binary(&workspace()).display()
+    ));
+    let mut out = String::from(
+        "# Benchmarks\n\nWritten by `just bench`; every number below comes from one run of it.\n\n",
+    );
+    let _ = writeln!(out, "- Date: {}", shell("date -u +%Y-%m-%dT%H:%MZ"));
+    let _ = writeln!(
+        out,
+        "- Machine: {} cores ({}), {} memory, {}",
+        shell("nproc"),
+        cpu.trim(),
+        shell("free -h | awk '/Mem:/ {print $2}'"),
+        shell("uname -sr")
+    );
+    let _ = writeln!(
+        out,
+        "- Envoy: {envoy} (V8), upstream: a direct-response Envoy; load: {settings}"
+    );
+    let _ = writeln!(out, "- Command: `just bench {}`", args.join(" ").trim());
+    out.push_str("\nThe load generator, both Envoys and the upstream share the machine's cores, so absolute\n");
+    out.push_str("numbers are low and noisy; compare rows of one run. \"added\" is p50 latency at one connection\n");
+    out.push_str(
+        "minus Envoy's without a filter; \"vs floor\" divides it by the empty Wasm filter's.\n\n",
+    );
+    out.push_str(table);
+    if let Ok(fuel) = std::fs::read_to_string(workspace().join("target/palisade-fuel.csv")) {
+        out.push_str("\n## Fuel per request (test host, wasmtime)\n\nDeterministic instruction-like counts per request, from `plugin_fuel` in host-tests.\n\n");
+        let mut lines = fuel.lines();
+        if let Some(header) = lines.next() {
+            let columns: Vec<&str> = header.split(',').collect();
+            let _ = writeln!(out, "| {} |", columns.join(" | "));
+            let _ = writeln!(out, "|{}", " --- |".repeat(columns.len()));
+            for line in lines {
+                let _ = writeln!(
+                    out,
+                    "| {} |",
+                    line.split(',').collect::<Vec<_>>().join(" | ")
+                );
+            }
+        }
+    }
+    out
 }
