@@ -1,29 +1,4 @@
-//! The proxy-wasm adapter: glue only.
+//! The proxy-wasm adapter: until this plugin's own logic lands, it validates its configuration
+//! and lets traffic through.
 
-use std::rc::Rc;
-
-use palisade_kit::config::ConfigError;
-use palisade_kit::host::{self, PassThrough, Plugin};
-use proxy_wasm::traits::HttpContext;
-
-use crate::config::AuditConfig;
-
-struct Audit;
-
-impl Plugin for Audit {
-    const NAME: &'static str = "palisade-audit";
-    type Config = AuditConfig;
-    type Engine = AuditConfig;
-
-    fn compile(config: AuditConfig) -> Result<AuditConfig, ConfigError> {
-        Ok(config)
-    }
-
-    fn http_context(_engine: Rc<AuditConfig>, _context_id: u32) -> Box<dyn HttpContext> {
-        Box::new(PassThrough)
-    }
-}
-
-proxy_wasm::main! {{
-    host::start::<Audit>();
-}}
+palisade_kit::pass_through_plugin!("palisade-audit", crate::config::AuditConfig);

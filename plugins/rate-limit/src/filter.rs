@@ -1,29 +1,4 @@
-//! The proxy-wasm adapter: glue only.
+//! The proxy-wasm adapter: until this plugin's own logic lands, it validates its configuration
+//! and lets traffic through.
 
-use std::rc::Rc;
-
-use palisade_kit::config::ConfigError;
-use palisade_kit::host::{self, PassThrough, Plugin};
-use proxy_wasm::traits::HttpContext;
-
-use crate::config::RateLimitConfig;
-
-struct RateLimit;
-
-impl Plugin for RateLimit {
-    const NAME: &'static str = "palisade-rate-limit";
-    type Config = RateLimitConfig;
-    type Engine = RateLimitConfig;
-
-    fn compile(config: RateLimitConfig) -> Result<RateLimitConfig, ConfigError> {
-        Ok(config)
-    }
-
-    fn http_context(_engine: Rc<RateLimitConfig>, _context_id: u32) -> Box<dyn HttpContext> {
-        Box::new(PassThrough)
-    }
-}
-
-proxy_wasm::main! {{
-    host::start::<RateLimit>();
-}}
+palisade_kit::pass_through_plugin!("palisade-rate-limit", crate::config::RateLimitConfig);

@@ -110,3 +110,34 @@ pub struct PassThrough;
 impl Context for PassThrough {}
 
 impl HttpContext for PassThrough {}
+
+/// The whole adapter of a plugin whose own logic has not landed yet: its configuration is
+/// parsed and validated in `on_configure` like any other (refused with one log line), and
+/// traffic passes through untouched.
+#[macro_export]
+macro_rules! pass_through_plugin {
+    ($name:literal, $config:ty) => {
+        struct ValidatedPassThrough;
+
+        impl $crate::host::Plugin for ValidatedPassThrough {
+            const NAME: &'static str = $name;
+            type Config = $config;
+            type Engine = $config;
+
+            fn compile(config: $config) -> Result<$config, $crate::config::ConfigError> {
+                Ok(config)
+            }
+
+            fn http_context(
+                _engine: ::std::rc::Rc<$config>,
+                _context_id: u32,
+            ) -> Box<dyn ::proxy_wasm::traits::HttpContext> {
+                Box::new($crate::host::PassThrough)
+            }
+        }
+
+        ::proxy_wasm::main! {{
+            $crate::host::start::<ValidatedPassThrough>();
+        }}
+    };
+}
