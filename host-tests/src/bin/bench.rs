@@ -449,7 +449,17 @@ fn main() {
         .position(|a| a == "--report")
         .and_then(|i| args.get(i + 1))
     {
-        let report = report(&table, &settings, &args[1..]);
+        // The command as the operator typed it: `just bench` adds the --report itself.
+        let mut typed: Vec<String> = Vec::new();
+        let mut rest = args.iter().skip(1);
+        while let Some(arg) = rest.next() {
+            if arg == "--report" {
+                rest.next();
+            } else {
+                typed.push(arg.clone());
+            }
+        }
+        let report = report(&table, &settings, &typed);
         std::fs::write(workspace().join(path), report).expect("write the report");
         println!("wrote {path}");
     }
