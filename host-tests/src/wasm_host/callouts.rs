@@ -279,20 +279,14 @@ impl Callouts {
             if call.state != CallState::Pending {
                 continue;
             }
-            let (never, delay) = reply.as_ref().map_or((true, Duration::ZERO), |r| {
-                (r.answer == HttpAnswer::Never, r.delay)
-            });
-            let answer_at = (!never).then(|| call.dispatched_at + delay);
-            let timeout_at = (!call.timeout.is_zero()).then(|| call.dispatched_at + call.timeout);
-            let due = match (answer_at, timeout_at) {
-                (Some(a), Some(t)) if a <= t && a <= now => {
-                    reply.as_ref().map(|r| Due::Answer(r.answer.clone()))
-                }
-                (Some(a), None) if a <= now => {
-                    reply.as_ref().map(|r| Due::Answer(r.answer.clone()))
-                }
-                (_, Some(t)) if t <= now => Some(Due::Timeout),
-                _ => None,
+            let delay = reply
+                .as_ref()
+                .filter(|r| r.answer != HttpAnswer::Never)
+                .map(|r| r.delay);
+            let due = match arrival(call.dispatched_at, call.timeout, delay, now) {
+                Some(Arrival::Answer) => reply.as_ref().map(|r| Due::Answer(r.answer.clone())),
+                Some(Arrival::Timeout) => Some(Due::Timeout),
+                None => None,
             };
             if let Some(due) = due {
                 call.state = match &due {
@@ -311,20 +305,14 @@ impl Callouts {
             if call.state != CallState::Pending {
                 continue;
             }
-            let (never, delay) = reply.as_ref().map_or((true, Duration::ZERO), |r| {
-                (r.answer == GrpcAnswer::Never, r.delay)
-            });
-            let answer_at = (!never).then(|| call.dispatched_at + delay);
-            let timeout_at = (!call.timeout.is_zero()).then(|| call.dispatched_at + call.timeout);
-            let due = match (answer_at, timeout_at) {
-                (Some(a), Some(t)) if a <= t && a <= now => {
-                    reply.as_ref().map(|r| Due::Answer(r.answer.clone()))
-                }
-                (Some(a), None) if a <= now => {
-                    reply.as_ref().map(|r| Due::Answer(r.answer.clone()))
-                }
-                (_, Some(t)) if t <= now => Some(Due::Timeout),
-                _ => None,
+            let delay = reply
+                .as_ref()
+                .filter(|r| r.answer != GrpcAnswer::Never)
+                .map(|r| r.delay);
+            let due = match arrival(call.dispatched_at, call.timeout, delay, now) {
+                Some(Arrival::Answer) => reply.as_ref().map(|r| Due::Answer(r.answer.clone())),
+                Some(Arrival::Timeout) => Some(Due::Timeout),
+                None => None,
             };
             if let Some(due) = due {
                 call.state = match &due {
@@ -379,5 +367,29 @@ fn due_at(
     match (answer, timeout) {
         (Some(a), Some(t)) => Some(a.min(t)),
         (a, t) => a.or(t),
+    }
+}
+
+/// What reaches a pending call first.
+enum Arrival {
+    Answer,
+    Timeout,
+}
+
+/// Whether a call dispatched at `dispatched_at` is due by `now`: its scripted answer (after
+/// `delay`; `None` if it never comes) unless its timeout (zero: none) comes first.
+fn arrival(
+    dispatched_at: Duration,
+    timeout: Duration,
+    delay: Option<Duration>,
+    now: Duration,
+) -> Option<Arrival> {
+    let answer_at = delay.map(|delay| dispatched_at + delay);
+    let timeout_at = (!timeout.is_zero()).then(|| dispatched_at + timeout);
+    match (answer_at, timeout_at) {
+        (Some(a), Some(t)) if a <= t && a <= now => Some(Arrival::Answer),
+        (Some(a), None) if a <= now => Some(Arrival::Answer),
+        (_, Some(t)) if t <= now => Some(Arrival::Timeout),
+        _ => None,
     }
 }
