@@ -4,5 +4,6 @@
 // Test infrastructure runs outside any proxy: the wall clock is the right one here.
 #![allow(clippy::disallowed_methods)]
 
+pub mod auth_tokens;
 pub mod envoy_harness;
 pub mod wasm_host;

@@ -12,9 +12,9 @@ use palisade_host_tests::wasm_host::{
 /// A configuration that exercises what each plugin does today.
 fn config(plugin: &Plugin) -> &'static str {
     match plugin {
-        Plugin::Auth => {
-            r#"{"providers":[{"name":"idp","issuer":"https://idp.example","algorithms":["RS256"]}]}"#
-        }
+        // These requests carry no token: the shipped example lets them through anonymous
+        // (plugin_auth_fuel.rs measures verified tokens).
+        Plugin::Auth => include_str!("../../manifests/examples/auth.json"),
         Plugin::RateLimit => {
             r#"{"limits":[{"name":"per-tenant","rate":100,"period":"1s","key":[{"header":"x-tenant"}]}]}"#
         }

@@ -2,18 +2,57 @@
 
 use std::collections::HashSet;
 
-use palisade_kit::config::{PluginConfig, Problems};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use palisade_kit::config::{is_header_name, PluginConfig, Problems};
 use palisade_kit::duration::ConfigDuration;
+use palisade_kit::identity;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::jwks::KeySet;
+
+/// The default bound on a token's length, before any decoding.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 /// palisade-auth configuration.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// JWT providers; a request's token is checked against the provider whose issuer it names.
     #[serde(default)]
     pub providers: Vec<JwtProvider>,
+    /// Tokens longer than this are refused before any decoding (256 to 65536).
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Count allowed and denied requests by provider and reason. Set `false` on Kong before
+    /// 3.8, whose metric host calls trap.
+    #[serde(default = "yes")]
+    pub metrics: bool,
+    /// Let requests without any token through, anonymous (identity headers still stripped);
+    /// a token that is present must still be valid. Default `false`: fail closed. Envoy's
+    /// `jwt_authn` calls this `allow_missing`.
+    #[serde(default)]
+    pub allow_missing: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            providers: Vec::new(),
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            metrics: true,
+            allow_missing: false,
+        }
+    }
+}
+
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One issuer of JSON Web Tokens.
@@ -32,10 +71,73 @@ pub struct JwtProvider {
     /// Allowed clock skew when checking `exp`, `nbf` and `iat`.
     #[serde(default = "default_leeway")]
     pub clock_leeway: ConfigDuration,
+    /// Where tokens of this provider are read, in order. Default: `Authorization: Bearer`.
+    #[serde(default = "default_locations")]
+    pub token_locations: Vec<TokenLocation>,
+    /// Keep the token in the request sent upstream. Default `false`: a verified token is
+    /// removed from its location, as Envoy's `jwt_authn` and Istio do.
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Claims copied into upstream request headers. Those headers are first removed from every
+    /// incoming request, like the `x-palisade-*` identity headers.
+    #[serde(default)]
+    pub claims_to_headers: Vec<ClaimToHeader>,
+    /// The public keys (RS*, PS*, ES*, EdDSA). Required unless only HMAC algorithms are listed.
+    #[serde(default)]
+    pub jwks: Option<JwksSource>,
+    /// The shared secret for HS256/384/512, base64url. HMAC tokens are verified with this
+    /// secret only, never with a key from a JWKS.
+    #[serde(default)]
+    pub hmac_secret: Option<String>,
+    /// Refuse tokens without `exp` (default `true`; Envoy's `jwt_authn` accepts them).
+    #[serde(default = "yes")]
+    pub require_expiration: bool,
 }
 
 fn default_leeway() -> ConfigDuration {
     ConfigDuration::from_secs(60)
+}
+
+fn default_locations() -> Vec<TokenLocation> {
+    vec![TokenLocation::Header {
+        name: "authorization".to_owned(),
+        prefix: "Bearer ".to_owned(),
+    }]
+}
+
+/// Where a token is read from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TokenLocation {
+    /// A request header, with the text before the token (`"Bearer "`; matched ignoring case,
+    /// as HTTP auth schemes are). An empty prefix takes the whole value.
+    Header {
+        name: String,
+        #[serde(default)]
+        prefix: String,
+    },
+    /// A query parameter of the request's path.
+    Query(String),
+    /// A cookie.
+    Cookie(String),
+}
+
+/// A claim copied into a request header.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimToHeader {
+    /// The claim; a dotted path reaches into objects (`realm_access.roles`).
+    pub claim: String,
+    /// The header it is written to (lower case).
+    pub header: String,
+}
+
+/// Where a provider's public keys come from.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum JwksSource {
+    /// A JWKS document (`{"keys": [...]}`) written into the configuration.
+    Inline(serde_json::Value),
 }
 
 /// JWS algorithms palisade-auth verifies. `none` is not one of them, by design.
@@ -55,8 +157,63 @@ pub enum Algorithm {
     HS512,
 }
 
+impl Algorithm {
+    pub const ALL: [Algorithm; 12] = [
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+        Algorithm::HS256,
+        Algorithm::HS384,
+        Algorithm::HS512,
+    ];
+
+    /// The JOSE name (`"RS256"`), exactly as RFC 7518 spells it (case-sensitive).
+    pub fn jose(self) -> &'static str {
+        match self {
+            Algorithm::RS256 => "RS256",
+            Algorithm::RS384 => "RS384",
+            Algorithm::RS512 => "RS512",
+            Algorithm::PS256 => "PS256",
+            Algorithm::PS384 => "PS384",
+            Algorithm::PS512 => "PS512",
+            Algorithm::ES256 => "ES256",
+            Algorithm::ES384 => "ES384",
+            Algorithm::EdDSA => "EdDSA",
+            Algorithm::HS256 => "HS256",
+            Algorithm::HS384 => "HS384",
+            Algorithm::HS512 => "HS512",
+        }
+    }
+
+    pub fn from_jose(name: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|alg| alg.jose() == name)
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+    }
+
+    /// RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+    pub fn min_hmac_secret_bytes(self) -> usize {
+        match self {
+            Algorithm::HS384 => 48,
+            Algorithm::HS512 => 64,
+            _ => 32,
+        }
+    }
+}
+
 impl PluginConfig for AuthConfig {
     fn validate(&self, problems: &mut Problems) {
+        if !(256..=65536).contains(&self.max_token_bytes) {
+            problems.push_at("max_token_bytes", "must be between 256 and 65536");
+        }
         let mut names = HashSet::new();
         let mut issuers = HashSet::new();
         problems.field("providers", |p| {
@@ -90,10 +247,156 @@ impl PluginConfig for AuthConfig {
                     if provider.clock_leeway.get().as_secs() > 300 {
                         p.push_at("clock_leeway", "must be at most 5m");
                     }
+                    provider.validate_locations(p);
+                    provider.validate_claims_to_headers(p);
+                    provider.validate_keys(p);
                 });
             }
         });
     }
+}
+
+impl JwtProvider {
+    fn validate_locations(&self, p: &mut Problems) {
+        if self.token_locations.is_empty() {
+            p.push_at("token_locations", "must list at least one location");
+        }
+        p.field("token_locations", |p| {
+            for (i, location) in self.token_locations.iter().enumerate() {
+                p.index(i, |p| match location {
+                    TokenLocation::Header { name, .. } if !is_header_name(name) => {
+                        p.push_at("header.name", "must be a lower-case HTTP header name")
+                    }
+                    TokenLocation::Header { name, .. } if identity::is_owned(name.as_bytes()) => p
+                        .push_at(
+                            "header.name",
+                            format!("{}* headers are set by palisade-auth", identity::PREFIX),
+                        ),
+                    TokenLocation::Query(name) | TokenLocation::Cookie(name)
+                        if name.is_empty() || !name.bytes().all(is_url_token_char) =>
+                    {
+                        p.push("must be a non-empty name of letters, digits, '-', '_' or '.'")
+                    }
+                    _ => {}
+                });
+            }
+        });
+    }
+
+    fn validate_claims_to_headers(&self, p: &mut Problems) {
+        p.field("claims_to_headers", |p| {
+            for (i, mapping) in self.claims_to_headers.iter().enumerate() {
+                p.index(i, |p| {
+                    if mapping.claim.is_empty() {
+                        p.push_at("claim", "must not be empty");
+                    }
+                    if !is_header_name(&mapping.header) {
+                        p.push_at("header", "must be a lower-case HTTP header name");
+                    } else if reserved_header(&mapping.header) {
+                        p.push_at(
+                            "header",
+                            "is an identity, pseudo or hop-by-hop header palisade-auth must not write",
+                        );
+                    } else if self.token_locations.iter().any(|l| {
+                        matches!(l, TokenLocation::Header { name, .. } if *name == mapping.header)
+                    }) {
+                        p.push_at("header", "is one of this provider's token locations");
+                    }
+                });
+            }
+        });
+    }
+
+    fn validate_keys(&self, p: &mut Problems) {
+        let hmac: Vec<Algorithm> = self
+            .algorithms
+            .iter()
+            .copied()
+            .filter(|a| a.is_hmac())
+            .collect();
+        let public = self.algorithms.iter().any(|a| !a.is_hmac());
+        match (&self.hmac_secret, hmac.is_empty()) {
+            (None, false) => p.push_at("hmac_secret", "is required for HS256/HS384/HS512"),
+            (Some(_), true) => p.push_at(
+                "hmac_secret",
+                "is set but no HMAC algorithm is allowed; remove it",
+            ),
+            (Some(secret), false) => match URL_SAFE_NO_PAD.decode(secret.trim_end_matches('=')) {
+                Err(_) => p.push_at("hmac_secret", "must be base64url"),
+                Ok(bytes) => {
+                    for alg in &hmac {
+                        if bytes.len() < alg.min_hmac_secret_bytes() {
+                            p.push_at(
+                                "hmac_secret",
+                                format!(
+                                    "must be at least {} bytes for {} (RFC 7518 §3.2)",
+                                    alg.min_hmac_secret_bytes(),
+                                    alg.jose()
+                                ),
+                            );
+                        }
+                    }
+                }
+            },
+            (None, true) => {}
+        }
+        match (&self.jwks, public) {
+            (None, true) => p.push_at("jwks", "is required for RS*, PS*, ES* and EdDSA"),
+            (Some(_), false) => p.push_at(
+                "jwks",
+                "is set but only HMAC algorithms are allowed; remove it",
+            ),
+            (Some(JwksSource::Inline(document)), true) => p.field("jwks", |p| {
+                let bytes = serde_json::to_vec(document).unwrap_or_default();
+                match KeySet::parse(&bytes) {
+                    Err(err) => p.push_at("inline", err.to_string()),
+                    Ok((set, skipped)) => {
+                        for skip in skipped {
+                            p.field("inline", |p| {
+                                p.field("keys", |p| p.index(skip.index, |p| p.push(skip.reason)))
+                            });
+                        }
+                        if set.is_empty() {
+                            p.push_at("inline", "holds no usable signature key");
+                        }
+                    }
+                }
+            }),
+            (None, false) => {}
+        }
+    }
+
+    /// The HMAC secret's bytes (validated as base64url).
+    pub fn hmac_secret_bytes(&self) -> Option<Vec<u8>> {
+        self.hmac_secret
+            .as_ref()
+            .and_then(|s| URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok())
+    }
+}
+
+/// Query parameter and cookie names this plugin accepts (a conservative RFC 6265 token).
+fn is_url_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+}
+
+/// Headers a claim must never be written to. Other `x-palisade-*` names are fine (and
+/// recommended, `x-palisade-claim-email`): they are stripped from every request anyway.
+fn reserved_header(name: &str) -> bool {
+    [identity::SUBJECT, identity::CONSUMER, identity::PROVIDER].contains(&name)
+        || name.starts_with(':')
+        || matches!(
+            name,
+            "host"
+                | "connection"
+                | "content-length"
+                | "transfer-encoding"
+                | "te"
+                | "upgrade"
+                | "keep-alive"
+                | "proxy-connection"
+                | "authorization"
+                | "cookie"
+        )
 }
 
 #[cfg(test)]
@@ -113,14 +416,26 @@ mod tests {
     #[test]
     fn provider_defaults() {
         let config: AuthConfig = load(
-            br#"{"providers":[{"name":"idp","issuer":"https://idp.example","algorithms":["RS256"]}]}"#,
+            br#"{"providers":[{"name":"idp","issuer":"https://idp.example","algorithms":["RS256"],
+                "jwks":{"inline":{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}}]}"#,
         )
         .unwrap();
         assert_eq!(
             config.providers[0].clock_leeway,
             ConfigDuration::from_secs(60)
         );
-        assert!(config.providers[0].audiences.is_empty());
+        let provider = &config.providers[0];
+        assert!(provider.audiences.is_empty());
+        assert!(!provider.forward_token && provider.require_expiration);
+        assert_eq!(
+            provider.token_locations,
+            [TokenLocation::Header {
+                name: "authorization".into(),
+                prefix: "Bearer ".into()
+            }]
+        );
+        assert_eq!(config.max_token_bytes, 8192);
+        assert!(config.metrics && !config.allow_missing);
     }
 
     #[test]
@@ -150,7 +465,8 @@ mod tests {
                 "providers[1].name",
                 "providers[1].issuer",
                 "providers[1].audiences",
-                "providers[1].clock_leeway"
+                "providers[1].clock_leeway",
+                "providers[1].jwks"
             ]
         );
     }
@@ -162,5 +478,87 @@ mod tests {
         assert!(err.problems[0]
             .reason
             .starts_with("unknown field `provider`"));
+    }
+
+    fn problems(json: &str) -> Vec<String> {
+        load::<AuthConfig>(json.as_bytes())
+            .unwrap_err()
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn keys_must_match_the_algorithms() {
+        assert_eq!(
+            problems(r#"{"providers":[{"name":"a","issuer":"i","algorithms":["HS256","ES256"]}]}"#),
+            [
+                "providers[0].hmac_secret: is required for HS256/HS384/HS512",
+                "providers[0].jwks: is required for RS*, PS*, ES* and EdDSA"
+            ]
+        );
+        assert_eq!(
+            problems(
+                r#"{"providers":[{"name":"a","issuer":"i","algorithms":["HS512"],"hmac_secret":"c2hvcnQ"}]}"#
+            ),
+            ["providers[0].hmac_secret: must be at least 64 bytes for HS512 (RFC 7518 §3.2)"]
+        );
+        assert_eq!(
+            problems(
+                r#"{"providers":[{"name":"a","issuer":"i","algorithms":["ES256"],"hmac_secret":"c2hvcnQ",
+                    "jwks":{"inline":{"keys":[{"kty":"RSA","n":"AQAB","e":"AQAB","use":"enc"}]}}}]}"#
+            ),
+            [
+                "providers[0].hmac_secret: is set but no HMAC algorithm is allowed; remove it",
+                "providers[0].jwks.inline.keys[0]: not a signature key (use is not \"sig\")",
+                "providers[0].jwks.inline: holds no usable signature key"
+            ]
+        );
+        assert_eq!(
+            problems(
+                r#"{"providers":[{"name":"a","issuer":"i","algorithms":["ES256"],"jwks":{"inline":[]}}]}"#
+            ),
+            ["providers[0].jwks.inline: not a JWKS document: invalid length 0, expected struct JwkSet with 1 element at line 1 column 2"]
+        );
+    }
+
+    #[test]
+    fn locations_and_claim_headers_are_checked() {
+        let got = problems(
+            r#"{"max_token_bytes":10,"providers":[{"name":"a","issuer":"i","algorithms":["HS256"],
+                "hmac_secret":"cGFsaXNhZGUtdGVzdC1obWFjLXNlY3JldC1wYWxpc2FkZS10ZXN0LWhtYWMtc2VjcmV0LXBhbGlzYWRlLXRlcw",
+                "token_locations":[{"header":{"name":"X-Jwt"}},{"header":{"name":"x-palisade-token"}},
+                                   {"query":"a b"},{"cookie":""},{"header":{"name":"x-jwt"}}],
+                "claims_to_headers":[{"claim":"","header":"x-palisade-subject"},{"claim":"e","header":"x-jwt"},
+                                     {"claim":"e","header":"Bad Header"}]}]}"#,
+        );
+        assert_eq!(
+            got,
+            [
+                "max_token_bytes: must be between 256 and 65536",
+                "providers[0].token_locations[0].header.name: must be a lower-case HTTP header name",
+                "providers[0].token_locations[1].header.name: x-palisade-* headers are set by palisade-auth",
+                "providers[0].token_locations[2]: must be a non-empty name of letters, digits, '-', '_' or '.'",
+                "providers[0].token_locations[3]: must be a non-empty name of letters, digits, '-', '_' or '.'",
+                "providers[0].claims_to_headers[0].claim: must not be empty",
+                "providers[0].claims_to_headers[0].header: is an identity, pseudo or hop-by-hop header palisade-auth must not write",
+                "providers[0].claims_to_headers[1].header: is one of this provider's token locations",
+                "providers[0].claims_to_headers[2].header: must be a lower-case HTTP header name",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_misspelt_location_is_refused() {
+        let got = problems(
+            r#"{"providers":[{"name":"a","issuer":"i","algorithms":["ES256"],"token_locations":[{"header":{"name":"x","prefx":"B"}}]}]}"#,
+        );
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0]
+                .starts_with("providers[0].token_locations[0].header.prefx: unknown field `prefx`"),
+            "{got:?}"
+        );
     }
 }

@@ -1,10 +1,24 @@
-//! palisade-auth: authentication and authorization at the edge (Istio phase AUTHN).
+//! palisade-auth: authentication at the edge (Istio phase AUTHN).
 //!
-//! This release parses and validates the provider configuration and lets requests through; token
-//! verification lands with its own issue. It already owns the identity headers
-//! (`palisade_kit::identity`).
+//! JWTs from configured providers: the token is found in its configured location
+//! ([`token_location`]), taken apart strictly ([`jwt`]), routed to the provider its `iss` names,
+//! verified with keys prepared once per key set ([`jwks`], [`signature`]) and checked
+//! ([`claims`]); [`engine::Authenticator`] makes the decision, host-free. Refusals carry a
+//! precise [`rejection::Rejection`]. `filter` is the proxy-wasm adapter. palisade-auth owns the
+//! identity headers (`palisade_kit::identity`): it strips them from every request before it
+//! sets its own.
 
+pub mod claims;
 pub mod config;
+pub mod engine;
+pub mod jwks;
+pub mod jwt;
+pub mod rejection;
+pub mod signature;
+pub mod token_location;
+
+#[cfg(test)]
+mod test_tokens;
 
 #[cfg(target_os = "wasi")]
 mod filter;

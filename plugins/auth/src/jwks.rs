@@ -1,0 +1,352 @@
+//! A provider's signing keys: a JWKS document (RFC 7517) parsed once into prepared
+//! [`PublicKey`]s, and the choice of which keys may check a token.
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
+use rsa::traits::PublicKeyParts;
+use rsa::{BigUint, RsaPublicKey};
+
+use crate::config::Algorithm;
+use crate::rejection::Rejection;
+use crate::signature::{PublicKey, MIN_RSA_BITS};
+
+/// JWKS members are base64url; IdPs disagree on padding, so either is read.
+const JWK_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The most keys one JWKS may hold: a bound on memory and on keys tried for a token without
+/// `kid`.
+pub const MAX_KEYS: usize = 64;
+
+/// One usable key of a set.
+#[derive(Debug, Clone)]
+pub struct SetKey {
+    pub kid: Option<String>,
+    /// The JWK's `alg`, when it pins one.
+    pub alg: Option<Algorithm>,
+    pub key: PublicKey,
+}
+
+impl SetKey {
+    fn verifies(&self, alg: Algorithm) -> bool {
+        self.key.supports(alg) && self.alg.is_none_or(|pinned| pinned == alg)
+    }
+}
+
+/// Why a JWK was left out of a set (for the configuration check and the refresh log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// Why a whole JWKS document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    #[error("not a JWKS document: {0}")]
+    NotJwks(String),
+    #[error("holds {0} keys, more than {MAX_KEYS}")]
+    TooManyKeys(usize),
+}
+
+/// The prepared keys of one JWKS version.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: Vec<SetKey>,
+}
+
+impl KeySet {
+    /// Parses a JWKS document. Keys this plugin cannot use for signatures (encryption keys,
+    /// symmetric keys, unknown curves, RSA under 2048 bits, malformed members) are skipped and
+    /// reported, not fatal: an IdP's JWKS often carries encryption keys too.
+    pub fn parse(document: &[u8]) -> Result<(KeySet, Vec<Skipped>), JwksError> {
+        let set: JwkSet = serde_json::from_slice(document).map_err(|err| {
+            // serde_json errors name positions and types, never the document's content.
+            JwksError::NotJwks(err.to_string())
+        })?;
+        if set.keys.len() > MAX_KEYS {
+            return Err(JwksError::TooManyKeys(set.keys.len()));
+        }
+        let mut keys = Vec::with_capacity(set.keys.len());
+        let mut skipped = Vec::new();
+        for (index, jwk) in set.keys.iter().enumerate() {
+            match prepare(jwk) {
+                Ok(key) => keys.push(key),
+                Err(reason) => skipped.push(Skipped { index, reason }),
+            }
+        }
+        Ok((KeySet { keys }, skipped))
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys that may check a token with this `kid` and `alg`, as Envoy's `jwt_authn`
+    /// chooses them: a key with a `kid` must match the token's; a key without one matches any
+    /// token. A token whose `kid` no key carries is [`Rejection::UnknownKid`] (the caller may
+    /// refresh a remote set); keys that exist but cannot verify `alg` are algorithm confusion,
+    /// [`Rejection::NoKeyForAlg`].
+    pub fn candidates<'s>(
+        &'s self,
+        kid: Option<&'s str>,
+        alg: Algorithm,
+    ) -> Result<impl Iterator<Item = &'s PublicKey> + 's, Rejection> {
+        let named = move |key: &&SetKey| match (kid, key.kid.as_deref()) {
+            (Some(wanted), Some(has)) => wanted == has,
+            _ => true,
+        };
+        if kid.is_some() && !self.keys.iter().any(|key| named(&key)) {
+            return Err(Rejection::UnknownKid);
+        }
+        if !self.keys.iter().filter(named).any(|key| key.verifies(alg)) {
+            return Err(Rejection::NoKeyForAlg);
+        }
+        Ok(self
+            .keys
+            .iter()
+            .filter(move |key| named(key) && key.verifies(alg))
+            .map(|key| &key.key))
+    }
+
+    /// Does any key carry this `kid`?
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|key| key.kid.as_deref() == Some(kid))
+    }
+}
+
+fn decode(member: &str, name: &str) -> Result<Vec<u8>, String> {
+    JWK_BASE64
+        .decode(member)
+        .map_err(|_| format!("{name} is not base64url"))
+}
+
+fn prepare(jwk: &Jwk) -> Result<SetKey, String> {
+    let common = &jwk.common;
+    if let Some(public_key_use) = &common.public_key_use {
+        if *public_key_use != PublicKeyUse::Signature {
+            return Err("not a signature key (use is not \"sig\")".to_owned());
+        }
+    }
+    if let Some(ops) = &common.key_operations {
+        if !ops.contains(&KeyOperations::Verify) {
+            return Err("key_ops does not include \"verify\"".to_owned());
+        }
+    }
+    let alg =
+        match common.key_algorithm {
+            None => None,
+            Some(alg) => Some(algorithm(alg).ok_or_else(|| {
+                "alg is not a signature algorithm this plugin verifies".to_owned()
+            })?),
+        };
+    let key = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let n = BigUint::from_bytes_be(&decode(&rsa.n, "n")?);
+            let e = BigUint::from_bytes_be(&decode(&rsa.e, "e")?);
+            let key = RsaPublicKey::new(n, e).map_err(|err| format!("bad RSA key: {err}"))?;
+            if key.n().bits() < MIN_RSA_BITS {
+                return Err(format!("RSA key shorter than {MIN_RSA_BITS} bits"));
+            }
+            PublicKey::Rsa(key)
+        }
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let x = decode(&ec.x, "x")?;
+            let y = decode(&ec.y, "y")?;
+            let size = match ec.curve {
+                EllipticCurve::P256 => 32,
+                EllipticCurve::P384 => 48,
+                _ => return Err("unsupported EC curve (P-256 and P-384 are)".to_owned()),
+            };
+            if x.len() != size || y.len() != size {
+                return Err("EC coordinates have the wrong length".to_owned());
+            }
+            let mut point = Vec::with_capacity(1 + 2 * size);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            let not_on_curve = |_| "EC point is not on its curve".to_owned();
+            if size == 32 {
+                PublicKey::P256(
+                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(not_on_curve)?,
+                )
+            } else {
+                PublicKey::P384(
+                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(not_on_curve)?,
+                )
+            }
+        }
+        AlgorithmParameters::OctetKeyPair(okp) => {
+            if okp.curve != EllipticCurve::Ed25519 {
+                return Err("unsupported OKP curve (Ed25519 is)".to_owned());
+            }
+            let x: [u8; 32] = decode(&okp.x, "x")?
+                .try_into()
+                .map_err(|_| "Ed25519 key is not 32 bytes".to_owned())?;
+            PublicKey::Ed25519(
+                ed25519_dalek::VerifyingKey::from_bytes(&x)
+                    .map_err(|_| "Ed25519 key is not a curve point".to_owned())?,
+            )
+        }
+        AlgorithmParameters::OctetKey(_) => {
+            return Err(
+                "symmetric (oct) keys are never read from a JWKS; configure hmac_secret".to_owned(),
+            )
+        }
+        _ => return Err("unsupported key type".to_owned()),
+    };
+    let key = SetKey {
+        kid: common.key_id.clone(),
+        alg,
+        key,
+    };
+    if let Some(alg) = key.alg {
+        if !key.key.supports(alg) {
+            return Err("alg does not match the key type".to_owned());
+        }
+    }
+    Ok(key)
+}
+
+fn algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
+    Some(match alg {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::PS384 => Algorithm::PS384,
+        KeyAlgorithm::PS512 => Algorithm::PS512,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    const JWKS: &[u8] = include_bytes!("../testdata/jwks.json");
+
+    #[test]
+    fn the_test_set_prepares_every_usable_key() {
+        let (set, skipped) = KeySet::parse(JWKS).unwrap();
+        assert_eq!(set.len(), 5);
+        assert!(skipped.is_empty());
+        assert!(set.has_kid("rsa-1") && set.has_kid("ed-1") && !set.has_kid("rsa-9"));
+        let (weak, skipped) = KeySet::parse(include_bytes!("../testdata/jwks_weak.json")).unwrap();
+        assert!(weak.is_empty());
+        assert_eq!(
+            skipped,
+            [Skipped {
+                index: 0,
+                reason: "RSA key shorter than 2048 bits".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn candidates_follow_kid_then_alg() {
+        let (set, _) = KeySet::parse(JWKS).unwrap();
+        assert_eq!(
+            set.candidates(Some("rsa-1"), Algorithm::RS256)
+                .unwrap()
+                .count(),
+            1
+        );
+        assert_eq!(
+            set.candidates(Some("nope"), Algorithm::RS256).err(),
+            Some(Rejection::UnknownKid)
+        );
+        // An RSA key asked to check ES256 is algorithm confusion.
+        assert_eq!(
+            set.candidates(Some("rsa-1"), Algorithm::ES256).err(),
+            Some(Rejection::NoKeyForAlg)
+        );
+        // Without kid, every key of the right type: two RSA keys for PS256.
+        assert_eq!(set.candidates(None, Algorithm::PS256).unwrap().count(), 2);
+        assert_eq!(set.candidates(None, Algorithm::ES384).unwrap().count(), 1);
+        // No public key ever verifies an HMAC.
+        assert_eq!(
+            set.candidates(None, Algorithm::HS256).err(),
+            Some(Rejection::NoKeyForAlg)
+        );
+    }
+
+    #[test]
+    fn a_key_without_kid_matches_any_token_kid() {
+        let doc = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        let (set, skipped) = KeySet::parse(doc).unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(
+            set.candidates(Some("anything"), Algorithm::EdDSA)
+                .unwrap()
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn unusable_keys_are_skipped_with_a_reason() {
+        let doc = br#"{"keys":[
+            {"kty":"RSA","use":"enc","n":"AQAB","e":"AQAB"},
+            {"kty":"oct","k":"c2VjcmV0"},
+            {"kty":"EC","crv":"P-256","x":"AAAA","y":"AAAA"},
+            {"kty":"EC","crv":"P-521","x":"AAAA","y":"AAAA"},
+            {"kty":"OKP","crv":"Ed25519","x":"AAAA"},
+            {"kty":"RSA","alg":"RSA-OAEP","n":"AQAB","e":"AQAB"},
+            {"kty":"EC","crv":"P-256","alg":"RS256","x":"AAAA","y":"AAAA"},
+            {"kty":"XYZ"}
+        ]}"#;
+        let (set, skipped) = KeySet::parse(doc).unwrap();
+        assert!(set.is_empty());
+        let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "not a signature key (use is not \"sig\")",
+                "symmetric (oct) keys are never read from a JWKS; configure hmac_secret",
+                "EC coordinates have the wrong length",
+                "unsupported EC curve (P-256 and P-384 are)",
+                "Ed25519 key is not 32 bytes",
+                "alg is not a signature algorithm this plugin verifies",
+                "EC coordinates have the wrong length",
+                "unsupported key type",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_jwks_is_refused() {
+        assert!(matches!(
+            KeySet::parse(b"[1,2]"),
+            Err(JwksError::NotJwks(_))
+        ));
+        assert!(matches!(
+            KeySet::parse(b"{\"keys\":{}}"),
+            Err(JwksError::NotJwks(_))
+        ));
+        let many = format!(
+            "{{\"keys\":[{}]}}",
+            vec![r#"{"kty":"XYZ"}"#; MAX_KEYS + 1].join(",")
+        );
+        assert_eq!(
+            KeySet::parse(many.as_bytes()).err(),
+            Some(JwksError::TooManyKeys(MAX_KEYS + 1))
+        );
+    }
+}

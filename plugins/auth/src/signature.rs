@@ -1,0 +1,132 @@
+//! Signature verification with keys prepared once: an RSA modulus turned into a big integer, an
+//! EC point decompressed and checked on its curve, when the key set is loaded, never per request
+//! (`jsonwebtoken::decode` rebuilds them from bytes on every call). The primitives are the
+//! RustCrypto crates `jsonwebtoken`'s `rust_crypto` backend uses.
+
+use hmac::{Hmac, Mac};
+use rsa::{Pkcs1v15Sign, Pss, RsaPublicKey};
+use sha2::{Digest, Sha256, Sha384, Sha512};
+
+use crate::config::Algorithm;
+
+/// The smallest RSA modulus accepted (RFC 7518 §3.3: 2048 bits or larger MUST be used).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// A public key ready to verify, of one key type.
+#[derive(Debug, Clone)]
+pub enum PublicKey {
+    Rsa(RsaPublicKey),
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+impl PublicKey {
+    /// Can this key verify `alg`? An HMAC never can: a public key is not a shared secret (the
+    /// classic RS256-to-HS256 confusion).
+    pub fn supports(&self, alg: Algorithm) -> bool {
+        use Algorithm::*;
+        match self {
+            PublicKey::Rsa(_) => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            PublicKey::P256(_) => alg == ES256,
+            PublicKey::P384(_) => alg == ES384,
+            PublicKey::Ed25519(_) => alg == EdDSA,
+        }
+    }
+
+    /// Verifies `signature` over `message`; `false` for any mismatch, including an `alg` the
+    /// key does not support.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        use Algorithm::*;
+        match (self, alg) {
+            (PublicKey::Rsa(key), RS256) => key
+                .verify(
+                    Pkcs1v15Sign::new::<Sha256>(),
+                    &Sha256::digest(message),
+                    signature,
+                )
+                .is_ok(),
+            (PublicKey::Rsa(key), RS384) => key
+                .verify(
+                    Pkcs1v15Sign::new::<Sha384>(),
+                    &Sha384::digest(message),
+                    signature,
+                )
+                .is_ok(),
+            (PublicKey::Rsa(key), RS512) => key
+                .verify(
+                    Pkcs1v15Sign::new::<Sha512>(),
+                    &Sha512::digest(message),
+                    signature,
+                )
+                .is_ok(),
+            // RFC 7518 §3.5: the salt is as long as the hash; `Pss::new` expects exactly that.
+            (PublicKey::Rsa(key), PS256) => key
+                .verify(Pss::new::<Sha256>(), &Sha256::digest(message), signature)
+                .is_ok(),
+            (PublicKey::Rsa(key), PS384) => key
+                .verify(Pss::new::<Sha384>(), &Sha384::digest(message), signature)
+                .is_ok(),
+            (PublicKey::Rsa(key), PS512) => key
+                .verify(Pss::new::<Sha512>(), &Sha512::digest(message), signature)
+                .is_ok(),
+            (PublicKey::P256(key), ES256) => {
+                use p256::ecdsa::signature::Verifier;
+                // JWS carries R || S, 64 bytes, not DER (RFC 7518 §3.4).
+                p256::ecdsa::Signature::from_slice(signature)
+                    .is_ok_and(|sig| key.verify(message, &sig).is_ok())
+            }
+            (PublicKey::P384(key), ES384) => {
+                use p384::ecdsa::signature::Verifier;
+                p384::ecdsa::Signature::from_slice(signature)
+                    .is_ok_and(|sig| key.verify(message, &sig).is_ok())
+            }
+            (PublicKey::Ed25519(key), EdDSA) => ed25519_dalek::Signature::from_slice(signature)
+                .is_ok_and(|sig| key.verify_strict(message, &sig).is_ok()),
+            _ => false,
+        }
+    }
+}
+
+/// A shared secret for HS256/384/512, from configuration only (never from a JWKS).
+#[derive(Clone)]
+pub struct HmacSecret(Vec<u8>);
+
+impl std::fmt::Debug for HmacSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HmacSecret([redacted])")
+    }
+}
+
+impl HmacSecret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Verifies an HMAC in constant time (`verify_slice`).
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        fn check<M: Mac + hmac::digest::KeyInit>(key: &[u8], message: &[u8], tag: &[u8]) -> bool {
+            match <M as Mac>::new_from_slice(key) {
+                Ok(mut mac) => {
+                    mac.update(message);
+                    mac.verify_slice(tag).is_ok()
+                }
+                Err(_) => false,
+            }
+        }
+        match alg {
+            Algorithm::HS256 => check::<Hmac<Sha256>>(&self.0, message, signature),
+            Algorithm::HS384 => check::<Hmac<Sha384>>(&self.0, message, signature),
+            Algorithm::HS512 => check::<Hmac<Sha512>>(&self.0, message, signature),
+            _ => false,
+        }
+    }
+}

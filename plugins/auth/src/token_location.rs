@@ -1,0 +1,172 @@
+//! Finding a token in a request (a header after its prefix, a query parameter, a cookie) and
+//! the header edit that removes it again once verified.
+
+use std::borrow::Cow;
+
+use palisade_kit::header_pairs::Edit;
+
+use crate::config::TokenLocation;
+
+type Fields<'a> = [(&'a [u8], &'a [u8])];
+
+fn values<'a, 'n>(
+    headers: &'a Fields<'a>,
+    name: &'n str,
+) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| *v)
+}
+
+/// The token at `location`, if the request carries one there. A header whose value does not
+/// start with the prefix (`Authorization: Basic ...`) holds no token for this location.
+pub fn find<'a>(location: &TokenLocation, headers: &'a Fields<'a>) -> Option<&'a [u8]> {
+    match location {
+        TokenLocation::Header { name, prefix } => values(headers, name).find_map(|value| {
+            let head = value.get(..prefix.len())?;
+            if !head.eq_ignore_ascii_case(prefix.as_bytes()) {
+                return None;
+            }
+            let token = value.get(prefix.len()..)?.trim_ascii();
+            (!token.is_empty()).then_some(token)
+        }),
+        TokenLocation::Query(param) => {
+            let path = values(headers, ":path").next()?;
+            let (_, query) = split_query(path)?;
+            query
+                .split(|&b| b == b'&')
+                .find_map(|pair| pair_value(pair, param.as_bytes(), b'='))
+                .filter(|token| !token.is_empty())
+        }
+        TokenLocation::Cookie(cookie) => values(headers, "cookie")
+            .flat_map(|header| header.split(|&b| b == b';'))
+            .find_map(|pair| pair_value(pair.trim_ascii(), cookie.as_bytes(), b'='))
+            .map(|v| {
+                v.strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(v)
+            })
+            .filter(|token| !token.is_empty()),
+    }
+}
+
+fn split_query(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = path.iter().position(|&b| b == b'?')?;
+    Some((path.get(..at)?, path.get(at + 1..)?))
+}
+
+/// `name=value` → `value` when the name matches.
+fn pair_value<'a>(pair: &'a [u8], name: &[u8], separator: u8) -> Option<&'a [u8]> {
+    let at = pair.iter().position(|&b| b == separator)?;
+    (pair.get(..at)? == name)
+        .then(|| pair.get(at + 1..))
+        .flatten()
+}
+
+/// The edit that takes the token out of the request: the whole header (as `jwt_authn` does),
+/// the parameter from `:path`, the cookie from `cookie`.
+pub fn removal(location: &TokenLocation, headers: &Fields<'_>) -> Option<Edit<'static>> {
+    match location {
+        TokenLocation::Header { name, .. } => Some(Edit::Remove(Cow::Owned(name.clone()))),
+        TokenLocation::Query(param) => {
+            let path = values(headers, ":path").next()?;
+            let (base, query) = split_query(path)?;
+            let kept: Vec<&[u8]> = query
+                .split(|&b| b == b'&')
+                .filter(|pair| pair_value(pair, param.as_bytes(), b'=').is_none())
+                .collect();
+            let mut new_path = base.to_vec();
+            if !kept.is_empty() {
+                new_path.push(b'?');
+                new_path.extend_from_slice(&kept.join(&b'&'));
+            }
+            Some(Edit::Set(Cow::Borrowed(":path"), Cow::Owned(new_path)))
+        }
+        TokenLocation::Cookie(cookie) => {
+            let kept: Vec<&[u8]> = values(headers, "cookie")
+                .flat_map(|header| header.split(|&b| b == b';'))
+                .map(<[u8]>::trim_ascii)
+                .filter(|pair| !pair.is_empty())
+                .filter(|pair| pair_value(pair, cookie.as_bytes(), b'=').is_none())
+                .collect();
+            Some(if kept.is_empty() {
+                Edit::Remove(Cow::Borrowed("cookie"))
+            } else {
+                Edit::Set(Cow::Borrowed("cookie"), Cow::Owned(kept.join(&b"; "[..])))
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn bearer() -> TokenLocation {
+        TokenLocation::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        }
+    }
+
+    #[test]
+    fn a_header_token_follows_its_prefix_in_any_case() {
+        let h: Vec<(&[u8], &[u8])> = vec![
+            (b"Authorization", b"Basic dXNlcjpwYXNz"),
+            (b"authorization", b"bearer  abc.def.ghi "),
+        ];
+        assert_eq!(find(&bearer(), &h), Some(&b"abc.def.ghi"[..]));
+        let basic_only: Vec<(&[u8], &[u8])> = vec![(b"authorization", b"Basic x")];
+        assert_eq!(find(&bearer(), &basic_only), None);
+        let empty: Vec<(&[u8], &[u8])> = vec![(b"authorization", b"Bearer   ")];
+        assert_eq!(find(&bearer(), &empty), None);
+        let raw = TokenLocation::Header {
+            name: "x-jwt".into(),
+            prefix: String::new(),
+        };
+        let h: Vec<(&[u8], &[u8])> = vec![(b"x-jwt", b"t.t.t")];
+        assert_eq!(find(&raw, &h), Some(&b"t.t.t"[..]));
+    }
+
+    #[test]
+    fn a_query_token_is_found_and_removed_alone() {
+        let q = TokenLocation::Query("access_token".into());
+        let h: Vec<(&[u8], &[u8])> = vec![(b":path", b"/a?x=1&access_token=t.t.t&y=2")];
+        assert_eq!(find(&q, &h), Some(&b"t.t.t"[..]));
+        assert_eq!(
+            removal(&q, &h),
+            Some(Edit::Set(":path".into(), b"/a?x=1&y=2".to_vec().into()))
+        );
+        let only: Vec<(&[u8], &[u8])> = vec![(b":path", b"/a?access_token=t")];
+        assert_eq!(
+            removal(&q, &only),
+            Some(Edit::Set(":path".into(), b"/a".to_vec().into()))
+        );
+        let similar: Vec<(&[u8], &[u8])> = vec![(b":path", b"/a?my_access_token=t")];
+        assert_eq!(find(&q, &similar), None);
+    }
+
+    #[test]
+    fn a_cookie_token_is_found_and_removed_alone() {
+        let c = TokenLocation::Cookie("session".into());
+        let h: Vec<(&[u8], &[u8])> = vec![
+            (b"cookie", b"theme=dark; session=t.t.t"),
+            (b"cookie", b"lang=en"),
+        ];
+        assert_eq!(find(&c, &h), Some(&b"t.t.t"[..]));
+        assert_eq!(
+            removal(&c, &h),
+            Some(Edit::Set(
+                "cookie".into(),
+                b"theme=dark; lang=en".to_vec().into()
+            ))
+        );
+        let only: Vec<(&[u8], &[u8])> = vec![(b"cookie", b"session=\"q.q.q\"")];
+        assert_eq!(find(&c, &only), Some(&b"q.q.q"[..]));
+        assert_eq!(removal(&c, &only), Some(Edit::Remove("cookie".into())));
+    }
+}
