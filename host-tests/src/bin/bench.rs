@@ -54,6 +54,49 @@ fn native_header_security() -> (Vec<Value>, Value) {
     (filters, route)
 }
 
+/// Envoy's `jwt_authn` verifying the bench token (RS256, inline JWKS), with or without its
+/// verified-token cache.
+fn native_jwt_authn(cache: bool) -> Value {
+    let jwks = std::fs::read_to_string(workspace().join("host-tests/fixtures/bench/jwks.json"))
+        .expect("host-tests/fixtures/bench/jwks.json");
+    let mut provider = json!({
+        "issuer": "https://idp.bench.example",
+        "audiences": ["palisade-bench"],
+        "local_jwks": {"inline_string": jwks},
+        "forward": true,
+    });
+    if cache {
+        provider["jwt_cache_config"] = json!({"jwt_cache_size": 1000});
+    }
+    json!({"name": "envoy.filters.http.jwt_authn",
+           "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+               "providers": {"bench": provider},
+               "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]}})
+}
+
+/// Envoy's `local_ratelimit` with one token bucket for the whole proxy, large enough that the
+/// bench is never limited: the cost of counting, not of refusing.
+fn native_local_ratelimit() -> Value {
+    json!({"name": "envoy.filters.http.local_ratelimit",
+           "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+               "stat_prefix": "bench",
+               "token_bucket": {"max_tokens": 1_000_000, "tokens_per_fill": 1_000_000, "fill_interval": "1s"},
+               "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+               "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+               "local_rate_limit_per_downstream_connection": false}})
+}
+
+/// Envoy's `fault` filter configured but injecting nothing (0%), as chaos setups leave it.
+fn native_fault() -> Value {
+    json!({"name": "envoy.filters.http.fault",
+           "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+               "abort": {"http_status": 503, "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+               "delay": {"fixed_delay": "1s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}}}})
+}
+
 struct Setup {
     name: String,
     palisade: Vec<Filter>,
@@ -80,6 +123,10 @@ impl Setup {
 const NONE: &str = "envoy, no filter";
 const FLOOR: &str = "empty wasm filter (floor)";
 const NATIVE_HS: &str = "native cors + header_mutation";
+const NATIVE_JWT: &str = "native jwt_authn (no cache)";
+const NATIVE_JWT_CACHED: &str = "native jwt_authn (cache on)";
+const NATIVE_RL: &str = "native local_ratelimit";
+const NATIVE_FAULT: &str = "native fault (0%)";
 
 fn plugin(name: &str) -> &'static PluginInfo {
     plugins::find(name).unwrap_or_else(|| panic!("no plugin {name}"))
@@ -105,12 +152,34 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
         wasm_files: vec![wasm.join(plugin("header-security").wasm_file)],
         ..Setup::plain("palisade-header-security")
     });
-    for name in ["auth", "rate-limit", "resilience", "audit"] {
+    all.push(Setup {
+        native: vec![native_jwt_authn(false)],
+        ..Setup::plain(NATIVE_JWT)
+    });
+    all.push(Setup {
+        native: vec![native_jwt_authn(true)],
+        ..Setup::plain(NATIVE_JWT_CACHED)
+    });
+    all.push(Setup {
+        native: vec![native_local_ratelimit()],
+        ..Setup::plain(NATIVE_RL)
+    });
+    all.push(Setup {
+        native: vec![native_fault()],
+        ..Setup::plain(NATIVE_FAULT)
+    });
+    for (name, native) in [
+        ("auth", Some(NATIVE_JWT_CACHED)),
+        ("rate-limit", Some(NATIVE_RL)),
+        ("resilience", Some(NATIVE_FAULT)),
+        ("audit", None),
+    ] {
         let p = plugin(name);
         all.push(Setup {
             palisade: vec![Filter::new(p, p.example_config)],
+            native_counterpart: native,
             wasm_files: vec![wasm.join(p.wasm_file)],
-            ..Setup::plain(&format!("{} (pass-through so far)", p.full_name))
+            ..Setup::plain(p.full_name)
         });
     }
     all.push(Setup {
@@ -217,6 +286,17 @@ struct Load {
     connections: u32,
 }
 
+/// The RS256 token every bench request carries (valid until 2100).
+fn bench_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        std::fs::read_to_string(workspace().join("host-tests/fixtures/bench/token-rs256.jwt"))
+            .expect("host-tests/fixtures/bench/token-rs256.jwt")
+            .trim()
+            .to_owned()
+    })
+}
+
 fn wrk(url: &str, seconds: u64, connections: u32) -> String {
     let output = Command::new("wrk")
         .args([
@@ -230,6 +310,8 @@ fn wrk(url: &str, seconds: u64, connections: u32) -> String {
             "origin: https://app.example.com",
             "-H",
             "x-request-id: bench-0001",
+            "-H",
+            &format!("authorization: Bearer {}", bench_token()),
         ])
         .arg(url)
         .output()
