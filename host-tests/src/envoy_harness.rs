@@ -64,7 +64,8 @@ pub struct EnvoyTest {
     pub envoy: EnvoyProcess,
     pub upstream: EchoUpstream,
     agent: ureq::Agent,
-    _dir: tempfile::TempDir,
+    bootstrap: Bootstrap,
+    dir: tempfile::TempDir,
 }
 
 impl EnvoyTest {
@@ -120,8 +121,23 @@ impl EnvoyTest {
             envoy,
             upstream,
             agent,
-            _dir: dir,
+            bootstrap,
+            dir,
         })
+    }
+
+    /// Delivers a new config for a discovered (ECDS) filter, as Istio does when a `WasmPlugin`
+    /// changes: the discovery file is replaced in one rename, which Envoy watches for.
+    pub fn push_discovered(&self, filter: &Filter) {
+        let target = Bootstrap::discovery_file(self.dir.path(), filter);
+        let staging = target.with_extension("staging");
+        std::fs::write(
+            &staging,
+            self.bootstrap.discovery_response(filter).to_string(),
+        )
+        .unwrap_or_else(|err| panic!("write {}: {err}", staging.display()));
+        std::fs::rename(&staging, &target)
+            .unwrap_or_else(|err| panic!("rename to {}: {err}", target.display()));
     }
 
     /// A GET through Envoy with extra request headers.
