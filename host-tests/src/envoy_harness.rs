@@ -29,6 +29,19 @@ pub fn wasm_dir() -> PathBuf {
     dir
 }
 
+/// Polls `done` every 50 ms until it holds; fails the test naming `what` after `limit`. For
+/// effects Envoy applies asynchronously (config updates, reloads), never for timing claims.
+pub fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Worker threads every test Envoy runs, so cross-worker behaviour is really exercised.
 pub const WORKERS: u32 = 2;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use palisade::envoy::{EnvoyError, Filter};
 use palisade::plugins::{self, PluginInfo};
-use palisade_host_tests::envoy_harness::EnvoyTest;
+use palisade_host_tests::envoy_harness::{eventually, EnvoyTest};
 
 /// For each plugin: a config it must refuse, and the exact reason it logs.
 fn bad_configs() -> Vec<(&'static PluginInfo, &'static str, &'static str)> {
@@ -135,7 +135,7 @@ fn a_bad_config_after_a_good_one_keeps_the_good_one_and_the_next_good_one_applie
             r#"{{"security_headers":{{"preset":"none","headers":{{"x-config-version":"{value}"}}}}}}"#
         )
     };
-    let test = EnvoyTest::start(vec![Filter::new(hs, &with_marker("1")).discovered()]);
+    let test = EnvoyTest::start(vec![Filter::new(hs, with_marker("1")).discovered()]);
     let version = |test: &EnvoyTest| {
         let reply = test.get("/", &[]);
         assert_eq!(reply.status, 200, "{}", reply.body);
@@ -163,15 +163,10 @@ fn a_bad_config_after_a_good_one_keeps_the_good_one_and_the_next_good_one_applie
         );
     }
 
-    test.push_discovered(&Filter::new(hs, &with_marker("2")).discovered());
-    let started = std::time::Instant::now();
-    while version(&test).as_deref() != Some("2") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the fixed config never applied"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    test.push_discovered(&Filter::new(hs, with_marker("2")).discovered());
+    eventually(Duration::from_secs(10), "the fixed config applying", || {
+        version(&test).as_deref() == Some("2")
+    });
     for _ in 0..4 {
         assert_eq!(version(&test).as_deref(), Some("2"));
     }
