@@ -56,7 +56,29 @@ test: setup build lint
     trap 'rm -f "$log"' EXIT
     cargo test --workspace 2>&1 | tee -a "$log"
     {{wasm32_tests}} 2>&1 | tee -a "$log"
+    # A short fuzz of every parser; `just fuzz` runs longer.
+    "{{just_executable()}}" fuzz 10
     awk '/^test result:/ {passed += $4; failed += $6} END {printf "summary: %d passed, %d failed\n", passed, failed}' "$log"
+
+# Fuzz every target in fuzz/ for SECONDS each; a crash stops it, its input left in fuzz/artifacts/.
+# cargo fuzz needs -Z flags (sanitizers) and this toolchain is stable only: RUSTC_BOOTSTRAP allows them.
+fuzz seconds="60": setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install --quiet --root "{{tools}}" cargo-fuzz --version 0.13.1 --locked
+    cd fuzz
+    export RUSTC_BOOTSTRAP=1
+    cargo fuzz build -s address
+    for target in $(cargo fuzz list); do
+        # New inputs go to target/corpus; the checked-in seed corpus stays as committed.
+        mkdir -p "target/corpus/$target"
+        log="target/fuzz-$target.log"
+        if cargo fuzz run -s address "$target" "target/corpus/$target" "corpus/$target" -- -max_total_time={{seconds}} >"$log" 2>&1; then
+            echo "fuzz $target: $(grep -m1 '^Done' "$log")"
+        else
+            tail -40 "$log"; echo "fuzz $target: CRASH (input in fuzz/artifacts/$target)"; exit 1
+        fi
+    done
 
 # The kit's and plugins' unit tests compiled to wasm32-unknown-unknown, run in Node.
 test-wasm32:
