@@ -422,29 +422,101 @@ fn kong_config(plugin: &PluginInfo, form: ConfigForm) -> Result<Value, RenderErr
     })
 }
 
+#[derive(Serialize)]
+struct KongDeclarative {
+    _format_version: &'static str,
+    services: Vec<KongService>,
+}
+
+#[derive(Serialize)]
+struct KongService {
+    name: &'static str,
+    url: &'static str,
+    routes: Vec<KongRoute>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    filter_chains: Vec<FilterChain>,
+}
+
+#[derive(Serialize)]
+struct KongRoute {
+    name: &'static str,
+    paths: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    plugins: Vec<KongFilterPlugin>,
+}
+
+#[derive(Serialize)]
+struct FilterChain {
+    name: &'static str,
+    filters: Vec<KongFilter>,
+}
+
+#[derive(Serialize)]
+struct KongFilter {
+    name: &'static str,
+    enabled: bool,
+    config: Value,
+}
+
+#[derive(Serialize)]
+struct KongFilterPlugin {
+    name: &'static str,
+    config: Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KongPlugin {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: KongPluginMetadata,
+    plugin: &'static str,
+    config: Value,
+}
+
+#[derive(Serialize)]
+struct KongPluginMetadata {
+    name: &'static str,
+    namespace: &'static str,
+}
+
+fn kong_service(filter_chains: Vec<FilterChain>, plugins: Vec<KongFilterPlugin>) -> KongService {
+    KongService {
+        name: "api",
+        url: "http://api.internal:8080",
+        routes: vec![KongRoute {
+            name: "api",
+            paths: vec!["/"],
+            plugins,
+        }],
+        filter_chains,
+    }
+}
+
 fn kong_declarative(form: ConfigForm) -> Result<String, RenderError> {
     let filters = ALL
         .iter()
         .map(|plugin| {
-            Ok(serde_json::json!({
-                "name": kong_filter_name(plugin),
-                "enabled": true,
-                "config": kong_config(plugin, form)?,
-            }))
+            Ok(KongFilter {
+                name: kong_filter_name(plugin),
+                enabled: true,
+                config: kong_config(plugin, form)?,
+            })
         })
         .collect::<Result<Vec<_>, RenderError>>()?;
-    let config = serde_json::json!({
-        "_format_version": "3.0",
-        "services": [{
-            "name": "api",
-            "url": "http://api.internal:8080",
-            "routes": [{ "name": "api", "paths": ["/"] }],
-            // One chain per service (or route); filters run in this order, after Lua plugins.
-            "filter_chains": [{ "name": "palisade", "filters": filters }],
-        }],
-    });
+    let config = KongDeclarative {
+        _format_version: "3.0",
+        // One chain per service (or route); its filters run in this order, after Lua plugins.
+        services: vec![kong_service(
+            vec![FilterChain {
+                name: "palisade",
+                filters,
+            }],
+            Vec::new(),
+        )],
+    };
     let note = match form {
-        ConfigForm::Object => "Kong 3.5-3.10 (DB-less: `kong config parse` / declarative_config): configs are JSON, checked\n# against manifests/kong/filters/<filter>.meta.json, which must sit beside the .wasm.",
+        ConfigForm::Object => "Kong 3.5-3.10, DB-less (declarative_config) or `deck`: configs are JSON objects, checked\n# against manifests/kong/filters/<filter>.meta.json, which must sit beside each .wasm.",
         ConfigForm::String => "Kong 3.4, whose filter config is a string handed to the filter as is (also what 3.5+\n# accept for a filter without a .meta.json).",
     };
     Ok(format!(
@@ -457,38 +529,38 @@ fn kong_filter_plugins() -> Result<String, RenderError> {
     let plugins = ALL
         .iter()
         .map(|plugin| {
-            Ok(serde_json::json!({
-                "name": kong_filter_name(plugin),
-                "config": kong_config(plugin, ConfigForm::Object)?,
-            }))
+            Ok(KongFilterPlugin {
+                name: kong_filter_name(plugin),
+                config: kong_config(plugin, ConfigForm::Object)?,
+            })
         })
         .collect::<Result<Vec<_>, RenderError>>()?;
-    let config = serde_json::json!({
-        "_format_version": "3.0",
-        "services": [{
-            "name": "api",
-            "url": "http://api.internal:8080",
-            "routes": [{ "name": "api", "paths": ["/"], "plugins": plugins }],
-        }],
-    });
+    let config = KongDeclarative {
+        _format_version: "3.0",
+        services: vec![kong_service(Vec::new(), plugins)],
+    };
     Ok(format!(
-        "# {GENERATED}\n# Kong 3.9-3.10: each filter configured as a plugin on a route or service (no consumer).\n# Kong appends them to the route's filter chain; prefer kong.yml's explicit filter_chains\n# where the order of the filters matters (it does for header-security -> auth -> rate-limit).\n{}",
+        "# {GENERATED}\n# Kong 3.9-3.10: each filter configured as a plugin of a route or service (no consumer).\n# Kong appends them to the route's filter chain; prefer kong.yml's explicit filter_chains\n# where the order of the filters matters (it does: header-security, auth, rate-limit, ...).\n{}",
         serde_yaml_ng::to_string(&config).unwrap_or_default()
     ))
 }
 
 fn kic_plugins() -> Result<String, RenderError> {
-    let mut documents = Vec::new();
+    let mut kong_plugins = Vec::new();
     for plugin in &ALL {
-        documents.push(serde_json::json!({
-            "apiVersion": "configuration.konghq.com/v1",
-            "kind": "KongPlugin",
-            "metadata": { "name": plugin.full_name, "namespace": "default" },
-            // The filter name: Kong 3.9+ exposes every enabled filter as a plugin.
-            "plugin": kong_filter_name(plugin),
-            "config": kong_config(plugin, ConfigForm::Object)?,
-        }));
+        kong_plugins.push(KongPlugin {
+            api_version: "configuration.konghq.com/v1",
+            kind: "KongPlugin",
+            metadata: KongPluginMetadata {
+                name: plugin.full_name,
+                namespace: "default",
+            },
+            // The filter's name: Kong 3.9+ exposes every enabled filter as a plugin.
+            plugin: kong_filter_name(plugin),
+            config: kong_config(plugin, ConfigForm::Object)?,
+        });
     }
+    let mut documents = Vec::new();
     let names: Vec<_> = ALL.iter().map(|p| p.full_name).collect();
     documents.push(serde_json::json!({
         "apiVersion": "networking.k8s.io/v1",
@@ -507,7 +579,12 @@ fn kic_plugins() -> Result<String, RenderError> {
             }] } }],
         },
     }));
-    Ok(yaml_documents(&documents))
+    let mut out = yaml_documents(&kong_plugins);
+    for document in documents {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&document).unwrap_or_default());
+    }
+    Ok(out)
 }
 
 fn kic_values() -> String {
