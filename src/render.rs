@@ -385,22 +385,24 @@ wasm = on
 # and manifests/kong/filters/*.meta.json here.
 wasm_filters_path = {KONG_FILTERS_PATH}
 
-# Kong 3.7+: enable exactly these filters (3.4-3.6 enable every file in wasm_filters_path).
+# Kong 3.7+: enable exactly these filters. Kong 3.4-3.6 enable every file in
+# wasm_filters_path and have no such setting: drop the line there.
 wasm_filters = {filters}
 
-# Cross-worker state (rate-limit counters, circuit-breaker state, JWKS and introspection caches)
-# lives in proxy-wasm shared data, which Kong keeps in an shm_kv zone. Kong defines none by
-# default and every shared-data call traps without one. This one is the default zone `*`
-# (Kong 3.7+). Kong 3.4-3.6 cannot define the default zone from kong.conf: the plugins that keep
-# shared state need 3.7 there.
+# Cross-worker state (rate-limit counters, circuit-breaker state, caches) lives in proxy-wasm
+# shared data, which Kong keeps in an shm_kv zone. Kong defines none by default and every
+# shared-data call traps without one. This is the default zone `*`, Kong 3.7+ only: Kong
+# 3.4-3.6 cannot define it from kong.conf (drop the line there), so the plugins that keep
+# shared state need Kong 3.7 or later.
 nginx_wasm_shm_kv = 32m
 
 # HTTP call-outs (JWKS, token introspection, global rate limits, audit delivery) name
-# host:port in Kong; let Kong's resolver resolve them (on by default from Kong 3.8).
-nginx_http_proxy_wasm_lua_resolver = on
-nginx_http_proxy_wasm_socket_connect_timeout = 2s
-nginx_http_proxy_wasm_socket_send_timeout = 5s
-nginx_http_proxy_wasm_socket_read_timeout = 5s
+# host:port in Kong. Resolving names with Kong's resolver is on by default from Kong 3.8;
+# on 3.7 (where it is off by default) uncomment:
+# nginx_http_proxy_wasm_lua_resolver = on
+# Optional: ngx_wasm_module's socket timeouts for call-outs (the plugins set their own too).
+# nginx_http_proxy_wasm_socket_connect_timeout = 2s
+# nginx_http_proxy_wasm_socket_read_timeout = 5s
 ",
         filters = filters.join(",")
     )
