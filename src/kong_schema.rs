@@ -6,7 +6,8 @@
 //! - `$ref` to `$defs`/`definitions` inlined (a recursive type is refused: draft 4 without
 //!   definitions cannot express it), the definitions dropped;
 //! - `const: v` as `enum: [v]`; numeric `exclusiveMinimum`/`exclusiveMaximum` as draft 4's
-//!   `minimum` + boolean; `prefixItems` as the tuple form of `items`;
+//!   `minimum` + boolean; `prefixItems` as the tuple form of `items`; `null` out of `enum`s
+//!   (Kong's Lua validator cannot compile it) into a `type: "null"` alternative;
 //! - keywords draft 4 lacks (`examples`, `deprecated`, `readOnly`, `$comment`, ...) dropped:
 //!   annotations only, or checks the plugin makes itself when it loads the config.
 
@@ -177,7 +178,33 @@ fn convert(
             out.insert(key.clone(), converted);
         }
     }
+    without_null_in_enum(&mut out);
     Ok(Value::Object(out))
+}
+
+/// Kong's validator (lua-resty-ljsonschema) refuses to compile an `enum` holding `null`
+/// ("unsupported enum type"), and a schema that does not compile stops Kong: `null` moves to
+/// a `type: "null"` alternative.
+fn without_null_in_enum(out: &mut Map<String, Value>) {
+    let Some(Value::Array(values)) = out.get("enum") else {
+        return;
+    };
+    if !values.iter().any(Value::is_null) {
+        return;
+    }
+    let others: Vec<Value> = values.iter().filter(|v| !v.is_null()).cloned().collect();
+    out.remove("enum");
+    let alternatives = if others.is_empty() {
+        serde_json::json!({ "type": "null" })
+    } else {
+        serde_json::json!({ "anyOf": [{ "enum": others }, { "type": "null" }] })
+    };
+    match out.get_mut("allOf") {
+        Some(Value::Array(all)) => all.push(alternatives),
+        _ => {
+            out.insert("allOf".to_owned(), Value::Array(vec![alternatives]));
+        }
+    }
 }
 
 fn map_of_schemas(
@@ -268,6 +295,23 @@ mod tests {
                 ]
             })
         );
+    }
+
+    #[test]
+    fn null_leaves_enums() {
+        let schema = json!({ "type": ["string", "null"], "enum": ["api", "strict", null],
+                             "properties": { "off": { "const": null } } });
+        let converted = to_draft4(&schema).unwrap();
+        assert_eq!(
+            converted,
+            json!({ "$schema": DRAFT4, "type": ["string", "null"],
+                    "allOf": [{ "anyOf": [{ "enum": ["api", "strict"] }, { "type": "null" }] }],
+                    "properties": { "off": { "allOf": [{ "type": "null" }] } } })
+        );
+        let validator = jsonschema::draft4::new(&converted).unwrap();
+        assert!(validator.is_valid(&json!("api")));
+        assert!(validator.is_valid(&json!(null)));
+        assert!(!validator.is_valid(&json!("lax")));
     }
 
     #[test]
