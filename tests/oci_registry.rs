@@ -400,3 +400,34 @@ fn push_follows_a_bearer_challenge() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("run `palisade package` first"), "{stderr}");
 }
+
+#[test]
+fn push_refuses_a_url_for_a_registry_and_a_missing_layout() {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["push", "https://registry.example.com"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "palisade push: \"https://registry.example.com\" is not a registry (host[:port][/namespace])\n"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["push", "127.0.0.1:9/ns", "--plain-http", "--dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "palisade push: {}: ",
+            empty
+                .path()
+                .join("palisade-header-security/index.json")
+                .display()
+        )) && stderr.ends_with("; run `palisade package` first\n"),
+        "{stderr}"
+    );
+}
