@@ -109,3 +109,10 @@ pub fn config(extra: Value) -> String {
     }
     json!({ "providers": [provider] }).to_string()
 }
+
+/// The wall clock in seconds, for tokens sent to real Envoy (whose clock is the real one).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -2,11 +2,9 @@
 //! with the identity set and the token removed; spoofed identity headers never do; every kind of
 //! bad token gets its RFC 6750 refusal.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use palisade::envoy::Filter;
 use palisade::plugins;
-use palisade_host_tests::auth_tokens::{claims, config, Signer};
+use palisade_host_tests::auth_tokens::{self, claims, config, Signer};
 use palisade_host_tests::envoy_harness::EnvoyTest;
 use serde_json::json;
 
@@ -14,9 +12,7 @@ use serde_json::json;
 const REQUESTS: usize = 6;
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    auth_tokens::unix_now()
 }
 
 fn start() -> EnvoyTest {
