@@ -5,6 +5,7 @@
 //! (`palisade_kit::identity`).
 
 pub mod config;
+pub mod path;
 
 #[cfg(target_os = "wasi")]
 mod filter;
