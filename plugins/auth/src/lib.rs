@@ -4,6 +4,7 @@
 //! verification lands with its own issue. It already owns the identity headers
 //! (`palisade_kit::identity`).
 
+pub mod api_keys;
 pub mod config;
 pub mod path;
 
