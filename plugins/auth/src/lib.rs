@@ -7,6 +7,7 @@
 pub mod api_keys;
 pub mod config;
 pub mod path;
+pub mod rules;
 
 #[cfg(target_os = "wasi")]
 mod filter;
