@@ -6,6 +6,7 @@
 
 pub mod api_keys;
 pub mod config;
+pub mod introspection;
 pub mod path;
 pub mod rules;
 
