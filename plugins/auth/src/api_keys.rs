@@ -27,6 +27,11 @@ pub struct ApiKeysConfig {
     pub from: Vec<KeyLocation>,
     /// The accepted keys.
     pub keys: Vec<ApiKeyConfig>,
+    /// Pass the key on to the upstream. Default: no: once a key authenticated the request, its
+    /// headers and query parameters are removed (as Envoy's `jwt_authn` does with tokens), and
+    /// the consumer travels in the identity headers instead.
+    #[serde(default)]
+    pub forward: bool,
 }
 
 fn default_locations() -> Vec<KeyLocation> {
@@ -151,6 +156,7 @@ impl ApiKeysConfig {
         ApiKeys {
             from: self.from.clone(),
             keys,
+            forward: self.forward,
         }
     }
 }
@@ -274,6 +280,7 @@ impl InvalidApiKey {
 pub struct ApiKeys {
     from: Vec<KeyLocation>,
     keys: Vec<ApiKey>,
+    forward: bool,
 }
 
 impl ApiKeys {
@@ -293,6 +300,40 @@ impl ApiKeys {
             }
         }
         ApiKeyOutcome::Missing
+    }
+
+    /// Does the key go on to the upstream? When not, after a key authenticated the request the
+    /// engine removes [`key_headers`](Self::key_headers) and rewrites the query with
+    /// [`query_without_keys`](Self::query_without_keys).
+    pub fn forward(&self) -> bool {
+        self.forward
+    }
+
+    /// The request headers that can carry a key.
+    pub fn key_headers(&self) -> impl Iterator<Item = &str> {
+        self.from.iter().filter_map(|location| match location {
+            KeyLocation::Header { name, .. } => Some(name.as_str()),
+            KeyLocation::Query { .. } => None,
+        })
+    }
+
+    /// The query without the parameters that can carry a key; `None` when it has none of them
+    /// (nothing to rewrite). An empty result means the `?` goes too.
+    pub fn query_without_keys(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let is_key = |pair: &[u8]| {
+            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            self.from.iter().any(|location| {
+                matches!(location, KeyLocation::Query { name: key } if key.as_bytes() == name)
+            })
+        };
+        if !query.split(|&b| b == b'&').any(is_key) {
+            return None;
+        }
+        let kept: Vec<&[u8]> = query
+            .split(|&b| b == b'&')
+            .filter(|pair| !is_key(pair))
+            .collect();
+        Some(kept.join(&b'&'))
     }
 
     /// Compares a presented key with every stored hash, in constant time over the whole set.
@@ -551,6 +592,24 @@ mod tests {
         // The header is not a location here.
         let headers: [(&[u8], &[u8]); 1] = [(b"x-api-key", b"a+b/c=")];
         assert_eq!(keys.authenticate(&headers, None), ApiKeyOutcome::Missing);
+    }
+
+    #[test]
+    fn keys_are_not_forwarded_by_default() {
+        let keys = config(
+            r#""from":[{"header":{"name":"x-api-key"}},{"query":{"name":"key"}},{"query":{"name":"k2"}}],"#,
+        )
+        .compile();
+        assert!(!keys.forward());
+        assert_eq!(keys.key_headers().collect::<Vec<_>>(), ["x-api-key"]);
+        assert_eq!(
+            keys.query_without_keys(b"a=1&key=secret&b=2&k2=x&keyx=3"),
+            Some(b"a=1&b=2&keyx=3".to_vec())
+        );
+        assert_eq!(keys.query_without_keys(b"key=secret"), Some(Vec::new()));
+        assert_eq!(keys.query_without_keys(b"a=1&keys=2"), None);
+        let forwarded = config(r#""forward":true,"#).compile();
+        assert!(forwarded.forward());
     }
 
     #[test]
