@@ -3,9 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palisade_auth::introspection::{
-    CachedAnswer, Introspected, IntrospectionConfig, TokenKey,
-};
+use palisade_auth::introspection::{CachedAnswer, Introspected, IntrospectionConfig, TokenKey};
 
 fuzz_target!(|data: &[u8]| {
     let config: IntrospectionConfig = serde_json::from_str(
@@ -24,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
     if let Introspected::Active(info) = &answer {
         if let Some(exp) = info.exp {
             let after = exp.saturating_mul(1000);
-            assert!(!matches!(cache.get(&key, after), Some(CachedAnswer::Active(_))));
+            assert!(!matches!(
+                cache.get(&key, after),
+                Some(CachedAnswer::Active(_))
+            ));
         }
     }
 });
