@@ -7,13 +7,20 @@
 //! precise [`rejection::Rejection`]. `filter` is the proxy-wasm adapter. palisade-auth owns the
 //! identity headers (`palisade_kit::identity`): it strips them from every request before it
 //! sets its own.
+//!
+//! The policy half ([`api_keys`], [`introspection`], [`rules`], [`path`]) is merged, validated
+//! and unit-tested on its own, but not wired into [`config::AuthConfig`] or the engine yet.
 
+pub mod api_keys;
 pub mod claims;
 pub mod config;
 pub mod engine;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod path;
 pub mod rejection;
+pub mod rules;
 pub mod signature;
 pub mod token_location;
 
