@@ -132,7 +132,7 @@ pub fn client_ip(trusted_hops: u32, source: Option<&[u8]>, xff: Option<&[u8]>) -
 }
 
 /// A limit's key for a request: each part's value, length-prefixed so that no two different
-/// part lists join to the same bytes. `Err(())` names no part: the caller knows which limit.
+/// part lists join to the same bytes. `Err` when a part has no value (see [`Missing`]).
 pub fn build<V: RequestView>(
     parts: &[KeyPart],
     request: &mut RequestParts<'_, V>,
