@@ -94,6 +94,9 @@ extern "C" {
     ) -> u32;
     pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     pub fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    pub fn proxy_set_effective_context(context_id: u32) -> u32;
+    pub fn proxy_continue_stream(stream_type: u32) -> u32;
 }
 
 /// Takes ownership of memory the host filled through `proxy_on_memory_allocate` (the SDK's

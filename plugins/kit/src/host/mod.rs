@@ -2,6 +2,7 @@
 //! a `Result` or degrades; none panics, whatever status or bytes the host returns.
 
 mod abi;
+pub mod callout;
 pub mod logger;
 pub mod metrics;
 pub mod plugin;
