@@ -1,10 +1,17 @@
-//! palisade-rate-limit in the test host, under Envoy and Kong: configuration refusal and
-//! pass-through (enforcement has not landed yet).
+//! palisade-rate-limit in the test host, under Envoy and Kong: configuration refusal, exact
+//! limits across interleaved worker VMs on one shared store, burst and window rollover on the
+//! virtual clock, key extraction edge cases, a full slot table, the 429 reply and the
+//! RateLimit headers, metrics, fuel.
 
 mod plugin_support;
 
-use palisade_host_tests::wasm_host::{Failure, Plugin};
-use plugin_support::{assert_pass_through, assert_rejected};
+use std::time::Duration;
+
+use palisade_host_tests::wasm_host::{
+    Failure, Host, KongVersion, LocalReply, MetricValue, Outcome, Plugin, PluginVms, Profile,
+    Request, Response,
+};
+use plugin_support::{assert_pass_through, assert_rejected, headers, PROFILES};
 
 #[test]
 fn a_zero_rate_is_refused_with_one_line() -> Result<(), Failure> {
@@ -16,10 +23,316 @@ fn a_zero_rate_is_refused_with_one_line() -> Result<(), Failure> {
 }
 
 #[test]
-fn requests_pass_through_untouched() -> Result<(), Failure> {
+fn requests_within_the_limit_pass_through_untouched() -> Result<(), Failure> {
     assert_pass_through(Plugin::RateLimit, "{}")?;
     assert_pass_through(
         Plugin::RateLimit,
-        r#"{"limits":[{"name":"per-tenant","rate":100,"period":"1s","burst":10,"key":[{"header":"x-tenant"}]}]}"#,
+        r#"{"rate_limit_headers":false,"limits":[{"name":"per-tenant","rate":100,"period":"1s",
+            "burst":10,"key":[{"header":"x-tenant"}],"slots":16}]}"#,
     )
+}
+
+/// Loads the plugin on `workers` VMs sharing one store and asserts the config was accepted.
+fn load(profile: Profile, config: &str, workers: usize) -> Result<(Host, PluginVms), Failure> {
+    let host = Host::new(profile);
+    let vms = host.load_workers(Plugin::RateLimit, config, workers)?;
+    assert!(vms.is_accepted(), "{profile:?}: {:?}", vms.logs());
+    Ok((host, vms))
+}
+
+/// What one request got: `None` when it went upstream, else the local reply.
+fn send(vms: &PluginVms, worker: usize, request: Request) -> Result<Option<LocalReply>, Failure> {
+    let mut stream = vms.worker(worker).http_request(request)?;
+    let outcome = stream.send_request_headers(true)?;
+    let reply = match outcome {
+        Outcome::Continue => {
+            stream.send_response_headers(Response::status(200), true)?;
+            None
+        }
+        Outcome::LocalReply(reply) => Some(reply),
+        other => panic!("unexpected {other:?}"),
+    };
+    stream.finish()?;
+    Ok(reply)
+}
+
+fn admitted(
+    vms: &PluginVms,
+    workers: usize,
+    requests: usize,
+    make: impl Fn(usize) -> Request,
+) -> Result<usize, Failure> {
+    let mut admitted = 0;
+    for i in 0..requests {
+        if send(vms, i % workers, make(i))?.is_none() {
+            admitted += 1;
+        }
+    }
+    Ok(admitted)
+}
+
+fn counter(host: &Host, name: &str) -> u64 {
+    let metrics = host.metrics();
+    let found = metrics
+        .iter()
+        .find(|(key, _)| key.ends_with(name))
+        .map(|(_, value)| value.clone());
+    match found {
+        Some(MetricValue::Counter(n)) => n,
+        other => panic!(
+            "{name}: {other:?} in {:?}",
+            metrics.keys().collect::<Vec<_>>()
+        ),
+    }
+}
+
+const ONE_BUDGET: &str = r#"{"limits":[{"name":"all","rate":1,"period":"1h","burst":9,
+    "key":[{"constant":"all"}],"slots":4}]}"#;
+
+#[test]
+fn several_workers_interleaving_on_one_store_admit_exactly_the_budget() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (host, vms) = load(profile, ONE_BUDGET, 3)?;
+        assert_eq!(
+            admitted(&vms, 3, 40, |_| Request::get("/"))?,
+            10,
+            "{profile:?}"
+        );
+        assert_eq!(counter(&host, "palisade_rate_limit.all.allowed"), 10);
+        assert_eq!(counter(&host, "palisade_rate_limit.all.limited"), 30);
+        assert_eq!(counter(&host, "palisade_rate_limit.all.store_failures"), 0);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_refusal_is_429_with_the_json_body_retry_after_and_ratelimit_headers() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, ONE_BUDGET, 2)?;
+        // Admitted responses carry the headers too, counting down.
+        let mut stream = vms.worker(0).http_request(Request::get("/"))?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        stream.send_response_headers(Response::status(200).header("x-up", "1"), true)?;
+        assert_eq!(
+            stream.response_headers().without(":status"),
+            headers(&[
+                ("x-up", "1"),
+                ("ratelimit-policy", "\"all\";q=10;w=3600"),
+                ("ratelimit", "\"all\";r=9;t=3600"),
+            ]),
+            "{profile:?}"
+        );
+        stream.finish()?;
+        admitted(&vms, 2, 9, |_| Request::get("/"))?;
+        let reply =
+            send(&vms, 1, Request::get("/").header("x-request-id", "req-7"))?.expect("refused");
+        assert_eq!(reply.status, 429);
+        assert_eq!(
+            reply.headers,
+            headers(&[
+                ("content-type", "application/json"),
+                ("retry-after", "3600"),
+                ("ratelimit-policy", "\"all\";q=10;w=3600"),
+                ("ratelimit", "\"all\";r=0;t=36000"),
+            ]),
+            "{profile:?}"
+        );
+        let body = String::from_utf8(reply.body).unwrap();
+        assert_eq!(
+            body.trim_end(),
+            r#"{"error":"rate limit exceeded","status":429,"request_id":"req-7"}"#
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn burst_then_steady_rate_then_rollover_on_the_virtual_clock() -> Result<(), Failure> {
+    // 6 per minute (one every 10 s), 3 more at once.
+    let config = r#"{"limits":[{"name":"m","rate":6,"period":"60s","burst":3,
+        "key":[{"header":"x-tenant"}],"slots":8}]}"#;
+    for profile in PROFILES {
+        let (host, vms) = load(profile, config, 2)?;
+        let tenant = |_| Request::get("/").header("x-tenant", "acme");
+        assert_eq!(admitted(&vms, 2, 10, tenant)?, 4, "{profile:?}: burst + 1");
+        host.advance_clock(Duration::from_secs(9))?;
+        assert_eq!(admitted(&vms, 2, 3, tenant)?, 0, "{profile:?}: not yet");
+        host.advance_clock(Duration::from_secs(1))?;
+        assert_eq!(
+            admitted(&vms, 2, 3, tenant)?,
+            1,
+            "{profile:?}: one interval on"
+        );
+        // Idle for a whole period (plus the burst's worth): the full budget again.
+        host.advance_clock(Duration::from_secs(60))?;
+        assert_eq!(
+            admitted(&vms, 2, 10, tenant)?,
+            4,
+            "{profile:?}: rolled over"
+        );
+        // Another tenant never shared any of it.
+        let other = |_| Request::get("/").header("x-tenant", "globex");
+        assert_eq!(admitted(&vms, 2, 10, other)?, 4, "{profile:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_request_without_the_header_is_not_limited_by_a_limit_keyed_on_it() -> Result<(), Failure> {
+    let config = r#"{"limits":[{"name":"t","rate":1,"period":"1h","key":[{"header":"x-tenant"}],"slots":8}]}"#;
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, config, 2)?;
+        assert_eq!(
+            admitted(&vms, 2, 5, |_| Request::get("/"))?,
+            5,
+            "{profile:?}"
+        );
+        let tenant = |_| Request::get("/").header("x-tenant", "acme");
+        assert_eq!(admitted(&vms, 2, 5, tenant)?, 1, "{profile:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn spoofed_forwarded_for_entries_beyond_the_trusted_hops_share_one_budget() -> Result<(), Failure> {
+    let config = r#"{"client_ip":{"trusted_hops":1},
+        "limits":[{"name":"ip","rate":1,"period":"1h","burst":2,"key":["client_ip"],"slots":16}]}"#;
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, config, 2)?;
+        // Each request claims another origin on the left; the trusted proxy's entry is the same.
+        let spoofing = |i: usize| {
+            Request::get("/").header("x-forwarded-for", format!("198.18.0.{i}, 203.0.113.7"))
+        };
+        assert_eq!(admitted(&vms, 2, 8, spoofing)?, 3, "{profile:?}");
+        let honest = |_| Request::get("/").header("x-forwarded-for", "203.0.113.8");
+        assert_eq!(admitted(&vms, 2, 8, honest)?, 3, "{profile:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_connection_address_is_the_default_client_ip_on_both_hosts() -> Result<(), Failure> {
+    let config =
+        r#"{"limits":[{"name":"ip","rate":1,"period":"1h","key":["client_ip"],"slots":16}]}"#;
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, config, 1)?;
+        // x-forwarded-for is not trusted without trusted_hops.
+        let spoofing =
+            |i: usize| Request::get("/").header("x-forwarded-for", format!("198.18.0.{i}"));
+        assert_eq!(admitted(&vms, 1, 4, spoofing)?, 1, "{profile:?}");
+        let elsewhere = |_| Request::get("/").property("source.address", "10.0.0.99:5000");
+        assert_eq!(admitted(&vms, 1, 4, elsewhere)?, 1, "{profile:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_full_slot_table_follows_the_failure_mode() -> Result<(), Failure> {
+    for (mode, status) in [("allow", None), ("deny", Some(503))] {
+        let config = format!(
+            r#"{{"on_store_failure":"{mode}","limits":[{{"name":"ip","rate":1,"period":"1h","key":["client_ip"],"slots":1}}]}}"#
+        );
+        for profile in PROFILES {
+            let (host, vms) = load(profile, &config, 2)?;
+            assert_eq!(send(&vms, 0, Request::get("/"))?, None);
+            let other = || Request::get("/").property("source.address", "10.0.0.99:5000");
+            let reply = send(&vms, 1, other())?;
+            assert_eq!(
+                reply.as_ref().map(|r| r.status),
+                status,
+                "{profile:?} {mode}"
+            );
+            assert_eq!(counter(&host, "palisade_rate_limit.ip.store_failures"), 1);
+            // The first client idle again: its slot goes to the other one.
+            host.advance_clock(Duration::from_secs(3600))?;
+            assert_eq!(send(&vms, 1, other())?, None, "{profile:?} {mode}");
+            assert_eq!(send(&vms, 0, other())?.map(|r| r.status), Some(429));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn shared_data_stays_within_the_configured_slots() -> Result<(), Failure> {
+    let config =
+        r#"{"limits":[{"name":"ip","rate":1,"period":"1s","key":["client_ip"],"slots":8}]}"#;
+    for profile in PROFILES {
+        let (host, vms) = load(profile, config, 2)?;
+        for i in 0..200 {
+            let request = Request::get("/")
+                .property("source.address", format!("10.1.{}.{}:1", i / 200, i % 200));
+            send(&vms, i % 2, request)?;
+            host.advance_clock(Duration::from_millis(300))?;
+        }
+        let slots: Vec<bool> = (0..9)
+            .map(|n| {
+                host.shared_data(&format!("palisade-rate-limit/ip/{n}"))
+                    .is_some()
+            })
+            .collect();
+        assert_eq!(
+            slots,
+            [true, true, true, true, true, true, true, true, false],
+            "{profile:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn per_route_overrides_by_path_and_method() -> Result<(), Failure> {
+    let config = r#"{"limits":[{"name":"default","rate":1,"period":"1h","burst":1,"key":[{"constant":"d"}],"slots":4}],
+        "routes":[{"match":{"path_prefix":"/search","methods":["GET"]},
+                   "limits":[{"name":"search","rate":1,"period":"1h","key":[{"constant":"s"}],"slots":4}]},
+                  {"match":{"path":"/health"},"limits":[]}]}"#;
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, config, 2)?;
+        assert_eq!(
+            admitted(&vms, 2, 3, |_| Request::get("/search?q=1"))?,
+            1,
+            "{profile:?}"
+        );
+        assert_eq!(
+            admitted(&vms, 2, 5, |_| Request::get("/health"))?,
+            5,
+            "{profile:?}"
+        );
+        assert_eq!(
+            admitted(&vms, 2, 5, |_| Request::post("/search"))?,
+            2,
+            "{profile:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn metrics_off_for_kong_before_3_8_and_the_limit_still_holds() -> Result<(), Failure> {
+    let config = ONE_BUDGET.replacen('{', r#"{"metrics":false,"#, 1);
+    let old_kong = Profile::Kong(KongVersion::new(4).unwrap());
+    let (host, vms) = load(old_kong, &config, 2)?;
+    assert_eq!(admitted(&vms, 2, 12, |_| Request::get("/"))?, 10);
+    assert!(host.metrics().is_empty());
+    Ok(())
+}
+
+#[test]
+fn fuel_per_admitted_request() -> Result<(), Failure> {
+    let config =
+        r#"{"limits":[{"name":"c","rate":1000000,"period":"1h","key":["consumer"],"slots":4096}]}"#;
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, config, 1)?;
+        let mut fuel = Vec::new();
+        for i in 0..5 {
+            let request = Request::get("/api").header("x-palisade-consumer", format!("c-{i}"));
+            let mut stream = vms.http_request(request)?;
+            assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+            stream.send_response_headers(Response::status(200), true)?;
+            stream.finish()?;
+            fuel.push(stream.fuel());
+        }
+        println!("{profile:?}: fuel per admitted request {fuel:?}");
+        assert!(fuel.iter().all(|f| *f > 0));
+    }
+    Ok(())
 }

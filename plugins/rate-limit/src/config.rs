@@ -8,80 +8,272 @@ use palisade_kit::duration::ConfigDuration;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+/// Most slots one limit may keep in shared data.
+pub const MAX_SLOTS: u32 = 1_000_000;
+/// Longest limit name (it goes into shared-data keys, metric names and response headers).
+pub const MAX_NAME_LEN: usize = 64;
+
 /// palisade-rate-limit configuration.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
-    /// Limits checked on every request; all must pass.
+    /// Limits checked on every request that no `routes` entry matches; all must pass.
     #[serde(default)]
     pub limits: Vec<Limit>,
+    /// Per-route overrides: the first entry whose `match` fits the request replaces `limits`.
+    #[serde(default)]
+    pub routes: Vec<RouteLimits>,
+    /// Where the `client_ip` key part comes from.
+    #[serde(default)]
+    pub client_ip: ClientIpConfig,
+    /// Send `RateLimit-Policy` and `RateLimit` (IETF httpapi draft) on allowed and limited
+    /// responses.
+    #[serde(default = "default_true")]
+    pub rate_limit_headers: bool,
+    /// What to do when shared data cannot answer (store full, host error, endless conflicts).
+    #[serde(default)]
+    pub on_store_failure: FailureMode,
+    /// Define and record metrics. Set `false` on Kong 3.4–3.7, whose metric calls trap.
+    #[serde(default = "default_true")]
+    pub metrics: bool,
 }
 
-/// One limit: at most `rate` requests per `period` for each distinct key, with `burst` extra.
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            limits: Vec::new(),
+            routes: Vec::new(),
+            client_ip: ClientIpConfig::default(),
+            rate_limit_headers: true,
+            on_store_failure: FailureMode::default(),
+            metrics: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_slots() -> u32 {
+    4096
+}
+
+/// One limit: a steady `rate` requests per `period` for each distinct key, and `burst` more at
+/// once after a quiet spell. Over any window of one `period`, at most `rate + burst` pass.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limit {
-    /// Unique name, used in metrics, logs and the `RateLimit-Policy` header.
+    /// Unique name (letters, digits, `-`, `_`), used in metrics, logs, shared-data keys and the
+    /// `RateLimit-Policy` header.
     pub name: String,
     /// Requests allowed per period.
     pub rate: u32,
     /// The period `rate` is counted over.
     pub period: ConfigDuration,
-    /// Requests allowed at once above the steady rate.
+    /// Requests allowed at once above the steady rate: an idle key may send `burst + 1` at once.
     #[serde(default)]
     pub burst: u32,
     /// What makes two requests share a budget: the parts are joined into one key.
     pub key: Vec<KeyPart>,
+    /// What happens to a request for which a key part has no value (no such header, no
+    /// consumer, no client address).
+    #[serde(default)]
+    pub when_key_missing: MissingKey,
+    /// How many distinct keys this limit tracks at once in shared data (its memory bound).
+    #[serde(default = "default_slots")]
+    pub slots: u32,
 }
 
 /// One part of a limit's key.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeyPart {
     /// The consumer palisade-auth identified (`x-palisade-consumer`).
     Consumer,
-    /// The client's address.
+    /// The client's address: the connection's, or from `x-forwarded-for` (see `client_ip`).
     ClientIp,
     /// The request path, without its query.
     Path,
     /// The request method.
     Method,
-    /// The value of a request header.
+    /// The route's name (Envoy `xds.route_name`, Kong `kong.route_name`).
+    Route,
+    /// The value of a request header (its first value).
     Header(String),
     /// A fixed string: one budget shared by every request.
     Constant(String),
 }
 
+/// What a limit does with a request missing one of its key parts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingKey {
+    /// The limit does not apply to the request (as Envoy's rate-limit descriptors do).
+    #[default]
+    Skip,
+    /// Every request missing the part shares one budget (the part counts as one empty value).
+    Shared,
+    /// The request is refused with 429.
+    Deny,
+}
+
+/// Allow or refuse when the limiter cannot decide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Let the request through (availability first) and count it in the metrics.
+    #[default]
+    Allow,
+    /// Refuse the request with 429.
+    Deny,
+}
+
+/// Where the client's address comes from.
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpConfig {
+    /// 0: the connection's peer address. N > 0: the N-th `x-forwarded-for` entry from the right,
+    /// i.e. N trusted proxies each appended the address they received the request from. Entries
+    /// further left were written by the client and are ignored.
+    #[serde(default)]
+    pub trusted_hops: u32,
+}
+
+/// Limits for the requests one `match` selects.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimits {
+    /// Which requests: every given criterion must hold.
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+    /// The limits for them, in place of the top-level ones (an empty list: no limit).
+    pub limits: Vec<Limit>,
+}
+
+/// Request criteria; every one given must hold, and at least one must be given.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteMatch {
+    /// The path (without its query) equals this.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The path (without its query) starts with this.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The method is one of these (upper case).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The host's route name equals this.
+    #[serde(default)]
+    pub route: Option<String>,
+}
+
+fn is_limit_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn validate_limit<'a>(limit: &'a Limit, names: &mut HashSet<&'a str>, p: &mut Problems) {
+    if limit.name.trim().is_empty() {
+        p.push_at("name", "must not be empty");
+    } else if !is_limit_name(&limit.name) {
+        p.push_at(
+            "name",
+            format!(
+                "{:?} must be 1 to {MAX_NAME_LEN} letters, digits, '-' or '_'",
+                limit.name
+            ),
+        );
+    } else if !names.insert(limit.name.as_str()) {
+        p.push_at("name", format!("duplicate limit name {:?}", limit.name));
+    }
+    if limit.rate == 0 {
+        p.push_at("rate", "must be at least 1");
+    }
+    let period = limit.period.get();
+    if period < Duration::from_secs(1) || period > Duration::from_secs(86_400) {
+        p.push_at("period", "must be between 1s and 24h");
+    } else if u128::from(limit.rate) > period.as_micros() {
+        p.push_at(
+            "rate",
+            "must be at most one request per microsecond of the period",
+        );
+    }
+    if limit.burst > 1_000_000 {
+        p.push_at("burst", "must be at most 1000000");
+    }
+    if limit.slots == 0 || limit.slots > MAX_SLOTS {
+        p.push_at("slots", format!("must be between 1 and {MAX_SLOTS}"));
+    }
+    if limit.key.is_empty() {
+        p.push_at(
+            "key",
+            "must have at least one part (use {\"constant\": \"all\"} for one shared budget)",
+        );
+    }
+    p.field("key", |p| {
+        for (j, part) in limit.key.iter().enumerate() {
+            if let KeyPart::Header(name) = part {
+                if !is_header_name(name) {
+                    p.index(j, |p| {
+                        p.push_at(
+                            "header",
+                            format!("{name:?} is not a lower-case HTTP header name"),
+                        )
+                    });
+                }
+            }
+        }
+    });
+}
+
 impl PluginConfig for RateLimitConfig {
     fn validate(&self, problems: &mut Problems) {
+        // Names are unique across the top level and every route: each names its own state.
         let mut names = HashSet::new();
         problems.field("limits", |p| {
             for (i, limit) in self.limits.iter().enumerate() {
+                p.index(i, |p| validate_limit(limit, &mut names, p));
+            }
+        });
+        problems.field("routes", |p| {
+            for (i, route) in self.routes.iter().enumerate() {
                 p.index(i, |p| {
-                    if limit.name.trim().is_empty() {
-                        p.push_at("name", "must not be empty");
-                    } else if !names.insert(limit.name.as_str()) {
-                        p.push_at("name", format!("duplicate limit name {:?}", limit.name));
+                    let m = &route.matches;
+                    if m.path.is_none()
+                        && m.path_prefix.is_none()
+                        && m.methods.is_empty()
+                        && m.route.is_none()
+                    {
+                        p.push_at(
+                            "match",
+                            "must give at least one of path, path_prefix, methods, route",
+                        );
                     }
-                    if limit.rate == 0 {
-                        p.push_at("rate", "must be at least 1");
-                    }
-                    let period = limit.period.get();
-                    if period < Duration::from_secs(1) || period > Duration::from_secs(86_400) {
-                        p.push_at("period", "must be between 1s and 24h");
-                    }
-                    if limit.key.is_empty() {
-                        p.push_at("key", "must have at least one part (use {\"constant\": \"all\"} for one shared budget)");
-                    }
-                    p.field("key", |p| {
-                        for (j, part) in limit.key.iter().enumerate() {
-                            if let KeyPart::Header(name) = part {
-                                if !is_header_name(name) {
-                                    p.index(j, |p| {
-                                        p.push_at("header", format!("{name:?} is not a lower-case HTTP header name"))
-                                    });
-                                }
+                    p.field("match", |p| {
+                        for (field, value) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
+                            if value.as_ref().is_some_and(|v| !v.starts_with('/')) {
+                                p.push_at(field, "must start with '/'");
                             }
+                        }
+                        for (j, method) in m.methods.iter().enumerate() {
+                            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase())
+                            {
+                                p.field("methods", |p| {
+                                    p.index(j, |p| {
+                                        p.push(format!("{method:?} is not an upper-case method"))
+                                    })
+                                });
+                            }
+                        }
+                    });
+                    p.field("limits", |p| {
+                        for (j, limit) in route.limits.iter().enumerate() {
+                            p.index(j, |p| validate_limit(limit, &mut names, p));
                         }
                     });
                 });
@@ -102,11 +294,13 @@ mod tests {
     fn key_parts_read_as_operators_write_them() {
         let config: RateLimitConfig = load(
             br#"{"limits":[{"name":"per-consumer","rate":100,"period":"1s","burst":20,
-                "key":["consumer",{"header":"x-tenant"},{"constant":"all"},"client_ip","path","method"]}]}"#,
+                "key":["consumer",{"header":"x-tenant"},{"constant":"all"},"client_ip","path","method","route"]}]}"#,
         )
         .unwrap();
         let limit = &config.limits[0];
         assert_eq!(limit.burst, 20);
+        assert_eq!(limit.slots, 4096);
+        assert_eq!(limit.when_key_missing, MissingKey::Skip);
         assert_eq!(
             limit.key,
             [
@@ -115,9 +309,14 @@ mod tests {
                 KeyPart::Constant("all".into()),
                 KeyPart::ClientIp,
                 KeyPart::Path,
-                KeyPart::Method
+                KeyPart::Method,
+                KeyPart::Route,
             ]
         );
+        assert!(config.rate_limit_headers);
+        assert!(config.metrics);
+        assert_eq!(config.on_store_failure, FailureMode::Allow);
+        assert_eq!(config.client_ip.trusted_hops, 0);
     }
 
     #[test]
@@ -136,6 +335,39 @@ mod tests {
     }
 
     #[test]
+    fn names_rates_slots_and_bursts_are_bounded() {
+        let err = load::<RateLimitConfig>(
+            br#"{"limits":[{"name":"a b","rate":2000000,"period":"1s","burst":1000001,"slots":0,
+                "key":["path"]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "limits[0].name: \"a b\" must be 1 to 64 letters, digits, '-' or '_'; \
+             limits[0].rate: must be at most one request per microsecond of the period; \
+             limits[0].burst: must be at most 1000000; limits[0].slots: must be between 1 and 1000000"
+        );
+    }
+
+    #[test]
+    fn routes_are_validated_and_names_unique_across_them() {
+        let err = load::<RateLimitConfig>(
+            br#"{"limits":[{"name":"a","rate":1,"period":"1s","key":["path"]}],
+                 "routes":[{"match":{},"limits":[]},
+                           {"match":{"path_prefix":"api","methods":["get"]},
+                            "limits":[{"name":"a","rate":1,"period":"1s","key":["path"]}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "routes[0].match: must give at least one of path, path_prefix, methods, route; \
+             routes[1].match.path_prefix: must start with '/'; \
+             routes[1].match.methods[0]: \"get\" is not an upper-case method; \
+             routes[1].limits[0].name: duplicate limit name \"a\""
+        );
+    }
+
+    #[test]
     fn unknown_key_part_is_refused() {
         let err = load::<RateLimitConfig>(
             br#"{"limits":[{"name":"a","rate":1,"period":"1s","key":["tenant"]}]}"#,
@@ -145,5 +377,26 @@ mod tests {
         assert!(err.problems[0]
             .reason
             .starts_with("unknown variant `tenant`"));
+    }
+
+    #[test]
+    fn misspelt_fields_are_refused() {
+        for (doc, path) in [
+            (
+                r#"{"limits":[],"client_ip":{"trusted_hop":1}}"#,
+                "client_ip.trusted_hop",
+            ),
+            (
+                r#"{"routes":[{"match":{"paths":"/"},"limits":[]}]}"#,
+                "routes[0].match.paths",
+            ),
+            (
+                r#"{"limits":[{"name":"a","rate":1,"period":"1s","key":["path"],"brust":1}]}"#,
+                "limits[0].brust",
+            ),
+        ] {
+            let err = load::<RateLimitConfig>(doc.as_bytes()).unwrap_err();
+            assert_eq!(err.problems[0].path, path, "{doc}");
+        }
     }
 }

@@ -1,0 +1,344 @@
+//! Turning a request into a limit's key: the parts an operator listed, read lazily from the
+//! request (each host value at most once), joined unambiguously, and hashed to a fingerprint.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::KeyPart;
+
+/// What the engine may read from a request. The adapter answers from the host, tests from a
+/// struct; each is asked at most once per request ([`RequestParts`] caches).
+pub trait RequestView {
+    /// A request header's (first) value.
+    fn header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// The connection's peer address (Envoy: `ip:port`, Kong: the address alone).
+    fn source_address(&mut self) -> Option<Vec<u8>>;
+    /// The route's name (Envoy `xds.route_name`, Kong `kong.route_name`).
+    fn route_name(&mut self) -> Option<Vec<u8>>;
+}
+
+/// A request's values, read on first use and kept for the rest of the request.
+pub struct RequestParts<'v, V: RequestView> {
+    view: &'v mut V,
+    trusted_hops: u32,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    client_ip: Option<Option<String>>,
+    route: Option<Option<Vec<u8>>>,
+}
+
+impl<'v, V: RequestView> RequestParts<'v, V> {
+    pub fn new(view: &'v mut V, trusted_hops: u32) -> Self {
+        Self {
+            view,
+            trusted_hops,
+            headers: Vec::new(),
+            client_ip: None,
+            route: None,
+        }
+    }
+
+    pub fn header(&mut self, name: &str) -> Option<&[u8]> {
+        let index = match self.headers.iter().position(|(n, _)| n == name) {
+            Some(index) => index,
+            None => {
+                let value = self.view.header(name);
+                self.headers.push((name.to_owned(), value));
+                self.headers.len() - 1
+            }
+        };
+        self.headers
+            .get(index)
+            .and_then(|(_, value)| value.as_deref())
+    }
+
+    /// The path without its query.
+    pub fn path(&mut self) -> Option<&[u8]> {
+        let path = self.header(":path")?;
+        Some(match path.iter().position(|b| *b == b'?') {
+            Some(cut) => path.get(..cut).unwrap_or(path),
+            None => path,
+        })
+    }
+
+    pub fn method(&mut self) -> Option<&[u8]> {
+        self.header(":method")
+    }
+
+    pub fn route(&mut self) -> Option<&[u8]> {
+        if self.route.is_none() {
+            self.route = Some(self.view.route_name().filter(|r| !r.is_empty()));
+        }
+        self.route.as_ref().and_then(|r| r.as_deref())
+    }
+
+    pub fn client_ip(&mut self) -> Option<&str> {
+        if self.client_ip.is_none() {
+            let source = self.view.source_address();
+            let xff = if self.trusted_hops > 0 {
+                self.header("x-forwarded-for").map(<[u8]>::to_vec)
+            } else {
+                None
+            };
+            let ip = client_ip(self.trusted_hops, source.as_deref(), xff.as_deref());
+            self.client_ip = Some(ip.map(|ip| ip.to_string()));
+        }
+        self.client_ip.as_ref().and_then(|ip| ip.as_deref())
+    }
+
+    /// The value of one key part, or `None` when the request has none.
+    pub fn part(&mut self, part: &KeyPart) -> Option<Vec<u8>> {
+        match part {
+            KeyPart::Consumer => self
+                .header(palisade_kit::identity::CONSUMER)
+                .filter(|v| !v.is_empty())
+                .map(<[u8]>::to_vec),
+            KeyPart::ClientIp => self.client_ip().map(|ip| ip.as_bytes().to_vec()),
+            KeyPart::Path => self.path().map(<[u8]>::to_vec),
+            KeyPart::Method => self.method().map(<[u8]>::to_vec),
+            KeyPart::Route => self.route().map(<[u8]>::to_vec),
+            KeyPart::Header(name) => self.header(name).map(<[u8]>::to_vec),
+            KeyPart::Constant(value) => Some(value.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// A peer address as hosts give it: `ip`, `ip:port`, `[v6]:port`.
+fn parse_address(text: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(text).ok()?.trim();
+    let ip = text
+        .parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| text.parse::<IpAddr>())
+        .ok()?;
+    // `::ffff:10.0.0.1` and `10.0.0.1` are one client.
+    Some(ip.to_canonical())
+}
+
+/// The client's address: with no trusted hops the connection's; with N, the N-th
+/// `x-forwarded-for` entry from the right (the one the outermost trusted proxy appended).
+/// Entries left of it are the client's own claims and never count. A header with fewer entries
+/// than trusted hops means a trusted proxy did not append: the connection's address is used.
+pub fn client_ip(trusted_hops: u32, source: Option<&[u8]>, xff: Option<&[u8]>) -> Option<IpAddr> {
+    if trusted_hops == 0 {
+        return source.and_then(parse_address);
+    }
+    let hops = usize::try_from(trusted_hops).unwrap_or(usize::MAX);
+    let entries: Vec<&[u8]> = xff
+        .map(|v| v.split(|b| *b == b',').map(<[u8]>::trim_ascii).collect())
+        .unwrap_or_default();
+    match entries.len().checked_sub(hops) {
+        Some(index) => entries.get(index).and_then(|e| parse_address(e)),
+        None => source.and_then(parse_address),
+    }
+}
+
+/// A limit's key for a request: each part's value, length-prefixed so that no two different
+/// part lists join to the same bytes. `Err` when a part has no value (see [`Missing`]).
+pub fn build<V: RequestView>(
+    parts: &[KeyPart],
+    request: &mut RequestParts<'_, V>,
+) -> Result<Vec<u8>, Missing> {
+    let mut key = Vec::new();
+    let mut missing = false;
+    for part in parts {
+        match request.part(part) {
+            Some(value) => {
+                key.push(1);
+                key.extend_from_slice(
+                    &u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes(),
+                );
+                key.extend_from_slice(&value);
+            }
+            None => {
+                missing = true;
+                key.push(0);
+            }
+        }
+    }
+    if missing {
+        Err(Missing(key))
+    } else {
+        Ok(key)
+    }
+}
+
+/// A key with at least one part absent; holds the key with those parts as "absent" markers,
+/// for limits that share one budget among such requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing(pub Vec<u8>);
+
+/// A 64-bit fingerprint of a key: FNV-1a, then a multiply-xorshift finaliser so that the low
+/// bits (the slot index) depend on every input byte.
+pub fn fingerprint(key: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    /// A request for unit tests: headers (with `:path` and `:method`), an address, a route.
+    #[derive(Debug, Default, Clone)]
+    pub struct FakeRequest {
+        pub headers: Vec<(String, Vec<u8>)>,
+        pub source: Option<String>,
+        pub route: Option<String>,
+        pub reads: usize,
+    }
+
+    impl FakeRequest {
+        pub fn new(method: &str, path: &str) -> Self {
+            Self {
+                headers: vec![
+                    (":method".into(), method.into()),
+                    (":path".into(), path.into()),
+                ],
+                source: Some("10.0.0.1:40000".into()),
+                ..Self::default()
+            }
+        }
+
+        pub fn header(mut self, name: &str, value: &str) -> Self {
+            self.headers.push((name.into(), value.into()));
+            self
+        }
+    }
+
+    impl RequestView for FakeRequest {
+        fn header(&mut self, name: &str) -> Option<Vec<u8>> {
+            self.reads += 1;
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        }
+        fn source_address(&mut self) -> Option<Vec<u8>> {
+            self.reads += 1;
+            self.source.clone().map(String::into_bytes)
+        }
+        fn route_name(&mut self) -> Option<Vec<u8>> {
+            self.reads += 1;
+            self.route.clone().map(String::into_bytes)
+        }
+    }
+
+    fn ip(hops: u32, source: &str, xff: Option<&str>) -> Option<String> {
+        client_ip(hops, Some(source.as_bytes()), xff.map(str::as_bytes)).map(|ip| ip.to_string())
+    }
+
+    #[test]
+    fn the_connection_address_loses_its_port() {
+        assert_eq!(ip(0, "10.0.0.1:40000", None).as_deref(), Some("10.0.0.1"));
+        assert_eq!(ip(0, "10.0.0.1", None).as_deref(), Some("10.0.0.1"));
+        assert_eq!(
+            ip(0, "[2001:db8::1]:443", None).as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(ip(0, "::ffff:10.0.0.9", None).as_deref(), Some("10.0.0.9"));
+        assert_eq!(ip(0, "not-an-address", None), None);
+        // With no trusted hops the header is not even considered.
+        assert_eq!(
+            ip(0, "10.0.0.1:1", Some("1.2.3.4")).as_deref(),
+            Some("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn spoofed_entries_left_of_the_trusted_hops_are_ignored() {
+        // The client sent "6.6.6.6"; the one trusted proxy appended the real peer.
+        let xff = Some("6.6.6.6, 203.0.113.7");
+        assert_eq!(ip(1, "10.0.0.1:1", xff).as_deref(), Some("203.0.113.7"));
+        // Two trusted proxies: the second-from-right is what the outer one saw.
+        let xff = Some("6.6.6.6,7.7.7.7, 203.0.113.7 ,10.1.1.1");
+        assert_eq!(ip(2, "10.0.0.1:1", xff).as_deref(), Some("203.0.113.7"));
+        // However many entries the client prepends, the answer does not move.
+        let long = format!("{}203.0.113.7, 10.1.1.1", "1.1.1.1, ".repeat(50));
+        assert_eq!(
+            ip(2, "10.0.0.1:1", Some(&long)).as_deref(),
+            Some("203.0.113.7")
+        );
+    }
+
+    #[test]
+    fn too_few_entries_fall_back_to_the_connection_and_garbage_is_missing() {
+        assert_eq!(
+            ip(2, "10.0.0.1:1", Some("203.0.113.7")).as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(ip(1, "10.0.0.1:1", None).as_deref(), Some("10.0.0.1"));
+        assert_eq!(ip(1, "10.0.0.1:1", Some("1.1.1.1, unknown")), None);
+        assert_eq!(
+            ip(1, "10.0.0.1:1", Some("1.1.1.1, 198.51.100.2:8080")).as_deref(),
+            Some("198.51.100.2")
+        );
+    }
+
+    #[test]
+    fn each_host_value_is_read_once_per_request() {
+        let mut fake = FakeRequest::new("GET", "/a?b=c").header("x-tenant", "acme");
+        let mut parts = RequestParts::new(&mut fake, 0);
+        for _ in 0..3 {
+            assert_eq!(parts.path(), Some(&b"/a"[..]));
+            assert_eq!(
+                parts.part(&KeyPart::Header("x-tenant".into())),
+                Some(b"acme".to_vec())
+            );
+            assert_eq!(parts.client_ip(), Some("10.0.0.1"));
+            assert_eq!(parts.route(), None);
+            assert_eq!(parts.header("x-absent"), None);
+        }
+        assert_eq!(fake.reads, 5);
+    }
+
+    #[test]
+    fn keys_are_unambiguous_and_missing_parts_are_marked() {
+        let key = |fake: &mut FakeRequest, parts: &[KeyPart]| {
+            build(parts, &mut RequestParts::new(fake, 0))
+        };
+        let two = [KeyPart::Header("a".into()), KeyPart::Header("b".into())];
+        let mut x = FakeRequest::new("GET", "/")
+            .header("a", "xy")
+            .header("b", "z");
+        let mut y = FakeRequest::new("GET", "/")
+            .header("a", "x")
+            .header("b", "yz");
+        assert_ne!(key(&mut x, &two), key(&mut y, &two));
+        let mut no_b = FakeRequest::new("GET", "/").header("a", "x");
+        let mut empty_b = FakeRequest::new("GET", "/")
+            .header("a", "x")
+            .header("b", "");
+        assert!(key(&mut no_b, &two).is_err());
+        assert_ne!(
+            key(&mut empty_b, &two).ok(),
+            key(&mut no_b, &two).err().map(|m| m.0)
+        );
+        // An empty consumer header is no consumer.
+        let mut anonymous = FakeRequest::new("GET", "/").header("x-palisade-consumer", "");
+        assert!(key(&mut anonymous, &[KeyPart::Consumer]).is_err());
+    }
+
+    #[test]
+    fn fingerprints_spread_over_slots() {
+        let mut buckets = [0u32; 16];
+        for i in 0..16_000u32 {
+            let slot = fingerprint(format!("client-{i}").as_bytes()) % 16;
+            buckets[slot as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|n| (800..1200).contains(n)),
+            "{buckets:?}"
+        );
+        assert_ne!(fingerprint(b"a"), fingerprint(b"b"));
+    }
+}
