@@ -42,10 +42,11 @@ pub enum Event {
     DeadlineExceeded,
     FaultAborted,
     FaultDelayed,
-    /// Requests in flight in a scope went up or down by one.
+    /// Requests in flight in a scope went up or down by one, to `now`.
     Inflight {
         scope: String,
         delta: i64,
+        now: u32,
     },
     /// The shared store failed or stayed contended: the request went on unjudged.
     StoreUnavailable,
@@ -78,6 +79,16 @@ pub enum RequestVerdict<'a> {
 pub struct StreamState {
     circuit: Option<(String, Admission)>,
     slot: Option<(String, String, Slot)>,
+}
+
+impl StreamState {
+    /// Whether the stream's upstream answer is still to be judged by a circuit.
+    pub fn awaits_outcome(&self) -> bool {
+        matches!(
+            self.circuit,
+            Some((_, Admission::Normal | Admission::Trial))
+        )
+    }
 }
 
 pub struct Resilience {
@@ -178,11 +189,12 @@ impl Resilience {
             };
             let key = format!("{KEY_PREFIX}inflight/{scope}");
             match inflight.acquire(store, &key) {
-                Ok(Acquired::Slot(slot)) => {
+                Ok(Acquired::Slot(slot, now)) => {
                     retry_granted = slot.retry_granted;
                     events.push(Event::Inflight {
                         scope: scope.clone(),
                         delta: 1,
+                        now,
                     });
                     state.slot = Some((key, scope, slot));
                 }
@@ -254,7 +266,11 @@ impl Resilience {
         }
         if let (Some(inflight), Some((key, scope, slot))) = (&self.inflight, state.slot.take()) {
             match inflight.release(store, &key, slot) {
-                Ok(_) => events.push(Event::Inflight { scope, delta: -1 }),
+                Ok(counts) => events.push(Event::Inflight {
+                    scope,
+                    delta: -1,
+                    now: counts.active,
+                }),
                 Err(_) => events.push(Event::StoreUnavailable),
             }
         }

@@ -43,7 +43,8 @@ pub struct Slot {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Acquired {
-    Slot(Slot),
+    /// A slot, and the requests in flight with it.
+    Slot(Slot, u32),
     /// Over the limit: refuse the request.
     Shed,
 }
@@ -90,7 +91,7 @@ impl InflightLimit {
             }
             Step::Write(
                 counts.encode().to_vec(),
-                Acquired::Slot(Slot { retry_granted }),
+                Acquired::Slot(Slot { retry_granted }, counts.active),
             )
         })
     }
@@ -147,10 +148,10 @@ mod tests {
         let b = limit.acquire(&store, KEY).unwrap();
         assert_eq!(limit.acquire(&store, KEY), Ok(Acquired::Shed));
         assert_eq!(counts(&store).active, 2);
-        let Acquired::Slot(a) = a else { panic!() };
+        let Acquired::Slot(a, _) = a else { panic!() };
         limit.release(&store, KEY, a).unwrap();
-        assert!(matches!(limit.acquire(&store, KEY), Ok(Acquired::Slot(_))));
-        let Acquired::Slot(b) = b else { panic!() };
+        assert!(matches!(limit.acquire(&store, KEY), Ok(Acquired::Slot(..))));
+        let Acquired::Slot(b, _) = b else { panic!() };
         limit.release(&store, KEY, b).unwrap();
         assert_eq!(counts(&store).active, 1);
     }
@@ -161,7 +162,7 @@ mod tests {
         let store = MemoryStore::new();
         let granted: Vec<bool> = (0..20)
             .map(|_| match limit.acquire(&store, KEY).unwrap() {
-                Acquired::Slot(slot) => slot.retry_granted,
+                Acquired::Slot(slot, _) => slot.retry_granted,
                 Acquired::Shed => panic!("no limit set"),
             })
             .collect();
