@@ -434,3 +434,39 @@ fn an_injected_abort_hits_the_configured_share() -> Result<(), Failure> {
     );
     Ok(())
 }
+
+/// Fuel of one healthy GET per feature set (printed with `--nocapture`, for the benchmark
+/// notes); a healthy closed circuit is read, never written.
+#[test]
+fn fuel_of_a_healthy_request_by_feature() -> Result<(), Failure> {
+    let configs = [
+        ("defaults", "{}"),
+        ("with a retry budget", r#"{"retry":{"budget":{}}}"#),
+        (
+            "breaker only, fixed key",
+            r#"{"retry":{"budget":null,"max_retries":0},"circuit_breaker":{"key":"orders"}}"#,
+        ),
+        (
+            "nothing on",
+            r#"{"retry":{"budget":null},"circuit_breaker":{"enabled":false},"proxy":"kong"}"#,
+        ),
+    ];
+    for (name, config) in configs {
+        let (host, vms) = start(Profile::Envoy, config)?;
+        let mut stream = vms.worker(0).http_request(
+            get("/api/orders?page=2")
+                .header("accept", "application/json")
+                .header("user-agent", "palisade-bench/1"),
+        )?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        stream.send_response_headers(Response::status(200), true)?;
+        stream.finish()?;
+        println!("{name:<26} {:>8} fuel/req", stream.fuel());
+        assert_eq!(
+            host.shared_data(&format!("palisade-resilience/cb/{CLUSTER}")),
+            None,
+            "{name}: a healthy closed circuit is never written"
+        );
+    }
+    Ok(())
+}

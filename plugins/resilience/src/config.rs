@@ -160,7 +160,10 @@ pub struct RetryConfig {
     pub retry_on_non_idempotent: String,
     /// `x-envoy-upstream-rq-per-try-timeout-ms`; unset: each try may use the whole timeout.
     pub per_try_timeout: Option<ConfigDuration>,
-    /// Retry budget; unset: every request may retry.
+    /// Retry budget; unset (the default): every request may retry. Envoy's router already
+    /// caps concurrent retries per cluster (its `max_retries` circuit-breaker threshold, 3 by
+    /// default); the budget adds a cap relative to the traffic, across workers, at the cost
+    /// of two shared-data writes per request.
     pub budget: Option<RetryBudgetConfig>,
     /// Keep `x-envoy-*` retry and timeout headers the client sent (only behind a trusted
     /// hop); by default they are removed and the plugin's own are set.
@@ -174,7 +177,7 @@ impl Default for RetryConfig {
             retry_on: "connect-failure,refused-stream,reset,gateway-error".to_owned(),
             retry_on_non_idempotent: "connect-failure,refused-stream".to_owned(),
             per_try_timeout: None,
-            budget: Some(RetryBudgetConfig::default()),
+            budget: None,
             trust_client_headers: false,
         }
     }

@@ -239,16 +239,13 @@ impl Worker {
             Event::DeadlineExceeded => count(|m| m.deadline_exceeded),
             Event::FaultAborted => count(|m| m.fault_aborted),
             Event::FaultDelayed => count(|m| m.fault_delayed),
-            Event::Inflight { scope, delta, now } => {
+            Event::Inflight { scope, now, .. } => {
                 if let Some(m) = metrics {
-                    let gauge = m.gauge("inflight", scope);
-                    match self.proxy {
-                        // Envoy adds to a gauge atomically: exact whatever the worker order.
-                        Proxy::Envoy => gauge.add(*delta),
-                        // Kong traps on adding to a gauge: record the count this write left
-                        // (another worker process may record an older count just after).
-                        Proxy::Kong => gauge.set(u64::from(*now)),
-                    }
+                    // Recorded, never incremented: Kong traps on incrementing a gauge, and a
+                    // config meant for Envoy must not kill Kong's VM. The value is the count
+                    // this worker's write left; a concurrent change on another worker may
+                    // record before it, so the gauge can lag until the next change.
+                    m.gauge("inflight", scope).set(u64::from(*now));
                 }
             }
             Event::StoreUnavailable => {

@@ -137,7 +137,8 @@ mod tests {
     fn nothing_is_counted_without_a_limit_or_a_budget() {
         assert!(limit(r#"{"retry":{"budget":null}}"#).is_none());
         assert!(limit(r#"{"retry":{"max_retries":0}}"#).is_none());
-        assert!(limit("").is_some(), "the default budget counts");
+        assert!(limit("").is_none(), "nothing is counted by default");
+        assert!(limit(r#"{"retry":{"budget":{}}}"#).is_some());
     }
 
     #[test]
@@ -190,7 +191,7 @@ mod tests {
 
     #[test]
     fn counts_never_go_below_zero() {
-        let limit = limit("").unwrap();
+        let limit = limit(r#"{"retry":{"budget":{}}}"#).unwrap();
         let store = MemoryStore::new();
         assert_eq!(
             limit.release(
