@@ -201,3 +201,52 @@ fn injected_faults_hit_the_configured_share() {
         Some(60 - aborted)
     );
 }
+
+#[test]
+fn envoy_retries_and_times_out_as_the_plugin_says() {
+    let test = resilience(r#"{"timeouts":{"deadline_header":"x-request-deadline-ms"}}"#);
+    // A GET failing with 503 is retried 3 times; the client's own ask for 9 is dropped.
+    let (status, _) = request(
+        &test,
+        &[(STATUS_HEADER, "503"), ("x-envoy-max-retries", "9")],
+    );
+    assert_eq!(status, 503);
+    let seen = test.upstream.seen();
+    assert_eq!(seen.len(), 4, "one try and three retries");
+    // The router consumes its headers: the upstream sees none of them.
+    for request in &seen {
+        assert!(
+            !request.headers.iter().any(|(name, _)| {
+                name.starts_with("x-envoy-retry")
+                    || name.starts_with("x-envoy-max")
+                    || name.starts_with("x-envoy-upstream-rq")
+            }),
+            "{request:?}"
+        );
+    }
+
+    // A deadline 400 ms away becomes the upstream timeout: Envoy answers 504 itself.
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 400;
+    let (status, response) = request(
+        &test,
+        &[
+            (DELAY_HEADER, "5000"),
+            ("x-request-deadline-ms", &deadline.to_string()),
+        ],
+    );
+    assert_eq!(status, 504, "{response}");
+    assert!(response.contains("upstream request timeout"), "{response}");
+    // A deadline already passed never reaches the upstream.
+    let before = test.upstream.seen().len();
+    let (status, response) = request(&test, &[("x-request-deadline-ms", "1000")]);
+    assert_eq!(status, 504);
+    assert!(
+        response.contains(r#""error":"deadline exceeded""#),
+        "{response}"
+    );
+    assert_eq!(test.upstream.seen().len(), before);
+}
