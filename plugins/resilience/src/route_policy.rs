@@ -129,9 +129,22 @@ impl RoutePolicy {
         }
         let mut edits = Vec::new();
         if !self.trust_client_headers {
-            for name in ROUTER_HEADERS {
-                if get(headers, name).is_some() {
-                    edits.push(Edit::Remove(Cow::Borrowed(*name)));
+            // One pass over the request's headers (most have no x-envoy-* at all), not one
+            // scan per router header.
+            for (name, _) in headers {
+                let envoy = name
+                    .get(..8)
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"x-envoy-"));
+                if envoy {
+                    if let Some(known) = ROUTER_HEADERS
+                        .iter()
+                        .find(|known| name.eq_ignore_ascii_case(known.as_bytes()))
+                    {
+                        let remove = Edit::Remove(Cow::Borrowed(*known));
+                        if !edits.contains(&remove) {
+                            edits.push(remove);
+                        }
+                    }
                 }
             }
         }
