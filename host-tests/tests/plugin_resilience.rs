@@ -470,3 +470,37 @@ fn fuel_of_a_healthy_request_by_feature() -> Result<(), Failure> {
     }
     Ok(())
 }
+
+/// Kong 3.4 has no metrics and no `kong.service_name`: with `metrics: false` and a fixed key the
+/// breaker works, and nothing the plugin calls traps.
+#[test]
+fn kong_3_4_with_metrics_off_and_a_fixed_key() -> Result<(), Failure> {
+    let config = r#"{"proxy":"kong","metrics":false,"circuit_breaker":{"key":"orders","base_ejection":"5s"}}"#;
+    let (host, vms) = start(Profile::Kong(KongVersion::V3_4), config)?;
+    for i in 0..5 {
+        let mut s = vms.worker(i % 2).http_request(Request::get("/orders"))?;
+        assert_eq!(s.send_request_headers(true)?, Outcome::Continue);
+        s.send_response_headers(Response::status(502), true)?;
+        s.finish()?;
+    }
+    let mut refused = vms.worker(0).http_request(Request::get("/orders"))?;
+    let Outcome::LocalReply(reply) = refused.send_request_headers(true)? else {
+        panic!("open")
+    };
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers.get("retry-after"), Some("5"));
+    refused.finish()?;
+    host.advance_clock(Duration::from_secs(5))?;
+    let mut trial = vms.worker(1).http_request(Request::get("/orders"))?;
+    assert_eq!(trial.send_request_headers(true)?, Outcome::Continue);
+    trial.send_response_headers(Response::status(200), true)?;
+    trial.finish()?;
+    assert!(host.metrics().is_empty(), "{:?}", host.metrics());
+    assert_eq!(
+        plugin_lines(&vms, LogLevel::Info)
+            .last()
+            .map(String::as_str),
+        Some("[palisade-resilience] circuit orders closed: the trial succeeded")
+    );
+    Ok(())
+}
