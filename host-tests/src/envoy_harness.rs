@@ -29,6 +29,19 @@ pub fn wasm_dir() -> PathBuf {
     dir
 }
 
+/// Polls `done` every 50 ms until it holds; fails the test naming `what` after `limit`. For
+/// effects Envoy applies asynchronously (config updates, reloads), never for timing claims.
+pub fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Worker threads every test Envoy runs, so cross-worker behaviour is really exercised.
 pub const WORKERS: u32 = 2;
 
@@ -64,7 +77,8 @@ pub struct EnvoyTest {
     pub envoy: EnvoyProcess,
     pub upstream: EchoUpstream,
     agent: ureq::Agent,
-    _dir: tempfile::TempDir,
+    bootstrap: Bootstrap,
+    dir: tempfile::TempDir,
 }
 
 impl EnvoyTest {
@@ -120,8 +134,23 @@ impl EnvoyTest {
             envoy,
             upstream,
             agent,
-            _dir: dir,
+            bootstrap,
+            dir,
         })
+    }
+
+    /// Delivers a new config for a discovered (ECDS) filter, as Istio does when a `WasmPlugin`
+    /// changes: the discovery file is replaced in one rename, which Envoy watches for.
+    pub fn push_discovered(&self, filter: &Filter) {
+        let target = Bootstrap::discovery_file(self.dir.path(), filter);
+        let staging = target.with_extension("staging");
+        std::fs::write(
+            &staging,
+            self.bootstrap.discovery_response(filter).to_string(),
+        )
+        .unwrap_or_else(|err| panic!("write {}: {err}", staging.display()));
+        std::fs::rename(&staging, &target)
+            .unwrap_or_else(|err| panic!("rename to {}: {err}", target.display()));
     }
 
     /// A GET through Envoy with extra request headers.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use palisade::envoy::{EnvoyError, Filter};
 use palisade::plugins::{self, PluginInfo};
-use palisade_host_tests::envoy_harness::EnvoyTest;
+use palisade_host_tests::envoy_harness::{eventually, EnvoyTest};
 
 /// For each plugin: a config it must refuse, and the exact reason it logs.
 fn bad_configs() -> Vec<(&'static PluginInfo, &'static str, &'static str)> {
@@ -122,4 +122,53 @@ fn a_discovered_bad_config_fails_requests_closed() {
             .log_lines("Filesystem config update rejected")
             .is_empty());
     }
+}
+
+#[test]
+fn a_bad_config_after_a_good_one_keeps_the_good_one_and_the_next_good_one_applies() {
+    // What happens when an operator edits a WasmPlugin: good, then a typo, then fixed. Envoy
+    // keeps the last accepted config through the refused one, and the VM that refused it is
+    // not poisoned: the next good config takes over.
+    let hs = plugins::find("header-security").unwrap();
+    let with_marker = |value: &str| {
+        format!(
+            r#"{{"security_headers":{{"preset":"none","headers":{{"x-config-version":"{value}"}}}}}}"#
+        )
+    };
+    let test = EnvoyTest::start(vec![Filter::new(hs, with_marker("1")).discovered()]);
+    let version = |test: &EnvoyTest| {
+        let reply = test.get("/", &[]);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.header("x-config-version").map(str::to_owned)
+    };
+    assert_eq!(version(&test).as_deref(), Some("1"));
+
+    test.push_discovered(
+        &Filter::new(hs, r#"{"security_headers":{"preset":"paranoid"}}"#).discovered(),
+    );
+    let expected = rejection(
+        hs,
+        "security_headers.preset: unknown variant `paranoid`, expected one of `api`, `strict`, `none`",
+    );
+    assert!(
+        test.wait_for_log(&expected, Duration::from_secs(10)),
+        "no {expected:?}"
+    );
+    assert!(test.wait_for_log("Filesystem config update rejected", Duration::from_secs(10)));
+    for _ in 0..4 {
+        assert_eq!(
+            version(&test).as_deref(),
+            Some("1"),
+            "the good config stays"
+        );
+    }
+
+    test.push_discovered(&Filter::new(hs, with_marker("2")).discovered());
+    eventually(Duration::from_secs(10), "the fixed config applying", || {
+        version(&test).as_deref() == Some("2")
+    });
+    for _ in 0..4 {
+        assert_eq!(version(&test).as_deref(), Some("2"));
+    }
+    assert_eq!(test.log_lines("configuration rejected").len(), 1);
 }

@@ -54,6 +54,49 @@ fn native_header_security() -> (Vec<Value>, Value) {
     (filters, route)
 }
 
+/// Envoy's `jwt_authn` verifying the bench token (RS256, inline JWKS), with or without its
+/// verified-token cache.
+fn native_jwt_authn(cache: bool) -> Value {
+    let jwks = std::fs::read_to_string(workspace().join("host-tests/fixtures/bench/jwks.json"))
+        .expect("host-tests/fixtures/bench/jwks.json");
+    let mut provider = json!({
+        "issuer": "https://idp.bench.example",
+        "audiences": ["palisade-bench"],
+        "local_jwks": {"inline_string": jwks},
+        "forward": true,
+    });
+    if cache {
+        provider["jwt_cache_config"] = json!({"jwt_cache_size": 1000});
+    }
+    json!({"name": "envoy.filters.http.jwt_authn",
+           "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+               "providers": {"bench": provider},
+               "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "bench"}}]}})
+}
+
+/// Envoy's `local_ratelimit` with one token bucket for the whole proxy, large enough that the
+/// bench is never limited: the cost of counting, not of refusing.
+fn native_local_ratelimit() -> Value {
+    json!({"name": "envoy.filters.http.local_ratelimit",
+           "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+               "stat_prefix": "bench",
+               "token_bucket": {"max_tokens": 1_000_000, "tokens_per_fill": 1_000_000, "fill_interval": "1s"},
+               "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+               "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+               "local_rate_limit_per_downstream_connection": false}})
+}
+
+/// Envoy's `fault` filter configured but injecting nothing (0%), as chaos setups leave it.
+fn native_fault() -> Value {
+    json!({"name": "envoy.filters.http.fault",
+           "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+               "abort": {"http_status": 503, "percentage": {"numerator": 0, "denominator": "HUNDRED"}},
+               "delay": {"fixed_delay": "1s", "percentage": {"numerator": 0, "denominator": "HUNDRED"}}}})
+}
+
 struct Setup {
     name: String,
     palisade: Vec<Filter>,
@@ -80,6 +123,10 @@ impl Setup {
 const NONE: &str = "envoy, no filter";
 const FLOOR: &str = "empty wasm filter (floor)";
 const NATIVE_HS: &str = "native cors + header_mutation";
+const NATIVE_JWT: &str = "native jwt_authn (no cache)";
+const NATIVE_JWT_CACHED: &str = "native jwt_authn (cache on)";
+const NATIVE_RL: &str = "native local_ratelimit";
+const NATIVE_FAULT: &str = "native fault (0%)";
 
 fn plugin(name: &str) -> &'static PluginInfo {
     plugins::find(name).unwrap_or_else(|| panic!("no plugin {name}"))
@@ -105,12 +152,34 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
         wasm_files: vec![wasm.join(plugin("header-security").wasm_file)],
         ..Setup::plain("palisade-header-security")
     });
-    for name in ["auth", "rate-limit", "resilience", "audit"] {
+    all.push(Setup {
+        native: vec![native_jwt_authn(false)],
+        ..Setup::plain(NATIVE_JWT)
+    });
+    all.push(Setup {
+        native: vec![native_jwt_authn(true)],
+        ..Setup::plain(NATIVE_JWT_CACHED)
+    });
+    all.push(Setup {
+        native: vec![native_local_ratelimit()],
+        ..Setup::plain(NATIVE_RL)
+    });
+    all.push(Setup {
+        native: vec![native_fault()],
+        ..Setup::plain(NATIVE_FAULT)
+    });
+    for (name, native) in [
+        ("auth", Some(NATIVE_JWT_CACHED)),
+        ("rate-limit", Some(NATIVE_RL)),
+        ("resilience", Some(NATIVE_FAULT)),
+        ("audit", None),
+    ] {
         let p = plugin(name);
         all.push(Setup {
             palisade: vec![Filter::new(p, p.example_config)],
+            native_counterpart: native,
             wasm_files: vec![wasm.join(p.wasm_file)],
-            ..Setup::plain(&format!("{} (pass-through so far)", p.full_name))
+            ..Setup::plain(p.full_name)
         });
     }
     all.push(Setup {
@@ -143,6 +212,9 @@ struct Sample {
     p50_us: f64,
     p99_us: f64,
     rss_mib: f64,
+    /// Envoy's CPU time (all threads) per request under load: unlike latency, barely moved by
+    /// other work on a shared machine.
+    cpu_us: f64,
 }
 
 fn parse_latency(text: &str) -> Option<f64> {
@@ -156,6 +228,27 @@ fn parse_latency(text: &str) -> Option<f64> {
         return None;
     };
     number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+/// The number of requests a `wrk` run completed (`12345 requests in 5.00s, ...`).
+fn parse_requests(output: &str) -> Option<f64> {
+    output.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let count = fields.next()?.parse().ok()?;
+        (fields.next()? == "requests" && fields.next()? == "in").then_some(count)
+    })
+}
+
+/// CPU time every thread of a process has run, in nanoseconds (`/proc/<pid>/task/*/schedstat`).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Requests per second and p50/p99 from `wrk --latency` output.
@@ -193,6 +286,17 @@ struct Load {
     connections: u32,
 }
 
+/// The RS256 token every bench request carries (valid until 2100).
+fn bench_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        std::fs::read_to_string(workspace().join("host-tests/fixtures/bench/token-rs256.jwt"))
+            .expect("host-tests/fixtures/bench/token-rs256.jwt")
+            .trim()
+            .to_owned()
+    })
+}
+
 fn wrk(url: &str, seconds: u64, connections: u32) -> String {
     let output = Command::new("wrk")
         .args([
@@ -206,6 +310,8 @@ fn wrk(url: &str, seconds: u64, connections: u32) -> String {
             "origin: https://app.example.com",
             "-H",
             "x-request-id: bench-0001",
+            "-H",
+            &format!("authorization: Bearer {}", bench_token()),
         ])
         .arg(url)
         .output()
@@ -235,18 +341,23 @@ fn measure(setup: &Setup, upstream: std::net::SocketAddr, load: &Load) -> Sample
         {
             panic!("{}: requests failed: {errors}\n{}", setup.name, envoy.log());
         }
-        parse_wrk(&output).unwrap_or_else(|| panic!("{}: wrk said\n{output}", setup.name))
+        let (rps, p50, p99) =
+            parse_wrk(&output).unwrap_or_else(|| panic!("{}: wrk said\n{output}", setup.name));
+        (rps, p50, p99, parse_requests(&output).unwrap_or(0.0))
     };
     wrk(&url, load.warmup, load.connections);
-    // Throughput under load; latency from one connection, where queueing does not hide the
-    // time the filter itself adds.
-    let (rps, _, _) = run(load.connections);
-    let (_, p50_us, p99_us) = run(1);
+    // Throughput and CPU per request under load; latency from one connection, where queueing
+    // does not hide the time the filter itself adds.
+    let cpu_before = cpu_ns(envoy.pid());
+    let (rps, _, _, requests) = run(load.connections);
+    let cpu_us = cpu_ns(envoy.pid()).saturating_sub(cpu_before) as f64 / 1000.0 / requests.max(1.0);
+    let (_, p50_us, p99_us, _) = run(1);
     Sample {
         rps,
         p50_us,
         p99_us,
         rss_mib: rss_mib(envoy.pid()),
+        cpu_us,
     }
 }
 
@@ -319,8 +430,8 @@ fn main() {
         for (i, setup) in setups.iter().enumerate() {
             let sample = measure(setup, upstream_addr, &load);
             println!(
-                "round {round}/{rounds} {:<45} {:>9.0} req/s  p50 {:>7.0} us  p99 {:>7.0} us",
-                setup.name, sample.rps, sample.p50_us, sample.p99_us
+                "round {round}/{rounds} {:<45} {:>9.0} req/s  cpu {:>6.1} us/req  p50 {:>7.0} us  p99 {:>7.0} us",
+                setup.name, sample.rps, sample.cpu_us, sample.p50_us, sample.p99_us
             );
             samples[i].push(sample);
             std::thread::sleep(Duration::from_millis(200));
@@ -332,6 +443,7 @@ fn main() {
         p50: f64,
         p99: f64,
         rss: f64,
+        cpu: f64,
         spread: f64,
     }
     let rows: Vec<Row> = samples
@@ -347,6 +459,7 @@ fn main() {
                 p50: median(&mut s.iter().map(|x| x.p50_us).collect::<Vec<_>>()),
                 p99: median(&mut s.iter().map(|x| x.p99_us).collect::<Vec<_>>()),
                 rss: median(&mut s.iter().map(|x| x.rss_mib).collect::<Vec<_>>()),
+                cpu: median(&mut s.iter().map(|x| x.cpu_us).collect::<Vec<_>>()),
                 spread: if rps_median > 0.0 {
                     (hi - lo) / rps_median * 100.0
                 } else {
@@ -358,25 +471,30 @@ fn main() {
     let index = |name: &str| setups.iter().position(|s| s.name == name).unwrap_or(0);
     let base = &rows[index(NONE)];
     let added = |row: &Row| row.p50 - base.p50;
+    // Ratios compare the CPU each filter adds per request: latency at one connection tracks it,
+    // but on a shared machine it also carries the neighbours' noise.
+    let added_cpu = |row: &Row| row.cpu - base.cpu;
     let floor_added = setups
         .iter()
         .position(|s| s.name == FLOOR)
-        .map_or(0.0, |i| added(&rows[i]));
+        .map_or(0.0, |i| added_cpu(&rows[i]));
     let vms = f64::from(WORKERS + 1);
 
     let mut table = String::new();
-    let mut csv = String::from("setup,req_per_s,p50_us,p99_us,added_p50_us,vs_native,vs_floor,rps_spread_pct,wasm_kib,rss_delta_per_vm_mib\n");
-    table.push_str("| setup | req/s (c={c}) | p50 µs (c=1) | p99 µs (c=1) | added p50 µs | vs native | vs floor | req/s spread | .wasm KiB | Δ RSS per VM MiB |\n".replace("{c}", &load.connections.to_string()).as_str());
-    table.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let mut csv = String::from("setup,req_per_s,cpu_us_per_req,added_cpu_us,p50_us,p99_us,added_p50_us,vs_native,vs_floor,rps_spread_pct,wasm_kib,rss_delta_per_vm_mib\n");
+    table.push_str("| setup | req/s (c={c}) | Envoy CPU µs/req | added CPU µs | p50 µs (c=1) | p99 µs (c=1) | added p50 µs | vs native | vs floor | req/s spread | .wasm KiB | Δ RSS per VM MiB |\n".replace("{c}", &load.connections.to_string()).as_str());
+    table.push_str(
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
     for (setup, row) in setups.iter().zip(&rows) {
-        let add = added(row);
+        let add = added_cpu(row);
         let vs_native = setup
             .native_counterpart
             .map(|n| {
                 let native = setups
                     .iter()
                     .position(|s| s.name == n)
-                    .map_or(0.0, |i| added(&rows[i]));
+                    .map_or(0.0, |i| added_cpu(&rows[i]));
                 if native > 0.0 {
                     format!("{:.2}×", add / native)
                 } else {
@@ -408,12 +526,14 @@ fn main() {
         };
         let _ = writeln!(
             table,
-            "| {} | {:.0} | {:.0} | {:.0} | {:+.0} | {} | {} | {:.1}% | {} | {} |",
+            "| {} | {:.0} | {:.1} | {:+.1} | {:.0} | {:.0} | {:+.0} | {} | {} | {:.1}% | {} | {} |",
             setup.name,
             row.rps,
+            row.cpu,
+            add,
             row.p50,
             row.p99,
-            add,
+            added(row),
             vs_native,
             vs_floor,
             row.spread,
@@ -422,12 +542,14 @@ fn main() {
         );
         let _ = writeln!(
             csv,
-            "{},{:.0},{:.0},{:.0},{:.0},{},{},{:.1},{},{}",
+            "{},{:.0},{:.2},{:.2},{:.0},{:.0},{:.0},{},{},{:.1},{},{}",
             setup.name,
             row.rps,
+            row.cpu,
+            add,
             row.p50,
             row.p99,
-            add,
+            added(row),
             vs_native.trim_end_matches('×'),
             vs_floor.trim_end_matches('×'),
             row.spread,
@@ -498,10 +620,11 @@ fn report(table: &str, settings: &str, args: &[String]) -> String {
     );
     let _ = writeln!(out, "- Command: `just bench {}`", args.join(" ").trim());
     out.push_str("\nThe load generator, both Envoys and the upstream share the machine's cores, so absolute\n");
-    out.push_str("numbers are low and noisy; compare rows of one run. \"added\" is p50 latency at one connection\n");
-    out.push_str(
-        "minus Envoy's without a filter; \"vs floor\" divides it by the empty Wasm filter's.\n\n",
-    );
+    out.push_str("numbers are low and noisy; compare rows of one run. \"Envoy CPU µs/req\" is the CPU time all of\n");
+    out.push_str("Envoy's threads spent per request under load (from `/proc/<pid>/task/*/schedstat`), which\n");
+    out.push_str("neighbours on the machine barely move; \"added CPU\" subtracts Envoy's without a filter, and\n");
+    out.push_str("\"vs native\" and \"vs floor\" divide it by the native filter's and the empty Wasm filter's.\n");
+    out.push_str("\"added p50\" is the same comparison in latency at one connection, noisier.\n\n");
     out.push_str(table);
     if let Ok(fuel) = std::fs::read_to_string(workspace().join("target/palisade-fuel.csv")) {
         out.push_str("\n## Fuel per request (test host, wasmtime)\n\nDeterministic instruction-like counts per request, from `plugin_fuel` in host-tests.\n\n");
