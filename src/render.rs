@@ -417,11 +417,31 @@ enum ConfigForm {
 }
 
 fn kong_config(plugin: &PluginInfo, form: ConfigForm) -> Result<Value, RenderError> {
-    let config = example_config(plugin)?;
+    let mut config = example_config(plugin)?;
+    if plugin.name == "resilience" {
+        resilience_on_kong(&mut config, form);
+    }
     Ok(match form {
         ConfigForm::Object => config,
         ConfigForm::String => Value::String(config.to_string()),
     })
+}
+
+/// palisade-resilience's config names its proxy: Kong's router reads no `x-envoy-*` header,
+/// Kong before 3.9 has no `kong.service_name` to name the circuit (the chain serves one service:
+/// name it), and Kong 3.4–3.7 trap on metrics (these files serve them too; 3.8+ may turn
+/// metrics on).
+fn resilience_on_kong(config: &mut Value, _form: ConfigForm) {
+    if let Some(fields) = config.as_object_mut() {
+        fields.insert("proxy".into(), Value::from("kong"));
+        fields.insert("metrics".into(), Value::from(false));
+        if let Some(breaker) = fields
+            .get_mut("circuit_breaker")
+            .and_then(Value::as_object_mut)
+        {
+            breaker.insert("key".into(), Value::from("api"));
+        }
+    }
 }
 
 #[derive(Serialize)]

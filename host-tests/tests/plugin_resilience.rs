@@ -1,10 +1,66 @@
-//! palisade-resilience in the test host, under Envoy and Kong: configuration refusal and
-//! pass-through.
+//! palisade-resilience in the test host: every circuit transition on the virtual clock across
+//! two workers, slots given back on client aborts, router headers under Envoy and their
+//! degraded form under Kong, deadlines and injected faults.
 
 mod plugin_support;
 
-use palisade_host_tests::wasm_host::{Failure, Plugin};
-use plugin_support::{assert_pass_through, assert_rejected};
+use std::time::Duration;
+
+use palisade_host_tests::wasm_host::{
+    Failure, Host, HttpStream, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome, Plugin,
+    PluginVms, Profile, Request, Response, START_UNIX_SECS,
+};
+use plugin_support::assert_rejected;
+
+const CLUSTER: &str = "outbound|8080||orders.shop.svc.cluster.local";
+const GAUGE: &str = "palisade_resilience.circuit.outbound_8080__orders.shop.svc.cluster.local";
+
+fn start(profile: Profile, config: &str) -> Result<(Host, PluginVms), Failure> {
+    let host = Host::new(profile);
+    let vms = host.load_workers(Plugin::Resilience, config, 2)?;
+    assert!(vms.is_accepted(), "{:?}", vms.logs());
+    Ok((host, vms))
+}
+
+fn get(path: &str) -> Request {
+    Request::get(path)
+        .property("xds.cluster_name", CLUSTER)
+        .property("xds.route_name", "orders")
+        .header("x-request-id", "req-1")
+}
+
+/// A request on `worker` answered with `status`, start to end.
+fn exchange(vms: &PluginVms, worker: usize, status: u16) -> Result<HttpStream, Failure> {
+    let mut stream = vms.worker(worker).http_request(get("/orders"))?;
+    if stream.send_request_headers(true)? == Outcome::Continue {
+        stream.send_response_headers(Response::status(status), true)?;
+    }
+    stream.finish()?;
+    Ok(stream)
+}
+
+fn plugin_lines(vms: &PluginVms, level: LogLevel) -> Vec<String> {
+    vms.logs()
+        .into_iter()
+        .filter(|e| e.origin == LogOrigin::Plugin && e.level == level)
+        .map(|e| e.message)
+        .collect()
+}
+
+fn metric(host: &Host, name: &str) -> Option<MetricValue> {
+    host.metrics().get(name).cloned()
+}
+
+fn assert_fast_fail(stream: &HttpStream, retry_after: &str) {
+    let reply = stream.local_reply().expect("a local reply");
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers.get("retry-after"), Some(retry_after));
+    assert_eq!(reply.headers.get("content-type"), Some("application/json"));
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        r#"{"error":"upstream circuit open","status":503,"request_id":"req-1"}"#
+    );
+}
 
 #[test]
 fn too_many_retries_are_refused_with_one_line() -> Result<(), Failure> {
@@ -16,10 +72,435 @@ fn too_many_retries_are_refused_with_one_line() -> Result<(), Failure> {
 }
 
 #[test]
-fn requests_pass_through_untouched() -> Result<(), Failure> {
-    assert_pass_through(Plugin::Resilience, "")?;
-    assert_pass_through(
-        Plugin::Resilience,
-        r#"{"circuit_breaker":{"consecutive_failures":3},"timeouts":{"default":"5s"}}"#,
-    )
+fn the_circuit_opens_after_exactly_five_failures_across_workers_and_fast_fails(
+) -> Result<(), Failure> {
+    let (host, vms) = start(Profile::Envoy, "")?;
+    for i in 0..4 {
+        let stream = exchange(&vms, i % 2, 503)?;
+        assert_eq!(stream.response_status(), 503, "the upstream's own answer");
+    }
+    assert_eq!(
+        metric(&host, "palisade_resilience.circuit_opened"),
+        Some(MetricValue::Counter(0))
+    );
+    exchange(&vms, 0, 502)?;
+    assert_eq!(
+        metric(&host, "palisade_resilience.circuit_opened"),
+        Some(MetricValue::Counter(1))
+    );
+    assert_eq!(metric(&host, GAUGE), Some(MetricValue::Gauge(1)));
+    assert_eq!(
+        plugin_lines(&vms, LogLevel::Warn),
+        [format!(
+            "[palisade-resilience] circuit {CLUSTER} opened for 30s (5 consecutive failures)"
+        )],
+        "logged once, by the worker whose write opened it"
+    );
+    // Both workers now answer at once, without the upstream.
+    for worker in [0, 1] {
+        let mut stream = vms.worker(worker).http_request(get("/orders"))?;
+        assert!(matches!(
+            stream.send_request_headers(true)?,
+            Outcome::LocalReply(_)
+        ));
+        assert_fast_fail(&stream, "30");
+        stream.finish()?;
+    }
+    host.advance_clock(Duration::from_millis(10_500))?;
+    let stream = exchange(&vms, 1, 200)?;
+    assert_fast_fail(&stream, "20");
+    assert_eq!(
+        metric(&host, "palisade_resilience.circuit_rejected"),
+        Some(MetricValue::Counter(3))
+    );
+    Ok(())
+}
+
+#[test]
+fn half_open_lets_one_trial_through_and_its_success_closes_the_circuit() -> Result<(), Failure> {
+    let (host, vms) = start(Profile::Envoy, "")?;
+    for i in 0..5 {
+        exchange(&vms, i % 2, 500)?;
+    }
+    host.advance_clock(Duration::from_secs(30))?;
+    let mut trial = vms.worker(0).http_request(get("/orders"))?;
+    assert_eq!(trial.send_request_headers(true)?, Outcome::Continue);
+    assert_eq!(
+        metric(&host, GAUGE),
+        Some(MetricValue::Gauge(2)),
+        "half-open"
+    );
+    // While the trial is out, the other worker still fast-fails.
+    let waiting = exchange(&vms, 1, 200)?;
+    assert_eq!(waiting.local_reply().map(|r| r.status), Some(503));
+    trial.send_response_headers(Response::status(200), true)?;
+    trial.finish()?;
+    assert_eq!(metric(&host, GAUGE), Some(MetricValue::Gauge(0)), "closed");
+    assert_eq!(
+        plugin_lines(&vms, LogLevel::Info)
+            .into_iter()
+            .filter(|l| l.contains("circuit"))
+            .collect::<Vec<_>>(),
+        [
+            format!("[palisade-resilience] circuit {CLUSTER} half-open: trial requests go through"),
+            format!("[palisade-resilience] circuit {CLUSTER} closed: the trial succeeded"),
+        ]
+    );
+    for worker in [0, 1] {
+        let stream = exchange(&vms, worker, 200)?;
+        assert_eq!(stream.response_status(), 200);
+        assert!(stream.local_reply().is_none());
+    }
+    Ok(())
+}
+
+#[test]
+fn a_failed_trial_reopens_for_one_base_time_longer() -> Result<(), Failure> {
+    let (host, vms) = start(
+        Profile::Envoy,
+        r#"{"circuit_breaker":{"base_ejection":"10s"}}"#,
+    )?;
+    for i in 0..5 {
+        exchange(&vms, i % 2, 504)?;
+    }
+    host.advance_clock(Duration::from_secs(10))?;
+    let trial = exchange(&vms, 1, 503)?;
+    assert!(
+        trial.local_reply().is_none(),
+        "the trial reached the upstream"
+    );
+    assert_eq!(metric(&host, GAUGE), Some(MetricValue::Gauge(1)));
+    assert_eq!(
+        plugin_lines(&vms, LogLevel::Warn)
+            .last()
+            .map(String::as_str),
+        Some(
+            format!(
+                "[palisade-resilience] circuit {CLUSTER} opened for 20s (0 consecutive failures)"
+            )
+            .as_str()
+        )
+    );
+    host.advance_clock(Duration::from_secs(19))?;
+    assert_fast_fail(&exchange(&vms, 0, 200)?, "1");
+    host.advance_clock(Duration::from_secs(1))?;
+    assert!(exchange(&vms, 0, 200)?.local_reply().is_none());
+    assert_eq!(metric(&host, GAUGE), Some(MetricValue::Gauge(0)));
+    Ok(())
+}
+
+#[test]
+fn a_trial_whose_client_left_lets_the_next_request_try() -> Result<(), Failure> {
+    let (host, vms) = start(Profile::Envoy, "")?;
+    for i in 0..5 {
+        exchange(&vms, i % 2, 500)?;
+    }
+    host.advance_clock(Duration::from_secs(30))?;
+    let mut trial = vms.worker(0).http_request(get("/orders"))?;
+    assert_eq!(trial.send_request_headers(true)?, Outcome::Continue);
+    trial.finish()?; // the client went away before any answer
+    let next = exchange(&vms, 1, 200)?;
+    assert!(
+        next.local_reply().is_none(),
+        "the freed trial place was taken"
+    );
+    assert_eq!(metric(&host, GAUGE), Some(MetricValue::Gauge(0)));
+    Ok(())
+}
+
+#[test]
+fn client_aborts_give_every_slot_back() -> Result<(), Failure> {
+    let (host, vms) = start(Profile::Envoy, r#"{"concurrency":{"max_requests":2}}"#)?;
+    let inflight = "palisade_resilience.inflight.outbound_8080__orders.shop.svc.cluster.local";
+    let mut held = Vec::new();
+    for worker in [0, 1] {
+        let mut stream = vms.worker(worker).http_request(get("/orders"))?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        held.push(stream);
+    }
+    assert_eq!(metric(&host, inflight), Some(MetricValue::Gauge(2)));
+    let mut shed = vms.worker(0).http_request(get("/orders"))?;
+    let Outcome::LocalReply(reply) = shed.send_request_headers(true)? else {
+        panic!("the third request is shed")
+    };
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers.get("retry-after"), Some("1"));
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        r#"{"error":"overloaded","status":503,"request_id":"req-1"}"#
+    );
+    shed.finish()?;
+    // A burst of clients that leave mid-request, on both workers.
+    for stream in &mut held {
+        stream.finish()?;
+    }
+    for i in 0..20 {
+        let mut stream = vms.worker(i % 2).http_request(get("/orders"))?;
+        assert_eq!(
+            stream.send_request_headers(true)?,
+            Outcome::Continue,
+            "request {i}"
+        );
+        stream.finish()?;
+    }
+    assert_eq!(
+        metric(&host, inflight),
+        Some(MetricValue::Gauge(0)),
+        "no slot leaked"
+    );
+    assert_eq!(
+        metric(&host, "palisade_resilience.shed"),
+        Some(MetricValue::Counter(1))
+    );
+    Ok(())
+}
+
+#[test]
+fn envoy_gets_the_retry_and_timeout_headers_and_loses_the_clients() -> Result<(), Failure> {
+    let (_host, vms) = start(
+        Profile::Envoy,
+        r#"{"timeouts":{"long_running_prefixes":["/reports/"]}}"#,
+    )?;
+    let mut stream = vms.worker(0).http_request(
+        get("/reports/q3")
+            .header("x-envoy-max-retries", "25")
+            .header("x-envoy-upstream-rq-per-try-timeout-ms", "1"),
+    )?;
+    assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+    let upstream = stream.upstream_request_headers();
+    assert_eq!(upstream.get("x-envoy-max-retries"), Some("3"));
+    assert_eq!(
+        upstream.get("x-envoy-retry-on"),
+        Some("connect-failure,refused-stream,reset,gateway-error")
+    );
+    assert_eq!(
+        upstream.get("x-envoy-upstream-rq-timeout-ms"),
+        Some("3600000")
+    );
+    assert!(!upstream.contains("x-envoy-upstream-rq-per-try-timeout-ms"));
+    let mut post = vms
+        .worker(1)
+        .http_request(Request::post("/orders").property("xds.cluster_name", CLUSTER))?;
+    assert_eq!(post.send_request_headers(true)?, Outcome::Continue);
+    let upstream = post.upstream_request_headers();
+    assert_eq!(
+        upstream.get("x-envoy-retry-on"),
+        Some("connect-failure,refused-stream")
+    );
+    assert_eq!(
+        upstream.get("x-envoy-upstream-rq-timeout-ms"),
+        Some("60000")
+    );
+    Ok(())
+}
+
+#[test]
+fn kong_ignores_router_headers_so_none_are_sent_and_the_breaker_still_works() -> Result<(), Failure>
+{
+    let config = r#"{"proxy":"kong","circuit_breaker":{"key":"orders"}}"#;
+    let (host, vms) = start(Profile::Kong(KongVersion::V3_10), config)?;
+    let mut stream = vms
+        .worker(0)
+        .http_request(Request::get("/orders").header("x-envoy-retry-on", "5xx"))?;
+    assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+    let upstream = stream.upstream_request_headers();
+    assert!(
+        !upstream.names().iter().any(|n| n.starts_with("x-envoy-")),
+        "{upstream:?}"
+    );
+    stream.send_response_headers(Response::status(200), true)?;
+    stream.finish()?;
+    for i in 0..5 {
+        let mut s = vms.worker(i % 2).http_request(Request::get("/orders"))?;
+        s.send_request_headers(true)?;
+        s.send_response_headers(Response::status(503), true)?;
+        s.finish()?;
+    }
+    let mut refused = vms.worker(1).http_request(Request::get("/orders"))?;
+    let Outcome::LocalReply(reply) = refused.send_request_headers(true)? else {
+        panic!("open on Kong too")
+    };
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        metric(&host, "palisade_resilience.circuit.orders"),
+        Some(MetricValue::Gauge(1))
+    );
+    Ok(())
+}
+
+#[test]
+fn an_expired_deadline_gets_504_without_the_upstream() -> Result<(), Failure> {
+    let (_host, vms) = start(
+        Profile::Envoy,
+        r#"{"timeouts":{"deadline_header":"x-request-deadline-ms"}}"#,
+    )?;
+    let now_ms = START_UNIX_SECS * 1000;
+    let mut late = vms
+        .worker(0)
+        .http_request(get("/orders").header("x-request-deadline-ms", now_ms.to_string()))?;
+    let Outcome::LocalReply(reply) = late.send_request_headers(true)? else {
+        panic!("refused")
+    };
+    assert_eq!(reply.status, 504);
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap(),
+        r#"{"error":"deadline exceeded","status":504,"request_id":"req-1"}"#
+    );
+    let mut soon = vms.worker(1).http_request(
+        get("/orders").header("x-request-deadline-ms", (now_ms + 1500).to_string()),
+    )?;
+    assert_eq!(soon.send_request_headers(true)?, Outcome::Continue);
+    assert_eq!(
+        soon.upstream_request_headers()
+            .get("x-envoy-upstream-rq-timeout-ms"),
+        Some("1500")
+    );
+    Ok(())
+}
+
+#[test]
+fn an_injected_delay_pauses_the_request_until_the_timer_resumes_it() -> Result<(), Failure> {
+    for profile in [Profile::Envoy, Profile::Kong(KongVersion::V3_10)] {
+        let config = r#"{"proxy":"envoy","fault":{"delay":{"duration":"2s","percent":100},"only_with_header":"x-chaos"}}"#;
+        let config = if profile.is_kong() {
+            config.replace(
+                r#""proxy":"envoy""#,
+                r#""proxy":"kong","circuit_breaker":{"key":"orders"}"#,
+            )
+        } else {
+            config.to_owned()
+        };
+        let (host, vms) = start(profile, &config)?;
+        let mut plain = vms.worker(0).http_request(get("/orders"))?;
+        assert_eq!(
+            plain.send_request_headers(true)?,
+            Outcome::Continue,
+            "{profile:?}"
+        );
+        let mut chaos = vms
+            .worker(0)
+            .http_request(get("/orders").header("x-chaos", "1"))?;
+        assert_eq!(
+            chaos.send_request_headers(true)?,
+            Outcome::Pause,
+            "{profile:?}"
+        );
+        host.advance_clock(Duration::from_millis(1_900))?;
+        assert_eq!(chaos.outcome(), Outcome::Pause, "{profile:?}");
+        host.advance_clock(Duration::from_millis(200))?;
+        assert_eq!(
+            chaos.outcome(),
+            Outcome::Continue,
+            "{profile:?}: {:?}",
+            vms.logs()
+        );
+        chaos.send_response_headers(Response::status(200), true)?;
+        chaos.finish()?;
+        // A client that leaves during its delay is forgotten, not resumed.
+        let mut gone = vms
+            .worker(1)
+            .http_request(get("/orders").header("x-chaos", "1"))?;
+        assert_eq!(gone.send_request_headers(true)?, Outcome::Pause);
+        gone.finish()?;
+        host.advance_clock(Duration::from_secs(3))?;
+        assert!(
+            plugin_lines(&vms, LogLevel::Warn).is_empty()
+                && plugin_lines(&vms, LogLevel::Error).is_empty(),
+            "{profile:?}: {:?}",
+            vms.logs()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_injected_abort_hits_the_configured_share() -> Result<(), Failure> {
+    let (host, vms) = start(
+        Profile::Envoy,
+        r#"{"fault":{"abort":{"status":418,"percent":30}}}"#,
+    )?;
+    let mut aborted = 0;
+    for i in 0..400 {
+        let stream = exchange(&vms, i % 2, 200)?;
+        if let Some(reply) = stream.local_reply() {
+            assert_eq!(reply.status, 418);
+            aborted += 1;
+        }
+    }
+    assert!((90..150).contains(&aborted), "{aborted} of 400");
+    assert_eq!(
+        metric(&host, "palisade_resilience.fault_aborted"),
+        Some(MetricValue::Counter(aborted))
+    );
+    Ok(())
+}
+
+/// Fuel of one healthy GET per feature set (printed with `--nocapture`, for the benchmark
+/// notes); a healthy closed circuit is read, never written.
+#[test]
+fn fuel_of_a_healthy_request_by_feature() -> Result<(), Failure> {
+    let configs = [
+        ("defaults", "{}"),
+        ("with a retry budget", r#"{"retry":{"budget":{}}}"#),
+        (
+            "breaker only, fixed key",
+            r#"{"retry":{"budget":null,"max_retries":0},"circuit_breaker":{"key":"orders"}}"#,
+        ),
+        (
+            "nothing on",
+            r#"{"retry":{"budget":null},"circuit_breaker":{"enabled":false},"proxy":"kong"}"#,
+        ),
+    ];
+    for (name, config) in configs {
+        let (host, vms) = start(Profile::Envoy, config)?;
+        let mut stream = vms.worker(0).http_request(
+            get("/api/orders?page=2")
+                .header("accept", "application/json")
+                .header("user-agent", "palisade-bench/1"),
+        )?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        stream.send_response_headers(Response::status(200), true)?;
+        stream.finish()?;
+        println!("{name:<26} {:>8} fuel/req", stream.fuel());
+        assert_eq!(
+            host.shared_data(&format!("palisade-resilience/cb/{CLUSTER}")),
+            None,
+            "{name}: a healthy closed circuit is never written"
+        );
+    }
+    Ok(())
+}
+
+/// Kong 3.4 has no metrics and no `kong.service_name`: with `metrics: false` and a fixed key the
+/// breaker works, and nothing the plugin calls traps.
+#[test]
+fn kong_3_4_with_metrics_off_and_a_fixed_key() -> Result<(), Failure> {
+    let config = r#"{"proxy":"kong","metrics":false,"circuit_breaker":{"key":"orders","base_ejection":"5s"}}"#;
+    let (host, vms) = start(Profile::Kong(KongVersion::V3_4), config)?;
+    for i in 0..5 {
+        let mut s = vms.worker(i % 2).http_request(Request::get("/orders"))?;
+        assert_eq!(s.send_request_headers(true)?, Outcome::Continue);
+        s.send_response_headers(Response::status(502), true)?;
+        s.finish()?;
+    }
+    let mut refused = vms.worker(0).http_request(Request::get("/orders"))?;
+    let Outcome::LocalReply(reply) = refused.send_request_headers(true)? else {
+        panic!("open")
+    };
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.headers.get("retry-after"), Some("5"));
+    refused.finish()?;
+    host.advance_clock(Duration::from_secs(5))?;
+    let mut trial = vms.worker(1).http_request(Request::get("/orders"))?;
+    assert_eq!(trial.send_request_headers(true)?, Outcome::Continue);
+    trial.send_response_headers(Response::status(200), true)?;
+    trial.finish()?;
+    assert!(host.metrics().is_empty(), "{:?}", host.metrics());
+    assert_eq!(
+        plugin_lines(&vms, LogLevel::Info)
+            .last()
+            .map(String::as_str),
+        Some("[palisade-resilience] circuit orders closed: the trial succeeded")
+    );
+    Ok(())
 }

@@ -178,7 +178,32 @@ impl Host {
         let state = vm.store.data_mut();
         let root = state.root_context;
         state.next_tick = state.tick_period.map(|period| at + period);
-        vm.call(Callback::Tick, root, &[root]).map(|_| ())
+        vm.call(Callback::Tick, root, &[root])?;
+        // A timer resumes the streams it holds paused (set_effective_context, then
+        // proxy_continue_stream): apply those resumes as a proxy would once the tick returns.
+        let resumed: Vec<(u32, bool, bool)> = vm
+            .store
+            .data_mut()
+            .streams
+            .iter_mut()
+            .filter(|(_, data)| data.resume_request || data.resume_response)
+            .map(|(context, data)| {
+                (
+                    *context,
+                    std::mem::take(&mut data.resume_request),
+                    std::mem::take(&mut data.resume_response),
+                )
+            })
+            .collect();
+        for (context, request, response) in resumed {
+            if request {
+                stream::resume(&mut vm, context, true)?;
+            }
+            if response {
+                stream::resume(&mut vm, context, false)?;
+            }
+        }
+        Ok(())
     }
 
     /// Delivers everything due now: queue notifications, callout answers and timeouts.

@@ -1,4 +1,359 @@
-//! The proxy-wasm adapter: until this plugin's own logic lands, it validates its configuration
-//! and lets traffic through.
+//! The proxy-wasm adapter: glue only. It reads headers and host values, hands them to the
+//! engine, applies the verdict, logs and counts the engine's events, and resumes delayed
+//! requests from the root context's timer.
 
-palisade_kit::pass_through_plugin!("palisade-resilience", crate::config::ResilienceConfig);
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Duration;
+
+use palisade_kit::clock::Clock;
+use palisade_kit::config::ConfigError;
+use palisade_kit::header_pairs::{decode_borrowed, get, Fields};
+use palisade_kit::host::metrics::{Counter, Gauge};
+use palisade_kit::host::{self, callout, HostClock, HostStore, Map, Plugin};
+use palisade_kit::random::Xoshiro256;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use crate::circuit::Transition;
+use crate::config::{Proxy, ResilienceConfig};
+use crate::engine::{Event, RequestVerdict, Resilience, StreamState, UpstreamNames};
+
+const NAME: &str = "palisade-resilience";
+
+struct ResiliencePlugin;
+
+/// This worker's engine and what it keeps between requests.
+struct Worker {
+    engine: Resilience,
+    proxy: Proxy,
+    metrics: Option<Metrics>,
+    rng: RefCell<Xoshiro256>,
+    /// Streams paused by an injected delay: context id → when to resume (Unix ms).
+    delayed: RefCell<BTreeMap<u32, u64>>,
+    tick: Option<Duration>,
+    store_warned: Cell<bool>,
+}
+
+struct Metrics {
+    opened: Counter,
+    half_opened: Counter,
+    closed: Counter,
+    rejected: Counter,
+    shed: Counter,
+    deadline_exceeded: Counter,
+    fault_aborted: Counter,
+    fault_delayed: Counter,
+    store_unavailable: Counter,
+    /// Per circuit and per scope, defined on first use.
+    gauges: RefCell<HashMap<String, Gauge>>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        let counter = |name: &str| Counter::define(&format!("palisade_resilience.{name}"));
+        Self {
+            opened: counter("circuit_opened"),
+            half_opened: counter("circuit_half_opened"),
+            closed: counter("circuit_closed"),
+            rejected: counter("circuit_rejected"),
+            shed: counter("shed"),
+            deadline_exceeded: counter("deadline_exceeded"),
+            fault_aborted: counter("fault_aborted"),
+            fault_delayed: counter("fault_delayed"),
+            store_unavailable: counter("store_unavailable"),
+            gauges: RefCell::default(),
+        }
+    }
+
+    /// `palisade_resilience.<kind>.<name>`, the name reduced to characters every stats
+    /// backend keeps (Istio cluster names hold `|`).
+    fn gauge(&self, kind: &str, name: &str) -> Gauge {
+        let clean: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let full = format!("palisade_resilience.{kind}.{clean}");
+        *self
+            .gauges
+            .borrow_mut()
+            .entry(full)
+            .or_insert_with_key(|full| Gauge::define(full))
+    }
+}
+
+impl Plugin for ResiliencePlugin {
+    const NAME: &'static str = NAME;
+    type Config = ResilienceConfig;
+    type Engine = Worker;
+
+    fn compile(config: ResilienceConfig) -> Result<Worker, ConfigError> {
+        // Delays resume from the root timer: fine enough to be a twentieth of the delay.
+        let tick = config.fault.delay.as_ref().map(|delay| {
+            (delay.duration.get() / 20).clamp(Duration::from_millis(10), Duration::from_millis(100))
+        });
+        Ok(Worker {
+            engine: Resilience::new(&config),
+            proxy: config.proxy,
+            metrics: config.metrics.then(Metrics::define),
+            rng: RefCell::new(Xoshiro256::from_seed(host::random_seed())),
+            delayed: RefCell::default(),
+            tick,
+            store_warned: Cell::new(false),
+        })
+    }
+
+    fn http_context(worker: Rc<Worker>, context_id: u32) -> Box<dyn HttpContext> {
+        Box::new(Stream {
+            worker,
+            context_id,
+            state: StreamState::default(),
+        })
+    }
+
+    fn tick_period(worker: &Worker) -> Option<Duration> {
+        worker.tick
+    }
+
+    fn on_tick(worker: &Worker) {
+        let now = HostClock.unix_millis();
+        // Collect first: resuming may run this VM's callbacks for the stream again.
+        let due: Vec<u32> = {
+            let mut delayed = worker.delayed.borrow_mut();
+            let due: Vec<u32> = delayed
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(context, _)| *context)
+                .collect();
+            for context in &due {
+                delayed.remove(context);
+            }
+            due
+        };
+        for context in due {
+            let resumed =
+                callout::set_effective_context(context).and_then(|()| callout::resume_request());
+            if let Err(err) = resumed {
+                // The client left during the delay: nothing to resume.
+                log::debug!("[{NAME}] delayed stream {context} not resumed: {err}");
+            }
+        }
+    }
+}
+
+struct Stream {
+    worker: Rc<Worker>,
+    context_id: u32,
+    state: StreamState,
+}
+
+/// Upstream names from host properties, read only when the engine asks.
+struct HostNames(Proxy);
+
+fn property(path: &[&str]) -> Option<String> {
+    host::property(path)
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
+        .filter(|v| !v.is_empty())
+}
+
+impl UpstreamNames for HostNames {
+    fn cluster(&mut self) -> Option<String> {
+        match self.0 {
+            Proxy::Envoy => property(&["xds", "cluster_name"]),
+            Proxy::Kong => property(&["kong", "service_name"]),
+        }
+    }
+
+    fn route(&mut self) -> Option<String> {
+        match self.0 {
+            Proxy::Envoy => property(&["xds", "route_name"]),
+            Proxy::Kong => property(&["kong", "route_name"]),
+        }
+    }
+}
+
+fn fields(raw: &[u8]) -> Fields<'_> {
+    decode_borrowed(raw).unwrap_or_else(|| {
+        log::warn!("[{NAME}] the host returned a malformed header map");
+        Fields::new()
+    })
+}
+
+impl Worker {
+    fn report(&self, events: &[Event]) {
+        for event in events {
+            self.report_one(event);
+        }
+    }
+
+    fn report_one(&self, event: &Event) {
+        let metrics = self.metrics.as_ref();
+        let count = |pick: fn(&Metrics) -> Counter| {
+            if let Some(m) = metrics {
+                pick(m).inc();
+            }
+        };
+        match event {
+            Event::Circuit {
+                circuit,
+                transition,
+            } => {
+                match transition {
+                    Transition::Opened {
+                        consecutive_failures,
+                        open_for,
+                    } => {
+                        log::warn!(
+                            "[{NAME}] circuit {circuit} opened for {}s ({consecutive_failures} consecutive failures)",
+                            open_for.as_secs()
+                        );
+                        count(|m| m.opened);
+                    }
+                    Transition::HalfOpened => {
+                        log::info!(
+                            "[{NAME}] circuit {circuit} half-open: trial requests go through"
+                        );
+                        count(|m| m.half_opened);
+                    }
+                    Transition::Closed => {
+                        log::info!("[{NAME}] circuit {circuit} closed: the trial succeeded");
+                        count(|m| m.closed);
+                    }
+                }
+                if let Some(m) = metrics {
+                    m.gauge("circuit", circuit)
+                        .set(Event::phase(*transition).gauge());
+                }
+            }
+            Event::CircuitRejected => count(|m| m.rejected),
+            Event::Shed => count(|m| m.shed),
+            Event::DeadlineExceeded => count(|m| m.deadline_exceeded),
+            Event::FaultAborted => count(|m| m.fault_aborted),
+            Event::FaultDelayed => count(|m| m.fault_delayed),
+            Event::Inflight { scope, now, .. } => {
+                if let Some(m) = metrics {
+                    // Recorded, never incremented: Kong traps on incrementing a gauge, and a
+                    // config meant for Envoy must not kill Kong's VM. The value is the count
+                    // this worker's write left; a concurrent change on another worker may
+                    // record before it, so the gauge can lag until the next change.
+                    m.gauge("inflight", scope).set(u64::from(*now));
+                }
+            }
+            Event::StoreUnavailable => {
+                if !self.store_warned.replace(true) {
+                    log::warn!(
+                        "[{NAME}] shared data unavailable or contended: requests go on unjudged"
+                    );
+                }
+                count(|m| m.store_unavailable);
+            }
+        }
+    }
+}
+
+impl Stream {
+    fn end(&mut self) {
+        let worker = Rc::clone(&self.worker);
+        worker.delayed.borrow_mut().remove(&self.context_id);
+        let mut events = Vec::new();
+        worker
+            .engine
+            .on_stream_end(&HostStore, &mut self.state, &mut events);
+        worker.report(&events);
+    }
+}
+
+impl Context for Stream {
+    // on_done and on_log both fire once the stream ends, however it ends (Envoy: done then
+    // log; Kong: log then done): the first gives everything back, the second finds nothing.
+    fn on_done(&mut self) -> bool {
+        self.end();
+        true
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let worker = Rc::clone(&self.worker);
+        let raw = host::headers_raw(Map::RequestHeaders).unwrap_or_else(|err| {
+            log::warn!("[{NAME}] could not read request headers: {err}");
+            Vec::new()
+        });
+        let headers = fields(&raw);
+        let now = HostClock.unix_millis();
+        let mut events = Vec::new();
+        let verdict = worker.engine.on_request_headers(
+            &headers,
+            now,
+            &HostStore,
+            &mut HostNames(worker.proxy),
+            || worker.rng.borrow_mut().next_u64(),
+            &mut self.state,
+            &mut events,
+        );
+        worker.report(&events);
+        match verdict {
+            RequestVerdict::Continue { edits, delay } => {
+                host::apply_edits(Map::RequestHeaders, &headers, &edits);
+                match delay {
+                    Some(delay) if worker.tick.is_some() => {
+                        let due = now
+                            .saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                        worker.delayed.borrow_mut().insert(self.context_id, due);
+                        Action::Pause
+                    }
+                    _ => Action::Continue,
+                }
+            }
+            RequestVerdict::Reply(reply) => {
+                let request_id =
+                    get(&headers, "x-request-id").and_then(|v| std::str::from_utf8(v).ok());
+                match host::send_error(&reply, request_id) {
+                    Ok(()) => Action::Pause,
+                    Err(err) => {
+                        log::error!("[{NAME}] could not send a {} reply: {err}", reply.status);
+                        Action::Continue
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.state.awaits_outcome() {
+            return Action::Continue;
+        }
+        let status = host::header(Map::ResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
+        let mut events = Vec::new();
+        let worker = Rc::clone(&self.worker);
+        worker.engine.on_response_headers(
+            status,
+            HostClock.unix_millis(),
+            &HostStore,
+            &mut self.state,
+            &mut events,
+        );
+        worker.report(&events);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.end();
+    }
+}
+
+proxy_wasm::main! {{
+    host::start::<ResiliencePlugin>();
+}}

@@ -1,12 +1,19 @@
 //! palisade-resilience: keeps one failing service from taking others down. Runs last before the
 //! router.
 //!
-//! This release parses and validates the policy (with the platform's defaults: circuit opens
-//! after 5 consecutive errors for a 30 s base ejection, at most 3 retries, 60 s timeouts and
-//! 3600 s for long-running routes) and lets requests through; enforcement lands with its own
-//! issue.
+//! A circuit breaker per upstream cluster with its state shared by every worker
+//! ([`circuit::CircuitBreaker`]), load shedding and a retry budget over requests in flight
+//! ([`inflight::InflightLimit`]), Envoy's retry and timeout headers with deadline propagation
+//! ([`route_policy::RoutePolicy`]), and fault injection for chaos tests
+//! ([`fault::FaultInjection`]). [`engine::Resilience`] puts them in order, host-free; `filter`
+//! is the proxy-wasm adapter.
 
+pub mod circuit;
 pub mod config;
+pub mod engine;
+pub mod fault;
+pub mod inflight;
+pub mod route_policy;
 
 #[cfg(target_os = "wasi")]
 mod filter;

@@ -22,6 +22,15 @@ pub trait Plugin: 'static {
     fn compile(config: Self::Config) -> Result<Self::Engine, ConfigError>;
 
     fn http_context(engine: Rc<Self::Engine>, context_id: u32) -> Box<dyn HttpContext>;
+
+    /// How often the root context's `on_tick` should run for this engine; `None` (the
+    /// default): never. Set once per configuration (Kong traps on a second setting).
+    fn tick_period(_engine: &Self::Engine) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The root context's timer fired (resume paused streams, flush batches...).
+    fn on_tick(_engine: &Self::Engine) {}
 }
 
 /// Sets up logging and registers the plugin's root context. Call from `proxy_wasm::main!`.
@@ -54,6 +63,12 @@ impl<P: Plugin> RootContext for PluginRoot<P> {
             .and_then(|config| P::compile(config).map_err(|err| err.to_string()));
         match compiled {
             Ok(engine) => {
+                if let Some(period) = P::tick_period(&engine) {
+                    if let Err(err) = super::callout::set_tick_period(period) {
+                        log::error!("[{}] configuration rejected: no timer: {err}", P::NAME);
+                        return false;
+                    }
+                }
                 self.engine = Some(Rc::new(engine));
                 log::info!("[{}] configuration accepted", P::NAME);
                 true
@@ -63,6 +78,12 @@ impl<P: Plugin> RootContext for PluginRoot<P> {
                 log::error!("[{}] configuration rejected: {reason}", P::NAME);
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(engine) = &self.engine {
+            P::on_tick(engine);
         }
     }
 

@@ -1,0 +1,684 @@
+//! `CircuitBreaker`: one circuit per upstream, its state in the shared store so every worker
+//! sees the same circuit, every change a compare-and-swap.
+//!
+//! Closed → Open after N consecutive failures (or a failure rate over a window); Open →
+//! HalfOpen once the open time has passed (checked lazily by the next request); HalfOpen lets a
+//! few trial requests through: a success closes, a failure opens again for longer.
+//! The worker whose write makes a transition reports it, so it is logged and counted once.
+
+use std::time::Duration;
+
+use palisade_kit::store::{update, SharedStore, Step, UpdateError};
+
+use crate::config::{CircuitBreakerConfig, FailureOn, FailureRateConfig};
+
+/// Writes that lose a race are retried this many times before the request goes on unjudged.
+const CAS_ATTEMPTS: u32 = 8;
+/// Buckets of the failure-rate window.
+const BUCKETS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Phase {
+    #[default]
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl Phase {
+    /// The value of the circuit's state gauge.
+    pub fn gauge(self) -> u64 {
+        match self {
+            Phase::Closed => 0,
+            Phase::Open => 1,
+            Phase::HalfOpen => 2,
+        }
+    }
+}
+
+/// One circuit as stored (fixed-size little-endian record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CircuitState {
+    pub phase: Phase,
+    pub consecutive_failures: u32,
+    /// Openings since the circuit last closed: each lasts one base ejection longer.
+    pub openings: u32,
+    pub open_until_ms: u64,
+    pub trials_in_flight: u32,
+    /// Trials granted before this instant whose stream never reported back (a VM that died)
+    /// no longer hold their place.
+    pub trial_lease_until_ms: u64,
+    /// The newest bucket's index (`now_ms / bucket_ms`).
+    pub window_epoch: u64,
+    /// (requests, failures) per bucket, indexed by epoch modulo [`BUCKETS`].
+    pub buckets: [(u32, u32); BUCKETS],
+}
+
+const ENCODED_LEN: usize = 1 + 4 + 4 + 8 + 4 + 8 + 8 + BUCKETS * 8;
+
+impl CircuitState {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ENCODED_LEN);
+        out.push(match self.phase {
+            Phase::Closed => 0,
+            Phase::Open => 1,
+            Phase::HalfOpen => 2,
+        });
+        out.extend_from_slice(&self.consecutive_failures.to_le_bytes());
+        out.extend_from_slice(&self.openings.to_le_bytes());
+        out.extend_from_slice(&self.open_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.trials_in_flight.to_le_bytes());
+        out.extend_from_slice(&self.trial_lease_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.window_epoch.to_le_bytes());
+        for (requests, failures) in self.buckets {
+            out.extend_from_slice(&requests.to_le_bytes());
+            out.extend_from_slice(&failures.to_le_bytes());
+        }
+        out
+    }
+
+    /// `None` for bytes this version did not write: the caller starts the circuit afresh.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut reader = Reader(bytes);
+        let phase = match reader.take::<1>()? {
+            [0] => Phase::Closed,
+            [1] => Phase::Open,
+            [2] => Phase::HalfOpen,
+            _ => return None,
+        };
+        let mut state = CircuitState {
+            phase,
+            consecutive_failures: reader.u32()?,
+            openings: reader.u32()?,
+            open_until_ms: reader.u64()?,
+            trials_in_flight: reader.u32()?,
+            trial_lease_until_ms: reader.u64()?,
+            window_epoch: reader.u64()?,
+            buckets: [(0, 0); BUCKETS],
+        };
+        for bucket in &mut state.buckets {
+            *bucket = (reader.u32()?, reader.u32()?);
+        }
+        reader.0.is_empty().then_some(state)
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take::<8>().map(u64::from_le_bytes)
+    }
+}
+
+/// What a request may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The circuit is closed: report the outcome.
+    Normal,
+    /// A half-open trial: report the outcome, or release it if none comes.
+    Trial,
+    /// The circuit is open: refuse, with the time until it half-opens.
+    Rejected { retry_after: Duration },
+    /// The shared store failed or stayed contended: let the request through unjudged (a
+    /// breaker that cannot see its state must not take the service down itself).
+    Unjudged,
+}
+
+/// A change of state that this worker's write made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Opened {
+        consecutive_failures: u32,
+        open_for: Duration,
+    },
+    HalfOpened,
+    Closed,
+}
+
+/// How a request ended, as the circuit sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// A circuit breaker's compiled policy. Stateless itself: state lives in the store.
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    consecutive_failures: u32,
+    failure_on: FailureOn,
+    failure_rate: Option<FailureRate>,
+    base_ejection_ms: u64,
+    max_ejection_ms: u64,
+    half_open_trials: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FailureRate {
+    threshold_percent: u64,
+    bucket_ms: u64,
+    minimum_requests: u64,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl CircuitBreaker {
+    pub fn new(config: &CircuitBreakerConfig) -> Self {
+        Self {
+            consecutive_failures: config.consecutive_failures.max(1),
+            failure_on: config.failure_on,
+            failure_rate: config
+                .failure_rate
+                .as_ref()
+                .map(|rate: &FailureRateConfig| FailureRate {
+                    threshold_percent: u64::from(rate.threshold_percent),
+                    bucket_ms: (millis(rate.window.get()) / BUCKETS as u64).max(1),
+                    minimum_requests: u64::from(rate.minimum_requests),
+                }),
+            base_ejection_ms: millis(config.base_ejection.get()).max(1),
+            max_ejection_ms: millis(config.max_ejection.get()),
+            half_open_trials: config.half_open_trials.max(1),
+        }
+    }
+
+    /// Whether an upstream status is a failure for this circuit.
+    pub fn classify(&self, status: u16) -> Outcome {
+        let failed = match self.failure_on {
+            FailureOn::ServerErrors => (500..=599).contains(&status),
+            FailureOn::GatewayErrors => matches!(status, 502..=504),
+        };
+        if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+
+    /// How long the `openings`-th consecutive opening lasts.
+    fn open_time_ms(&self, openings: u32) -> u64 {
+        self.base_ejection_ms
+            .saturating_mul(u64::from(openings.max(1)))
+            .min(self.max_ejection_ms.max(self.base_ejection_ms))
+    }
+
+    /// Decides whether a request may go to the upstream, moving an expired opening to
+    /// half-open on the way. Returns the transition this call's write made, if any.
+    pub fn admit(
+        &self,
+        store: &impl SharedStore,
+        key: &str,
+        now_ms: u64,
+    ) -> (Admission, Option<Transition>) {
+        let result = update(store, key, CAS_ATTEMPTS, |current| {
+            let state = current.and_then(CircuitState::decode).unwrap_or_default();
+            self.admit_step(state, now_ms)
+        });
+        result.unwrap_or((Admission::Unjudged, None))
+    }
+
+    fn admit_step(
+        &self,
+        mut state: CircuitState,
+        now_ms: u64,
+    ) -> Step<(Admission, Option<Transition>)> {
+        match state.phase {
+            Phase::Closed => Step::Keep((Admission::Normal, None)),
+            Phase::Open if now_ms < state.open_until_ms => {
+                let retry_after = Duration::from_millis(state.open_until_ms - now_ms);
+                Step::Keep((Admission::Rejected { retry_after }, None))
+            }
+            Phase::Open => {
+                state.phase = Phase::HalfOpen;
+                self.grant_trial(&mut state, now_ms);
+                Step::Write(
+                    state.encode(),
+                    (Admission::Trial, Some(Transition::HalfOpened)),
+                )
+            }
+            Phase::HalfOpen => {
+                if now_ms >= state.trial_lease_until_ms {
+                    // Every earlier trial had its chance to report: none holds a place now.
+                    state.trials_in_flight = 0;
+                }
+                if state.trials_in_flight >= self.half_open_trials {
+                    let wait = state.trial_lease_until_ms.saturating_sub(now_ms).max(1000);
+                    let retry_after = Duration::from_millis(wait);
+                    return Step::Keep((Admission::Rejected { retry_after }, None));
+                }
+                self.grant_trial(&mut state, now_ms);
+                Step::Write(state.encode(), (Admission::Trial, None))
+            }
+        }
+    }
+
+    fn grant_trial(&self, state: &mut CircuitState, now_ms: u64) {
+        state.trials_in_flight = state.trials_in_flight.saturating_add(1);
+        // A trial that has not reported within one open time is presumed lost.
+        state.trial_lease_until_ms = now_ms.saturating_add(self.open_time_ms(state.openings));
+    }
+
+    /// Records how an admitted request ended. Returns the transition this call's write made.
+    pub fn record(
+        &self,
+        store: &impl SharedStore,
+        key: &str,
+        admission: Admission,
+        outcome: Outcome,
+        now_ms: u64,
+    ) -> Result<Option<Transition>, UpdateError> {
+        update(store, key, CAS_ATTEMPTS, |current| {
+            let state = current.and_then(CircuitState::decode).unwrap_or_default();
+            self.record_step(state, admission, outcome, now_ms)
+        })
+    }
+
+    fn record_step(
+        &self,
+        mut state: CircuitState,
+        admission: Admission,
+        outcome: Outcome,
+        now_ms: u64,
+    ) -> Step<Option<Transition>> {
+        match (state.phase, admission) {
+            (Phase::HalfOpen, Admission::Trial) => match outcome {
+                Outcome::Success => {
+                    state = CircuitState::default();
+                    Step::Write(state.encode(), Some(Transition::Closed))
+                }
+                Outcome::Failure => {
+                    let transition = self.open(&mut state, now_ms);
+                    Step::Write(state.encode(), Some(transition))
+                }
+            },
+            (Phase::Closed, _) => {
+                let before = state;
+                self.count(&mut state, outcome, now_ms);
+                if state.consecutive_failures >= self.consecutive_failures
+                    || self.rate_exceeded(&state)
+                {
+                    let transition = self.open(&mut state, now_ms);
+                    return Step::Write(state.encode(), Some(transition));
+                }
+                if state == before {
+                    Step::Keep(None)
+                } else {
+                    Step::Write(state.encode(), None)
+                }
+            }
+            // A request admitted before the circuit opened (or a trial of an earlier
+            // half-open period) ending late says nothing about the upstream now.
+            _ => Step::Keep(None),
+        }
+    }
+
+    /// Gives back a trial's place when its stream ended with no upstream answer (the client
+    /// went away): the next request may try instead.
+    pub fn release_trial(&self, store: &impl SharedStore, key: &str) -> Result<(), UpdateError> {
+        update(store, key, CAS_ATTEMPTS, |current| {
+            match current.and_then(CircuitState::decode) {
+                Some(mut state) if state.phase == Phase::HalfOpen && state.trials_in_flight > 0 => {
+                    state.trials_in_flight -= 1;
+                    Step::Write(state.encode(), ())
+                }
+                _ => Step::Keep(()),
+            }
+        })
+    }
+
+    fn open(&self, state: &mut CircuitState, now_ms: u64) -> Transition {
+        let consecutive_failures = state.consecutive_failures;
+        let openings = state.openings.saturating_add(1);
+        let open_for = self.open_time_ms(openings);
+        *state = CircuitState {
+            phase: Phase::Open,
+            openings,
+            open_until_ms: now_ms.saturating_add(open_for),
+            ..CircuitState::default()
+        };
+        Transition::Opened {
+            consecutive_failures,
+            open_for: Duration::from_millis(open_for),
+        }
+    }
+
+    fn count(&self, state: &mut CircuitState, outcome: Outcome, now_ms: u64) {
+        match outcome {
+            Outcome::Success => state.consecutive_failures = 0,
+            Outcome::Failure => {
+                state.consecutive_failures = state.consecutive_failures.saturating_add(1)
+            }
+        }
+        let Some(rate) = self.failure_rate else {
+            return;
+        };
+        let epoch = now_ms / rate.bucket_ms;
+        if epoch > state.window_epoch {
+            // Empty every bucket the window slid past since the last count.
+            let passed = (epoch - state.window_epoch).min(BUCKETS as u64);
+            for step in 1..=passed {
+                if let Some(bucket) = state
+                    .buckets
+                    .get_mut(bucket_index(state.window_epoch + step))
+                {
+                    *bucket = (0, 0);
+                }
+            }
+            state.window_epoch = epoch;
+        }
+        // A count from the past (another worker's clock a little behind) joins the newest.
+        if let Some(bucket) = state.buckets.get_mut(bucket_index(state.window_epoch)) {
+            bucket.0 = bucket.0.saturating_add(1);
+            if outcome == Outcome::Failure {
+                bucket.1 = bucket.1.saturating_add(1);
+            }
+        }
+    }
+
+    fn rate_exceeded(&self, state: &CircuitState) -> bool {
+        let Some(rate) = self.failure_rate else {
+            return false;
+        };
+        let (requests, failures) = state.buckets.iter().fold((0u64, 0u64), |(r, f), (br, bf)| {
+            (r + u64::from(*br), f + u64::from(*bf))
+        });
+        requests >= rate.minimum_requests && failures * 100 >= rate.threshold_percent * requests
+    }
+}
+
+fn bucket_index(epoch: u64) -> usize {
+    usize::try_from(epoch % BUCKETS as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_kit::config::load;
+    use palisade_kit::store::MemoryStore;
+
+    use crate::config::ResilienceConfig;
+
+    const KEY: &str = "palisade-resilience/cb/orders";
+
+    fn breaker(json: &str) -> CircuitBreaker {
+        let config: ResilienceConfig = load(json.as_bytes()).unwrap();
+        CircuitBreaker::new(&config.circuit_breaker)
+    }
+
+    fn fail(cb: &CircuitBreaker, store: &MemoryStore, now: u64) -> Option<Transition> {
+        let (admission, _) = cb.admit(store, KEY, now);
+        assert_eq!(admission, Admission::Normal);
+        cb.record(store, KEY, admission, Outcome::Failure, now)
+            .unwrap()
+    }
+
+    fn state(store: &MemoryStore) -> CircuitState {
+        CircuitState::decode(&store.get(KEY).unwrap().unwrap().value).unwrap()
+    }
+
+    #[test]
+    fn the_record_round_trips_and_refuses_foreign_bytes() {
+        let mut state = CircuitState {
+            phase: Phase::HalfOpen,
+            consecutive_failures: 3,
+            openings: 2,
+            open_until_ms: 99,
+            trials_in_flight: 1,
+            trial_lease_until_ms: 7,
+            window_epoch: 12,
+            ..CircuitState::default()
+        };
+        state.buckets[3] = (10, 4);
+        assert_eq!(CircuitState::decode(&state.encode()), Some(state));
+        assert_eq!(CircuitState::decode(b"closed"), None);
+        let mut long = state.encode();
+        long.push(0);
+        assert_eq!(CircuitState::decode(&long), None);
+    }
+
+    #[test]
+    fn opens_after_exactly_the_configured_consecutive_failures() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        for _ in 0..4 {
+            assert_eq!(fail(&cb, &store, 1_000), None);
+        }
+        assert_eq!(
+            fail(&cb, &store, 1_000),
+            Some(Transition::Opened {
+                consecutive_failures: 5,
+                open_for: Duration::from_secs(30)
+            })
+        );
+        assert_eq!(
+            cb.admit(&store, KEY, 2_000).0,
+            Admission::Rejected {
+                retry_after: Duration::from_secs(29)
+            }
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_consecutive_count() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        for _ in 0..4 {
+            fail(&cb, &store, 0);
+        }
+        let (admission, _) = cb.admit(&store, KEY, 0);
+        assert_eq!(
+            cb.record(&store, KEY, admission, Outcome::Success, 0),
+            Ok(None)
+        );
+        assert_eq!(state(&store).consecutive_failures, 0);
+        for _ in 0..4 {
+            assert_eq!(fail(&cb, &store, 0), None);
+        }
+        assert_eq!(state(&store).phase, Phase::Closed);
+    }
+
+    #[test]
+    fn a_healthy_closed_circuit_is_never_written() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        let (admission, _) = cb.admit(&store, KEY, 0);
+        assert_eq!(
+            cb.record(&store, KEY, admission, Outcome::Success, 0),
+            Ok(None)
+        );
+        assert!(store.is_empty());
+    }
+
+    fn open_circuit(cb: &CircuitBreaker, store: &MemoryStore, now: u64) {
+        for _ in 0..5 {
+            fail(cb, store, now);
+        }
+        assert_eq!(state(store).phase, Phase::Open);
+    }
+
+    #[test]
+    fn half_opens_after_the_open_time_with_limited_trials_then_closes_on_success() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 0);
+        assert!(matches!(
+            cb.admit(&store, KEY, 29_999).0,
+            Admission::Rejected { .. }
+        ));
+        assert_eq!(
+            cb.admit(&store, KEY, 30_000),
+            (Admission::Trial, Some(Transition::HalfOpened))
+        );
+        // One trial at a time by default: the next request waits.
+        assert!(matches!(
+            cb.admit(&store, KEY, 30_001).0,
+            Admission::Rejected { .. }
+        ));
+        assert_eq!(
+            cb.record(&store, KEY, Admission::Trial, Outcome::Success, 30_050),
+            Ok(Some(Transition::Closed))
+        );
+        assert_eq!(state(&store), CircuitState::default());
+        assert_eq!(cb.admit(&store, KEY, 30_060).0, Admission::Normal);
+    }
+
+    #[test]
+    fn a_failed_trial_reopens_for_longer_up_to_the_cap() {
+        let cb = breaker(r#"{"circuit_breaker":{"base_ejection":"30s","max_ejection":"70s"}}"#);
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 0);
+        let mut now = 30_000;
+        for expected in [60_000, 70_000, 70_000] {
+            assert_eq!(cb.admit(&store, KEY, now).0, Admission::Trial);
+            assert_eq!(
+                cb.record(&store, KEY, Admission::Trial, Outcome::Failure, now),
+                Ok(Some(Transition::Opened {
+                    consecutive_failures: 0,
+                    open_for: Duration::from_millis(expected)
+                }))
+            );
+            now += expected;
+        }
+        assert_eq!(state(&store).openings, 4);
+        // Closing forgets the openings: the next opening is a base one again.
+        assert_eq!(cb.admit(&store, KEY, now).0, Admission::Trial);
+        cb.record(&store, KEY, Admission::Trial, Outcome::Success, now)
+            .unwrap();
+        open_circuit(&cb, &store, now);
+        assert_eq!(state(&store).open_until_ms, now + 30_000);
+    }
+
+    #[test]
+    fn a_trial_abandoned_by_its_client_frees_its_place() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 0);
+        assert_eq!(cb.admit(&store, KEY, 30_000).0, Admission::Trial);
+        cb.release_trial(&store, KEY).unwrap();
+        assert_eq!(cb.admit(&store, KEY, 30_001).0, Admission::Trial);
+    }
+
+    #[test]
+    fn a_trial_that_never_reports_stops_holding_its_place_after_one_open_time() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 0);
+        assert_eq!(cb.admit(&store, KEY, 30_000).0, Admission::Trial);
+        assert!(matches!(
+            cb.admit(&store, KEY, 59_999).0,
+            Admission::Rejected { .. }
+        ));
+        assert_eq!(cb.admit(&store, KEY, 60_000).0, Admission::Trial);
+    }
+
+    #[test]
+    fn late_outcomes_of_requests_admitted_before_opening_are_ignored() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 0);
+        let before = state(&store);
+        assert_eq!(
+            cb.record(&store, KEY, Admission::Normal, Outcome::Failure, 10),
+            Ok(None)
+        );
+        assert_eq!(
+            cb.record(&store, KEY, Admission::Normal, Outcome::Success, 10),
+            Ok(None)
+        );
+        assert_eq!(state(&store), before);
+    }
+
+    #[test]
+    fn gateway_errors_mode_ignores_application_500s() {
+        let cb = breaker(r#"{"circuit_breaker":{"failure_on":"gateway_errors"}}"#);
+        assert_eq!(cb.classify(500), Outcome::Success);
+        assert_eq!(cb.classify(503), Outcome::Failure);
+        let all = breaker("");
+        assert_eq!(all.classify(500), Outcome::Failure);
+        assert_eq!(all.classify(404), Outcome::Success);
+    }
+
+    #[test]
+    fn a_failure_rate_over_the_window_opens_once_enough_requests_were_seen() {
+        let cb = breaker(
+            r#"{"circuit_breaker":{"consecutive_failures":100,
+                "failure_rate":{"threshold_percent":50,"window":"10s","minimum_requests":10}}}"#,
+        );
+        let store = MemoryStore::new();
+        let mut last = None;
+        // Alternating: 50% failures, never two in a row.
+        for i in 0..10u64 {
+            let outcome = if i % 2 == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            };
+            assert_eq!(last, None, "opened early at request {i}");
+            last = cb
+                .record(&store, KEY, Admission::Normal, outcome, i * 100)
+                .unwrap();
+        }
+        assert!(matches!(last, Some(Transition::Opened { .. })));
+    }
+
+    #[test]
+    fn old_buckets_slide_out_of_the_window() {
+        let cb = breaker(
+            r#"{"circuit_breaker":{"consecutive_failures":100,
+                "failure_rate":{"threshold_percent":50,"window":"10s","minimum_requests":4}}}"#,
+        );
+        let store = MemoryStore::new();
+        for _ in 0..3 {
+            cb.record(&store, KEY, Admission::Normal, Outcome::Failure, 0)
+                .unwrap();
+        }
+        // 11 s later the three failures are gone: one more is 1 of 1, under the minimum.
+        assert_eq!(
+            cb.record(&store, KEY, Admission::Normal, Outcome::Failure, 11_000),
+            Ok(None)
+        );
+        let requests: u32 = state(&store).buckets.iter().map(|b| b.0).sum();
+        assert_eq!(requests, 1);
+    }
+
+    #[test]
+    fn two_workers_share_one_circuit_and_only_one_reports_each_transition() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        let workers = [&store, &store];
+        let mut opened = 0;
+        for i in 0..5 {
+            let worker = workers[i % 2];
+            if let Some(Transition::Opened { .. }) = cb
+                .record(worker, KEY, Admission::Normal, Outcome::Failure, 0)
+                .unwrap()
+            {
+                opened += 1;
+            }
+        }
+        assert_eq!(opened, 1);
+        let half_opened: Vec<_> = workers.iter().map(|w| cb.admit(*w, KEY, 30_000)).collect();
+        assert_eq!(
+            half_opened,
+            [
+                (Admission::Trial, Some(Transition::HalfOpened)),
+                (
+                    Admission::Rejected {
+                        retry_after: Duration::from_secs(30)
+                    },
+                    None
+                )
+            ]
+        );
+    }
+}

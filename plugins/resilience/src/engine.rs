@@ -1,0 +1,550 @@
+//! `Resilience`: one request's way through the policy, host-free. The adapter reads the
+//! headers and host values, the engine decides, and reports what happened as [`Event`]s the
+//! adapter logs and counts.
+//!
+//! Order on the request: client deadline, injected abort, circuit, concurrency slot, router
+//! headers, injected delay. Every circuit trial and slot taken is held in [`StreamState`] and
+//! given back at stream end, however the stream ends.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use palisade_kit::header_pairs::Edit;
+use palisade_kit::reply::ErrorReply;
+use palisade_kit::store::SharedStore;
+
+use crate::circuit::{Admission, CircuitBreaker, Phase, Transition};
+use crate::config::{ConcurrencyScope, ResilienceConfig};
+use crate::fault::FaultInjection;
+use crate::inflight::{Acquired, InflightLimit, Slot};
+use crate::route_policy::{Deadline, RoutePolicy};
+
+const KEY_PREFIX: &str = "palisade-resilience/";
+
+/// Host values, read only when the policy needs them.
+pub trait UpstreamNames {
+    /// The upstream cluster (Envoy) or service (Kong) the request is routed to.
+    fn cluster(&mut self) -> Option<String>;
+    /// The route's name.
+    fn route(&mut self) -> Option<String>;
+}
+
+/// What the engine observed, for the adapter's logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// This worker's write changed the circuit's state (so it is reported once).
+    Circuit {
+        circuit: String,
+        transition: Transition,
+    },
+    CircuitRejected,
+    Shed,
+    DeadlineExceeded,
+    FaultAborted,
+    FaultDelayed,
+    /// Requests in flight in a scope went up or down by one, to `now`.
+    Inflight {
+        scope: String,
+        delta: i64,
+        now: u32,
+    },
+    /// The shared store failed or stayed contended: the request went on unjudged.
+    StoreUnavailable,
+}
+
+impl Event {
+    /// The circuit's state after a transition.
+    pub fn phase(transition: Transition) -> Phase {
+        match transition {
+            Transition::Opened { .. } => Phase::Open,
+            Transition::HalfOpened => Phase::HalfOpen,
+            Transition::Closed => Phase::Closed,
+        }
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestVerdict<'a> {
+    /// Apply the edits and let it go on, after the delay if there is one.
+    Continue {
+        edits: Vec<Edit<'a>>,
+        delay: Option<Duration>,
+    },
+    Reply(ErrorReply),
+}
+
+/// What one stream holds until it ends.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    circuit: Option<(String, Admission)>,
+    slot: Option<(String, String, Slot)>,
+}
+
+impl StreamState {
+    /// Whether the stream's upstream answer is still to be judged by a circuit.
+    pub fn awaits_outcome(&self) -> bool {
+        matches!(
+            self.circuit,
+            Some((_, Admission::Normal | Admission::Trial))
+        )
+    }
+}
+
+pub struct Resilience {
+    policy: RoutePolicy,
+    circuit: Option<CircuitBreaker>,
+    circuit_key: Option<String>,
+    inflight: Option<InflightLimit>,
+    scope: ConcurrencyScope,
+    shed_retry_after_secs: u64,
+    faults: Option<FaultInjection>,
+}
+
+/// `Retry-After` in whole seconds, never 0 (a client would retry at once).
+fn retry_after(wait: Duration) -> String {
+    let secs = wait.as_millis().div_ceil(1000).max(1);
+    secs.to_string()
+}
+
+impl Resilience {
+    pub fn new(config: &ResilienceConfig) -> Self {
+        let cb = &config.circuit_breaker;
+        Self {
+            policy: RoutePolicy::new(config.proxy, &config.retry, &config.timeouts),
+            circuit: cb.enabled.then(|| CircuitBreaker::new(cb)),
+            circuit_key: cb.key.clone(),
+            inflight: InflightLimit::new(&config.concurrency, &config.retry),
+            scope: config.concurrency.scope,
+            shed_retry_after_secs: config.concurrency.retry_after.get().as_secs().max(1),
+            faults: FaultInjection::new(&config.fault),
+        }
+    }
+
+    /// Whether a request needs the cluster's name (reading it is a host call).
+    fn needs_names(&self) -> bool {
+        self.circuit.is_some() || self.inflight.is_some()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_request_headers<'a>(
+        &'a self,
+        headers: &[(&[u8], &[u8])],
+        now_ms: u64,
+        store: &impl SharedStore,
+        names: &mut impl UpstreamNames,
+        roll: impl FnMut() -> u64,
+        state: &mut StreamState,
+        events: &mut Vec<Event>,
+    ) -> RequestVerdict<'a> {
+        let deadline = self.policy.deadline(headers, now_ms);
+        if deadline == Deadline::Expired {
+            events.push(Event::DeadlineExceeded);
+            return RequestVerdict::Reply(ErrorReply::new(504, "deadline exceeded"));
+        }
+        let faults = self
+            .faults
+            .as_ref()
+            .map(|f| f.choose(headers, roll))
+            .unwrap_or_default();
+        if let Some(status) = faults.abort {
+            events.push(Event::FaultAborted);
+            return RequestVerdict::Reply(ErrorReply::new(status, "fault injected"));
+        }
+        let cluster = if self.needs_names() {
+            self.circuit_key
+                .clone()
+                .or_else(|| names.cluster())
+                .unwrap_or_else(|| "default".to_owned())
+        } else {
+            String::new()
+        };
+        if let Some(circuit) = &self.circuit {
+            let key = format!("{KEY_PREFIX}cb/{cluster}");
+            let (admission, transition) = circuit.admit(store, &key, now_ms);
+            if let Some(transition) = transition {
+                events.push(Event::Circuit {
+                    circuit: cluster.clone(),
+                    transition,
+                });
+            }
+            match admission {
+                Admission::Rejected { retry_after: wait } => {
+                    events.push(Event::CircuitRejected);
+                    return RequestVerdict::Reply(
+                        ErrorReply::new(503, "upstream circuit open")
+                            .with_header("retry-after", retry_after(wait)),
+                    );
+                }
+                Admission::Unjudged => events.push(Event::StoreUnavailable),
+                Admission::Normal | Admission::Trial => {}
+            }
+            state.circuit = Some((key, admission));
+        }
+        let mut retry_granted = true;
+        if let Some(inflight) = &self.inflight {
+            let scope = match self.scope {
+                ConcurrencyScope::Cluster => cluster,
+                ConcurrencyScope::Route => names.route().unwrap_or(cluster),
+            };
+            let key = format!("{KEY_PREFIX}inflight/{scope}");
+            match inflight.acquire(store, &key) {
+                Ok(Acquired::Slot(slot, now)) => {
+                    retry_granted = slot.retry_granted;
+                    events.push(Event::Inflight {
+                        scope: scope.clone(),
+                        delta: 1,
+                        now,
+                    });
+                    state.slot = Some((key, scope, slot));
+                }
+                Ok(Acquired::Shed) => {
+                    events.push(Event::Shed);
+                    // The trial this request held goes to the next one.
+                    self.on_stream_end(store, state, events);
+                    return RequestVerdict::Reply(
+                        ErrorReply::new(503, "overloaded")
+                            .with_header("retry-after", self.shed_retry_after_secs.to_string()),
+                    );
+                }
+                Err(_) => events.push(Event::StoreUnavailable),
+            }
+        }
+        let edits = self.policy.edits(headers, deadline, retry_granted);
+        if faults.delay.is_some() {
+            events.push(Event::FaultDelayed);
+        }
+        RequestVerdict::Continue {
+            edits,
+            delay: faults.delay,
+        }
+    }
+
+    /// The upstream (or the proxy on its behalf: connect failure, reset, timeout) answered.
+    pub fn on_response_headers(
+        &self,
+        status: Option<u16>,
+        now_ms: u64,
+        store: &impl SharedStore,
+        state: &mut StreamState,
+        events: &mut Vec<Event>,
+    ) {
+        let (Some(circuit), Some(status)) = (&self.circuit, status) else {
+            return;
+        };
+        let Some((key, admission)) = state.circuit.take() else {
+            return;
+        };
+        if admission == Admission::Unjudged {
+            return;
+        }
+        let outcome = circuit.classify(status);
+        match circuit.record(store, &key, admission, outcome, now_ms) {
+            Ok(Some(transition)) => events.push(Event::Circuit {
+                circuit: circuit_name(&key).to_owned(),
+                transition,
+            }),
+            Ok(None) => {}
+            Err(_) => events.push(Event::StoreUnavailable),
+        }
+    }
+
+    /// The stream ended (completed, reset, aborted by the client, answered locally): gives
+    /// back what it held. Safe to call more than once.
+    pub fn on_stream_end(
+        &self,
+        store: &impl SharedStore,
+        state: &mut StreamState,
+        events: &mut Vec<Event>,
+    ) {
+        if let (Some(circuit), Some((key, Admission::Trial))) =
+            (&self.circuit, state.circuit.take())
+        {
+            if circuit.release_trial(store, &key).is_err() {
+                events.push(Event::StoreUnavailable);
+            }
+        }
+        if let (Some(inflight), Some((key, scope, slot))) = (&self.inflight, state.slot.take()) {
+            match inflight.release(store, &key, slot) {
+                Ok(counts) => events.push(Event::Inflight {
+                    scope,
+                    delta: -1,
+                    now: counts.active,
+                }),
+                Err(_) => events.push(Event::StoreUnavailable),
+            }
+        }
+    }
+}
+
+/// `palisade-resilience/cb/orders` -> `orders`.
+fn circuit_name(key: &str) -> &str {
+    key.strip_prefix(KEY_PREFIX)
+        .and_then(|k| k.strip_prefix("cb/"))
+        .unwrap_or(key)
+}
+
+/// The edits as owned values, for tests and for a stream that applies them later.
+pub fn owned_edits(edits: Vec<Edit<'_>>) -> Vec<Edit<'static>> {
+    edits
+        .into_iter()
+        .map(|edit| match edit {
+            Edit::Set(n, v) => Edit::Set(Cow::Owned(n.into_owned()), Cow::Owned(v.into_owned())),
+            Edit::Add(n, v) => Edit::Add(Cow::Owned(n.into_owned()), Cow::Owned(v.into_owned())),
+            Edit::Remove(n) => Edit::Remove(Cow::Owned(n.into_owned())),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_kit::config::load;
+    use palisade_kit::store::MemoryStore;
+
+    struct Names;
+
+    impl UpstreamNames for Names {
+        fn cluster(&mut self) -> Option<String> {
+            Some("orders".to_owned())
+        }
+        fn route(&mut self) -> Option<String> {
+            Some("orders-route".to_owned())
+        }
+    }
+
+    fn engine(json: &str) -> Resilience {
+        Resilience::new(&load(json.as_bytes()).unwrap())
+    }
+
+    const GET: &[(&[u8], &[u8])] = &[(b":method", b"GET"), (b":path", b"/orders")];
+
+    fn request(
+        engine: &Resilience,
+        store: &MemoryStore,
+        now: u64,
+        state: &mut StreamState,
+        events: &mut Vec<Event>,
+    ) -> RequestVerdict<'static> {
+        match engine.on_request_headers(GET, now, store, &mut Names, || 0, state, events) {
+            RequestVerdict::Continue { edits, delay } => RequestVerdict::Continue {
+                edits: owned_edits(edits),
+                delay,
+            },
+            RequestVerdict::Reply(reply) => RequestVerdict::Reply(reply),
+        }
+    }
+
+    /// One whole exchange: request, answer `status`, stream end. Returns the verdict.
+    fn exchange(
+        engine: &Resilience,
+        store: &MemoryStore,
+        now: u64,
+        status: u16,
+        events: &mut Vec<Event>,
+    ) -> RequestVerdict<'static> {
+        let mut state = StreamState::default();
+        let verdict = request(engine, store, now, &mut state, events);
+        if matches!(verdict, RequestVerdict::Continue { .. }) {
+            engine.on_response_headers(Some(status), now, store, &mut state, events);
+        }
+        engine.on_stream_end(store, &mut state, events);
+        verdict
+    }
+
+    #[test]
+    fn an_open_circuit_answers_503_with_retry_after_and_the_kit_body() {
+        let engine = engine(r#"{"retry":{"budget":null}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        for _ in 0..5 {
+            exchange(&engine, &store, 0, 503, &mut events);
+        }
+        assert_eq!(
+            events,
+            [Event::Circuit {
+                circuit: "orders".into(),
+                transition: Transition::Opened {
+                    consecutive_failures: 5,
+                    open_for: Duration::from_secs(30)
+                }
+            }]
+        );
+        let verdict = exchange(&engine, &store, 1_500, 200, &mut events);
+        assert_eq!(
+            verdict,
+            RequestVerdict::Reply(
+                ErrorReply::new(503, "upstream circuit open").with_header("retry-after", "29")
+            )
+        );
+    }
+
+    #[test]
+    fn the_engine_walks_every_transition_on_the_clock() {
+        let engine =
+            engine(r#"{"retry":{"budget":null},"circuit_breaker":{"base_ejection":"10s"}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        for _ in 0..5 {
+            exchange(&engine, &store, 0, 500, &mut events);
+        }
+        events.clear();
+        // Half-open: a failed trial reopens for two base times.
+        exchange(&engine, &store, 10_000, 502, &mut events);
+        assert_eq!(
+            events,
+            [
+                Event::Circuit {
+                    circuit: "orders".into(),
+                    transition: Transition::HalfOpened
+                },
+                Event::Circuit {
+                    circuit: "orders".into(),
+                    transition: Transition::Opened {
+                        consecutive_failures: 0,
+                        open_for: Duration::from_secs(20)
+                    }
+                }
+            ]
+        );
+        events.clear();
+        exchange(&engine, &store, 30_000, 200, &mut events);
+        assert_eq!(
+            events,
+            [
+                Event::Circuit {
+                    circuit: "orders".into(),
+                    transition: Transition::HalfOpened
+                },
+                Event::Circuit {
+                    circuit: "orders".into(),
+                    transition: Transition::Closed
+                }
+            ]
+        );
+        assert!(matches!(
+            exchange(&engine, &store, 30_001, 200, &mut events),
+            RequestVerdict::Continue { .. }
+        ));
+    }
+
+    #[test]
+    fn a_client_abort_gives_back_the_slot_and_the_trial() {
+        let engine =
+            engine(r#"{"concurrency":{"max_requests":1},"circuit_breaker":{"key":"orders"}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        let mut first = StreamState::default();
+        assert!(matches!(
+            request(&engine, &store, 0, &mut first, &mut events),
+            RequestVerdict::Continue { .. }
+        ));
+        let mut second = StreamState::default();
+        assert_eq!(
+            request(&engine, &store, 0, &mut second, &mut events),
+            RequestVerdict::Reply(
+                ErrorReply::new(503, "overloaded").with_header("retry-after", "1")
+            )
+        );
+        // The client of the first goes away before any answer; the end fires twice (Envoy's
+        // on_done then on_log): the slot is given back once.
+        engine.on_stream_end(&store, &mut first, &mut events);
+        engine.on_stream_end(&store, &mut first, &mut events);
+        let deltas: i64 = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Inflight { delta, .. } => Some(*delta),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(deltas, 0);
+        assert!(matches!(
+            exchange(&engine, &store, 0, 200, &mut events),
+            RequestVerdict::Continue { .. }
+        ));
+    }
+
+    #[test]
+    fn a_shed_request_gives_back_its_half_open_trial() {
+        let engine = engine(
+            r#"{"concurrency":{"max_requests":1},"circuit_breaker":{"half_open_trials":2}}"#,
+        );
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        for _ in 0..5 {
+            exchange(&engine, &store, 0, 500, &mut events);
+        }
+        let mut holder = StreamState::default();
+        request(&engine, &store, 30_000, &mut holder, &mut events);
+        // The second trial is shed by the limit; its trial place must not stay taken.
+        let mut shed = StreamState::default();
+        assert!(matches!(
+            request(&engine, &store, 30_000, &mut shed, &mut events),
+            RequestVerdict::Reply(ErrorReply { status: 503, .. })
+        ));
+        let key = "palisade-resilience/cb/orders";
+        let state =
+            crate::circuit::CircuitState::decode(&store.get(key).unwrap().unwrap().value).unwrap();
+        assert_eq!(state.trials_in_flight, 1);
+    }
+
+    #[test]
+    fn an_expired_deadline_gets_504_and_takes_nothing() {
+        let engine = engine(r#"{"timeouts":{"deadline_header":"x-deadline-ms"}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        let mut state = StreamState::default();
+        let headers: &[(&[u8], &[u8])] = &[(b":path", b"/"), (b"x-deadline-ms", b"999")];
+        let verdict = engine.on_request_headers(
+            headers,
+            1_000,
+            &store,
+            &mut Names,
+            || 0,
+            &mut state,
+            &mut events,
+        );
+        assert_eq!(
+            verdict,
+            RequestVerdict::Reply(ErrorReply::new(504, "deadline exceeded"))
+        );
+        assert_eq!(events, [Event::DeadlineExceeded]);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn an_injected_abort_never_counts_against_the_circuit() {
+        let engine = engine(r#"{"fault":{"abort":{"status":503,"percent":100}}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        for _ in 0..10 {
+            assert_eq!(
+                exchange(&engine, &store, 0, 503, &mut events),
+                RequestVerdict::Reply(ErrorReply::new(503, "fault injected"))
+            );
+        }
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_delayed_request_is_admitted_first() {
+        let engine = engine(r#"{"fault":{"delay":{"duration":"2s","percent":100}}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        let mut state = StreamState::default();
+        let RequestVerdict::Continue { delay, .. } =
+            request(&engine, &store, 0, &mut state, &mut events)
+        else {
+            panic!()
+        };
+        assert_eq!(delay, Some(Duration::from_secs(2)));
+        assert!(events.contains(&Event::FaultDelayed));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after(Duration::from_millis(1)), "1");
+        assert_eq!(retry_after(Duration::from_millis(1001)), "2");
+        assert_eq!(retry_after(Duration::ZERO), "1");
+    }
+}
