@@ -4,5 +4,7 @@
 // Test infrastructure runs outside any proxy: the wall clock is the right one here.
 #![allow(clippy::disallowed_methods)]
 
+pub mod audit_events;
+pub mod collector;
 pub mod envoy_harness;
 pub mod wasm_host;
