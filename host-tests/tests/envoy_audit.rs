@@ -32,7 +32,9 @@ struct Setup {
     agent: ureq::Agent,
 }
 
-fn start() -> Setup {
+/// Envoy with `front` (other Palisade filters) and then palisade-audit, shipping to a fresh
+/// collector.
+fn start_with(front: Vec<Filter>) -> Setup {
     let collector = KafkaRestCollector::start(0, &TOPICS).unwrap();
     let upstream = EchoUpstream::start(0).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -54,7 +56,10 @@ fn start() -> Setup {
         listen_port: 0,
         upstream: upstream.addr(),
         wasm_dir: wasm_dir(),
-        filters: vec![Filter::new(audit, config.to_string())],
+        filters: front
+            .into_iter()
+            .chain([Filter::new(audit, config.to_string())])
+            .collect(),
         native_filters: Vec::new(),
         route_filter_configs: json!({}),
     };
@@ -89,6 +94,10 @@ fn start() -> Setup {
         _dir: dir,
         agent,
     }
+}
+
+fn start() -> Setup {
+    start_with(Vec::new())
 }
 
 impl Setup {
@@ -228,4 +237,38 @@ fn through_a_collector_outage_every_event_is_delivered_or_counted_dropped() {
     for record in &records {
         audit_events::validate(&record.value).unwrap();
     }
+}
+
+#[test]
+fn a_local_reply_from_an_earlier_filter_is_a_security_event() {
+    let header_security = plugins::find("header-security").unwrap();
+    let setup = start_with(vec![Filter::new(
+        header_security,
+        r#"{"limits":{"max_body_bytes":1024}}"#,
+    )]);
+    let reply = setup
+        .agent
+        .post(setup.envoy.url("/api/orders"))
+        .header("x-request-id", "big-1")
+        .header("content-type", "application/json")
+        .send(&vec![b'x'; 4096][..])
+        .unwrap();
+    assert_eq!(reply.status(), 413);
+    setup.settled(1, Duration::from_secs(10));
+    let records = setup.collector.records();
+    assert_eq!(records.len(), 1);
+    let event = &records[0].value;
+    assert_eq!(audit_events::validate(event).unwrap(), "security");
+    assert_eq!(records[0].topic, "palisade.events.security");
+    assert_eq!(event["security_kind"], "body_too_large");
+    assert_eq!(event["status"], 413);
+    assert_eq!(event["method"], "POST");
+    assert_eq!(event["request_id"], "big-1");
+    assert_eq!(event["response_code_details"], "palisade_local_reply");
+    assert_eq!(
+        event["upstream_address"],
+        serde_json::Value::Null,
+        "never reached the upstream"
+    );
+    assert!(event["latency_ms"].is_u64(), "{event}");
 }
