@@ -395,3 +395,34 @@ fn without_metrics_kong_3_4_still_ships() -> Result<(), Failure> {
     assert!(host.metrics().is_empty());
     Ok(())
 }
+
+#[test]
+fn two_workers_batch_on_their_own_and_their_counts_add_up() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let host = Host::new(profile);
+    let vms = host.load_workers(Plugin::Audit, &config(profile, ""), 2)?;
+    for worker in vms.workers() {
+        for _ in 0..2 {
+            let mut stream = worker.http_request(Request::get("/health"))?;
+            stream.send_request_headers(true)?;
+            stream.send_response_headers(Response::status(200), true)?;
+            stream.finish()?;
+        }
+    }
+    assert_eq!(totals(&host), [4, 0, 0, 0]);
+    assert_eq!(
+        gauge(&host, "palisade_audit_queue_depth"),
+        4,
+        "the sum over workers"
+    );
+    host.script_http_call("kafka-rest", produced(2));
+    host.script_http_call("kafka-rest", produced(2));
+    host.advance_clock(Duration::from_secs(1))?;
+    let calls = host.http_calls();
+    let workers: Vec<usize> = calls.iter().map(|c| c.worker).collect();
+    assert_eq!(workers, [0, 1], "one batch from each worker's root");
+    assert!(calls.iter().all(|c| events(c).len() == 2));
+    assert_eq!(totals(&host), [4, 4, 0, 0]);
+    assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+    Ok(())
+}
