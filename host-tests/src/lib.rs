@@ -5,5 +5,7 @@
 #![allow(clippy::disallowed_methods)]
 
 pub mod auth_tokens;
+pub mod audit_events;
+pub mod collector;
 pub mod envoy_harness;
 pub mod wasm_host;

@@ -1,25 +1,428 @@
-//! palisade-audit in the test host, under Envoy and Kong: configuration refusal and
-//! pass-through (shipping events has not landed yet).
+//! palisade-audit in the test host, under Envoy and Kong: the events it ships (content per
+//! scenario, Avro-valid, no secret byte), sampling, batching by size and by interval on the
+//! virtual clock, retries, drops, and the accounting `sent + dropped == emitted`.
 
 mod plugin_support;
 
-use palisade_host_tests::wasm_host::{Failure, Plugin};
-use plugin_support::{assert_pass_through, assert_rejected};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use palisade_host_tests::audit_events;
+use palisade_host_tests::wasm_host::{
+    CalloutReply, Failure, Host, HttpCall, KongVersion, MetricValue, Outcome, Plugin, PluginVms,
+    Profile, Request, Response,
+};
+use plugin_support::{assert_rejected, load};
+use serde_json::Value;
+
+const SECRET: &str = "s3cr3t-Zq9";
+
+/// Envoy names a cluster, Kong `host:port`: the one config difference between the hosts.
+fn upstream(profile: Profile) -> &'static str {
+    if profile.is_kong() {
+        "127.0.0.1:8082"
+    } else {
+        "kafka-rest"
+    }
+}
+
+fn config(profile: Profile, extra: &str) -> String {
+    format!(
+        r#"{{"sink":{{"kafka_rest":{{"upstream":"{}","authority":"kafka-rest.kafka:8082","timeout":"2s"}}}},
+            "classification":[
+                {{"event_type":"admin_operation","paths":["/admin/**"]}},
+                {{"event_type":"data_access","methods":["GET"],"paths":["/api/**"]}},
+                {{"event_type":"user_action","methods":["POST","DELETE"],"paths":["/api/**"]}}],
+            "capture_headers":["x-tenant"],
+            "redaction":{{"headers":["x-tenant-pin"]}}{extra}}}"#,
+        upstream(profile)
+    )
+}
+
+fn produced(n: usize) -> CalloutReply {
+    let offsets: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"partition":0,"offset":{i},"error_code":null,"error":null}}"#))
+        .collect();
+    CalloutReply::status(200)
+        .header("content-type", "application/vnd.kafka.v2+json")
+        .body(format!(
+            r#"{{"key_schema_id":null,"value_schema_id":null,"offsets":[{}]}}"#,
+            offsets.join(",")
+        ))
+}
+
+/// A request with every secret a client could send, through to its response, finished.
+fn exchange(vms: &PluginVms, method: &str, path: &str, status: u16) -> Result<(), Failure> {
+    let mut stream = vms.http_request(
+        Request::new(method, path)
+            .authority("shop.example.com")
+            .header("authorization", format!("Bearer {SECRET}"))
+            .header("cookie", format!("session={SECRET}"))
+            .header("x-api-key", SECRET)
+            .header("x-tenant-pin", SECRET)
+            .header("x-tenant", "acme")
+            .header("user-agent", "curl/8.5.0")
+            .header("x-request-id", "req-1")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .header("x-palisade-subject", "alice")
+            .header("x-palisade-consumer", "shop-web"),
+    )?;
+    assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+    let mut response = Response::status(status).header("set-cookie", format!("sid={SECRET}"));
+    if status == 401 {
+        response = response.header(
+            "x-palisade-denied-by",
+            r#"palisade-auth; reason="token expired""#,
+        );
+    }
+    assert_eq!(
+        stream.send_response_headers(response, true)?,
+        Outcome::Continue
+    );
+    assert!(
+        !stream.response_headers().contains("x-palisade-denied-by"),
+        "the denial note never reaches the client"
+    );
+    stream.finish()
+}
+
+/// The events of one dispatched batch, each checked against its Avro schema.
+fn events(call: &HttpCall) -> Vec<Value> {
+    let body: Value = serde_json::from_slice(&call.body).unwrap();
+    body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| {
+            let value = record["value"].clone();
+            audit_events::validate(&value).unwrap();
+            value
+        })
+        .collect()
+}
+
+fn counter(host: &Host, name: &str) -> u64 {
+    match host.metrics().get(name) {
+        Some(MetricValue::Counter(n)) => *n,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn gauge(host: &Host, name: &str) -> i64 {
+    match host.metrics().get(name) {
+        Some(MetricValue::Gauge(n)) => *n,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+fn totals(host: &Host) -> [u64; 4] {
+    [
+        "palisade_audit_events_emitted",
+        "palisade_audit_events_sent",
+        "palisade_audit_events_retried",
+        "palisade_audit_events_dropped",
+    ]
+    .map(|name| counter(host, name))
+}
 
 #[test]
-fn an_empty_batch_is_refused_with_one_line() -> Result<(), Failure> {
+fn bad_configurations_are_refused_with_one_line() -> Result<(), Failure> {
     assert_rejected(
         Plugin::Audit,
         r#"{"batch":{"max_events":0}}"#,
         "[palisade-audit] configuration rejected: batch.max_events: must be at least 1",
+    )?;
+    assert_rejected(
+        Plugin::Audit,
+        r#"{"capture_headers":["authorization"]}"#,
+        "[palisade-audit] configuration rejected: capture_headers[0]: \"authorization\" carries secrets and is never captured",
     )
 }
 
 #[test]
-fn requests_pass_through_untouched() -> Result<(), Failure> {
-    assert_pass_through(Plugin::Audit, "{}")?;
-    assert_pass_through(
+fn each_scenario_ships_its_event_to_its_topic_without_a_secret_byte() -> Result<(), Failure> {
+    for profile in [Profile::Envoy, Profile::Kong(KongVersion::V3_10)] {
+        let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+        for _ in 0..5 {
+            host.script_http_call(upstream(profile), produced(1));
+        }
+        exchange(&vms, "GET", "/api/orders?page=2&access_token=abc", 200)?;
+        exchange(&vms, "POST", "/api/orders", 201)?;
+        exchange(&vms, "DELETE", "/admin/users/7", 204)?;
+        exchange(&vms, "GET", "/health", 200)?;
+        exchange(&vms, "GET", "/api/orders", 401)?;
+        assert!(
+            host.http_calls().is_empty(),
+            "{profile:?}: nothing before the interval"
+        );
+        host.advance_clock(Duration::from_secs(1))?;
+        let calls = host.http_calls();
+        let mut by_topic = BTreeMap::new();
+        for call in &calls {
+            assert_eq!(call.upstream, upstream(profile));
+            assert_eq!(call.headers.get(":method"), Some("POST"));
+            assert_eq!(
+                call.headers.get(":authority"),
+                Some("kafka-rest.kafka:8082")
+            );
+            assert_eq!(
+                call.headers.get("content-type"),
+                Some("application/vnd.kafka.json.v2+json")
+            );
+            assert_eq!(call.timeout, Duration::from_secs(2));
+            let everything = format!("{:?}{}", call.headers, String::from_utf8_lossy(&call.body));
+            assert!(!everything.contains(SECRET), "{profile:?}: {everything}");
+            assert!(
+                !everything.contains("abc"),
+                "{profile:?}: the token in the query"
+            );
+            for event in events(call) {
+                by_topic.insert(call.headers.get(":path").unwrap().to_owned(), event);
+            }
+        }
+        let topics: Vec<&str> = by_topic.keys().map(String::as_str).collect();
+        assert_eq!(
+            topics,
+            [
+                "/topics/palisade.events.audit",
+                "/topics/palisade.events.data",
+                "/topics/palisade.events.security",
+                "/topics/palisade.events.system"
+            ],
+            "{profile:?}"
+        );
+        let data = &by_topic["/topics/palisade.events.data"];
+        assert_eq!(data["event_type"], "data_access");
+        assert_eq!(
+            data["path"],
+            "/api/orders?page=REDACTED&access_token=REDACTED"
+        );
+        assert_eq!(data["method"], "GET");
+        assert_eq!(data["host"], "shop.example.com");
+        assert_eq!(data["status"], 200);
+        assert_eq!(data["subject"], "alice");
+        assert_eq!(data["consumer"], "shop-web");
+        assert_eq!(data["user_agent"], "curl/8.5.0");
+        assert_eq!(data["request_id"], "req-1");
+        assert_eq!(data["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(data["client_address"], "10.0.0.1");
+        assert_eq!(data["headers"], serde_json::json!({"x-tenant": "acme"}));
+        assert_eq!(data["denied_by"], Value::Null);
+        let security = &by_topic["/topics/palisade.events.security"];
+        assert_eq!(security["security_kind"], "unauthenticated");
+        assert_eq!(
+            security["denied_by"],
+            serde_json::json!({"plugin": "palisade-auth", "reason": "token expired"})
+        );
+        assert_eq!(totals(&host), [5, 5, 0, 0], "{profile:?}");
+        assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_full_batch_leaves_at_the_next_tick_before_the_interval() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(
+        profile,
         Plugin::Audit,
-        r#"{"sink":{"kafka_rest":{"upstream":"kafka-rest","authority":"kafka-rest.kafka:8082"}}}"#,
-    )
+        &config(profile, r#","batch":{"max_events":3,"max_interval":"5s"}"#),
+    )?;
+    host.script_http_call("kafka-rest", produced(3));
+    for _ in 0..4 {
+        exchange(&vms, "GET", "/health", 200)?;
+    }
+    host.advance_clock(Duration::from_millis(100))?;
+    let calls = host.http_calls();
+    assert_eq!(calls.len(), 1, "one full batch of 3 at the first tick");
+    assert_eq!(events(&calls[0]).len(), 3);
+    host.advance_clock(Duration::from_millis(4800))?;
+    assert_eq!(
+        host.http_calls().len(),
+        1,
+        "the fourth waits for its interval"
+    );
+    host.advance_clock(Duration::from_millis(200))?;
+    let calls = host.http_calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(events(&calls[1]).len(), 1);
+    Ok(())
+}
+
+#[test]
+fn sampling_drops_audit_events_but_never_security_events() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(
+        profile,
+        Plugin::Audit,
+        &config(profile, r#","sampling":{"api_call":0.0,"data_access":0.0}"#),
+    )?;
+    host.script_http_call("kafka-rest", produced(1));
+    for _ in 0..10 {
+        exchange(&vms, "GET", "/health", 200)?;
+    }
+    exchange(&vms, "GET", "/api/orders", 401)?;
+    host.advance_clock(Duration::from_secs(1))?;
+    let calls = host.http_calls();
+    assert_eq!(calls.len(), 1);
+    let shipped = events(&calls[0]);
+    assert_eq!(shipped.len(), 1);
+    assert_eq!(shipped[0]["event_type"], "security");
+    assert_eq!(counter(&host, "palisade_audit_events_sampled_out"), 10);
+    assert_eq!(totals(&host), [1, 1, 0, 0]);
+    Ok(())
+}
+
+#[test]
+fn failed_batches_are_retried_with_backoff_then_dropped_and_counted() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+    host.script_http_call(
+        "kafka-rest",
+        CalloutReply::status(500).body(r#"{"error_code":50001,"message":"Kafka unavailable"}"#),
+    );
+    host.script_http_call("kafka-rest", CalloutReply::failure("connection refused"));
+    host.script_http_call("kafka-rest", produced(2));
+    exchange(&vms, "GET", "/health", 200)?;
+    exchange(&vms, "GET", "/health", 200)?;
+    host.advance_clock(Duration::from_secs(1))?;
+    assert_eq!(host.http_calls().len(), 1);
+    assert_eq!(totals(&host), [2, 0, 2, 0]);
+    // Retry 1 after 100..=200 ms, retry 2 after 200..=400 ms more.
+    host.advance_clock(Duration::from_millis(700))?;
+    let calls = host.http_calls();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(
+        calls[0].body, calls[2].body,
+        "a retry resends the same events and ids"
+    );
+    assert_eq!(totals(&host), [2, 2, 4, 0]);
+    let warnings: Vec<String> = vms
+        .logs()
+        .into_iter()
+        .filter(|e| e.message.contains("batch not delivered") || e.message.contains("again"))
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "[palisade-audit] batch not delivered: status 500 (error_code 50001: Kafka unavailable); 2 events to retry, 0 dropped (further failures are counted, not logged)",
+            "[palisade-audit] collector answering again after 2 failed batches"
+        ]
+    );
+
+    // A collector that stays down: 1 try + 3 retries, then the events are dropped.
+    for _ in 0..4 {
+        host.script_http_call("kafka-rest", CalloutReply::status(503));
+    }
+    exchange(&vms, "GET", "/health", 200)?;
+    host.advance_clock(Duration::from_secs(10))?;
+    assert_eq!(host.http_calls().len(), 7);
+    assert_eq!(totals(&host), [3, 2, 7, 1]);
+    assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+    Ok(())
+}
+
+#[test]
+fn refused_batches_are_dropped_at_once() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+    host.script_http_call(
+        "kafka-rest",
+        CalloutReply::status(404).body(r#"{"error_code":40401,"message":"Topic not found."}"#),
+    );
+    exchange(&vms, "GET", "/health", 200)?;
+    host.advance_clock(Duration::from_secs(5))?;
+    assert_eq!(host.http_calls().len(), 1);
+    assert_eq!(totals(&host), [1, 0, 0, 1]);
+    Ok(())
+}
+
+#[test]
+fn a_full_buffer_drops_new_events_and_counts_them() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(
+        profile,
+        Plugin::Audit,
+        &config(
+            profile,
+            r#","batch":{"max_events":2,"max_interval":"1s","max_buffered_events":4},"delivery":{"max_in_flight":1}"#,
+        ),
+    )?;
+    host.add_cluster("kafka-rest");
+    for _ in 0..6 {
+        exchange(&vms, "GET", "/health", 200)?;
+    }
+    assert_eq!(totals(&host), [6, 0, 0, 2]);
+    assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 4);
+    Ok(())
+}
+
+#[test]
+fn kong_before_3_9_never_answers_a_failed_batch_and_it_is_retried_anyway() -> Result<(), Failure> {
+    let profile = Profile::Kong(KongVersion::V3_8);
+    let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+    host.script_http_call(
+        upstream(profile),
+        CalloutReply::failure("connection refused"),
+    );
+    host.script_http_call(upstream(profile), produced(1));
+    exchange(&vms, "GET", "/health", 200)?;
+    host.advance_clock(Duration::from_secs(1))?;
+    assert_eq!(totals(&host), [1, 0, 0, 0], "no callback: still in flight");
+    // The batch counts as failed twice its timeout after it left, then is retried.
+    host.advance_clock(Duration::from_millis(4500))?;
+    assert_eq!(host.http_calls().len(), 2);
+    assert_eq!(totals(&host), [1, 1, 1, 0]);
+    Ok(())
+}
+
+#[test]
+fn without_metrics_kong_3_4_still_ships() -> Result<(), Failure> {
+    let profile = Profile::Kong(KongVersion::V3_4);
+    let (host, vms) = load(
+        profile,
+        Plugin::Audit,
+        &config(profile, r#","metrics":false"#),
+    )?;
+    host.script_http_call(upstream(profile), produced(1));
+    exchange(&vms, "GET", "/health", 200)?;
+    host.advance_clock(Duration::from_secs(1))?;
+    assert_eq!(events(&host.http_calls()[0]).len(), 1);
+    assert!(host.metrics().is_empty());
+    Ok(())
+}
+
+#[test]
+fn two_workers_batch_on_their_own_and_their_counts_add_up() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let host = Host::new(profile);
+    let vms = host.load_workers(Plugin::Audit, &config(profile, ""), 2)?;
+    for worker in vms.workers() {
+        for _ in 0..2 {
+            let mut stream = worker.http_request(Request::get("/health"))?;
+            stream.send_request_headers(true)?;
+            stream.send_response_headers(Response::status(200), true)?;
+            stream.finish()?;
+        }
+    }
+    assert_eq!(totals(&host), [4, 0, 0, 0]);
+    assert_eq!(
+        gauge(&host, "palisade_audit_queue_depth"),
+        4,
+        "the sum over workers"
+    );
+    host.script_http_call("kafka-rest", produced(2));
+    host.script_http_call("kafka-rest", produced(2));
+    host.advance_clock(Duration::from_secs(1))?;
+    let calls = host.http_calls();
+    let workers: Vec<usize> = calls.iter().map(|c| c.worker).collect();
+    assert_eq!(workers, [0, 1], "one batch from each worker's root");
+    assert!(calls.iter().all(|c| events(c).len() == 2));
+    assert_eq!(totals(&host), [4, 4, 0, 0]);
+    assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+    Ok(())
 }

@@ -17,6 +17,131 @@ pub struct AuditConfig {
     pub topics: Topics,
     #[serde(default)]
     pub batch: BatchConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Rules that name a request's event type; the first rule that matches wins. Security
+    /// outcomes (401, 403, 429, 413, 503 from an open circuit) are security events whatever
+    /// the rules say.
+    #[serde(default)]
+    pub classification: Vec<ClassificationRule>,
+    /// The event type of a request no rule matches.
+    #[serde(default)]
+    pub default_event_type: EventTypeName,
+    #[serde(default)]
+    pub sampling: Sampling,
+    #[serde(default)]
+    pub redaction: Redaction,
+    /// Request headers copied into the event's `headers` (lower-case names). Secrets
+    /// (`authorization`, cookies, API keys, `redaction.headers`) cannot be captured.
+    #[serde(default)]
+    pub capture_headers: Vec<String>,
+    /// Define and record metrics. Kong 3.4–3.7 has no metrics (their host functions trap):
+    /// set `false` there.
+    #[serde(default = "enabled")]
+    pub metrics: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+/// The audit event types a rule can name (security events come from the response status).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventTypeName {
+    #[default]
+    ApiCall,
+    UserAction,
+    DataAccess,
+    AdminOperation,
+}
+
+/// `{"event_type": "admin_operation", "methods": ["POST", "DELETE"], "paths": ["/admin/**"]}`
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationRule {
+    pub event_type: EventTypeName,
+    /// Upper-case methods; empty matches every method.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Path patterns (the path without its query): `*` is one segment, a trailing `/**` any
+    /// rest (also none), anything else literal. Empty matches every path.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+/// The share of events of each audit type kept, from 0.0 (none) to 1.0 (all). Security
+/// events are always kept.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sampling {
+    pub api_call: f64,
+    pub user_action: f64,
+    pub data_access: f64,
+    pub admin_operation: f64,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            api_call: 1.0,
+            user_action: 1.0,
+            data_access: 1.0,
+            admin_operation: 1.0,
+        }
+    }
+}
+
+/// What never leaves the proxy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Redaction {
+    /// What happens to the path's query string.
+    pub query: QueryMode,
+    /// Parameters whose values are kept under `redact_values`.
+    pub keep_query_params: Vec<String>,
+    /// Parameters removed entirely under `keep` (besides well-known secret names such as
+    /// `access_token`, `api_key`, `password`).
+    pub redact_query_params: Vec<String>,
+    /// More header names that must never be captured (lower-case), besides `authorization`,
+    /// `proxy-authorization`, `cookie`, `set-cookie` and API key headers.
+    pub headers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryMode {
+    /// Names kept, every value replaced by `REDACTED` except `keep_query_params`.
+    #[default]
+    RedactValues,
+    /// No query at all.
+    Drop,
+    /// The query as sent, less secret parameters (removed whole).
+    Keep,
+}
+
+/// How batches are retried.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Retries of a failed batch before its events are dropped and counted (at most 3).
+    pub max_retries: u32,
+    /// First retry delay; it doubles each retry (full jitter), up to `backoff_max`.
+    pub backoff_base: ConfigDuration,
+    pub backoff_max: ConfigDuration,
+    /// Batches awaiting an answer at once, per worker.
+    pub max_in_flight: u32,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            backoff_base: ConfigDuration::from_millis(200),
+            backoff_max: ConfigDuration::from_secs(10),
+            max_in_flight: 2,
+        }
+    }
 }
 
 /// A collector reached with `dispatch_http_call`.
@@ -139,6 +264,79 @@ impl PluginConfig for AuditConfig {
                 if !is_topic_name(topic) {
                     p.push_at(name, format!("{topic:?} is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 249)"));
                 }
+            }
+        });
+        problems.field("delivery", |p| {
+            let d = &self.delivery;
+            if d.max_retries > 3 {
+                p.push_at("max_retries", "must be at most 3");
+            }
+            if d.backoff_base.get().is_zero() {
+                p.push_at("backoff_base", "must be longer than 0s");
+            }
+            if d.backoff_max < d.backoff_base {
+                p.push_at(
+                    "backoff_max",
+                    format!("must be at least backoff_base ({})", d.backoff_base),
+                );
+            }
+            if d.max_in_flight == 0 {
+                p.push_at("max_in_flight", "must be at least 1");
+            }
+        });
+        problems.field("classification", |p| {
+            for (i, rule) in self.classification.iter().enumerate() {
+                p.index(i, |p| {
+                    for (j, method) in rule.methods.iter().enumerate() {
+                        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                            p.field("methods", |p| {
+                                p.index(j, |p| {
+                                    p.push(format!("{method:?} is not an upper-case HTTP method"))
+                                })
+                            });
+                        }
+                    }
+                    for (j, path) in rule.paths.iter().enumerate() {
+                        if let Err(reason) = crate::pattern::PathPattern::parse(path) {
+                            p.field("paths", |p| p.index(j, |p| p.push(reason)));
+                        }
+                    }
+                });
+            }
+        });
+        problems.field("sampling", |p| {
+            let s = &self.sampling;
+            for (name, rate) in [
+                ("api_call", s.api_call),
+                ("user_action", s.user_action),
+                ("data_access", s.data_access),
+                ("admin_operation", s.admin_operation),
+            ] {
+                if !(0.0..=1.0).contains(&rate) {
+                    p.push_at(name, "must be between 0.0 and 1.0");
+                }
+            }
+        });
+        problems.field("redaction", |p| {
+            for (j, name) in self.redaction.headers.iter().enumerate() {
+                if !palisade_kit::config::is_header_name(name) {
+                    p.field("headers", |p| {
+                        p.index(j, |p| {
+                            p.push(format!("{name:?} is not a lower-case header name"))
+                        })
+                    });
+                }
+            }
+        });
+        problems.field("capture_headers", |p| {
+            for (j, name) in self.capture_headers.iter().enumerate() {
+                p.index(j, |p| {
+                    if !palisade_kit::config::is_header_name(name) {
+                        p.push(format!("{name:?} is not a lower-case header name"));
+                    } else if crate::redact::is_secret_header(name, &self.redaction.headers) {
+                        p.push(format!("{name:?} carries secrets and is never captured"));
+                    }
+                });
             }
         });
         problems.field("batch", |p| {

@@ -1,4 +1,521 @@
-//! The proxy-wasm adapter: until this plugin's own logic lands, it validates its configuration
-//! and lets traffic through.
+//! The proxy-wasm adapter: glue only.
+//!
+//! Each worker's root context owns the engine and a bounded [`DeliveryQueue`]; HTTP contexts
+//! build their event when the stream ends (`on_log`, which sees the final response, also a
+//! local reply an earlier filter sent) and push it into the queue; the root's `on_tick` (and
+//! each collector answer) sends due batches with `dispatch_http_call`. No shared queue, no
+//! singleton VM: both hosts run this, and Istio can configure it (see docs/audit.md).
 
-palisade_kit::pass_through_plugin!("palisade-audit", crate::config::AuditConfig);
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use palisade_kit::clock::Clock;
+use palisade_kit::header_pairs::{decode_borrowed, get as header_of};
+use palisade_kit::host::callout::{self, HttpCallout};
+use palisade_kit::host::metrics::{Counter, Gauge, Histogram};
+use palisade_kit::host::{self, HostClock, Map};
+use palisade_kit::random::Xoshiro256;
+use palisade_kit::reply::{parse_denied_by, DENIED_BY};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+
+use crate::config::{AuditConfig, Sink};
+use crate::delivery::{self, Answered, DeliveryQueue, Format, QueuedEvent, Settings};
+use crate::engine::{Audit, Facts, Verdict};
+use crate::event::Denial;
+
+const NAME: &str = "palisade-audit";
+/// A collector's answer body is read up to this (it is only parsed for error codes).
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// Which proxy answers property reads: Envoy encodes integers as 8 little-endian bytes, Kong
+/// as text, so the first `response.code` tells them apart at no extra cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Unknown,
+    Envoy,
+    Kong,
+}
+
+struct Metrics {
+    emitted: Counter,
+    sent: Counter,
+    retried: Counter,
+    dropped: Counter,
+    sampled_out: Counter,
+    batch_latency_ms: Histogram,
+    queue_depth: Gauge,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        Self {
+            emitted: Counter::define("palisade_audit_events_emitted"),
+            sent: Counter::define("palisade_audit_events_sent"),
+            retried: Counter::define("palisade_audit_events_retried"),
+            dropped: Counter::define("palisade_audit_events_dropped"),
+            sampled_out: Counter::define("palisade_audit_events_sampled_out"),
+            batch_latency_ms: Histogram::define("palisade_audit_batch_latency_ms"),
+            queue_depth: Gauge::define("palisade_audit_queue_depth"),
+        }
+    }
+}
+
+struct Collector {
+    upstream: String,
+    authority: String,
+    timeout: Duration,
+}
+
+/// One worker's engine, buffer and deliveries, shared by its root and HTTP contexts.
+struct Worker {
+    audit: Audit,
+    queue: RefCell<DeliveryQueue>,
+    collector: Option<Collector>,
+    rng: RefCell<Xoshiro256>,
+    metrics: Option<Metrics>,
+    /// Call-out token -> batch id.
+    calls: RefCell<BTreeMap<u32, u64>>,
+    flavor: Cell<Flavor>,
+    /// Kong before 3.9 lacks `kong.route_name`/`kong.service_name`: asked until one misses.
+    kong_names: Cell<bool>,
+    /// The queue depth last added to the cross-worker gauge.
+    reported_depth: Cell<u64>,
+    /// Failed batches since the last success: only the first is logged.
+    failing: Cell<u64>,
+}
+
+impl Worker {
+    fn count(&self, f: impl FnOnce(&Metrics)) {
+        if let Some(metrics) = &self.metrics {
+            f(metrics);
+        }
+    }
+
+    fn report_depth(&self) {
+        let depth = self.queue.borrow().buffered() as u64;
+        let before = self.reported_depth.replace(depth);
+        if depth == before {
+            return;
+        }
+        if self.flavor.get() == Flavor::Envoy {
+            // Envoy keeps one gauge for every worker: each adds its change, so it reads the sum.
+            let delta = i64::try_from(depth).unwrap_or(i64::MAX)
+                - i64::try_from(before).unwrap_or(i64::MAX);
+            self.count(|m| m.queue_depth.add(delta));
+        } else {
+            // ngx_wasm_module traps on incrementing a gauge: record this worker's depth.
+            self.count(|m| m.queue_depth.set(depth));
+        }
+    }
+
+    fn record(&self, answered: &Answered) {
+        self.count(|m| {
+            m.sent.add(answered.sent);
+            m.retried.add(answered.retried);
+            m.dropped.add(answered.dropped);
+            m.batch_latency_ms.record(answered.latency_ms);
+        });
+        match &answered.problem {
+            None => {
+                let failed = self.failing.replace(0);
+                if failed > 0 {
+                    log::info!("[{NAME}] collector answering again after {failed} failed batches");
+                }
+            }
+            Some(problem) => {
+                if self.failing.get() == 0 {
+                    log::warn!(
+                        "[{NAME}] batch not delivered: {problem}; {} events to retry, {} dropped (further failures are counted, not logged)",
+                        answered.retried,
+                        answered.dropped
+                    );
+                }
+                self.failing.set(self.failing.get() + 1);
+            }
+        }
+    }
+
+    /// Sends what is due. Called from `on_tick` and after each answer, both root context
+    /// callbacks where both hosts allow a dispatch.
+    fn flush(&self) {
+        let Some(collector) = &self.collector else {
+            return;
+        };
+        let now = HostClock.unix_millis();
+        let (sends, expired) = {
+            let mut rng = self.rng.borrow_mut();
+            self.queue.borrow_mut().poll(now, &mut rng)
+        };
+        for answered in &expired {
+            // Kong before 3.9 never calls back a failed dispatch: forget its token.
+            self.calls
+                .borrow_mut()
+                .retain(|_, batch| *batch != answered.batch_id);
+            self.record(answered);
+        }
+        for send in sends {
+            let call = HttpCallout {
+                upstream: &collector.upstream,
+                method: "POST",
+                path: &send.path,
+                authority: &collector.authority,
+                headers: &[
+                    ("content-type", send.content_type),
+                    ("accept", delivery::KAFKA_V2_ACCEPT),
+                ],
+                body: Some(&send.body),
+                timeout: collector.timeout,
+            };
+            match callout::dispatch_http(&call) {
+                Ok(token) => {
+                    self.calls.borrow_mut().insert(token, send.batch_id);
+                }
+                Err(err) => {
+                    let answered = {
+                        let mut rng = self.rng.borrow_mut();
+                        self.queue
+                            .borrow_mut()
+                            .on_answer(send.batch_id, None, now, &mut rng)
+                    };
+                    if self.failing.get() == 0 {
+                        log::warn!("[{NAME}] cannot dispatch to the collector: {err}");
+                    }
+                    if let Some(answered) = answered {
+                        self.record(&answered);
+                    }
+                }
+            }
+        }
+        self.report_depth();
+    }
+
+    fn on_answer(&self, token: u32, body_size: usize) {
+        let Some(batch_id) = self.calls.borrow_mut().remove(&token) else {
+            return;
+        };
+        let response = callout::http_call_response(body_size, MAX_ANSWER);
+        let now = HostClock.unix_millis();
+        let answered = {
+            let mut rng = self.rng.borrow_mut();
+            self.queue.borrow_mut().on_answer(
+                batch_id,
+                response.status.map(|s| (s, response.body.as_slice())),
+                now,
+                &mut rng,
+            )
+        };
+        if let Some(answered) = answered {
+            self.record(&answered);
+        }
+        self.flush();
+    }
+
+    fn enqueue(&self, verdict: Verdict) {
+        let event = match verdict {
+            Verdict::SampledOut(_) => {
+                self.count(|m| m.sampled_out.inc());
+                return;
+            }
+            Verdict::Emit(event) => event,
+        };
+        self.count(|m| m.emitted.inc());
+        let queued = QueuedEvent {
+            event_type: event.event_type,
+            topic: self.audit.topic(event.event_type).to_owned(),
+            key: event
+                .subject
+                .clone()
+                .unwrap_or_else(|| event.event_id.clone()),
+            json: event.to_json(),
+            enqueued_ms: event.timestamp_ms,
+        };
+        let kept = self.collector.is_some() && self.queue.borrow_mut().push(queued);
+        if !kept {
+            self.count(|m| m.dropped.inc());
+        }
+        self.report_depth();
+    }
+}
+
+fn compile(config: AuditConfig) -> Result<Worker, String> {
+    let audit = Audit::build(&config).map_err(|e| e.to_string())?;
+    let (format, collector) = match &config.sink {
+        Some(Sink::KafkaRest(c)) => (
+            Format::KafkaRest {
+                base_path: c.path.clone(),
+            },
+            Some(c),
+        ),
+        Some(Sink::Http(c)) => (
+            Format::Ndjson {
+                path: c.path.clone(),
+            },
+            Some(c),
+        ),
+        None => (Format::Ndjson { path: "/".into() }, None),
+    };
+    let timeout = collector.map_or(Duration::from_secs(5), |c| c.timeout.get());
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let settings = Settings {
+        format,
+        max_events: config.batch.max_events as usize,
+        max_interval_ms: millis(config.batch.max_interval.get()),
+        max_buffered: config.batch.max_buffered_events as usize,
+        max_in_flight: config.delivery.max_in_flight as usize,
+        max_retries: config.delivery.max_retries,
+        backoff_base_ms: millis(config.delivery.backoff_base.get()),
+        backoff_max_ms: millis(config.delivery.backoff_max.get()),
+        // The host's own timeout answers first; this catches hosts that never call back.
+        answer_deadline_ms: millis(timeout).saturating_mul(2),
+    };
+    Ok(Worker {
+        audit,
+        queue: RefCell::new(DeliveryQueue::new(settings)),
+        collector: collector.map(|c| Collector {
+            upstream: c.upstream.clone(),
+            authority: c.authority.clone(),
+            timeout,
+        }),
+        rng: RefCell::new(Xoshiro256::from_seed(host::random_seed())),
+        metrics: config.metrics.then(Metrics::define),
+        calls: RefCell::new(BTreeMap::new()),
+        flavor: Cell::new(Flavor::Unknown),
+        kong_names: Cell::new(true),
+        reported_depth: Cell::new(0),
+        failing: Cell::new(0),
+    })
+}
+
+/// How often the root looks for due batches: often enough that a full batch leaves soon, and
+/// never later than the interval.
+fn tick_period(config: &AuditConfig) -> Duration {
+    config
+        .batch
+        .max_interval
+        .get()
+        .min(Duration::from_millis(100))
+}
+
+struct AuditRoot {
+    worker: Option<Rc<Worker>>,
+}
+
+impl Context for AuditRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(worker) = &self.worker {
+            worker.on_answer(token_id, body_size);
+        }
+    }
+}
+
+impl RootContext for AuditRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        log::info!(
+            "[{NAME}] version {} (revision {}) starting",
+            palisade_kit::VERSION,
+            palisade_kit::GIT_REV
+        );
+        true
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let loaded = host::plugin_configuration()
+            .map_err(|err| err.to_string())
+            .and_then(|bytes| {
+                palisade_kit::config::load::<AuditConfig>(&bytes).map_err(|err| err.to_string())
+            })
+            .and_then(|config| {
+                let period = tick_period(&config);
+                compile(config).map(|worker| (worker, period))
+            });
+        match loaded {
+            Ok((worker, period)) => {
+                if worker.collector.is_none() {
+                    log::warn!("[{NAME}] no sink configured: events are counted as dropped");
+                }
+                // Events still buffered under an older configuration stay with it: they are
+                // counted when that worker object goes, not silently here.
+                if let Err(err) = callout::set_tick_period(period) {
+                    log::error!("[{NAME}] configuration rejected: cannot set the tick: {err}");
+                    return false;
+                }
+                self.worker = Some(Rc::new(worker));
+                log::info!("[{NAME}] configuration accepted");
+                true
+            }
+            Err(reason) => {
+                log::error!("[{NAME}] configuration rejected: {reason}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(worker) = &self.worker {
+            worker.flush();
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(match &self.worker {
+            Some(worker) => Box::new(Stream {
+                worker: Rc::clone(worker),
+                started_ms: None,
+                denial: None,
+            }),
+            // Audit never fails a request: an unconfigured audit lets traffic through.
+            None => Box::new(host::PassThrough),
+        })
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    worker: Rc<Worker>,
+    started_ms: Option<u64>,
+    denial: Option<Denial>,
+}
+
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    host::property(path).ok().flatten()
+}
+
+fn text_property(path: &[&str]) -> Option<String> {
+    property(path)
+        .and_then(|v| String::from_utf8(v).ok())
+        .filter(|s| !s.is_empty())
+}
+
+/// An integer property: 8 little-endian bytes (Envoy) or decimal text (Kong).
+fn int_property(flavor: Flavor, path: &[&str]) -> Option<u64> {
+    let bytes = property(path)?;
+    decode_int(flavor, &bytes)
+}
+
+fn decode_int(flavor: Flavor, bytes: &[u8]) -> Option<u64> {
+    match (flavor, <[u8; 8]>::try_from(bytes)) {
+        (Flavor::Envoy, Ok(le)) => u64::try_from(i64::from_le_bytes(le)).ok(),
+        _ => std::str::from_utf8(bytes).ok()?.trim().parse().ok(),
+    }
+}
+
+fn denial_from(value: &[u8]) -> Option<Denial> {
+    parse_denied_by(value).map(|(plugin, reason)| Denial { plugin, reason })
+}
+
+impl Stream {
+    fn status_and_flavor(&self, response: &[(&[u8], &[u8])]) -> u16 {
+        let worker = &self.worker;
+        let code = property(&["response", "code"]);
+        if worker.flavor.get() == Flavor::Unknown {
+            if let Some(code) = &code {
+                worker.flavor.set(if code.len() == 8 {
+                    Flavor::Envoy
+                } else {
+                    Flavor::Kong
+                });
+            }
+        }
+        code.and_then(|c| decode_int(worker.flavor.get(), &c))
+            .and_then(|c| u16::try_from(c).ok())
+            .or_else(|| {
+                std::str::from_utf8(header_of(response, ":status")?)
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    fn facts_and_event(&mut self) -> Verdict {
+        let worker = Rc::clone(&self.worker);
+        let now_ms = HostClock.unix_millis();
+        let raw_request = host::headers_raw(Map::RequestHeaders).unwrap_or_default();
+        let request = decode_borrowed(&raw_request).unwrap_or_default();
+        let raw_response = host::headers_raw(Map::ResponseHeaders).unwrap_or_default();
+        let response = decode_borrowed(&raw_response).unwrap_or_default();
+        let status = self.status_and_flavor(&response);
+        let flavor = worker.flavor.get();
+        // A local reply an earlier filter sent may not have passed our response phase.
+        let denial = self
+            .denial
+            .take()
+            .or_else(|| header_of(&response, DENIED_BY).and_then(denial_from));
+        let measured = self.started_ms.map(|start| now_ms.saturating_sub(start));
+        let mut facts = Facts {
+            request_headers: &request,
+            status,
+            latency_ms: measured,
+            bytes_in: int_property(flavor, &["request", "total_size"]),
+            bytes_out: int_property(flavor, &["response", "total_size"]),
+            client_address: text_property(&["source", "address"]),
+            upstream_address: text_property(&["upstream", "address"]),
+            denial,
+            ..Facts::default()
+        };
+        match flavor {
+            Flavor::Kong => {
+                if worker.kong_names.get() {
+                    facts.route = text_property(&["kong", "route_name"]);
+                    facts.cluster = text_property(&["kong", "service_name"]);
+                    if facts.route.is_none() && facts.cluster.is_none() {
+                        worker.kong_names.set(false);
+                    }
+                }
+            }
+            _ => {
+                facts.route = text_property(&["xds", "route_name"]);
+                facts.cluster = text_property(&["xds", "cluster_name"]);
+                facts.code_details = text_property(&["response", "code_details"]);
+                // Envoy's duration (ns) covers requests refused before our request phase.
+                if let Some(ns) = int_property(flavor, &["request", "duration"]) {
+                    facts.latency_ms = Some(ns / 1_000_000);
+                }
+            }
+        }
+        let mut rng = worker.rng.borrow_mut();
+        worker.audit.event(&facts, &mut rng, now_ms)
+    }
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.started_ms = Some(HostClock.unix_millis());
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // The refusing plugin's note is for us, not for the client.
+        if let Ok(Some(value)) = host::header(Map::ResponseHeaders, DENIED_BY) {
+            self.denial = denial_from(&value);
+            if let Err(err) = host::remove_header(Map::ResponseHeaders, DENIED_BY) {
+                log::warn!("[{NAME}] could not remove {DENIED_BY}: {err}");
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let verdict = self.facts_and_event();
+        self.worker.enqueue(verdict);
+    }
+}
+
+proxy_wasm::main! {{
+    host::init_logging(NAME);
+    proxy_wasm::set_root_context(|_| Box::new(AuditRoot { worker: None }));
+}}

@@ -1,10 +1,17 @@
 //! palisade-audit: a complete audit trail of who called what (Istio phase STATS, so it sees the
-//! final response). It never slows or fails a request.
+//! final response). It never slows or fails a request, and never loses an event without
+//! counting it.
 //!
-//! This release parses and validates where events go and lets requests through; event building
-//! and delivery land with their own issue.
+//! Host-free: [`engine::Audit`] builds one [`event::AuditEvent`] per finished request
+//! (classification, sampling, redaction); [`delivery::DeliveryQueue`] batches, sends and
+//! retries them on a caller-supplied clock. `filter` is the proxy-wasm adapter.
 
 pub mod config;
+pub mod delivery;
+pub mod engine;
+pub mod event;
+pub mod pattern;
+pub mod redact;
 
 #[cfg(target_os = "wasi")]
 mod filter;

@@ -5,6 +5,36 @@ use serde::Serialize;
 
 pub const CONTENT_TYPE: &str = "application/json";
 
+/// The response header through which a plugin that refuses a request names itself and why:
+/// `x-palisade-denied-by: palisade-auth; reason="token expired"`. palisade-audit reads it into
+/// the event and removes it before the response leaves the proxy.
+pub const DENIED_BY: &str = "x-palisade-denied-by";
+
+/// Reads a [`DENIED_BY`] value: the plugin and the reason.
+pub fn parse_denied_by(value: &[u8]) -> Option<(String, String)> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (plugin, rest) = value.split_once(';').unwrap_or((value, ""));
+    let plugin = plugin.trim();
+    if plugin.is_empty() {
+        return None;
+    }
+    let quoted = rest.trim().strip_prefix("reason=").unwrap_or("");
+    let inner = quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(quoted);
+    let mut reason = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        reason.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    Some((plugin.to_owned(), reason))
+}
+
 /// `{"error": ..., "status": ..., "request_id": ...}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ErrorBody<'a> {
@@ -44,6 +74,24 @@ impl ErrorReply {
         self
     }
 
+    /// Names the refusing plugin in a [`DENIED_BY`] header (the reason is this reply's error,
+    /// quoted; control characters become spaces).
+    pub fn denied_by(self, plugin: &str) -> Self {
+        let mut value = format!("{plugin}; reason=\"");
+        for c in self.error.chars() {
+            match c {
+                '"' | '\\' => {
+                    value.push('\\');
+                    value.push(c);
+                }
+                c if c.is_control() => value.push(' '),
+                c => value.push(c),
+            }
+        }
+        value.push('"');
+        self.with_header(DENIED_BY, value)
+    }
+
     pub fn body(&self, request_id: Option<&str>) -> Vec<u8> {
         ErrorBody {
             error: &self.error,
@@ -73,6 +121,23 @@ mod tests {
             r#"{"error":"rate limit exceeded","status":429,"request_id":null}"#
         );
         assert_eq!(reply.headers, vec![("retry-after".into(), "3".into())]);
+    }
+
+    #[test]
+    fn denial_header_round_trips() {
+        let reply = ErrorReply::new(401, "bad \"token\"\n").denied_by("palisade-auth");
+        let (name, value) = &reply.headers[0];
+        assert_eq!(name, DENIED_BY);
+        assert_eq!(value, r#"palisade-auth; reason="bad \"token\" ""#);
+        assert_eq!(
+            parse_denied_by(value.as_bytes()),
+            Some(("palisade-auth".into(), "bad \"token\" ".into()))
+        );
+        assert_eq!(
+            parse_denied_by(b"palisade-rate-limit"),
+            Some(("palisade-rate-limit".into(), String::new()))
+        );
+        assert_eq!(parse_denied_by(b" ; reason=\"x\""), None);
     }
 
     #[test]

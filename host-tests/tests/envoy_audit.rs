@@ -1,0 +1,279 @@
+//! palisade-audit in real Envoy (V8, 2 workers) shipping to a loopback Kafka REST Proxy:
+//! under load every event arrives exactly once by id and validates against its Avro schema;
+//! through a collector outage every event is delivered or counted dropped, and Envoy's stats
+//! say `sent + dropped == emitted`.
+
+// Test infrastructure outside any proxy: the wall clock is the right one here.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use palisade::envoy::{self, Bootstrap, EnvoyProcess, Filter};
+use palisade::plugins;
+use palisade::upstream::EchoUpstream;
+use palisade_host_tests::audit_events;
+use palisade_host_tests::collector::KafkaRestCollector;
+use palisade_host_tests::envoy_harness::{wasm_dir, workspace, WORKERS};
+use serde_json::json;
+
+const TOPICS: [&str; 4] = [
+    "palisade.events.data",
+    "palisade.events.system",
+    "palisade.events.audit",
+    "palisade.events.security",
+];
+
+struct Setup {
+    envoy: EnvoyProcess,
+    collector: KafkaRestCollector,
+    _upstream: EchoUpstream,
+    _dir: tempfile::TempDir,
+    agent: ureq::Agent,
+}
+
+/// Envoy with `front` (other Palisade filters) and then palisade-audit, shipping to a fresh
+/// collector.
+fn start_with(front: Vec<Filter>) -> Setup {
+    let collector = KafkaRestCollector::start(0, &TOPICS).unwrap();
+    let upstream = EchoUpstream::start(0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({
+        "sink": {"kafka_rest": {
+            "upstream": "kafka-rest",
+            "authority": collector.addr().to_string(),
+            "timeout": "5s",
+        }},
+        "batch": {"max_events": 20, "max_interval": "200ms", "max_buffered_events": 5000},
+        "delivery": {"max_retries": 3, "backoff_base": "100ms", "backoff_max": "1s"},
+        "classification": [
+            {"event_type": "admin_operation", "paths": ["/admin/**"]},
+            {"event_type": "data_access", "methods": ["GET"], "paths": ["/api/**"]},
+        ],
+    });
+    let audit = plugins::find("audit").unwrap();
+    let bootstrap = Bootstrap {
+        listen_port: 0,
+        upstream: upstream.addr(),
+        wasm_dir: wasm_dir(),
+        filters: front
+            .into_iter()
+            .chain([Filter::new(audit, config.to_string())])
+            .collect(),
+        native_filters: Vec::new(),
+        route_filter_configs: json!({}),
+    };
+    let mut envoy_config = bootstrap.to_json(dir.path());
+    envoy_config["static_resources"]["clusters"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "name": "kafka-rest",
+            "type": "STATIC",
+            "connect_timeout": "0.25s",
+            "load_assignment": {
+                "cluster_name": "kafka-rest",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1",
+                    "port_value": collector.addr().port(),
+                }}}}]}],
+            },
+        }));
+    let binary = envoy::default_binary(&workspace());
+    let envoy = EnvoyProcess::start_config(&binary, &envoy_config, dir.path(), WORKERS)
+        .unwrap_or_else(|err| panic!("Envoy did not start: {err}"));
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    Setup {
+        envoy,
+        collector,
+        _upstream: upstream,
+        _dir: dir,
+        agent,
+    }
+}
+
+fn start() -> Setup {
+    start_with(Vec::new())
+}
+
+impl Setup {
+    /// `requests` requests from 4 client threads, each with its own `x-request-id`.
+    fn load(&self, tag: &str, requests: usize) {
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let agent = self.agent.clone();
+                let envoy = &self.envoy;
+                scope.spawn(move || {
+                    for i in (thread..requests).step_by(4) {
+                        let path = match i % 3 {
+                            0 => "/api/orders?page=2",
+                            1 => "/admin/users",
+                            _ => "/health",
+                        };
+                        let reply = agent
+                            .get(envoy.url(path))
+                            .header("x-request-id", format!("{tag}-{i}"))
+                            .header("authorization", "Bearer s3cr3t-Zq9")
+                            .call()
+                            .unwrap();
+                        assert_eq!(reply.status(), 200);
+                    }
+                });
+            }
+        });
+    }
+
+    fn stats(&self) -> BTreeMap<String, i64> {
+        self.envoy
+            .stats()
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                let name = name.strip_prefix("wasmcustom.palisade_audit_")?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Waits until nothing is buffered in any worker and `emitted` reached `emitted`.
+    fn settled(&self, emitted: i64, limit: Duration) -> BTreeMap<String, i64> {
+        let start = Instant::now();
+        loop {
+            let stats = self.stats();
+            let get = |name: &str| stats.get(name).copied().unwrap_or(-1);
+            if get("events_emitted") == emitted && get("queue_depth") == 0 {
+                return stats;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "not settled after {limit:?}: {stats:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn every_event_under_load_arrives_exactly_once_and_validates() {
+    let setup = start();
+    const N: usize = 300;
+    setup.load("load", N);
+    let stats = setup.settled(N as i64, Duration::from_secs(30));
+    assert_eq!(stats["events_sent"], N as i64, "{stats:?}");
+    assert_eq!(stats["events_dropped"], 0, "{stats:?}");
+
+    let records = setup.collector.records();
+    let answers = setup.collector.answers();
+    assert_eq!(
+        records.len(),
+        N,
+        "exactly once: {stats:?}, collector answers {answers:?}"
+    );
+    let ids: BTreeSet<&str> = records
+        .iter()
+        .map(|r| r.value["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), N, "unique ids");
+    let request_ids: BTreeSet<String> = records
+        .iter()
+        .map(|r| r.value["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: BTreeSet<String> = (0..N).map(|i| format!("load-{i}")).collect();
+    assert_eq!(request_ids, expected);
+    for record in &records {
+        let event_type = audit_events::validate(&record.value).unwrap();
+        let topic = match event_type.as_str() {
+            "data_access" => "palisade.events.data",
+            "admin_operation" => "palisade.events.audit",
+            "api_call" => "palisade.events.system",
+            other => panic!("unexpected {other}"),
+        };
+        assert_eq!(record.topic, topic);
+        assert_eq!(record.value["status"], 200);
+        assert_eq!(record.value["route"], "default");
+        assert_eq!(record.value["upstream_cluster"], "upstream");
+        assert!(record.value["latency_ms"].is_u64());
+        assert!(record.value["bytes_out"].as_u64().unwrap() > 0);
+        assert!(!record.value.to_string().contains("s3cr3t"));
+    }
+    assert!(answers.iter().all(|&s| s == 200), "{answers:?}");
+}
+
+#[test]
+fn through_a_collector_outage_every_event_is_delivered_or_counted_dropped() {
+    let mut setup = start();
+    setup.load("before", 100);
+    setup.settled(100, Duration::from_secs(20));
+    setup.collector.stop();
+    setup.load("during", 100);
+    // Longer than the retry budget (3 retries, 100 ms base): some batches run out of retries.
+    std::thread::sleep(Duration::from_secs(2));
+    setup.collector.restart().unwrap();
+    setup.load("after", 100);
+    let stats = setup.settled(300, Duration::from_secs(30));
+    eprintln!("after the outage: {stats:?}");
+    let (sent, dropped) = (stats["events_sent"], stats["events_dropped"]);
+    assert_eq!(sent + dropped, 300, "{stats:?}");
+    assert!(
+        stats["events_retried"] > 0,
+        "the outage caused retries: {stats:?}"
+    );
+
+    let records = setup.collector.records();
+    let ids: BTreeSet<&str> = records
+        .iter()
+        .map(|r| r.value["event_id"].as_str().unwrap())
+        .collect();
+    // Every event counted sent reached the collector; redeliveries share their id.
+    assert!(ids.len() as i64 >= sent, "{} ids, {stats:?}", ids.len());
+    assert!(ids.len() <= 300);
+    let delivered: BTreeSet<String> = records
+        .iter()
+        .map(|r| r.value["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    for i in 0..100 {
+        assert!(delivered.contains(&format!("before-{i}")));
+        assert!(delivered.contains(&format!("after-{i}")));
+    }
+    for record in &records {
+        audit_events::validate(&record.value).unwrap();
+    }
+}
+
+#[test]
+fn a_local_reply_from_an_earlier_filter_is_a_security_event() {
+    let header_security = plugins::find("header-security").unwrap();
+    let setup = start_with(vec![Filter::new(
+        header_security,
+        r#"{"limits":{"max_body_bytes":1024}}"#,
+    )]);
+    let reply = setup
+        .agent
+        .post(setup.envoy.url("/api/orders"))
+        .header("x-request-id", "big-1")
+        .header("content-type", "application/json")
+        .send(&vec![b'x'; 4096][..])
+        .unwrap();
+    assert_eq!(reply.status(), 413);
+    setup.settled(1, Duration::from_secs(10));
+    let records = setup.collector.records();
+    assert_eq!(records.len(), 1);
+    let event = &records[0].value;
+    assert_eq!(audit_events::validate(event).unwrap(), "security");
+    assert_eq!(records[0].topic, "palisade.events.security");
+    assert_eq!(event["security_kind"], "body_too_large");
+    assert_eq!(event["status"], 413);
+    assert_eq!(event["method"], "POST");
+    assert_eq!(event["request_id"], "big-1");
+    assert_eq!(event["response_code_details"], "palisade_local_reply");
+    assert_eq!(
+        event["upstream_address"],
+        serde_json::Value::Null,
+        "never reached the upstream"
+    );
+    assert!(event["latency_ms"].is_u64(), "{event}");
+}

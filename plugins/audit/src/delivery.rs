@@ -1,0 +1,693 @@
+//! One worker's bounded event buffer and its deliveries, host-free, on a clock the caller passes
+//! in (milliseconds): events wait until a batch is full or its oldest event has waited
+//! `max_interval`, batches go out at most `max_in_flight` at a time, failed batches are retried
+//! with exponential backoff and jitter, and every event ends up counted as sent or dropped.
+//!
+//! The invariant the tests hold it to: `emitted == sent + dropped + buffered()`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use palisade_kit::random::Xoshiro256;
+
+use crate::event::EventType;
+
+/// Content type of the Kafka REST Proxy v2 produce API with JSON values.
+pub const KAFKA_JSON_V2: &str = "application/vnd.kafka.json.v2+json";
+/// What a v2 REST proxy answers with.
+pub const KAFKA_V2_ACCEPT: &str = "application/vnd.kafka.v2+json";
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// How batches are encoded and addressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Format {
+    /// `POST <base>/topics/<topic>`, one topic per batch.
+    KafkaRest { base_path: String },
+    /// `POST <path>`, events of every type in one body, one per line.
+    Ndjson { path: String },
+}
+
+/// The limits of a [`DeliveryQueue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub format: Format,
+    pub max_events: usize,
+    pub max_interval_ms: u64,
+    pub max_buffered: usize,
+    pub max_in_flight: usize,
+    pub max_retries: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A batch without an answer this long after it left counts as failed (Kong before 3.9
+    /// never calls back a failed dispatch).
+    pub answer_deadline_ms: u64,
+}
+
+/// An event waiting for delivery, serialised once (a retry resends the same bytes and id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEvent {
+    pub event_type: EventType,
+    pub topic: String,
+    /// Kafka record key: the subject, so one principal's events stay in order on one partition;
+    /// the event id when there is none.
+    pub key: String,
+    pub json: Vec<u8>,
+    pub enqueued_ms: u64,
+}
+
+#[derive(Debug)]
+struct Batch {
+    events: Vec<QueuedEvent>,
+    /// 0 for the first send.
+    attempt: u32,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    batch: Batch,
+    sent_ms: u64,
+}
+
+/// An HTTP request the adapter dispatches: answer it with [`DeliveryQueue::on_answer`] and the
+/// same `batch_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Send {
+    pub batch_id: u64,
+    pub path: String,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    pub events: usize,
+}
+
+/// What became of an answered batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    pub batch_id: u64,
+    pub sent: u64,
+    pub retried: u64,
+    pub dropped: u64,
+    pub latency_ms: u64,
+    /// Why some or all events were not sent (a status and the collector's error code), for one
+    /// log line.
+    pub problem: Option<String>,
+}
+
+/// Running totals since the worker started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub emitted: u64,
+    pub sent: u64,
+    pub retried: u64,
+    pub dropped: u64,
+}
+
+/// One worker's buffer and deliveries.
+#[derive(Debug)]
+pub struct DeliveryQueue {
+    settings: Settings,
+    pending: VecDeque<QueuedEvent>,
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Failed batches waiting for their retry time.
+    retrying: Vec<(u64, Batch)>,
+    next_batch_id: u64,
+    totals: Totals,
+}
+
+impl DeliveryQueue {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            pending: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            retrying: Vec::new(),
+            next_batch_id: 1,
+            totals: Totals::default(),
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Events held: waiting, in flight or waiting for a retry.
+    pub fn buffered(&self) -> usize {
+        self.pending.len()
+            + self
+                .in_flight
+                .values()
+                .map(|f| f.batch.events.len())
+                .sum::<usize>()
+            + self
+                .retrying
+                .iter()
+                .map(|(_, b)| b.events.len())
+                .sum::<usize>()
+    }
+
+    /// Takes an event; when the buffer is full it is dropped (and counted): `false`.
+    pub fn push(&mut self, event: QueuedEvent) -> bool {
+        self.totals.emitted += 1;
+        if self.buffered() >= self.settings.max_buffered {
+            self.totals.dropped += 1;
+            return false;
+        }
+        self.pending.push_back(event);
+        true
+    }
+
+    /// Is a batch due now (full, or its oldest event old enough)?
+    pub fn batch_due(&self, now_ms: u64) -> bool {
+        self.pending.len() >= self.settings.max_events
+            || self.pending.front().is_some_and(|oldest| {
+                now_ms.saturating_sub(oldest.enqueued_ms) >= self.settings.max_interval_ms
+            })
+    }
+
+    /// Batches to send now: overdue answers are counted as failures first, then retries whose
+    /// time has come, then new batches, while fewer than `max_in_flight` are out. Also returns
+    /// the failures found overdue.
+    pub fn poll(&mut self, now_ms: u64, rng: &mut Xoshiro256) -> (Vec<Send>, Vec<Answered>) {
+        let overdue: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, f)| now_ms.saturating_sub(f.sent_ms) >= self.settings.answer_deadline_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        let expired = overdue
+            .into_iter()
+            .filter_map(|id| self.on_answer(id, None, now_ms, rng))
+            .collect();
+        let mut sends = Vec::new();
+        while self.in_flight.len() < self.settings.max_in_flight {
+            let batch = if let Some(at) = self.retrying.iter().position(|(due, _)| *due <= now_ms) {
+                self.retrying.swap_remove(at).1
+            } else if self.batch_due(now_ms) {
+                self.take_batch()
+            } else {
+                break;
+            };
+            sends.push(self.launch(batch, now_ms));
+        }
+        (sends, expired)
+    }
+
+    /// Up to `max_events` of the oldest event's topic (Kafka), or the oldest `max_events`.
+    fn take_batch(&mut self) -> Batch {
+        let max = self.settings.max_events;
+        let events = match &self.settings.format {
+            Format::Ndjson { .. } => {
+                let n = max.min(self.pending.len());
+                self.pending.drain(..n).collect()
+            }
+            Format::KafkaRest { .. } => {
+                let topic = self
+                    .pending
+                    .front()
+                    .map(|e| e.topic.clone())
+                    .unwrap_or_default();
+                let mut taken = Vec::new();
+                let mut kept = VecDeque::with_capacity(self.pending.len());
+                for event in self.pending.drain(..) {
+                    if taken.len() < max && event.topic == topic {
+                        taken.push(event);
+                    } else {
+                        kept.push_back(event);
+                    }
+                }
+                self.pending = kept;
+                taken
+            }
+        };
+        Batch { events, attempt: 0 }
+    }
+
+    fn launch(&mut self, batch: Batch, now_ms: u64) -> Send {
+        let batch_id = self.next_batch_id;
+        self.next_batch_id += 1;
+        let (path, content_type, body) = match &self.settings.format {
+            Format::KafkaRest { base_path } => {
+                let topic = batch.events.first().map_or("", |e| e.topic.as_str());
+                let base = base_path.trim_end_matches('/');
+                (
+                    format!("{base}/topics/{topic}"),
+                    KAFKA_JSON_V2,
+                    kafka_body(&batch.events),
+                )
+            }
+            Format::Ndjson { path } => (path.clone(), NDJSON, ndjson_body(&batch.events)),
+        };
+        let events = batch.events.len();
+        self.in_flight.insert(
+            batch_id,
+            InFlight {
+                batch,
+                sent_ms: now_ms,
+            },
+        );
+        Send {
+            batch_id,
+            path,
+            content_type,
+            body,
+            events,
+        }
+    }
+
+    /// The collector's answer to a batch: `Some((status, body))`, or `None` when the call
+    /// failed (refused, reset, timed out). `None` back for a batch no longer in flight (already
+    /// counted overdue).
+    pub fn on_answer(
+        &mut self,
+        batch_id: u64,
+        answer: Option<(u16, &[u8])>,
+        now_ms: u64,
+        rng: &mut Xoshiro256,
+    ) -> Option<Answered> {
+        let flight = self.in_flight.remove(&batch_id)?;
+        let latency_ms = now_ms.saturating_sub(flight.sent_ms);
+        let mut batch = flight.batch;
+        let n = batch.events.len() as u64;
+        let mut result = Answered {
+            batch_id,
+            sent: 0,
+            retried: 0,
+            dropped: 0,
+            latency_ms,
+            problem: None,
+        };
+        let retry_all = match answer {
+            None => {
+                result.problem = Some("no answer (connection failed or timed out)".to_owned());
+                true
+            }
+            Some((status, body)) if (200..300).contains(&status) => {
+                let failed = match self.settings.format {
+                    Format::KafkaRest { .. } => record_errors(body, batch.events.len()),
+                    Format::Ndjson { .. } => Vec::new(),
+                };
+                if failed.is_empty() {
+                    result.sent = n;
+                    self.totals.sent += n;
+                    return Some(result);
+                }
+                // Some records failed inside a 200: retry the retriable ones, drop the rest.
+                let mut retry = Vec::new();
+                let mut failures = failed.into_iter().peekable();
+                for (index, event) in batch.events.drain(..).enumerate() {
+                    match failures.peek() {
+                        Some((at, retriable)) if *at == index => {
+                            if *retriable {
+                                retry.push(event);
+                            } else {
+                                result.dropped += 1;
+                            }
+                            failures.next();
+                        }
+                        _ => {
+                            result.sent += 1;
+                        }
+                    }
+                }
+                self.totals.sent += result.sent;
+                self.totals.dropped += result.dropped;
+                result.problem = Some(format!(
+                    "status {status}: {} of {n} records failed",
+                    n - result.sent
+                ));
+                batch.events = retry;
+                if batch.events.is_empty() {
+                    return Some(result);
+                }
+                true
+            }
+            Some((status, body)) => {
+                result.problem = Some(describe(status, body));
+                retriable_status(status)
+            }
+        };
+        let n = batch.events.len() as u64;
+        if retry_all && batch.attempt < self.settings.max_retries {
+            batch.attempt += 1;
+            let due = now_ms + self.backoff_ms(batch.attempt, rng);
+            result.retried += n;
+            self.totals.retried += n;
+            self.retrying.push((due, batch));
+        } else {
+            result.dropped += n;
+            self.totals.dropped += n;
+        }
+        Some(result)
+    }
+
+    /// Delay before retry `attempt` (1-based): base * 2^(attempt-1), capped, the upper half
+    /// jittered so workers retrying together spread out.
+    fn backoff_ms(&self, attempt: u32, rng: &mut Xoshiro256) -> u64 {
+        let exp = self
+            .settings
+            .backoff_base_ms
+            .saturating_mul(1u64 << attempt.saturating_sub(1).min(20))
+            .min(self.settings.backoff_max_ms);
+        let half = exp / 2;
+        half + rng.next_u64() % (exp - half + 1)
+    }
+}
+
+/// Worth retrying: the collector is overloaded, timed out or failing, not refusing the batch.
+fn retriable_status(status: u16) -> bool {
+    matches!(status, 408 | 429) || status >= 500
+}
+
+/// `status 404 (error_code 40401: Topic not found)` from a REST proxy's error body.
+fn describe(status: u16, body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        error_code: Option<i64>,
+        message: Option<String>,
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            error_code: Some(code),
+            message,
+        }) => {
+            let message: String = message
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(120)
+                .collect();
+            format!("status {status} (error_code {code}: {message})")
+        }
+        _ => format!("status {status}"),
+    }
+}
+
+/// Records a v2 produce answer reports failed, by index, with whether each is retriable
+/// (`error_code` 2 is retriable, 1 and anything else is not). An answer without offsets (an
+/// NDJSON-style collector behind a Kafka sink) counts as all delivered.
+fn record_errors(body: &[u8], records: usize) -> Vec<(usize, bool)> {
+    #[derive(serde::Deserialize)]
+    struct Offset {
+        error_code: Option<i64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Produced {
+        offsets: Vec<Offset>,
+    }
+    let Ok(produced) = serde_json::from_slice::<Produced>(body) else {
+        return Vec::new();
+    };
+    produced
+        .offsets
+        .iter()
+        .take(records)
+        .enumerate()
+        .filter_map(|(i, o)| o.error_code.map(|code| (i, code == 2)))
+        .collect()
+}
+
+/// `{"records":[{"key":"...","value":{...}}]}`
+fn kafka_body(events: &[QueuedEvent]) -> Vec<u8> {
+    let size: usize = events.iter().map(|e| e.json.len() + e.key.len() + 32).sum();
+    let mut body = Vec::with_capacity(size + 16);
+    body.extend_from_slice(b"{\"records\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"key\":");
+        // A string always serialises.
+        body.extend(serde_json::to_vec(&event.key).unwrap_or_default());
+        body.extend_from_slice(b",\"value\":");
+        body.extend_from_slice(&event.json);
+        body.push(b'}');
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+fn ndjson_body(events: &[QueuedEvent]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
+    for event in events {
+        body.extend_from_slice(&event.json);
+        body.push(b'\n');
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn settings(format: Format) -> Settings {
+        Settings {
+            format,
+            max_events: 3,
+            max_interval_ms: 1000,
+            max_buffered: 10,
+            max_in_flight: 2,
+            max_retries: 2,
+            backoff_base_ms: 100,
+            backoff_max_ms: 1000,
+            answer_deadline_ms: 5000,
+        }
+    }
+
+    fn kafka() -> DeliveryQueue {
+        DeliveryQueue::new(settings(Format::KafkaRest {
+            base_path: "/".into(),
+        }))
+    }
+
+    fn event(topic: &str, id: u32, at: u64) -> QueuedEvent {
+        QueuedEvent {
+            event_type: EventType::ApiCall,
+            topic: topic.into(),
+            key: format!("k{id}"),
+            json: format!(r#"{{"event_id":"e{id}"}}"#).into_bytes(),
+            enqueued_ms: at,
+        }
+    }
+
+    fn rng() -> Xoshiro256 {
+        Xoshiro256::from_seed([4; 32])
+    }
+
+    fn accounted(q: &DeliveryQueue) {
+        let t = q.totals();
+        assert_eq!(
+            t.emitted,
+            t.sent + t.dropped + q.buffered() as u64,
+            "{t:?} buffered {}",
+            q.buffered()
+        );
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once_in_the_v2_produce_shape() {
+        let mut q = kafka();
+        let mut rng = rng();
+        q.push(event("audit", 1, 0));
+        q.push(event("audit", 2, 0));
+        assert!(q.poll(0, &mut rng).0.is_empty(), "not full, not old");
+        q.push(event("audit", 3, 0));
+        let (sends, _) = q.poll(0, &mut rng);
+        assert_eq!(sends.len(), 1);
+        let send = &sends[0];
+        assert_eq!(send.path, "/topics/audit");
+        assert_eq!(send.content_type, "application/vnd.kafka.json.v2+json");
+        assert_eq!(
+            String::from_utf8(send.body.clone()).unwrap(),
+            r#"{"records":[{"key":"k1","value":{"event_id":"e1"}},{"key":"k2","value":{"event_id":"e2"}},{"key":"k3","value":{"event_id":"e3"}}]}"#
+        );
+        let answered = q
+            .on_answer(
+                send.batch_id,
+                Some((
+                    200,
+                    br#"{"offsets":[{"partition":0,"offset":1,"error_code":null,"error":null}]}"#,
+                )),
+                40,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!((answered.sent, answered.latency_ms), (3, 40));
+        assert_eq!(q.totals().sent, 3);
+        accounted(&q);
+    }
+
+    #[test]
+    fn the_interval_sends_a_partial_batch_per_topic() {
+        let mut q = kafka();
+        let mut rng = rng();
+        q.push(event("audit", 1, 0));
+        q.push(event("security", 2, 100));
+        assert!(q.poll(999, &mut rng).0.is_empty());
+        let (sends, _) = q.poll(1000, &mut rng);
+        let paths: Vec<&str> = sends.iter().map(|s| s.path.as_str()).collect();
+        // One topic per request: the security event waits for its own interval.
+        assert_eq!(paths, ["/topics/audit"]);
+        let (sends, _) = q.poll(1100, &mut rng);
+        assert_eq!(sends[0].path, "/topics/security");
+        accounted(&q);
+    }
+
+    #[test]
+    fn ndjson_mixes_types_in_one_body() {
+        let mut q = DeliveryQueue::new(settings(Format::Ndjson {
+            path: "/ingest".into(),
+        }));
+        let mut rng = rng();
+        for (i, topic) in ["a", "b", "c"].into_iter().enumerate() {
+            q.push(event(topic, i as u32, 0));
+        }
+        let (sends, _) = q.poll(0, &mut rng);
+        assert_eq!(sends[0].path, "/ingest");
+        assert_eq!(sends[0].content_type, "application/x-ndjson");
+        assert_eq!(
+            sends[0].body,
+            b"{\"event_id\":\"e0\"}\n{\"event_id\":\"e1\"}\n{\"event_id\":\"e2\"}\n"
+        );
+    }
+
+    #[test]
+    fn failures_retry_with_growing_jittered_backoff_then_drop() {
+        let mut q = kafka();
+        let mut rng = rng();
+        for i in 0..3 {
+            q.push(event("audit", i, 0));
+        }
+        let (sends, _) = q.poll(0, &mut rng);
+        let first = sends[0].batch_id;
+        let a = q
+            .on_answer(
+                first,
+                Some((503, b"{\"error_code\":50301,\"message\":\"down\"}")),
+                10,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!((a.retried, a.dropped), (3, 0));
+        assert_eq!(
+            a.problem.as_deref(),
+            Some("status 503 (error_code 50301: down)")
+        );
+        // Retry 1 waits 50..=100 ms after the failure.
+        assert!(q.poll(10 + 49, &mut rng).0.is_empty());
+        let (sends, _) = q.poll(10 + 100, &mut rng);
+        assert_eq!(sends.len(), 1);
+        let body = sends[0].body.clone();
+        let b = q.on_answer(sends[0].batch_id, None, 120, &mut rng).unwrap();
+        assert_eq!(b.retried, 3);
+        // Retry 2 waits 100..=200 ms; it resends the same bytes (same ids).
+        assert!(q.poll(120 + 99, &mut rng).0.is_empty());
+        let (sends, _) = q.poll(120 + 200, &mut rng);
+        assert_eq!(sends[0].body, body);
+        let c = q.on_answer(sends[0].batch_id, None, 400, &mut rng).unwrap();
+        assert_eq!((c.retried, c.dropped), (0, 3), "max_retries 2: dropped");
+        assert_eq!(
+            q.totals(),
+            Totals {
+                emitted: 3,
+                sent: 0,
+                retried: 6,
+                dropped: 3
+            }
+        );
+        accounted(&q);
+    }
+
+    #[test]
+    fn refusals_are_not_retried() {
+        let mut q = kafka();
+        let mut rng = rng();
+        for i in 0..3 {
+            q.push(event("audit", i, 0));
+        }
+        let (sends, _) = q.poll(0, &mut rng);
+        let a = q
+            .on_answer(
+                sends[0].batch_id,
+                Some((
+                    404,
+                    br#"{"error_code":40401,"message":"Topic audit not found."}"#,
+                )),
+                5,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!((a.retried, a.dropped), (0, 3));
+        assert_eq!(
+            a.problem.as_deref(),
+            Some("status 404 (error_code 40401: Topic audit not found.)")
+        );
+        assert!(q.on_answer(sends[0].batch_id, None, 6, &mut rng).is_none());
+        accounted(&q);
+    }
+
+    #[test]
+    fn per_record_errors_in_a_200_retry_the_retriable_ones() {
+        let mut q = kafka();
+        let mut rng = rng();
+        for i in 0..3 {
+            q.push(event("audit", i, 0));
+        }
+        let (sends, _) = q.poll(0, &mut rng);
+        let a = q
+            .on_answer(
+                sends[0].batch_id,
+                Some((
+                    200,
+                    br#"{"offsets":[{"partition":0,"offset":7,"error_code":null},{"error_code":2,"error":"leader moved"},{"error_code":1,"error":"too large"}]}"#,
+                )),
+                5,
+                &mut rng,
+            )
+            .unwrap();
+        assert_eq!((a.sent, a.retried, a.dropped), (1, 1, 1));
+        let (sends, _) = q.poll(1000, &mut rng);
+        assert_eq!(
+            String::from_utf8(sends[0].body.clone()).unwrap(),
+            r#"{"records":[{"key":"k1","value":{"event_id":"e1"}}]}"#
+        );
+        accounted(&q);
+    }
+
+    #[test]
+    fn a_full_buffer_drops_and_counts() {
+        let mut q = kafka();
+        for i in 0..12 {
+            q.push(event("audit", i, 0));
+        }
+        assert_eq!(q.buffered(), 10);
+        assert_eq!(q.totals().dropped, 2);
+        assert_eq!(q.totals().emitted, 12);
+        accounted(&q);
+    }
+
+    #[test]
+    fn in_flight_is_bounded_and_silence_counts_as_failure() {
+        let mut q = kafka();
+        let mut rng = rng();
+        for i in 0..9 {
+            q.push(event("audit", i, 0));
+        }
+        let (sends, _) = q.poll(0, &mut rng);
+        assert_eq!(sends.len(), 2, "max_in_flight");
+        let (sends, expired) = q.poll(4999, &mut rng);
+        assert!(sends.is_empty() && expired.is_empty());
+        let (sends, expired) = q.poll(5000, &mut rng);
+        assert_eq!(expired.len(), 2);
+        assert!(expired.iter().all(|e| e.retried == 3));
+        assert_eq!(
+            sends.len(),
+            1,
+            "the third batch; the retries wait out their backoff"
+        );
+        let (sends, _) = q.poll(5100, &mut rng);
+        assert_eq!(sends.len(), 1, "one retry fills the second slot");
+        assert_eq!(q.buffered(), 9);
+        accounted(&q);
+    }
+}

@@ -1,0 +1,180 @@
+//! What never leaves the proxy: secret headers are never captured, and the path's query is
+//! redacted before an event is built. Names are matched after percent-decoding and in lower
+//! case, and by the words secrets are named with: over-redacting is the safe side.
+
+use crate::config::{QueryMode, Redaction};
+
+/// The value that replaces a redacted query value.
+pub const REDACTED: &str = "REDACTED";
+
+/// Header names that always carry credentials.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// Words in a header or parameter name that say it holds a credential.
+const SECRET_WORDS: &[&str] = &[
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "apikey",
+    "api-key",
+    "api_key",
+    "session",
+    "auth",
+    "signature",
+    "credential",
+];
+
+/// Query parameter names that are secrets though no word above says so.
+const SECRET_PARAMS: &[&str] = &["key", "code", "sig", "pwd"];
+
+/// Does this (lower-case) header name carry secrets?
+pub fn is_secret_header(name: &str, configured: &[String]) -> bool {
+    SECRET_HEADERS.contains(&name)
+        || SECRET_WORDS.iter().any(|word| name.contains(word))
+        || configured.iter().any(|c| c.eq_ignore_ascii_case(name))
+}
+
+fn is_secret_param(name: &str, configured: &[String]) -> bool {
+    SECRET_PARAMS.contains(&name)
+        || SECRET_WORDS.iter().any(|word| name.contains(word))
+        || configured.iter().any(|c| c.eq_ignore_ascii_case(name))
+}
+
+/// `%5F` -> `_`, lower-cased; invalid escapes kept as they are.
+fn decoded_name(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |at: usize| bytes.get(at).and_then(|c| (*c as char).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
+/// The path as an event carries it: the query redacted per `redaction`.
+pub fn redact_path(path: &str, redaction: &Redaction) -> String {
+    let Some((base, query)) = path.split_once('?') else {
+        return path.to_owned();
+    };
+    if redaction.query == QueryMode::Drop || query.is_empty() {
+        return base.to_owned();
+    }
+    let mut out = String::with_capacity(path.len());
+    out.push_str(base);
+    let mut first = true;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, value) = match pair.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (pair, None),
+        };
+        let name = decoded_name(raw_name);
+        let kept_value = match redaction.query {
+            QueryMode::Keep if is_secret_param(&name, &redaction.redact_query_params) => continue,
+            QueryMode::Keep => value,
+            _ if redaction
+                .keep_query_params
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&name))
+                && !is_secret_param(&name, &redaction.redact_query_params) =>
+            {
+                value
+            }
+            _ => value.map(|_| REDACTED),
+        };
+        out.push(if first { '?' } else { '&' });
+        first = false;
+        out.push_str(raw_name);
+        if let Some(value) = kept_value {
+            out.push('=');
+            out.push_str(value);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn redaction(query: QueryMode) -> Redaction {
+        Redaction {
+            query,
+            keep_query_params: vec!["page".into(), "token".into()],
+            redact_query_params: vec!["tenant".into()],
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn values_are_redacted_by_default_except_kept_names() {
+        let r = redaction(QueryMode::RedactValues);
+        assert_eq!(
+            redact_path("/o?page=2&q=alice%40x.com&flag", &r),
+            "/o?page=2&q=REDACTED&flag"
+        );
+        // A kept name that names a secret is still redacted.
+        assert_eq!(redact_path("/o?token=abc", &r), "/o?token=REDACTED");
+        assert_eq!(redact_path("/o", &r), "/o");
+        assert_eq!(redact_path("/o?", &r), "/o");
+    }
+
+    #[test]
+    fn drop_removes_the_query() {
+        assert_eq!(
+            redact_path("/o?page=2&x=1", &redaction(QueryMode::Drop)),
+            "/o"
+        );
+    }
+
+    #[test]
+    fn keep_removes_secret_parameters_whole() {
+        let r = redaction(QueryMode::Keep);
+        assert_eq!(
+            redact_path(
+                "/o?page=2&access_token=s3cr3t&API%5FKEY=k&Tenant=t&key=x&q=1",
+                &r
+            ),
+            "/o?page=2&q=1"
+        );
+    }
+
+    #[test]
+    fn secret_headers_by_name_word_and_configuration() {
+        for name in [
+            "authorization",
+            "cookie",
+            "set-cookie",
+            "x-api-key",
+            "x-auth-token",
+            "x-session-id",
+        ] {
+            assert!(is_secret_header(name, &[]), "{name}");
+        }
+        assert!(is_secret_header("x-tenant-pin", &["x-tenant-pin".into()]));
+        assert!(!is_secret_header("x-tenant", &[]));
+        assert!(!is_secret_header("user-agent", &[]));
+    }
+}
