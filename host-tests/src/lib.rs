@@ -4,8 +4,8 @@
 // Test infrastructure runs outside any proxy: the wall clock is the right one here.
 #![allow(clippy::disallowed_methods)]
 
-pub mod auth_tokens;
 pub mod audit_events;
+pub mod auth_tokens;
 pub mod collector;
 pub mod envoy_harness;
 pub mod wasm_host;
