@@ -14,7 +14,7 @@ fn bad_configs() -> Vec<(&'static PluginInfo, &'static str, &'static str)> {
         (
             p("auth"),
             r#"{"providers":[{"name":"idp","issuer":"","algorithms":["RS256"]}]}"#,
-            "providers[0].issuer: must not be empty",
+            "providers[0].issuer: must not be empty; providers[0].jwks: is required for RS*, PS*, ES* and EdDSA",
         ),
         (
             p("rate-limit"),
