@@ -142,17 +142,7 @@ pub fn kong_filters_image(
         .iter()
         .map(|(name, bytes)| (name.as_str(), bytes.as_slice()))
         .collect();
-    let tar = tar_gz::tar(&entries)?;
-    let layer = Blob::new(OCI_LAYER_TAR_GZIP, tar_gz::gzip(&tar)?);
-    let config = Blob::json(
-        OCI_IMAGE_CONFIG,
-        &json!({
-            "architecture": "wasm",
-            "os": "wasip1",
-            "config": {},
-            "rootfs": { "type": "layers", "diff_ids": [Digest::of(&tar).to_string()] },
-        }),
-    );
+    let (layer, config) = wasm_image::files_layer(&entries)?;
     let annotations = BTreeMap::from([
         (annotation::TITLE.to_owned(), KONG_FILTERS_IMAGE.to_owned()),
         (

@@ -90,20 +90,10 @@ pub fn build(variant: Variant, module: &[u8], meta: &ImageMeta) -> Result<Image,
             ))
         }
         Variant::Compat => {
-            let tar = tar_gz::tar(&[
+            let (layer, config) = files_layer(&[
                 ("plugin.wasm", module),
                 ("runtime-config.json", &runtime_config.bytes),
             ])?;
-            let layer = Blob::new(OCI_LAYER_TAR_GZIP, tar_gz::gzip(&tar)?);
-            let config = Blob::json(
-                OCI_IMAGE_CONFIG,
-                &json!({
-                    "architecture": "wasm",
-                    "os": "wasip1",
-                    "config": {},
-                    "rootfs": { "type": "layers", "diff_ids": [Digest::of(&tar).to_string()] },
-                }),
-            );
             annotations.insert(annotation::WASM_VARIANT.to_owned(), "compat".to_owned());
             Ok(Image::new(
                 config,
@@ -112,6 +102,23 @@ pub fn build(variant: Variant, module: &[u8], meta: &ImageMeta) -> Result<Image,
             ))
         }
     }
+}
+
+/// One gzipped tar layer holding `files`, and the image config that names it: the Docker-style
+/// shape Istio's compat variant and Kong's filters image both use.
+pub fn files_layer(files: &[(&str, &[u8])]) -> Result<(Blob, Blob), TarError> {
+    let tar = tar_gz::tar(files)?;
+    let layer = Blob::new(OCI_LAYER_TAR_GZIP, tar_gz::gzip(&tar)?);
+    let config = Blob::json(
+        OCI_IMAGE_CONFIG,
+        &json!({
+            "architecture": "wasm",
+            "os": "wasip1",
+            "config": {},
+            "rootfs": { "type": "layers", "diff_ids": [Digest::of(&tar).to_string()] },
+        }),
+    );
+    Ok((layer, config))
 }
 
 fn titled(title: &str) -> BTreeMap<String, String> {
