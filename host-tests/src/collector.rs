@@ -14,8 +14,8 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
+use palisade::http_server::{Request, Response, Server};
 use serde_json::{json, Value};
 
 /// A record the collector accepted.
@@ -39,7 +39,7 @@ pub struct KafkaRestCollector {
     addr: SocketAddr,
     topics: BTreeSet<String>,
     state: Arc<Mutex<State>>,
-    server: Option<(Arc<tiny_http::Server>, JoinHandle<()>)>,
+    server: Option<Server>,
 }
 
 impl KafkaRestCollector {
@@ -56,20 +56,11 @@ impl KafkaRestCollector {
     }
 
     fn listen(&mut self) -> std::io::Result<()> {
-        let server = tiny_http::Server::http(self.addr).map_err(std::io::Error::other)?;
-        if let Some(addr) = server.server_addr().to_ip() {
-            self.addr = addr;
-        }
-        let server = Arc::new(server);
         let state = Arc::clone(&self.state);
         let topics = self.topics.clone();
-        let serving = Arc::clone(&server);
-        let thread = std::thread::spawn(move || {
-            for request in serving.incoming_requests() {
-                answer(request, &topics, &state);
-            }
-        });
-        self.server = Some((server, thread));
+        let server = Server::start(self.addr, move |request| answer(&request, &topics, &state))?;
+        self.addr = server.addr();
+        self.server = Some(server);
         Ok(())
     }
 
@@ -77,12 +68,10 @@ impl KafkaRestCollector {
         self.addr
     }
 
-    /// Stops listening: connections are refused until [`Self::restart`].
+    /// Stops listening and closes its connections: connections are refused until
+    /// [`Self::restart`].
     pub fn stop(&mut self) {
-        if let Some((server, thread)) = self.server.take() {
-            server.unblock();
-            let _ = thread.join();
-        }
+        self.server = None;
     }
 
     /// Listens again on the same port, keeping what it received.
@@ -121,31 +110,27 @@ fn error(status: u16, code: u32, message: &str) -> (u16, Value) {
     (status, json!({"error_code": code, "message": message}))
 }
 
-fn answer(mut request: tiny_http::Request, topics: &BTreeSet<String>, state: &Mutex<State>) {
-    let mut body = String::new();
-    let read = request.as_reader().read_to_string(&mut body);
-    let content_type = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("content-type"))
-        .map(|h| h.value.as_str().to_owned());
-    let url = request.url().to_owned();
+fn answer(request: &Request, topics: &BTreeSet<String>, state: &Mutex<State>) -> Response {
+    let body = std::str::from_utf8(&request.body)
+        .ok()
+        .filter(|_| request.body_complete);
+    let content_type = request.header("content-type");
+    let url = request.path.as_str();
     let (status, reply) = (|| {
-        if *request.method() != tiny_http::Method::Post {
+        if request.method != "POST" {
             return error(405, 405, "HTTP 405 Method Not Allowed");
         }
         let Some(topic) = url.strip_prefix("/topics/") else {
             return error(404, 404, "HTTP 404 Not Found");
         };
-        if content_type.as_deref() != Some("application/vnd.kafka.json.v2+json") {
+        if content_type != Some("application/vnd.kafka.json.v2+json") {
             return error(415, 415, "HTTP 415 Unsupported Media Type");
         }
         if !topics.contains(topic) {
             return error(404, 40401, &format!("Topic {topic} not found."));
         }
-        let parsed: Option<Vec<Value>> = read
-            .ok()
-            .and_then(|_| serde_json::from_str::<Value>(&body).ok())
+        let parsed: Option<Vec<Value>> = body
+            .and_then(|body| serde_json::from_str::<Value>(body).ok())
             .and_then(|v| v.get("records")?.as_array().cloned())
             .filter(|records| {
                 !records.is_empty()
@@ -184,11 +169,12 @@ fn answer(mut request: tiny_http::Request, topics: &BTreeSet<String>, state: &Mu
         )
     })();
     lock(state).answers.push(status);
-    let mut response = tiny_http::Response::from_string(reply.to_string()).with_status_code(status);
-    if let Ok(header) =
-        tiny_http::Header::from_bytes("content-type", "application/vnd.kafka.v2+json")
-    {
-        response = response.with_header(header);
+    Response {
+        status,
+        headers: vec![(
+            "content-type".to_owned(),
+            "application/vnd.kafka.v2+json".to_owned(),
+        )],
+        body: reply.to_string().into_bytes(),
     }
-    let _ = request.respond(response);
 }
