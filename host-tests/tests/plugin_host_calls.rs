@@ -149,14 +149,14 @@ fn cases() -> Vec<Case> {
             "example",
             example("audit"),
             Scenario::Get,
-            30,
+            18,
         ),
         case(
             Plugin::Audit,
             "example",
             example("audit"),
             Scenario::Post1k,
-            30,
+            18,
         ),
     ]
 }
