@@ -6,6 +6,7 @@
 
 pub mod audit_events;
 pub mod auth_tokens;
+pub mod bench_configs;
 pub mod collector;
 pub mod envoy_harness;
 pub mod wasm_host;

@@ -249,3 +249,47 @@ fn cors_preflight_and_actual_requests() {
     // Only the actual request reached the upstream.
     assert_eq!(test.upstream.seen().len(), 1);
 }
+
+/// Sends one raw HTTP/1.1 request (bytes no HTTP client would send) and returns the status.
+fn raw_status(test: &EnvoyTest, request: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", test.envoy.port())).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    socket.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+/// Without limits of its own the plugin reads no more than the few headers it needs: these
+/// checks are Envoy's, before any filter (docs/header-security.md).
+#[test]
+fn envoy_enforces_header_limits_and_control_characters_the_plugin_leaves_to_it() {
+    let test = header_security("{}");
+    let control =
+        b"GET / HTTP/1.1\r\nhost: api.example.com\r\nx-a: a\x1bb\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw_status(&test, control), 400);
+    let delete =
+        b"GET / HTTP/1.1\r\nhost: api.example.com\r\nx-a: a\x7fb\r\nconnection: close\r\n\r\n";
+    assert_eq!(raw_status(&test, delete), 400);
+
+    // max_request_headers_count: 100 by default.
+    let many: Vec<(String, String)> = (0..101)
+        .map(|i| (format!("x-h{i}"), "v".to_owned()))
+        .collect();
+    let headers: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert_eq!(test.get("/", &headers).status, 431);
+    // max_request_headers_kb: 60 KiB by default.
+    let big = "v".repeat(61 * 1024);
+    assert_eq!(test.get("/", &[("x-big", &big)]).status, 431);
+    assert!(test.upstream.seen().is_empty());
+    // An ordinary request still passes.
+    assert_eq!(test.get("/", &[("x-a", "a\tb")]).status, 200);
+}

@@ -13,16 +13,9 @@ use std::time::Duration;
 
 use palisade::envoy::{self, Bootstrap, EnvoyProcess, Filter};
 use palisade::plugins::{self, PluginInfo};
+use palisade_host_tests::bench_configs::HEADER_SECURITY;
 use palisade_host_tests::envoy_harness::{wasm_dir, workspace, WORKERS};
 use serde_json::{json, Value};
-
-/// header-security as an edge would run it: the API preset, CORS for one app, a request id.
-const HEADER_SECURITY: &str = r#"{
-    "security_headers": {"preset": "api"},
-    "cors": {"allow_origins": [{"exact": "https://app.example.com"}], "allow_methods": ["GET", "POST"],
-             "allow_headers": ["authorization", "content-type"], "max_age": "10m"},
-    "trace_context": {"create": false}
-}"#;
 
 /// The same work with Envoy's own filters: CORS, and header_mutation for the security headers.
 fn native_header_security() -> (Vec<Value>, Value) {

@@ -89,3 +89,7 @@ impl LogLevel {
         }
     }
 }
+
+/// The name [`super::HttpStream::host_calls`] books the host's call into the guest allocator
+/// (`proxy_on_memory_allocate`) under: how a host hands the guest a header map or a property.
+pub const GUEST_ALLOCATION: &str = "proxy_on_memory_allocate";

@@ -260,6 +260,19 @@ impl HttpStream {
         self.with_data(|data| data.fuel.clone())
     }
 
+    /// Host calls this stream's callbacks made, in order, with the callback that made each.
+    /// The host calling the guest's allocator to hand it data (a header map, a property) counts
+    /// as [`super::abi::GUEST_ALLOCATION`]: in Envoy's V8 that crossing back into the VM is the
+    /// dearest of all.
+    pub fn host_calls(&self) -> Vec<(Callback, &'static str)> {
+        self.with_data(|data| data.host_calls.clone())
+    }
+
+    /// How many host calls (allocations into the guest included) the stream made.
+    pub fn host_call_count(&self) -> usize {
+        self.with_data(|data| data.host_calls.len())
+    }
+
     /// Log lines logged from this stream's context.
     pub fn logs(&self) -> Vec<LogEntry> {
         self.host

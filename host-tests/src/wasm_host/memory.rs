@@ -72,6 +72,9 @@ fn allocate(caller: &mut Caller<'_, VmState>, size: u32) -> wasmtime::Result<u32
             "the module exports neither proxy_on_memory_allocate nor malloc: the host cannot hand it data",
         ));
     };
+    caller
+        .data_mut()
+        .count_host_call(super::abi::GUEST_ALLOCATION);
     let previous = std::mem::replace(&mut caller.data_mut().phase, Phase::Allocating);
     let address = allocator.call(&mut *caller, size);
     caller.data_mut().phase = previous;

@@ -93,6 +93,10 @@ pub(crate) struct StreamData {
     pub kong_response_buffered: bool,
     pub properties_set: BTreeMap<String, Vec<u8>>,
     pub fuel: Vec<(Callback, u64)>,
+    /// Host calls made from this stream's callbacks, in order, with
+    /// [`super::abi::GUEST_ALLOCATION`] for each time the host called the guest's allocator to
+    /// hand it data.
+    pub host_calls: Vec<(Callback, &'static str)>,
     pub finished: bool,
 }
 

@@ -149,6 +149,17 @@ impl VmState {
         });
     }
 
+    /// Books a host call (or the host's call into the guest allocator) on the stream whose
+    /// callback is running; calls from root-context callbacks are not per request.
+    pub(crate) fn count_host_call(&mut self, name: &'static str) {
+        let Some(callback) = self.callback else {
+            return;
+        };
+        if let Some(stream) = self.streams.get_mut(&self.active_context) {
+            stream.host_calls.push((callback, name));
+        }
+    }
+
     pub(crate) fn new_context_id(&mut self) -> u32 {
         self.next_context_id += 1;
         self.next_context_id

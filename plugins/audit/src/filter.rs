@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use palisade_kit::clock::Clock;
-use palisade_kit::header_pairs::{decode_borrowed, get as header_of};
+use palisade_kit::header_pairs::decode_borrowed;
 use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::{Counter, Gauge, Histogram};
 use palisade_kit::host::{self, HostClock, Map};
@@ -371,6 +371,7 @@ impl RootContext for AuditRoot {
                 worker: Rc::clone(worker),
                 started_ms: None,
                 denial: None,
+                saw_response: false,
             }),
             // Audit never fails a request: an unconfigured audit lets traffic through.
             None => Box::new(host::PassThrough),
@@ -386,6 +387,8 @@ struct Stream {
     worker: Rc<Worker>,
     started_ms: Option<u64>,
     denial: Option<Denial>,
+    /// Our response phase ran: it took the refusing plugin's note already.
+    saw_response: bool,
 }
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {
@@ -416,7 +419,9 @@ fn denial_from(value: &[u8]) -> Option<Denial> {
 }
 
 impl Stream {
-    fn status_and_flavor(&self, response: &[(&[u8], &[u8])]) -> u16 {
+    /// The status: Envoy's and Kong's `response.code`, else the response's `:status` (asked
+    /// for only then). The first answer also tells which proxy this is.
+    fn status_and_flavor(&self) -> u16 {
         let worker = &self.worker;
         let code = property(&["response", "code"]);
         if worker.flavor.get() == Flavor::Unknown {
@@ -431,10 +436,8 @@ impl Stream {
         code.and_then(|c| decode_int(worker.flavor.get(), &c))
             .and_then(|c| u16::try_from(c).ok())
             .or_else(|| {
-                std::str::from_utf8(header_of(response, ":status")?)
-                    .ok()?
-                    .parse()
-                    .ok()
+                let status = host::header(Map::ResponseHeaders, ":status").ok()??;
+                std::str::from_utf8(&status).ok()?.parse().ok()
             })
             .unwrap_or(0)
     }
@@ -442,17 +445,21 @@ impl Stream {
     fn facts_and_event(&mut self) -> Verdict {
         let worker = Rc::clone(&self.worker);
         let now_ms = HostClock.unix_millis();
+        // The request's headers in one read: the event needs most of the ones it carries
+        // (method, path, host, identity, user agent, ids, captured headers).
         let raw_request = host::headers_raw(Map::RequestHeaders).unwrap_or_default();
         let request = decode_borrowed(&raw_request).unwrap_or_default();
-        let raw_response = host::headers_raw(Map::ResponseHeaders).unwrap_or_default();
-        let response = decode_borrowed(&raw_response).unwrap_or_default();
-        let status = self.status_and_flavor(&response);
+        let status = self.status_and_flavor();
         let flavor = worker.flavor.get();
-        // A local reply an earlier filter sent may not have passed our response phase.
-        let denial = self
-            .denial
-            .take()
-            .or_else(|| header_of(&response, DENIED_BY).and_then(denial_from));
+        // A local reply an earlier filter sent does not pass our response phase: its note is
+        // read here, one header rather than the whole response map.
+        let denial = self.denial.take().or_else(|| {
+            if self.saw_response {
+                return None;
+            }
+            let value = host::header(Map::ResponseHeaders, DENIED_BY).ok()??;
+            denial_from(&value)
+        });
         let measured = self.started_ms.map(|start| now_ms.saturating_sub(start));
         let mut facts = Facts {
             request_headers: &request,
@@ -499,6 +506,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.saw_response = true;
         // The refusing plugin's note is for us, not for the client.
         if let Ok(Some(value)) = host::header(Map::ResponseHeaders, DENIED_BY) {
             self.denial = denial_from(&value);

@@ -76,15 +76,28 @@ pub enum DisallowedPreflight {
 }
 
 /// Limits checked before the upstream sees anything.
+///
+/// The header count and size limits, and the control-character check, need every request
+/// header, which costs a read of the whole map per request (in Envoy's V8, a call back into the
+/// VM and a copy of each header). Absent, the proxy's own limits apply: Envoy's HTTP connection
+/// manager answers 431 above `max_request_headers_kb` (60 KiB) and `max_request_headers_count`
+/// (100), and its HTTP/1 and HTTP/2 codecs refuse control characters in header values; nginx
+/// (Kong) answers 400/494 above `large_client_header_buffers`. Set them here only to be
+/// stricter than the proxy (see docs/header-security.md).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest request body, in bytes (413 above it).
     pub max_body_bytes: u64,
-    /// Most request header fields (pseudo-headers not counted; 431 above it).
-    pub max_header_count: u32,
+    /// Most request header fields (pseudo-headers not counted; 431 above it). Absent: the
+    /// proxy's limit.
+    pub max_header_count: Option<u32>,
     /// Largest total size of request header names and values, in bytes (431 above it).
-    pub max_header_bytes: u32,
+    /// Absent: the proxy's limit.
+    pub max_header_bytes: Option<u32>,
+    /// Refuse (400) a request whose header values hold control characters. Envoy's codecs
+    /// already do; nginx passes some on, so Kong configurations set it.
+    pub reject_control_characters: bool,
     /// Methods served (405 for others, with `Allow`). Empty: any method.
     pub allowed_methods: Vec<String>,
     /// Hosts served (403 for others): `api.example.com`, `*.example.com`, optionally with
@@ -96,8 +109,9 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 100 * 1024 * 1024,
-            max_header_count: 100,
-            max_header_bytes: 64 * 1024,
+            max_header_count: None,
+            max_header_bytes: None,
+            reject_control_characters: false,
             allowed_methods: Vec::new(),
             allowed_hosts: Vec::new(),
         }

@@ -65,9 +65,30 @@ pub enum RequestVerdict<'a> {
     Reply(LocalReply),
 }
 
+/// The request headers a CORS request is decided on, read only once it has an `Origin`.
+const CORS_REQUEST_HEADERS: [&str; 3] = [
+    ":method",
+    "access-control-request-method",
+    "access-control-request-headers",
+];
+
+/// Which response headers [`HeaderSecurity::on_response_headers`] looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseReads {
+    /// None: its edits are blind.
+    Nothing,
+    /// `Vary` alone (CORS adds `Origin` to it unless already there).
+    Vary,
+    /// Every header (a response transform renames one).
+    All,
+}
+
 /// palisade-header-security's compiled configuration and its decisions.
 #[derive(Debug, Clone)]
 pub struct HeaderSecurity {
+    /// The request headers the decisions read, when not all of them: each is one host call,
+    /// cheaper than the whole map (which the host serialises and copies into the VM).
+    request_header_names: Option<Vec<String>>,
     security: SecurityHeaders,
     cors: Option<CorsPolicy>,
     limits: RequestLimits,
@@ -111,7 +132,26 @@ impl HeaderSecurity {
                 p.push_at("sampling_rate", "must be between 0 and 1");
             }
         });
+        let request_header_names =
+            (!limits.needs_all_headers() && !request_transforms.reads_headers()).then(|| {
+                let mut names = vec![config.request_id.header.clone()];
+                if config.trace_context.create {
+                    names.push("traceparent".to_owned());
+                }
+                names.extend(limits.header_names().map(str::to_owned));
+                if cors.is_some() {
+                    names.push("origin".to_owned());
+                }
+                let mut unique: Vec<String> = Vec::with_capacity(names.len());
+                for name in names {
+                    if !unique.contains(&name) {
+                        unique.push(name);
+                    }
+                }
+                unique
+            });
         Self {
+            request_header_names,
             security: SecurityHeaders::new(&config.security_headers),
             cors,
             limits,
@@ -122,7 +162,35 @@ impl HeaderSecurity {
         }
     }
 
-    /// Decides on the request headers.
+    /// Reads the request headers [`Self::on_request_headers`] needs through `get` (one host
+    /// call per name; a header's values joined as the host joins them), or `None` when it needs
+    /// the whole map. The CORS headers are asked for only when the request has an `Origin`.
+    pub fn lookup_request_headers(
+        &self,
+        mut get: impl FnMut(&str) -> Option<Vec<u8>>,
+    ) -> Option<Vec<(&str, Vec<u8>)>> {
+        let names = self.request_header_names.as_ref()?;
+        let mut found: Vec<(&str, Vec<u8>)> = Vec::with_capacity(names.len() + 3);
+        for name in names {
+            if let Some(value) = get(name) {
+                found.push((name.as_str(), value));
+            }
+        }
+        let has_origin = found.iter().any(|(name, _)| *name == "origin");
+        if self.cors.is_some() && has_origin {
+            for name in CORS_REQUEST_HEADERS {
+                if names.iter().all(|known| known != name) {
+                    if let Some(value) = get(name) {
+                        found.push((name, value));
+                    }
+                }
+            }
+        }
+        Some(found)
+    }
+
+    /// Decides on the request headers: the whole map, or what
+    /// [`Self::lookup_request_headers`] found.
     pub fn on_request_headers(
         &self,
         headers: &[(&[u8], &[u8])],
@@ -274,10 +342,18 @@ impl HeaderSecurity {
         edits
     }
 
-    /// Whether [`Self::on_response_headers`] looks at the response's headers (CORS's `Vary`
-    /// check, transforms); without it the adapter need not read them from the host.
-    pub fn reads_response_headers(&self) -> bool {
-        self.cors.is_some() || !self.response_transforms.is_empty()
+    /// Which response headers [`Self::on_response_headers`] looks at for this stream; the
+    /// adapter reads no more than that from the host.
+    pub fn response_reads(&self, state: &StreamState) -> ResponseReads {
+        if state.replied {
+            ResponseReads::Nothing
+        } else if self.response_transforms.reads_headers() {
+            ResponseReads::All
+        } else if self.cors.is_some() {
+            ResponseReads::Vary
+        } else {
+            ResponseReads::Nothing
+        }
     }
 
     /// Headers every response gets: security headers, the request id, CORS for an allowed
@@ -467,6 +543,100 @@ mod tests {
         assert!(
             (140..=260).contains(&sampled),
             "{sampled} of 2000 sampled at 10%"
+        );
+    }
+
+    /// What `lookup_request_headers` asks the host for, and what it found.
+    fn lookups(e: &HeaderSecurity, headers: &Pairs) -> (Vec<String>, Option<Pairs>) {
+        let mut asked = Vec::new();
+        let found = e.lookup_request_headers(|name| {
+            asked.push(name.to_owned());
+            header(&borrow(headers), name).map(<[u8]>::to_vec)
+        });
+        let found = found.map(|f| {
+            f.into_iter()
+                .map(|(n, v)| (n.as_bytes().to_vec(), v))
+                .collect()
+        });
+        (asked, found)
+    }
+
+    #[test]
+    fn reads_only_the_request_headers_its_checks_need() {
+        let (asked, found) = lookups(&engine("{}"), &request(&[("x-request-id", "r-1")]));
+        assert_eq!(asked, ["x-request-id", "traceparent", "content-length"]);
+        assert_eq!(
+            found,
+            Some(vec![(b"x-request-id".to_vec(), b"r-1".to_vec())])
+        );
+
+        // CORS reads the origin, and the rest of a CORS request only when it has one.
+        let cors = engine(CORS);
+        let (asked, _) = lookups(&cors, &request(&[]));
+        assert_eq!(
+            asked,
+            [
+                "x-request-id",
+                "traceparent",
+                "content-length",
+                ":method",
+                "origin"
+            ]
+        );
+        let preflight = request(&[
+            (":method", "OPTIONS"),
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+        ]);
+        let (asked, found) = lookups(&cors, &preflight);
+        assert_eq!(
+            asked,
+            [
+                "x-request-id",
+                "traceparent",
+                "content-length",
+                ":method",
+                "origin",
+                "access-control-request-method",
+                "access-control-request-headers"
+            ]
+        );
+        // Deciding on what was found is deciding on the whole map.
+        let (whole, _) = run(&cors, &preflight);
+        let (partial, _) = run(&cors, &found.unwrap());
+        assert_eq!(whole, partial);
+
+        // A stricter limit or a rename needs every header.
+        for json in [
+            r#"{"limits":{"max_header_count":20}}"#,
+            r#"{"transforms":{"request":[{"rename":{"from":"x-a","to":"x-b"}}]}}"#,
+        ] {
+            let (asked, found) = lookups(&engine(json), &request(&[]));
+            assert!(asked.is_empty() && found.is_none(), "{json}");
+        }
+    }
+
+    #[test]
+    fn response_reads_follow_the_configuration() {
+        let state = StreamState::default();
+        assert_eq!(engine("{}").response_reads(&state), ResponseReads::Nothing);
+        assert_eq!(engine(CORS).response_reads(&state), ResponseReads::Vary);
+        assert_eq!(
+            engine(r#"{"transforms":{"response":[{"set":{"name":"x-a","value":"1"}}]}}"#)
+                .response_reads(&state),
+            ResponseReads::Nothing
+        );
+        assert_eq!(
+            engine(r#"{"transforms":{"response":[{"rename":{"from":"x-a","to":"x-b"}}]}}"#)
+                .response_reads(&state),
+            ResponseReads::All
+        );
+        // A reply of our own already carries every header: nothing to read.
+        let e = engine(r#"{"limits":{"allowed_methods":["GET"]}}"#);
+        let (_, replied) = run(&e, &request(&[(":method", "PUT")]));
+        assert_eq!(
+            engine(CORS).response_reads(&replied),
+            ResponseReads::Nothing
         );
     }
 

@@ -12,7 +12,9 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::HeaderSecurityConfig;
-use crate::engine::{HeaderSecurity, HostValues, LocalReply, RequestVerdict, StreamState};
+use crate::engine::{
+    HeaderSecurity, HostValues, LocalReply, RequestVerdict, ResponseReads, StreamState,
+};
 
 const NAME: &str = "palisade-header-security";
 
@@ -117,6 +119,14 @@ fn strip_port(address: &str) -> &str {
     }
 }
 
+/// One header's value; a header the host cannot read counts as absent (logged).
+fn lookup(map: Map, name: &str) -> Option<Vec<u8>> {
+    host::header(map, name).unwrap_or_else(|err| {
+        log::warn!("[{NAME}] could not read header {name}: {err}");
+        None
+    })
+}
+
 /// A header map as the host's raw answer; decode with [`fields`].
 fn read(map: Map) -> Vec<u8> {
     host::headers_raw(map).unwrap_or_else(|err| {
@@ -151,9 +161,24 @@ impl Context for Stream {}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let raw = read(Map::RequestHeaders);
-        let headers = fields(&raw);
         let worker = Rc::clone(&self.worker);
+        // The few headers the configured checks need, one host call each (a missing header
+        // costs no copy into the VM); the whole map only when a check needs every header.
+        let found = worker
+            .engine
+            .lookup_request_headers(|name| lookup(Map::RequestHeaders, name));
+        let raw = if found.is_none() {
+            read(Map::RequestHeaders)
+        } else {
+            Vec::new()
+        };
+        let headers = match &found {
+            Some(found) => found
+                .iter()
+                .map(|(name, value)| (name.as_bytes(), value.as_slice()))
+                .collect(),
+            None => fields(&raw),
+        };
         let verdict = worker.engine.on_request_headers(
             &headers,
             &mut worker.rng.borrow_mut(),
@@ -163,6 +188,11 @@ impl HttpContext for Stream {
             &mut self.state,
         );
         match verdict {
+            // A partial snapshot cannot be written back whole: its edits go one by one.
+            RequestVerdict::Continue(edits) if found.is_some() => {
+                host::apply_edits_one_by_one(Map::RequestHeaders, &edits);
+                Action::Continue
+            }
             RequestVerdict::Continue(edits) => {
                 host::apply_edits(Map::RequestHeaders, &headers, &edits);
                 Action::Continue
@@ -185,15 +215,25 @@ impl HttpContext for Stream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let worker = Rc::clone(&self.worker);
-        // Reading a map makes the host call back into the VM to allocate (the dearest crossing
-        // in Envoy's V8): only when the engine needs the response's headers. Otherwise the
-        // edits go one call each, which are guest-to-host calls only.
-        let raw = if worker.engine.reads_response_headers() {
+        // Reading the whole map makes the host serialise it and call back into the VM to
+        // allocate (the dearest crossing in Envoy's V8): only for a rename. CORS needs `Vary`
+        // alone. The edits then go one call each, which are guest-to-host calls only, and
+        // cheaper for the host than replacing the map (docs/header-security.md, Performance).
+        let reads = worker.engine.response_reads(&self.state);
+        let vary = if reads == ResponseReads::Vary {
+            lookup(Map::ResponseHeaders, "vary")
+        } else {
+            None
+        };
+        let raw = if reads == ResponseReads::All {
             read(Map::ResponseHeaders)
         } else {
             Vec::new()
         };
-        let headers = fields(&raw);
+        let headers = match &vary {
+            Some(value) => vec![(&b"vary"[..], value.as_slice())],
+            None => fields(&raw),
+        };
         let edits = worker.engine.on_response_headers(
             &self.state,
             &headers,
@@ -201,10 +241,10 @@ impl HttpContext for Stream {
                 route_property: &worker.route_property,
             },
         );
-        if raw.is_empty() {
-            host::apply_edits_one_by_one(Map::ResponseHeaders, &edits);
-        } else {
+        if reads == ResponseReads::All {
             host::apply_edits(Map::ResponseHeaders, &headers, &edits);
+        } else {
+            host::apply_edits_one_by_one(Map::ResponseHeaders, &edits);
         }
         Action::Continue
     }

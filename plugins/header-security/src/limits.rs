@@ -123,8 +123,9 @@ impl LimitExceeded {
 #[derive(Debug, Clone)]
 pub struct RequestLimits {
     max_body_bytes: u64,
-    max_header_count: usize,
-    max_header_bytes: usize,
+    max_header_count: Option<usize>,
+    max_header_bytes: Option<usize>,
+    reject_control_characters: bool,
     methods: Vec<String>,
     allow_header: String,
     hosts: Vec<HostPattern>,
@@ -135,10 +136,10 @@ impl RequestLimits {
         if config.max_body_bytes == 0 {
             problems.push_at("max_body_bytes", "must be at least 1");
         }
-        if config.max_header_count == 0 {
+        if config.max_header_count == Some(0) {
             problems.push_at("max_header_count", "must be at least 1");
         }
-        if config.max_header_bytes == 0 {
+        if config.max_header_bytes == Some(0) {
             problems.push_at("max_header_bytes", "must be at least 1");
         }
         problems.field("allowed_methods", |p| {
@@ -165,15 +166,47 @@ impl RequestLimits {
         });
         Self {
             max_body_bytes: config.max_body_bytes,
-            max_header_count: usize::try_from(config.max_header_count).unwrap_or(usize::MAX),
-            max_header_bytes: usize::try_from(config.max_header_bytes).unwrap_or(usize::MAX),
+            max_header_count: config
+                .max_header_count
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            max_header_bytes: config
+                .max_header_bytes
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+            reject_control_characters: config.reject_control_characters,
             methods: config.allowed_methods.clone(),
             allow_header: config.allowed_methods.join(", "),
             hosts,
         }
     }
 
-    /// Checks the request headers. Pseudo-headers (`:path`, ...) are not counted as fields, but
+    /// Whether a check needs every request header (count, size, control characters): else
+    /// [`Self::header_names`] are all it reads.
+    pub fn needs_all_headers(&self) -> bool {
+        self.max_header_count.is_some()
+            || self.max_header_bytes.is_some()
+            || self.reject_control_characters
+    }
+
+    /// The request headers the checks read when they do not need them all.
+    pub fn header_names(&self) -> impl Iterator<Item = &'static str> {
+        let method: &[&'static str] = if self.methods.is_empty() {
+            &[]
+        } else {
+            &[":method"]
+        };
+        let host: &[&'static str] = if self.hosts.is_empty() {
+            &[]
+        } else {
+            &[":authority", "host"]
+        };
+        ["content-length"]
+            .into_iter()
+            .chain(method.iter().copied())
+            .chain(host.iter().copied())
+    }
+
+    /// Checks the request headers: every one when [`Self::needs_all_headers`], else at least
+    /// [`Self::header_names`]. Pseudo-headers (`:path`, ...) are not counted as fields, but
     /// their bytes count toward the size.
     pub fn check_headers(&self, headers: &[(&[u8], &[u8])]) -> Result<(), LimitExceeded> {
         let mut count = 0usize;
@@ -182,7 +215,9 @@ impl RequestLimits {
         let mut authority: Option<&[u8]> = None;
         let mut content_length: Option<&[u8]> = None;
         for &(name, value) in headers {
-            if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            if self.reject_control_characters
+                && value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f)
+            {
                 return Err(LimitExceeded::BadRequest(
                     "request header value has control characters",
                 ));
@@ -204,10 +239,10 @@ impl RequestLimits {
                 content_length = Some(value);
             }
         }
-        if count > self.max_header_count {
+        if self.max_header_count.is_some_and(|max| count > max) {
             return Err(LimitExceeded::TooManyHeaders);
         }
-        if bytes > self.max_header_bytes {
+        if self.max_header_bytes.is_some_and(|max| bytes > max) {
             return Err(LimitExceeded::HeadersTooLarge);
         }
         if !self.hosts.is_empty() {
@@ -341,6 +376,34 @@ mod tests {
     }
 
     #[test]
+    fn only_stricter_header_limits_need_every_header() {
+        let defaults = limits("{}");
+        assert!(!defaults.needs_all_headers());
+        assert_eq!(
+            defaults.header_names().collect::<Vec<_>>(),
+            ["content-length"]
+        );
+        // Without limits of its own, a request with many headers is the proxy's to refuse.
+        let many: Vec<(String, String)> =
+            (0..150).map(|i| (format!("x-{i}"), "v".into())).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(defaults.check_pairs(&request(&many)), Ok(()));
+        let routed = limits(r#"{"allowed_methods":["GET"],"allowed_hosts":["a.com"]}"#);
+        assert!(!routed.needs_all_headers());
+        assert_eq!(
+            routed.header_names().collect::<Vec<_>>(),
+            ["content-length", ":method", ":authority", "host"]
+        );
+        for strict in [
+            r#"{"max_header_count":50}"#,
+            r#"{"max_header_bytes":8192}"#,
+            r#"{"reject_control_characters":true}"#,
+        ] {
+            assert!(limits(strict).needs_all_headers(), "{strict}");
+        }
+    }
+
+    #[test]
     fn header_count_and_size() {
         let l = limits(r#"{"max_header_count":2,"max_header_bytes":60}"#);
         assert_eq!(l.check_pairs(&request(&[("a", "1"), ("b", "2")])), Ok(()));
@@ -356,9 +419,10 @@ mod tests {
 
     #[test]
     fn control_characters_in_values_are_refused() {
+        let l = limits(r#"{"reject_control_characters":true}"#);
         for bad in ["a\rb", "a\nb", "a\0b", "a\x7fb", "\x1b[31m"] {
             assert_eq!(
-                limits("{}").check_pairs(&request(&[("x-a", bad)])),
+                l.check_pairs(&request(&[("x-a", bad)])),
                 Err(LimitExceeded::BadRequest(
                     "request header value has control characters"
                 )),
@@ -368,7 +432,12 @@ mod tests {
         // Tabs and obs-text (non-UTF-8 bytes) are legal field content.
         let mut headers = request(&[("x-a", "a\tb")]);
         headers.push((b"x-b".to_vec(), b"\xff\xfe".to_vec()));
-        assert_eq!(limits("{}").check_pairs(&headers), Ok(()));
+        assert_eq!(l.check_pairs(&headers), Ok(()));
+        // Off by default: Envoy's codecs refuse them before any filter runs.
+        assert_eq!(
+            limits("{}").check_pairs(&request(&[("x-a", "\x1b[31m")])),
+            Ok(())
+        );
     }
 
     #[test]
@@ -426,14 +495,14 @@ mod tests {
     #[test]
     fn bad_limits_are_refused() {
         let config: LimitsConfig = serde_json::from_str(
-            r#"{"max_body_bytes":0,"allowed_methods":["get"],"allowed_hosts":["a.com:x",""]}"#,
+            r#"{"max_body_bytes":0,"max_header_count":0,"allowed_methods":["get"],"allowed_hosts":["a.com:x",""]}"#,
         )
         .unwrap();
         let mut problems = Problems::default();
         RequestLimits::build(&config, &mut problems);
         assert_eq!(
             problems.into_result().unwrap_err().to_string(),
-            "max_body_bytes: must be at least 1; allowed_methods[0]: \"get\" is not an upper-case HTTP method; \
+            "max_body_bytes: must be at least 1; max_header_count: must be at least 1; allowed_methods[0]: \"get\" is not an upper-case HTTP method; \
              allowed_hosts[0]: \"a.com:x\" is not a host, *.domain, optionally with :port; \
              allowed_hosts[1]: \"\" is not a host, *.domain, optionally with :port"
         );

@@ -193,6 +193,12 @@ impl Transforms {
         self.ops.is_empty()
     }
 
+    /// Whether [`Self::apply`] looks at the headers: only a rename does (it moves the values
+    /// a header has); adds, sets and removes are blind edits.
+    pub fn reads_headers(&self) -> bool {
+        self.renames
+    }
+
     /// The edits that carry out every transform, in order, on `headers`. A rename moves the
     /// values the header has at that point (after the transforms before it).
     pub fn apply<'a>(

@@ -65,6 +65,7 @@ pub(crate) fn enter(caller: &mut Caller<'_, VmState>, name: &'static str) -> was
     if let Some(refusal) = state.profile.refusal(name) {
         return Err(state.fail(FailureKind::Refused, refusal));
     }
+    state.count_host_call(name);
     Ok(())
 }
 

@@ -1,0 +1,221 @@
+//! Host calls per request, for each plugin's shipped example config and the header-security
+//! config `just bench` runs. In Envoy's V8 a plugin's cost is mostly its crossings: each header
+//! get/set is a host call, and each map or property the host hands over is a call back into the
+//! guest's allocator (counted here as `proxy_on_memory_allocate`). Fuel does not see host-side
+//! work, so these counts are bounded separately: a change that adds crossings fails here.
+//! Run with `--nocapture` for the calls of each request.
+
+use palisade_host_tests::bench_configs;
+use palisade_host_tests::wasm_host::{
+    abi::GUEST_ALLOCATION, Callback, Failure, Host, HttpStream, KongVersion, Outcome, Plugin,
+    Profile, Request, Response,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Scenario {
+    /// GET without a body or an Origin; 200.
+    Get,
+    /// The same from a browser of the allowed origin.
+    GetCors,
+    /// POST with a 1 KiB body; 201.
+    Post1k,
+}
+
+fn run(
+    profile: Profile,
+    plugin: &Plugin,
+    config: &str,
+    scenario: Scenario,
+) -> Result<HttpStream, Failure> {
+    let vms = Host::new(profile).load(plugin.clone(), config)?;
+    assert!(vms.is_accepted(), "{:?}", vms.logs());
+    let method = if scenario == Scenario::Post1k {
+        "POST"
+    } else {
+        "GET"
+    };
+    let mut request = Request::new(method, "/api/orders?page=2")
+        .header("accept", "application/json")
+        .header("user-agent", "palisade-bench/1")
+        .header("x-tenant", "acme");
+    if scenario == Scenario::GetCors {
+        request = request.header("origin", "https://app.example.com");
+    }
+    let mut stream = vms.http_request(request)?;
+    if scenario == Scenario::Post1k {
+        assert_eq!(stream.send_request_headers(false)?, Outcome::Continue);
+        assert_eq!(
+            stream.send_request_body(vec![b'x'; 1024], true)?,
+            Outcome::Continue
+        );
+    } else {
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+    }
+    let status = if scenario == Scenario::Post1k {
+        201
+    } else {
+        200
+    };
+    let response = Response::status(status)
+        .header("content-type", "application/json")
+        .header("server", "upstream/1.0");
+    assert_eq!(
+        stream.send_response_headers(response, false)?,
+        Outcome::Continue
+    );
+    assert_eq!(
+        stream.send_response_body(vec![b'y'; 256], true)?,
+        Outcome::Continue
+    );
+    stream.finish()?;
+    Ok(stream)
+}
+
+fn describe(stream: &HttpStream) -> String {
+    let mut out = String::new();
+    let mut last: Option<Callback> = None;
+    for (callback, name) in stream.host_calls() {
+        if last != Some(callback) {
+            out.push_str(&format!("\n    {callback}:"));
+            last = Some(callback);
+        }
+        out.push_str(&format!(" {name}"));
+    }
+    out
+}
+
+fn calls_named(stream: &HttpStream, name: &str) -> usize {
+    stream
+        .host_calls()
+        .iter()
+        .filter(|(_, n)| *n == name)
+        .count()
+}
+
+/// One case: plugin, config, scenario and the most host calls its request may make (the same
+/// bound for both profiles; Kong's answers differ only in what they cost the host).
+struct Case {
+    plugin: Plugin,
+    label: &'static str,
+    config: &'static str,
+    scenario: Scenario,
+    max_calls: usize,
+}
+
+fn cases() -> Vec<Case> {
+    let example = |name: &str| {
+        palisade::plugins::find(name)
+            .map(|p| p.example_config)
+            .unwrap_or_else(|| panic!("no plugin {name}"))
+    };
+    let case = |plugin: Plugin, label, config, scenario, max_calls| Case {
+        plugin,
+        label,
+        config,
+        scenario,
+        max_calls,
+    };
+    vec![
+        case(
+            Plugin::HeaderSecurity,
+            "example",
+            example("header-security"),
+            Scenario::Get,
+            16,
+        ),
+        case(
+            Plugin::HeaderSecurity,
+            "example",
+            example("header-security"),
+            Scenario::Post1k,
+            16,
+        ),
+        case(
+            Plugin::HeaderSecurity,
+            "bench",
+            bench_configs::HEADER_SECURITY,
+            Scenario::Get,
+            16,
+        ),
+        case(
+            Plugin::HeaderSecurity,
+            "bench",
+            bench_configs::HEADER_SECURITY,
+            Scenario::GetCors,
+            22,
+        ),
+        case(
+            Plugin::Audit,
+            "example",
+            example("audit"),
+            Scenario::Get,
+            18,
+        ),
+        case(
+            Plugin::Audit,
+            "example",
+            example("audit"),
+            Scenario::Post1k,
+            18,
+        ),
+    ]
+}
+
+#[test]
+fn host_calls_per_request_stay_within_bounds() -> Result<(), Failure> {
+    let mut report = String::new();
+    let mut over = Vec::new();
+    for case in cases() {
+        for (profile_name, profile) in [
+            ("envoy", Profile::Envoy),
+            ("kong-3.10", Profile::Kong(KongVersion::V3_10)),
+        ] {
+            let stream = run(profile, &case.plugin, case.config, case.scenario)?;
+            let count = stream.host_call_count();
+            let allocations = stream
+                .host_calls()
+                .iter()
+                .filter(|(_, name)| *name == GUEST_ALLOCATION)
+                .count();
+            let fuel = |callbacks: &[Callback]| -> u64 {
+                stream
+                    .fuel_by_callback()
+                    .iter()
+                    .filter(|(c, _)| callbacks.contains(c))
+                    .map(|(_, f)| f)
+                    .sum()
+            };
+            let line = format!(
+                "{} {} {:?} {profile_name}: {count} host calls ({allocations} into the allocator), bound {}; fuel {} (request headers {}, response headers {}, log {})",
+                case.plugin.name(),
+                case.label,
+                case.scenario,
+                case.max_calls,
+                stream.fuel(),
+                fuel(&[Callback::RequestHeaders]),
+                fuel(&[Callback::ResponseHeaders]),
+                fuel(&[Callback::Log]),
+            );
+            report.push_str(&format!("{line}{}\n", describe(&stream)));
+            // Whole-map reads: none for header-security's configs (its checks ask for the few
+            // headers they need), one for audit (the event needs most request headers).
+            let whole_maps = calls_named(&stream, "proxy_get_header_map_pairs");
+            let expected = usize::from(matches!(case.plugin, Plugin::Audit));
+            if whole_maps != expected {
+                over.push(format!(
+                    "{line}: {whole_maps} whole-map reads, expected {expected}"
+                ));
+            }
+            if count > case.max_calls {
+                over.push(line);
+            }
+        }
+    }
+    println!("{report}");
+    assert!(
+        over.is_empty(),
+        "over the bound:\n{}\n\n{report}",
+        over.join("\n")
+    );
+    Ok(())
+}
