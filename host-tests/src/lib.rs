@@ -8,4 +8,5 @@ pub mod audit_events;
 pub mod auth_tokens;
 pub mod collector;
 pub mod envoy_harness;
+pub mod ratelimit_server;
 pub mod wasm_host;
