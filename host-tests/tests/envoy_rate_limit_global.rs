@@ -321,19 +321,18 @@ fn exactly_n_admitted(transport: Transport) {
 }
 
 #[test]
-#[ignore = "written but not yet run against Envoy (the branch ran out of time); run with --ignored"]
+#[ignore = "admission, headers and service asserts pass; the per-worker listener stat name it looks up is wrong (finds none): fix connections_per_worker, then un-ignore"]
 fn over_grpc_exactly_n_of_many_concurrent_requests_are_admitted() {
     exactly_n_admitted(Transport::Grpc);
 }
 
 #[test]
-#[ignore = "written but not yet run against Envoy (the branch ran out of time); run with --ignored"]
+#[ignore = "admission, headers and service asserts pass; the per-worker listener stat name it looks up is wrong (finds none): fix connections_per_worker, then un-ignore"]
 fn over_http_json_exactly_n_of_many_concurrent_requests_are_admitted() {
     exactly_n_admitted(Transport::Http);
 }
 
 #[test]
-#[ignore = "written but not yet run against Envoy (the branch ran out of time); run with --ignored"]
 fn with_the_service_down_fail_open_admits_and_fail_closed_answers_500() {
     for transport in [Transport::Grpc, Transport::Http] {
         for deny in [false, true] {
