@@ -30,6 +30,11 @@ setup:
         echo "installing docker-registry and skopeo (the OCI packaging test)"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo >/dev/null
     fi
+    # palisade-rate-limit's global-mode tests run a loopback rate-limit service backed by redis.
+    if ! command -v redis-server >/dev/null; then
+        echo "installing redis-server (the global rate-limit tests)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    fi
     if ! command -v node >/dev/null; then
         echo "installing Node.js (runs the wasm32 unit tests)"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null

@@ -9,4 +9,5 @@ pub mod auth_tokens;
 pub mod bench_configs;
 pub mod collector;
 pub mod envoy_harness;
+pub mod ratelimit_server;
 pub mod wasm_host;

@@ -36,6 +36,89 @@ pub struct RateLimitConfig {
     /// Define and record metrics. Set `false` on Kong 3.4–3.7, whose metric calls trap.
     #[serde(default = "default_true")]
     pub metrics: bool,
+    /// Which proxy runs the plugin. Kong has no gRPC call-outs: there global limits must use
+    /// the `http` transport.
+    #[serde(default)]
+    pub proxy: Proxy,
+    /// The rate-limit service that `"mode": "global"` limits ask (required when any limit is
+    /// global).
+    #[serde(default)]
+    pub global: Option<GlobalService>,
+}
+
+/// The proxy the plugin runs in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Proxy {
+    #[default]
+    Envoy,
+    Kong,
+}
+
+/// Where a limit is counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// In this proxy's shared data, exact across its workers (GCRA).
+    #[default]
+    Local,
+    /// By the rate-limit service in `global`, shared by every proxy that asks it.
+    Global,
+}
+
+/// How the rate-limit service is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit` (Envoy only).
+    Grpc,
+    /// `POST` of the JSON request to `path`, as lyft/ratelimit serves on `/json`.
+    Http,
+}
+
+/// A rate-limit service speaking the Envoy rate-limit protocol (lyft/ratelimit, Limitador).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalService {
+    /// The service's domain: its configuration namespace for these limits.
+    pub domain: String,
+    pub transport: Transport,
+    /// The upstream to call: an Envoy cluster name under Envoy (an HTTP/2 cluster for `grpc`),
+    /// `host:port` under Kong.
+    pub upstream: String,
+    /// The `:authority` sent to the service (`http` transport).
+    #[serde(default)]
+    pub authority: String,
+    /// The request path (`http` transport).
+    #[serde(default = "default_json_path")]
+    pub path: String,
+    /// How long the request waits for the answer before the failure mode applies (Envoy's
+    /// rate-limit filter's default, 20ms, is the default).
+    #[serde(default = "default_timeout")]
+    pub timeout: ConfigDuration,
+    /// Refuse requests (500, as Envoy's rate-limit filter does) when the service cannot be
+    /// asked or answers with an error; by default they are let through.
+    #[serde(default)]
+    pub failure_mode_deny: bool,
+}
+
+fn default_json_path() -> String {
+    "/json".to_owned()
+}
+
+fn default_timeout() -> ConfigDuration {
+    ConfigDuration::from_millis(20)
+}
+
+/// A local limit checked before a global limit's call-out: requests over it are refused here,
+/// without asking the service.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreLimit {
+    pub rate: u32,
+    pub period: ConfigDuration,
+    #[serde(default)]
+    pub burst: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -47,6 +130,8 @@ impl Default for RateLimitConfig {
             rate_limit_headers: true,
             on_store_failure: FailureMode::default(),
             metrics: true,
+            proxy: Proxy::Envoy,
+            global: None,
         }
     }
 }
@@ -67,20 +152,31 @@ pub struct Limit {
     /// Unique name (letters, digits, `-`, `_`), used in metrics, logs, shared-data keys and the
     /// `RateLimit-Policy` header.
     pub name: String,
-    /// Requests allowed per period.
-    pub rate: u32,
-    /// The period `rate` is counted over.
-    pub period: ConfigDuration,
-    /// Requests allowed at once above the steady rate: an idle key may send `burst + 1` at once.
+    /// Counted here (`local`, the default) or by the rate-limit service (`global`).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Requests allowed per period (local mode; a global limit's rate is the service's).
+    #[serde(default)]
+    pub rate: Option<u32>,
+    /// The period `rate` is counted over (local mode).
+    #[serde(default)]
+    pub period: Option<ConfigDuration>,
+    /// Requests allowed at once above the steady rate: an idle key may send `burst + 1` at once
+    /// (local mode).
     #[serde(default)]
     pub burst: u32,
+    /// Global mode: a local limit on the same key checked first, shedding load before the
+    /// call-out.
+    #[serde(default)]
+    pub pre_limit: Option<PreLimit>,
     /// What makes two requests share a budget: the parts are joined into one key.
     pub key: Vec<KeyPart>,
     /// What happens to a request for which a key part has no value (no such header, no
     /// consumer, no client address).
     #[serde(default)]
     pub when_key_missing: MissingKey,
-    /// How many distinct keys this limit tracks at once in shared data (its memory bound).
+    /// How many distinct keys this limit (or its pre-limit) tracks at once in shared data (its
+    /// memory bound).
     #[serde(default = "default_slots")]
     pub slots: u32,
 }
@@ -177,6 +273,26 @@ fn is_limit_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+fn validate_rate(rate: u32, period: Option<&ConfigDuration>, burst: u32, p: &mut Problems) {
+    if rate == 0 {
+        p.push_at("rate", "must be at least 1");
+    }
+    if let Some(period) = period {
+        let period = period.get();
+        if period < Duration::from_secs(1) || period > Duration::from_secs(86_400) {
+            p.push_at("period", "must be between 1s and 24h");
+        } else if u128::from(rate) > period.as_micros() {
+            p.push_at(
+                "rate",
+                "must be at most one request per microsecond of the period",
+            );
+        }
+    }
+    if burst > 1_000_000 {
+        p.push_at("burst", "must be at most 1000000");
+    }
+}
+
 fn validate_limit<'a>(limit: &'a Limit, names: &mut HashSet<&'a str>, p: &mut Problems) {
     if limit.name.trim().is_empty() {
         p.push_at("name", "must not be empty");
@@ -191,20 +307,39 @@ fn validate_limit<'a>(limit: &'a Limit, names: &mut HashSet<&'a str>, p: &mut Pr
     } else if !names.insert(limit.name.as_str()) {
         p.push_at("name", format!("duplicate limit name {:?}", limit.name));
     }
-    if limit.rate == 0 {
-        p.push_at("rate", "must be at least 1");
-    }
-    let period = limit.period.get();
-    if period < Duration::from_secs(1) || period > Duration::from_secs(86_400) {
-        p.push_at("period", "must be between 1s and 24h");
-    } else if u128::from(limit.rate) > period.as_micros() {
-        p.push_at(
-            "rate",
-            "must be at most one request per microsecond of the period",
-        );
-    }
-    if limit.burst > 1_000_000 {
-        p.push_at("burst", "must be at most 1000000");
+    match limit.mode {
+        Mode::Local => {
+            match limit.rate {
+                Some(rate) => validate_rate(rate, limit.period.as_ref(), limit.burst, p),
+                None => p.push_at("rate", "is required in local mode"),
+            }
+            if limit.period.is_none() {
+                p.push_at("period", "is required in local mode");
+            }
+            if limit.pre_limit.is_some() {
+                p.push_at("pre_limit", "is for global limits only");
+            }
+        }
+        Mode::Global => {
+            for (field, given) in [
+                ("rate", limit.rate.is_some()),
+                ("period", limit.period.is_some()),
+                ("burst", limit.burst != 0),
+            ] {
+                if given {
+                    p.push_at(
+                        field,
+                        "is set in the rate-limit service for a global limit (use pre_limit for \
+                         a local limit in front of it)",
+                    );
+                }
+            }
+            if let Some(pre) = &limit.pre_limit {
+                p.field("pre_limit", |p| {
+                    validate_rate(pre.rate, Some(&pre.period), pre.burst, p);
+                });
+            }
+        }
     }
     if limit.slots == 0 || limit.slots > MAX_SLOTS {
         p.push_at("slots", format!("must be between 1 and {MAX_SLOTS}"));
@@ -229,6 +364,51 @@ fn validate_limit<'a>(limit: &'a Limit, names: &mut HashSet<&'a str>, p: &mut Pr
             }
         }
     });
+}
+
+impl RateLimitConfig {
+    fn all_limits(&self) -> impl Iterator<Item = &Limit> {
+        self.limits
+            .iter()
+            .chain(self.routes.iter().flat_map(|r| r.limits.iter()))
+    }
+
+    fn validate_global(&self, problems: &mut Problems) {
+        let Some(global) = &self.global else {
+            if self.all_limits().any(|l| l.mode == Mode::Global) {
+                problems.push_at("global", "is required when a limit has mode \"global\"");
+            }
+            return;
+        };
+        problems.field("global", |p| {
+            if global.domain.trim().is_empty() {
+                p.push_at("domain", "must not be empty");
+            }
+            if global.upstream.trim().is_empty() {
+                p.push_at("upstream", "must not be empty");
+            }
+            match global.transport {
+                Transport::Grpc if self.proxy == Proxy::Kong => p.push_at(
+                    "transport",
+                    "Kong has no gRPC call-outs (proxy_grpc_call traps in ngx_wasm_module): \
+                     use \"http\"",
+                ),
+                Transport::Grpc => {}
+                Transport::Http => {
+                    if global.authority.trim().is_empty() {
+                        p.push_at("authority", "must not be empty with the http transport");
+                    }
+                    if !global.path.starts_with('/') {
+                        p.push_at("path", "must start with '/'");
+                    }
+                }
+            }
+            let timeout = global.timeout.get();
+            if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(60) {
+                p.push_at("timeout", "must be between 1ms and 60s");
+            }
+        });
+    }
 }
 
 impl PluginConfig for RateLimitConfig {
@@ -279,6 +459,7 @@ impl PluginConfig for RateLimitConfig {
                 });
             }
         });
+        self.validate_global(problems);
     }
 }
 

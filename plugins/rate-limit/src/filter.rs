@@ -1,22 +1,29 @@
 //! The proxy-wasm adapter: glue only. Request values are read from the host when the limiter
 //! asks for them, the limiter decides against shared data, and its reply or response headers
-//! are applied here.
+//! are applied here. A request with global limits is held while the rate-limit service is
+//! asked (gRPC or HTTP call-out), then resumed or answered.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
 use palisade_kit::clock::Clock;
 use palisade_kit::config::ConfigError;
+use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::Counter;
 use palisade_kit::host::{self, HostClock, HostStore, Map, Plugin};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::config::RateLimitConfig;
+use crate::config::{GlobalService, RateLimitConfig, Transport};
 use crate::key::RequestView;
-use crate::limiter::{Decision, RateLimiter, Tallies};
+use crate::limiter::{CalloutError, Decision, GlobalCheck, RateLimiter, Tallies};
+use crate::proto::{RateLimitRequest, RateLimitResponse};
 
 const NAME: &str = "palisade-rate-limit";
+const GRPC_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
+const GRPC_METHOD: &str = "ShouldRateLimit";
+/// Largest answer read from the service (a few statuses are a few hundred bytes).
+const MAX_ANSWER: usize = 64 * 1024;
 
 struct RateLimitPlugin;
 
@@ -26,6 +33,7 @@ struct LimitMetrics {
     limited: Counter,
     store_conflicts: Counter,
     store_failures: Counter,
+    callout_failures: Counter,
 }
 
 /// The limiter, its metrics, and which host property names the route.
@@ -33,6 +41,9 @@ struct Worker {
     limiter: RateLimiter,
     metrics: Vec<LimitMetrics>,
     route_property: Cell<RouteProperty>,
+    global: Option<GlobalService>,
+    /// The service is failing: logged once when it starts and once when it recovers.
+    failing: Cell<bool>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -66,6 +77,7 @@ impl Plugin for RateLimitPlugin {
                         limited: Counter::define(&name("limited")),
                         store_conflicts: Counter::define(&name("store_conflicts")),
                         store_failures: Counter::define(&name("store_failures")),
+                        callout_failures: Counter::define(&name("callout_failures")),
                     }
                 })
                 .collect()
@@ -76,6 +88,8 @@ impl Plugin for RateLimitPlugin {
             limiter,
             metrics,
             route_property: Cell::new(RouteProperty::Unknown),
+            global: config.global,
+            failing: Cell::new(false),
         })
     }
 
@@ -83,6 +97,7 @@ impl Plugin for RateLimitPlugin {
         Box::new(Stream {
             worker,
             response_headers: Vec::new(),
+            waiting: None,
         })
     }
 }
@@ -91,6 +106,8 @@ struct Stream {
     worker: Rc<Worker>,
     /// `RateLimit-Policy` and `RateLimit` for the response of an admitted request.
     response_headers: Vec<(String, String)>,
+    /// The call-out this request waits for, and what it is waiting to decide.
+    waiting: Option<(u32, GlobalCheck)>,
 }
 
 /// Request values straight from the host, each asked only when the limiter needs it.
@@ -148,24 +165,53 @@ fn record(metrics: &[LimitMetrics], tallies: &Tallies) {
         if tally.store_failure {
             m.store_failures.inc();
         }
+        if tally.callout_failure {
+            m.callout_failures.inc();
+        }
     }
 }
 
-impl Context for Stream {}
+/// Sends the check to the rate-limit service; the answer comes to this stream's context.
+fn dispatch(service: &GlobalService, check: &GlobalCheck) -> Result<u32, String> {
+    let request = RateLimitRequest {
+        domain: &service.domain,
+        descriptors: &check.descriptors,
+        hits_addend: 1,
+    };
+    let timeout = service.timeout.get();
+    let token = match service.transport {
+        Transport::Grpc => callout::dispatch_grpc(
+            &service.upstream,
+            GRPC_SERVICE,
+            GRPC_METHOD,
+            &[],
+            &request.to_protobuf(),
+            timeout,
+        ),
+        Transport::Http => callout::dispatch_http(&HttpCallout {
+            upstream: &service.upstream,
+            method: "POST",
+            path: &service.path,
+            authority: &service.authority,
+            headers: &[("content-type", "application/json")],
+            body: Some(&request.to_json()),
+            timeout,
+        }),
+    };
+    token.map_err(|err| err.to_string())
+}
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let worker = Rc::clone(&self.worker);
-        let mut request = HostRequest {
-            route_property: &worker.route_property,
-        };
-        let (decision, tallies) = worker
-            .limiter
-            .decide(&mut request, &HostStore, HostClock.now());
-        record(&worker.metrics, &tallies);
+impl Stream {
+    /// Applies a decision; `resume` when the request is held for a call-out.
+    fn apply(&mut self, decision: Decision, resume: bool) -> Action {
         match decision {
             Decision::Allow { response_headers } => {
                 self.response_headers = response_headers;
+                if resume {
+                    if let Err(err) = callout::resume_request() {
+                        log::warn!("[{NAME}] could not resume the request: {err}");
+                    }
+                }
                 Action::Continue
             }
             Decision::Deny(reply) => {
@@ -177,11 +223,116 @@ impl HttpContext for Stream {
                     Ok(()) => Action::Pause,
                     Err(err) => {
                         log::error!("[{NAME}] could not send a {} reply: {err}", reply.status);
+                        if resume {
+                            let _ = callout::resume_request();
+                        }
                         Action::Continue
                     }
                 }
             }
+            Decision::Ask(check) => self.ask(check),
         }
+    }
+
+    fn ask(&mut self, check: GlobalCheck) -> Action {
+        let worker = Rc::clone(&self.worker);
+        let Some(service) = &worker.global else {
+            // The configuration requires `global` for global limits: unreachable.
+            return Action::Continue;
+        };
+        match dispatch(service, &check) {
+            Ok(token) => {
+                self.waiting = Some((token, check));
+                Action::Pause
+            }
+            Err(err) => self.conclude(&check, Err(CalloutError::Dispatch(err)), false),
+        }
+    }
+
+    fn conclude(
+        &mut self,
+        check: &GlobalCheck,
+        answer: Result<RateLimitResponse, CalloutError>,
+        resume: bool,
+    ) -> Action {
+        let worker = Rc::clone(&self.worker);
+        match &answer {
+            Err(err) if !worker.failing.replace(true) => {
+                log::warn!("[{NAME}] the rate-limit service failed: {err}");
+            }
+            Ok(_) if worker.failing.replace(false) => {
+                log::info!("[{NAME}] the rate-limit service answers again");
+            }
+            _ => {}
+        }
+        let (decision, tallies) = worker.limiter.conclude(check, answer);
+        record(&worker.metrics, &tallies);
+        self.apply(decision, resume)
+    }
+
+    /// The held request's check, if `token` is its call-out.
+    fn take_waiting(&mut self, token: u32) -> Option<GlobalCheck> {
+        match self.waiting.take() {
+            Some((t, check)) if t == token => Some(check),
+            other => {
+                self.waiting = other;
+                None
+            }
+        }
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(check) = self.take_waiting(token_id) else {
+            return;
+        };
+        let response = callout::http_call_response(body_size, MAX_ANSWER);
+        // lyft/ratelimit answers 200 for OK and 429 for OVER_LIMIT, both with the JSON body.
+        let answer = match response.status {
+            Some(200 | 429) => RateLimitResponse::from_json(&response.body)
+                .map_err(|err| CalloutError::Decode(err.to_string())),
+            Some(status) => Err(CalloutError::HttpStatus(status)),
+            None => Err(CalloutError::NoAnswer),
+        };
+        self.conclude(&check, answer, true);
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(check) = self.take_waiting(token_id) else {
+            return;
+        };
+        let answer = if status_code != 0 {
+            Err(CalloutError::GrpcStatus(status_code))
+        } else {
+            callout::grpc_call_response(response_size, MAX_ANSWER)
+                .map_err(|err| CalloutError::Decode(err.to_string()))
+                .and_then(|bytes| {
+                    RateLimitResponse::from_protobuf(&bytes)
+                        .map_err(|err| CalloutError::Decode(err.to_string()))
+                })
+        };
+        self.conclude(&check, answer, true);
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let worker = Rc::clone(&self.worker);
+        let mut request = HostRequest {
+            route_property: &worker.route_property,
+        };
+        let (decision, tallies) = worker
+            .limiter
+            .decide(&mut request, &HostStore, HostClock.now());
+        record(&worker.metrics, &tallies);
+        self.apply(decision, false)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

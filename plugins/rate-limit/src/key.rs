@@ -161,6 +161,44 @@ pub fn build<V: RequestView>(
     }
 }
 
+/// The descriptor entry key each part is sent under to a rate-limit service. Envoy's own
+/// rate-limit actions name the client address `remote_address` and a constant `generic_key`;
+/// a header is sent under its name.
+pub fn descriptor_key(part: &KeyPart) -> &str {
+    match part {
+        KeyPart::Consumer => "consumer",
+        KeyPart::ClientIp => "remote_address",
+        KeyPart::Path => "path",
+        KeyPart::Method => "method",
+        KeyPart::Route => "route",
+        KeyPart::Header(name) => name,
+        KeyPart::Constant(_) => "generic_key",
+    }
+}
+
+/// A descriptor: ordered `(key, value)` entries.
+pub type Descriptor = Vec<(String, String)>;
+
+/// A limit's descriptor for a rate-limit service: `("limit", name)`, then one entry per key
+/// part (values as UTF-8, invalid bytes replaced; an absent part, which only a limit sharing
+/// one budget among such requests gets this far with, as an empty value).
+pub fn descriptor<V: RequestView>(
+    name: &str,
+    parts: &[KeyPart],
+    request: &mut RequestParts<'_, V>,
+) -> Descriptor {
+    let mut entries = Vec::with_capacity(parts.len() + 1);
+    entries.push(("limit".to_owned(), name.to_owned()));
+    for part in parts {
+        let value = request
+            .part(part)
+            .map(|value| String::from_utf8_lossy(&value).into_owned())
+            .unwrap_or_default();
+        entries.push((descriptor_key(part).to_owned(), value));
+    }
+    entries
+}
+
 /// A key with at least one part absent; holds the key with those parts as "absent" markers,
 /// for limits that share one budget among such requests.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod gcra;
 pub mod key;
 pub mod limiter;
+pub mod proto;
 pub mod slots;
 
 #[cfg(target_os = "wasi")]

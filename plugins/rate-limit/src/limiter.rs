@@ -5,15 +5,23 @@
 //! refused request costs no limit any budget. Only then are the admissions written, each with
 //! compare-and-swap on the version read: a conflict means another worker moved that key in
 //! between, so the key is read and decided again (its budget may now be spent).
+//!
+//! Global limits are decided by a rate-limit service: once every local limit (and every global
+//! limit's local pre-limit) has admitted the request, [`Decision::Ask`] carries the descriptors
+//! to send, and [`RateLimiter::conclude`] turns the service's answer (or its absence) into the
+//! final decision.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use palisade_kit::reply::ErrorReply;
 use palisade_kit::store::{SharedStore, StoreError, Write};
 
-use crate::config::{FailureMode, KeyPart, Limit, MissingKey, RateLimitConfig, RouteMatch};
+use crate::config::{
+    FailureMode, GlobalService, KeyPart, Limit, MissingKey, Mode, RateLimitConfig, RouteMatch,
+};
 use crate::gcra::{Gcra, Nanos, Verdict};
-use crate::key::{self, RequestParts, RequestView};
+use crate::key::{self, Descriptor, RequestParts, RequestView};
+use crate::proto::{Code, RateLimitResponse};
 use crate::slots::{self, Located, SlotTable};
 
 /// Reads and writes one admission may take before the limiter gives up on a contended key.
@@ -23,31 +31,44 @@ pub const ATTEMPTS: u32 = 8;
 #[derive(Debug, Clone)]
 pub struct CompiledLimit {
     pub name: String,
-    gcra: Gcra,
+    /// The local limit: the whole limit in local mode, the pre-limit in global mode.
+    gcra: Option<Gcra>,
+    /// Decided by the rate-limit service.
+    pub global: bool,
     key: Vec<KeyPart>,
     when_missing: MissingKey,
     table: SlotTable,
-    /// This limit's `RateLimit-Policy` item, built once.
+    /// The local limit's `RateLimit-Policy` item, built once.
     policy: String,
 }
 
 impl CompiledLimit {
     fn new(limit: &Limit) -> Self {
-        let gcra = Gcra::new(limit.rate, limit.period.get(), limit.burst);
+        let (rate, period, burst) = match (&limit.mode, &limit.pre_limit) {
+            (Mode::Local, _) => (limit.rate, limit.period.map(|p| p.get()), limit.burst),
+            (Mode::Global, Some(pre)) => (Some(pre.rate), Some(pre.period.get()), pre.burst),
+            (Mode::Global, None) => (None, None, 0),
+        };
+        let gcra = match (rate, period) {
+            (Some(rate), Some(period)) => Some(Gcra::new(rate, period, burst)),
+            _ => None,
+        };
         Self {
-            policy: format!(
-                "\"{}\";q={};w={}",
-                limit.name,
-                gcra.quota(),
-                limit.period.get().as_secs()
-            ),
+            policy: gcra.map_or_else(String::new, |gcra| {
+                policy(&limit.name, gcra.quota(), gcra.period().as_secs())
+            }),
             name: limit.name.clone(),
             gcra,
+            global: limit.mode == Mode::Global,
             key: limit.key.clone(),
             when_missing: limit.when_key_missing,
             table: SlotTable::new(&limit.name, limit.slots),
         }
     }
+}
+
+fn policy(name: &str, quota: u64, window_secs: u64) -> String {
+    format!("\"{name}\";q={quota};w={window_secs}")
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +86,8 @@ pub struct Tally {
     pub conflicts: u32,
     /// The store could not answer (full, host error, endless conflicts).
     pub store_failure: bool,
+    /// The rate-limit service could not be asked or gave no usable answer.
+    pub callout_failure: bool,
 }
 
 /// The limiter's answer.
@@ -76,6 +99,36 @@ pub enum Decision {
     },
     /// Answer locally.
     Deny(ErrorReply),
+    /// Every local limit admitted the request; ask the rate-limit service, hold the request
+    /// until it answers, then [`RateLimiter::conclude`].
+    Ask(GlobalCheck),
+}
+
+/// A request waiting for the rate-limit service: what to send, and what the local limits
+/// decided (for the response headers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalCheck {
+    /// The global limits asked, in descriptor order.
+    limits: Vec<usize>,
+    /// One descriptor per global limit.
+    pub descriptors: Vec<Descriptor>,
+    /// The local limits that admitted: (limit, remaining, reset).
+    local: Vec<(usize, u64, Nanos)>,
+}
+
+/// Why the rate-limit service gave no decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CalloutError {
+    #[error("cannot dispatch: {0}")]
+    Dispatch(String),
+    #[error("no answer (timeout, reset or refused connection)")]
+    NoAnswer,
+    #[error("gRPC status {0}")]
+    GrpcStatus(u32),
+    #[error("HTTP status {0}")]
+    HttpStatus(u16),
+    #[error("unreadable answer: {0}")]
+    Decode(String),
 }
 
 /// What one request did to each limit: (index into [`RateLimiter::limits`], tally).
@@ -90,6 +143,7 @@ pub struct RateLimiter {
     trusted_hops: u32,
     headers: bool,
     on_store_failure: FailureMode,
+    failure_mode_deny: bool,
 }
 
 /// One applicable limit during phase one.
@@ -136,6 +190,10 @@ impl RateLimiter {
             trusted_hops: config.client_ip.trusted_hops,
             headers: config.rate_limit_headers,
             on_store_failure: config.on_store_failure,
+            failure_mode_deny: config
+                .global
+                .as_ref()
+                .is_some_and(|g: &GlobalService| g.failure_mode_deny),
         }
     }
 
@@ -191,6 +249,8 @@ impl RateLimiter {
         let applicable = self.applicable(&mut request);
         let mut tallies: Tallies = Vec::new();
         let mut pending: Vec<Pending> = Vec::with_capacity(applicable.len());
+        let mut globals: Vec<usize> = Vec::new();
+        let mut descriptors: Vec<Descriptor> = Vec::new();
 
         // Phase one: read and decide every limit, write nothing.
         for &index in applicable {
@@ -211,10 +271,18 @@ impl RateLimiter {
                     }
                 },
             };
+            if limit.global {
+                globals.push(index);
+                descriptors.push(key::descriptor(&limit.name, &limit.key, &mut request));
+            }
+            let Some(gcra) = limit.gcra else {
+                tallies.push((index, tally));
+                continue;
+            };
             let fingerprint = key::fingerprint(&key);
             match limit.table.locate(store, fingerprint, now) {
                 Ok(Located::Slot(slot)) => {
-                    let verdict = limit.gcra.check(slot.tat, now);
+                    let verdict = gcra.check(slot.tat, now);
                     pending.push(Pending {
                         limit: index,
                         fingerprint,
@@ -233,7 +301,7 @@ impl RateLimiter {
                         limit: index,
                         fingerprint,
                         slot: None,
-                        verdict: limit.gcra.check(None, now),
+                        verdict: gcra.check(None, now),
                     });
                 }
             }
@@ -289,8 +357,25 @@ impl RateLimiter {
             }
         }
 
-        for (_, tally) in &mut tallies {
-            tally.allowed = true;
+        for (index, tally) in &mut tallies {
+            // A global limit is allowed once the service says so.
+            tally.allowed = !globals.contains(index);
+        }
+        if !globals.is_empty() {
+            let local = pending
+                .iter()
+                .filter(|p| !globals.contains(&p.limit))
+                .map(|p| {
+                    let (remaining, reset) = remaining_and_reset(p.verdict);
+                    (p.limit, remaining, reset)
+                })
+                .collect();
+            let check = GlobalCheck {
+                limits: globals,
+                descriptors,
+                local,
+            };
+            return (Decision::Ask(check), tallies);
         }
         let response_headers = if self.headers {
             self.rate_limit_headers(&pending)
@@ -298,6 +383,145 @@ impl RateLimiter {
             Vec::new()
         };
         (Decision::Allow { response_headers }, tallies)
+    }
+
+    /// The decision for a request held by [`Decision::Ask`], given the service's answer.
+    /// Like Envoy's rate-limit filter: only an `OVER_LIMIT` overall code refuses (429); an
+    /// error lets the request through, or refuses it with 500 under `failure_mode_deny`.
+    pub fn conclude(
+        &self,
+        check: &GlobalCheck,
+        answer: Result<RateLimitResponse, CalloutError>,
+    ) -> (Decision, Tallies) {
+        let mut tallies: Tallies = check
+            .limits
+            .iter()
+            .map(|&index| (index, Tally::default()))
+            .collect();
+        let response = match answer {
+            Ok(response) => response,
+            Err(_) => {
+                for (_, tally) in &mut tallies {
+                    tally.callout_failure = true;
+                    tally.allowed = !self.failure_mode_deny;
+                }
+                if self.failure_mode_deny {
+                    let reply = ErrorReply::new(500, "rate limit service unavailable");
+                    return (Decision::Deny(reply), tallies);
+                }
+                let response_headers = if self.headers {
+                    self.header_pairs(self.local_items(check))
+                } else {
+                    Vec::new()
+                };
+                return (Decision::Allow { response_headers }, tallies);
+            }
+        };
+        // Statuses answer the descriptors in order; one missing counts as the overall code.
+        let status_code = |i: usize| {
+            response
+                .statuses
+                .get(i)
+                .map_or(response.overall_code, |s| s.code)
+        };
+        let mut items = self.local_items(check);
+        for (i, &index) in check.limits.iter().enumerate() {
+            let (Some(status), Some(limit)) = (response.statuses.get(i), self.limits.get(index))
+            else {
+                continue;
+            };
+            let Some(current) = status.current_limit else {
+                continue;
+            };
+            let window = current.unit.map_or(0, |unit| unit.as_secs());
+            let reset = status
+                .duration_until_reset
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            items.push(HeaderItem {
+                policy: policy(&limit.name, u64::from(current.requests_per_unit), window),
+                name: &limit.name,
+                remaining: if status.code == Code::OverLimit {
+                    0
+                } else {
+                    u64::from(status.limit_remaining)
+                },
+                reset,
+            });
+        }
+        let over = response.overall_code == Code::OverLimit;
+        for (i, (_, tally)) in tallies.iter_mut().enumerate() {
+            tally.limited = over && status_code(i) == Code::OverLimit;
+            tally.allowed = !over;
+        }
+        if over && !tallies.iter().any(|(_, t)| t.limited) {
+            // OVER_LIMIT without saying which: every global limit counts it.
+            for (_, tally) in &mut tallies {
+                tally.limited = true;
+            }
+        }
+        if !over {
+            let response_headers = if self.headers {
+                self.header_pairs(items)
+            } else {
+                Vec::new()
+            };
+            return (Decision::Allow { response_headers }, tallies);
+        }
+        let retry_after = response
+            .statuses
+            .iter()
+            .filter(|s| s.code == Code::OverLimit)
+            .filter_map(|s| s.duration_until_reset)
+            .max()
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let mut reply = ErrorReply::new(429, "rate limit exceeded")
+            .with_header("retry-after", ceil_secs(retry_after).max(1).to_string());
+        if self.headers {
+            for (name, value) in self.header_pairs(items) {
+                reply = reply.with_header(name, value);
+            }
+        }
+        (Decision::Deny(reply), tallies)
+    }
+
+    fn local_items<'s>(&'s self, check: &GlobalCheck) -> Vec<HeaderItem<'s>> {
+        check
+            .local
+            .iter()
+            .filter_map(|&(index, remaining, reset)| {
+                let limit = self.limits.get(index)?;
+                Some(HeaderItem {
+                    policy: limit.policy.clone(),
+                    name: &limit.name,
+                    remaining,
+                    reset,
+                })
+            })
+            .collect()
+    }
+
+    /// `RateLimit-Policy` lists every item; `RateLimit` reports the one closest to refusing.
+    fn header_pairs(&self, items: Vec<HeaderItem<'_>>) -> Vec<(String, String)> {
+        let tightest = items
+            .iter()
+            .fold(None::<&HeaderItem<'_>>, |best, item| match best {
+                Some(b) if b.remaining <= item.remaining => Some(b),
+                _ => Some(item),
+            });
+        let Some(tightest) = tightest else {
+            return Vec::new();
+        };
+        let rate_limit = format!(
+            "\"{}\";r={};t={}",
+            tightest.name,
+            tightest.remaining,
+            ceil_secs(tightest.reset)
+        );
+        let policies: Vec<&str> = items.iter().map(|i| i.policy.as_str()).collect();
+        vec![
+            ("ratelimit-policy".to_owned(), policies.join(", ")),
+            ("ratelimit".to_owned(), rate_limit),
+        ]
     }
 
     /// Writes one admission; on a lost compare-and-swap, locates and decides again.
@@ -322,7 +546,10 @@ impl RateLimiter {
                     tally.conflicts += 1;
                     match limit.table.locate(store, fingerprint, now)? {
                         Located::Slot(again) => {
-                            verdict = limit.gcra.check(again.tat, now);
+                            let Some(gcra) = limit.gcra else {
+                                return Ok(verdict);
+                            };
+                            verdict = gcra.check(again.tat, now);
                             slot = again;
                         }
                         Located::Full => return Err(CommitError::Full),
@@ -363,14 +590,7 @@ impl RateLimiter {
                 continue;
             };
             policies.push(limit.policy.as_str());
-            let (remaining, reset) = match p.verdict {
-                Verdict::Admit {
-                    remaining,
-                    reset_after,
-                    ..
-                } => (remaining, reset_after),
-                Verdict::Refuse { reset_after, .. } => (0, reset_after),
-            };
+            let (remaining, reset) = remaining_and_reset(p.verdict);
             if tightest.is_none_or(|(r, _, _)| remaining < r) {
                 tightest = Some((remaining, reset, &limit.name));
             }
@@ -385,6 +605,25 @@ impl RateLimiter {
                 format!("\"{name}\";r={remaining};t={}", ceil_secs(reset)),
             ),
         ]
+    }
+}
+
+/// One limit's contribution to the `RateLimit-Policy` and `RateLimit` headers.
+struct HeaderItem<'a> {
+    policy: String,
+    name: &'a str,
+    remaining: u64,
+    reset: Nanos,
+}
+
+fn remaining_and_reset(verdict: Verdict) -> (u64, Nanos) {
+    match verdict {
+        Verdict::Admit {
+            remaining,
+            reset_after,
+            ..
+        } => (remaining, reset_after),
+        Verdict::Refuse { reset_after, .. } => (0, reset_after),
     }
 }
 
@@ -410,6 +649,7 @@ mod tests {
 
     use super::*;
     use crate::key::tests::FakeRequest;
+    use crate::proto::Code;
     use palisade_kit::config::load;
     use palisade_kit::store::{BlindWrite, Cas, Entry, MemoryStore};
     use std::cell::Cell;
@@ -759,5 +999,229 @@ mod tests {
         assert_eq!(count(9.9, 20), 4);
         assert_eq!(count(19.9, 20), 5);
         assert_eq!(count(29.9, 20), 5);
+    }
+
+    const GLOBAL: &str = r#"{"global":{"domain":"edge","transport":"grpc","upstream":"rls"},
+        "limits":[{"name":"local","rate":1,"period":"1h","burst":9,"key":[{"constant":"x"}],"slots":4},
+                  {"name":"per-tenant","mode":"global","key":[{"header":"x-tenant"},"method"],
+                   "pre_limit":{"rate":1,"period":"1h","burst":2},"slots":16},
+                  {"name":"everyone","mode":"global","key":[{"constant":"all"}]}]}"#;
+
+    fn ask(limiter: &RateLimiter, store: &MemoryStore, request: &mut FakeRequest) -> GlobalCheck {
+        match limiter.decide(request, store, at(0.0)) {
+            (Decision::Ask(check), tallies) => {
+                assert_eq!(
+                    tallies
+                        .iter()
+                        .map(|(i, t)| (*i, t.allowed))
+                        .collect::<Vec<_>>(),
+                    [(0, true), (1, false), (2, false)]
+                );
+                check
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn status(
+        code: Code,
+        per_unit: u32,
+        remaining: u32,
+        reset: u64,
+    ) -> crate::proto::DescriptorStatus {
+        crate::proto::DescriptorStatus {
+            code,
+            current_limit: Some(crate::proto::CurrentLimit {
+                requests_per_unit: per_unit,
+                unit: Some(Duration::from_secs(60)),
+            }),
+            limit_remaining: remaining,
+            duration_until_reset: Some(Duration::from_secs(reset)),
+        }
+    }
+
+    #[test]
+    fn global_limits_ask_with_one_descriptor_each_after_the_local_ones_admit() {
+        let store = MemoryStore::new();
+        let limiter = prepared(GLOBAL, &store);
+        let check = ask(&limiter, &store, &mut get("/").header("x-tenant", "acme"));
+        assert_eq!(
+            check.descriptors,
+            [
+                vec![
+                    ("limit".to_owned(), "per-tenant".to_owned()),
+                    ("x-tenant".to_owned(), "acme".to_owned()),
+                    ("method".to_owned(), "GET".to_owned()),
+                ],
+                vec![
+                    ("limit".to_owned(), "everyone".to_owned()),
+                    ("generic_key".to_owned(), "all".to_owned()),
+                ],
+            ]
+        );
+        // A request without the tenant skips that limit (and its pre-limit) only.
+        let (decision, _) = limiter.decide(&mut get("/"), &store, at(0.0));
+        let Decision::Ask(check) = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(check.limits, [2]);
+    }
+
+    #[test]
+    fn an_ok_answer_admits_with_the_services_limits_in_the_headers() {
+        let store = MemoryStore::new();
+        let limiter = prepared(GLOBAL, &store);
+        let check = ask(&limiter, &store, &mut get("/").header("x-tenant", "acme"));
+        let answer = RateLimitResponse {
+            overall_code: Code::Ok,
+            statuses: vec![
+                status(Code::Ok, 100, 7, 30),
+                status(Code::Ok, 1000, 999, 59),
+            ],
+        };
+        let (decision, tallies) = limiter.conclude(&check, Ok(answer));
+        assert_eq!(
+            decision,
+            Decision::Allow {
+                response_headers: vec![
+                    (
+                        "ratelimit-policy".into(),
+                        "\"local\";q=10;w=3600, \"per-tenant\";q=100;w=60, \"everyone\";q=1000;w=60"
+                            .into()
+                    ),
+                    ("ratelimit".into(), "\"per-tenant\";r=7;t=30".into()),
+                ]
+            }
+        );
+        assert!(tallies.iter().all(|(_, t)| t.allowed && !t.limited));
+    }
+
+    #[test]
+    fn an_over_limit_answer_is_429_with_the_services_reset() {
+        let store = MemoryStore::new();
+        let limiter = prepared(GLOBAL, &store);
+        let check = ask(&limiter, &store, &mut get("/").header("x-tenant", "acme"));
+        let answer = RateLimitResponse {
+            overall_code: Code::OverLimit,
+            statuses: vec![
+                status(Code::OverLimit, 100, 0, 41),
+                status(Code::Ok, 1000, 5, 59),
+            ],
+        };
+        let (decision, tallies) = limiter.conclude(&check, Ok(answer));
+        let Decision::Deny(reply) = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(reply.status, 429);
+        assert_eq!(reply.error, "rate limit exceeded");
+        assert_eq!(
+            reply.headers,
+            [
+                ("retry-after".to_owned(), "41".to_owned()),
+                (
+                    "ratelimit-policy".to_owned(),
+                    "\"local\";q=10;w=3600, \"per-tenant\";q=100;w=60, \"everyone\";q=1000;w=60"
+                        .to_owned()
+                ),
+                ("ratelimit".to_owned(), "\"per-tenant\";r=0;t=41".to_owned()),
+            ]
+        );
+        assert_eq!(
+            tallies
+                .iter()
+                .map(|(i, t)| (*i, t.allowed, t.limited))
+                .collect::<Vec<_>>(),
+            [(1, false, true), (2, false, false)]
+        );
+    }
+
+    #[test]
+    fn a_failed_call_admits_or_answers_500_by_failure_mode() {
+        let store = MemoryStore::new();
+        let open = prepared(GLOBAL, &store);
+        let check = ask(&open, &store, &mut get("/").header("x-tenant", "acme"));
+        let (decision, tallies) = open.conclude(&check, Err(CalloutError::NoAnswer));
+        assert_eq!(
+            decision,
+            Decision::Allow {
+                response_headers: vec![
+                    ("ratelimit-policy".into(), "\"local\";q=10;w=3600".into()),
+                    ("ratelimit".into(), "\"local\";r=9;t=3600".into()),
+                ]
+            }
+        );
+        assert!(tallies.iter().all(|(_, t)| t.allowed && t.callout_failure));
+
+        let closed = limiter(&GLOBAL.replace(
+            r#""upstream":"rls""#,
+            r#""upstream":"rls","failure_mode_deny":true"#,
+        ));
+        let (decision, tallies) = closed.conclude(&check, Err(CalloutError::GrpcStatus(14)));
+        let Decision::Deny(reply) = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(
+            (reply.status, reply.error.as_str()),
+            (500, "rate limit service unavailable")
+        );
+        assert!(tallies.iter().all(|(_, t)| !t.allowed && t.callout_failure));
+    }
+
+    #[test]
+    fn the_pre_limit_sheds_before_any_call_out() {
+        let store = MemoryStore::new();
+        let limiter = prepared(GLOBAL, &store);
+        let mut acme = get("/").header("x-tenant", "acme");
+        // Burst 2: three asks, then the pre-limit refuses locally.
+        for _ in 0..3 {
+            ask(&limiter, &store, &mut acme);
+        }
+        let (decision, tallies) = limiter.decide(&mut acme, &store, at(0.0));
+        let Decision::Deny(reply) = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(reply.status, 429);
+        assert_eq!(
+            reply.headers[0],
+            ("retry-after".to_owned(), "3600".to_owned())
+        );
+        assert!(tallies.iter().any(|(i, t)| *i == 1 && t.limited));
+        // Another tenant still asks.
+        ask(&limiter, &store, &mut get("/").header("x-tenant", "other"));
+    }
+
+    #[test]
+    fn global_config_is_validated() {
+        let err = load::<RateLimitConfig>(
+            br#"{"proxy":"kong","global":{"domain":"","transport":"grpc","upstream":"","timeout":"0s"},
+                 "limits":[{"name":"g","mode":"global","rate":5,"key":["path"]},
+                           {"name":"l","key":["path"],"pre_limit":{"rate":1,"period":"1s"}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "limits[0].rate: is set in the rate-limit service for a global limit (use pre_limit \
+             for a local limit in front of it); limits[1].rate: is required in local mode; \
+             limits[1].period: is required in local mode; limits[1].pre_limit: is for global \
+             limits only; global.domain: must not be empty; global.upstream: must not be empty; \
+             global.transport: Kong has no gRPC call-outs (proxy_grpc_call traps in \
+             ngx_wasm_module): use \"http\"; global.timeout: must be between 1ms and 60s"
+        );
+        let err =
+            load::<RateLimitConfig>(br#"{"limits":[{"name":"g","mode":"global","key":["path"]}]}"#)
+                .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "global: is required when a limit has mode \"global\""
+        );
+        let err = load::<RateLimitConfig>(
+            br#"{"global":{"domain":"d","transport":"http","upstream":"rls:8080","path":"json"},
+                 "limits":[{"name":"g","mode":"global","key":["path"]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "global.authority: must not be empty with the http transport; global.path: must start with '/'"
+        );
     }
 }
