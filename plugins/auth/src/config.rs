@@ -10,7 +10,11 @@ use palisade_kit::identity;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::api_keys::ApiKeysConfig;
+use crate::introspection::IntrospectionConfig;
 use crate::jwks::KeySet;
+use crate::path::PathNormalizationConfig;
+use crate::rules::{NoMatchAction, RuleConfig, RulesConfig};
 
 /// The default bound on a token's length, before any decoding.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -32,8 +36,35 @@ pub struct AuthConfig {
     /// Let requests without any token through, anonymous (identity headers still stripped);
     /// a token that is present must still be valid. Default `false`: fail closed. Envoy's
     /// `jwt_authn` calls this `allow_missing`.
+    /// Not allowed together with `rules` (say it with an `allow_anonymous` rule instead).
     #[serde(default)]
     pub allow_missing: bool,
+    /// API keys (stored as SHA-256 hashes), each naming a consumer. See docs/auth-policy.md.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeysConfig>,
+    /// OAuth2 token introspection (RFC 7662) for opaque bearer tokens. See docs/auth-policy.md.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
+    /// Authorization rules, first match wins. Absent: every request needs a credential of any
+    /// configured kind (JWT of any provider, API key, introspected token), as without rules.
+    #[serde(default)]
+    pub rules: Option<Vec<RuleConfig>>,
+    /// With `rules`: what a request no rule matches gets, `deny` (default) or `allow_anonymous`.
+    #[serde(default)]
+    pub no_match: Option<NoMatchAction>,
+    /// With `rules`: how the path is normalised before rules match it (safe defaults).
+    #[serde(default)]
+    pub path_normalization: Option<PathNormalizationConfig>,
+}
+
+impl AuthConfig {
+    /// The rules part, when rules are configured.
+    pub fn rules_config(&self) -> Option<RulesConfig> {
+        self.rules.as_ref().map(|rules| RulesConfig {
+            rules: rules.clone(),
+            no_match: self.no_match.unwrap_or_default(),
+        })
+    }
 }
 
 impl Default for AuthConfig {
@@ -43,6 +74,11 @@ impl Default for AuthConfig {
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             metrics: true,
             allow_missing: false,
+            api_keys: None,
+            introspection: None,
+            rules: None,
+            no_match: None,
+            path_normalization: None,
         }
     }
 }
@@ -253,6 +289,61 @@ impl PluginConfig for AuthConfig {
                 });
             }
         });
+        if let Some(api_keys) = &self.api_keys {
+            problems.field("api_keys", |p| api_keys.validate(p));
+        }
+        if let Some(introspection) = &self.introspection {
+            problems.field("introspection", |p| introspection.validate(p));
+        }
+        self.validate_policy(problems);
+    }
+}
+
+impl AuthConfig {
+    /// Rules, and the settings that only mean something with them; every rule's requirement
+    /// must name configured providers and credential kinds.
+    fn validate_policy(&self, problems: &mut Problems) {
+        let Some(rules) = self.rules_config() else {
+            if self.no_match.is_some() {
+                problems.push_at("no_match", "only applies with `rules`");
+            }
+            if self.path_normalization.is_some() {
+                problems.push_at("path_normalization", "only applies with `rules`");
+            }
+            return;
+        };
+        if self.allow_missing {
+            problems.push_at(
+                "allow_missing",
+                "does not apply with `rules`: use an `allow_anonymous` rule or `no_match`",
+            );
+        }
+        if let Some(normalization) = &self.path_normalization {
+            problems.field("path_normalization", |p| normalization.validate(p));
+        }
+        rules.validate(problems);
+        for (path, name) in rules.provider_references() {
+            if !self.providers.iter().any(|p| p.name == name) {
+                problems.push_at(&path, format!("no provider is named {name:?}"));
+            }
+        }
+        for (i, rule) in rules.rules.iter().enumerate() {
+            let crate::rules::ActionConfig::Require(requirement) = &rule.action else {
+                continue;
+            };
+            if requirement.api_keys && self.api_keys.is_none() {
+                problems.push_at(
+                    &format!("rules[{i}].action.require.api_keys"),
+                    "no `api_keys` are configured",
+                );
+            }
+            if requirement.introspection && self.introspection.is_none() {
+                problems.push_at(
+                    &format!("rules[{i}].action.require.introspection"),
+                    "no `introspection` is configured",
+                );
+            }
+        }
     }
 }
 

@@ -1,23 +1,39 @@
-//! The decision for one request, host-free: find the token, choose its provider by `iss`,
-//! verify its signature with the provider's prepared keys, check its claims, and say which
-//! headers to strip and set. Fails closed: anything not proven valid is a [`Rejection`].
+//! The decision for one request, host-free. With `rules`: normalise the path, let the first
+//! matching rule decide (anonymous, deny, or require a credential). Without: every request
+//! needs a credential of any configured kind. Then find the credential the requirement accepts
+//! (an API key, a JWT routed to its provider by `iss` and verified with that provider's prepared
+//! keys, or an opaque bearer token to introspect), check the rule's claims and scopes, and say
+//! which headers to strip and set. Fails closed: anything not proven valid is a [`Rejection`].
 
 use std::borrow::Cow;
+use std::fmt;
 use std::rc::Rc;
 
 use palisade_kit::config::Problems;
-use palisade_kit::header_pairs::Edit;
+use palisade_kit::header_pairs::{get, Edit};
 use palisade_kit::identity;
+use serde_json::Value;
 
+use crate::api_keys::{ApiKeyOutcome, ApiKeys};
 use crate::claims::{self, TimeRules};
 use crate::config::{Algorithm, AuthConfig, ClaimToHeader, JwksSource, TokenLocation};
+use crate::introspection::{
+    FailMode, Inactive, IntrospectionError, Introspector, TokenInfo, TokenKey,
+};
 use crate::jwks::KeySet;
 use crate::jwt::{self, Claims, Decoded};
+use crate::path::{PathDisposition, PathNormalizer};
 use crate::rejection::Rejection;
+use crate::rules::{Credential, Refusal, RequestFacts, Requirement, RuleDecision, Rules};
 use crate::signature::HmacSecret;
 use crate::token_location;
 
 type Fields<'a> = [(&'a [u8], &'a [u8])];
+
+/// The `x-palisade-auth-provider` value for requests an API key authenticated.
+pub const API_KEY_PROVIDER: &str = "api_key";
+/// The `x-palisade-auth-provider` value for requests an introspected token authenticated.
+pub const INTROSPECTION_PROVIDER: &str = "introspection";
 
 /// A provider, compiled.
 #[derive(Debug)]
@@ -51,38 +67,109 @@ impl KeySource for InlineKeys {
     }
 }
 
+/// Which credential vouched for a request, or failed to: metrics are counted by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A JWT of this provider (index into [`Authenticator::providers`]).
+    Provider(usize),
+    ApiKey,
+    Introspection,
+    /// No credential got as far as naming one (or the rules refused before any was looked at).
+    None,
+}
+
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// A verified token: continue with these header edits.
+    /// A verified credential: continue with these header edits.
     Allow(Allowed),
-    /// No token, and missing tokens are allowed: continue, identity headers stripped.
+    /// No credential needed (no token with `allow_missing`, or an `allow_anonymous` rule):
+    /// continue, identity headers stripped.
     Anonymous(Vec<Edit<'static>>),
-    /// Refuse; `provider` when the token got as far as naming one.
+    /// Refuse.
     Deny {
-        provider: Option<usize>,
+        source: Source,
         rejection: Rejection,
     },
+    /// Escaped slashes were decoded under `unescape_and_redirect`: answer 307 with this
+    /// `Location`.
+    Redirect(Vec<u8>),
+    /// An opaque bearer token to introspect: ask the endpoint (unless cached), then
+    /// [`Authenticator::introspected`].
+    Introspect(PendingIntrospection),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Allowed {
-    pub provider: usize,
+    pub source: Source,
     pub edits: Vec<Edit<'static>>,
-    /// The token's expiry (seconds since the epoch, leeway included), bounding any caching.
+    /// The credential's expiry (seconds since the epoch, leeway included), bounding any
+    /// caching.
     pub expires: Option<u64>,
+}
+
+/// A request waiting for an introspection answer. Holds the token (to send it), never prints it.
+#[derive(Clone, PartialEq)]
+pub struct PendingIntrospection {
+    token: Vec<u8>,
+    /// The cache key: the token's SHA-256.
+    pub key: TokenKey,
+    requirement: Requirement,
+    /// Identity headers stripped, path normalised: what an anonymous pass (fail open) applies.
+    strip: Vec<Edit<'static>>,
+    /// Takes the token out of the request (empty when it is forwarded).
+    removal: Vec<Edit<'static>>,
+}
+
+impl fmt::Debug for PendingIntrospection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingIntrospection")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingIntrospection {
+    /// The token, for the call-out body.
+    pub fn token(&self) -> &[u8] {
+        &self.token
+    }
+}
+
+/// What introspection said about a pending token, fresh or from the cache.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Answer<'a> {
+    Active(&'a TokenInfo),
+    Inactive(Inactive),
+    Failed(IntrospectionError),
+}
+
+/// Rules and the path they match on.
+#[derive(Debug)]
+struct Policy {
+    rules: Rules,
+    normalizer: PathNormalizer,
 }
 
 /// The compiled configuration.
 #[derive(Debug)]
 pub struct Authenticator {
     providers: Vec<Provider>,
-    /// Every provider's locations, each once, in configuration order.
+    /// Every provider's locations, each once, in configuration order (and the bearer header
+    /// when introspection is configured).
     locations: Vec<TokenLocation>,
     max_token_bytes: usize,
     allow_missing: bool,
     /// Claim headers (lower case) removed from every request, besides `x-palisade-*`.
     claim_headers: Vec<String>,
+    api_keys: Option<ApiKeys>,
+    introspector: Option<Introspector>,
+    /// Index into `locations` of `authorization: Bearer`, where opaque tokens are read.
+    bearer: Option<usize>,
+    introspection_forwards: bool,
+    policy: Option<Policy>,
+    /// Without rules: any configured credential, no claims.
+    default_requirement: Requirement,
 }
 
 impl Authenticator {
@@ -91,18 +178,23 @@ impl Authenticator {
         let mut locations: Vec<TokenLocation> = Vec::new();
         let mut claim_headers: Vec<String> = Vec::new();
         let mut providers = Vec::with_capacity(config.providers.len());
+        let index_of =
+            |locations: &mut Vec<TokenLocation>, location: &TokenLocation| match locations
+                .iter()
+                .position(|l| l == location)
+            {
+                Some(index) => index,
+                None => {
+                    locations.push(location.clone());
+                    locations.len() - 1
+                }
+            };
         for (i, provider) in config.providers.iter().enumerate() {
-            let mut indexes = Vec::new();
-            for location in &provider.token_locations {
-                let index = match locations.iter().position(|l| l == location) {
-                    Some(index) => index,
-                    None => {
-                        locations.push(location.clone());
-                        locations.len() - 1
-                    }
-                };
-                indexes.push(index);
-            }
+            let indexes = provider
+                .token_locations
+                .iter()
+                .map(|location| index_of(&mut locations, location))
+                .collect();
             for mapping in &provider.claims_to_headers {
                 if !claim_headers.contains(&mapping.header) {
                     claim_headers.push(mapping.header.clone());
@@ -138,12 +230,47 @@ impl Authenticator {
                 hmac: provider.hmac_secret_bytes().map(HmacSecret::new),
             });
         }
+        let bearer = config.introspection.as_ref().map(|_| {
+            index_of(
+                &mut locations,
+                &TokenLocation::Header {
+                    name: "authorization".to_owned(),
+                    prefix: "Bearer ".to_owned(),
+                },
+            )
+        });
+        let policy = config
+            .rules_config()
+            .and_then(|rules| match rules.compile() {
+                Ok(rules) => Some(Policy {
+                    rules,
+                    normalizer: config.path_normalization.unwrap_or_default().compile(),
+                }),
+                Err(err) => {
+                    problems.push_at(&format!("rules[{}]", err.index), err.reason);
+                    None
+                }
+            });
+        let default_requirement = Requirement::accepting(
+            providers.iter().map(|p| p.name.clone()).collect(),
+            config.api_keys.is_some(),
+            config.introspection.is_some(),
+        );
         Self {
             providers,
             locations,
             max_token_bytes: config.max_token_bytes,
             allow_missing: config.allow_missing,
             claim_headers,
+            api_keys: config.api_keys.as_ref().map(|c| c.compile()),
+            introspector: config.introspection.as_ref().map(|c| c.compile()),
+            bearer,
+            introspection_forwards: config
+                .introspection
+                .as_ref()
+                .is_some_and(|c| c.forward_token),
+            policy,
+            default_requirement,
         }
     }
 
@@ -151,68 +278,281 @@ impl Authenticator {
         &self.providers
     }
 
-    /// Decides for a request's headers at `now` (seconds since the epoch).
+    pub fn introspector(&self) -> Option<&Introspector> {
+        self.introspector.as_ref()
+    }
+
+    /// Does a rule match on the mTLS peer principal? Only then need the adapter read it.
+    pub fn uses_principals(&self) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|policy| policy.rules.uses_principals())
+    }
+
+    /// Decides for a request's headers at `now` (seconds since the epoch), without an mTLS
+    /// peer.
     pub fn authenticate(&self, headers: &Fields<'_>, now: u64, keys: &impl KeySource) -> Verdict {
+        self.decide(headers, None, now, keys)
+    }
+
+    /// Decides for a request's headers and verified mTLS peer principal (SPIFFE URI SAN) at
+    /// `now` (seconds since the epoch).
+    pub fn decide(
+        &self,
+        headers: &Fields<'_>,
+        peer: Option<&[u8]>,
+        now: u64,
+        keys: &impl KeySource,
+    ) -> Verdict {
+        let raw_path = get(headers, ":path");
+        let Some(policy) = &self.policy else {
+            return self.require(
+                &self.default_requirement,
+                headers,
+                raw_path,
+                false,
+                now,
+                keys,
+            );
+        };
+        let normalized = match policy.normalizer.normalize(raw_path.unwrap_or_default()) {
+            Ok(normalized) => normalized,
+            Err(rejection) => return deny(Source::None, Rejection::Path(rejection)),
+        };
+        if normalized.disposition == PathDisposition::Redirect {
+            return Verdict::Redirect(normalized.request_path());
+        }
+        let rewrite = normalized.disposition == PathDisposition::Rewrite;
+        let facts = RequestFacts {
+            authority: get(headers, ":authority").or_else(|| get(headers, "host")),
+            path: &normalized.path,
+            method: get(headers, ":method").unwrap_or_default(),
+            peer_principal: peer,
+        };
+        match policy.rules.decide(&facts) {
+            RuleDecision::AllowAnonymous { .. } => {
+                let mut edits = self.strip_identity(headers);
+                self.finish_path(&mut edits, raw_path, rewrite, false);
+                Verdict::Anonymous(edits)
+            }
+            RuleDecision::Deny { .. } => deny(Source::None, Rejection::Denied),
+            RuleDecision::Require { requirement, .. } => {
+                self.require(requirement, headers, raw_path, rewrite, now, keys)
+            }
+        }
+    }
+
+    /// Authenticates with a credential `requirement` accepts, then authorizes.
+    fn require(
+        &self,
+        requirement: &Requirement,
+        headers: &Fields<'_>,
+        raw_path: Option<&[u8]>,
+        rewrite: bool,
+        now: u64,
+        keys: &impl KeySource,
+    ) -> Verdict {
+        if let Some(verdict) = self.api_key(requirement, headers, raw_path, rewrite) {
+            return verdict;
+        }
         let found = self
             .locations
             .iter()
             .enumerate()
+            .filter(|(index, _)| self.reads(requirement, *index))
             .find_map(|(index, location)| {
                 token_location::find(location, headers).map(|token| (index, token))
             });
         let Some((location, token)) = found else {
-            return if self.allow_missing {
-                Verdict::Anonymous(self.strip_identity(headers))
+            return if self.allow_missing && self.policy.is_none() {
+                let mut edits = self.strip_identity(headers);
+                self.finish_path(&mut edits, raw_path, rewrite, false);
+                Verdict::Anonymous(edits)
             } else {
-                Verdict::Deny {
-                    provider: None,
-                    rejection: Rejection::Missing,
-                }
+                deny(Source::None, Rejection::Missing)
             };
         };
+        let introspectable = requirement.introspection && self.bearer == Some(location);
+        let jwt_provider_reads = self.providers.iter().any(|p| {
+            p.locations.contains(&location)
+                && requirement.accepts(Credential::Jwt { provider: &p.name })
+        });
+        if !jwt_provider_reads {
+            return self.pending(requirement, headers, raw_path, rewrite, location, token);
+        }
         let decoded = match jwt::decode(token, self.max_token_bytes) {
             Ok(decoded) => decoded,
-            Err(rejection) => {
-                return Verdict::Deny {
-                    provider: None,
-                    rejection,
-                }
+            Err(rejection @ Rejection::TooLarge { .. }) => return deny(Source::None, rejection),
+            Err(_) if introspectable => {
+                return self.pending(requirement, headers, raw_path, rewrite, location, token)
             }
+            Err(rejection) => return deny(Source::None, rejection),
         };
         let index = match self.provider_for(&decoded.claims) {
             Ok(index) => index,
-            Err(rejection) => {
-                return Verdict::Deny {
-                    provider: None,
-                    rejection,
-                }
+            Err(_) if introspectable => {
+                return self.pending(requirement, headers, raw_path, rewrite, location, token)
             }
+            Err(rejection) => return deny(Source::None, rejection),
         };
-        let deny = |rejection| Verdict::Deny {
-            provider: Some(index),
-            rejection,
-        };
+        let source = Source::Provider(index);
         let Some(provider) = self.providers.get(index) else {
-            return deny(Rejection::UnknownIssuer);
+            return deny(source, Rejection::UnknownIssuer);
         };
+        if !requirement.accepts(Credential::Jwt {
+            provider: &provider.name,
+        }) {
+            return deny(source, Rejection::ProviderNotAccepted);
+        }
         if !provider.locations.contains(&location) {
-            return deny(Rejection::WrongLocation);
+            return deny(source, Rejection::WrongLocation);
         }
         let expires = match verify(provider, &decoded, now, keys) {
             Ok(expires) => expires,
-            Err(rejection) => return deny(rejection),
+            Err(rejection) => return deny(source, rejection),
         };
+        let claims = Value::Object(decoded.claims);
+        if let Err(rejection) = authorize(requirement, &claims) {
+            return deny(source, rejection);
+        }
         let mut edits = self.strip_identity(headers);
-        self.identity_edits(provider, &decoded.claims, &mut edits);
+        if let Value::Object(claims) = &claims {
+            self.identity_edits(provider, claims, &mut edits);
+        }
         if !provider.forward_token {
             if let Some(location) = self.locations.get(location) {
                 edits.extend(token_location::removal(location, headers));
             }
         }
+        self.finish_path(&mut edits, raw_path, rewrite, false);
         Verdict::Allow(Allowed {
-            provider: index,
+            source,
             edits,
             expires,
+        })
+    }
+
+    /// Does `requirement` read a token from `locations[index]`?
+    fn reads(&self, requirement: &Requirement, index: usize) -> bool {
+        (requirement.introspection && self.bearer == Some(index))
+            || self.providers.iter().any(|p| {
+                p.locations.contains(&index)
+                    && requirement.accepts(Credential::Jwt { provider: &p.name })
+            })
+    }
+
+    /// The API key verdict, when the requirement accepts keys and the request carries one.
+    fn api_key(
+        &self,
+        requirement: &Requirement,
+        headers: &Fields<'_>,
+        raw_path: Option<&[u8]>,
+        rewrite: bool,
+    ) -> Option<Verdict> {
+        let api_keys = self.api_keys.as_ref().filter(|_| requirement.api_keys)?;
+        let query = raw_path.and_then(|path| split_query(path).1);
+        let key = match api_keys.authenticate(headers, query) {
+            ApiKeyOutcome::Missing => return None,
+            ApiKeyOutcome::Invalid(invalid) => {
+                return Some(deny(Source::ApiKey, Rejection::ApiKey(invalid)))
+            }
+            ApiKeyOutcome::Valid(key) => key,
+        };
+        if requirement.checks_identity() {
+            if let Err(rejection) = authorize(requirement, &key.claims()) {
+                return Some(deny(Source::ApiKey, rejection));
+            }
+        }
+        let mut edits = self.strip_identity(headers);
+        set_identity(&mut edits, API_KEY_PROVIDER, Some(&key.consumer));
+        if !api_keys.forward() {
+            for name in api_keys.key_headers() {
+                let edit = Edit::Remove(Cow::Owned(name.to_owned()));
+                if !edits.contains(&edit) {
+                    edits.push(edit);
+                }
+            }
+        }
+        self.finish_path(&mut edits, raw_path, rewrite, !api_keys.forward());
+        Some(Verdict::Allow(Allowed {
+            source: Source::ApiKey,
+            edits,
+            expires: None,
+        }))
+    }
+
+    /// An opaque token to introspect (or, without introspection, a token nobody reads here).
+    fn pending(
+        &self,
+        requirement: &Requirement,
+        headers: &Fields<'_>,
+        raw_path: Option<&[u8]>,
+        rewrite: bool,
+        location: usize,
+        token: &[u8],
+    ) -> Verdict {
+        if !requirement.introspection || self.introspector.is_none() {
+            return deny(Source::None, Rejection::Missing);
+        }
+        if token.len() > self.max_token_bytes {
+            return deny(
+                Source::Introspection,
+                Rejection::TooLarge {
+                    limit: self.max_token_bytes,
+                },
+            );
+        }
+        let mut strip = self.strip_identity(headers);
+        let mut removal = Vec::new();
+        if !self.introspection_forwards {
+            if let Some(location) = self.locations.get(location) {
+                removal.extend(token_location::removal(location, headers));
+            }
+        }
+        self.finish_path(&mut strip, raw_path, rewrite, false);
+        Verdict::Introspect(PendingIntrospection {
+            token: token.to_vec(),
+            key: TokenKey::of(token),
+            requirement: requirement.clone(),
+            strip,
+            removal,
+        })
+    }
+
+    /// The verdict once introspection answered for `pending`.
+    pub fn introspected(&self, pending: PendingIntrospection, answer: Answer<'_>) -> Verdict {
+        let source = Source::Introspection;
+        let info = match answer {
+            Answer::Active(info) => info,
+            Answer::Inactive(inactive) => return deny(source, Rejection::Inactive(inactive)),
+            Answer::Failed(error) => {
+                let open = self
+                    .introspector
+                    .as_ref()
+                    .is_some_and(|i| i.fail_mode() == FailMode::Open);
+                return if open {
+                    Verdict::Anonymous(pending.strip)
+                } else {
+                    deny(source, Rejection::Introspection(error))
+                };
+            }
+        };
+        if let Err(rejection) = authorize(&pending.requirement, &info.claims) {
+            return deny(source, rejection);
+        }
+        let mut edits = pending.strip;
+        // The path edit (if any) goes last, after the token's removal from the query.
+        let path_edit = edits
+            .iter()
+            .position(|e| matches!(e, Edit::Set(name, _) if name == ":path"))
+            .map(|at| edits.remove(at));
+        set_identity(&mut edits, INTROSPECTION_PROVIDER, info.subject());
+        edits.extend(pending.removal);
+        edits.extend(path_edit);
+        Verdict::Allow(Allowed {
+            source,
+            edits,
+            expires: info.exp,
         })
     }
 
@@ -247,22 +587,52 @@ impl Authenticator {
         edits
     }
 
-    fn identity_edits(&self, provider: &Provider, claims: &Claims, edits: &mut Vec<Edit<'static>>) {
-        let set = |edits: &mut Vec<Edit<'static>>, name: &str, value: String| {
-            edits.push(Edit::Set(
-                Cow::Owned(name.to_owned()),
-                Cow::Owned(value.into_bytes()),
-            ));
-        };
-        set(edits, identity::PROVIDER, provider.name.clone());
-        if let Some(sub) = claims
-            .get("sub")
-            .and_then(|s| s.as_str())
-            .filter(|s| claims::is_header_safe(s))
-        {
-            set(edits, identity::SUBJECT, sub.to_owned());
-            set(edits, identity::CONSUMER, sub.to_owned());
+    /// Folds every change to `:path` into one final edit: a credential taken out of the query
+    /// (a token's removal edit, an API key's parameter), then the normalised path when
+    /// normalisation changed it, so the upstream sees the path the rules judged.
+    fn finish_path(
+        &self,
+        edits: &mut Vec<Edit<'static>>,
+        raw: Option<&[u8]>,
+        rewrite: bool,
+        strip_api_key: bool,
+    ) {
+        let mut current: Option<Vec<u8>> = edits
+            .iter()
+            .position(|e| matches!(e, Edit::Set(name, _) if name == ":path"))
+            .and_then(|at| match edits.remove(at) {
+                Edit::Set(_, value) => Some(value.into_owned()),
+                _ => None,
+            });
+        if strip_api_key {
+            if let (Some(api_keys), Some(path)) = (&self.api_keys, current.as_deref().or(raw)) {
+                if let (base, Some(query)) = split_query(path) {
+                    if let Some(kept) = api_keys.query_without_keys(query) {
+                        let mut path = base.to_vec();
+                        if !kept.is_empty() {
+                            path.push(b'?');
+                            path.extend_from_slice(&kept);
+                        }
+                        current = Some(path);
+                    }
+                }
+            }
         }
+        if rewrite {
+            if let (Some(policy), Some(path)) = (&self.policy, current.as_deref().or(raw)) {
+                if let Ok(normalized) = policy.normalizer.normalize(path) {
+                    current = Some(normalized.request_path());
+                }
+            }
+        }
+        if let Some(path) = current {
+            edits.push(Edit::Set(Cow::Borrowed(":path"), Cow::Owned(path)));
+        }
+    }
+
+    fn identity_edits(&self, provider: &Provider, claims: &Claims, edits: &mut Vec<Edit<'static>>) {
+        let sub = claims.get("sub").and_then(|s| s.as_str());
+        set_identity(edits, &provider.name, sub);
         for mapping in &provider.claims_to_headers {
             if let Some(value) =
                 claims::lookup(claims, &mapping.claim).and_then(claims::header_value)
@@ -270,6 +640,51 @@ impl Authenticator {
                 set(edits, &mapping.header, value);
             }
         }
+    }
+}
+
+fn deny(source: Source, rejection: Rejection) -> Verdict {
+    Verdict::Deny { source, rejection }
+}
+
+fn set(edits: &mut Vec<Edit<'static>>, name: &str, value: String) {
+    edits.push(Edit::Set(
+        Cow::Owned(name.to_owned()),
+        Cow::Owned(value.into_bytes()),
+    ));
+}
+
+/// The provider header, and subject and consumer when the subject is safe in a header.
+fn set_identity(edits: &mut Vec<Edit<'static>>, provider: &str, subject: Option<&str>) {
+    set(edits, identity::PROVIDER, provider.to_owned());
+    if let Some(subject) = subject.filter(|s| claims::is_header_safe(s)) {
+        set(edits, identity::SUBJECT, subject.to_owned());
+        set(edits, identity::CONSUMER, subject.to_owned());
+    }
+}
+
+/// The rule's claims and scopes against a verified identity.
+fn authorize(requirement: &Requirement, claims: &Value) -> Result<(), Rejection> {
+    if !requirement.checks_identity() {
+        return Ok(());
+    }
+    requirement
+        .authorize(claims)
+        .map_err(|refusal| match refusal {
+            Refusal::ClaimMismatch { .. } => Rejection::ClaimMismatch,
+            Refusal::InsufficientScope { .. } => {
+                Rejection::InsufficientScope(requirement.scopes().join(" "))
+            }
+            Refusal::Unauthenticated | Refusal::Denied => Rejection::Denied,
+        })
+}
+
+/// `(path, query)` of a request target, the fragment dropped.
+fn split_query(target: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let target = target.split(|&b| b == b'#').next().unwrap_or_default();
+    match target.iter().position(|&b| b == b'?') {
+        Some(at) => (target.get(..at).unwrap_or_default(), target.get(at + 1..)),
+        None => (target, None),
     }
 }
 
@@ -377,7 +792,7 @@ mod tests {
             let token = sign(alg, &claims());
             match run(&engine, &[("authorization", &bearer(&token))]) {
                 Verdict::Allow(allowed) => {
-                    assert_eq!(allowed.provider, 0);
+                    assert_eq!(allowed.source, Source::Provider(0));
                     assert_eq!(allowed.expires, Some(NOW + 300 + 60));
                 }
                 other => panic!("{alg:?}: {other:?}"),
@@ -642,13 +1057,224 @@ mod tests {
         assert_eq!(
             run(&engine, &[("authorization", &bearer(&partner))]),
             Verdict::Deny {
-                provider: Some(1),
+                source: Source::Provider(1),
                 rejection: Rejection::WrongLocation
             }
         );
         let Verdict::Allow(allowed) = run(&engine, &[("x-partner-jwt", &partner)]) else {
             panic!()
         };
-        assert_eq!(allowed.provider, 1);
+        assert_eq!(allowed.source, Source::Provider(1));
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::introspection::{IntrospectionError, TokenInfo};
+    use crate::test_tokens::{sign, JWKS};
+
+    const NOW: u64 = 1_800_000_000;
+    const ISS: &str = "https://idp.example";
+
+    fn engine(extra: Value) -> Authenticator {
+        let mut config = json!({
+            "providers": [{
+                "name": "idp", "issuer": ISS, "algorithms": ["RS256"],
+                "jwks": {"inline": serde_json::from_str::<Value>(JWKS).unwrap()},
+                "token_locations": [{"header": {"name": "authorization", "prefix": "Bearer "}},
+                                    {"query": "access_token"}],
+            }],
+            "introspection": {
+                "upstream": "idp", "authority": "idp.example", "path": "/introspect",
+                "client_id": "gw", "client_secret": "s3cret",
+            },
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        let config: AuthConfig =
+            palisade_kit::config::load(&serde_json::to_vec(&config).unwrap()).unwrap();
+        let mut problems = Problems::default();
+        let engine = Authenticator::build(&config, &mut problems);
+        assert!(problems.is_empty());
+        engine
+    }
+
+    fn run(engine: &Authenticator, headers: &[(&str, &str)]) -> Verdict {
+        let fields: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+            .collect();
+        engine.authenticate(&fields, NOW, &InlineKeys)
+    }
+
+    fn jwt() -> String {
+        sign(
+            Algorithm::RS256,
+            &json!({"iss": ISS, "sub": "alice", "exp": NOW + 300, "scope": "a b"}),
+        )
+    }
+
+    #[test]
+    fn a_removed_query_token_and_the_normalised_path_make_one_path_edit() {
+        let engine = engine(json!({"rules": [{"action": {"require": {"providers": ["idp"]}}}]}));
+        let path = format!("/x/../orders?access_token={}&page=2", jwt());
+        let Verdict::Allow(allowed) = run(&engine, &[(":path", &path)]) else {
+            panic!()
+        };
+        let paths: Vec<&Edit<'_>> = allowed
+            .edits
+            .iter()
+            .filter(|e| matches!(e, Edit::Set(name, _) if name == ":path"))
+            .collect();
+        assert_eq!(
+            paths,
+            [&Edit::Set(
+                ":path".into(),
+                b"/orders?page=2".to_vec().into()
+            )]
+        );
+    }
+
+    #[test]
+    fn an_opaque_bearer_token_is_introspected_and_a_jwt_is_verified() {
+        let engine = engine(json!({}));
+        let Verdict::Introspect(pending) = run(&engine, &[("authorization", "Bearer opaque-1")])
+        else {
+            panic!()
+        };
+        assert_eq!(pending.token(), b"opaque-1");
+        // The token never shows in a Debug print.
+        assert!(!format!("{pending:?}").contains("opaque"));
+        let Verdict::Allow(allowed) =
+            run(&engine, &[("authorization", &format!("Bearer {}", jwt()))])
+        else {
+            panic!()
+        };
+        assert_eq!(allowed.source, Source::Provider(0));
+        // A JWT of an unknown issuer on the bearer header goes to introspection too.
+        let stranger = sign(
+            Algorithm::RS256,
+            &json!({"iss": "https://other.example", "exp": NOW + 300}),
+        );
+        assert!(matches!(
+            run(&engine, &[("authorization", &format!("Bearer {stranger}"))]),
+            Verdict::Introspect(_)
+        ));
+        // An opaque token in the query (a JWT-only location) is a JWT error, not introspected.
+        assert_eq!(
+            run(&engine, &[(":path", "/a?access_token=opaque")]),
+            Verdict::Deny {
+                source: Source::None,
+                rejection: Rejection::SegmentCount(1)
+            }
+        );
+    }
+
+    #[test]
+    fn introspection_answers_become_verdicts() {
+        let engine = engine(json!({"rules": [{"action": {"require": {
+            "introspection": true, "scopes": ["orders:write"]}}}]}));
+        let pending = || match run(
+            &engine,
+            &[
+                (":path", "/r"),
+                ("authorization", "Bearer opaque-1"),
+                ("x-palisade-subject", "m"),
+            ],
+        ) {
+            Verdict::Introspect(pending) => pending,
+            other => panic!("{other:?}"),
+        };
+        let info = |scope: &str| TokenInfo {
+            sub: Some("svc".into()),
+            client_id: None,
+            username: None,
+            scope: Some(scope.into()),
+            exp: Some(NOW + 60),
+            claims: json!({"active": true, "sub": "svc", "scope": scope}),
+        };
+        let Verdict::Allow(allowed) =
+            engine.introspected(pending(), Answer::Active(&info("orders:write")))
+        else {
+            panic!()
+        };
+        assert_eq!(allowed.source, Source::Introspection);
+        assert_eq!(allowed.expires, Some(NOW + 60));
+        assert_eq!(
+            allowed.edits,
+            [
+                Edit::Remove("x-palisade-subject".to_owned().into()),
+                Edit::Set(
+                    "x-palisade-auth-provider".to_owned().into(),
+                    b"introspection".to_vec().into()
+                ),
+                Edit::Set(
+                    "x-palisade-subject".to_owned().into(),
+                    b"svc".to_vec().into()
+                ),
+                Edit::Set(
+                    "x-palisade-consumer".to_owned().into(),
+                    b"svc".to_vec().into()
+                ),
+                Edit::Remove("authorization".to_owned().into()),
+            ]
+        );
+        assert_eq!(
+            engine.introspected(pending(), Answer::Active(&info("orders:read"))),
+            Verdict::Deny {
+                source: Source::Introspection,
+                rejection: Rejection::InsufficientScope("orders:write".into())
+            }
+        );
+        assert_eq!(
+            engine.introspected(pending(), Answer::Inactive(Inactive::NotActive)),
+            Verdict::Deny {
+                source: Source::Introspection,
+                rejection: Rejection::Inactive(Inactive::NotActive)
+            }
+        );
+        assert_eq!(
+            engine.introspected(pending(), Answer::Failed(IntrospectionError::Unreachable)),
+            Verdict::Deny {
+                source: Source::Introspection,
+                rejection: Rejection::Introspection(IntrospectionError::Unreachable)
+            }
+        );
+    }
+
+    #[test]
+    fn fail_open_lets_the_request_through_anonymous() {
+        let introspection = json!({
+            "upstream": "idp", "authority": "idp.example", "path": "/introspect",
+            "client_id": "gw", "client_secret": "s3cret", "fail_mode": "open",
+        });
+        let engine = engine(json!({"introspection": introspection}));
+        let Verdict::Introspect(pending) = run(&engine, &[("authorization", "Bearer opaque-1")])
+        else {
+            panic!()
+        };
+        assert_eq!(
+            engine.introspected(pending, Answer::Failed(IntrospectionError::Status(500))),
+            Verdict::Anonymous(Vec::new())
+        );
+    }
+
+    #[test]
+    fn unescape_and_redirect_answers_with_the_normalised_path() {
+        let engine = engine(json!({
+            "rules": [{"action": "allow_anonymous"}],
+            "path_normalization": {"escaped_slashes": "unescape_and_redirect"},
+        }));
+        assert_eq!(
+            run(&engine, &[(":path", "/a%2Fb?q=1")]),
+            Verdict::Redirect(b"/a/b?q=1".to_vec())
+        );
     }
 }

@@ -2,11 +2,13 @@
 //! [`Authenticator`] decides, and its edits or refusal are applied here; metrics are counted
 //! here too. Nothing of the token or the headers is ever logged.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use palisade_kit::config::{ConfigError, Problems};
 use palisade_kit::header_pairs::{decode_borrowed, get, Fields};
+use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::Counter;
 use palisade_kit::host::{self, Map, Plugin};
 use palisade_kit::reply::ErrorReply;
@@ -14,26 +16,29 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::AuthConfig;
-use crate::engine::{Authenticator, InlineKeys, Verdict};
+use crate::engine::{Answer, Authenticator, InlineKeys, PendingIntrospection, Source, Verdict};
+use crate::introspection::{CachedAnswer, Introspected, IntrospectionCache, IntrospectionError};
 use crate::rejection::Rejection;
 
 const NAME: &str = "palisade-auth";
 
 struct AuthPlugin;
 
-/// Counters by provider (and by reason for denials), defined once per VM. Index
-/// `providers.len()` stands for "no provider" (a token that never named a known one).
+/// Counters by source (each provider, then `api_key`, `introspection`, and `none` for a request
+/// refused before any credential named one), and by reason for denials; defined once per VM.
 struct Metrics {
     allowed: Vec<Counter>,
     anonymous: Counter,
-    /// `denied[provider][reason]`, reasons in [`Rejection::LABELS`] order.
+    /// `denied[source][reason]`, reasons in [`Rejection::LABELS`] order.
     denied: Vec<Vec<Counter>>,
+    providers: usize,
 }
 
 impl Metrics {
     fn define(engine: &Authenticator) -> Self {
         let mut names: Vec<&str> = engine.providers().iter().map(|p| p.name.as_str()).collect();
-        names.push("none");
+        let providers = names.len();
+        names.extend(["api_key", "introspection", "none"]);
         Self {
             allowed: names
                 .iter()
@@ -51,17 +56,30 @@ impl Metrics {
                         .collect()
                 })
                 .collect(),
+            providers,
         }
     }
 
-    fn denied(&self, provider: Option<usize>, rejection: &Rejection) {
-        let row = provider
-            .and_then(|p| self.denied.get(p))
-            .or_else(|| self.denied.last());
+    fn row(&self, source: Source) -> usize {
+        match source {
+            Source::Provider(index) => index,
+            Source::ApiKey => self.providers,
+            Source::Introspection => self.providers + 1,
+            Source::None => self.providers + 2,
+        }
+    }
+
+    fn allowed(&self, source: Source) {
+        if let Some(counter) = self.allowed.get(self.row(source)) {
+            counter.inc();
+        }
+    }
+
+    fn denied(&self, source: Source, rejection: &Rejection) {
         let column = Rejection::LABELS
             .iter()
             .position(|label| *label == rejection.label());
-        if let Some(counter) = row.zip(column).and_then(|(row, c)| row.get(c)) {
+        if let Some(counter) = column.and_then(|c| self.denied.get(self.row(source))?.get(c)) {
             counter.inc();
         }
     }
@@ -70,6 +88,8 @@ impl Metrics {
 struct Worker {
     engine: Authenticator,
     metrics: Option<Metrics>,
+    /// Introspection answers, per worker (keyed by the token's SHA-256).
+    cache: Option<RefCell<IntrospectionCache>>,
 }
 
 impl Plugin for AuthPlugin {
@@ -82,16 +102,28 @@ impl Plugin for AuthPlugin {
         let engine = Authenticator::build(&config, &mut problems);
         problems.into_result()?;
         let metrics = config.metrics.then(|| Metrics::define(&engine));
-        Ok(Worker { engine, metrics })
+        let cache = engine
+            .introspector()
+            .map(|introspector| RefCell::new(introspector.new_cache()));
+        Ok(Worker {
+            engine,
+            metrics,
+            cache,
+        })
     }
 
     fn http_context(worker: Rc<Worker>, _context_id: u32) -> Box<dyn HttpContext> {
-        Box::new(Stream { worker })
+        Box::new(Stream {
+            worker,
+            pending: None,
+        })
     }
 }
 
 struct Stream {
     worker: Rc<Worker>,
+    /// The token being introspected while the request is paused.
+    pending: Option<PendingIntrospection>,
 }
 
 fn fields(raw: &[u8]) -> Fields<'_> {
@@ -114,7 +146,165 @@ fn refuse(reply: &ErrorReply, headers: &Fields<'_>) -> Action {
     }
 }
 
-impl Context for Stream {}
+/// The verified mTLS peer's URI SAN (the SPIFFE id). `connection.mtls` first: both hosts have
+/// it, while Kong has no peer-certificate property (reading one logs `NYI`), so the SAN is only
+/// asked for on a mutual-TLS connection, which Kong's Wasm filters never report.
+fn peer_principal() -> Option<Vec<u8>> {
+    let mtls = host::property(&["connection", "mtls"]).ok().flatten()?;
+    if mtls.as_slice() != [1] && mtls.as_slice() != b"true" {
+        return None;
+    }
+    host::property(&["connection", "uri_san_peer_certificate"])
+        .ok()
+        .flatten()
+}
+
+fn now_ms() -> Option<u64> {
+    let since = host::now().ok()?.duration_since(UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_millis()).ok()
+}
+
+impl Stream {
+    /// Applies a verdict to the paused or running request. `resume`: the request was paused for
+    /// a call-out, so continuing means resuming it.
+    fn apply(&mut self, verdict: Verdict, headers: &Fields<'_>, resume: bool) -> Action {
+        let worker = Rc::clone(&self.worker);
+        let metrics = worker.metrics.as_ref();
+        let go_on = |edits: &[palisade_kit::header_pairs::Edit<'_>]| {
+            host::apply_edits(Map::RequestHeaders, headers, edits);
+            if resume {
+                if let Err(err) = callout::resume_request() {
+                    log::warn!("[{NAME}] could not resume the request: {err}");
+                }
+                Action::Pause
+            } else {
+                Action::Continue
+            }
+        };
+        match verdict {
+            Verdict::Allow(allowed) => {
+                if let Some(metrics) = metrics {
+                    metrics.allowed(allowed.source);
+                }
+                go_on(&allowed.edits)
+            }
+            Verdict::Anonymous(edits) => {
+                if let Some(metrics) = metrics {
+                    metrics.anonymous.inc();
+                }
+                go_on(&edits)
+            }
+            Verdict::Deny { source, rejection } => {
+                if let Some(metrics) = metrics {
+                    metrics.denied(source, &rejection);
+                }
+                refuse(&rejection.reply(), headers)
+            }
+            Verdict::Redirect(location) => {
+                let location = String::from_utf8_lossy(&location);
+                if let Err(err) = host::send_reply(307, &[("location", &location)], b"") {
+                    log::error!("[{NAME}] could not send a 307 reply: {err}");
+                }
+                Action::Pause
+            }
+            Verdict::Introspect(pending) => self.introspect(pending, headers),
+        }
+    }
+
+    /// Answers from the cache, or asks the introspection endpoint and pauses the request.
+    fn introspect(&mut self, pending: PendingIntrospection, headers: &Fields<'_>) -> Action {
+        let worker = Rc::clone(&self.worker);
+        let (Some(introspector), Some(now_ms)) = (worker.engine.introspector(), now_ms()) else {
+            let verdict = worker
+                .engine
+                .introspected(pending, Answer::Failed(IntrospectionError::Unreachable));
+            return self.apply(verdict, headers, false);
+        };
+        if let Some(cache) = &worker.cache {
+            let mut cache = cache.borrow_mut();
+            let cached = cache.get(&pending.key, now_ms).map(|answer| match answer {
+                CachedAnswer::Active(info) => worker
+                    .engine
+                    .introspected(pending.clone(), Answer::Active(info)),
+                CachedAnswer::Inactive(inactive) => worker
+                    .engine
+                    .introspected(pending.clone(), Answer::Inactive(inactive)),
+            });
+            drop(cache);
+            if let Some(verdict) = cached {
+                return self.apply(verdict, headers, false);
+            }
+        }
+        let request = introspector.request(pending.token());
+        let call = HttpCallout {
+            upstream: request.upstream,
+            method: request.method,
+            path: request.path,
+            authority: request.authority,
+            headers: &request.headers,
+            body: Some(&request.body),
+            timeout: request.timeout,
+        };
+        match callout::dispatch_http(&call) {
+            Ok(_token) => {
+                self.pending = Some(pending);
+                Action::Pause
+            }
+            Err(err) => {
+                log::error!("[{NAME}] could not call the introspection endpoint: {err}");
+                let verdict = worker
+                    .engine
+                    .introspected(pending, Answer::Failed(IntrospectionError::Unreachable));
+                self.apply(verdict, headers, false)
+            }
+        }
+    }
+}
+
+impl Context for Stream {
+    fn on_http_call_response(
+        &mut self,
+        _token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let worker = Rc::clone(&self.worker);
+        let Some(introspector) = worker.engine.introspector() else {
+            return;
+        };
+        let max = introspector.max_response_bytes();
+        let response = callout::http_call_response(body_size, max.saturating_add(1));
+        let now_ms = now_ms().unwrap_or_default();
+        let parsed =
+            introspector.parse_response(response.status, &response.body, body_size, now_ms);
+        if let Err(error) = &parsed {
+            log::warn!("[{NAME}] introspection failed: {error}");
+        }
+        let verdict = match &parsed {
+            Ok(answer) => {
+                if let Some(cache) = &worker.cache {
+                    cache.borrow_mut().insert(pending.key, answer, now_ms);
+                }
+                match answer {
+                    Introspected::Active(info) => {
+                        worker.engine.introspected(pending, Answer::Active(info))
+                    }
+                    Introspected::Inactive(inactive) => worker
+                        .engine
+                        .introspected(pending, Answer::Inactive(*inactive)),
+                }
+            }
+            Err(error) => worker.engine.introspected(pending, Answer::Failed(*error)),
+        };
+        let raw = host::headers_raw(Map::RequestHeaders).unwrap_or_default();
+        let headers = fields(&raw);
+        self.apply(verdict, &headers, true);
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -138,32 +328,15 @@ impl HttpContext for Stream {
             }
         };
         let worker = Rc::clone(&self.worker);
-        let metrics = worker.metrics.as_ref();
-        match worker.engine.authenticate(&headers, now, &InlineKeys) {
-            Verdict::Allow(allowed) => {
-                if let Some(counter) = metrics.and_then(|m| m.allowed.get(allowed.provider)) {
-                    counter.inc();
-                }
-                host::apply_edits(Map::RequestHeaders, &headers, &allowed.edits);
-                Action::Continue
-            }
-            Verdict::Anonymous(edits) => {
-                if let Some(metrics) = metrics {
-                    metrics.anonymous.inc();
-                }
-                host::apply_edits(Map::RequestHeaders, &headers, &edits);
-                Action::Continue
-            }
-            Verdict::Deny {
-                provider,
-                rejection,
-            } => {
-                if let Some(metrics) = metrics {
-                    metrics.denied(provider, &rejection);
-                }
-                refuse(&rejection.reply(), &headers)
-            }
-        }
+        let peer = if worker.engine.uses_principals() {
+            peer_principal()
+        } else {
+            None
+        };
+        let verdict = worker
+            .engine
+            .decide(&headers, peer.as_deref(), now, &InlineKeys);
+        self.apply(verdict, &headers, false)
     }
 }
 

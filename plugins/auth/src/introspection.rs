@@ -66,6 +66,10 @@ pub struct IntrospectionConfig {
     /// unauthenticated, as Envoy ext_authz's `failure_mode_allow`.
     #[serde(default)]
     pub fail_mode: FailMode,
+    /// Keep the token in the request sent upstream. Default `false`: once introspection
+    /// accepted it, the `authorization` header is removed, as for JWTs.
+    #[serde(default)]
+    pub forward_token: bool,
 }
 
 impl fmt::Debug for IntrospectionConfig {

@@ -8,8 +8,11 @@
 //! identity headers (`palisade_kit::identity`): it strips them from every request before it
 //! sets its own.
 //!
-//! The policy half ([`api_keys`], [`introspection`], [`rules`], [`path`]) is merged, validated
-//! and unit-tested on its own, but not wired into [`config::AuthConfig`] or the engine yet.
+//! The policy half is wired into the same configuration and engine: [`path`] normalises the
+//! path, [`rules`] pick what a route requires, [`api_keys`] and [`introspection`] are credentials
+//! besides JWTs. Introspection is the one asynchronous step: the engine returns
+//! [`engine::Verdict::Introspect`], the adapter makes the call-out (or answers from its cache)
+//! and hands the answer back to [`engine::Authenticator::introspected`].
 
 pub mod api_keys;
 pub mod claims;

@@ -3,6 +3,10 @@
 
 use palisade_kit::reply::ErrorReply;
 
+use crate::api_keys::InvalidApiKey;
+use crate::introspection::{Inactive, IntrospectionError};
+use crate::path::PathRejection;
+
 /// A part of a compact JWS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Segment {
@@ -89,6 +93,23 @@ pub enum Rejection {
     MissingExp,
     /// `aud` names none of the provider's audiences.
     AudienceNotAllowed,
+    /// A valid provider's token on a route whose rule does not accept that provider.
+    ProviderNotAccepted,
+    /// A presented API key is refused (401).
+    ApiKey(InvalidApiKey),
+    /// The path cannot be normalised safely (400).
+    Path(PathRejection),
+    /// A `deny` rule, or no rule matched and `no_match` is `deny` (403).
+    Denied,
+    /// A claim the rule requires is missing or has another value (403).
+    ClaimMismatch,
+    /// Scopes the rule requires are missing (403 `insufficient_scope`); the rule's scopes,
+    /// space-separated.
+    InsufficientScope(String),
+    /// The introspection endpoint says the token is not (or no longer) valid (401).
+    Inactive(Inactive),
+    /// The introspection endpoint gave no usable answer, and the fail mode is closed (503).
+    Introspection(IntrospectionError),
 }
 
 impl Rejection {
@@ -116,11 +137,19 @@ impl Rejection {
             Rejection::IssuedInFuture => "iat_in_future",
             Rejection::MissingExp => "missing_exp",
             Rejection::AudienceNotAllowed => "audience",
+            Rejection::ProviderNotAccepted => "provider_not_accepted",
+            Rejection::ApiKey(invalid) => invalid.reason(),
+            Rejection::Path(path) => path.reason(),
+            Rejection::Denied => "denied",
+            Rejection::ClaimMismatch => "claim_mismatch",
+            Rejection::InsufficientScope(_) => "insufficient_scope",
+            Rejection::Inactive(inactive) => inactive.reason(),
+            Rejection::Introspection(error) => error.reason(),
         }
     }
 
     /// Every label, for defining metrics once.
-    pub const LABELS: [&'static str; 21] = [
+    pub const LABELS: [&'static str; 44] = [
         "missing",
         "too_large",
         "malformed",
@@ -142,6 +171,29 @@ impl Rejection {
         "iat_in_future",
         "missing_exp",
         "audience",
+        "provider_not_accepted",
+        "api_key_unknown",
+        "api_key_ambiguous",
+        "api_key_too_long",
+        "api_key_bad_encoding",
+        "path_not_origin_form",
+        "path_unencoded_byte",
+        "path_invalid_percent_encoding",
+        "path_encoded_nul",
+        "path_escaped_slash",
+        "denied",
+        "claim_mismatch",
+        "insufficient_scope",
+        "token_inactive",
+        "token_expired",
+        "token_not_yet_valid",
+        "token_wrong_issuer",
+        "token_wrong_audience",
+        "introspection_unreachable",
+        "introspection_status",
+        "introspection_too_large",
+        "introspection_not_json",
+        "introspection_invalid",
     ];
 
     /// What the client (and the log) is told: precise, and free of anything the token carried.
@@ -179,6 +231,18 @@ impl Rejection {
             Rejection::IssuedInFuture => "token is issued in the future (iat)".to_owned(),
             Rejection::MissingExp => "token has no exp claim".to_owned(),
             Rejection::AudienceNotAllowed => "token audience is not allowed".to_owned(),
+            Rejection::ProviderNotAccepted => {
+                "token issuer is not accepted for this route".to_owned()
+            }
+            Rejection::ApiKey(invalid) => invalid.to_string(),
+            Rejection::Path(path) => path.to_string(),
+            Rejection::Denied => "access denied".to_owned(),
+            Rejection::ClaimMismatch => {
+                "a required claim is missing or has another value".to_owned()
+            }
+            Rejection::InsufficientScope(_) => INSUFFICIENT_SCOPE.to_owned(),
+            Rejection::Inactive(inactive) => inactive.to_string(),
+            Rejection::Introspection(error) => error.to_string(),
         }
     }
 
@@ -191,7 +255,12 @@ impl Rejection {
             Rejection::Missing => {
                 ErrorReply::new(401, description).with_header("www-authenticate", "Bearer")
             }
-            Rejection::KeysUnavailable => ErrorReply::new(503, description),
+            Rejection::KeysUnavailable | Rejection::Introspection(_) => {
+                ErrorReply::new(503, description)
+            }
+            Rejection::Path(path) => ErrorReply::new(path.status(), description),
+            Rejection::Denied | Rejection::ClaimMismatch => ErrorReply::new(403, description),
+            Rejection::InsufficientScope(scopes) => insufficient_scope(scopes),
             _ => {
                 let challenge =
                     format!("Bearer error=\"invalid_token\", error_description=\"{description}\"");
@@ -201,9 +270,11 @@ impl Rejection {
     }
 }
 
+const INSUFFICIENT_SCOPE: &str = "the token lacks a required scope or claim";
+
 /// A 403 for a verified identity that lacks what a rule requires (RFC 6750 §3.1).
 pub fn insufficient_scope(scope: &str) -> ErrorReply {
-    let description = "the token lacks a required scope or claim";
+    let description = INSUFFICIENT_SCOPE;
     let mut challenge =
         format!("Bearer error=\"insufficient_scope\", error_description=\"{description}\"");
     if !scope.is_empty() && scope.bytes().all(is_scope_char) {
@@ -277,6 +348,31 @@ mod tests {
             Rejection::IssuedInFuture,
             Rejection::MissingExp,
             Rejection::AudienceNotAllowed,
+            Rejection::ProviderNotAccepted,
+            Rejection::ApiKey(InvalidApiKey::Unknown),
+            Rejection::ApiKey(InvalidApiKey::Ambiguous),
+            Rejection::ApiKey(InvalidApiKey::TooLong),
+            Rejection::ApiKey(InvalidApiKey::BadEncoding),
+            Rejection::Path(PathRejection::NotOriginForm),
+            Rejection::Path(PathRejection::UnencodedByte),
+            Rejection::Path(PathRejection::InvalidPercentEncoding),
+            Rejection::Path(PathRejection::EncodedNul),
+            Rejection::Path(PathRejection::EscapedSlash),
+            Rejection::Denied,
+            Rejection::ClaimMismatch,
+            Rejection::InsufficientScope("a b".to_owned()),
+            Rejection::Inactive(Inactive::NotActive),
+            Rejection::Inactive(Inactive::Expired),
+            Rejection::Inactive(Inactive::NotYetValid),
+            Rejection::Inactive(Inactive::WrongIssuer),
+            Rejection::Inactive(Inactive::WrongAudience),
+            Rejection::Introspection(IntrospectionError::Unreachable),
+            Rejection::Introspection(IntrospectionError::Status(500)),
+            Rejection::Introspection(IntrospectionError::TooLarge { size: 2, max: 1 }),
+            Rejection::Introspection(IntrospectionError::NotJson),
+            Rejection::Introspection(IntrospectionError::NotAnObject),
+            Rejection::Introspection(IntrospectionError::MissingActive),
+            Rejection::Introspection(IntrospectionError::InvalidField("aud")),
         ];
         for rejection in &all {
             assert!(
@@ -286,10 +382,48 @@ mod tests {
             // Descriptions go into a quoted-string: no quote or backslash.
             assert!(!rejection.description().contains(['"', '\\']));
         }
+        // And every label is some rejection's.
+        for label in Rejection::LABELS {
+            assert!(all.iter().any(|r| r.label() == label), "{label}");
+        }
         let mut labels = Rejection::LABELS.to_vec();
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), Rejection::LABELS.len());
+    }
+
+    #[test]
+    fn policy_refusals_have_their_status_and_challenge() {
+        let scope = Rejection::InsufficientScope("orders:write".to_owned()).reply();
+        assert_eq!(scope.status, 403);
+        assert_eq!(
+            scope.headers,
+            [(
+                "www-authenticate".to_owned(),
+                "Bearer error=\"insufficient_scope\", error_description=\"the token lacks a \
+                 required scope or claim\", scope=\"orders:write\""
+                    .to_owned()
+            )]
+        );
+        for (rejection, status) in [
+            (Rejection::Denied, 403),
+            (Rejection::ClaimMismatch, 403),
+            (Rejection::Path(PathRejection::EncodedNul), 400),
+            (
+                Rejection::Introspection(IntrospectionError::Unreachable),
+                503,
+            ),
+        ] {
+            let reply = rejection.reply();
+            assert_eq!(reply.status, status, "{rejection:?}");
+            assert!(reply.headers.is_empty(), "{rejection:?}");
+        }
+        let key = Rejection::ApiKey(InvalidApiKey::Unknown).reply();
+        assert_eq!(key.status, 401);
+        assert_eq!(
+            key.headers[0].1,
+            "Bearer error=\"invalid_token\", error_description=\"unknown API key\""
+        );
     }
 
     #[test]

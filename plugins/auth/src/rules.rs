@@ -676,6 +676,11 @@ impl Rules {
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
+
+    /// Does any rule match on the mTLS peer principal? (Only then is it read from the host.)
+    pub fn uses_principals(&self) -> bool {
+        self.rules.iter().any(|rule| !rule.principals.is_empty())
+    }
 }
 
 /// What a credential is, for [`Requirement::accepts`].
@@ -728,6 +733,22 @@ pub struct Requirement {
 }
 
 impl Requirement {
+    /// A requirement with no claims or scopes: what applies when no rules are configured.
+    pub fn accepting(providers: Vec<String>, api_keys: bool, introspection: bool) -> Self {
+        Self {
+            providers,
+            api_keys,
+            introspection,
+            claims: Vec::new(),
+            scopes: Vec::new(),
+        }
+    }
+
+    /// Does [`authorize`](Self::authorize) check anything?
+    pub fn checks_identity(&self) -> bool {
+        !self.claims.is_empty() || !self.scopes.is_empty()
+    }
+
     /// Does this rule accept that credential?
     pub fn accepts(&self, credential: Credential<'_>) -> bool {
         match credential {

@@ -1,0 +1,686 @@
+//! palisade-auth's policy half in the test host, under Envoy and Kong: ordered rules on host,
+//! normalised path, method and mTLS peer; API keys (hashed, each naming a consumer); claims and
+//! scopes (403 `insufficient_scope`); the default deny; identity headers; metrics by source and
+//! reason; no key in any log line; configuration refusals naming the field.
+
+mod plugin_support;
+
+use palisade_host_tests::auth_tokens::{self, claims, Signer};
+use palisade_host_tests::wasm_host::{
+    CalloutReply, Failure, Headers, Host, LogOrigin, MetricValue, Outcome, Plugin, PluginVms,
+    Profile, Request, START_UNIX_SECS,
+};
+use plugin_support::{assert_rejected, load, PROFILES};
+use serde_json::{json, Value};
+
+const NOW: u64 = START_UNIX_SECS;
+/// `printf %s k-billing-123 | sha256sum`
+const BILLING_KEY: &str = "k-billing-123";
+const BILLING_SHA256: &str = "f657680beac81a82a4a1c6475628929dc3e5fa453a1960c653e006dbb443b47c";
+/// `printf %s k-reader-456 | sha256sum`: a key without scopes.
+const READER_KEY: &str = "k-reader-456";
+const READER_SHA256: &str = "d5e1c2bc0af577b74dd4a8a267050e9786d0b9245ec2ada6d4c3e3943b2e111f";
+
+fn api_keys() -> Value {
+    json!({
+        "from": [{"header": {"name": "x-api-key"}}, {"query": {"name": "api_key"}}],
+        "keys": [
+            {"sha256": BILLING_SHA256, "consumer": "billing", "scopes": ["invoices:read"],
+             "labels": {"team": "billing"}},
+            {"sha256": READER_SHA256, "consumer": "reader"}
+        ]
+    })
+}
+
+fn rules() -> Value {
+    json!([
+        {"name": "health", "paths": [{"exact": "/healthz"}], "methods": ["GET"],
+         "action": "allow_anonymous"},
+        {"name": "admin-block", "paths": [{"path_separated_prefix": "/admin"}], "action": "deny"},
+        {"name": "mesh-jobs", "principals": ["cluster.local/ns/jobs/sa/*"],
+         "action": "allow_anonymous"},
+        {"name": "invoices", "paths": [{"path_separated_prefix": "/invoices"}],
+         "action": {"require": {"api_keys": true, "scopes": ["invoices:read"]}}},
+        {"name": "orders-write", "methods": ["POST"], "paths": [{"prefix": "/orders"}],
+         "action": {"require": {"providers": ["idp"], "claims": {"email": ["alice@example.com"]},
+                                "scopes": ["orders:write"]}}},
+        {"name": "api", "hosts": ["api.example.com"], "paths": [{"regex": "/api/v[0-9]+/.*"}],
+         "action": {"require": {"providers": ["idp"], "api_keys": true}}}
+    ])
+}
+
+/// The provider of `auth_tokens::config`, with API keys and the rules above.
+fn policy_config() -> String {
+    let mut config: Value = serde_json::from_str(&auth_tokens::config(json!({}))).unwrap();
+    config["api_keys"] = api_keys();
+    config["rules"] = rules();
+    config.to_string()
+}
+
+fn send(vms: &PluginVms, request: Request) -> Result<(Outcome, Headers), Failure> {
+    let mut stream = vms.http_request(request)?;
+    let outcome = stream.send_request_headers(true)?;
+    let upstream = if outcome == Outcome::Continue {
+        stream.upstream_request_headers()
+    } else {
+        Headers::new()
+    };
+    Ok((outcome, upstream))
+}
+
+/// Asserts a local reply with this status, `WWW-Authenticate` and JSON error.
+fn assert_reply(outcome: &Outcome, status: u16, challenge: Option<&str>, error: &str, ctx: &str) {
+    let Outcome::LocalReply(reply) = outcome else {
+        panic!("{ctx}: expected a local reply, got {outcome:?}");
+    };
+    assert_eq!(reply.status, status, "{ctx}");
+    assert_eq!(reply.headers.get("www-authenticate"), challenge, "{ctx}");
+    assert_eq!(reply.headers.get("content-type"), Some("application/json"));
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"error": error, "status": status, "request_id": null}),
+        "{ctx}"
+    );
+}
+
+fn assert_denied(outcome: &Outcome, ctx: &str) {
+    assert_reply(outcome, 403, None, "access denied", ctx);
+}
+
+fn invalid(description: &str) -> String {
+    format!("Bearer error=\"invalid_token\", error_description=\"{description}\"")
+}
+
+fn insufficient(scope: &str) -> String {
+    format!(
+        "Bearer error=\"insufficient_scope\", error_description=\"the token lacks a required \
+         scope or claim\", scope=\"{scope}\""
+    )
+}
+
+fn token(patch: Value) -> String {
+    let mut c = claims(NOW);
+    for (k, v) in patch.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    Signer::for_alg("RS256").sign(&c)
+}
+
+fn count(host: &Host, name: &str) -> u64 {
+    match host.metrics().get(name) {
+        Some(MetricValue::Counter(n)) => *n,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[test]
+fn anonymous_and_deny_rules_match_the_normalised_path() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (host, vms) = load(profile, Plugin::Auth, &policy_config())?;
+        // An anonymous rule: identity headers still stripped; the path the rule judged goes on.
+        for path in [
+            "/healthz",
+            "/./healthz",
+            "//healthz",
+            "/x/../healthz",
+            "/%68ealthz",
+        ] {
+            let (outcome, upstream) = send(
+                &vms,
+                Request::get(path)
+                    .header("x-palisade-subject", "mallory")
+                    .header("x-palisade-consumer", "mallory"),
+            )?;
+            assert_eq!(outcome, Outcome::Continue, "{profile:?} {path}");
+            assert!(
+                !upstream.contains("x-palisade-subject"),
+                "{profile:?} {path}"
+            );
+            assert!(
+                !upstream.contains("x-palisade-consumer"),
+                "{profile:?} {path}"
+            );
+            assert_eq!(
+                upstream.get(":path"),
+                Some("/healthz"),
+                "{profile:?} {path}"
+            );
+        }
+        // The health rule is GET only: a POST falls through to the default deny.
+        let (outcome, _) = send(&vms, Request::post("/healthz"))?;
+        assert_denied(&outcome, &format!("{profile:?} POST /healthz"));
+        // Every spelling of /admin meets the deny rule, with or without a valid token.
+        let good = token(json!({}));
+        for path in [
+            "/admin",
+            "/admin/users",
+            "/public/../admin",
+            "/%61dmin/users",
+            "//admin",
+            "/public/%2e%2e/admin",
+        ] {
+            let (outcome, _) = send(
+                &vms,
+                Request::get(path).header("authorization", format!("Bearer {good}")),
+            )?;
+            assert_denied(&outcome, &format!("{profile:?} {path}"));
+        }
+        // Paths that cannot be normalised safely are refused outright.
+        for (path, error) in [
+            ("/admin%2Fusers", "path has an encoded slash"),
+            ("/a%00b", "path has an encoded NUL"),
+            ("/a%zz", "path has an invalid percent-encoding"),
+        ] {
+            let (outcome, _) = send(&vms, Request::get(path))?;
+            assert_reply(&outcome, 400, None, error, &format!("{profile:?} {path}"));
+        }
+        // No rule matches: the default deny.
+        let (outcome, _) = send(&vms, Request::get("/elsewhere"))?;
+        assert_denied(&outcome, &format!("{profile:?} no match"));
+        assert_eq!(count(&host, "palisade_auth.anonymous"), 5);
+        assert_eq!(count(&host, "palisade_auth.denied.none.denied"), 8);
+        assert_eq!(
+            count(&host, "palisade_auth.denied.none.path_escaped_slash"),
+            1
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn an_mtls_principal_rule_matches_on_envoy_and_never_on_kong() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (host, vms) = load(profile, Plugin::Auth, &policy_config())?;
+        let job =
+            Request::get("/jobs/run").tls_peer("spiffe://cluster.local/ns/jobs/sa/cron", "CN=cron");
+        let (outcome, _) = send(&vms, job)?;
+        if profile.is_kong() {
+            // Kong's Wasm API exposes no peer certificate: the rule never matches.
+            assert_denied(&outcome, "Kong principal");
+        } else {
+            assert_eq!(outcome, Outcome::Continue, "Envoy principal");
+        }
+        let other = Request::get("/jobs/run")
+            .tls_peer("spiffe://cluster.local/ns/web/sa/frontend", "CN=web");
+        let (outcome, _) = send(&vms, other)?;
+        assert_denied(&outcome, &format!("{profile:?} other principal"));
+        // Without mTLS the SAN is not even asked for.
+        let (outcome, _) = send(&vms, Request::get("/jobs/run"))?;
+        assert_denied(&outcome, &format!("{profile:?} plaintext"));
+        let reads = host
+            .refused_properties()
+            .into_iter()
+            .filter(|r| r.path.starts_with("connection.uri_san"))
+            .count();
+        assert_eq!(reads, if profile.is_kong() { 2 } else { 0 }, "{profile:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn api_keys_name_their_consumer_and_are_checked_against_the_rule() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (host, vms) = load(profile, Plugin::Auth, &policy_config())?;
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get("/invoices/7")
+                .header("x-api-key", BILLING_KEY)
+                .header("x-palisade-consumer", "mallory")
+                .header("x-palisade-auth-provider", "idp"),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert_eq!(upstream.get("x-palisade-consumer"), Some("billing"));
+        assert_eq!(upstream.all("x-palisade-consumer").len(), 1);
+        assert_eq!(upstream.get("x-palisade-subject"), Some("billing"));
+        assert_eq!(upstream.get("x-palisade-auth-provider"), Some("api_key"));
+        assert_eq!(upstream.all("x-palisade-auth-provider").len(), 1);
+        assert!(!upstream.contains("x-api-key"), "the key is not forwarded");
+        // From the query: the parameter is taken out, the rest of the query kept.
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get(&format!("/invoices?page=2&api_key={BILLING_KEY}&sort=asc")),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert_eq!(upstream.get(":path"), Some("/invoices?page=2&sort=asc"));
+        assert_eq!(upstream.get("x-palisade-consumer"), Some("billing"));
+        // A valid key without the rule's scope: 403 insufficient_scope.
+        let (outcome, _) = send(
+            &vms,
+            Request::get("/invoices").header("x-api-key", READER_KEY),
+        )?;
+        assert_reply(
+            &outcome,
+            403,
+            Some(&insufficient("invoices:read")),
+            "the token lacks a required scope or claim",
+            &format!("{profile:?} reader"),
+        );
+        // Unknown and repeated keys: 401 with their reason.
+        let (outcome, _) = send(
+            &vms,
+            Request::get("/invoices").header("x-api-key", "k-guess"),
+        )?;
+        assert_reply(
+            &outcome,
+            401,
+            Some(&invalid("unknown API key")),
+            "unknown API key",
+            "unknown",
+        );
+        let (outcome, _) = send(
+            &vms,
+            Request::get("/invoices")
+                .header("x-api-key", BILLING_KEY)
+                .header("x-api-key", BILLING_KEY),
+        )?;
+        assert_reply(
+            &outcome,
+            401,
+            Some(&invalid("API key sent more than once")),
+            "API key sent more than once",
+            "ambiguous",
+        );
+        // This rule accepts API keys only: a valid JWT is not read there.
+        let (outcome, _) = send(
+            &vms,
+            Request::get("/invoices")
+                .header("authorization", format!("Bearer {}", token(json!({})))),
+        )?;
+        assert_reply(
+            &outcome,
+            401,
+            Some("Bearer"),
+            "missing token",
+            "jwt on keys",
+        );
+        // A rule accepting both: key or token.
+        let api = || Request::get("/api/v1/things").authority("api.example.com");
+        let (outcome, upstream) = send(&vms, api().header("x-api-key", READER_KEY))?;
+        assert_eq!(outcome, Outcome::Continue);
+        assert_eq!(upstream.get("x-palisade-consumer"), Some("reader"));
+        let (outcome, upstream) = send(
+            &vms,
+            api().header("authorization", format!("Bearer {}", token(json!({})))),
+        )?;
+        assert_eq!(outcome, Outcome::Continue);
+        assert_eq!(upstream.get("x-palisade-consumer"), Some("alice"));
+        assert_eq!(upstream.get("x-palisade-auth-provider"), Some("idp"));
+        // The host condition: the same request to another host meets the default deny.
+        let (outcome, _) = send(
+            &vms,
+            Request::get("/api/v1/things").header("x-api-key", READER_KEY),
+        )?;
+        assert_denied(&outcome, "other host");
+
+        assert_eq!(count(&host, "palisade_auth.allowed.api_key"), 3);
+        assert_eq!(count(&host, "palisade_auth.allowed.idp"), 1);
+        assert_eq!(
+            count(&host, "palisade_auth.denied.api_key.api_key_unknown"),
+            1
+        );
+        assert_eq!(
+            count(&host, "palisade_auth.denied.api_key.api_key_ambiguous"),
+            1
+        );
+        assert_eq!(
+            count(&host, "palisade_auth.denied.api_key.insufficient_scope"),
+            1
+        );
+        assert_eq!(count(&host, "palisade_auth.denied.none.missing"), 1);
+        // No key in any log line, and no plugin line past start-up.
+        for entry in host.logs() {
+            for key in [BILLING_KEY, READER_KEY, "k-guess"] {
+                assert!(!entry.message.contains(key), "{entry:?}");
+            }
+        }
+        let plugin_lines = host
+            .logs()
+            .into_iter()
+            .filter(|e| e.origin == LogOrigin::Plugin)
+            .count();
+        assert_eq!(plugin_lines, 2, "{profile:?}: {:?}", host.logs());
+    }
+    Ok(())
+}
+
+#[test]
+fn required_claims_and_scopes_refuse_with_403() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (host, vms) = load(profile, Plugin::Auth, &policy_config())?;
+        let post =
+            |t: &str| Request::post("/orders").header("authorization", format!("Bearer {t}"));
+        let (outcome, upstream) = send(
+            &vms,
+            post(&token(json!({"scope": "orders:read orders:write"}))),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert_eq!(upstream.get("x-palisade-subject"), Some("alice"));
+        assert!(!upstream.contains("authorization"));
+        let (outcome, _) = send(&vms, post(&token(json!({"scope": "orders:read"}))))?;
+        assert_reply(
+            &outcome,
+            403,
+            Some(&insufficient("orders:write")),
+            "the token lacks a required scope or claim",
+            "no scope",
+        );
+        let (outcome, _) = send(
+            &vms,
+            post(&token(
+                json!({"scp": ["orders:write"], "email": "mallory@example.com"}),
+            )),
+        )?;
+        assert_reply(
+            &outcome,
+            403,
+            None,
+            "a required claim is missing or has another value",
+            "claim",
+        );
+        // The token is checked before the claims: a bad one is still a 401.
+        let (outcome, _) = send(&vms, post(&token(json!({"exp": NOW - 3600}))))?;
+        assert_reply(
+            &outcome,
+            401,
+            Some(&invalid("token is expired")),
+            "token is expired",
+            "expired",
+        );
+        // No credential at all: the bare challenge.
+        let (outcome, _) = send(&vms, Request::post("/orders"))?;
+        assert_reply(&outcome, 401, Some("Bearer"), "missing token", "none");
+        assert_eq!(
+            count(&host, "palisade_auth.denied.idp.insufficient_scope"),
+            1
+        );
+        assert_eq!(count(&host, "palisade_auth.denied.idp.claim_mismatch"), 1);
+        assert_eq!(count(&host, "palisade_auth.denied.idp.expired"), 1);
+    }
+    Ok(())
+}
+
+#[test]
+fn without_rules_api_keys_are_one_more_accepted_credential() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let mut config: Value = serde_json::from_str(&auth_tokens::config(json!({}))).unwrap();
+        config["api_keys"] = api_keys();
+        let (_host, vms) = load(profile, Plugin::Auth, &config.to_string())?;
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get("/anything").header("x-api-key", READER_KEY),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert_eq!(upstream.get("x-palisade-consumer"), Some("reader"));
+        let (outcome, _) = send(
+            &vms,
+            Request::get("/anything")
+                .header("authorization", format!("Bearer {}", token(json!({})))),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        // Paths are not normalised without rules: the request goes on as it came.
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get("/a/../b").header("x-api-key", READER_KEY),
+        )?;
+        assert_eq!(outcome, Outcome::Continue);
+        assert_eq!(upstream.get(":path"), Some("/a/../b"));
+        let (outcome, _) = send(&vms, Request::get("/anything"))?;
+        assert_reply(&outcome, 401, Some("Bearer"), "missing token", "none");
+    }
+    Ok(())
+}
+
+#[test]
+fn no_match_may_allow_anonymous_access() -> Result<(), Failure> {
+    let mut config: Value = serde_json::from_str(&policy_config()).unwrap();
+    config["no_match"] = json!("allow_anonymous");
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, Plugin::Auth, &config.to_string())?;
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get("/elsewhere").header("x-palisade-subject", "x"),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert!(!upstream.contains("x-palisade-subject"));
+        let (outcome, _) = send(&vms, Request::get("/admin"))?;
+        assert_denied(&outcome, "deny rule first");
+    }
+    Ok(())
+}
+
+fn with(patch: Value) -> String {
+    let mut config: Value = serde_json::from_str(&policy_config()).unwrap();
+    for (k, v) in patch.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    config.to_string()
+}
+
+#[test]
+fn bad_policies_are_refused_with_one_line_naming_the_field() -> Result<(), Failure> {
+    let rejected = |config: &str, reason: &str| {
+        assert_rejected(
+            Plugin::Auth,
+            config,
+            &format!("[palisade-auth] configuration rejected: {reason}"),
+        )
+    };
+    rejected(
+        &with(json!({"rules": [{"action": {"require": {"providers": ["nope"]}}}]})),
+        "rules[0].action.require.providers[0]: no provider is named \"nope\"",
+    )?;
+    rejected(
+        &auth_tokens::config(json!({})).replace(
+            "\"providers\"",
+            "\"rules\":[{\"action\":{\"require\":{\"api_keys\":true}}}],\"providers\"",
+        ),
+        "rules[0].action.require.api_keys: no `api_keys` are configured",
+    )?;
+    rejected(
+        &with(json!({"allow_missing": true})),
+        "allow_missing: does not apply with `rules`: use an `allow_anonymous` rule or `no_match`",
+    )?;
+    rejected(
+        &with(json!({"rules": [{"paths": [{"regex": "/a(b"}], "action": "deny"}]})),
+        &regex_error(),
+    )?;
+    rejected(
+        &with(json!({"rules": [{"methods": ["get"], "action": "deny"}]})),
+        "rules[0].methods[0]: \"get\" is not an upper-case method (methods are case-sensitive)",
+    )?;
+    rejected(
+        &auth_tokens::config(json!({}))
+            .replace("\"providers\"", "\"no_match\":\"deny\",\"providers\""),
+        "no_match: only applies with `rules`",
+    )?;
+    // A key given in clear instead of its hash: the message never repeats it.
+    let mut keys = api_keys();
+    keys["keys"][0]["sha256"] = json!(BILLING_KEY);
+    let config = with(json!({"api_keys": keys}));
+    rejected(
+        &config,
+        "api_keys.keys[0].sha256: must be the key's SHA-256 as 64 hex digits, never the key \
+         itself: compute it with `printf %s \"$KEY\" | sha256sum`",
+    )
+}
+
+/// The refusal for an unbalanced regex, as `regex-lite` words it.
+fn regex_error() -> String {
+    let host = Host::new(Profile::Envoy);
+    let vms = host
+        .load(
+            Plugin::Auth,
+            &with(json!({"rules": [{"paths": [{"regex": "/a(b"}], "action": "deny"}]})),
+        )
+        .unwrap();
+    let line = vms
+        .logs()
+        .into_iter()
+        .find(|e| e.message.contains("configuration rejected"))
+        .map(|e| e.message)
+        .unwrap_or_default();
+    assert!(
+        line.starts_with("[palisade-auth] configuration rejected: rules[0].paths[0].regex: "),
+        "{line}"
+    );
+    line.trim_start_matches("[palisade-auth] configuration rejected: ")
+        .to_owned()
+}
+
+const INTROSPECT: &str = "idp.example:443";
+
+fn introspection_config(fail_mode: &str) -> String {
+    let mut config: Value = serde_json::from_str(&policy_config()).unwrap();
+    config["introspection"] = json!({
+        "upstream": INTROSPECT, "authority": "idp.example", "path": "/oauth2/introspect",
+        "client_id": "gateway", "client_secret": "s3cret", "timeout": "2s",
+        "negative_cache_ttl": "10s", "fail_mode": fail_mode,
+    });
+    config["rules"].as_array_mut().unwrap().push(json!(
+        {"name": "reports", "paths": [{"prefix": "/reports"}],
+         "action": {"require": {"introspection": true, "scopes": ["reports:read"]}}}
+    ));
+    config.to_string()
+}
+
+fn opaque(token: &str) -> Request {
+    Request::get("/reports").header("authorization", format!("Bearer {token}"))
+}
+
+fn active(scope: &str) -> CalloutReply {
+    CalloutReply::status(200)
+        .header("content-type", "application/json")
+        .body(
+            json!({"active": true, "sub": "svc-reports", "scope": scope, "exp": NOW + 600})
+                .to_string(),
+        )
+}
+
+#[test]
+fn opaque_tokens_are_introspected_cached_and_refused_when_inactive() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let host = Host::new(profile);
+        let vms = host.load(Plugin::Auth, &introspection_config("closed"))?;
+        host.script_http_call(INTROSPECT, active("reports:read"));
+        let (outcome, upstream) = send(
+            &vms,
+            opaque("opaque-good").header("x-palisade-subject", "m"),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}: {:?}", host.logs());
+        assert_eq!(upstream.get("x-palisade-subject"), Some("svc-reports"));
+        assert_eq!(
+            upstream.get("x-palisade-auth-provider"),
+            Some("introspection")
+        );
+        assert!(!upstream.contains("authorization"));
+        let calls = host.http_calls();
+        assert_eq!(calls.len(), 1);
+        let call = &calls[0];
+        assert_eq!(call.headers.get(":method"), Some("POST"));
+        assert_eq!(call.headers.get(":path"), Some("/oauth2/introspect"));
+        assert_eq!(call.headers.get(":authority"), Some("idp.example"));
+        // RFC 6749 §2.3.1: base64("gateway:s3cret").
+        assert_eq!(
+            call.headers.get("authorization"),
+            Some("Basic Z2F0ZXdheTpzM2NyZXQ=")
+        );
+        assert_eq!(
+            call.body,
+            b"token=opaque-good&token_type_hint=access_token".to_vec()
+        );
+        // The same token again: from the cache, no second call.
+        let (outcome, _) = send(&vms, opaque("opaque-good"))?;
+        assert_eq!(outcome, Outcome::Continue);
+        assert_eq!(host.http_calls().len(), 1);
+        // Inactive: 401, and cached as such.
+        host.script_http_call(
+            INTROSPECT,
+            CalloutReply::status(200).body(r#"{"active":false}"#),
+        );
+        for _ in 0..2 {
+            let (outcome, _) = send(&vms, opaque("opaque-revoked"))?;
+            assert_reply(
+                &outcome,
+                401,
+                Some(&invalid("token is not active")),
+                "token is not active",
+                "inactive",
+            );
+        }
+        assert_eq!(host.http_calls().len(), 2);
+        // Active without the scope: 403.
+        host.script_http_call(INTROSPECT, active("reports:list"));
+        let (outcome, _) = send(&vms, opaque("opaque-narrow"))?;
+        assert_reply(
+            &outcome,
+            403,
+            Some(&insufficient("reports:read")),
+            "the token lacks a required scope or claim",
+            "scope",
+        );
+        // Endpoint down, then an error status: 503 (fail closed), never cached.
+        host.script_http_call(INTROSPECT, CalloutReply::failure("connection refused"));
+        let (outcome, _) = send(&vms, opaque("opaque-x"))?;
+        assert_reply(
+            &outcome,
+            503,
+            None,
+            "introspection endpoint unreachable",
+            "down",
+        );
+        host.script_http_call(INTROSPECT, CalloutReply::status(500));
+        let (outcome, _) = send(&vms, opaque("opaque-x"))?;
+        assert_reply(
+            &outcome,
+            503,
+            None,
+            "introspection endpoint answered with status 500",
+            "500",
+        );
+        // A timeout: the request waits, then 503.
+        host.script_http_call(INTROSPECT, CalloutReply::never());
+        let mut stream = vms.http_request(opaque("opaque-slow"))?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Pause);
+        host.advance_clock(std::time::Duration::from_secs(2))?;
+        assert_reply(
+            &stream.outcome(),
+            503,
+            None,
+            "introspection endpoint unreachable",
+            "timeout",
+        );
+        assert_eq!(host.http_calls().len(), 6);
+        assert_eq!(count(&host, "palisade_auth.allowed.introspection"), 2);
+        assert_eq!(
+            count(&host, "palisade_auth.denied.introspection.token_inactive"),
+            2
+        );
+        assert_eq!(
+            count(
+                &host,
+                "palisade_auth.denied.introspection.introspection_unreachable"
+            ),
+            2
+        );
+        for entry in host.logs() {
+            assert!(!entry.message.contains("opaque-"), "{entry:?}");
+            assert!(!entry.message.contains("s3cret"), "{entry:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn fail_open_lets_requests_through_anonymous_when_the_endpoint_is_down() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let host = Host::new(profile);
+        let vms = host.load(Plugin::Auth, &introspection_config("open"))?;
+        host.script_http_call(INTROSPECT, CalloutReply::failure("connection refused"));
+        let (outcome, upstream) = send(&vms, opaque("opaque-1").header("x-palisade-subject", "m"))?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert!(!upstream.contains("x-palisade-subject"));
+        assert_eq!(count(&host, "palisade_auth.anonymous"), 1);
+    }
+    Ok(())
+}
