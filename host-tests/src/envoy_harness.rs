@@ -1,11 +1,14 @@
 //! End-to-end tests in real Envoy: one Envoy (V8 runtime, 2 workers) with a chain of Palisade
 //! plugins in front of the echo upstream, stopped when the test ends, pass or fail.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use palisade::envoy::{self, Bootstrap, EnvoyError, EnvoyProcess, Filter};
+use palisade::envoy::{self, Bootstrap, Delivery, EnvoyError, EnvoyProcess, Filter};
 use palisade::upstream::EchoUpstream;
+use serde_json::Value;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -108,10 +111,58 @@ impl EnvoyTest {
         }
     }
 
+    /// Starts Envoy with these filters after `edit` changed its bootstrap (HTTP connection
+    /// manager options through [`hcm`], extra clusters); the test fails if it does not start.
+    pub fn start_edited(filters: Vec<Filter>, edit: impl FnOnce(&mut Value)) -> Self {
+        match Self::try_start_edited(filters, Vec::new(), serde_json::json!({}), edit) {
+            Ok(test) => test,
+            Err(err) => panic!("Envoy did not start: {err}"),
+        }
+    }
+
     fn try_start_with(
         filters: Vec<Filter>,
         native_filters: Vec<serde_json::Value>,
         route_filter_configs: serde_json::Value,
+    ) -> Result<Self, EnvoyError> {
+        Self::launch(
+            filters,
+            native_filters,
+            route_filter_configs,
+            |binary, bootstrap, dir| EnvoyProcess::start(binary, bootstrap, dir, WORKERS),
+        )
+    }
+
+    fn try_start_edited(
+        filters: Vec<Filter>,
+        native_filters: Vec<serde_json::Value>,
+        route_filter_configs: serde_json::Value,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Self, EnvoyError> {
+        Self::launch(
+            filters,
+            native_filters,
+            route_filter_configs,
+            |binary, bootstrap, dir| {
+                for filter in &bootstrap.filters {
+                    if filter.delivery == Delivery::Discovered {
+                        let path = Bootstrap::discovery_file(dir, filter);
+                        std::fs::write(&path, bootstrap.discovery_response(filter).to_string())
+                            .map_err(|source| EnvoyError::Files { path, source })?;
+                    }
+                }
+                let mut config = bootstrap.to_json(dir);
+                edit(&mut config);
+                EnvoyProcess::start_config(binary, &config, dir, WORKERS)
+            },
+        )
+    }
+
+    fn launch(
+        filters: Vec<Filter>,
+        native_filters: Vec<serde_json::Value>,
+        route_filter_configs: serde_json::Value,
+        start: impl FnOnce(&Path, &Bootstrap, &Path) -> Result<EnvoyProcess, EnvoyError>,
     ) -> Result<Self, EnvoyError> {
         let upstream = EchoUpstream::start(0).map_err(EnvoyError::Spawn)?;
         let dir = tempfile::tempdir().map_err(EnvoyError::Spawn)?;
@@ -124,7 +175,7 @@ impl EnvoyTest {
             route_filter_configs,
         };
         let binary = envoy::default_binary(&workspace());
-        let envoy = EnvoyProcess::start(&binary, &bootstrap, dir.path(), WORKERS)?;
+        let envoy = start(binary.as_path(), &bootstrap, dir.path())?;
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
@@ -223,6 +274,116 @@ impl EnvoyTest {
             .map(str::to_owned)
             .collect()
     }
+}
+
+impl EnvoyTest {
+    /// Sends `request` as written, byte for byte, on a fresh connection (so it may carry what
+    /// no HTTP library sends: invalid UTF-8, unknown methods, raw path tricks) and reads the
+    /// answer until Envoy closes the connection. Put `connection: close` in the request.
+    pub fn raw(&self, request: &[u8]) -> RawReply {
+        raw_exchange(self.envoy.port(), request)
+            .unwrap_or_else(|err| panic!("raw request failed: {err}\n{}", self.envoy.log()))
+    }
+
+    /// A GET of `path` exactly as written (no normalisation by a client library), with extra
+    /// header lines.
+    pub fn raw_get(&self, path: &str, headers: &[(&str, &str)]) -> RawReply {
+        let mut request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("connection: close\r\n\r\n");
+        self.raw(request.as_bytes())
+    }
+
+    /// A counter or gauge of Envoy's admin `/stats`, by its full name.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let prefix = format!("{name}: ");
+        self.envoy
+            .stats()
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
+    }
+}
+
+/// An HTTP/1.1 answer read off the wire.
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    pub status: u16,
+    /// Names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// How long a raw exchange may take before the test calls it hung (generous: a loaded 2-core
+/// machine).
+pub const RAW_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Writes `request` to `127.0.0.1:port` and reads the whole answer (to EOF). Only the first
+/// response on the connection is parsed.
+pub fn raw_exchange(port: u16, request: &[u8]) -> std::io::Result<RawReply> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(RAW_TIMEOUT))?;
+    stream.set_write_timeout(Some(RAW_TIMEOUT))?;
+    stream.write_all(request)?;
+    let mut bytes = Vec::new();
+    // A reset after the answer (Envoy closing on a refused request) still leaves the answer.
+    if let Err(err) = stream.read_to_end(&mut bytes) {
+        if bytes.is_empty() {
+            return Err(err);
+        }
+    }
+    parse_response(&bytes).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "not an HTTP response: {:?}",
+            String::from_utf8_lossy(&bytes)
+        ))
+    })
+}
+
+fn parse_response(bytes: &[u8]) -> Option<RawReply> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(bytes.get(..end)?).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = bytes.get(end + 4..)?;
+    let body = match headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        Some(len) => rest.get(..len.min(rest.len()))?.to_vec(),
+        None => rest.to_vec(),
+    };
+    Some(RawReply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// The HTTP connection manager's typed config in a bootstrap from [`Bootstrap::to_json`], to set
+/// its options (`normalize_path`, `use_remote_address`, ...).
+pub fn hcm(config: &mut Value) -> &mut Value {
+    &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"]
 }
 
 impl Drop for EnvoyTest {

@@ -380,6 +380,28 @@ impl Host {
         self.world().shared_data.put(key.as_bytes(), value.as_ref());
     }
 
+    /// Every shared-data key held now, in byte order (lossy UTF-8): how much state plugins keep.
+    pub fn shared_data_keys(&self) -> Vec<String> {
+        self.world()
+            .shared_data
+            .keys()
+            .iter()
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .collect()
+    }
+
+    /// Evicts a shared-data key as Kong's shm zone does under memory pressure (its default
+    /// `slru` eviction); returns whether it was there. Envoy never evicts shared data, so the
+    /// Envoy profile refuses.
+    pub fn evict_shared_data(&self, key: &str) -> Result<bool> {
+        match self.profile() {
+            Profile::Kong(_) => Ok(self.world().shared_data.evict(key.as_bytes())),
+            Profile::Envoy => Err(Failure::usage(
+                "Envoy never evicts shared data: eviction exists only in the Kong profile",
+            )),
+        }
+    }
+
     /// Items waiting in a shared queue.
     pub fn queue_len(&self, name: &str) -> usize {
         let world = self.world();

@@ -92,6 +92,17 @@ impl SharedData {
         self.set(key, Some(value), cas);
     }
 
+    /// Every key held, in byte order.
+    pub(crate) fn keys(&self) -> Vec<Vec<u8>> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// Drops a key, as Kong's shm zone does when it evicts under memory pressure (`slru`).
+    /// Returns whether it was there.
+    pub(crate) fn evict(&mut self, key: &[u8]) -> bool {
+        self.entries.remove(key).is_some()
+    }
+
     fn next_envoy_cas(&mut self) -> u32 {
         let cas = self.next_cas;
         self.next_cas = self.next_cas.wrapping_add(1).max(1);
