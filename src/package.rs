@@ -7,13 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
-
 use crate::kong_schema;
 use crate::oci::layout::{self, LayoutError};
-use crate::oci::tar_gz::{self, TarError};
+use crate::oci::tar_gz::TarError;
 use crate::oci::wasm_image::{self, ImageMeta, Variant};
-use crate::oci::{annotation, Blob, Digest, Image, OCI_IMAGE_CONFIG, OCI_LAYER_TAR_GZIP};
+use crate::oci::{annotation, Digest, Image};
 use crate::plugins::{self, PluginInfo};
 use crate::render::kong_filter_name;
 

@@ -19,9 +19,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use palisade::http_server::{Request, Response, Server};
 use serde_json::{json, Value};
 
 /// The gRPC method's path.
@@ -238,17 +238,12 @@ struct Status {
 pub struct RateLimitServer {
     addr: SocketAddr,
     service: Arc<Service>,
-    server: Option<(Arc<tiny_http::Server>, Vec<JoinHandle<()>>)>,
+    server: Option<Server>,
 }
 
 impl RateLimitServer {
     /// Serves on a loopback port; `limits` maps a limit name to its requests per unit.
     pub fn start(redis: &Redis, limits: &[(&str, u32, Unit)]) -> std::io::Result<Self> {
-        let server = tiny_http::Server::http("127.0.0.1:0").map_err(std::io::Error::other)?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("no address"))?;
         let service = Arc::new(Service {
             redis: redis.addr(),
             limits: limits
@@ -258,22 +253,16 @@ impl RateLimitServer {
             state: Mutex::default(),
             conn: Mutex::new(None),
         });
-        let server = Arc::new(server);
-        let threads = (0..4)
-            .map(|_| {
-                let server = Arc::clone(&server);
-                let service = Arc::clone(&service);
-                std::thread::spawn(move || {
-                    for request in server.incoming_requests() {
-                        service.answer(request);
-                    }
-                })
-            })
-            .collect();
+        let server = {
+            let service = Arc::clone(&service);
+            Server::start(SocketAddr::from(([127, 0, 0, 1], 0)), move |request| {
+                service.answer(&request)
+            })?
+        };
         Ok(Self {
-            addr,
+            addr: server.addr(),
             service,
-            server: Some((server, threads)),
+            server: Some(server),
         })
     }
 
@@ -290,16 +279,9 @@ impl RateLimitServer {
         lock(&self.service.state).asked.clone()
     }
 
+    /// Stops listening and closes the open connections.
     pub fn stop(&mut self) {
-        if let Some((server, threads)) = self.server.take() {
-            server.unblock();
-            for _ in 1..threads.len() {
-                server.unblock();
-            }
-            for thread in threads {
-                let _ = thread.join();
-            }
-        }
+        self.server = None;
     }
 }
 
@@ -314,21 +296,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Service {
-    fn answer(&self, mut request: tiny_http::Request) {
-        let mut body = Vec::new();
-        let _ = request.as_reader().read_to_end(&mut body);
-        let url = request.url().to_owned();
+    fn answer(&self, request: &Request) -> Response {
         let failing = lock(&self.state).failing;
-        let (status, content_type, reply) = match url.as_str() {
-            "/json" => self.json(&body, failing),
-            GRPC_PATH => self.grpc(&body, failing),
+        let (status, content_type, reply) = match request.path.as_str() {
+            "/json" => self.json(&request.body, failing),
+            GRPC_PATH => self.grpc(&request.body, failing),
             _ => (404, "text/plain", b"not found".to_vec()),
         };
-        let mut response = tiny_http::Response::from_data(reply).with_status_code(status);
-        if let Ok(header) = tiny_http::Header::from_bytes("content-type", content_type) {
-            response = response.with_header(header);
+        Response {
+            status,
+            headers: vec![("content-type".to_owned(), content_type.to_owned())],
+            body: reply,
         }
-        let _ = request.respond(response);
     }
 
     fn json(&self, body: &[u8], failing: bool) -> (u16, &'static str, Vec<u8>) {
@@ -536,8 +515,11 @@ fn bytes_field(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Protobuf fields of one message: (number, varint value or bytes).
-fn proto_fields(mut bytes: &[u8]) -> Option<Vec<(u64, Result<u64, &[u8]>)>> {
+/// One protobuf field: its number, and its varint value (Ok) or its bytes (Err).
+type ProtoField<'a> = (u64, Result<u64, &'a [u8]>);
+
+/// Protobuf fields of one message.
+fn proto_fields(mut bytes: &[u8]) -> Option<Vec<ProtoField<'_>>> {
     fn varint(bytes: &mut &[u8]) -> Option<u64> {
         let mut n = 0u64;
         for i in 0..10 {

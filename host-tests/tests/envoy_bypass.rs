@@ -149,7 +149,7 @@ fn per_ip_limit(trusted_hops: u32) -> Value {
 
 /// Every request claims another origin in `x-forwarded-for` (one entry, or a chain).
 fn rotating_xff(i: usize) -> Vec<(String, String)> {
-    let value = if i % 2 == 0 {
+    let value = if i.is_multiple_of(2) {
         format!("198.18.0.{i}")
     } else {
         format!("198.18.1.{i}, 10.9.8.{i}")
