@@ -186,13 +186,24 @@ fn rotating_forwarded_for_does_not_escape_a_limit_on_the_hop_envoy_appends() {
 }
 
 #[test]
-#[ignore = "finding under investigation: with trusted_hops 0 every fresh connection was admitted in Envoy 1.40 (8 of 8), see SECURITY.md"]
 fn forwarded_for_is_ignored_with_no_trusted_hops() {
-    let test = EnvoyTest::start(vec![rate_limit_filter(per_ip_limit(0))]);
+    // An edge Envoy (`use_remote_address: true`): `source.address` is the real peer.
+    let test = EnvoyTest::start_edited(vec![rate_limit_filter(per_ip_limit(0))], |config| {
+        hcm(config)["use_remote_address"] = json!(true);
+    });
     assert_eq!(
         statuses(&test, 8, rotating_xff),
         [200, 200, 200, 429, 429, 429, 429, 429]
     );
+}
+
+#[test]
+fn without_use_remote_address_envoy_reports_the_forwarded_address_as_the_peer() {
+    // Envoy's default `use_remote_address: false` makes the rightmost `x-forwarded-for` entry
+    // the downstream remote address, and `source.address` is that address: a client rotating
+    // it gets a fresh budget. SECURITY.md: at the edge, set `use_remote_address: true`.
+    let test = EnvoyTest::start(vec![rate_limit_filter(per_ip_limit(0))]);
+    assert_eq!(statuses(&test, 8, rotating_xff), [200; 8]);
 }
 
 #[test]

@@ -163,7 +163,9 @@ fn slash_backslash_and_encoding_tricks_are_judged_as_the_path_they_resolve_to() 
         vec![
             ("//admin", Protected),
             ("///admin//users", Protected),
-            ("/public//..//admin", Protected),
+            // `..` removes the empty segment before it (RFC 3986, as Envoy's normalize_path
+            // then merge_slashes): the path is `/public/admin`, and that is what goes upstream.
+            ("/public//..//admin", anonymous("/public/admin")),
             ("/public\\..\\admin", Protected),
             // Not origin form as written: refused before `\` could be read as `/`.
             ("\\admin", Refused("path_not_origin_form")),
