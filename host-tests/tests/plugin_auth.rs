@@ -396,6 +396,47 @@ fn tokens_are_read_from_query_and_cookie_and_removed_unless_forwarded() -> Resul
 }
 
 #[test]
+fn a_refused_identity_strip_fails_closed() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let mut config: Value = serde_json::from_str(&config(json!({}))).unwrap();
+        config["allow_missing"] = json!(true);
+        let (host, vms) = load(profile, Plugin::Auth, &config.to_string())?;
+        host.refuse_header_writes(true);
+        let (outcome, _) = send(
+            &vms,
+            Request::get("/orders")
+                .header("x-palisade-subject", "admin")
+                .header("x-request-id", "req-7"),
+        )?;
+        let Outcome::LocalReply(reply) = &outcome else {
+            panic!("{profile:?}: expected a local reply, got {outcome:?}");
+        };
+        assert_eq!(reply.status, 500, "{profile:?}");
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "internal error", "status": 500, "request_id": "req-7"}),
+            "{profile:?}"
+        );
+        assert!(
+            host.logs().iter().any(|l| l
+                .message
+                .contains("identity header edits refused by the host, refusing the request")),
+            "{profile:?}"
+        );
+        // The host accepting edits again, the same request goes through stripped.
+        host.refuse_header_writes(false);
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get("/orders").header("x-palisade-subject", "admin"),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert!(!upstream.contains("x-palisade-subject"));
+    }
+    Ok(())
+}
+
+#[test]
 fn anonymous_requests_pass_only_when_allowed_and_never_keep_spoofed_identity() -> Result<(), Failure>
 {
     for profile in PROFILES {

@@ -390,6 +390,12 @@ impl Host {
             .collect()
     }
 
+    /// Fault injection: while `true`, every header map write the plugins make fails with
+    /// INTERNAL_FAILURE (local replies still go out).
+    pub fn refuse_header_writes(&self, refuse: bool) {
+        self.world().refuse_header_writes = refuse;
+    }
+
     /// Evicts a shared-data key as Kong's shm zone does under memory pressure (its default
     /// `slru` eviction); returns whether it was there. Envoy never evicts shared data, so the
     /// Envoy profile refuses.

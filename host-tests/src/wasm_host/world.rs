@@ -45,6 +45,8 @@ pub(crate) struct World {
     pub events: VecDeque<Event>,
     /// Properties every request and root context sees unless a request overrides them.
     pub properties: BTreeMap<String, PropertyValue>,
+    /// Fault injection: every header map write answers INTERNAL_FAILURE.
+    pub refuse_header_writes: bool,
 }
 
 impl World {
@@ -58,6 +60,7 @@ impl World {
             callouts: Callouts::default(),
             clusters: BTreeSet::new(),
             logs: Vec::new(),
+            refuse_header_writes: false,
             refused_properties: Vec::new(),
             events: VecDeque::new(),
             properties: BTreeMap::new(),

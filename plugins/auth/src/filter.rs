@@ -171,7 +171,15 @@ impl Stream {
         let worker = Rc::clone(&self.worker);
         let metrics = worker.metrics.as_ref();
         let go_on = |edits: &[palisade_kit::header_pairs::Edit<'_>]| {
-            host::apply_edits(Map::RequestHeaders, headers, edits);
+            // The edits strip the client's identity headers: a request they did not reach must
+            // not go upstream, where a spoofed identity would be trusted.
+            if let Err(err) = host::apply_edits(Map::RequestHeaders, headers, edits) {
+                log::error!("[{NAME}] identity header edits refused by the host, refusing the request: {err}");
+                return refuse(
+                    &ErrorReply::new(500, "internal error").denied_by(NAME),
+                    headers,
+                );
+            }
             if resume {
                 if let Err(err) = callout::resume_request() {
                     log::warn!("[{NAME}] could not resume the request: {err}");

@@ -190,11 +190,17 @@ impl HttpContext for Stream {
         match verdict {
             // A partial snapshot cannot be written back whole: its edits go one by one.
             RequestVerdict::Continue(edits) if found.is_some() => {
-                host::apply_edits_one_by_one(Map::RequestHeaders, &edits);
+                host::warn_if_refused(
+                    NAME,
+                    host::apply_edits_one_by_one(Map::RequestHeaders, &edits),
+                );
                 Action::Continue
             }
             RequestVerdict::Continue(edits) => {
-                host::apply_edits(Map::RequestHeaders, &headers, &edits);
+                host::warn_if_refused(
+                    NAME,
+                    host::apply_edits(Map::RequestHeaders, &headers, &edits),
+                );
                 Action::Continue
             }
             RequestVerdict::Reply(local) => reply(&local),
@@ -242,9 +248,15 @@ impl HttpContext for Stream {
             },
         );
         if reads == ResponseReads::All {
-            host::apply_edits(Map::ResponseHeaders, &headers, &edits);
+            host::warn_if_refused(
+                NAME,
+                host::apply_edits(Map::ResponseHeaders, &headers, &edits),
+            );
         } else {
-            host::apply_edits_one_by_one(Map::ResponseHeaders, &edits);
+            host::warn_if_refused(
+                NAME,
+                host::apply_edits_one_by_one(Map::ResponseHeaders, &edits),
+            );
         }
         Action::Continue
     }

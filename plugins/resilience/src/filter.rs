@@ -303,7 +303,10 @@ impl HttpContext for Stream {
         worker.report(&events);
         match verdict {
             RequestVerdict::Continue { edits, delay } => {
-                host::apply_edits(Map::RequestHeaders, &headers, &edits);
+                host::warn_if_refused(
+                    NAME,
+                    host::apply_edits(Map::RequestHeaders, &headers, &edits),
+                );
                 match delay {
                     Some(delay) if worker.tick.is_some() => {
                         let due = now

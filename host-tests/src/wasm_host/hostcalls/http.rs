@@ -87,6 +87,9 @@ fn with_map<R>(
 ) -> Result<R, MapError> {
     let profile = state.profile;
     let callback = state.callback;
+    if write && state.world.borrow().refuse_header_writes {
+        return Err(MapError::Status(status::INTERNAL_FAILURE));
+    }
     if profile.is_kong()
         && matches!(
             map_type,

@@ -89,38 +89,49 @@ pub fn set_headers(map: Map, fields: &[(&[u8], &[u8])]) -> Result<(), HostError>
 }
 
 /// Applies edits to a map whose current pairs are `snapshot`: one call per edit when there are
-/// few, else the edited snapshot written back at once. A refused edit is logged, not fatal.
+/// few, else the edited snapshot written back at once. `Err` carries the first refused edit
+/// (the others are still tried); each caller decides whether that is fatal.
 pub fn apply_edits<'a>(
     map: Map,
     snapshot: &[(&'a [u8], &'a [u8])],
     edits: &'a [crate::header_pairs::Edit<'a>],
-) {
+) -> Result<(), HostError> {
     const ONE_BY_ONE: usize = 2;
     if edits.len() > ONE_BY_ONE {
         let mut fields = snapshot.to_vec();
         for edit in edits {
             edit.apply_to(&mut fields);
         }
-        if let Err(err) = set_headers(map, &fields) {
-            log::warn!("header edits refused by the host: {err}");
-        }
-        return;
+        return set_headers(map, &fields);
     }
-    apply_edits_one_by_one(map, edits);
+    apply_edits_one_by_one(map, edits)
 }
 
-/// Applies edits with one host call each (no snapshot of the map needed).
-pub fn apply_edits_one_by_one(map: Map, edits: &[crate::header_pairs::Edit<'_>]) {
+/// Applies edits with one host call each (no snapshot of the map needed); `Err` carries the
+/// first refused edit, the others are still tried.
+pub fn apply_edits_one_by_one(
+    map: Map,
+    edits: &[crate::header_pairs::Edit<'_>],
+) -> Result<(), HostError> {
     use crate::header_pairs::Edit;
+    let mut first_error = Ok(());
     for edit in edits {
         let result = match edit {
             Edit::Set(name, value) => set_header(map, name, value),
             Edit::Add(name, value) => add_header(map, name, value),
             Edit::Remove(name) => remove_header(map, name),
         };
-        if let Err(err) = result {
-            log::warn!("header edit refused by the host: {err}");
+        if first_error.is_ok() {
+            first_error = result;
         }
+    }
+    first_error
+}
+
+/// For plugins whose header edits are best effort: logs a refused edit and goes on.
+pub fn warn_if_refused(plugin: &str, result: Result<(), HostError>) {
+    if let Err(err) = result {
+        log::warn!("[{plugin}] header edits refused by the host: {err}");
     }
 }
 
