@@ -8,10 +8,9 @@ mod plugin_support;
 use std::time::Duration;
 
 use palisade_host_tests::wasm_host::{
-    Failure, Host, KongVersion, LocalReply, MetricValue, Outcome, Plugin, PluginVms, Profile,
-    Request, Response,
+    Failure, Host, KongVersion, MetricValue, Outcome, Plugin, PluginVms, Profile, Request, Response,
 };
-use plugin_support::{assert_pass_through, assert_rejected, headers, PROFILES};
+use plugin_support::{assert_pass_through, assert_rejected, headers, send, PROFILES};
 
 #[test]
 fn a_zero_rate_is_refused_with_one_line() -> Result<(), Failure> {
@@ -38,22 +37,6 @@ fn load(profile: Profile, config: &str, workers: usize) -> Result<(Host, PluginV
     let vms = host.load_workers(Plugin::RateLimit, config, workers)?;
     assert!(vms.is_accepted(), "{profile:?}: {:?}", vms.logs());
     Ok((host, vms))
-}
-
-/// What one request got: `None` when it went upstream, else the local reply.
-fn send(vms: &PluginVms, worker: usize, request: Request) -> Result<Option<LocalReply>, Failure> {
-    let mut stream = vms.worker(worker).http_request(request)?;
-    let outcome = stream.send_request_headers(true)?;
-    let reply = match outcome {
-        Outcome::Continue => {
-            stream.send_response_headers(Response::status(200), true)?;
-            None
-        }
-        Outcome::LocalReply(reply) => Some(reply),
-        other => panic!("unexpected {other:?}"),
-    };
-    stream.finish()?;
-    Ok(reply)
 }
 
 fn admitted(

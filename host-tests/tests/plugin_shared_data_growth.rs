@@ -15,9 +15,9 @@ mod plugin_support;
 use std::time::Duration;
 
 use palisade_host_tests::wasm_host::{
-    Failure, Host, KongVersion, LocalReply, MetricValue, Outcome, Plugin, PluginVms, Profile,
-    Request, Response,
+    Failure, Host, KongVersion, MetricValue, Outcome, Plugin, PluginVms, Profile, Request, Response,
 };
+use plugin_support::send;
 
 const DISTINCT: usize = 100_000;
 const KONG: Profile = Profile::Kong(KongVersion::V3_10);
@@ -27,21 +27,6 @@ fn load(profile: Profile, plugin: Plugin, config: &str) -> Result<(Host, PluginV
     let vms = host.load_workers(plugin, config, 2)?;
     assert!(vms.is_accepted(), "{profile:?}: {:?}", vms.logs());
     Ok((host, vms))
-}
-
-/// One request, answered 200 if it goes upstream: `None`, or the plugin's local reply.
-fn send(vms: &PluginVms, worker: usize, request: Request) -> Result<Option<LocalReply>, Failure> {
-    let mut stream = vms.worker(worker).http_request(request)?;
-    let reply = match stream.send_request_headers(true)? {
-        Outcome::Continue => {
-            stream.send_response_headers(Response::status(200), true)?;
-            None
-        }
-        Outcome::LocalReply(reply) => Some(reply),
-        other => panic!("unexpected {other:?}"),
-    };
-    stream.finish()?;
-    Ok(reply)
 }
 
 /// The `i`-th distinct client address (Envoy's `ip:port` form).

@@ -4,8 +4,8 @@
 #![allow(dead_code)] // each test file uses its share
 
 use palisade_host_tests::wasm_host::{
-    Configured, Failure, Headers, Host, HttpStream, LogLevel, LogOrigin, Outcome, Plugin,
-    PluginVms, Profile, Request, Response,
+    Configured, Failure, Headers, Host, HttpStream, LocalReply, LogLevel, LogOrigin, Outcome,
+    Plugin, PluginVms, Profile, Request, Response,
 };
 
 /// Envoy, and the newest Kong.
@@ -119,4 +119,24 @@ pub fn assert_pass_through(plugin: Plugin, config: &str) -> Result<(), Failure> 
 /// A header map for comparisons.
 pub fn headers(pairs: &[(&str, &str)]) -> Headers {
     pairs.iter().fold(Headers::new(), |h, (n, v)| h.with(n, v))
+}
+
+/// One request on `worker`, answered 200 if it goes upstream: `None`, or the plugin's local
+/// reply.
+pub fn send(
+    vms: &PluginVms,
+    worker: usize,
+    request: Request,
+) -> Result<Option<LocalReply>, Failure> {
+    let mut stream = vms.worker(worker).http_request(request)?;
+    let reply = match stream.send_request_headers(true)? {
+        Outcome::Continue => {
+            stream.send_response_headers(Response::status(200), true)?;
+            None
+        }
+        Outcome::LocalReply(reply) => Some(reply),
+        other => panic!("unexpected {other:?}"),
+    };
+    stream.finish()?;
+    Ok(reply)
 }
