@@ -4,26 +4,37 @@
 
 use std::fmt::Write as _;
 
+use std::time::Duration;
+
+use palisade_host_tests::bench_configs;
 use palisade_host_tests::wasm_host::{
     workspace_root, Callback, Failure, Host, HttpStream, KongVersion, Outcome, Plugin, Profile,
-    Request, Response,
+    Request, Response, START_UNIX_SECS,
 };
 
-/// A configuration that exercises what each plugin does today.
-fn config(plugin: &Plugin) -> &'static str {
+/// The configuration `just bench` runs each plugin with, so the two tables describe the same
+/// work.
+fn config(plugin: &Plugin) -> String {
     match plugin {
-        // These requests carry no token: the shipped example lets them through anonymous
-        // (plugin_auth_fuel.rs measures verified tokens).
-        Plugin::Auth => include_str!("../../manifests/examples/auth.json"),
-        Plugin::RateLimit => {
-            r#"{"limits":[{"name":"per-tenant","rate":100,"period":"1s","key":[{"header":"x-tenant"}]}]}"#
-        }
-        Plugin::Audit => {
-            r#"{"sink":{"kafka_rest":{"upstream":"kafka-rest","authority":"kafka-rest.kafka:8082"}}}"#
-        }
-        _ => "{}",
+        Plugin::HeaderSecurity => bench_configs::HEADER_SECURITY.to_owned(),
+        Plugin::Auth => bench_configs::auth(),
+        Plugin::RateLimit => bench_configs::RATE_LIMIT.to_owned(),
+        Plugin::Resilience => bench_configs::RESILIENCE.to_owned(),
+        Plugin::Audit => bench_configs::AUDIT.to_owned(),
+        _ => "{}".to_owned(),
     }
 }
+
+/// The bench token (RS256, issued 2025-12-01, valid until 2100).
+fn bench_token() -> String {
+    std::fs::read_to_string(workspace_root().join("host-tests/fixtures/bench/token-rs256.jwt"))
+        .expect("host-tests/fixtures/bench/token-rs256.jwt")
+        .trim()
+        .to_owned()
+}
+
+/// The test host's clock starts in 2023; the bench token was issued in 2025.
+const BENCH_TOKEN_ISSUED_AT: u64 = 1_764_547_200;
 
 #[derive(Clone, Copy)]
 enum Scenario {
@@ -42,7 +53,10 @@ impl Scenario {
     }
 
     fn run(self, host: &Host, plugin: &Plugin) -> Result<HttpStream, Failure> {
-        let vms = host.load(plugin.clone(), config(plugin))?;
+        host.advance_clock(Duration::from_secs(
+            BENCH_TOKEN_ISSUED_AT + 3_600 - START_UNIX_SECS,
+        ))?;
+        let vms = host.load(plugin.clone(), &config(plugin))?;
         assert!(vms.is_accepted(), "{:?}", vms.logs());
         let request = Request::new(
             if matches!(self, Self::Get) {
@@ -54,7 +68,11 @@ impl Scenario {
         )
         .header("accept", "application/json")
         .header("user-agent", "palisade-bench/1")
-        .header("x-tenant", "acme");
+        .header("x-tenant", "acme")
+        // What every bench request carries.
+        .header("origin", "https://app.example.com")
+        .header("x-request-id", "bench-0001")
+        .header("authorization", format!("Bearer {}", bench_token()));
         let mut stream = vms.http_request(request)?;
         let body = vec![b'x'; 1024];
         let continues = |outcome: Outcome| assert_eq!(outcome, Outcome::Continue);

@@ -1,5 +1,5 @@
-//! Host calls per request, for each plugin's shipped example config and the header-security
-//! config `just bench` runs. In Envoy's V8 a plugin's cost is mostly its crossings: each header
+//! Host calls per request, for each plugin's shipped example config and the configs `just bench`
+//! runs. In Envoy's V8 a plugin's cost is mostly its crossings: each header
 //! get/set is a host call, and each map or property the host hands over is a call back into the
 //! guest's allocator (counted here as `proxy_on_memory_allocate`). Fuel does not see host-side
 //! work, so these counts are bounded separately: a change that adds crossings fails here.
@@ -156,6 +156,21 @@ fn cases() -> Vec<Case> {
             "example",
             example("audit"),
             Scenario::Post1k,
+            18,
+        ),
+        case(
+            Plugin::RateLimit,
+            "bench",
+            bench_configs::RATE_LIMIT,
+            Scenario::Get,
+            // Clock, one slot read, one compare-and-swap write, one counter; two headers.
+            6,
+        ),
+        case(
+            Plugin::Audit,
+            "bench",
+            bench_configs::AUDIT,
+            Scenario::Get,
             18,
         ),
     ]

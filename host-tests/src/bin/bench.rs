@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use palisade::envoy::{self, Bootstrap, EnvoyProcess, Filter};
 use palisade::plugins::{self, PluginInfo};
-use palisade_host_tests::bench_configs::HEADER_SECURITY;
+use palisade_host_tests::bench_configs::{self, HEADER_SECURITY};
 use palisade_host_tests::envoy_harness::{wasm_dir, workspace, WORKERS};
 use serde_json::{json, Value};
 
@@ -69,7 +69,8 @@ fn native_jwt_authn(cache: bool) -> Value {
 }
 
 /// Envoy's `local_ratelimit` with one token bucket for the whole proxy, large enough that the
-/// bench is never limited: the cost of counting, not of refusing.
+/// bench is never limited: the cost of counting, not of refusing. Its rate-limit headers are on,
+/// as palisade-rate-limit's are.
 fn native_local_ratelimit() -> Value {
     json!({"name": "envoy.filters.http.local_ratelimit",
            "typed_config": {
@@ -78,7 +79,8 @@ fn native_local_ratelimit() -> Value {
                "token_bucket": {"max_tokens": 1_000_000, "tokens_per_fill": 1_000_000, "fill_interval": "1s"},
                "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
                "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
-               "local_rate_limit_per_downstream_connection": false}})
+               "local_rate_limit_per_downstream_connection": false,
+               "enable_x_ratelimit_headers": "DRAFT_VERSION_03"}})
 }
 
 /// Envoy's `fault` filter configured but injecting nothing (0%), as chaos setups leave it.
@@ -120,9 +122,23 @@ const NATIVE_JWT: &str = "native jwt_authn (no cache)";
 const NATIVE_JWT_CACHED: &str = "native jwt_authn (cache on)";
 const NATIVE_RL: &str = "native local_ratelimit";
 const NATIVE_FAULT: &str = "native fault (0%)";
+const FLOOR_CHAINED: &str = "five empty wasm filters chained";
+const CHAINED: &str = "all five chained";
 
 fn plugin(name: &str) -> &'static PluginInfo {
     plugins::find(name).unwrap_or_else(|| panic!("no plugin {name}"))
+}
+
+/// The configuration each plugin runs with in the bench (see `bench_configs`).
+fn bench_config(p: &PluginInfo) -> String {
+    match p.name {
+        "header-security" => HEADER_SECURITY.to_owned(),
+        "auth" => bench_configs::auth(),
+        "rate-limit" => bench_configs::RATE_LIMIT.to_owned(),
+        "resilience" => bench_configs::RESILIENCE.to_owned(),
+        "audit" => bench_configs::AUDIT.to_owned(),
+        other => panic!("no bench config for {other}"),
+    }
 }
 
 fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
@@ -130,7 +146,7 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
     let mut all = vec![Setup::plain(NONE)];
     all.push(Setup {
         native: vec![json!({"name": "floor", "typed_config": envoy::wasm_filter_config("palisade-floor", &floor_wasm, "")})],
-        wasm_files: vec![floor_wasm],
+        wasm_files: vec![floor_wasm.clone()],
         ..Setup::plain(FLOOR)
     });
     let (native, route) = native_header_security();
@@ -169,12 +185,24 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
     ] {
         let p = plugin(name);
         all.push(Setup {
-            palisade: vec![Filter::new(p, p.example_config)],
+            palisade: vec![Filter::new(p, bench_config(p))],
             native_counterpart: native,
             wasm_files: vec![wasm.join(p.wasm_file)],
             ..Setup::plain(p.full_name)
         });
     }
+    // What one module running every concern in one pass could save at most: the per-module
+    // cost of five empty Wasm filters over one.
+    all.push(Setup {
+        native: (0..plugins::ALL.len())
+            .map(|i| {
+                let name = format!("floor-{i}");
+                json!({"name": name, "typed_config": envoy::wasm_filter_config(&name, &floor_wasm, "")})
+            })
+            .collect(),
+        wasm_files: vec![floor_wasm.clone(); plugins::ALL.len()],
+        ..Setup::plain(FLOOR_CHAINED)
+    });
     all.push(Setup {
         palisade: plugins::ALL
             .iter()
@@ -182,9 +210,9 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
                 Filter::new(
                     p,
                     if p.name == "header-security" {
-                        HEADER_SECURITY
+                        header_security.to_owned()
                     } else {
-                        p.example_config
+                        bench_config(p)
                     },
                 )
             })
@@ -193,7 +221,7 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
             .iter()
             .map(|p| wasm.join(p.wasm_file))
             .collect(),
-        ..Setup::plain("all five chained")
+        ..Setup::plain(CHAINED)
     });
     all
 }
@@ -208,6 +236,27 @@ struct Sample {
     /// Envoy's CPU time (all threads) per request under load: unlike latency, barely moved by
     /// other work on a shared machine.
     cpu_us: f64,
+    /// For setups with palisade-audit: events shipped per second under load, and the totals
+    /// at the end of the setup's run.
+    audit: Option<AuditShipping>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct AuditShipping {
+    sent_per_s: f64,
+    emitted: f64,
+    sent: f64,
+    dropped: f64,
+}
+
+/// palisade-audit's counters from Envoy's stats (`wasmcustom.palisade_audit_<name>`).
+fn audit_counter(envoy: &EnvoyProcess, name: &str) -> f64 {
+    let wanted = format!("wasmcustom.palisade_audit_{name}: ");
+    envoy
+        .stats()
+        .lines()
+        .find_map(|line| line.strip_prefix(wanted.as_str())?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn parse_latency(text: &str) -> Option<f64> {
@@ -341,16 +390,30 @@ fn measure(setup: &Setup, upstream: std::net::SocketAddr, load: &Load) -> Sample
     wrk(&url, load.warmup, load.connections);
     // Throughput and CPU per request under load; latency from one connection, where queueing
     // does not hide the time the filter itself adds.
+    let ships_events = setup.palisade.iter().any(|f| f.plugin.name == "audit");
+    let sent_before = audit_counter(&envoy, "events_sent");
     let cpu_before = cpu_ns(envoy.pid());
     let (rps, _, _, requests) = run(load.connections);
     let cpu_us = cpu_ns(envoy.pid()).saturating_sub(cpu_before) as f64 / 1000.0 / requests.max(1.0);
+    let sent_under_load = audit_counter(&envoy, "events_sent") - sent_before;
     let (_, p50_us, p99_us, _) = run(1);
+    let audit = ships_events.then(|| {
+        // Let the last batches go out before reading the totals.
+        std::thread::sleep(Duration::from_secs(2));
+        AuditShipping {
+            sent_per_s: sent_under_load / load.duration as f64,
+            emitted: audit_counter(&envoy, "events_emitted"),
+            sent: audit_counter(&envoy, "events_sent"),
+            dropped: audit_counter(&envoy, "events_dropped"),
+        }
+    });
     Sample {
         rps,
         p50_us,
         p99_us,
         rss_mib: rss_mib(envoy.pid()),
         cpu_us,
+        audit,
     }
 }
 
@@ -549,6 +612,29 @@ fn main() {
             wasm_text,
             rss_delta
         );
+    }
+    let mut shipping = String::new();
+    for (setup, runs) in setups.iter().zip(&samples) {
+        let audit: Vec<AuditShipping> = runs.iter().filter_map(|s| s.audit).collect();
+        if audit.is_empty() {
+            continue;
+        }
+        if shipping.is_empty() {
+            shipping.push_str("| setup | events sent/s under load (median) | emitted | sent | dropped | still buffered |\n| --- | ---: | ---: | ---: | ---: | ---: |\n");
+        }
+        let sum = |f: fn(&AuditShipping) -> f64| audit.iter().map(f).sum::<f64>();
+        let (emitted, sent, dropped) = (sum(|a| a.emitted), sum(|a| a.sent), sum(|a| a.dropped));
+        let _ = writeln!(
+            shipping,
+            "| {} | {:.0} | {emitted:.0} | {sent:.0} | {dropped:.0} | {:.0} |",
+            setup.name,
+            median(&mut audit.iter().map(|a| a.sent_per_s).collect::<Vec<_>>()),
+            emitted - sent - dropped
+        );
+    }
+    if !shipping.is_empty() {
+        table.push_str("\n### Audit events shipped (all rounds)\n\n");
+        table.push_str(&shipping);
     }
     println!("\n{table}");
     std::fs::write(out_dir.join("results.md"), &table).expect("write results.md");

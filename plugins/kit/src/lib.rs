@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod decimal;
 pub mod duration;
 pub mod header_pairs;
 pub mod identity;

@@ -511,12 +511,7 @@ impl RateLimiter {
         let Some(tightest) = tightest else {
             return Vec::new();
         };
-        let rate_limit = format!(
-            "\"{}\";r={};t={}",
-            tightest.name,
-            tightest.remaining,
-            ceil_secs(tightest.reset)
-        );
+        let rate_limit = rate_limit_item(tightest.name, tightest.remaining, tightest.reset);
         let policies: Vec<&str> = items.iter().map(|i| i.policy.as_str()).collect();
         vec![
             ("ratelimit-policy".to_owned(), policies.join(", ")),
@@ -583,13 +578,16 @@ impl RateLimiter {
     /// `RateLimit-Policy` lists every limit that applied; `RateLimit` reports the one closest
     /// to refusing (draft-ietf-httpapi-ratelimit-headers).
     fn rate_limit_headers(&self, pending: &[Pending]) -> Vec<(String, String)> {
-        let mut policies = Vec::new();
+        let mut policies = String::new();
         let mut tightest: Option<(u64, u64, &str)> = None;
         for p in pending {
             let Some(limit) = self.limits.get(p.limit) else {
                 continue;
             };
-            policies.push(limit.policy.as_str());
+            if !policies.is_empty() {
+                policies.push_str(", ");
+            }
+            policies.push_str(&limit.policy);
             let (remaining, reset) = remaining_and_reset(p.verdict);
             if tightest.is_none_or(|(r, _, _)| remaining < r) {
                 tightest = Some((remaining, reset, &limit.name));
@@ -599,13 +597,26 @@ impl RateLimiter {
             return Vec::new();
         };
         vec![
-            ("ratelimit-policy".to_owned(), policies.join(", ")),
+            ("ratelimit-policy".to_owned(), policies),
             (
                 "ratelimit".to_owned(),
-                format!("\"{name}\";r={remaining};t={}", ceil_secs(reset)),
+                rate_limit_item(name, remaining, reset),
             ),
         ]
     }
+}
+
+/// `"<name>";r=<remaining>;t=<seconds to reset>`, written without `format!` (it runs on every
+/// admitted request).
+fn rate_limit_item(name: &str, remaining: u64, reset: Nanos) -> String {
+    let mut item = String::with_capacity(name.len() + 32);
+    item.push('"');
+    item.push_str(name);
+    item.push_str("\";r=");
+    palisade_kit::decimal::push_u64(&mut item, remaining);
+    item.push_str(";t=");
+    palisade_kit::decimal::push_u64(&mut item, ceil_secs(reset));
+    item
 }
 
 /// One limit's contribution to the `RateLimit-Policy` and `RateLimit` headers.

@@ -67,7 +67,10 @@ impl SlotTable {
     }
 
     fn key(&self, index: u32) -> String {
-        format!("{}{index}", self.prefix)
+        let mut key = String::with_capacity(self.prefix.len() + 10);
+        key.push_str(&self.prefix);
+        palisade_kit::decimal::push_u64(&mut key, u64::from(index));
+        key
     }
 
     /// Creates every slot that does not exist yet, empty. Returns how many were created.
