@@ -98,7 +98,7 @@ test-wasm32:
 bench *args: setup build
     command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
     cargo build --release --target wasm32-wasip1 -p palisade-floor
-    cargo test -q -p palisade-host-tests --test plugin_fuel
+    cargo test -q -p palisade-host-tests --test plugin_fuel --test plugin_host_calls
     cargo run -q --release -p palisade-host-tests --bin bench -- --report BENCHMARKS.md {{args}}
 
 # Build and serve all five plugins in real Envoy on 127.0.0.1:10000 in front of a demo upstream.

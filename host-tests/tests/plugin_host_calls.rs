@@ -180,6 +180,7 @@ fn cases() -> Vec<Case> {
 fn host_calls_per_request_stay_within_bounds() -> Result<(), Failure> {
     let mut report = String::new();
     let mut over = Vec::new();
+    let mut csv = String::from("plugin,config,scenario,profile,host_calls,into_allocator,fuel\n");
     for case in cases() {
         for (profile_name, profile) in [
             ("envoy", Profile::Envoy),
@@ -212,6 +213,13 @@ fn host_calls_per_request_stay_within_bounds() -> Result<(), Failure> {
                 fuel(&[Callback::Log]),
             );
             report.push_str(&format!("{line}{}\n", describe(&stream)));
+            csv.push_str(&format!(
+                "{},{},{:?},{profile_name},{count},{allocations},{}\n",
+                case.plugin.crate_name().unwrap_or_default(),
+                case.label,
+                case.scenario,
+                stream.fuel()
+            ));
             // Whole-map reads: none for header-security's configs (its checks ask for the few
             // headers they need), one for audit (the event needs most request headers).
             let whole_maps = calls_named(&stream, "proxy_get_header_map_pairs");
@@ -227,6 +235,10 @@ fn host_calls_per_request_stay_within_bounds() -> Result<(), Failure> {
         }
     }
     println!("{report}");
+    // For BENCHMARKS.md, next to the fuel table.
+    let path =
+        palisade_host_tests::wasm_host::workspace_root().join("target/palisade-host-calls.csv");
+    std::fs::write(&path, csv).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
     assert!(
         over.is_empty(),
         "over the bound:\n{}\n\n{report}",
