@@ -3,8 +3,22 @@
 //! that shows per request.
 
 /// Appends `n` in decimal.
-pub fn push_u64(out: &mut String, mut n: u64) {
+pub fn push_u64(out: &mut String, n: u64) {
     let mut digits = [0u8; 20];
+    // Digits are ASCII: the check always passes.
+    if let Ok(text) = std::str::from_utf8(write(&mut digits, n)) {
+        out.push_str(text);
+    }
+}
+
+/// Appends `n` in decimal ASCII.
+pub fn push_u64_bytes(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(write(&mut digits, n));
+}
+
+/// Writes `n` at the end of `digits`; returns the digits written.
+fn write(digits: &mut [u8; 20], mut n: u64) -> &[u8] {
     let mut start = digits.len();
     loop {
         start -= 1;
@@ -18,9 +32,7 @@ pub fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in digits.get(start..).unwrap_or_default() {
-        out.push(char::from(d));
-    }
+    digits.get(start..).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -47,20 +59,23 @@ mod tests {
             let mut out = String::from("x=");
             push_u64(&mut out, n);
             assert_eq!(out, format!("x={n}"));
+            let mut bytes = b"x=".to_vec();
+            push_u64_bytes(&mut bytes, n);
+            assert_eq!(bytes, format!("x={n}").into_bytes());
         }
     }
-}
 
-#[cfg(all(test, not(target_arch = "wasm32")))]
-mod properties {
-    use proptest::prelude::*;
+    #[cfg(not(target_arch = "wasm32"))]
+    mod properties {
+        use proptest::prelude::*;
 
-    proptest! {
-        #[test]
-        fn any_u64_matches_format(n: u64) {
-            let mut out = String::new();
-            super::push_u64(&mut out, n);
-            prop_assert_eq!(out, n.to_string());
+        proptest! {
+            #[test]
+            fn any_u64_matches_format(n: u64) {
+                let mut out = String::new();
+                super::push_u64(&mut out, n);
+                prop_assert_eq!(out, n.to_string());
+            }
         }
     }
 }
