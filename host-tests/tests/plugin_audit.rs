@@ -362,6 +362,37 @@ fn a_full_buffer_drops_new_events_and_counts_them() -> Result<(), Failure> {
 }
 
 #[test]
+fn events_buffered_at_shutdown_are_counted_dropped_and_those_in_flight_still_count(
+) -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(
+        profile,
+        Plugin::Audit,
+        &config(profile, r#","batch":{"max_events":3,"max_interval":"5s"}"#),
+    )?;
+    // The first batch is answered a second after it leaves; the rest never leave.
+    host.script_http_call("kafka-rest", produced(3).after(Duration::from_secs(1)));
+    for _ in 0..5 {
+        exchange(&vms, "GET", "/health", 200)?;
+    }
+    host.advance_clock(Duration::from_millis(100))?;
+    assert_eq!(host.http_calls().len(), 1, "one full batch in flight");
+    assert!(vms.worker(0).shut_down()?, "done at once");
+    assert_eq!(totals(&host), [5, 0, 0, 2], "the two waiting events");
+    assert!(
+        vms.logs().iter().any(|l| l.message
+            == "[palisade-audit] shutting down: 2 buffered events counted as dropped, 3 in flight"),
+        "{:?}",
+        vms.logs()
+    );
+    // Envoy still delivers the answer of a call made before: it is counted.
+    host.advance_clock(Duration::from_secs(1))?;
+    assert_eq!(totals(&host), [5, 3, 0, 2], "sent + dropped == emitted");
+    assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+    Ok(())
+}
+
+#[test]
 fn kong_before_3_9_never_answers_a_failed_batch_and_it_is_retried_anyway() -> Result<(), Failure> {
     let profile = Profile::Kong(KongVersion::V3_8);
     let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;

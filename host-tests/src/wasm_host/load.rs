@@ -339,6 +339,20 @@ impl Worker {
         })
     }
 
+    /// Tears the plugin down as Envoy does when its configuration is replaced or removed: the
+    /// root context's `proxy_on_done`, and no more ticks. Returns the plugin's answer (true:
+    /// done now; false: it would call `proxy_done` later, which this host does not model).
+    pub fn shut_down(&self) -> Result<bool> {
+        let vm = self.host.vm(self.vm)?;
+        let mut vm = vm.borrow_mut();
+        let state = vm.store.data_mut();
+        let root = state.root_context;
+        state.tick_period = None;
+        state.next_tick = None;
+        let (done, _) = vm.call(Callback::Done, root, &[root])?;
+        Ok(done != Some(0))
+    }
+
     /// Plugin and host log lines of this worker.
     pub fn logs(&self) -> Vec<LogEntry> {
         self.host

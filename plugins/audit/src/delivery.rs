@@ -91,6 +91,13 @@ pub struct Answered {
     pub problem: Option<String>,
 }
 
+/// What [`DeliveryQueue::abandon`] gave up, and what is still in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abandoned {
+    pub dropped: u64,
+    pub in_flight: u64,
+}
+
 /// Running totals since the worker started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -141,6 +148,26 @@ impl DeliveryQueue {
                 .iter()
                 .map(|(_, b)| b.events.len())
                 .sum::<usize>()
+    }
+
+    /// Gives up everything not yet handed to the host: waiting events and failed batches
+    /// waiting for a retry are counted dropped. Batches in flight stay: their answers are still
+    /// counted when they come. For a plugin being torn down, so nothing goes uncounted.
+    pub fn abandon(&mut self) -> Abandoned {
+        let waiting = self.pending.len()
+            + self
+                .retrying
+                .iter()
+                .map(|(_, b)| b.events.len())
+                .sum::<usize>();
+        self.pending.clear();
+        self.retrying.clear();
+        let dropped = waiting as u64;
+        self.totals.dropped += dropped;
+        Abandoned {
+            dropped,
+            in_flight: self.buffered() as u64,
+        }
     }
 
     /// Takes an event; when the buffer is full it is dropped (and counted): `false`.
@@ -688,6 +715,41 @@ mod tests {
         let (sends, _) = q.poll(5100, &mut rng);
         assert_eq!(sends.len(), 1, "one retry fills the second slot");
         assert_eq!(q.buffered(), 9);
+        accounted(&q);
+    }
+
+    #[test]
+    fn abandoning_counts_waiting_and_retrying_events_and_keeps_those_in_flight() {
+        let mut q = kafka();
+        let mut rng = rng();
+        for i in 0..8 {
+            q.push(event("audit", i, 0));
+        }
+        // Two batches of 3 go out; one fails and waits for its retry; 2 events still wait.
+        let (sends, _) = q.poll(0, &mut rng);
+        let [first, second] = sends.as_slice() else {
+            panic!("two batches: {sends:?}")
+        };
+        q.on_answer(first.batch_id, Some((500, b"")), 10, &mut rng);
+        let abandoned = q.abandon();
+        assert_eq!(
+            abandoned,
+            Abandoned {
+                dropped: 5,
+                in_flight: 3
+            }
+        );
+        assert_eq!(q.totals().dropped, 5);
+        accounted(&q);
+        // The batch in flight is still counted when its answer comes.
+        q.on_answer(
+            second.batch_id,
+            Some((200, br#"{"offsets":[{},{},{}]}"#)),
+            20,
+            &mut rng,
+        );
+        assert_eq!(q.totals().sent, 3);
+        assert_eq!(q.buffered(), 0);
         accounted(&q);
     }
 }

@@ -192,6 +192,25 @@ impl Worker {
         self.report_depth();
     }
 
+    /// Gives up what was not handed to the host yet, counting it dropped (see
+    /// [`DeliveryQueue::abandon`]), with one log line when anything was buffered.
+    fn abandon(&self, why: &str) {
+        let abandoned = self.queue.borrow_mut().abandon();
+        self.count(|m| m.dropped.add(abandoned.dropped));
+        self.report_depth();
+        if abandoned.dropped > 0 || abandoned.in_flight > 0 {
+            log::warn!(
+                "[{NAME}] {why}: {} buffered events counted as dropped, {} in flight",
+                abandoned.dropped,
+                abandoned.in_flight
+            );
+        }
+    }
+
+    fn owns_call(&self, token: u32) -> bool {
+        self.calls.borrow().contains_key(&token)
+    }
+
     fn on_answer(&self, token: u32, body_size: usize) {
         let Some(batch_id) = self.calls.borrow_mut().remove(&token) else {
             return;
@@ -301,6 +320,15 @@ fn tick_period(config: &AuditConfig) -> Duration {
 
 struct AuditRoot {
     worker: Option<Rc<Worker>>,
+    /// Workers of earlier configurations that still hold events: they keep delivering them
+    /// under the configuration they were taken with, then go.
+    retired: Vec<Rc<Worker>>,
+}
+
+impl AuditRoot {
+    fn workers(&self) -> impl Iterator<Item = &Rc<Worker>> {
+        self.worker.iter().chain(self.retired.iter())
+    }
 }
 
 impl Context for AuditRoot {
@@ -311,9 +339,19 @@ impl Context for AuditRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if let Some(worker) = &self.worker {
+        if let Some(worker) = self.workers().find(|w| w.owns_call(token_id)) {
             worker.on_answer(token_id, body_size);
         }
+        self.retired.retain(|w| w.queue.borrow().buffered() > 0);
+    }
+
+    /// The plugin is going away (Envoy: its configuration was replaced or removed). Events not
+    /// yet sent are counted dropped rather than vanish with the VM.
+    fn on_done(&mut self) -> bool {
+        for worker in self.workers() {
+            worker.abandon("shutting down");
+        }
+        true
     }
 }
 
@@ -342,13 +380,16 @@ impl RootContext for AuditRoot {
                 if worker.collector.is_none() {
                     log::warn!("[{NAME}] no sink configured: events are counted as dropped");
                 }
-                // Events still buffered under an older configuration stay with it: they are
-                // counted when that worker object goes, not silently here.
                 if let Err(err) = callout::set_tick_period(period) {
                     log::error!("[{NAME}] configuration rejected: cannot set the tick: {err}");
                     return false;
                 }
-                self.worker = Some(Rc::new(worker));
+                // Events buffered under the previous configuration are still delivered by it.
+                if let Some(previous) = self.worker.replace(Rc::new(worker)) {
+                    if previous.queue.borrow().buffered() > 0 {
+                        self.retired.push(previous);
+                    }
+                }
                 log::info!("[{NAME}] configuration accepted");
                 true
             }
@@ -360,9 +401,10 @@ impl RootContext for AuditRoot {
     }
 
     fn on_tick(&mut self) {
-        if let Some(worker) = &self.worker {
+        for worker in self.workers() {
             worker.flush();
         }
+        self.retired.retain(|w| w.queue.borrow().buffered() > 0);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -525,5 +567,8 @@ impl HttpContext for Stream {
 
 proxy_wasm::main! {{
     host::init_logging(NAME);
-    proxy_wasm::set_root_context(|_| Box::new(AuditRoot { worker: None }));
+    proxy_wasm::set_root_context(|_| Box::new(AuditRoot {
+        worker: None,
+        retired: Vec::new(),
+    }));
 }}
