@@ -14,7 +14,8 @@ use palisade_kit::random::Xoshiro256;
 fn audit() -> &'static Audit {
     static AUDIT: OnceLock<Audit> = OnceLock::new();
     AUDIT.get_or_init(|| {
-        let config = br#"{"sampling": {"api_call": 1.0}, "capture_headers": ["x-tenant", "user-agent"],
+        let config =
+            br#"{"sampling": {"api_call": 1.0}, "capture_headers": ["x-tenant", "user-agent"],
             "classification": [{"event_type": "admin_operation", "paths": ["/admin/**"]}]}"#;
         let config: AuditConfig = load(config).expect("the fuzz audit config loads");
         Audit::build(&config).expect("the fuzz audit config builds")
@@ -59,7 +60,10 @@ fuzz_target!(|data: &[u8]| {
     let mut rng = Xoshiro256::from_seed([7; 32]);
     if let Verdict::Emit(event) = audit().event(&facts, &mut rng, 1_796_083_200_000) {
         let json = event.to_json();
-        assert_eq!(json, serde_json::to_vec(&event).expect("serde writes every event"));
+        assert_eq!(
+            json,
+            serde_json::to_vec(&event).expect("serde writes every event")
+        );
         let _: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
         assert!(
             !json.windows(SECRET.len()).any(|w| w == SECRET),

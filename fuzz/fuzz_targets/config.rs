@@ -21,9 +21,12 @@ fuzz_target!(|data: &[u8]| {
         }
         3 => {
             // Also compile what validated: regexes, origin patterns, transforms.
-            if let Ok(config) = load::<palisade_header_security::config::HeaderSecurityConfig>(config) {
+            if let Ok(config) =
+                load::<palisade_header_security::config::HeaderSecurityConfig>(config)
+            {
                 let mut problems = Problems::default();
-                let _ = palisade_header_security::engine::HeaderSecurity::build(&config, &mut problems);
+                let _ =
+                    palisade_header_security::engine::HeaderSecurity::build(&config, &mut problems);
             }
         }
         _ => {
