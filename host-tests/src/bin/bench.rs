@@ -136,19 +136,45 @@ fn plugin(name: &str) -> &'static PluginInfo {
     plugins::find(name).unwrap_or_else(|| panic!("no plugin {name}"))
 }
 
-/// The configuration each plugin runs with in the bench (see `bench_configs`).
-fn bench_config(p: &PluginInfo) -> String {
-    match p.name {
-        "header-security" => HEADER_SECURITY.to_owned(),
-        "auth" => bench_configs::auth(),
-        "rate-limit" => bench_configs::RATE_LIMIT.to_owned(),
-        "resilience" => bench_configs::RESILIENCE.to_owned(),
-        "audit" => bench_configs::AUDIT.to_owned(),
-        other => panic!("no bench config for {other}"),
+/// The configuration each plugin runs with: `bench_configs`, unless `--config <plugin>=<json>`
+/// says otherwise (a knob for finding where the cost goes).
+struct Configs(std::collections::BTreeMap<String, String>);
+
+impl Configs {
+    fn new(args: &[String]) -> Self {
+        let mut configs: std::collections::BTreeMap<String, String> = [
+            ("header-security", HEADER_SECURITY.to_owned()),
+            ("auth", bench_configs::auth()),
+            ("rate-limit", bench_configs::RATE_LIMIT.to_owned()),
+            ("resilience", bench_configs::RESILIENCE.to_owned()),
+            ("audit", bench_configs::AUDIT.to_owned()),
+        ]
+        .into_iter()
+        .map(|(name, config)| (name.to_owned(), config))
+        .collect();
+        for pair in args.windows(2) {
+            if let [flag, value] = pair {
+                if flag == "--config" {
+                    let (name, config) = value
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("--config wants <plugin>=<json>, got {value}"));
+                    assert!(configs.contains_key(name), "--config: no plugin {name}");
+                    configs.insert(name.to_owned(), config.to_owned());
+                }
+            }
+        }
+        Self(configs)
+    }
+
+    fn of(&self, p: &PluginInfo) -> String {
+        self.0
+            .get(p.name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no bench config for {}", p.name))
     }
 }
 
-fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
+fn setups(wasm: &Path, configs: &Configs) -> Vec<Setup> {
     let floor_wasm = wasm.join("palisade_floor.wasm");
     let mut all = vec![Setup::plain(NONE)];
     all.push(Setup {
@@ -163,7 +189,10 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
         ..Setup::plain(NATIVE_HS)
     });
     all.push(Setup {
-        palisade: vec![Filter::new(plugin("header-security"), header_security)],
+        palisade: vec![Filter::new(
+            plugin("header-security"),
+            configs.of(plugin("header-security")),
+        )],
         native_counterpart: Some(NATIVE_HS),
         wasm_files: vec![wasm.join(plugin("header-security").wasm_file)],
         ..Setup::plain("palisade-header-security")
@@ -182,7 +211,7 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
         ..Setup::plain(NATIVE_JWT_ES256)
     });
     all.push(Setup {
-        palisade: vec![Filter::new(plugin("auth"), bench_configs::auth())],
+        palisade: vec![Filter::new(plugin("auth"), configs.of(plugin("auth")))],
         native_counterpart: Some(NATIVE_JWT_ES256),
         wasm_files: vec![wasm.join(plugin("auth").wasm_file)],
         token: ES256_TOKEN,
@@ -204,7 +233,7 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
     ] {
         let p = plugin(name);
         all.push(Setup {
-            palisade: vec![Filter::new(p, bench_config(p))],
+            palisade: vec![Filter::new(p, configs.of(p))],
             native_counterpart: native,
             wasm_files: vec![wasm.join(p.wasm_file)],
             ..Setup::plain(p.full_name)
@@ -225,16 +254,7 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
     all.push(Setup {
         palisade: plugins::ALL
             .iter()
-            .map(|p| {
-                Filter::new(
-                    p,
-                    if p.name == "header-security" {
-                        header_security.to_owned()
-                    } else {
-                        bench_config(p)
-                    },
-                )
-            })
+            .map(|p| Filter::new(p, configs.of(p)))
             .collect(),
         wasm_files: plugins::ALL
             .iter()
@@ -464,25 +484,16 @@ fn main() {
     std::fs::create_dir_all(&out_dir).expect("target/bench");
 
     let wasm = wasm_dir();
-    // Knobs for finding where the cost goes: another header-security config, and a subset of
-    // setups (by name; the no-filter baseline always runs).
-    let header_security: &'static str =
-        match args.iter().position(|a| a == "--header-security-config") {
-            Some(i) => Box::leak(
-                args.get(i + 1)
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_boxed_str(),
-            ),
-            None => HEADER_SECURITY,
-        };
+    // Knobs for finding where the cost goes: other plugin configs, and a subset of setups (by
+    // name; the no-filter baseline always runs).
+    let configs = Configs::new(&args);
     let only: Vec<&String> = args
         .iter()
         .enumerate()
         .filter(|(i, _)| *i > 0 && args.get(i - 1).is_some_and(|a| a == "--only"))
         .map(|(_, v)| v)
         .collect();
-    let setups: Vec<Setup> = setups(&wasm, header_security)
+    let setups: Vec<Setup> = setups(&wasm, &configs)
         .into_iter()
         .filter(|s| {
             s.name == NONE || only.is_empty() || only.iter().any(|o| s.name.contains(o.as_str()))
