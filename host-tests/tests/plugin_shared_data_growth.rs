@@ -233,7 +233,7 @@ const CLUSTERS: [&str; 3] = [
 const FAILING_EVERY: usize = 101;
 
 fn upstream_status(i: usize) -> u16 {
-    if i % FAILING_EVERY == 0 {
+    if i.is_multiple_of(FAILING_EVERY) {
         503
     } else {
         200
