@@ -19,8 +19,19 @@ use proxy_wasm::types::Action;
 use crate::circuit::Transition;
 use crate::config::{Proxy, ResilienceConfig};
 use crate::engine::{Event, RequestVerdict, Resilience, StreamState, UpstreamNames};
+use crate::inflight::Owner;
 
 const NAME: &str = "palisade-resilience";
+
+thread_local! {
+    /// This VM in the shared in-flight counts: a random id, and the slots its streams hold.
+    /// One per VM, so a reconfigured VM keeps counting (and renewing) its streams' slots.
+    static OWNER: Rc<Owner> = Rc::new(Owner::new({
+        let seed = host::random_seed();
+        let mut rng = Xoshiro256::from_seed(seed);
+        rng.next_u64()
+    }));
+}
 
 struct ResiliencePlugin;
 
@@ -33,6 +44,10 @@ struct Worker {
     /// Streams paused by an injected delay: context id → when to resume (Unix ms).
     delayed: RefCell<BTreeMap<u32, u64>>,
     tick: Option<Duration>,
+    /// Every this often, the timer renews this VM's slots (none when nothing is counted).
+    renew_every: Option<Duration>,
+    /// When they were last renewed (Unix ms).
+    renewed_at: Cell<u64>,
     store_warned: Cell<bool>,
 }
 
@@ -96,16 +111,24 @@ impl Plugin for ResiliencePlugin {
 
     fn compile(config: ResilienceConfig) -> Result<Worker, ConfigError> {
         // Delays resume from the root timer: fine enough to be a twentieth of the delay.
-        let tick = config.fault.delay.as_ref().map(|delay| {
+        let delay_tick = config.fault.delay.as_ref().map(|delay| {
             (delay.duration.get() / 20).clamp(Duration::from_millis(10), Duration::from_millis(100))
         });
+        let engine = Resilience::new(&config, OWNER.with(Rc::clone));
+        let renew_every = engine.renew_period();
+        let tick = match (delay_tick, renew_every) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Ok(Worker {
-            engine: Resilience::new(&config),
+            engine,
             proxy: config.proxy,
             metrics: config.metrics.then(Metrics::define),
             rng: RefCell::new(Xoshiro256::from_seed(host::random_seed())),
             delayed: RefCell::default(),
             tick,
+            renew_every,
+            renewed_at: Cell::new(HostClock.unix_millis()),
             store_warned: Cell::new(false),
         })
     }
@@ -124,6 +147,15 @@ impl Plugin for ResiliencePlugin {
 
     fn on_tick(worker: &Worker) {
         let now = HostClock.unix_millis();
+        if let Some(every) = worker.renew_every {
+            let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+            if now >= worker.renewed_at.get().saturating_add(every) {
+                worker.renewed_at.set(now);
+                let mut events = Vec::new();
+                worker.engine.renew(&HostStore, now, &mut events);
+                worker.report(&events);
+            }
+        }
         // Collect first: resuming may run this VM's callbacks for the stream again.
         let due: Vec<u32> = {
             let mut delayed = worker.delayed.borrow_mut();
@@ -265,9 +297,12 @@ impl Stream {
         let worker = Rc::clone(&self.worker);
         worker.delayed.borrow_mut().remove(&self.context_id);
         let mut events = Vec::new();
-        worker
-            .engine
-            .on_stream_end(&HostStore, &mut self.state, &mut events);
+        worker.engine.on_stream_end(
+            &HostStore,
+            || HostClock.unix_millis(),
+            &mut self.state,
+            &mut events,
+        );
         worker.report(&events);
     }
 }
