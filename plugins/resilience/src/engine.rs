@@ -78,7 +78,8 @@ pub enum RequestVerdict<'a> {
 /// What one stream holds until it ends.
 #[derive(Debug, Default)]
 pub struct StreamState {
-    circuit: Option<(String, Admission)>,
+    /// The circuit's key, the admission, and when it was granted.
+    circuit: Option<(String, Admission, u64)>,
     slot: Option<(String, String, Slot)>,
 }
 
@@ -87,7 +88,7 @@ impl StreamState {
     pub fn awaits_outcome(&self) -> bool {
         matches!(
             self.circuit,
-            Some((_, Admission::Normal | Admission::Trial))
+            Some((_, Admission::Normal | Admission::Trial, _))
         )
     }
 }
@@ -184,7 +185,7 @@ impl Resilience {
                 Admission::Unjudged => events.push(Event::StoreUnavailable),
                 Admission::Normal | Admission::Trial => {}
             }
-            state.circuit = Some((key, admission));
+            state.circuit = Some((key, admission, now_ms));
         }
         let mut retry_granted = true;
         if let Some(inflight) = &self.inflight {
@@ -237,7 +238,7 @@ impl Resilience {
         let (Some(circuit), Some(status)) = (&self.circuit, status) else {
             return;
         };
-        let Some((key, admission)) = state.circuit.take() else {
+        let Some((key, admission, _)) = state.circuit.take() else {
             return;
         };
         if admission == Admission::Unjudged {
@@ -263,10 +264,10 @@ impl Resilience {
         state: &mut StreamState,
         events: &mut Vec<Event>,
     ) {
-        if let (Some(circuit), Some((key, Admission::Trial))) =
+        if let (Some(circuit), Some((key, Admission::Trial, granted_ms))) =
             (&self.circuit, state.circuit.take())
         {
-            if circuit.release_trial(store, &key).is_err() {
+            if circuit.release_trial(store, &key, granted_ms).is_err() {
                 events.push(Event::StoreUnavailable);
             }
         }
