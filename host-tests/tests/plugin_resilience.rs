@@ -557,6 +557,14 @@ fn fuel_of_a_healthy_request_by_feature() -> Result<(), Failure> {
             r#"{"retry":{"budget":null,"max_retries":0},"circuit_breaker":{"key":"orders"}}"#,
         ),
         (
+            "router headers only",
+            r#"{"retry":{"budget":null},"circuit_breaker":{"enabled":false}}"#,
+        ),
+        (
+            "breaker only, kong",
+            r#"{"retry":{"budget":null},"proxy":"kong"}"#,
+        ),
+        (
             "nothing on",
             r#"{"retry":{"budget":null},"circuit_breaker":{"enabled":false},"proxy":"kong"}"#,
         ),
