@@ -549,3 +549,129 @@ mod tests {
         assert_eq!(Table::decode(&[TABLE_VERSION]), Table::default());
     }
 }
+
+/// The per-VM table against a model: VMs take and give back slots, crash (a new VM takes
+/// their place, as a reload does) and the clock moves with the live VMs' timers renewing.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod proptests {
+    use super::*;
+    use palisade_kit::store::MemoryStore;
+    use proptest::prelude::*;
+
+    const KEY: &str = "palisade-resilience/inflight/orders";
+    const LEASE: u64 = 30_000;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire(usize),
+        Release(usize, usize),
+        Crash(usize),
+        Advance(u64),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let op = prop_oneof![
+            5 => (0usize..3).prop_map(Op::Acquire),
+            3 => (0usize..3, any::<usize>()).prop_map(|(vm, n)| Op::Release(vm, n)),
+            1 => (0usize..3).prop_map(Op::Crash),
+            2 => (0u64..2 * LEASE).prop_map(Op::Advance),
+        ];
+        proptest::collection::vec(op, 1..200)
+    }
+
+    struct Vm {
+        owner: Owner,
+        slots: Vec<Slot>,
+        last_write: u64,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A request is admitted exactly when the live VMs' slots plus the slots of crashed
+        /// VMs still within their lease are under the limit: never over the cap, and a crashed
+        /// VM's slots free once its lease has run out, never before.
+        #[test]
+        fn the_cap_is_exact_and_crashed_slots_free_after_the_lease(
+            max in 1u32..6,
+            ops in ops(),
+        ) {
+            let limit = InflightLimit {
+                max_requests: Some(max),
+                budget: None,
+                lease_ms: LEASE,
+            };
+            let store = MemoryStore::new();
+            let mut next_id = 0u64;
+            let mut new_vm = |now: u64| {
+                next_id += 1;
+                Vm { owner: Owner::new(next_id), slots: Vec::new(), last_write: now }
+            };
+            let mut now = 1_000_000u64;
+            let mut vms: Vec<Vm> = (0..3).map(|_| new_vm(now)).collect();
+            // Crashed VMs: (slots held, last write).
+            let mut dead: Vec<(usize, u64)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Acquire(i) => {
+                        let counted: usize = vms.iter().map(|vm| vm.slots.len()).sum::<usize>()
+                            + dead
+                                .iter()
+                                .filter(|(_, at)| at + LEASE > now)
+                                .map(|(held, _)| held)
+                                .sum::<usize>();
+                        let got = limit
+                            .acquire(&store, KEY, &vms[i].owner, now)
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        match got {
+                            Acquired::Slot(slot, active) => {
+                                prop_assert!(counted < max as usize, "admitted with {counted} counted");
+                                prop_assert_eq!(active as usize, counted + 1);
+                                vms[i].slots.push(slot);
+                                vms[i].last_write = now;
+                            }
+                            Acquired::Shed => {
+                                prop_assert!(counted >= max as usize, "shed with only {counted} counted");
+                            }
+                        }
+                    }
+                    Op::Release(i, n) if !vms[i].slots.is_empty() => {
+                        let at = n % vms[i].slots.len();
+                        let slot = vms[i].slots.swap_remove(at);
+                        limit
+                            .release(&store, KEY, &vms[i].owner, slot, now)
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        vms[i].last_write = now;
+                    }
+                    Op::Release(..) => {}
+                    Op::Crash(i) => {
+                        let crashed = std::mem::replace(&mut vms[i], new_vm(now));
+                        if !crashed.slots.is_empty() {
+                            dead.push((crashed.slots.len(), crashed.last_write));
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        // The live VMs' timers renew every third of the lease on the way.
+                        let target = now + ms;
+                        while now < target {
+                            now = (now + LEASE / 3).min(target);
+                            for vm in &mut vms {
+                                if vm.owner.holds_any() {
+                                    prop_assert!(limit.renew(&store, &vm.owner, now).is_empty());
+                                    vm.last_write = now;
+                                }
+                            }
+                        }
+                    }
+                }
+                // The table holds at most one share per VM with slots, dead ones included
+                // until a write prunes them.
+                let shares = store
+                    .get(KEY)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?
+                    .map_or(0, |entry| Table::decode(&entry.value).0.len());
+                prop_assert!(shares <= vms.len() + dead.len());
+            }
+        }
+    }
+}
