@@ -166,7 +166,7 @@ impl Resilience {
             String::new()
         };
         if let Some(circuit) = &self.circuit {
-            let key = format!("{KEY_PREFIX}cb/{cluster}");
+            let key = store_key("cb/", &cluster);
             let (admission, transition) = circuit.admit(store, &key, now_ms);
             if let Some(transition) = transition {
                 events.push(Event::Circuit {
@@ -193,7 +193,7 @@ impl Resilience {
                 ConcurrencyScope::Cluster => cluster,
                 ConcurrencyScope::Route => names.route().unwrap_or(cluster),
             };
-            let key = format!("{KEY_PREFIX}inflight/{scope}");
+            let key = store_key("inflight/", &scope);
             match inflight.acquire(store, &key, &self.owner, now_ms) {
                 Ok(Acquired::Slot(slot, now)) => {
                     retry_granted = slot.retry_granted;
@@ -305,6 +305,15 @@ impl Resilience {
             }
         }
     }
+}
+
+/// `palisade-resilience/<kind><name>`, built without the formatting machinery (per request).
+fn store_key(kind: &str, name: &str) -> String {
+    let mut key = String::with_capacity(KEY_PREFIX.len() + kind.len() + name.len());
+    key.push_str(KEY_PREFIX);
+    key.push_str(kind);
+    key.push_str(name);
+    key
 }
 
 /// `palisade-resilience/cb/orders` -> `orders`.

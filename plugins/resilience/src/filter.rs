@@ -65,6 +65,9 @@ struct Metrics {
     /// built per request).
     circuit_gauges: RefCell<HashMap<String, Gauge>>,
     inflight_gauges: RefCell<HashMap<String, Gauge>>,
+    /// The last in-flight gauge used: most filter chains count one scope, and comparing its
+    /// name costs less than hashing it twice per request.
+    last_inflight: RefCell<Option<(String, Gauge)>>,
 }
 
 impl Metrics {
@@ -82,7 +85,19 @@ impl Metrics {
             store_unavailable: counter("store_unavailable"),
             circuit_gauges: RefCell::default(),
             inflight_gauges: RefCell::default(),
+            last_inflight: RefCell::default(),
         }
+    }
+
+    fn inflight_gauge(&self, scope: &str) -> Gauge {
+        if let Some((name, gauge)) = &*self.last_inflight.borrow() {
+            if name == scope {
+                return *gauge;
+            }
+        }
+        let gauge = self.gauge("inflight", scope);
+        *self.last_inflight.borrow_mut() = Some((scope.to_owned(), gauge));
+        gauge
     }
 
     /// `palisade_resilience.<kind>.<name>`, the name reduced to characters every stats
@@ -284,7 +299,7 @@ impl Worker {
                     // config meant for Envoy must not kill Kong's VM. The value is the count
                     // this worker's write left; a concurrent change on another worker may
                     // record before it, so the gauge can lag until the next change.
-                    m.gauge("inflight", scope).set(u64::from(*now));
+                    m.inflight_gauge(scope).set(u64::from(*now));
                 }
             }
             Event::StoreUnavailable => {
