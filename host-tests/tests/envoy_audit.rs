@@ -32,9 +32,39 @@ struct Setup {
     agent: ureq::Agent,
 }
 
+/// How the collector's cluster is broken.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Broken {
+    /// A cluster with no endpoint at all (Envoy answers "no healthy upstream" at once).
+    NoEndpoints,
+    /// Its one endpoint is a port nothing listens on (connection refused).
+    DeadPort,
+    /// Its one endpoint accepts connections and never answers (only the timeout ends it).
+    Silent,
+}
+
+/// A loopback port that accepts every connection and never answers; lives for the test.
+fn silent_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
 /// Envoy with `front` (other Palisade filters) and then palisade-audit, shipping to a fresh
 /// collector.
 fn start_with(front: Vec<Filter>) -> Setup {
+    start_full(front, None)
+}
+
+/// As [`start_with`]; `broken` replaces the collector's cluster (the collector still runs,
+/// unreached), with a 1 s sink timeout and one retry.
+fn start_full(front: Vec<Filter>, broken: Option<Broken>) -> Setup {
     let collector = KafkaRestCollector::start(0, &TOPICS).unwrap();
     let upstream = EchoUpstream::start(0).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -51,6 +81,12 @@ fn start_with(front: Vec<Filter>) -> Setup {
             {"event_type": "data_access", "methods": ["GET"], "paths": ["/api/**"]},
         ],
     });
+    let mut config = config;
+    if broken.is_some() {
+        config["sink"]["kafka_rest"]["timeout"] = json!("1s");
+        config["delivery"] =
+            json!({"max_retries": 1, "backoff_base": "100ms", "backoff_max": "100ms"});
+    }
     let audit = plugins::find("audit").unwrap();
     let bootstrap = Bootstrap {
         listen_port: 0,
@@ -79,6 +115,32 @@ fn start_with(front: Vec<Filter>) -> Setup {
                 }}}}]}],
             },
         }));
+    if let Some(how) = broken {
+        let cluster = envoy_config["static_resources"]["clusters"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c["name"] == "kafka-rest")
+            .unwrap();
+        match how {
+            Broken::NoEndpoints => {
+                cluster["load_assignment"]["endpoints"] = json!([]);
+            }
+            Broken::DeadPort | Broken::Silent => {
+                let port = if how == Broken::Silent {
+                    silent_port()
+                } else {
+                    std::net::TcpListener::bind("127.0.0.1:0")
+                        .unwrap()
+                        .local_addr()
+                        .unwrap()
+                        .port()
+                };
+                cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                    ["address"]["socket_address"]["port_value"] = json!(port);
+            }
+        }
+    }
     let binary = envoy::default_binary(&workspace());
     let envoy = EnvoyProcess::start_config(&binary, &envoy_config, dir.path(), WORKERS)
         .unwrap_or_else(|err| panic!("Envoy did not start: {err}"));
@@ -276,4 +338,64 @@ fn a_local_reply_from_an_earlier_filter_is_a_security_event() {
         "never reached the upstream"
     );
     assert!(event["latency_ms"].is_u64(), "{event}");
+}
+
+/// #9: a collector behind a cluster with no endpoint, a dead port, or a host that never
+/// answers: no request waits for it (audit ships after the response, from the timer), every
+/// call-out ends within the sink timeout (1 s) plus one retry, and every event is counted:
+/// `dropped == emitted`, none sent, none lost silently.
+#[test]
+fn a_cluster_with_no_endpoint_a_dead_port_or_a_silent_collector_drops_and_counts_every_event() {
+    const REQUESTS: usize = 30;
+    for how in [Broken::NoEndpoints, Broken::DeadPort, Broken::Silent] {
+        let setup = start_full(Vec::new(), Some(how));
+        let mut slowest = Duration::ZERO;
+        for i in 0..REQUESTS {
+            let started = Instant::now();
+            let reply = setup
+                .agent
+                .get(setup.envoy.url("/api/orders"))
+                .header("x-request-id", format!("broken-{i}"))
+                .call()
+                .unwrap();
+            assert_eq!(reply.status(), 200, "{how:?}");
+            slowest = slowest.max(started.elapsed());
+        }
+        assert!(
+            slowest < Duration::from_millis(500),
+            "{how:?}: a request waited {slowest:?} on the collector"
+        );
+        // Each batch: a 1 s timeout at most, 100 ms backoff, one retry.
+        let waiting = Instant::now();
+        let stats = setup.settled(REQUESTS as i64, Duration::from_secs(20));
+        let settled = waiting.elapsed();
+        eprintln!("{how:?}: slowest request {slowest:?}, settled after {settled:?}, {stats:?}");
+        // Two attempts of at most the 1 s timeout each, 100 ms backoff, the 200 ms batch
+        // interval, and slack for a loaded machine.
+        assert!(
+            settled < Duration::from_millis(2 * 1000 + 100 + 200 + 1500),
+            "{how:?}: took {settled:?}"
+        );
+        if how == Broken::Silent {
+            assert!(
+                settled >= Duration::from_secs(2),
+                "only the timeout ends a silent collector's call-outs, twice: {settled:?}"
+            );
+        } else {
+            assert!(
+                settled < Duration::from_millis(1500),
+                "{how:?}: fails at once, well within the timeout: {settled:?}"
+            );
+        }
+        assert_eq!(stats["events_sent"], 0, "{how:?}: {stats:?}");
+        assert_eq!(
+            stats["events_dropped"], REQUESTS as i64,
+            "{how:?}: {stats:?}"
+        );
+        assert!(
+            stats["events_retried"] > 0,
+            "{how:?}: retried first: {stats:?}"
+        );
+        assert!(setup.collector.records().is_empty(), "{how:?}");
+    }
 }

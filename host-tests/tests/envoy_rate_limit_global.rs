@@ -69,9 +69,67 @@ fn static_cluster(name: &str, port: u16) -> Value {
     })
 }
 
+/// How the cluster the plugin calls is broken.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Broken {
+    /// A cluster with no endpoint at all (Envoy answers "no healthy upstream" at once).
+    NoEndpoints,
+    /// Its one endpoint is a port nothing listens on (connection refused).
+    DeadPort,
+    /// Its one endpoint accepts connections and never answers (only the timeout ends it).
+    Silent,
+}
+
+/// A loopback port that accepts every connection and never answers; lives for the test.
+fn silent_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// The plugin's cluster, broken as `how` says.
+fn broken_cluster(name: &str, how: Broken, http2: bool) -> Value {
+    let mut cluster = match how {
+        Broken::NoEndpoints => json!({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "0.25s",
+            "load_assignment": {"cluster_name": name, "endpoints": []},
+        }),
+        Broken::DeadPort => static_cluster(name, free_port().unwrap()),
+        Broken::Silent => static_cluster(name, silent_port()),
+    };
+    if http2 {
+        cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        });
+    }
+    cluster
+}
+
 /// Envoy with palisade-rate-limit asking the service over `transport`; with `service_down` the
 /// service's cluster points at a port nothing listens on.
 fn start(transport: Transport, failure_mode_deny: bool, service_down: bool) -> Setup {
+    start_with(transport, failure_mode_deny, service_down, None, "2s")
+}
+
+/// As [`start`]; `broken` replaces the cluster the plugin calls; `timeout` is the plugin's.
+fn start_with(
+    transport: Transport,
+    failure_mode_deny: bool,
+    service_down: bool,
+    broken: Option<Broken>,
+    timeout: &str,
+) -> Setup {
     let redis = Redis::start().expect("redis-server");
     let server = RateLimitServer::start(&redis, &[("all", N, Unit::Day)]).unwrap();
     let service_port = if service_down {
@@ -92,7 +150,7 @@ fn start(transport: Transport, failure_mode_deny: bool, service_down: bool) -> S
             "transport": transport_name,
             "upstream": cluster,
             "authority": "ratelimit.internal",
-            "timeout": "2s",
+            "timeout": timeout,
             "failure_mode_deny": failure_mode_deny,
         },
         "limits": [{"name": "all", "mode": "global", "key": [{"constant": "all"}]}],
@@ -120,6 +178,17 @@ fn start(transport: Transport, failure_mode_deny: bool, service_down: bool) -> S
         },
     });
     clusters.push(grpc);
+    if let Some(how) = broken {
+        for cluster in clusters.iter_mut() {
+            if cluster["name"] == cluster_name_of(transport) {
+                *cluster = broken_cluster(
+                    cluster_name_of(transport),
+                    how,
+                    transport == Transport::Grpc,
+                );
+            }
+        }
+    }
     // gRPC in, HTTP/1.1 with the bare protobuf message out (and the reverse for the answer).
     resources["listeners"].as_array_mut().unwrap().push(json!({
         "name": "ratelimit_bridge",
@@ -167,6 +236,13 @@ fn start(transport: Transport, failure_mode_deny: bool, service_down: bool) -> S
         _redis: redis,
         _dir: dir,
         agent,
+    }
+}
+
+fn cluster_name_of(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Grpc => "ratelimit_grpc",
+        Transport::Http => "ratelimit_http",
     }
 }
 
@@ -373,6 +449,56 @@ fn with_the_service_down_fail_open_admits_and_fail_closed_answers_500() {
                 "logged once per worker VM at most, not {warnings}:\n{}",
                 setup.envoy.log()
             );
+        }
+    }
+}
+
+/// #9: a rate-limit service behind a cluster with no endpoint, a dead port, or a host that
+/// never answers: every request ends within the plugin's timeout (1 s) and follows the failure
+/// mode exactly, each failure counted; none reaches the service.
+#[test]
+fn a_cluster_with_no_endpoint_a_dead_port_or_a_silent_host_ends_within_the_timeout() {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    // Envoy's own work around the call-out, on a loaded 2-core machine.
+    const SLACK: Duration = Duration::from_millis(700);
+    for transport in [Transport::Grpc, Transport::Http] {
+        for how in [Broken::NoEndpoints, Broken::DeadPort, Broken::Silent] {
+            let deny = how != Broken::DeadPort;
+            let setup = start_with(transport, deny, false, Some(how), "1s");
+            for i in 0..3 {
+                let started = std::time::Instant::now();
+                let reply = setup.get(&format!("broken-{i}"));
+                let took = started.elapsed();
+                let case = format!("{transport:?} {how:?} deny={deny} request {i}: {took:?}");
+                eprintln!("{case}");
+                assert!(took < TIMEOUT + SLACK, "{case}");
+                if how == Broken::Silent {
+                    assert!(
+                        took >= TIMEOUT - Duration::from_millis(50),
+                        "only the timeout ends it: {case}"
+                    );
+                }
+                if deny {
+                    assert_eq!(reply.status, 500, "{case}");
+                    let body: Value = serde_json::from_str(&reply.body).expect("JSON body");
+                    assert_eq!(body["error"], "rate limit service unavailable", "{case}");
+                    assert_eq!(body["request_id"], format!("broken-{i}"), "{case}");
+                } else {
+                    assert_eq!(reply.status, 200, "fail-open: {case}");
+                }
+            }
+            let case = format!("{transport:?} {how:?}");
+            assert_eq!(
+                setup.upstream.seen().len(),
+                if deny { 0 } else { 3 },
+                "{case}"
+            );
+            assert_eq!(
+                setup.stat("wasmcustom.palisade_rate_limit.all.callout_failures"),
+                3,
+                "{case}"
+            );
+            assert!(setup.server.asked().is_empty(), "{case}");
         }
     }
 }

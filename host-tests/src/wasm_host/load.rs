@@ -7,7 +7,7 @@ use wasmtime::Store;
 
 use super::abi::LogLevel;
 use super::engine::{self, Plugin};
-use super::error::{Failure, Result};
+use super::error::{Failure, FailureKind, Result};
 use super::headers::Request;
 use super::host::Host;
 use super::http_stream::HttpStream;
@@ -351,6 +351,18 @@ impl Worker {
         state.next_tick = None;
         let (done, _) = vm.call(Callback::Done, root, &[root])?;
         Ok(done != Some(0))
+    }
+
+    /// Kills the VM as a trap does: no callback of it runs again (its ticks stop, its open
+    /// streams never reach `on_done`/`on_log`), and calling it fails with a trap.
+    pub fn crash(&self, reason: &str) -> Result<()> {
+        let vm = self.host.vm(self.vm)?;
+        let mut vm = vm.borrow_mut();
+        vm.dead = Some(Failure::new(
+            FailureKind::Trap,
+            format!("crashed by the test: {reason}"),
+        ));
+        Ok(())
     }
 
     /// Plugin and host log lines of this worker.

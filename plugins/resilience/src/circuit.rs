@@ -48,13 +48,16 @@ pub struct CircuitState {
     /// Trials granted before this instant whose stream never reported back (a VM that died)
     /// no longer hold their place.
     pub trial_lease_until_ms: u64,
+    /// When `trials_in_flight` last started from zero (half-opening, or the lease running
+    /// out): a trial granted before it is not counted, so giving it back frees nothing.
+    pub trials_since_ms: u64,
     /// The newest bucket's index (`now_ms / bucket_ms`).
     pub window_epoch: u64,
     /// (requests, failures) per bucket, indexed by epoch modulo [`BUCKETS`].
     pub buckets: [(u32, u32); BUCKETS],
 }
 
-const ENCODED_LEN: usize = 1 + 4 + 4 + 8 + 4 + 8 + 8 + BUCKETS * 8;
+const ENCODED_LEN: usize = 1 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + BUCKETS * 8;
 
 impl CircuitState {
     pub fn encode(&self) -> Vec<u8> {
@@ -69,6 +72,7 @@ impl CircuitState {
         out.extend_from_slice(&self.open_until_ms.to_le_bytes());
         out.extend_from_slice(&self.trials_in_flight.to_le_bytes());
         out.extend_from_slice(&self.trial_lease_until_ms.to_le_bytes());
+        out.extend_from_slice(&self.trials_since_ms.to_le_bytes());
         out.extend_from_slice(&self.window_epoch.to_le_bytes());
         for (requests, failures) in self.buckets {
             out.extend_from_slice(&requests.to_le_bytes());
@@ -93,6 +97,7 @@ impl CircuitState {
             open_until_ms: reader.u64()?,
             trials_in_flight: reader.u32()?,
             trial_lease_until_ms: reader.u64()?,
+            trials_since_ms: reader.u64()?,
             window_epoch: reader.u64()?,
             buckets: [(0, 0); BUCKETS],
         };
@@ -240,6 +245,8 @@ impl CircuitBreaker {
             }
             Phase::Open => {
                 state.phase = Phase::HalfOpen;
+                state.trials_in_flight = 0;
+                state.trials_since_ms = now_ms;
                 self.grant_trial(&mut state, now_ms);
                 Step::Write(
                     state.encode(),
@@ -250,6 +257,7 @@ impl CircuitBreaker {
                 if now_ms >= state.trial_lease_until_ms {
                     // Every earlier trial had its chance to report: none holds a place now.
                     state.trials_in_flight = 0;
+                    state.trials_since_ms = now_ms;
                 }
                 if state.trials_in_flight >= self.half_open_trials {
                     let wait = state.trial_lease_until_ms.saturating_sub(now_ms).max(1000);
@@ -323,11 +331,22 @@ impl CircuitBreaker {
     }
 
     /// Gives back a trial's place when its stream ended with no upstream answer (the client
-    /// went away): the next request may try instead.
-    pub fn release_trial(&self, store: &impl SharedStore, key: &str) -> Result<(), UpdateError> {
+    /// went away): the next request may try instead. `granted_ms` is when the trial was
+    /// admitted: a trial no longer counted (its lease ran out, or an earlier half-open period)
+    /// frees nothing, or it would free a place another trial holds.
+    pub fn release_trial(
+        &self,
+        store: &impl SharedStore,
+        key: &str,
+        granted_ms: u64,
+    ) -> Result<(), UpdateError> {
         update(store, key, CAS_ATTEMPTS, |current| {
             match current.and_then(CircuitState::decode) {
-                Some(mut state) if state.phase == Phase::HalfOpen && state.trials_in_flight > 0 => {
+                Some(mut state)
+                    if state.phase == Phase::HalfOpen
+                        && state.trials_in_flight > 0
+                        && granted_ms >= state.trials_since_ms =>
+                {
                     state.trials_in_flight -= 1;
                     Step::Write(state.encode(), ())
                 }
@@ -435,6 +454,7 @@ mod tests {
             open_until_ms: 99,
             trials_in_flight: 1,
             trial_lease_until_ms: 7,
+            trials_since_ms: 5,
             window_epoch: 12,
             ..CircuitState::default()
         };
@@ -564,8 +584,26 @@ mod tests {
         let store = MemoryStore::new();
         open_circuit(&cb, &store, 0);
         assert_eq!(cb.admit(&store, KEY, 30_000).0, Admission::Trial);
-        cb.release_trial(&store, KEY).unwrap();
+        cb.release_trial(&store, KEY, 30_000).unwrap();
         assert_eq!(cb.admit(&store, KEY, 30_001).0, Admission::Trial);
+    }
+
+    #[test]
+    fn a_trial_no_longer_counted_frees_no_other_trials_place() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 0);
+        // A slow trial outlives its lease; the next one takes the place.
+        assert_eq!(cb.admit(&store, KEY, 30_000).0, Admission::Trial);
+        assert_eq!(cb.admit(&store, KEY, 60_000).0, Admission::Trial);
+        // The slow one's client leaves: the place the new trial holds stays held.
+        cb.release_trial(&store, KEY, 30_000).unwrap();
+        assert!(matches!(
+            cb.admit(&store, KEY, 60_001).0,
+            Admission::Rejected { .. }
+        ));
+        cb.release_trial(&store, KEY, 60_000).unwrap();
+        assert_eq!(cb.admit(&store, KEY, 60_002).0, Admission::Trial);
     }
 
     #[test]
@@ -680,5 +718,282 @@ mod tests {
                 )
             ]
         );
+    }
+}
+
+/// The state machine against a model of its promises, over random outcomes, client aborts,
+/// lost trials (a VM that died) and clock steps.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod proptests {
+    use super::*;
+    use palisade_kit::duration::ConfigDuration;
+    use palisade_kit::store::MemoryStore;
+    use proptest::prelude::*;
+
+    const KEY: &str = "palisade-resilience/cb/orders";
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Advance(u64),
+        Admit,
+        /// The upstream answered the `n`-th request still open (modulo their number).
+        Report(usize, bool),
+        /// Its client left: no answer.
+        Abandon(usize),
+        /// Its VM died: never reported nor released.
+        Lose(usize),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let op = prop_oneof![
+            3 => (0u64..20_000).prop_map(Op::Advance),
+            1 => (0u64..200_000).prop_map(Op::Advance),
+            6 => Just(Op::Admit),
+            8 => (any::<usize>(), proptest::bool::weighted(0.6)).prop_map(|(n, f)| Op::Report(n, f)),
+            1 => any::<usize>().prop_map(Op::Abandon),
+            1 => any::<usize>().prop_map(Op::Lose),
+        ];
+        proptest::collection::vec(op, 1..300)
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum ModelPhase {
+        Closed,
+        Open { until: u64 },
+        HalfOpen,
+    }
+
+    /// What the breaker promises, kept independently of its stored record.
+    struct Model {
+        n: u32,
+        trials: u32,
+        base: u64,
+        max: u64,
+        /// (threshold %, window ms, minimum requests)
+        rate: Option<(u64, u64, u64)>,
+        phase: ModelPhase,
+        openings: u32,
+        consecutive: u32,
+        /// Outcomes counted in the closed phase since the state last reset: (time, failed).
+        outcomes: Vec<(u64, bool)>,
+        /// Grant times of the trials holding a place.
+        held: Vec<u64>,
+        last_grant: u64,
+    }
+
+    impl Model {
+        fn open_time(&self, openings: u32) -> u64 {
+            (self.base * u64::from(openings.max(1))).min(self.max)
+        }
+
+        fn rate_exceeded(&self, now: u64) -> bool {
+            let Some((threshold, window, minimum)) = self.rate else {
+                return false;
+            };
+            let bucket = (window / BUCKETS as u64).max(1);
+            let epoch = now / bucket;
+            let (requests, failures) = self
+                .outcomes
+                .iter()
+                .filter(|(t, _)| t / bucket + (BUCKETS as u64) > epoch)
+                .fold((0u64, 0u64), |(r, f), (_, failed)| {
+                    (r + 1, f + u64::from(*failed))
+                });
+            requests >= minimum && failures * 100 >= threshold * requests
+        }
+
+        fn reset(&mut self) {
+            self.consecutive = 0;
+            self.outcomes.clear();
+            self.held.clear();
+        }
+    }
+
+    fn run(
+        n: u32,
+        trials: u32,
+        base_s: u64,
+        max_factor: u64,
+        rate: Option<(u8, u64, u32)>,
+        ops: Vec<Op>,
+    ) -> Result<(), TestCaseError> {
+        let config = CircuitBreakerConfig {
+            consecutive_failures: n,
+            half_open_trials: trials,
+            base_ejection: ConfigDuration::from_secs(base_s),
+            max_ejection: ConfigDuration::from_secs(base_s * max_factor),
+            failure_rate: rate.map(|(threshold, window_s, minimum)| FailureRateConfig {
+                threshold_percent: threshold,
+                window: ConfigDuration::from_secs(window_s),
+                minimum_requests: minimum,
+            }),
+            ..CircuitBreakerConfig::default()
+        };
+        let cb = CircuitBreaker::new(&config);
+        let store = MemoryStore::new();
+        let mut m = Model {
+            n,
+            trials,
+            base: base_s * 1000,
+            max: base_s * max_factor * 1000,
+            rate: rate.map(|(t, w, min)| (u64::from(t), w * 1000, u64::from(min))),
+            phase: ModelPhase::Closed,
+            openings: 0,
+            consecutive: 0,
+            outcomes: Vec::new(),
+            held: Vec::new(),
+            last_grant: 0,
+        };
+        let mut now = 1_000_000u64;
+        // Requests admitted and not yet ended: (admission, granted at).
+        let mut open: Vec<(Admission, u64)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Advance(ms) => now += ms,
+                Op::Admit => {
+                    let got = cb.admit(&store, KEY, now);
+                    match m.phase {
+                        ModelPhase::Closed => prop_assert_eq!(got, (Admission::Normal, None)),
+                        ModelPhase::Open { until } if now < until => {
+                            // Open always fast-fails until the open time, saying how long.
+                            let retry_after = Duration::from_millis(until - now);
+                            prop_assert_eq!(got, (Admission::Rejected { retry_after }, None));
+                        }
+                        ModelPhase::Open { .. } => {
+                            prop_assert_eq!(got, (Admission::Trial, Some(Transition::HalfOpened)));
+                            m.phase = ModelPhase::HalfOpen;
+                            m.held = vec![now];
+                            m.last_grant = now;
+                        }
+                        ModelPhase::HalfOpen => {
+                            let lease_until = m.last_grant + m.open_time(m.openings);
+                            if now >= lease_until {
+                                m.held.clear();
+                            }
+                            if m.held.len() < m.trials as usize {
+                                prop_assert_eq!(got, (Admission::Trial, None));
+                                m.held.push(now);
+                                m.last_grant = now;
+                            } else {
+                                let wait = lease_until.saturating_sub(now).max(1000);
+                                let retry_after = Duration::from_millis(wait);
+                                prop_assert_eq!(got, (Admission::Rejected { retry_after }, None));
+                            }
+                        }
+                    }
+                    // Half-open never lets more than the configured trials through at once.
+                    prop_assert!(m.held.len() <= m.trials as usize);
+                    if matches!(got.0, Admission::Normal | Admission::Trial) {
+                        open.push((got.0, now));
+                    }
+                }
+                Op::Report(i, failed) if !open.is_empty() => {
+                    let (admission, _) = open.swap_remove(i % open.len());
+                    let outcome = if failed {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    };
+                    let got = cb
+                        .record(&store, KEY, admission, outcome, now)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    match (m.phase, admission) {
+                        (ModelPhase::HalfOpen, Admission::Trial) => {
+                            if failed {
+                                m.openings += 1;
+                                let open_for = m.open_time(m.openings);
+                                prop_assert_eq!(
+                                    got,
+                                    Some(Transition::Opened {
+                                        consecutive_failures: 0,
+                                        open_for: Duration::from_millis(open_for),
+                                    })
+                                );
+                                m.phase = ModelPhase::Open {
+                                    until: now + open_for,
+                                };
+                            } else {
+                                prop_assert_eq!(got, Some(Transition::Closed));
+                                m.phase = ModelPhase::Closed;
+                                m.openings = 0;
+                            }
+                            m.reset();
+                        }
+                        (ModelPhase::Closed, _) => {
+                            m.consecutive = if failed { m.consecutive + 1 } else { 0 };
+                            m.outcomes.push((now, failed));
+                            // Opens exactly when N failures in a row, or the rate over the
+                            // window with its minimum of requests, are reached; never before.
+                            if m.consecutive >= m.n || m.rate_exceeded(now) {
+                                m.openings += 1;
+                                let open_for = m.open_time(m.openings);
+                                prop_assert!(open_for <= m.max && open_for >= m.base);
+                                prop_assert_eq!(
+                                    got,
+                                    Some(Transition::Opened {
+                                        consecutive_failures: m.consecutive,
+                                        open_for: Duration::from_millis(open_for),
+                                    })
+                                );
+                                m.phase = ModelPhase::Open {
+                                    until: now + open_for,
+                                };
+                                m.reset();
+                            } else {
+                                prop_assert_eq!(got, None);
+                            }
+                        }
+                        // Late outcomes say nothing about the upstream now.
+                        _ => prop_assert_eq!(got, None),
+                    }
+                }
+                Op::Abandon(i) if !open.is_empty() => {
+                    let (admission, granted) = open.swap_remove(i % open.len());
+                    if admission == Admission::Trial {
+                        cb.release_trial(&store, KEY, granted)
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        if m.phase == ModelPhase::HalfOpen {
+                            if let Some(at) = m.held.iter().position(|t| *t == granted) {
+                                m.held.swap_remove(at);
+                            }
+                        }
+                    }
+                }
+                Op::Lose(i) if !open.is_empty() => {
+                    open.swap_remove(i % open.len());
+                }
+                Op::Report(..) | Op::Abandon(_) | Op::Lose(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn consecutive_failures_open_trials_are_bounded_and_open_time_grows_to_its_cap(
+            n in 1u32..7,
+            trials in 1u32..4,
+            base_s in 1u64..40,
+            max_factor in 1u64..6,
+            ops in ops(),
+        ) {
+            run(n, trials, base_s, max_factor, None, ops)?;
+        }
+
+        #[test]
+        fn the_failure_rate_opens_only_past_its_threshold_and_minimum(
+            n in 1u32..30,
+            trials in 1u32..3,
+            base_s in 1u64..20,
+            max_factor in 1u64..4,
+            threshold in 1u8..=100,
+            window_s in 1u64..30,
+            minimum in 1u32..15,
+            ops in ops(),
+        ) {
+            run(n, trials, base_s, max_factor, Some((threshold, window_s, minimum)), ops)?;
+        }
     }
 }

@@ -133,6 +133,10 @@ pub struct ConcurrencyConfig {
     pub scope: ConcurrencyScope,
     /// The `Retry-After` a shed request gets.
     pub retry_after: ConfigDuration,
+    /// How long the slots of a VM that stopped renewing them still count. A VM renews its
+    /// slots every third of this from its timer; one that trapped (or was torn down with
+    /// requests in flight) never gives them back, so they free once the lease has run out.
+    pub lease: ConfigDuration,
 }
 
 impl Default for ConcurrencyConfig {
@@ -141,6 +145,7 @@ impl Default for ConcurrencyConfig {
             max_requests: None,
             scope: ConcurrencyScope::Cluster,
             retry_after: ConfigDuration::from_secs(1),
+            lease: ConfigDuration::from_secs(30),
         }
     }
 }
@@ -365,6 +370,10 @@ impl PluginConfig for ResilienceConfig {
                     "must be at least 1s (Retry-After counts seconds)",
                 );
             }
+            let lease = self.concurrency.lease.get();
+            if lease < Duration::from_secs(3) || lease > Duration::from_secs(3600) {
+                p.push_at("lease", "must be between 3s and 1h");
+            }
         });
         problems.field("retry", |p| {
             let retry = &self.retry;
@@ -466,6 +475,20 @@ mod tests {
             load::<ResilienceConfig>(br#"{"fault":{"delay":{"duration":"1s","percent":101}}}"#)
                 .unwrap_err();
         assert!(err.to_string().contains("101 is not a percentage"), "{err}");
+    }
+
+    #[test]
+    fn the_slot_lease_is_bounded() {
+        for lease in ["2s", "61m"] {
+            let json = format!(r#"{{"concurrency":{{"lease":"{lease}"}}}}"#);
+            let err = load::<ResilienceConfig>(json.as_bytes()).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "concurrency.lease: must be between 3s and 1h"
+            );
+        }
+        let config: ResilienceConfig = load(br#"{"concurrency":{"lease":"3s"}}"#).unwrap();
+        assert_eq!(config.concurrency.lease.get(), Duration::from_secs(3));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! given back at stream end, however the stream ends.
 
 use std::borrow::Cow;
+use std::rc::Rc;
 use std::time::Duration;
 
 use palisade_kit::header_pairs::Edit;
@@ -16,7 +17,7 @@ use palisade_kit::store::SharedStore;
 use crate::circuit::{Admission, CircuitBreaker, Phase, Transition};
 use crate::config::{ConcurrencyScope, ResilienceConfig};
 use crate::fault::FaultInjection;
-use crate::inflight::{Acquired, InflightLimit, Slot};
+use crate::inflight::{Acquired, InflightLimit, Owner, Slot};
 use crate::route_policy::{Deadline, RoutePolicy};
 
 const KEY_PREFIX: &str = "palisade-resilience/";
@@ -77,7 +78,8 @@ pub enum RequestVerdict<'a> {
 /// What one stream holds until it ends.
 #[derive(Debug, Default)]
 pub struct StreamState {
-    circuit: Option<(String, Admission)>,
+    /// The circuit's key, the admission, and when it was granted.
+    circuit: Option<(String, Admission, u64)>,
     slot: Option<(String, String, Slot)>,
 }
 
@@ -86,7 +88,7 @@ impl StreamState {
     pub fn awaits_outcome(&self) -> bool {
         matches!(
             self.circuit,
-            Some((_, Admission::Normal | Admission::Trial))
+            Some((_, Admission::Normal | Admission::Trial, _))
         )
     }
 }
@@ -96,6 +98,8 @@ pub struct Resilience {
     circuit: Option<CircuitBreaker>,
     circuit_key: Option<String>,
     inflight: Option<InflightLimit>,
+    /// This VM, whose slots the shared counts hold.
+    owner: Rc<Owner>,
     scope: ConcurrencyScope,
     shed_retry_after_secs: u64,
     faults: Option<FaultInjection>,
@@ -108,13 +112,15 @@ fn retry_after(wait: Duration) -> String {
 }
 
 impl Resilience {
-    pub fn new(config: &ResilienceConfig) -> Self {
+    /// `owner` is this VM: one per VM, shared by every configuration it runs.
+    pub fn new(config: &ResilienceConfig, owner: Rc<Owner>) -> Self {
         let cb = &config.circuit_breaker;
         Self {
             policy: RoutePolicy::new(config.proxy, &config.retry, &config.timeouts),
             circuit: cb.enabled.then(|| CircuitBreaker::new(cb)),
             circuit_key: cb.key.clone(),
             inflight: InflightLimit::new(&config.concurrency, &config.retry),
+            owner,
             scope: config.concurrency.scope,
             shed_retry_after_secs: config.concurrency.retry_after.get().as_secs().max(1),
             faults: FaultInjection::new(&config.fault),
@@ -160,7 +166,7 @@ impl Resilience {
             String::new()
         };
         if let Some(circuit) = &self.circuit {
-            let key = format!("{KEY_PREFIX}cb/{cluster}");
+            let key = store_key("cb/", &cluster);
             let (admission, transition) = circuit.admit(store, &key, now_ms);
             if let Some(transition) = transition {
                 events.push(Event::Circuit {
@@ -179,7 +185,7 @@ impl Resilience {
                 Admission::Unjudged => events.push(Event::StoreUnavailable),
                 Admission::Normal | Admission::Trial => {}
             }
-            state.circuit = Some((key, admission));
+            state.circuit = Some((key, admission, now_ms));
         }
         let mut retry_granted = true;
         if let Some(inflight) = &self.inflight {
@@ -187,8 +193,8 @@ impl Resilience {
                 ConcurrencyScope::Cluster => cluster,
                 ConcurrencyScope::Route => names.route().unwrap_or(cluster),
             };
-            let key = format!("{KEY_PREFIX}inflight/{scope}");
-            match inflight.acquire(store, &key) {
+            let key = store_key("inflight/", &scope);
+            match inflight.acquire(store, &key, &self.owner, now_ms) {
                 Ok(Acquired::Slot(slot, now)) => {
                     retry_granted = slot.retry_granted;
                     events.push(Event::Inflight {
@@ -201,7 +207,7 @@ impl Resilience {
                 Ok(Acquired::Shed) => {
                     events.push(Event::Shed);
                     // The trial this request held goes to the next one.
-                    self.on_stream_end(store, state, events);
+                    self.on_stream_end(store, || now_ms, state, events);
                     return RequestVerdict::Reply(
                         ErrorReply::new(503, "overloaded")
                             .with_header("retry-after", self.shed_retry_after_secs.to_string()),
@@ -232,7 +238,7 @@ impl Resilience {
         let (Some(circuit), Some(status)) = (&self.circuit, status) else {
             return;
         };
-        let Some((key, admission)) = state.circuit.take() else {
+        let Some((key, admission, _)) = state.circuit.take() else {
             return;
         };
         if admission == Admission::Unjudged {
@@ -250,22 +256,23 @@ impl Resilience {
     }
 
     /// The stream ended (completed, reset, aborted by the client, answered locally): gives
-    /// back what it held. Safe to call more than once.
+    /// back what it held. Safe to call more than once. `now` is read only to give a slot back.
     pub fn on_stream_end(
         &self,
         store: &impl SharedStore,
+        now: impl FnOnce() -> u64,
         state: &mut StreamState,
         events: &mut Vec<Event>,
     ) {
-        if let (Some(circuit), Some((key, Admission::Trial))) =
+        if let (Some(circuit), Some((key, Admission::Trial, granted_ms))) =
             (&self.circuit, state.circuit.take())
         {
-            if circuit.release_trial(store, &key).is_err() {
+            if circuit.release_trial(store, &key, granted_ms).is_err() {
                 events.push(Event::StoreUnavailable);
             }
         }
         if let (Some(inflight), Some((key, scope, slot))) = (&self.inflight, state.slot.take()) {
-            match inflight.release(store, &key, slot) {
+            match inflight.release(store, &key, &self.owner, slot, now()) {
                 Ok(counts) => events.push(Event::Inflight {
                     scope,
                     delta: -1,
@@ -275,6 +282,38 @@ impl Resilience {
             }
         }
     }
+}
+
+impl Resilience {
+    /// How often the timer must renew this VM's slots (a third of the lease); `None` when
+    /// nothing is counted.
+    pub fn renew_period(&self) -> Option<Duration> {
+        self.inflight
+            .as_ref()
+            .map(|inflight| Duration::from_millis(inflight.lease_ms() / 3))
+    }
+
+    /// Renews the slots this VM's streams hold, so they keep counting (see
+    /// [`crate::inflight`]). Reports a failed write as [`Event::StoreUnavailable`].
+    pub fn renew(&self, store: &impl SharedStore, now_ms: u64, events: &mut Vec<Event>) {
+        if let Some(inflight) = &self.inflight {
+            if !self.owner.holds_any() {
+                return;
+            }
+            if !inflight.renew(store, &self.owner, now_ms).is_empty() {
+                events.push(Event::StoreUnavailable);
+            }
+        }
+    }
+}
+
+/// `palisade-resilience/<kind><name>`, built without the formatting machinery (per request).
+fn store_key(kind: &str, name: &str) -> String {
+    let mut key = String::with_capacity(KEY_PREFIX.len() + kind.len() + name.len());
+    key.push_str(KEY_PREFIX);
+    key.push_str(kind);
+    key.push_str(name);
+    key
 }
 
 /// `palisade-resilience/cb/orders` -> `orders`.
@@ -314,7 +353,7 @@ mod tests {
     }
 
     fn engine(json: &str) -> Resilience {
-        Resilience::new(&load(json.as_bytes()).unwrap())
+        Resilience::new(&load(json.as_bytes()).unwrap(), Rc::new(Owner::new(1)))
     }
 
     const GET: &[(&[u8], &[u8])] = &[(b":method", b"GET"), (b":path", b"/orders")];
@@ -348,7 +387,7 @@ mod tests {
         if matches!(verdict, RequestVerdict::Continue { .. }) {
             engine.on_response_headers(Some(status), now, store, &mut state, events);
         }
-        engine.on_stream_end(store, &mut state, events);
+        engine.on_stream_end(store, || now, &mut state, events);
         verdict
     }
 
@@ -448,8 +487,8 @@ mod tests {
         );
         // The client of the first goes away before any answer; the end fires twice (Envoy's
         // on_done then on_log): the slot is given back once.
-        engine.on_stream_end(&store, &mut first, &mut events);
-        engine.on_stream_end(&store, &mut first, &mut events);
+        engine.on_stream_end(&store, || 0, &mut first, &mut events);
+        engine.on_stream_end(&store, || 0, &mut first, &mut events);
         let deltas: i64 = events
             .iter()
             .filter_map(|e| match e {

@@ -19,8 +19,19 @@ use proxy_wasm::types::Action;
 use crate::circuit::Transition;
 use crate::config::{Proxy, ResilienceConfig};
 use crate::engine::{Event, RequestVerdict, Resilience, StreamState, UpstreamNames};
+use crate::inflight::Owner;
 
 const NAME: &str = "palisade-resilience";
+
+thread_local! {
+    /// This VM in the shared in-flight counts: a random id, and the slots its streams hold.
+    /// One per VM, so a reconfigured VM keeps counting (and renewing) its streams' slots.
+    static OWNER: Rc<Owner> = Rc::new(Owner::new({
+        let seed = host::random_seed();
+        let mut rng = Xoshiro256::from_seed(seed);
+        rng.next_u64()
+    }));
+}
 
 struct ResiliencePlugin;
 
@@ -33,6 +44,10 @@ struct Worker {
     /// Streams paused by an injected delay: context id → when to resume (Unix ms).
     delayed: RefCell<BTreeMap<u32, u64>>,
     tick: Option<Duration>,
+    /// Every this often, the timer renews this VM's slots (none when nothing is counted).
+    renew_every: Option<Duration>,
+    /// When they were last renewed (Unix ms).
+    renewed_at: Cell<u64>,
     store_warned: Cell<bool>,
 }
 
@@ -46,8 +61,13 @@ struct Metrics {
     fault_aborted: Counter,
     fault_delayed: Counter,
     store_unavailable: Counter,
-    /// Per circuit and per scope, defined on first use.
-    gauges: RefCell<HashMap<String, Gauge>>,
+    /// Per circuit and per scope, defined on first use, found by the raw name (no name is
+    /// built per request).
+    circuit_gauges: RefCell<HashMap<String, Gauge>>,
+    inflight_gauges: RefCell<HashMap<String, Gauge>>,
+    /// The last in-flight gauge used: most filter chains count one scope, and comparing its
+    /// name costs less than hashing it twice per request.
+    last_inflight: RefCell<Option<(String, Gauge)>>,
 }
 
 impl Metrics {
@@ -63,13 +83,33 @@ impl Metrics {
             fault_aborted: counter("fault_aborted"),
             fault_delayed: counter("fault_delayed"),
             store_unavailable: counter("store_unavailable"),
-            gauges: RefCell::default(),
+            circuit_gauges: RefCell::default(),
+            inflight_gauges: RefCell::default(),
+            last_inflight: RefCell::default(),
         }
+    }
+
+    fn inflight_gauge(&self, scope: &str) -> Gauge {
+        if let Some((name, gauge)) = &*self.last_inflight.borrow() {
+            if name == scope {
+                return *gauge;
+            }
+        }
+        let gauge = self.gauge("inflight", scope);
+        *self.last_inflight.borrow_mut() = Some((scope.to_owned(), gauge));
+        gauge
     }
 
     /// `palisade_resilience.<kind>.<name>`, the name reduced to characters every stats
     /// backend keeps (Istio cluster names hold `|`).
     fn gauge(&self, kind: &str, name: &str) -> Gauge {
+        let gauges = match kind {
+            "circuit" => &self.circuit_gauges,
+            _ => &self.inflight_gauges,
+        };
+        if let Some(gauge) = gauges.borrow().get(name) {
+            return *gauge;
+        }
         let clean: String = name
             .chars()
             .map(|c| {
@@ -80,12 +120,9 @@ impl Metrics {
                 }
             })
             .collect();
-        let full = format!("palisade_resilience.{kind}.{clean}");
-        *self
-            .gauges
-            .borrow_mut()
-            .entry(full)
-            .or_insert_with_key(|full| Gauge::define(full))
+        let gauge = Gauge::define(&format!("palisade_resilience.{kind}.{clean}"));
+        gauges.borrow_mut().insert(name.to_owned(), gauge);
+        gauge
     }
 }
 
@@ -96,16 +133,24 @@ impl Plugin for ResiliencePlugin {
 
     fn compile(config: ResilienceConfig) -> Result<Worker, ConfigError> {
         // Delays resume from the root timer: fine enough to be a twentieth of the delay.
-        let tick = config.fault.delay.as_ref().map(|delay| {
+        let delay_tick = config.fault.delay.as_ref().map(|delay| {
             (delay.duration.get() / 20).clamp(Duration::from_millis(10), Duration::from_millis(100))
         });
+        let engine = Resilience::new(&config, OWNER.with(Rc::clone));
+        let renew_every = engine.renew_period();
+        let tick = match (delay_tick, renew_every) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         Ok(Worker {
-            engine: Resilience::new(&config),
+            engine,
             proxy: config.proxy,
             metrics: config.metrics.then(Metrics::define),
             rng: RefCell::new(Xoshiro256::from_seed(host::random_seed())),
             delayed: RefCell::default(),
             tick,
+            renew_every,
+            renewed_at: Cell::new(HostClock.unix_millis()),
             store_warned: Cell::new(false),
         })
     }
@@ -124,6 +169,15 @@ impl Plugin for ResiliencePlugin {
 
     fn on_tick(worker: &Worker) {
         let now = HostClock.unix_millis();
+        if let Some(every) = worker.renew_every {
+            let every = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+            if now >= worker.renewed_at.get().saturating_add(every) {
+                worker.renewed_at.set(now);
+                let mut events = Vec::new();
+                worker.engine.renew(&HostStore, now, &mut events);
+                worker.report(&events);
+            }
+        }
         // Collect first: resuming may run this VM's callbacks for the stream again.
         let due: Vec<u32> = {
             let mut delayed = worker.delayed.borrow_mut();
@@ -245,7 +299,7 @@ impl Worker {
                     // config meant for Envoy must not kill Kong's VM. The value is the count
                     // this worker's write left; a concurrent change on another worker may
                     // record before it, so the gauge can lag until the next change.
-                    m.gauge("inflight", scope).set(u64::from(*now));
+                    m.inflight_gauge(scope).set(u64::from(*now));
                 }
             }
             Event::StoreUnavailable => {
@@ -265,9 +319,12 @@ impl Stream {
         let worker = Rc::clone(&self.worker);
         worker.delayed.borrow_mut().remove(&self.context_id);
         let mut events = Vec::new();
-        worker
-            .engine
-            .on_stream_end(&HostStore, &mut self.state, &mut events);
+        worker.engine.on_stream_end(
+            &HostStore,
+            || HostClock.unix_millis(),
+            &mut self.state,
+            &mut events,
+        );
         worker.report(&events);
     }
 }
@@ -303,9 +360,12 @@ impl HttpContext for Stream {
         worker.report(&events);
         match verdict {
             RequestVerdict::Continue { edits, delay } => {
+                // One host call per edit: a few replaces (three by default, removals of
+                // client router headers are rare) cost less, in the VM and in the host, than
+                // re-encoding and replacing the whole map.
                 host::warn_if_refused(
                     NAME,
-                    host::apply_edits(Map::RequestHeaders, &headers, &edits),
+                    host::apply_edits_one_by_one(Map::RequestHeaders, &edits),
                 );
                 match delay {
                     Some(delay) if worker.tick.is_some() => {

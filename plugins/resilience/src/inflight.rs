@@ -1,37 +1,186 @@
 //! `InflightLimit`: requests in flight per scope, counted across workers in the shared store.
 //! It sheds requests over the limit, and grants retries within the retry budget. Every slot
 //! taken is given back when its stream ends, however it ends.
+//!
+//! A VM that traps never sees its streams end, so a single shared count would keep the slots
+//! of a crashed VM for good. The stored value is therefore a table of per-VM shares: each VM
+//! ([`Owner`], a random id drawn at start) writes its own share as the absolute number of
+//! slots it holds (it knows that number exactly), stamped with the time of the write. A VM
+//! holding slots renews its stamp from its timer ([`InflightLimit::renew`]); the total sums
+//! only shares renewed within the lease, and every write drops the others. While every VM is
+//! alive the cap is exact (one compare-and-swap over the whole table); a crashed VM's slots
+//! count until its share is a lease old, then free for good.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use palisade_kit::store::{update, SharedStore, Step, UpdateError};
 
 use crate::config::{ConcurrencyConfig, RetryConfig};
 
 const CAS_ATTEMPTS: u32 = 8;
+/// First byte of a stored table (a value without it, such as the single count an earlier
+/// version wrote, reads as an empty table).
+const TABLE_VERSION: u8 = 2;
+const SHARE_LEN: usize = 8 + 8 + 4 + 4;
+/// Shares kept at most (one per live VM: Envoy's workers, Kong's nginx workers). Past that the
+/// least recently renewed share of another VM gives way.
+pub const MAX_SHARES: usize = 256;
 
-/// The stored counts of one scope.
+/// Requests in flight, and of those the ones granted retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Inflight {
     pub active: u32,
-    /// Of those, the requests granted retries.
     pub retrying: u32,
 }
 
 impl Inflight {
-    pub fn encode(self) -> [u8; 8] {
-        let mut out = [0u8; 8];
-        let (active, retrying) = out.split_at_mut(4);
-        active.copy_from_slice(&self.active.to_le_bytes());
-        retrying.copy_from_slice(&self.retrying.to_le_bytes());
+    fn is_empty(self) -> bool {
+        self.active == 0 && self.retrying == 0
+    }
+
+    fn plus(self, other: Inflight) -> Inflight {
+        Inflight {
+            active: self.active.saturating_add(other.active),
+            retrying: self.retrying.saturating_add(other.retrying),
+        }
+    }
+}
+
+/// One VM's share of a scope, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub owner: u64,
+    /// When the owner last wrote or renewed it (Unix ms).
+    pub renewed_ms: u64,
+    pub counts: Inflight,
+}
+
+/// The stored value of one scope: every VM's share.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table(pub Vec<Share>);
+
+impl Table {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + self.0.len() * SHARE_LEN);
+        out.push(TABLE_VERSION);
+        for share in &self.0 {
+            out.extend_from_slice(&share.owner.to_le_bytes());
+            out.extend_from_slice(&share.renewed_ms.to_le_bytes());
+            out.extend_from_slice(&share.counts.active.to_le_bytes());
+            out.extend_from_slice(&share.counts.retrying.to_le_bytes());
+        }
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        let (active, retrying) = bytes.split_first_chunk::<4>()?;
-        let retrying: &[u8; 4] = retrying.try_into().ok()?;
-        Some(Self {
-            active: u32::from_le_bytes(*active),
-            retrying: u32::from_le_bytes(*retrying),
-        })
+    /// Bytes this version did not write read as an empty table: every live VM writes its
+    /// share back with its next request or renewal.
+    pub fn decode(bytes: &[u8]) -> Self {
+        let Some((&TABLE_VERSION, mut rest)) = bytes.split_first() else {
+            return Self::default();
+        };
+        if rest.len() % SHARE_LEN != 0 {
+            return Self::default();
+        }
+        let mut shares = Vec::with_capacity(rest.len() / SHARE_LEN);
+        while let Some((owner, tail)) = rest.split_first_chunk::<8>() {
+            let Some((renewed, tail)) = tail.split_first_chunk::<8>() else {
+                break;
+            };
+            let Some((active, tail)) = tail.split_first_chunk::<4>() else {
+                break;
+            };
+            let Some((retrying, tail)) = tail.split_first_chunk::<4>() else {
+                break;
+            };
+            shares.push(Share {
+                owner: u64::from_le_bytes(*owner),
+                renewed_ms: u64::from_le_bytes(*renewed),
+                counts: Inflight {
+                    active: u32::from_le_bytes(*active),
+                    retrying: u32::from_le_bytes(*retrying),
+                },
+            });
+            rest = tail;
+        }
+        Self(shares)
+    }
+
+    /// The sum of the live shares of VMs other than `owner`.
+    pub fn others(&self, owner: u64, now_ms: u64, lease_ms: u64) -> Inflight {
+        self.0
+            .iter()
+            .filter(|s| s.owner != owner && live(s, now_ms, lease_ms))
+            .fold(Inflight::default(), |sum, s| sum.plus(s.counts))
+    }
+
+    /// Drops expired and empty shares, and `owner`'s, then puts `owner`'s back with `counts`
+    /// (unless empty), stamped `now_ms`.
+    fn rewrite(&mut self, owner: u64, counts: Inflight, now_ms: u64, lease_ms: u64) {
+        self.0
+            .retain(|s| s.owner != owner && live(s, now_ms, lease_ms) && !s.counts.is_empty());
+        if counts.is_empty() {
+            return;
+        }
+        if self.0.len() >= MAX_SHARES {
+            self.0.sort_by_key(|s| std::cmp::Reverse(s.renewed_ms));
+            self.0.truncate(MAX_SHARES - 1);
+        }
+        self.0.push(Share {
+            owner,
+            renewed_ms: now_ms,
+            counts,
+        });
+    }
+}
+
+/// Whether a share still counts: renewed within the lease (a stamp from the future, another
+/// worker's clock a little ahead, counts).
+fn live(share: &Share, now_ms: u64, lease_ms: u64) -> bool {
+    share.renewed_ms.saturating_add(lease_ms) > now_ms
+}
+
+/// This VM: its id in the shared tables, and the slots its streams hold per scope key. One per
+/// VM, shared by every configuration the VM runs (a reconfigured VM keeps its streams).
+#[derive(Debug)]
+pub struct Owner {
+    id: u64,
+    held: RefCell<BTreeMap<String, Inflight>>,
+}
+
+impl Owner {
+    pub fn new(id: u64) -> Self {
+        Self {
+            id,
+            held: RefCell::default(),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// What this VM's streams hold in a scope.
+    pub fn held(&self, key: &str) -> Inflight {
+        self.held.borrow().get(key).copied().unwrap_or_default()
+    }
+
+    /// An emptied scope keeps its entry (scopes are the operator's names, few): the next
+    /// request in it allocates nothing.
+    fn set_held(&self, key: &str, counts: Inflight) {
+        let mut held = self.held.borrow_mut();
+        match held.get_mut(key) {
+            Some(entry) => *entry = counts,
+            None if counts.is_empty() => {}
+            None => {
+                held.insert(key.to_owned(), counts);
+            }
+        }
+    }
+
+    /// Whether any stream of this VM holds a slot.
+    pub fn holds_any(&self) -> bool {
+        self.held.borrow().values().any(|counts| !counts.is_empty())
     }
 }
 
@@ -54,6 +203,7 @@ pub struct InflightLimit {
     max_requests: Option<u32>,
     /// (percent, minimum concurrency) of the retry budget.
     budget: Option<(u64, u64)>,
+    lease_ms: u64,
 }
 
 impl InflightLimit {
@@ -67,49 +217,118 @@ impl InflightLimit {
         (concurrency.max_requests.is_some() || budget.is_some()).then_some(Self {
             max_requests: concurrency.max_requests,
             budget,
+            lease_ms: u64::try_from(concurrency.lease.get().as_millis()).unwrap_or(u64::MAX),
         })
+    }
+
+    /// How long a VM's slots count without renewal.
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms
     }
 
     /// Takes a slot, unless the scope is full. A store that fails lets the request through
     /// with retries granted (shedding must never be caused by the shedder's own trouble).
-    pub fn acquire(&self, store: &impl SharedStore, key: &str) -> Result<Acquired, UpdateError> {
-        update(store, key, CAS_ATTEMPTS, |current| {
-            let mut counts = current.and_then(Inflight::decode).unwrap_or_default();
-            if self.max_requests.is_some_and(|max| counts.active >= max) {
+    pub fn acquire(
+        &self,
+        store: &impl SharedStore,
+        key: &str,
+        owner: &Owner,
+        now_ms: u64,
+    ) -> Result<Acquired, UpdateError> {
+        let mine = owner.held(key);
+        let acquired = update(store, key, CAS_ATTEMPTS, |current| {
+            let mut table = current.map(Table::decode).unwrap_or_default();
+            let others = table.others(owner.id, now_ms, self.lease_ms);
+            let total = others.plus(mine);
+            if self.max_requests.is_some_and(|max| total.active >= max) {
                 return Step::Keep(Acquired::Shed);
             }
-            counts.active = counts.active.saturating_add(1);
+            let active = total.active.saturating_add(1);
             let retry_granted = match self.budget {
                 None => true,
                 Some((percent, min_concurrency)) => {
-                    let allowed = (u64::from(counts.active) * percent / 100).max(min_concurrency);
-                    u64::from(counts.retrying) < allowed
+                    let allowed = (u64::from(active) * percent / 100).max(min_concurrency);
+                    u64::from(total.retrying) < allowed
                 }
             };
-            if retry_granted {
-                counts.retrying = counts.retrying.saturating_add(1);
-            }
+            let taken = Inflight {
+                active: 1,
+                retrying: u32::from(retry_granted),
+            };
+            table.rewrite(owner.id, mine.plus(taken), now_ms, self.lease_ms);
             Step::Write(
-                counts.encode().to_vec(),
-                Acquired::Slot(Slot { retry_granted }, counts.active),
+                table.encode(),
+                Acquired::Slot(Slot { retry_granted }, active),
             )
-        })
+        })?;
+        if let Acquired::Slot(slot, _) = acquired {
+            owner.set_held(
+                key,
+                mine.plus(Inflight {
+                    active: 1,
+                    retrying: u32::from(slot.retry_granted),
+                }),
+            );
+        }
+        Ok(acquired)
     }
 
-    /// Gives a slot back.
+    /// Gives a slot back. This VM's count drops at once; a failed write leaves the stored share
+    /// high until the VM's next write or renewal, which writes the exact count.
     pub fn release(
         &self,
         store: &impl SharedStore,
         key: &str,
+        owner: &Owner,
         slot: Slot,
+        now_ms: u64,
+    ) -> Result<Inflight, UpdateError> {
+        let held = owner.held(key);
+        let mine = Inflight {
+            active: held.active.saturating_sub(1),
+            retrying: if slot.retry_granted {
+                held.retrying.saturating_sub(1)
+            } else {
+                held.retrying
+            },
+        };
+        owner.set_held(key, mine);
+        self.write_share(store, key, owner, mine, now_ms)
+    }
+
+    /// Renews this VM's share of every scope it holds slots in, so they keep counting; returns
+    /// the scopes whose write failed. Call well within the lease (the filter: every third).
+    pub fn renew(&self, store: &impl SharedStore, owner: &Owner, now_ms: u64) -> Vec<String> {
+        let held: Vec<(String, Inflight)> = owner
+            .held
+            .borrow()
+            .iter()
+            .filter(|(_, counts)| !counts.is_empty())
+            .map(|(key, counts)| (key.clone(), *counts))
+            .collect();
+        held.into_iter()
+            .filter(|(key, counts)| {
+                self.write_share(store, key, owner, *counts, now_ms)
+                    .is_err()
+            })
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// Writes `owner`'s share as `mine`; returns the scope's live total.
+    fn write_share(
+        &self,
+        store: &impl SharedStore,
+        key: &str,
+        owner: &Owner,
+        mine: Inflight,
+        now_ms: u64,
     ) -> Result<Inflight, UpdateError> {
         update(store, key, CAS_ATTEMPTS, |current| {
-            let mut counts = current.and_then(Inflight::decode).unwrap_or_default();
-            counts.active = counts.active.saturating_sub(1);
-            if slot.retry_granted {
-                counts.retrying = counts.retrying.saturating_sub(1);
-            }
-            Step::Write(counts.encode().to_vec(), counts)
+            let mut table = current.map(Table::decode).unwrap_or_default();
+            let total = table.others(owner.id, now_ms, self.lease_ms).plus(mine);
+            table.rewrite(owner.id, mine, now_ms, self.lease_ms);
+            Step::Write(table.encode(), total)
         })
     }
 }
@@ -123,14 +342,27 @@ mod tests {
     use crate::config::ResilienceConfig;
 
     const KEY: &str = "palisade-resilience/inflight/orders";
+    const LEASE: u64 = 30_000;
 
     fn limit(json: &str) -> Option<InflightLimit> {
         let config: ResilienceConfig = load(json.as_bytes()).unwrap();
         InflightLimit::new(&config.concurrency, &config.retry)
     }
 
-    fn counts(store: &MemoryStore) -> Inflight {
-        Inflight::decode(&store.get(KEY).unwrap().unwrap().value).unwrap()
+    fn table(store: &MemoryStore) -> Table {
+        Table::decode(&store.get(KEY).unwrap().unwrap().value)
+    }
+
+    /// The live total as a VM with no slots would see it.
+    fn total(store: &MemoryStore, now: u64) -> Inflight {
+        table(store).others(u64::MAX, now, LEASE)
+    }
+
+    fn slot(acquired: Acquired) -> Slot {
+        match acquired {
+            Acquired::Slot(slot, _) => slot,
+            Acquired::Shed => panic!("shed"),
+        }
     }
 
     #[test]
@@ -139,69 +371,307 @@ mod tests {
         assert!(limit(r#"{"retry":{"max_retries":0}}"#).is_none());
         assert!(limit("").is_none(), "nothing is counted by default");
         assert!(limit(r#"{"retry":{"budget":{}}}"#).is_some());
+        assert_eq!(
+            limit(r#"{"retry":{"budget":{}}}"#).unwrap().lease_ms(),
+            LEASE
+        );
     }
 
     #[test]
-    fn sheds_over_the_limit_and_every_release_gives_a_slot_back() {
+    fn sheds_over_the_limit_across_vms_and_every_release_gives_a_slot_back() {
         let limit = limit(r#"{"concurrency":{"max_requests":2},"retry":{"budget":null}}"#).unwrap();
         let store = MemoryStore::new();
-        let a = limit.acquire(&store, KEY).unwrap();
-        let b = limit.acquire(&store, KEY).unwrap();
-        assert_eq!(limit.acquire(&store, KEY), Ok(Acquired::Shed));
-        assert_eq!(counts(&store).active, 2);
-        let Acquired::Slot(a, _) = a else { panic!() };
-        limit.release(&store, KEY, a).unwrap();
-        assert!(matches!(limit.acquire(&store, KEY), Ok(Acquired::Slot(..))));
-        let Acquired::Slot(b, _) = b else { panic!() };
-        limit.release(&store, KEY, b).unwrap();
-        assert_eq!(counts(&store).active, 1);
+        let (vm1, vm2) = (Owner::new(1), Owner::new(2));
+        let a = slot(limit.acquire(&store, KEY, &vm1, 0).unwrap());
+        let b = slot(limit.acquire(&store, KEY, &vm2, 0).unwrap());
+        assert_eq!(limit.acquire(&store, KEY, &vm1, 0), Ok(Acquired::Shed));
+        assert_eq!(limit.acquire(&store, KEY, &vm2, 0), Ok(Acquired::Shed));
+        assert_eq!(total(&store, 0).active, 2);
+        assert_eq!(vm1.held(KEY).active, 1);
+        limit.release(&store, KEY, &vm1, a, 1).unwrap();
+        assert!(!vm1.holds_any());
+        assert_eq!(
+            limit.acquire(&store, KEY, &vm2, 2),
+            Ok(Acquired::Slot(
+                Slot {
+                    retry_granted: true
+                },
+                2
+            ))
+        );
+        limit.release(&store, KEY, &vm2, b, 3).unwrap();
+        assert_eq!(total(&store, 3).active, 1);
+        assert_eq!(table(&store).0.len(), 1, "an empty share is dropped");
     }
 
     #[test]
     fn the_retry_budget_grants_retries_to_a_share_of_active_requests() {
         let limit = limit(r#"{"retry":{"budget":{"percent":20,"min_concurrency":3}}}"#).unwrap();
         let store = MemoryStore::new();
+        let vms = [Owner::new(1), Owner::new(2)];
         let granted: Vec<bool> = (0..20)
-            .map(|_| match limit.acquire(&store, KEY).unwrap() {
-                Acquired::Slot(slot, _) => slot.retry_granted,
-                Acquired::Shed => panic!("no limit set"),
-            })
+            .map(|i| slot(limit.acquire(&store, KEY, &vms[i % 2], 0).unwrap()).retry_granted)
             .collect();
         // The first three always; then while retrying < 20% of active.
         assert_eq!(granted.iter().filter(|g| **g).count(), 4);
         assert!(granted[..3].iter().all(|g| *g));
         assert_eq!(
-            counts(&store),
+            total(&store, 0),
             Inflight {
                 active: 20,
                 retrying: 4
             }
         );
-        limit
-            .release(
-                &store,
-                KEY,
-                Slot {
-                    retry_granted: true,
-                },
-            )
-            .unwrap();
-        assert_eq!(counts(&store).retrying, 3);
+        let retrying = Slot {
+            retry_granted: true,
+        };
+        limit.release(&store, KEY, &vms[0], retrying, 0).unwrap();
+        assert_eq!(total(&store, 0).retrying, 3);
     }
 
     #[test]
     fn counts_never_go_below_zero() {
         let limit = limit(r#"{"retry":{"budget":{}}}"#).unwrap();
         let store = MemoryStore::new();
+        let retrying = Slot {
+            retry_granted: true,
+        };
         assert_eq!(
-            limit.release(
-                &store,
-                KEY,
-                Slot {
-                    retry_granted: true
-                }
-            ),
+            limit.release(&store, KEY, &Owner::new(1), retrying, 0),
             Ok(Inflight::default())
         );
+    }
+
+    #[test]
+    fn a_crashed_vms_slots_count_until_its_lease_ends_then_free() {
+        let limit = limit(r#"{"concurrency":{"max_requests":3},"retry":{"budget":null}}"#).unwrap();
+        let store = MemoryStore::new();
+        let (crashed, alive) = (Owner::new(7), Owner::new(8));
+        for _ in 0..3 {
+            slot(limit.acquire(&store, KEY, &crashed, 1_000).unwrap());
+        }
+        // The crashed VM never releases nor renews; the other keeps renewing its own.
+        assert_eq!(
+            limit.acquire(&store, KEY, &alive, 1_000),
+            Ok(Acquired::Shed)
+        );
+        assert_eq!(
+            limit.acquire(&store, KEY, &alive, 1_000 + LEASE - 1),
+            Ok(Acquired::Shed),
+            "exact up to the lease"
+        );
+        let taken = limit.acquire(&store, KEY, &alive, 1_000 + LEASE).unwrap();
+        assert_eq!(
+            taken,
+            Acquired::Slot(
+                Slot {
+                    retry_granted: true
+                },
+                1
+            )
+        );
+        assert_eq!(
+            table(&store).0.iter().map(|s| s.owner).collect::<Vec<_>>(),
+            [8],
+            "the dead share is dropped on the next write"
+        );
+    }
+
+    #[test]
+    fn a_live_vm_that_renews_keeps_its_slots_past_the_lease() {
+        let limit = limit(r#"{"concurrency":{"max_requests":1},"retry":{"budget":null}}"#).unwrap();
+        let store = MemoryStore::new();
+        let (long, other) = (Owner::new(1), Owner::new(2));
+        let held = slot(limit.acquire(&store, KEY, &long, 0).unwrap());
+        for t in (LEASE / 3..=4 * LEASE).step_by(usize::try_from(LEASE / 3).unwrap()) {
+            assert!(limit.renew(&store, &long, t).is_empty());
+            assert_eq!(limit.acquire(&store, KEY, &other, t), Ok(Acquired::Shed));
+        }
+        limit.release(&store, KEY, &long, held, 4 * LEASE).unwrap();
+        assert!(matches!(
+            limit.acquire(&store, KEY, &other, 4 * LEASE),
+            Ok(Acquired::Slot(..))
+        ));
+        assert!(
+            limit.renew(&store, &Owner::new(3), 0).is_empty(),
+            "nothing to renew"
+        );
+    }
+
+    #[test]
+    fn an_evicted_or_foreign_value_is_rebuilt_from_each_vms_own_count() {
+        let limit =
+            limit(r#"{"concurrency":{"max_requests":10},"retry":{"budget":null}}"#).unwrap();
+        let store = MemoryStore::new();
+        let vm = Owner::new(1);
+        for _ in 0..4 {
+            slot(limit.acquire(&store, KEY, &vm, 0).unwrap());
+        }
+        // An earlier version's single count (8 bytes) or an eviction under Kong.
+        let cas = store.get(KEY).unwrap().map(|entry| entry.cas);
+        assert_eq!(
+            store.set(KEY, &[9, 0, 0, 0, 9, 0, 0, 0], cas).unwrap(),
+            palisade_kit::store::Write::Stored
+        );
+        assert_eq!(total(&store, 0), Inflight::default());
+        assert!(limit.renew(&store, &vm, 1).is_empty());
+        assert_eq!(total(&store, 1).active, 4, "the VM's exact count is back");
+    }
+
+    #[test]
+    fn the_table_keeps_at_most_max_shares_dropping_the_stalest() {
+        let limit = limit(r#"{"retry":{"budget":{}}}"#).unwrap();
+        let store = MemoryStore::new();
+        for id in 0..(MAX_SHARES as u64 + 10) {
+            slot(limit.acquire(&store, KEY, &Owner::new(id), id).unwrap());
+        }
+        let shares = table(&store).0;
+        assert_eq!(shares.len(), MAX_SHARES);
+        assert!(
+            shares.iter().all(|s| s.owner >= 10),
+            "the stalest went first"
+        );
+    }
+
+    #[test]
+    fn a_table_round_trips_and_garbage_reads_as_empty() {
+        let t = Table(vec![Share {
+            owner: u64::MAX,
+            renewed_ms: 42,
+            counts: Inflight {
+                active: 3,
+                retrying: 1,
+            },
+        }]);
+        assert_eq!(Table::decode(&t.encode()), t);
+        assert_eq!(Table::decode(&[]), Table::default());
+        assert_eq!(Table::decode(&[TABLE_VERSION, 1, 2]), Table::default());
+        assert_eq!(Table::decode(&[TABLE_VERSION]), Table::default());
+    }
+}
+
+/// The per-VM table against a model: VMs take and give back slots, crash (a new VM takes
+/// their place, as a reload does) and the clock moves with the live VMs' timers renewing.
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod proptests {
+    use super::*;
+    use palisade_kit::store::MemoryStore;
+    use proptest::prelude::*;
+
+    const KEY: &str = "palisade-resilience/inflight/orders";
+    const LEASE: u64 = 30_000;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Acquire(usize),
+        Release(usize, usize),
+        Crash(usize),
+        Advance(u64),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let op = prop_oneof![
+            5 => (0usize..3).prop_map(Op::Acquire),
+            3 => (0usize..3, any::<usize>()).prop_map(|(vm, n)| Op::Release(vm, n)),
+            1 => (0usize..3).prop_map(Op::Crash),
+            2 => (0u64..2 * LEASE).prop_map(Op::Advance),
+        ];
+        proptest::collection::vec(op, 1..200)
+    }
+
+    struct Vm {
+        owner: Owner,
+        slots: Vec<Slot>,
+        last_write: u64,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A request is admitted exactly when the live VMs' slots plus the slots of crashed
+        /// VMs still within their lease are under the limit: never over the cap, and a crashed
+        /// VM's slots free once its lease has run out, never before.
+        #[test]
+        fn the_cap_is_exact_and_crashed_slots_free_after_the_lease(
+            max in 1u32..6,
+            ops in ops(),
+        ) {
+            let limit = InflightLimit {
+                max_requests: Some(max),
+                budget: None,
+                lease_ms: LEASE,
+            };
+            let store = MemoryStore::new();
+            let mut next_id = 0u64;
+            let mut new_vm = |now: u64| {
+                next_id += 1;
+                Vm { owner: Owner::new(next_id), slots: Vec::new(), last_write: now }
+            };
+            let mut now = 1_000_000u64;
+            let mut vms: Vec<Vm> = (0..3).map(|_| new_vm(now)).collect();
+            // Crashed VMs: (slots held, last write).
+            let mut dead: Vec<(usize, u64)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Acquire(i) => {
+                        let counted: usize = vms.iter().map(|vm| vm.slots.len()).sum::<usize>()
+                            + dead
+                                .iter()
+                                .filter(|(_, at)| at + LEASE > now)
+                                .map(|(held, _)| held)
+                                .sum::<usize>();
+                        let got = limit
+                            .acquire(&store, KEY, &vms[i].owner, now)
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        match got {
+                            Acquired::Slot(slot, active) => {
+                                prop_assert!(counted < max as usize, "admitted with {counted} counted");
+                                prop_assert_eq!(active as usize, counted + 1);
+                                vms[i].slots.push(slot);
+                                vms[i].last_write = now;
+                            }
+                            Acquired::Shed => {
+                                prop_assert!(counted >= max as usize, "shed with only {counted} counted");
+                            }
+                        }
+                    }
+                    Op::Release(i, n) if !vms[i].slots.is_empty() => {
+                        let at = n % vms[i].slots.len();
+                        let slot = vms[i].slots.swap_remove(at);
+                        limit
+                            .release(&store, KEY, &vms[i].owner, slot, now)
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        vms[i].last_write = now;
+                    }
+                    Op::Release(..) => {}
+                    Op::Crash(i) => {
+                        let crashed = std::mem::replace(&mut vms[i], new_vm(now));
+                        if !crashed.slots.is_empty() {
+                            dead.push((crashed.slots.len(), crashed.last_write));
+                        }
+                    }
+                    Op::Advance(ms) => {
+                        // The live VMs' timers renew every third of the lease on the way.
+                        let target = now + ms;
+                        while now < target {
+                            now = (now + LEASE / 3).min(target);
+                            for vm in &mut vms {
+                                if vm.owner.holds_any() {
+                                    prop_assert!(limit.renew(&store, &vm.owner, now).is_empty());
+                                    vm.last_write = now;
+                                }
+                            }
+                        }
+                    }
+                }
+                // The table holds at most one share per VM with slots, dead ones included
+                // until a write prunes them.
+                let shares = store
+                    .get(KEY)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?
+                    .map_or(0, |entry| Table::decode(&entry.value).0.len());
+                prop_assert!(shares <= vms.len() + dead.len());
+            }
+        }
     }
 }

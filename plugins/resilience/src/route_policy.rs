@@ -39,6 +39,10 @@ pub struct RoutePolicy {
     per_try_timeout_ms: Option<Vec<u8>>,
     default_timeout: Duration,
     long_running_timeout: Duration,
+    /// The two timeouts as header values, formatted once (a deadline-capped one is formatted
+    /// per request).
+    default_timeout_ms: Vec<u8>,
+    long_running_timeout_ms: Vec<u8>,
     long_running_prefixes: Vec<String>,
     deadline_header: Option<String>,
 }
@@ -62,6 +66,11 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `x-envoy-upstream-rq-timeout-ms`'s value: whole milliseconds, at least 1 (0 means none).
+fn timeout_value(timeout: Duration) -> Vec<u8> {
+    millis(timeout).max(1).to_string().into_bytes()
+}
+
 impl RoutePolicy {
     pub fn new(proxy: Proxy, retry: &RetryConfig, timeouts: &TimeoutConfig) -> Self {
         Self {
@@ -75,6 +84,8 @@ impl RoutePolicy {
                 .map(|t| millis(t.get()).to_string().into_bytes()),
             default_timeout: timeouts.default.get(),
             long_running_timeout: timeouts.long_running.get(),
+            default_timeout_ms: timeout_value(timeouts.default.get()),
+            long_running_timeout_ms: timeout_value(timeouts.long_running.get()),
             long_running_prefixes: timeouts.long_running_prefixes.clone(),
             deadline_header: timeouts.deadline_header.clone(),
         }
@@ -115,18 +126,19 @@ impl RoutePolicy {
         retry_granted: bool,
     ) -> Vec<Edit<'a>> {
         let path = get(headers, ":path").unwrap_or_default();
-        let mut timeout = if self
+        let long_running = self
             .long_running_prefixes
             .iter()
-            .any(|prefix| path.starts_with(prefix.as_bytes()))
-        {
-            self.long_running_timeout
+            .any(|prefix| path.starts_with(prefix.as_bytes()));
+        let (timeout, formatted) = if long_running {
+            (self.long_running_timeout, &self.long_running_timeout_ms)
         } else {
-            self.default_timeout
+            (self.default_timeout, &self.default_timeout_ms)
         };
-        if let Deadline::In(left) = deadline {
-            timeout = timeout.min(left);
-        }
+        let timeout_ms: Cow<'a, [u8]> = match deadline {
+            Deadline::In(left) if left < timeout => Cow::Owned(timeout_value(left)),
+            _ => Cow::Borrowed(formatted.as_slice()),
+        };
         let mut edits = Vec::new();
         if !self.trust_client_headers {
             // One pass over the request's headers (most have no x-envoy-* at all), not one
@@ -171,8 +183,7 @@ impl RoutePolicy {
             edits.push(Edit::Set(Cow::Borrowed(RETRY_ON), Cow::Borrowed(retry_on)));
         }
         if !trusted(TIMEOUT) {
-            let ms = millis(timeout).max(1).to_string().into_bytes();
-            edits.push(Edit::Set(Cow::Borrowed(TIMEOUT), Cow::Owned(ms)));
+            edits.push(Edit::Set(Cow::Borrowed(TIMEOUT), timeout_ms));
         }
         if let Some(per_try) = &self.per_try_timeout_ms {
             if !trusted(PER_TRY_TIMEOUT) {
