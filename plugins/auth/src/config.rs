@@ -14,6 +14,7 @@ use crate::api_keys::ApiKeysConfig;
 use crate::introspection::IntrospectionConfig;
 use crate::jwks::KeySet;
 use crate::path::PathNormalizationConfig;
+use crate::remote::RemoteJwksConfig;
 use crate::rules::{NoMatchAction, RuleConfig, RulesConfig};
 
 /// The default bound on a token's length, before any decoding.
@@ -174,6 +175,8 @@ pub struct ClaimToHeader {
 pub enum JwksSource {
     /// A JWKS document (`{"keys": [...]}`) written into the configuration.
     Inline(serde_json::Value),
+    /// A JWKS fetched from a server, cached across workers and refreshed (docs/auth.md).
+    Remote(RemoteJwksConfig),
 }
 
 /// JWS algorithms palisade-auth verifies. `none` is not one of them, by design.
@@ -453,6 +456,9 @@ impl JwtProvider {
                     }
                 }
             }),
+            (Some(JwksSource::Remote(remote)), true) => {
+                p.field("jwks", |p| p.field("remote", |p| remote.validate(p)))
+            }
             (None, false) => {}
         }
     }

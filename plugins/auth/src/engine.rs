@@ -12,6 +12,7 @@ use std::rc::Rc;
 use palisade_kit::config::Problems;
 use palisade_kit::header_pairs::{get, Edit};
 use palisade_kit::identity;
+use palisade_kit::store::SharedStore;
 use serde_json::Value;
 
 use crate::api_keys::{ApiKeyOutcome, ApiKeys};
@@ -24,6 +25,7 @@ use crate::jwks::KeySet;
 use crate::jwt::{self, Claims, Decoded};
 use crate::path::{PathDisposition, PathNormalizer};
 use crate::rejection::Rejection;
+use crate::remote::RemoteJwks;
 use crate::rules::{Credential, Refusal, RequestFacts, Requirement, RuleDecision, Rules};
 use crate::signature::HmacSecret;
 use crate::token_location;
@@ -48,7 +50,15 @@ pub struct Provider {
     forward_token: bool,
     claims_to_headers: Vec<ClaimToHeader>,
     keys: Option<Rc<KeySet>>,
+    remote: Option<RemoteJwks>,
     hmac: Option<HmacSecret>,
+}
+
+impl Provider {
+    /// The remote JWKS, when the keys are fetched rather than inline.
+    pub fn remote(&self) -> Option<&RemoteJwks> {
+        self.remote.as_ref()
+    }
 }
 
 /// Where a provider's public keys are read at request time.
@@ -64,6 +74,23 @@ pub struct InlineKeys;
 impl KeySource for InlineKeys {
     fn keys(&self, provider: &Provider) -> Option<Rc<KeySet>> {
         provider.keys.clone()
+    }
+}
+
+/// Inline keys, or a remote JWKS's keys as this worker holds them (or the shared store does)
+/// at `now_ms`. Never fetches: the adapter decides that from the verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredKeys<'s, S> {
+    pub store: &'s S,
+    pub now_ms: u64,
+}
+
+impl<S: SharedStore> KeySource for StoredKeys<'_, S> {
+    fn keys(&self, provider: &Provider) -> Option<Rc<KeySet>> {
+        match &provider.remote {
+            Some(remote) => remote.keys(self.store, self.now_ms),
+            None => provider.keys.clone(),
+        }
     }
 }
 
@@ -212,7 +239,11 @@ impl Authenticator {
                         }
                     }
                 }
-                None => None,
+                Some(JwksSource::Remote(_)) | None => None,
+            };
+            let remote = match &provider.jwks {
+                Some(JwksSource::Remote(remote)) => Some(remote.compile(&provider.name)),
+                _ => None,
             };
             providers.push(Provider {
                 name: provider.name.clone(),
@@ -227,6 +258,7 @@ impl Authenticator {
                 forward_token: provider.forward_token,
                 claims_to_headers: provider.claims_to_headers.clone(),
                 keys,
+                remote,
                 hmac: provider.hmac_secret_bytes().map(HmacSecret::new),
             });
         }

@@ -23,6 +23,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod path;
 pub mod rejection;
+pub mod remote;
 pub mod rules;
 pub mod signature;
 pub mod token_location;
