@@ -440,9 +440,8 @@ impl JwtProvider {
                 "jwks",
                 "is set but only HMAC algorithms are allowed; remove it",
             ),
-            (Some(JwksSource::Inline(document)), true) => p.field("jwks", |p| {
-                let bytes = serde_json::to_vec(document).unwrap_or_default();
-                match KeySet::parse(&bytes) {
+            (Some(JwksSource::Inline(document)), true) => {
+                p.field("jwks", |p| match KeySet::from_value(document) {
                     Err(err) => p.push_at("inline", err.to_string()),
                     Ok((set, skipped)) => {
                         for skip in skipped {
@@ -454,8 +453,8 @@ impl JwtProvider {
                             p.push_at("inline", "holds no usable signature key");
                         }
                     }
-                }
-            }),
+                })
+            }
             (Some(JwksSource::Remote(remote)), true) => {
                 p.field("jwks", |p| p.field("remote", |p| remote.validate(p)))
             }
@@ -616,7 +615,7 @@ mod tests {
             problems(
                 r#"{"providers":[{"name":"a","issuer":"i","algorithms":["ES256"],"jwks":{"inline":[]}}]}"#
             ),
-            ["providers[0].jwks.inline: not a JWKS document: invalid length 0, expected struct JwkSet with 1 element at line 1 column 2"]
+            ["providers[0].jwks.inline: not a JWKS document: not a JSON object"]
         );
     }
 

@@ -228,17 +228,13 @@ impl Authenticator {
                 }
             }
             let keys = match &provider.jwks {
-                Some(JwksSource::Inline(document)) => {
-                    let bytes = serde_json::to_vec(document).unwrap_or_default();
-                    match KeySet::parse(&bytes) {
-                        Ok((set, _)) => Some(Rc::new(set)),
-                        Err(err) => {
-                            problems
-                                .push_at(&format!("providers[{i}].jwks.inline"), err.to_string());
-                            None
-                        }
+                Some(JwksSource::Inline(document)) => match KeySet::from_value(document) {
+                    Ok((set, _)) => Some(Rc::new(set)),
+                    Err(err) => {
+                        problems.push_at(&format!("providers[{i}].jwks.inline"), err.to_string());
+                        None
                     }
-                }
+                },
                 Some(JwksSource::Remote(_)) | None => None,
             };
             let remote = match &provider.jwks {
