@@ -56,6 +56,12 @@ pub struct AuthConfig {
     /// With `rules`: how the path is normalised before rules match it (safe defaults).
     #[serde(default)]
     pub path_normalization: Option<PathNormalizationConfig>,
+    /// Slots of the verified-token cache shared by all workers (0, the default: off). A token
+    /// whose signature one worker verified skips the signature math on every worker until its
+    /// `exp`; claims are still checked on every request. Needs shared data (on Kong, a
+    /// `nginx_wasm_shm_kv` zone). At most 1000000.
+    #[serde(default)]
+    pub verified_token_cache_entries: u32,
 }
 
 impl AuthConfig {
@@ -80,6 +86,7 @@ impl Default for AuthConfig {
             rules: None,
             no_match: None,
             path_normalization: None,
+            verified_token_cache_entries: 0,
         }
     }
 }
@@ -292,6 +299,9 @@ impl PluginConfig for AuthConfig {
                 });
             }
         });
+        if self.verified_token_cache_entries > 1_000_000 {
+            problems.push_at("verified_token_cache_entries", "must be at most 1000000");
+        }
         if let Some(api_keys) = &self.api_keys {
             problems.field("api_keys", |p| api_keys.validate(p));
         }

@@ -29,6 +29,7 @@ use crate::remote::RemoteJwks;
 use crate::rules::{Credential, Refusal, RequestFacts, Requirement, RuleDecision, Rules};
 use crate::signature::HmacSecret;
 use crate::token_location;
+use crate::verified::{ProviderTag, TokenDigest, VerifiedCache};
 
 type Fields<'a> = [(&'a [u8], &'a [u8])];
 
@@ -52,6 +53,8 @@ pub struct Provider {
     keys: Option<Rc<KeySet>>,
     remote: Option<RemoteJwks>,
     hmac: Option<HmacSecret>,
+    /// Names this provider in the verified-token cache.
+    tag: ProviderTag,
 }
 
 impl Provider {
@@ -65,6 +68,20 @@ impl Provider {
 pub trait KeySource {
     /// The provider's current key set; `None` when it has none yet.
     fn keys(&self, provider: &Provider) -> Option<Rc<KeySet>>;
+
+    /// Is there a verified-token cache to ask (then tokens are hashed)?
+    fn caches_signatures(&self) -> bool {
+        false
+    }
+
+    /// Did `provider`'s keys verify this token's signature before, still within its `exp`
+    /// at `now` (seconds)?
+    fn signature_known(&self, _provider: &Provider, _token: &TokenDigest, _now: u64) -> bool {
+        false
+    }
+
+    /// Records a signature `provider`'s keys verified, good until `expires` (seconds).
+    fn remember_signature(&self, _provider: &Provider, _token: &TokenDigest, _expires: u64) {}
 }
 
 /// Keys written into the configuration.
@@ -83,6 +100,8 @@ impl KeySource for InlineKeys {
 pub struct StoredKeys<'s, S> {
     pub store: &'s S,
     pub now_ms: u64,
+    /// The verified-token cache, when configured ([`Authenticator::verified_cache`]).
+    pub verified: Option<VerifiedCache>,
 }
 
 impl<S: SharedStore> KeySource for StoredKeys<'_, S> {
@@ -90,6 +109,21 @@ impl<S: SharedStore> KeySource for StoredKeys<'_, S> {
         match &provider.remote {
             Some(remote) => remote.keys(self.store, self.now_ms),
             None => provider.keys.clone(),
+        }
+    }
+
+    fn caches_signatures(&self) -> bool {
+        self.verified.is_some()
+    }
+
+    fn signature_known(&self, provider: &Provider, token: &TokenDigest, now: u64) -> bool {
+        self.verified
+            .is_some_and(|cache| cache.known(self.store, provider.tag, token, now))
+    }
+
+    fn remember_signature(&self, provider: &Provider, token: &TokenDigest, expires: u64) {
+        if let Some(cache) = self.verified {
+            cache.remember(self.store, provider.tag, token, expires);
         }
     }
 }
@@ -197,6 +231,7 @@ pub struct Authenticator {
     policy: Option<Policy>,
     /// Without rules: any configured credential, no claims.
     default_requirement: Requirement,
+    verified: Option<VerifiedCache>,
 }
 
 impl Authenticator {
@@ -256,6 +291,7 @@ impl Authenticator {
                 keys,
                 remote,
                 hmac: provider.hmac_secret_bytes().map(HmacSecret::new),
+                tag: ProviderTag::of(&provider.name, &provider.issuer),
             });
         }
         let bearer = config.introspection.as_ref().map(|_| {
@@ -299,7 +335,13 @@ impl Authenticator {
                 .is_some_and(|c| c.forward_token),
             policy,
             default_requirement,
+            verified: VerifiedCache::new(config.verified_token_cache_entries),
         }
+    }
+
+    /// The verified-token cache, when `verified_token_cache_entries` is not 0.
+    pub fn verified_cache(&self) -> Option<VerifiedCache> {
+        self.verified
     }
 
     pub fn providers(&self) -> &[Provider] {
@@ -727,21 +769,34 @@ fn verify(
     if !provider.algorithms.contains(&alg) {
         return Err(Rejection::AlgNotAllowed);
     }
+    let mut digest = None;
     let verified = if alg.is_hmac() {
         let secret = provider.hmac.as_ref().ok_or(Rejection::NoKeyForAlg)?;
         secret.verify(alg, decoded.signing_input, &decoded.signature)
     } else {
         let set = keys.keys(provider).ok_or(Rejection::KeysUnavailable)?;
-        let verified = set
-            .candidates(decoded.kid.as_deref(), alg)?
-            .any(|key| key.verify(alg, decoded.signing_input, &decoded.signature));
-        verified
+        // The kid and alg must still name a current key, cached or not (a rotated-out key
+        // stops counting).
+        let mut candidates = set.candidates(decoded.kid.as_deref(), alg)?;
+        let token = keys
+            .caches_signatures()
+            .then(|| TokenDigest::of(decoded.signing_input, &decoded.signature));
+        if token.is_some_and(|token| keys.signature_known(provider, &token, now)) {
+            true
+        } else {
+            digest = token;
+            candidates.any(|key| key.verify(alg, decoded.signing_input, &decoded.signature))
+        }
     };
     if !verified {
         return Err(Rejection::BadSignature);
     }
     let expires = claims::check_times(&decoded.claims, now, provider.time)?;
     claims::check_audience(&decoded.claims, &provider.audiences)?;
+    // Only a token with an expiry is cached, and never past it.
+    if let (Some(token), Some(expires)) = (digest, expires) {
+        keys.remember_signature(provider, &token, expires);
+    }
     Ok(expires)
 }
 

@@ -523,6 +523,7 @@ impl Stream {
         let keys = StoredKeys {
             store: &HostStore,
             now_ms,
+            verified: worker.engine.verified_cache(),
         };
         let verdict = worker
             .engine
