@@ -7,7 +7,7 @@
 //! inactive one for a short TTL, so a flood of bad tokens does not become a flood of call-outs.
 //! Cache keys are SHA-256 digests of the token: the cache never holds a token.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -651,7 +651,7 @@ struct Entry<V> {
 #[derive(Debug)]
 struct BoundedMap<V> {
     capacity: usize,
-    entries: BTreeMap<TokenKey, Entry<V>>,
+    entries: HashMap<TokenKey, Entry<V>>,
     order: VecDeque<(TokenKey, u64)>,
     next_seq: u64,
 }
@@ -660,7 +660,7 @@ impl<V> BoundedMap<V> {
     fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            entries: BTreeMap::new(),
+            entries: HashMap::new(),
             order: VecDeque::new(),
             next_seq: 0,
         }
