@@ -488,3 +488,31 @@ fn remote_jwks_refusals_name_the_field() -> Result<(), Failure> {
     let _ = ISSUER;
     Ok(())
 }
+
+#[test]
+fn kong_3_8_never_answering_a_failed_refresh_does_not_stop_later_refreshes() -> Result<(), Failure>
+{
+    // Kong 3.4–3.8 log a failed dispatch and never call the plugin back: the lease and the
+    // worker's in-flight entry run out after timeout + 1s, and the next tick tries again.
+    let profile = Profile::Kong(palisade_host_tests::wasm_host::KongVersion::V3_8);
+    let host = Host::new(profile);
+    let vms = host.load(Plugin::Auth, &config(json!({"refresh_interval": "1m"})))?;
+    assert!(vms.is_accepted(), "{:?}", host.logs());
+    host.script_http_call(IDP, jwks_reply(&jwks()));
+    assert_eq!(
+        send(&vms, 0, &token("RS256", Some("rsa-1"), NOW))?,
+        Outcome::Continue
+    );
+    host.script_http_call(IDP, CalloutReply::failure("connection refused"));
+    host.advance_clock(Duration::from_secs(61))?;
+    assert_eq!(jwks_calls(&host), 2, "the refresh was tried");
+    assert!(host
+        .logs()
+        .iter()
+        .any(|e| e.origin == LogOrigin::Host && e.message.contains("dispatch failed")));
+    host.script_http_call(IDP, jwks_reply(&jwks()));
+    host.advance_clock(Duration::from_secs(8))?;
+    assert_eq!(jwks_calls(&host), 3, "tried again after timeout + 1s");
+    assert_eq!(count(&host, "palisade_auth.jwks.idp.fetched"), 2);
+    Ok(())
+}

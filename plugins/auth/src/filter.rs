@@ -108,8 +108,10 @@ struct Worker {
     metrics: Option<Metrics>,
     /// Introspection answers, per worker (keyed by the token's SHA-256).
     cache: Option<RefCell<IntrospectionCache>>,
-    /// JWKS refreshes the root timer has in flight: call-out token → provider index.
-    refreshing: RefCell<HashMap<u32, usize>>,
+    /// JWKS refreshes the root timer has in flight: call-out token → (provider index, when to
+    /// give up on its answer, Unix ms). Kong 3.4–3.8 never call back a failed dispatch: such
+    /// an entry is dropped at its deadline, or it would hold the provider's refreshes forever.
+    refreshing: RefCell<HashMap<u32, (usize, u64)>>,
 }
 
 /// How often the root timer looks at the shared JWKS records (and refreshes those due).
@@ -224,20 +226,34 @@ impl Plugin for AuthPlugin {
         let Some(now_ms) = now_ms() else {
             return;
         };
+        worker
+            .refreshing
+            .borrow_mut()
+            .retain(|_, (_, deadline)| now_ms <= *deadline);
         for (index, provider) in worker.engine.providers().iter().enumerate() {
             let Some(remote) = provider.remote() else {
                 continue;
             };
             remote.sync(&HostStore);
             if !remote.due(now_ms)
-                || worker.refreshing.borrow().values().any(|p| *p == index)
+                || worker
+                    .refreshing
+                    .borrow()
+                    .values()
+                    .any(|(p, _)| *p == index)
                 || !remote.claim(&HostStore, now_ms, Trigger::Interval)
             {
                 continue;
             }
             match dispatch_jwks(remote) {
                 Ok(token) => {
-                    worker.refreshing.borrow_mut().insert(token, index);
+                    let timeout =
+                        u64::try_from(remote.request().timeout.as_millis()).unwrap_or(u64::MAX);
+                    let deadline = now_ms.saturating_add(timeout).saturating_add(1000);
+                    worker
+                        .refreshing
+                        .borrow_mut()
+                        .insert(token, (index, deadline));
                 }
                 Err(err) => {
                     log::error!("[{NAME}] could not call the JWKS server: {err}");
@@ -249,7 +265,7 @@ impl Plugin for AuthPlugin {
 
     fn on_root_http_call_response(worker: &Worker, token: u32, body_size: usize) {
         let provider = worker.refreshing.borrow_mut().remove(&token);
-        if let Some(provider) = provider {
+        if let Some((provider, _)) = provider {
             worker.jwks_answer(provider, Trigger::Interval, Some(body_size));
         }
     }
