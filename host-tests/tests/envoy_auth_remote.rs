@@ -8,13 +8,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use palisade::envoy::Filter;
 use palisade::http_server::{Response, Server};
 use palisade::plugins;
-use palisade_host_tests::auth_tokens::{self, claims, jwks, Signer};
+use palisade_host_tests::auth_tokens::{self, claims, jwks, jwks_with, Signer};
 use palisade_host_tests::envoy_harness::EnvoyTest;
 use palisade_host_tests::ratelimit_server::free_port;
 use serde_json::{json, Value};
@@ -26,24 +26,35 @@ const REQUESTS: usize = 8;
 struct Endpoint {
     server: Server,
     hits: Arc<AtomicUsize>,
+    body: Arc<Mutex<Value>>,
 }
 
 impl Endpoint {
     fn start(delay_ms: u64, body: Value) -> Endpoint {
         let hits = Arc::new(AtomicUsize::new(0));
         let delay = Arc::new(AtomicU64::new(delay_ms));
+        let body = Arc::new(Mutex::new(body));
         let counted = Arc::clone(&hits);
+        let served = Arc::clone(&body);
         let server = Server::start(SocketAddr::from(([127, 0, 0, 1], 0)), move |_request| {
             counted.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(delay.load(Ordering::SeqCst)));
+            let body = served.lock().map(|b| b.to_string()).unwrap_or_default();
             Response {
                 status: 200,
                 headers: vec![("content-type".into(), "application/json".into())],
-                body: body.to_string().into_bytes(),
+                body: body.into_bytes(),
             }
         })
         .expect("loopback endpoint");
-        Endpoint { server, hits }
+        Endpoint { server, hits, body }
+    }
+
+    /// What the endpoint answers from now on.
+    fn serve(&self, body: Value) {
+        if let Ok(mut current) = self.body.lock() {
+            *current = body;
+        }
     }
 
     fn port(&self) -> u16 {
@@ -152,6 +163,44 @@ fn keys_fetched_from_the_jwks_server_serve_both_workers() {
         test.envoy.log()
     );
     assert!(test.log_lines("panic").is_empty());
+}
+
+#[test]
+fn a_rotated_key_is_fetched_once_early_and_unknown_kids_are_refused() {
+    let server = Endpoint::start(0, jwks_with(&["rsa-1"]));
+    let test = start(remote_config("2s"), server.port(), free_port().unwrap());
+    let now = auth_tokens::unix_now();
+    let rs = bearer(&Signer::for_alg("RS256").sign(&claims(now)));
+    assert_eq!(test.get("/", &[("authorization", rs.as_str())]).status, 200);
+    // Let a timer prefetch that raced the cold request land first.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = server.hits();
+    // The IdP rotates in an EC key; a token naming it makes one early refresh.
+    server.serve(jwks());
+    let es = bearer(&Signer::for_alg("ES256").sign(&claims(now)));
+    for _ in 0..REQUESTS {
+        let reply = test.get("/", &[("authorization", es.as_str())]);
+        assert_eq!(reply.status, 200, "{}\n{}", reply.body, test.envoy.log());
+    }
+    assert_eq!(
+        server.hits(),
+        before + 1,
+        "one early refresh for both workers"
+    );
+    // Unknown kids within the 30s interval: refused at once, no fetch.
+    for i in 0..REQUESTS {
+        let token = Signer::for_alg("RS256")
+            .kid(Some(&format!("forged-{i}")))
+            .sign(&claims(now));
+        let auth = bearer(&token);
+        let reply = test.get(
+            "/",
+            &[("authorization", auth.as_str()), ("x-request-id", "r-1")],
+        );
+        assert_refused(&reply, 401, "token kid matches no key of its issuer");
+    }
+    assert_eq!(server.hits(), before + 1);
+    assert_eq!(test.upstream.seen().len(), 1 + REQUESTS);
 }
 
 #[test]
