@@ -175,6 +175,17 @@ fn setups(wasm: &Path, header_security: &'static str) -> Vec<Setup> {
             ..Setup::plain(p.full_name)
         });
     }
+    // The same auth configuration with the verified-token cache on: the bench token is
+    // verified once per proxy, then every worker skips its signature math.
+    let auth = plugin("auth");
+    let mut cached: Value = serde_json::from_str(auth.example_config).unwrap_or(Value::Null);
+    cached["verified_token_cache_entries"] = json!(1024);
+    all.push(Setup {
+        palisade: vec![Filter::new(auth, cached.to_string())],
+        native_counterpart: Some(NATIVE_JWT_CACHED),
+        wasm_files: vec![wasm.join(auth.wasm_file)],
+        ..Setup::plain("palisade-auth (verified-token cache on)")
+    });
     all.push(Setup {
         palisade: plugins::ALL
             .iter()
