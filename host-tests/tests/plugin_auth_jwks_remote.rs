@@ -106,7 +106,9 @@ fn a_cold_request_fetches_and_the_other_worker_reuses_the_shared_keys() -> Resul
         host.script_http_call(IDP, jwks_reply(&jwks()).after(Duration::from_millis(500)));
         let rs = token("RS256", Some("rsa-1"), NOW);
         // The first request waits for the fetch, then goes on.
-        let mut stream = vms.worker(0).http_request(bearer(&rs))?;
+        let mut stream = vms
+            .worker(0)
+            .http_request(bearer(&rs).header("x-palisade-subject", "mallory"))?;
         assert_eq!(
             stream.send_request_headers(true)?,
             Outcome::Pause,
@@ -514,5 +516,27 @@ fn kong_3_8_never_answering_a_failed_refresh_does_not_stop_later_refreshes() -> 
     host.advance_clock(Duration::from_secs(8))?;
     assert_eq!(jwks_calls(&host), 3, "tried again after timeout + 1s");
     assert_eq!(count(&host, "palisade_auth.jwks.idp.fetched"), 2);
+    Ok(())
+}
+
+#[test]
+fn kong_3_8_resuming_a_failed_cold_fetch_forwards_no_client_identity() -> Result<(), Failure> {
+    // Kong 3.4-3.8 resume the request when its call-out fails, without calling the plugin
+    // back (docs/auth.md "Kong"): the request goes on unauthenticated, but the identity
+    // headers were stripped before the call, so a spoofed identity never reaches upstream.
+    let profile = Profile::Kong(palisade_host_tests::wasm_host::KongVersion::V3_8);
+    let host = Host::new(profile);
+    let vms = host.load(Plugin::Auth, &config(json!({})))?;
+    host.script_http_call(IDP, CalloutReply::failure("connection refused"));
+    let mut stream = vms.http_request(
+        bearer(&token("RS256", Some("rsa-1"), NOW))
+            .header("x-palisade-subject", "mallory")
+            .header("x-palisade-claim-email", "mallory@evil.example"),
+    )?;
+    stream.send_request_headers(true)?;
+    let upstream = stream.upstream_request_headers();
+    assert!(!upstream.contains("x-palisade-subject"), "{upstream:?}");
+    assert!(!upstream.contains("x-palisade-claim-email"));
+    assert!(!upstream.contains("x-palisade-auth-provider"));
     Ok(())
 }

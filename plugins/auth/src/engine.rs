@@ -637,7 +637,7 @@ impl Authenticator {
     }
 
     /// Removes every identity header and claim header the client sent.
-    fn strip_identity(&self, headers: &Fields<'_>) -> Vec<Edit<'static>> {
+    pub fn strip_identity(&self, headers: &Fields<'_>) -> Vec<Edit<'static>> {
         let mut edits: Vec<Edit<'static>> = Vec::new();
         for (name, _) in headers {
             let owned = identity::is_owned(name)

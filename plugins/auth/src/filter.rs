@@ -413,6 +413,18 @@ impl Stream {
                 return self.apply(verdict, headers, false);
             }
         }
+        // Kong 3.4-3.8 resume a request whose call-out fails without calling the plugin back:
+        // such a request must at least not carry a client's identity.
+        let strip = worker.engine.strip_identity(headers);
+        if let Err(err) = host::apply_edits(Map::RequestHeaders, headers, &strip) {
+            log::error!(
+                "[{NAME}] identity header edits refused by the host, refusing the request: {err}"
+            );
+            return refuse(
+                &ErrorReply::new(500, "internal error").denied_by(NAME),
+                headers,
+            );
+        }
         let request = introspector.request(pending.token());
         let call = HttpCallout {
             upstream: request.upstream,
@@ -563,6 +575,16 @@ impl Stream {
                     return self.decide(raw, peer, false, resume);
                 }
                 if remote.claim(&HostStore, now_ms, trigger) {
+                    // Kong 3.4-3.8 resume a request whose call-out fails without calling the
+                    // plugin back: such a request must at least not carry a client's identity.
+                    let strip = worker.engine.strip_identity(&headers);
+                    if let Err(err) = host::apply_edits(Map::RequestHeaders, &headers, &strip) {
+                        log::error!("[{NAME}] identity header edits refused by the host, refusing the request: {err}");
+                        return refuse(
+                            &ErrorReply::new(500, "internal error").denied_by(NAME),
+                            &headers,
+                        );
+                    }
                     match dispatch_jwks(remote) {
                         Ok(_token) => {
                             drop(headers);
