@@ -7,8 +7,8 @@ mod plugin_support;
 
 use palisade_host_tests::auth_tokens::{self, claims, Signer};
 use palisade_host_tests::wasm_host::{
-    CalloutReply, Failure, Headers, Host, LogOrigin, MetricValue, Outcome, Plugin, PluginVms,
-    Profile, Request, START_UNIX_SECS,
+    CalloutReply, Failure, Headers, Host, KongVersion, LogOrigin, MetricValue, Outcome, Plugin,
+    PluginVms, Profile, Request, START_UNIX_SECS,
 };
 use plugin_support::{assert_rejected, load, PROFILES};
 use serde_json::{json, Value};
@@ -682,5 +682,24 @@ fn fail_open_lets_requests_through_anonymous_when_the_endpoint_is_down() -> Resu
         assert!(!upstream.contains("x-palisade-subject"));
         assert_eq!(count(&host, "palisade_auth.anonymous"), 1);
     }
+    Ok(())
+}
+
+#[test]
+fn kong_3_8_resuming_a_failed_introspection_forwards_no_client_identity() -> Result<(), Failure> {
+    // Kong 3.4-3.8 resume the request when its call-out fails, without calling the plugin
+    // back: the identity headers were stripped before the call (docs/auth.md "Kong").
+    let host = Host::new(Profile::Kong(KongVersion::V3_8));
+    let vms = host.load(Plugin::Auth, &introspection_config("closed"))?;
+    host.script_http_call(INTROSPECT, CalloutReply::failure("connection refused"));
+    let mut stream = vms.http_request(
+        opaque("opaque-1")
+            .header("x-palisade-subject", "mallory")
+            .header("x-palisade-consumer", "mallory"),
+    )?;
+    stream.send_request_headers(true)?;
+    let upstream = stream.upstream_request_headers();
+    assert!(!upstream.contains("x-palisade-subject"), "{upstream:?}");
+    assert!(!upstream.contains("x-palisade-consumer"));
     Ok(())
 }

@@ -14,6 +14,7 @@ use crate::api_keys::ApiKeysConfig;
 use crate::introspection::IntrospectionConfig;
 use crate::jwks::KeySet;
 use crate::path::PathNormalizationConfig;
+use crate::remote::RemoteJwksConfig;
 use crate::rules::{NoMatchAction, RuleConfig, RulesConfig};
 
 /// The default bound on a token's length, before any decoding.
@@ -55,6 +56,12 @@ pub struct AuthConfig {
     /// With `rules`: how the path is normalised before rules match it (safe defaults).
     #[serde(default)]
     pub path_normalization: Option<PathNormalizationConfig>,
+    /// Slots of the verified-token cache shared by all workers (0, the default: off). A token
+    /// whose signature one worker verified skips the signature math on every worker until its
+    /// `exp`; claims are still checked on every request. Needs shared data (on Kong, a
+    /// `nginx_wasm_shm_kv` zone). At most 1000000.
+    #[serde(default)]
+    pub verified_token_cache_entries: u32,
 }
 
 impl AuthConfig {
@@ -79,6 +86,7 @@ impl Default for AuthConfig {
             rules: None,
             no_match: None,
             path_normalization: None,
+            verified_token_cache_entries: 0,
         }
     }
 }
@@ -174,6 +182,8 @@ pub struct ClaimToHeader {
 pub enum JwksSource {
     /// A JWKS document (`{"keys": [...]}`) written into the configuration.
     Inline(serde_json::Value),
+    /// A JWKS fetched from a server, cached across workers and refreshed (docs/auth.md).
+    Remote(RemoteJwksConfig),
 }
 
 /// JWS algorithms palisade-auth verifies. `none` is not one of them, by design.
@@ -289,6 +299,9 @@ impl PluginConfig for AuthConfig {
                 });
             }
         });
+        if self.verified_token_cache_entries > 1_000_000 {
+            problems.push_at("verified_token_cache_entries", "must be at most 1000000");
+        }
         if let Some(api_keys) = &self.api_keys {
             problems.field("api_keys", |p| api_keys.validate(p));
         }
@@ -437,9 +450,8 @@ impl JwtProvider {
                 "jwks",
                 "is set but only HMAC algorithms are allowed; remove it",
             ),
-            (Some(JwksSource::Inline(document)), true) => p.field("jwks", |p| {
-                let bytes = serde_json::to_vec(document).unwrap_or_default();
-                match KeySet::parse(&bytes) {
+            (Some(JwksSource::Inline(document)), true) => {
+                p.field("jwks", |p| match KeySet::from_value(document) {
                     Err(err) => p.push_at("inline", err.to_string()),
                     Ok((set, skipped)) => {
                         for skip in skipped {
@@ -451,8 +463,11 @@ impl JwtProvider {
                             p.push_at("inline", "holds no usable signature key");
                         }
                     }
-                }
-            }),
+                })
+            }
+            (Some(JwksSource::Remote(remote)), true) => {
+                p.field("jwks", |p| p.field("remote", |p| remote.validate(p)))
+            }
             (None, false) => {}
         }
     }
@@ -610,7 +625,7 @@ mod tests {
             problems(
                 r#"{"providers":[{"name":"a","issuer":"i","algorithms":["ES256"],"jwks":{"inline":[]}}]}"#
             ),
-            ["providers[0].jwks.inline: not a JWKS document: invalid length 0, expected struct JwkSet with 1 element at line 1 column 2"]
+            ["providers[0].jwks.inline: not a JWKS document: not a JSON object"]
         );
     }
 

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use palisade_kit::config::Problems;
 use palisade_kit::header_pairs::{get, Edit};
 use palisade_kit::identity;
+use palisade_kit::store::SharedStore;
 use serde_json::Value;
 
 use crate::api_keys::{ApiKeyOutcome, ApiKeys};
@@ -24,9 +25,11 @@ use crate::jwks::KeySet;
 use crate::jwt::{self, Claims, Decoded};
 use crate::path::{PathDisposition, PathNormalizer};
 use crate::rejection::Rejection;
+use crate::remote::RemoteJwks;
 use crate::rules::{Credential, Refusal, RequestFacts, Requirement, RuleDecision, Rules};
 use crate::signature::HmacSecret;
 use crate::token_location;
+use crate::verified::{ProviderTag, TokenDigest, VerifiedCache};
 
 type Fields<'a> = [(&'a [u8], &'a [u8])];
 
@@ -48,13 +51,37 @@ pub struct Provider {
     forward_token: bool,
     claims_to_headers: Vec<ClaimToHeader>,
     keys: Option<Rc<KeySet>>,
+    remote: Option<RemoteJwks>,
     hmac: Option<HmacSecret>,
+    /// Names this provider in the verified-token cache.
+    tag: ProviderTag,
+}
+
+impl Provider {
+    /// The remote JWKS, when the keys are fetched rather than inline.
+    pub fn remote(&self) -> Option<&RemoteJwks> {
+        self.remote.as_ref()
+    }
 }
 
 /// Where a provider's public keys are read at request time.
 pub trait KeySource {
     /// The provider's current key set; `None` when it has none yet.
     fn keys(&self, provider: &Provider) -> Option<Rc<KeySet>>;
+
+    /// Is there a verified-token cache to ask (then tokens are hashed)?
+    fn caches_signatures(&self) -> bool {
+        false
+    }
+
+    /// Did `provider`'s keys verify this token's signature before, still within its `exp`
+    /// at `now` (seconds)?
+    fn signature_known(&self, _provider: &Provider, _token: &TokenDigest, _now: u64) -> bool {
+        false
+    }
+
+    /// Records a signature `provider`'s keys verified, good until `expires` (seconds).
+    fn remember_signature(&self, _provider: &Provider, _token: &TokenDigest, _expires: u64) {}
 }
 
 /// Keys written into the configuration.
@@ -64,6 +91,40 @@ pub struct InlineKeys;
 impl KeySource for InlineKeys {
     fn keys(&self, provider: &Provider) -> Option<Rc<KeySet>> {
         provider.keys.clone()
+    }
+}
+
+/// Inline keys, or a remote JWKS's keys as this worker holds them (or the shared store does)
+/// at `now_ms`. Never fetches: the adapter decides that from the verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredKeys<'s, S> {
+    pub store: &'s S,
+    pub now_ms: u64,
+    /// The verified-token cache, when configured ([`Authenticator::verified_cache`]).
+    pub verified: Option<VerifiedCache>,
+}
+
+impl<S: SharedStore> KeySource for StoredKeys<'_, S> {
+    fn keys(&self, provider: &Provider) -> Option<Rc<KeySet>> {
+        match &provider.remote {
+            Some(remote) => remote.keys(self.store, self.now_ms),
+            None => provider.keys.clone(),
+        }
+    }
+
+    fn caches_signatures(&self) -> bool {
+        self.verified.is_some()
+    }
+
+    fn signature_known(&self, provider: &Provider, token: &TokenDigest, now: u64) -> bool {
+        self.verified
+            .is_some_and(|cache| cache.known(self.store, provider.tag, token, now))
+    }
+
+    fn remember_signature(&self, provider: &Provider, token: &TokenDigest, expires: u64) {
+        if let Some(cache) = self.verified {
+            cache.remember(self.store, provider.tag, token, expires);
+        }
     }
 }
 
@@ -170,6 +231,7 @@ pub struct Authenticator {
     policy: Option<Policy>,
     /// Without rules: any configured credential, no claims.
     default_requirement: Requirement,
+    verified: Option<VerifiedCache>,
 }
 
 impl Authenticator {
@@ -201,18 +263,18 @@ impl Authenticator {
                 }
             }
             let keys = match &provider.jwks {
-                Some(JwksSource::Inline(document)) => {
-                    let bytes = serde_json::to_vec(document).unwrap_or_default();
-                    match KeySet::parse(&bytes) {
-                        Ok((set, _)) => Some(Rc::new(set)),
-                        Err(err) => {
-                            problems
-                                .push_at(&format!("providers[{i}].jwks.inline"), err.to_string());
-                            None
-                        }
+                Some(JwksSource::Inline(document)) => match KeySet::from_value(document) {
+                    Ok((set, _)) => Some(Rc::new(set)),
+                    Err(err) => {
+                        problems.push_at(&format!("providers[{i}].jwks.inline"), err.to_string());
+                        None
                     }
-                }
-                None => None,
+                },
+                Some(JwksSource::Remote(_)) | None => None,
+            };
+            let remote = match &provider.jwks {
+                Some(JwksSource::Remote(remote)) => Some(remote.compile(&provider.name)),
+                _ => None,
             };
             providers.push(Provider {
                 name: provider.name.clone(),
@@ -227,7 +289,9 @@ impl Authenticator {
                 forward_token: provider.forward_token,
                 claims_to_headers: provider.claims_to_headers.clone(),
                 keys,
+                remote,
                 hmac: provider.hmac_secret_bytes().map(HmacSecret::new),
+                tag: ProviderTag::of(&provider.name, &provider.issuer),
             });
         }
         let bearer = config.introspection.as_ref().map(|_| {
@@ -271,7 +335,13 @@ impl Authenticator {
                 .is_some_and(|c| c.forward_token),
             policy,
             default_requirement,
+            verified: VerifiedCache::new(config.verified_token_cache_entries),
         }
+    }
+
+    /// The verified-token cache, when `verified_token_cache_entries` is not 0.
+    pub fn verified_cache(&self) -> Option<VerifiedCache> {
+        self.verified
     }
 
     pub fn providers(&self) -> &[Provider] {
@@ -567,7 +637,7 @@ impl Authenticator {
     }
 
     /// Removes every identity header and claim header the client sent.
-    fn strip_identity(&self, headers: &Fields<'_>) -> Vec<Edit<'static>> {
+    pub fn strip_identity(&self, headers: &Fields<'_>) -> Vec<Edit<'static>> {
         let mut edits: Vec<Edit<'static>> = Vec::new();
         for (name, _) in headers {
             let owned = identity::is_owned(name)
@@ -699,21 +769,34 @@ fn verify(
     if !provider.algorithms.contains(&alg) {
         return Err(Rejection::AlgNotAllowed);
     }
+    let mut digest = None;
     let verified = if alg.is_hmac() {
         let secret = provider.hmac.as_ref().ok_or(Rejection::NoKeyForAlg)?;
         secret.verify(alg, decoded.signing_input, &decoded.signature)
     } else {
         let set = keys.keys(provider).ok_or(Rejection::KeysUnavailable)?;
-        let verified = set
-            .candidates(decoded.kid.as_deref(), alg)?
-            .any(|key| key.verify(alg, decoded.signing_input, &decoded.signature));
-        verified
+        // The kid and alg must still name a current key, cached or not (a rotated-out key
+        // stops counting).
+        let mut candidates = set.candidates(decoded.kid.as_deref(), alg)?;
+        let token = keys
+            .caches_signatures()
+            .then(|| TokenDigest::of(decoded.signing_input, &decoded.signature));
+        if token.is_some_and(|token| keys.signature_known(provider, &token, now)) {
+            true
+        } else {
+            digest = token;
+            candidates.any(|key| key.verify(alg, decoded.signing_input, &decoded.signature))
+        }
     };
     if !verified {
         return Err(Rejection::BadSignature);
     }
     let expires = claims::check_times(&decoded.claims, now, provider.time)?;
     claims::check_audience(&decoded.claims, &provider.audiences)?;
+    // Only a token with an expiry is cached, and never past it.
+    if let (Some(token), Some(expires)) = (digest, expires) {
+        keys.remember_signature(provider, &token, expires);
+    }
     Ok(expires)
 }
 

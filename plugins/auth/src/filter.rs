@@ -3,22 +3,25 @@
 //! here too. Nothing of the token or the headers is ever logged.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use palisade_kit::config::{ConfigError, Problems};
 use palisade_kit::header_pairs::{decode_borrowed, get, Fields};
 use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::Counter;
+use palisade_kit::host::store::HostStore;
 use palisade_kit::host::{self, Map, Plugin};
 use palisade_kit::reply::ErrorReply;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::AuthConfig;
-use crate::engine::{Answer, Authenticator, InlineKeys, PendingIntrospection, Source, Verdict};
+use crate::engine::{Answer, Authenticator, PendingIntrospection, Source, StoredKeys, Verdict};
 use crate::introspection::{CachedAnswer, Introspected, IntrospectionCache, IntrospectionError};
 use crate::rejection::Rejection;
+use crate::remote::{RemoteJwks, Trigger};
 
 const NAME: &str = "palisade-auth";
 
@@ -32,6 +35,8 @@ struct Metrics {
     /// `denied[source][reason]`, reasons in [`Rejection::LABELS`] order.
     denied: Vec<Vec<Counter>>,
     providers: usize,
+    /// Per provider with a remote JWKS: `(fetched, fetch_failed)`.
+    jwks: Vec<Option<(Counter, Counter)>>,
 }
 
 impl Metrics {
@@ -57,6 +62,19 @@ impl Metrics {
                 })
                 .collect(),
             providers,
+            jwks: engine
+                .providers()
+                .iter()
+                .map(|p| {
+                    p.remote().map(|_| {
+                        let name = |what: &str| format!("palisade_auth.jwks.{}.{what}", p.name);
+                        (
+                            Counter::define(&name("fetched")),
+                            Counter::define(&name("fetch_failed")),
+                        )
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -90,6 +108,86 @@ struct Worker {
     metrics: Option<Metrics>,
     /// Introspection answers, per worker (keyed by the token's SHA-256).
     cache: Option<RefCell<IntrospectionCache>>,
+    /// JWKS refreshes the root timer has in flight: call-out token → (provider index, when to
+    /// give up on its answer, Unix ms). Kong 3.4–3.8 never call back a failed dispatch: such
+    /// an entry is dropped at its deadline, or it would hold the provider's refreshes forever.
+    refreshing: RefCell<HashMap<u32, (usize, u64)>>,
+}
+
+/// How often the root timer looks at the shared JWKS records (and refreshes those due).
+const JWKS_TICK: Duration = Duration::from_secs(1);
+
+fn now_ms_or_zero() -> u64 {
+    now_ms().unwrap_or_default()
+}
+
+fn dispatch_jwks(remote: &RemoteJwks) -> Result<u32, palisade_kit::host::HostError> {
+    let request = remote.request();
+    callout::dispatch_http(&HttpCallout {
+        upstream: request.upstream,
+        method: "GET",
+        path: request.path,
+        authority: request.authority,
+        headers: &request.headers,
+        body: None,
+        timeout: request.timeout,
+    })
+}
+
+impl Worker {
+    fn remote(&self, provider: usize) -> Option<&RemoteJwks> {
+        self.engine.providers().get(provider)?.remote()
+    }
+
+    /// Takes a JWKS call-out's answer (`None`: the dispatch itself failed): new keys for every
+    /// worker, or one warning line and the last good keys kept.
+    fn jwks_answer(&self, provider: usize, trigger: Trigger, body_size: Option<usize>) {
+        let Some(remote) = self.remote(provider) else {
+            return;
+        };
+        let now_ms = now_ms_or_zero();
+        let (status, body, size) = match body_size {
+            Some(size) => {
+                let response = callout::http_call_response(size, remote.max_response_bytes() + 1);
+                (response.status, response.body, size)
+            }
+            None => (None, Vec::new(), 0),
+        };
+        let result = remote.fetched(&HostStore, now_ms, status, &body, size);
+        let counters = self
+            .metrics
+            .as_ref()
+            .and_then(|m| m.jwks.get(provider)?.as_ref());
+        match result {
+            Ok(fetched) => {
+                if let Some((ok, _)) = counters {
+                    ok.inc();
+                }
+                if fetched.changed {
+                    log::info!(
+                        "[{NAME}] JWKS of provider {:?} updated ({trigger}): {} keys, {} skipped",
+                        remote.provider(),
+                        fetched.keys,
+                        fetched.skipped
+                    );
+                }
+            }
+            Err(error) => {
+                if let Some((_, failed)) = counters {
+                    failed.inc();
+                }
+                let kept = if remote.cached(now_ms).is_some() {
+                    "keeping the last good keys"
+                } else {
+                    "no usable keys"
+                };
+                log::warn!(
+                    "[{NAME}] JWKS fetch for provider {:?} failed ({trigger}): {error}; {kept}",
+                    remote.provider()
+                );
+            }
+        }
+    }
 }
 
 impl Plugin for AuthPlugin {
@@ -109,7 +207,67 @@ impl Plugin for AuthPlugin {
             engine,
             metrics,
             cache,
+            refreshing: RefCell::default(),
         })
+    }
+
+    fn tick_period(worker: &Worker) -> Option<Duration> {
+        worker
+            .engine
+            .providers()
+            .iter()
+            .any(|p| p.remote().is_some())
+            .then_some(JWKS_TICK)
+    }
+
+    /// Takes in other workers' fetches, and refreshes keys that are due (one worker, under
+    /// the shared lease). Requests never wait for this.
+    fn on_tick(worker: &Worker) {
+        let Some(now_ms) = now_ms() else {
+            return;
+        };
+        worker
+            .refreshing
+            .borrow_mut()
+            .retain(|_, (_, deadline)| now_ms <= *deadline);
+        for (index, provider) in worker.engine.providers().iter().enumerate() {
+            let Some(remote) = provider.remote() else {
+                continue;
+            };
+            remote.sync(&HostStore);
+            if !remote.due(now_ms)
+                || worker
+                    .refreshing
+                    .borrow()
+                    .values()
+                    .any(|(p, _)| *p == index)
+                || !remote.claim(&HostStore, now_ms, Trigger::Interval)
+            {
+                continue;
+            }
+            match dispatch_jwks(remote) {
+                Ok(token) => {
+                    let timeout =
+                        u64::try_from(remote.request().timeout.as_millis()).unwrap_or(u64::MAX);
+                    let deadline = now_ms.saturating_add(timeout).saturating_add(1000);
+                    worker
+                        .refreshing
+                        .borrow_mut()
+                        .insert(token, (index, deadline));
+                }
+                Err(err) => {
+                    log::error!("[{NAME}] could not call the JWKS server: {err}");
+                    worker.jwks_answer(index, Trigger::Interval, None);
+                }
+            }
+        }
+    }
+
+    fn on_root_http_call_response(worker: &Worker, token: u32, body_size: usize) {
+        let provider = worker.refreshing.borrow_mut().remove(&token);
+        if let Some((provider, _)) = provider {
+            worker.jwks_answer(provider, Trigger::Interval, Some(body_size));
+        }
     }
 
     fn http_context(worker: Rc<Worker>, _context_id: u32) -> Box<dyn HttpContext> {
@@ -122,8 +280,20 @@ impl Plugin for AuthPlugin {
 
 struct Stream {
     worker: Rc<Worker>,
-    /// The token being introspected while the request is paused.
-    pending: Option<PendingIntrospection>,
+    /// What the paused request waits for.
+    pending: Option<Pending>,
+}
+
+enum Pending {
+    /// The token being introspected.
+    Introspection(PendingIntrospection),
+    /// A JWKS fetch for this provider; the request is decided again with its answer.
+    Jwks {
+        provider: usize,
+        trigger: Trigger,
+        raw: Vec<u8>,
+        peer: Option<Vec<u8>>,
+    },
 }
 
 fn fields(raw: &[u8]) -> Fields<'_> {
@@ -243,6 +413,18 @@ impl Stream {
                 return self.apply(verdict, headers, false);
             }
         }
+        // Kong 3.4-3.8 resume a request whose call-out fails without calling the plugin back:
+        // such a request must at least not carry a client's identity.
+        let strip = worker.engine.strip_identity(headers);
+        if let Err(err) = host::apply_edits(Map::RequestHeaders, headers, &strip) {
+            log::error!(
+                "[{NAME}] identity header edits refused by the host, refusing the request: {err}"
+            );
+            return refuse(
+                &ErrorReply::new(500, "internal error").denied_by(NAME),
+                headers,
+            );
+        }
         let request = introspector.request(pending.token());
         let call = HttpCallout {
             upstream: request.upstream,
@@ -255,7 +437,7 @@ impl Stream {
         };
         match callout::dispatch_http(&call) {
             Ok(_token) => {
-                self.pending = Some(pending);
+                self.pending = Some(Pending::Introspection(pending));
                 Action::Pause
             }
             Err(err) => {
@@ -277,8 +459,19 @@ impl Context for Stream {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some(pending) = self.pending.take() else {
-            return;
+        let pending = match self.pending.take() {
+            Some(Pending::Introspection(pending)) => pending,
+            Some(Pending::Jwks {
+                provider,
+                trigger,
+                raw,
+                peer,
+            }) => {
+                self.worker.jwks_answer(provider, trigger, Some(body_size));
+                self.decide(raw, peer, false, true);
+                return;
+            }
+            None => return,
         };
         let worker = Rc::clone(&self.worker);
         let Some(introspector) = worker.engine.introspector() else {
@@ -326,25 +519,92 @@ impl HttpContext for Stream {
                 );
             }
         };
-        let headers = fields(&raw);
-        // A clock the host cannot read would make every token look current: refuse instead.
-        let now = match host::now().map(|t| t.duration_since(UNIX_EPOCH)) {
-            Ok(Ok(since)) => since.as_secs(),
-            _ => {
-                log::error!("[{NAME}] the host clock is unavailable; refusing");
-                return refuse(&ErrorReply::new(503, "clock unavailable"), &headers);
-            }
-        };
-        let worker = Rc::clone(&self.worker);
-        let peer = if worker.engine.uses_principals() {
+        let peer = if self.worker.engine.uses_principals() {
             peer_principal()
         } else {
             None
         };
+        self.decide(raw, peer, true, false)
+    }
+}
+
+impl Stream {
+    /// Decides for the request's headers `raw` and applies the verdict. `may_fetch`: a verdict
+    /// that needs a provider's remote keys (none usable yet, or an unknown `kid` whose early
+    /// refresh is allowed) pauses the request on a JWKS fetch instead, once. `resume`: the
+    /// request is paused already.
+    fn decide(
+        &mut self,
+        raw: Vec<u8>,
+        peer: Option<Vec<u8>>,
+        may_fetch: bool,
+        resume: bool,
+    ) -> Action {
+        let headers = fields(&raw);
+        // A clock the host cannot read would make every token look current: refuse instead.
+        let Some(now_ms) = now_ms() else {
+            log::error!("[{NAME}] the host clock is unavailable; refusing");
+            let action = refuse(&ErrorReply::new(503, "clock unavailable"), &headers);
+            return action;
+        };
+        let worker = Rc::clone(&self.worker);
+        let keys = StoredKeys {
+            store: &HostStore,
+            now_ms,
+            verified: worker.engine.verified_cache(),
+        };
         let verdict = worker
             .engine
-            .decide(&headers, peer.as_deref(), now, &InlineKeys);
-        self.apply(verdict, &headers, false)
+            .decide(&headers, peer.as_deref(), now_ms / 1000, &keys);
+        let wants_keys = match &verdict {
+            Verdict::Deny {
+                source: Source::Provider(index),
+                rejection: Rejection::UnknownKid,
+            } => Some((*index, Trigger::UnknownKid)),
+            Verdict::Deny {
+                source: Source::Provider(index),
+                rejection: Rejection::KeysUnavailable,
+            } => Some((*index, Trigger::Cold)),
+            _ => None,
+        };
+        if let Some((provider, trigger)) = wants_keys.filter(|_| may_fetch) {
+            if let Some(remote) = worker.remote(provider) {
+                // Another worker may hold newer keys already: take them, decide again.
+                if remote.sync(&HostStore) {
+                    drop(headers);
+                    return self.decide(raw, peer, false, resume);
+                }
+                if remote.claim(&HostStore, now_ms, trigger) {
+                    // Kong 3.4-3.8 resume a request whose call-out fails without calling the
+                    // plugin back: such a request must at least not carry a client's identity.
+                    let strip = worker.engine.strip_identity(&headers);
+                    if let Err(err) = host::apply_edits(Map::RequestHeaders, &headers, &strip) {
+                        log::error!("[{NAME}] identity header edits refused by the host, refusing the request: {err}");
+                        return refuse(
+                            &ErrorReply::new(500, "internal error").denied_by(NAME),
+                            &headers,
+                        );
+                    }
+                    match dispatch_jwks(remote) {
+                        Ok(_token) => {
+                            drop(headers);
+                            self.pending = Some(Pending::Jwks {
+                                provider,
+                                trigger,
+                                raw,
+                                peer,
+                            });
+                            return Action::Pause;
+                        }
+                        Err(err) => {
+                            log::error!("[{NAME}] could not call the JWKS server: {err}");
+                            worker.jwks_answer(provider, trigger, None);
+                        }
+                    }
+                }
+            }
+        }
+        self.apply(verdict, &headers, resume)
     }
 }
 

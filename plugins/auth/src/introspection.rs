@@ -7,7 +7,7 @@
 //! inactive one for a short TTL, so a flood of bad tokens does not become a flood of call-outs.
 //! Cache keys are SHA-256 digests of the token: the cache never holds a token.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
@@ -118,21 +118,7 @@ pub enum FailMode {
 impl IntrospectionConfig {
     /// Records every problem, with its field path. Secrets never appear in a message.
     pub fn validate(&self, problems: &mut Problems) {
-        if self.upstream.is_empty() || !self.upstream.bytes().all(|b| b.is_ascii_graphic()) {
-            problems.push_at(
-                "upstream",
-                "must be an Envoy cluster name or a Kong `host:port`, without spaces",
-            );
-        }
-        if !is_authority(&self.authority) {
-            problems.push_at("authority", "must be a host name, optionally with `:port`");
-        }
-        if !self.path.starts_with('/')
-            || !self.path.bytes().all(|b| b.is_ascii_graphic())
-            || self.path.contains('#')
-        {
-            problems.push_at("path", "must start with `/` and be plain visible ASCII");
-        }
+        validate_endpoint(&self.upstream, &self.authority, &self.path, problems);
         if self.client_id.is_empty() || !is_header_value(&self.client_id) {
             problems.push_at("client_id", "must be non-empty visible text");
         }
@@ -202,6 +188,28 @@ impl IntrospectionConfig {
 
 fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The call-out target every palisade-auth upstream (introspection, remote JWKS) is named by:
+/// one upstream string for both hosts, the `:authority`, and a path.
+pub(crate) fn validate_endpoint(
+    upstream: &str,
+    authority: &str,
+    path: &str,
+    problems: &mut Problems,
+) {
+    if upstream.is_empty() || !upstream.bytes().all(|b| b.is_ascii_graphic()) {
+        problems.push_at(
+            "upstream",
+            "must be an Envoy cluster name or a Kong `host:port`, without spaces",
+        );
+    }
+    if !is_authority(authority) {
+        problems.push_at("authority", "must be a host name, optionally with `:port`");
+    }
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) || path.contains('#') {
+        problems.push_at("path", "must start with `/` and be plain visible ASCII");
+    }
 }
 
 fn is_authority(text: &str) -> bool {
@@ -643,7 +651,7 @@ struct Entry<V> {
 #[derive(Debug)]
 struct BoundedMap<V> {
     capacity: usize,
-    entries: BTreeMap<TokenKey, Entry<V>>,
+    entries: HashMap<TokenKey, Entry<V>>,
     order: VecDeque<(TokenKey, u64)>,
     next_seq: u64,
 }
@@ -652,7 +660,7 @@ impl<V> BoundedMap<V> {
     fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            entries: BTreeMap::new(),
+            entries: HashMap::new(),
             order: VecDeque::new(),
             next_seq: 0,
         }

@@ -4,11 +4,9 @@
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
-use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
-};
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPublicKey};
+use serde_json::{Map, Value};
 
 use crate::config::Algorithm;
 use crate::rejection::Rejection;
@@ -66,17 +64,35 @@ impl KeySet {
     /// symmetric keys, unknown curves, RSA under 2048 bits, malformed members) are skipped and
     /// reported, not fatal: an IdP's JWKS often carries encryption keys too.
     pub fn parse(document: &[u8]) -> Result<(KeySet, Vec<Skipped>), JwksError> {
-        let set: JwkSet = serde_json::from_slice(document).map_err(|err| {
-            // serde_json errors name positions and types, never the document's content.
-            JwksError::NotJwks(err.to_string())
-        })?;
-        if set.keys.len() > MAX_KEYS {
-            return Err(JwksError::TooManyKeys(set.keys.len()));
+        // serde_json errors name positions and types, never the document's content.
+        let value: Value =
+            serde_json::from_slice(document).map_err(|err| JwksError::NotJwks(err.to_string()))?;
+        KeySet::from_value(&value)
+    }
+
+    /// [`KeySet::parse`] for a document already read as JSON (an inline JWKS). Members are read
+    /// by hand rather than through a derived deserializer: the plugin stays small, and a key
+    /// it cannot use is skipped with a reason instead of failing the whole set.
+    pub fn from_value(document: &Value) -> Result<(KeySet, Vec<Skipped>), JwksError> {
+        let Value::Object(set) = document else {
+            return Err(JwksError::NotJwks("not a JSON object".to_owned()));
+        };
+        let jwks = match set.get("keys") {
+            Some(Value::Array(keys)) => keys,
+            Some(_) => return Err(JwksError::NotJwks("`keys` is not an array".to_owned())),
+            None => return Err(JwksError::NotJwks("missing field `keys`".to_owned())),
+        };
+        if jwks.len() > MAX_KEYS {
+            return Err(JwksError::TooManyKeys(jwks.len()));
         }
-        let mut keys = Vec::with_capacity(set.keys.len());
+        let mut keys = Vec::with_capacity(jwks.len());
         let mut skipped = Vec::new();
-        for (index, jwk) in set.keys.iter().enumerate() {
-            match prepare(jwk) {
+        for (index, jwk) in jwks.iter().enumerate() {
+            let prepared = match jwk {
+                Value::Object(jwk) => prepare(jwk),
+                _ => Err("not a JSON object".to_owned()),
+            };
+            match prepared {
                 Ok(key) => keys.push(key),
                 Err(reason) => skipped.push(Skipped { index, reason }),
             }
@@ -125,47 +141,61 @@ impl KeySet {
     }
 }
 
-fn decode(member: &str, name: &str) -> Result<Vec<u8>, String> {
+/// A string member; `Ok(None)` when absent.
+fn text<'j>(jwk: &'j Map<String, Value>, name: &str) -> Result<Option<&'j str>, String> {
+    match jwk.get(name) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(format!("{name} is not a string")),
+    }
+}
+
+/// A base64url member that must be there.
+fn decode(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
+    let member = text(jwk, name)?.ok_or_else(|| format!("{name} is missing"))?;
     JWK_BASE64
         .decode(member)
         .map_err(|_| format!("{name} is not base64url"))
 }
 
-fn prepare(jwk: &Jwk) -> Result<SetKey, String> {
-    let common = &jwk.common;
-    if let Some(public_key_use) = &common.public_key_use {
-        if *public_key_use != PublicKeyUse::Signature {
+fn prepare(jwk: &Map<String, Value>) -> Result<SetKey, String> {
+    if let Some(public_key_use) = text(jwk, "use")? {
+        if public_key_use != "sig" {
             return Err("not a signature key (use is not \"sig\")".to_owned());
         }
     }
-    if let Some(ops) = &common.key_operations {
-        if !ops.contains(&KeyOperations::Verify) {
-            return Err("key_ops does not include \"verify\"".to_owned());
-        }
+    match jwk.get("key_ops") {
+        None => {}
+        Some(Value::Array(ops)) if ops.iter().any(|op| op.as_str() == Some("verify")) => {}
+        Some(Value::Array(_)) => return Err("key_ops does not include \"verify\"".to_owned()),
+        Some(_) => return Err("key_ops is not an array".to_owned()),
     }
-    let alg =
-        match common.key_algorithm {
-            None => None,
-            Some(alg) => Some(algorithm(alg).ok_or_else(|| {
-                "alg is not a signature algorithm this plugin verifies".to_owned()
-            })?),
-        };
-    let key = match &jwk.algorithm {
-        AlgorithmParameters::RSA(rsa) => {
-            let n = BigUint::from_bytes_be(&decode(&rsa.n, "n")?);
-            let e = BigUint::from_bytes_be(&decode(&rsa.e, "e")?);
+    let alg = match text(jwk, "alg")? {
+        None => None,
+        Some(alg) => Some(
+            Algorithm::from_jose(alg)
+                .filter(|alg| !alg.is_hmac())
+                .ok_or_else(|| {
+                    "alg is not a signature algorithm this plugin verifies".to_owned()
+                })?,
+        ),
+    };
+    let key = match text(jwk, "kty")?.unwrap_or_default() {
+        "RSA" => {
+            let n = BigUint::from_bytes_be(&decode(jwk, "n")?);
+            let e = BigUint::from_bytes_be(&decode(jwk, "e")?);
             let key = RsaPublicKey::new(n, e).map_err(|err| format!("bad RSA key: {err}"))?;
             if key.n().bits() < MIN_RSA_BITS {
                 return Err(format!("RSA key shorter than {MIN_RSA_BITS} bits"));
             }
             PublicKey::Rsa(key)
         }
-        AlgorithmParameters::EllipticCurve(ec) => {
-            let x = decode(&ec.x, "x")?;
-            let y = decode(&ec.y, "y")?;
-            let size = match ec.curve {
-                EllipticCurve::P256 => 32,
-                EllipticCurve::P384 => 48,
+        "EC" => {
+            let x = decode(jwk, "x")?;
+            let y = decode(jwk, "y")?;
+            let size = match text(jwk, "crv")? {
+                Some("P-256") => 32,
+                Some("P-384") => 48,
                 _ => return Err("unsupported EC curve (P-256 and P-384 are)".to_owned()),
             };
             if x.len() != size || y.len() != size {
@@ -186,11 +216,11 @@ fn prepare(jwk: &Jwk) -> Result<SetKey, String> {
                 )
             }
         }
-        AlgorithmParameters::OctetKeyPair(okp) => {
-            if okp.curve != EllipticCurve::Ed25519 {
+        "OKP" => {
+            if text(jwk, "crv")? != Some("Ed25519") {
                 return Err("unsupported OKP curve (Ed25519 is)".to_owned());
             }
-            let x: [u8; 32] = decode(&okp.x, "x")?
+            let x: [u8; 32] = decode(jwk, "x")?
                 .try_into()
                 .map_err(|_| "Ed25519 key is not 32 bytes".to_owned())?;
             PublicKey::Ed25519(
@@ -198,7 +228,7 @@ fn prepare(jwk: &Jwk) -> Result<SetKey, String> {
                     .map_err(|_| "Ed25519 key is not a curve point".to_owned())?,
             )
         }
-        AlgorithmParameters::OctetKey(_) => {
+        "oct" => {
             return Err(
                 "symmetric (oct) keys are never read from a JWKS; configure hmac_secret".to_owned(),
             )
@@ -206,7 +236,7 @@ fn prepare(jwk: &Jwk) -> Result<SetKey, String> {
         _ => return Err("unsupported key type".to_owned()),
     };
     let key = SetKey {
-        kid: common.key_id.clone(),
+        kid: text(jwk, "kid")?.map(str::to_owned),
         alg,
         key,
     };
@@ -216,21 +246,6 @@ fn prepare(jwk: &Jwk) -> Result<SetKey, String> {
         }
     }
     Ok(key)
-}
-
-fn algorithm(alg: KeyAlgorithm) -> Option<Algorithm> {
-    Some(match alg {
-        KeyAlgorithm::RS256 => Algorithm::RS256,
-        KeyAlgorithm::RS384 => Algorithm::RS384,
-        KeyAlgorithm::RS512 => Algorithm::RS512,
-        KeyAlgorithm::PS256 => Algorithm::PS256,
-        KeyAlgorithm::PS384 => Algorithm::PS384,
-        KeyAlgorithm::PS512 => Algorithm::PS512,
-        KeyAlgorithm::ES256 => Algorithm::ES256,
-        KeyAlgorithm::ES384 => Algorithm::ES384,
-        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

@@ -23,9 +23,11 @@ pub mod jwks;
 pub mod jwt;
 pub mod path;
 pub mod rejection;
+pub mod remote;
 pub mod rules;
 pub mod signature;
 pub mod token_location;
+pub mod verified;
 
 #[cfg(test)]
 mod test_tokens;

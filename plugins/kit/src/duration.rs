@@ -70,8 +70,19 @@ impl fmt::Display for ConfigDuration {
 
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = Cow::<str>::deserialize(deserializer)?;
-        text.parse().map_err(de::Error::custom)
+        // A visitor, so that a refused duration is an error of the string being read: the
+        // deserializer then knows where it is (`config::load` names the field from that).
+        struct Text;
+        impl de::Visitor<'_> for Text {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"30s\"")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<ConfigDuration, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text)
     }
 }
 

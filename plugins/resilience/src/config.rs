@@ -270,15 +270,34 @@ impl Percent {
 
 impl<'de> Deserialize<'de> for Percent {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = f64::deserialize(deserializer)?;
-        if !(0.0..=100.0).contains(&value) {
-            return Err(serde::de::Error::custom(format!(
-                "{value} is not a percentage between 0 and 100"
-            )));
+        // A visitor, so that a refused value is an error of the number being read: the
+        // deserializer then knows where it is (`config::load` names the field from that).
+        struct Number;
+        impl serde::de::Visitor<'_> for Number {
+            type Value = Percent;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("f64")
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Percent, E> {
+                if !(0.0..=100.0).contains(&value) {
+                    return Err(E::custom(format!(
+                        "{value} is not a percentage between 0 and 100"
+                    )));
+                }
+                // Bounded above, so the cast cannot truncate.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                Ok(Percent((value * 100.0).round() as u32))
+            }
+            #[allow(clippy::cast_precision_loss)]
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Percent, E> {
+                self.visit_f64(value as f64)
+            }
+            #[allow(clippy::cast_precision_loss)]
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Percent, E> {
+                self.visit_f64(value as f64)
+            }
         }
-        // Bounded above, so the cast cannot truncate.
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        Ok(Self((value * 100.0).round() as u32))
+        deserializer.deserialize_f64(Number)
     }
 }
 

@@ -31,6 +31,10 @@ pub trait Plugin: 'static {
 
     /// The root context's timer fired (resume paused streams, flush batches...).
     fn on_tick(_engine: &Self::Engine) {}
+
+    /// The answer to an HTTP call-out the root context made (from `on_tick`): both hosts
+    /// deliver it to the root context. Read it with `callout::http_call_response`.
+    fn on_root_http_call_response(_engine: &Self::Engine, _token: u32, _body_size: usize) {}
 }
 
 /// Sets up logging and registers the plugin's root context. Call from `proxy_wasm::main!`.
@@ -43,7 +47,19 @@ struct PluginRoot<P: Plugin> {
     engine: Option<Rc<P::Engine>>,
 }
 
-impl<P: Plugin> Context for PluginRoot<P> {}
+impl<P: Plugin> Context for PluginRoot<P> {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(engine) = &self.engine {
+            P::on_root_http_call_response(engine, token_id, body_size);
+        }
+    }
+}
 
 impl<P: Plugin> RootContext for PluginRoot<P> {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {

@@ -1,0 +1,158 @@
+//! The verified-token cache: which exact tokens' signatures a provider's keys have already
+//! verified, shared by every worker through shared data, so each distinct token costs its
+//! signature math once per proxy rather than once per worker or per request.
+//!
+//! Only the signature is cached. The token is still decoded and every claim (`exp`, `nbf`,
+//! `iat`, `aud`, rules) is checked on every request; an entry is never used past the token's
+//! `exp` (leeway included), and tokens without `exp` are never cached. The cache is a fixed
+//! number of slots (`verified_token_cache_entries`): the slot is chosen by the token's SHA-256
+//! and an entry holds the whole digest, so a slot shared by two tokens only costs a miss. Shared
+//! data therefore never holds more than that many keys for it (Envoy never evicts shared data),
+//! and never a token.
+
+use palisade_kit::store::{SharedStore, Write};
+use sha2::{Digest, Sha256};
+
+/// The SHA-256 of a token (its signing input and signature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenDigest(pub [u8; 32]);
+
+impl TokenDigest {
+    pub fn of(signing_input: &[u8], signature: &[u8]) -> TokenDigest {
+        let mut hash = Sha256::new();
+        hash.update(signing_input);
+        hash.update(b".");
+        hash.update(signature);
+        TokenDigest(hash.finalize().into())
+    }
+}
+
+/// Names a provider in an entry: a token verified by one provider's keys never counts for
+/// another, nor for a provider of the same name whose issuer changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderTag(pub [u8; 8]);
+
+impl ProviderTag {
+    pub fn of(name: &str, issuer: &str) -> ProviderTag {
+        let mut hash = Sha256::new();
+        hash.update(name.len().to_le_bytes());
+        hash.update(name.as_bytes());
+        hash.update(issuer.as_bytes());
+        let full = hash.finalize();
+        let mut tag = [0u8; 8];
+        for (t, b) in tag.iter_mut().zip(full.iter()) {
+            *t = *b;
+        }
+        ProviderTag(tag)
+    }
+}
+
+/// The cache's shape: how many slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedCache {
+    slots: u32,
+}
+
+const ENTRY: usize = 32 + 8 + 8;
+
+impl VerifiedCache {
+    /// `None` when `slots` is 0 (off).
+    pub fn new(slots: u32) -> Option<VerifiedCache> {
+        (slots > 0).then_some(VerifiedCache { slots })
+    }
+
+    fn key(&self, token: &TokenDigest) -> String {
+        let [a, b, c, d, ..] = token.0;
+        let slot = u32::from_le_bytes([a, b, c, d]) % self.slots;
+        format!("palisade-auth/vt/{slot}")
+    }
+
+    /// Has `provider` verified this token's signature before, and is `now` (seconds) still
+    /// within the token's expiry as recorded then?
+    pub fn known(
+        &self,
+        store: &impl SharedStore,
+        provider: ProviderTag,
+        token: &TokenDigest,
+        now: u64,
+    ) -> bool {
+        let Ok(Some(entry)) = store.get(&self.key(token)) else {
+            return false;
+        };
+        let value = entry.value.as_slice();
+        let (Some(digest), Some(tag), Some(expires)) =
+            (value.get(..32), value.get(32..40), value.get(40..ENTRY))
+        else {
+            return false;
+        };
+        let expires = expires.try_into().map_or(0, u64::from_le_bytes);
+        digest == token.0 && tag == provider.0 && now <= expires
+    }
+
+    /// Records that `provider` verified this token, good until `expires` (seconds, leeway
+    /// included). Best effort: a write that loses a race is dropped.
+    pub fn remember(
+        &self,
+        store: &impl SharedStore,
+        provider: ProviderTag,
+        token: &TokenDigest,
+        expires: u64,
+    ) {
+        let key = self.key(token);
+        // Kong refuses a write without the CAS of a read when the key exists.
+        let Ok(current) = store.get(&key) else {
+            return;
+        };
+        let mut value = Vec::with_capacity(ENTRY);
+        value.extend_from_slice(&token.0);
+        value.extend_from_slice(&provider.0);
+        value.extend_from_slice(&expires.to_le_bytes());
+        match store.set(&key, &value, current.map(|entry| entry.cas)) {
+            Ok(Write::Stored | Write::Conflict) => {}
+            Err(err) => log::debug!("[palisade-auth] verified-token cache not written: {err}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use palisade_kit::store::{BlindWrite, MemoryStore};
+
+    use super::*;
+
+    #[test]
+    fn a_remembered_token_is_known_until_it_expires_for_its_provider_only() {
+        for blind_write in [BlindWrite::Overwrites, BlindWrite::Refused] {
+            let store = MemoryStore::with(blind_write, usize::MAX);
+            let cache = VerifiedCache::new(16).unwrap();
+            let idp = ProviderTag::of("idp", "https://idp");
+            let other = ProviderTag::of("idp", "https://other");
+            let token = TokenDigest::of(b"h.p", b"sig");
+            assert!(!cache.known(&store, idp, &token, 100));
+            cache.remember(&store, idp, &token, 200);
+            assert!(cache.known(&store, idp, &token, 200));
+            assert!(!cache.known(&store, idp, &token, 201), "past exp");
+            assert!(!cache.known(&store, other, &token, 100), "another provider");
+            let forged = TokenDigest::of(b"h.p", b"sig2");
+            assert!(!cache.known(&store, idp, &forged, 100), "another signature");
+            // Rewriting a slot works on both hosts (CAS of the read).
+            cache.remember(&store, idp, &token, 300);
+            assert!(cache.known(&store, idp, &token, 250), "{blind_write:?}");
+        }
+    }
+
+    #[test]
+    fn the_cache_never_holds_more_keys_than_slots() {
+        let store = MemoryStore::new();
+        let cache = VerifiedCache::new(8).unwrap();
+        let idp = ProviderTag::of("idp", "i");
+        for i in 0..500u32 {
+            cache.remember(&store, idp, &TokenDigest::of(&i.to_le_bytes(), b"s"), 10);
+        }
+        assert!(store.len() <= 8, "{}", store.len());
+        assert!(VerifiedCache::new(0).is_none());
+    }
+}
