@@ -393,3 +393,69 @@ impl Drop for EnvoyTest {
         }
     }
 }
+
+/// A cluster of one loopback endpoint at `port`.
+pub fn static_cluster(name: &str, port: u16) -> Value {
+    serde_json::json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "0.25s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1",
+                "port_value": port,
+            }}}}]}],
+        },
+    })
+}
+
+/// How a fault test breaks the cluster a plugin calls out to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BrokenUpstream {
+    /// A cluster with no endpoint at all (Envoy answers "no healthy upstream" at once).
+    NoEndpoints,
+    /// Its one endpoint is a port nothing listens on (connection refused).
+    DeadPort,
+    /// Its one endpoint accepts connections and never answers (only the timeout ends it).
+    Silent,
+}
+
+impl BrokenUpstream {
+    pub const ALL: [BrokenUpstream; 3] = [Self::NoEndpoints, Self::DeadPort, Self::Silent];
+
+    /// The cluster `name`, broken this way.
+    pub fn cluster(self, name: &str) -> Value {
+        match self {
+            Self::NoEndpoints => serde_json::json!({
+                "name": name,
+                "type": "STATIC",
+                "connect_timeout": "0.25s",
+                "load_assignment": {"cluster_name": name, "endpoints": []},
+            }),
+            Self::DeadPort => static_cluster(name, dead_port()),
+            Self::Silent => static_cluster(name, silent_port()),
+        }
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// A loopback port that accepts every connection and never answers; lives for the test.
+pub fn silent_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
+}

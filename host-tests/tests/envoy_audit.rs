@@ -14,7 +14,7 @@ use palisade::plugins;
 use palisade::upstream::EchoUpstream;
 use palisade_host_tests::audit_events;
 use palisade_host_tests::collector::KafkaRestCollector;
-use palisade_host_tests::envoy_harness::{wasm_dir, workspace, WORKERS};
+use palisade_host_tests::envoy_harness::{wasm_dir, workspace, BrokenUpstream as Broken, WORKERS};
 use serde_json::json;
 
 const TOPICS: [&str; 4] = [
@@ -30,30 +30,6 @@ struct Setup {
     _upstream: EchoUpstream,
     _dir: tempfile::TempDir,
     agent: ureq::Agent,
-}
-
-/// How the collector's cluster is broken.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Broken {
-    /// A cluster with no endpoint at all (Envoy answers "no healthy upstream" at once).
-    NoEndpoints,
-    /// Its one endpoint is a port nothing listens on (connection refused).
-    DeadPort,
-    /// Its one endpoint accepts connections and never answers (only the timeout ends it).
-    Silent,
-}
-
-/// A loopback port that accepts every connection and never answers; lives for the test.
-fn silent_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
-    port
 }
 
 /// Envoy with `front` (other Palisade filters) and then palisade-audit, shipping to a fresh
@@ -122,24 +98,7 @@ fn start_full(front: Vec<Filter>, broken: Option<Broken>) -> Setup {
             .iter_mut()
             .find(|c| c["name"] == "kafka-rest")
             .unwrap();
-        match how {
-            Broken::NoEndpoints => {
-                cluster["load_assignment"]["endpoints"] = json!([]);
-            }
-            Broken::DeadPort | Broken::Silent => {
-                let port = if how == Broken::Silent {
-                    silent_port()
-                } else {
-                    std::net::TcpListener::bind("127.0.0.1:0")
-                        .unwrap()
-                        .local_addr()
-                        .unwrap()
-                        .port()
-                };
-                cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-                    ["address"]["socket_address"]["port_value"] = json!(port);
-            }
-        }
+        *cluster = how.cluster("kafka-rest");
     }
     let binary = envoy::default_binary(&workspace());
     let envoy = EnvoyProcess::start_config(&binary, &envoy_config, dir.path(), WORKERS)
@@ -347,7 +306,7 @@ fn a_local_reply_from_an_earlier_filter_is_a_security_event() {
 #[test]
 fn a_cluster_with_no_endpoint_a_dead_port_or_a_silent_collector_drops_and_counts_every_event() {
     const REQUESTS: usize = 30;
-    for how in [Broken::NoEndpoints, Broken::DeadPort, Broken::Silent] {
+    for how in Broken::ALL {
         let setup = start_full(Vec::new(), Some(how));
         let mut slowest = Duration::ZERO;
         for i in 0..REQUESTS {

@@ -15,7 +15,7 @@ use palisade::envoy::Filter;
 use palisade::http_server::{Response, Server};
 use palisade::plugins;
 use palisade_host_tests::auth_tokens::{self, claims, jwks, jwks_with, Signer};
-use palisade_host_tests::envoy_harness::EnvoyTest;
+use palisade_host_tests::envoy_harness::{static_cluster, EnvoyTest};
 use palisade_host_tests::ratelimit_server::free_port;
 use serde_json::{json, Value};
 
@@ -64,21 +64,6 @@ impl Endpoint {
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
-}
-
-fn static_cluster(name: &str, port: u16) -> Value {
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "0.25s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": "127.0.0.1",
-                "port_value": port,
-            }}}}]}],
-        },
-    })
 }
 
 /// Envoy with palisade-auth configured by `config`, and clusters `jwks` and `introspection`

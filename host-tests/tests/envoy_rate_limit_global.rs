@@ -13,7 +13,9 @@ use std::time::Duration;
 use palisade::envoy::{self, Bootstrap, EnvoyProcess, Filter};
 use palisade::plugins;
 use palisade::upstream::EchoUpstream;
-use palisade_host_tests::envoy_harness::{wasm_dir, workspace, WORKERS};
+use palisade_host_tests::envoy_harness::{
+    static_cluster, wasm_dir, workspace, BrokenUpstream as Broken, WORKERS,
+};
 use palisade_host_tests::ratelimit_server::{
     free_port, RateLimitServer, Redis, Unit, GRPC_CONTENT_TYPE,
 };
@@ -54,57 +56,9 @@ impl Reply {
     }
 }
 
-fn static_cluster(name: &str, port: u16) -> Value {
-    json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "0.25s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": "127.0.0.1",
-                "port_value": port,
-            }}}}]}],
-        },
-    })
-}
-
-/// How the cluster the plugin calls is broken.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Broken {
-    /// A cluster with no endpoint at all (Envoy answers "no healthy upstream" at once).
-    NoEndpoints,
-    /// Its one endpoint is a port nothing listens on (connection refused).
-    DeadPort,
-    /// Its one endpoint accepts connections and never answers (only the timeout ends it).
-    Silent,
-}
-
-/// A loopback port that accepts every connection and never answers; lives for the test.
-fn silent_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().flatten() {
-            held.push(stream);
-        }
-    });
-    port
-}
-
 /// The plugin's cluster, broken as `how` says.
 fn broken_cluster(name: &str, how: Broken, http2: bool) -> Value {
-    let mut cluster = match how {
-        Broken::NoEndpoints => json!({
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "0.25s",
-            "load_assignment": {"cluster_name": name, "endpoints": []},
-        }),
-        Broken::DeadPort => static_cluster(name, free_port().unwrap()),
-        Broken::Silent => static_cluster(name, silent_port()),
-    };
+    let mut cluster = how.cluster(name);
     if http2 {
         cluster["typed_extension_protocol_options"] = json!({
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -462,7 +416,7 @@ fn a_cluster_with_no_endpoint_a_dead_port_or_a_silent_host_ends_within_the_timeo
     // Envoy's own work around the call-out, on a loaded 2-core machine.
     const SLACK: Duration = Duration::from_millis(700);
     for transport in [Transport::Grpc, Transport::Http] {
-        for how in [Broken::NoEndpoints, Broken::DeadPort, Broken::Silent] {
+        for how in Broken::ALL {
             let deny = how != Broken::DeadPort;
             let setup = start_with(transport, deny, false, Some(how), "1s");
             for i in 0..3 {

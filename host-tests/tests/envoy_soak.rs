@@ -26,7 +26,9 @@ use palisade::envoy::Filter;
 use palisade::plugins;
 use palisade_host_tests::auth_tokens::{self, claims, Signer};
 use palisade_host_tests::collector::KafkaRestCollector;
-use palisade_host_tests::envoy_harness::{eventually, hcm, raw_exchange, EnvoyTest, RawReply};
+use palisade_host_tests::envoy_harness::{
+    eventually, hcm, raw_exchange, static_cluster, EnvoyTest, RawReply,
+};
 use serde_json::{json, Value};
 
 /// Wall-clock budget of the hostile rounds (the whole test stays under a minute).
@@ -110,14 +112,7 @@ fn start(collector: &KafkaRestCollector) -> EnvoyTest {
         config["static_resources"]["clusters"]
             .as_array_mut()
             .unwrap()
-            .push(json!({
-                "name": "kafka-rest",
-                "type": "STATIC",
-                "connect_timeout": "0.25s",
-                "load_assignment": {"cluster_name": "kafka-rest", "endpoints": [{"lb_endpoints": [
-                    {"endpoint": {"address": {"socket_address": {
-                        "address": "127.0.0.1", "port_value": collector_port}}}}]}]},
-            }));
+            .push(static_cluster("kafka-rest", collector_port));
     })
 }
 
