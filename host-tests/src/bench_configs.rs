@@ -4,6 +4,26 @@
 //! (`GET /orders` with an allowed Origin, a request id and a valid RS256 bearer token) without
 //! refusing any: the cost of the check, not of the answer.
 
+/// The bench's RS256 and ES256 tokens (host-tests/fixtures/bench; issued 2025-12-01, valid
+/// until 2100).
+pub const RS256_TOKEN: &str = "token-rs256.jwt";
+pub const ES256_TOKEN: &str = "token-es256.jwt";
+
+/// When the bench tokens were issued (seconds since the epoch): a test host whose clock starts
+/// earlier must move past it.
+pub const TOKENS_ISSUED_AT: u64 = 1_764_547_200;
+
+/// A bench token's text, by its file name.
+pub fn token(file: &str) -> String {
+    let path = crate::envoy_harness::workspace()
+        .join("host-tests/fixtures/bench")
+        .join(file);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+        .trim()
+        .to_owned()
+}
+
 /// header-security as an edge would run it: the API preset, CORS for one app, a request id.
 pub const HEADER_SECURITY: &str = r#"{
     "security_headers": {"preset": "api"},

@@ -433,18 +433,13 @@ impl BrokenUpstream {
                 "connect_timeout": "0.25s",
                 "load_assignment": {"cluster_name": name, "endpoints": []},
             }),
-            Self::DeadPort => static_cluster(name, dead_port()),
+            Self::DeadPort => static_cluster(
+                name,
+                crate::ratelimit_server::free_port().expect("a free loopback port"),
+            ),
             Self::Silent => static_cluster(name, silent_port()),
         }
     }
-}
-
-/// A loopback port nothing listens on (bound, then released).
-pub fn dead_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
 }
 
 /// A loopback port that accepts every connection and never answers; lives for the test.

@@ -25,17 +25,6 @@ fn config(plugin: &Plugin) -> String {
     }
 }
 
-/// The bench token (RS256, issued 2025-12-01, valid until 2100).
-fn bench_token() -> String {
-    std::fs::read_to_string(workspace_root().join("host-tests/fixtures/bench/token-rs256.jwt"))
-        .expect("host-tests/fixtures/bench/token-rs256.jwt")
-        .trim()
-        .to_owned()
-}
-
-/// The test host's clock starts in 2023; the bench token was issued in 2025.
-const BENCH_TOKEN_ISSUED_AT: u64 = 1_764_547_200;
-
 #[derive(Clone, Copy)]
 enum Scenario {
     /// GET without a body; 200 with a 256-byte body.
@@ -53,8 +42,9 @@ impl Scenario {
     }
 
     fn run(self, host: &Host, plugin: &Plugin) -> Result<HttpStream, Failure> {
+        // The test host's clock starts in 2023, before the bench token was issued.
         host.advance_clock(Duration::from_secs(
-            BENCH_TOKEN_ISSUED_AT + 3_600 - START_UNIX_SECS,
+            bench_configs::TOKENS_ISSUED_AT + 3_600 - START_UNIX_SECS,
         ))?;
         let vms = host.load(plugin.clone(), &config(plugin))?;
         assert!(vms.is_accepted(), "{:?}", vms.logs());
@@ -72,7 +62,13 @@ impl Scenario {
         // What every bench request carries.
         .header("origin", "https://app.example.com")
         .header("x-request-id", "bench-0001")
-        .header("authorization", format!("Bearer {}", bench_token()));
+        .header(
+            "authorization",
+            format!(
+                "Bearer {}",
+                bench_configs::token(bench_configs::RS256_TOKEN)
+            ),
+        );
         let mut stream = vms.http_request(request)?;
         let body = vec![b'x'; 1024];
         let continues = |outcome: Outcome| assert_eq!(outcome, Outcome::Continue);

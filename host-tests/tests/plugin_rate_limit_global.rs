@@ -11,7 +11,7 @@ use palisade_host_tests::wasm_host::{
     CallState, CalloutReply, Failure, GrpcReply, Host, LocalReply, MetricValue, Outcome, Plugin,
     PluginVms, Profile, Request, Response,
 };
-use plugin_support::{assert_rejected, headers, PROFILES};
+use plugin_support::{assert_rejected, finish_at_upstream, headers, PROFILES};
 
 fn grpc_config(extra: &str) -> String {
     format!(
@@ -46,20 +46,10 @@ fn send(
     wait: Duration,
 ) -> Result<Option<LocalReply>, Failure> {
     let mut stream = vms.worker(worker).http_request(request)?;
-    let first = stream.send_request_headers(true)?;
-    if first == Outcome::Pause {
+    if stream.send_request_headers(true)? == Outcome::Pause {
         host.advance_clock(wait)?;
     }
-    let reply = match stream.outcome() {
-        Outcome::Continue => {
-            stream.send_response_headers(Response::status(200), true)?;
-            None
-        }
-        Outcome::LocalReply(reply) => Some(reply),
-        other => panic!("unexpected {other:?}"),
-    };
-    stream.finish()?;
-    Ok(reply)
+    finish_at_upstream(stream)
 }
 
 fn tenant(name: &str) -> Request {

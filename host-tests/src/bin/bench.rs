@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use palisade::envoy::{self, Bootstrap, EnvoyProcess, Filter};
 use palisade::plugins::{self, PluginInfo};
-use palisade_host_tests::bench_configs::{self, HEADER_SECURITY};
+use palisade_host_tests::bench_configs::{self, ES256_TOKEN, HEADER_SECURITY, RS256_TOKEN};
 use palisade_host_tests::envoy_harness::{wasm_dir, workspace, WORKERS};
 use serde_json::{json, Value};
 
@@ -128,8 +128,6 @@ const NATIVE_FAULT: &str = "native fault (0%)";
 const NATIVE_JWT_ES256: &str = "native jwt_authn ES256 (no cache)";
 const PALISADE_AUTH_ES256: &str = "palisade-auth ES256";
 const PALISADE_AUTH_CACHED: &str = "palisade-auth (verified-token cache on)";
-const RS256_TOKEN: &str = "token-rs256.jwt";
-const ES256_TOKEN: &str = "token-es256.jwt";
 const FLOOR_CHAINED: &str = "five empty wasm filters chained";
 const CHAINED: &str = "all five chained";
 
@@ -389,15 +387,6 @@ struct Load {
     connections: u32,
 }
 
-/// A bench token (valid until 2100), from host-tests/fixtures/bench.
-fn bench_token(file: &str) -> String {
-    let path = workspace().join("host-tests/fixtures/bench").join(file);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
-        .trim()
-        .to_owned()
-}
-
 fn wrk(url: &str, token: &str, seconds: u64, connections: u32) -> String {
     let output = Command::new("wrk")
         .args([
@@ -434,7 +423,7 @@ fn measure(setup: &Setup, upstream: std::net::SocketAddr, load: &Load) -> Sample
     let envoy = EnvoyProcess::start(&binary, &bootstrap, dir.path(), WORKERS)
         .unwrap_or_else(|err| panic!("{}: {err}", setup.name));
     let url = envoy.url("/orders");
-    let token = bench_token(setup.token);
+    let token = bench_configs::token(setup.token);
     let run = |connections| {
         let output = wrk(&url, &token, load.duration, connections);
         if let Some(errors) = output
@@ -666,6 +655,7 @@ fn main() {
     }
     // What the table says about the targets in the plugins' issues, computed from this run.
     let row_of = |name: &str| setups.iter().position(|s| s.name == name).map(|i| &rows[i]);
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     let mut findings = String::new();
     if let (Some(one), Some(five), Some(chain)) =
         (row_of(FLOOR), row_of(FLOOR_CHAINED), row_of(CHAINED))
@@ -676,7 +666,7 @@ fn main() {
             "- One module instead of five: five empty Wasm filters add {:.1} µs of Envoy CPU per request, one adds {:.1}; so one module running all five concerns could save at most {saving:.1} µs, {:.0}% of the {:.1} µs the five plugins add chained.",
             added_cpu(five),
             added_cpu(one),
-            if added_cpu(chain) > 0.0 { saving / added_cpu(chain) * 100.0 } else { 0.0 },
+            ratio(saving, added_cpu(chain)) * 100.0,
             added_cpu(chain)
         );
     }
@@ -690,8 +680,8 @@ fn main() {
                 "- {what} verification, every request (no token cache on either side): palisade-auth adds {:.1} µs of CPU per request, native `jwt_authn` {:.1} µs: {:.2}× native (target: at most 3×); req/s {:.2}× native's.",
                 added_cpu(ours),
                 added_cpu(native),
-                if added_cpu(native) > 0.0 { added_cpu(ours) / added_cpu(native) } else { 0.0 },
-                if native.rps > 0.0 { ours.rps / native.rps } else { 0.0 }
+                ratio(added_cpu(ours), added_cpu(native)),
+                ratio(ours.rps, native.rps)
             );
         }
     }
@@ -700,7 +690,6 @@ fn main() {
         row_of(NATIVE_JWT_CACHED),
         row_of(NATIVE_JWT),
     ) {
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         let _ = writeln!(
             findings,
             "- Warm token cache, RS256: palisade-auth serves {:.0} req/s, {:.0}% of native `jwt_authn` with its cache on (target: at least 90%) and {:.2}× native `jwt_authn` without it (target: at least 1.3×); it adds {:.1} µs of CPU per request, native with its cache {:.1} µs.",

@@ -129,7 +129,14 @@ pub fn send(
     request: Request,
 ) -> Result<Option<LocalReply>, Failure> {
     let mut stream = vms.worker(worker).http_request(request)?;
-    let reply = match stream.send_request_headers(true)? {
+    stream.send_request_headers(true)?;
+    finish_at_upstream(stream)
+}
+
+/// Ends a stream whose request phase is decided: one that went on gets a 200 from the
+/// upstream (`None`), else its local reply.
+pub fn finish_at_upstream(mut stream: HttpStream) -> Result<Option<LocalReply>, Failure> {
+    let reply = match stream.outcome() {
         Outcome::Continue => {
             stream.send_response_headers(Response::status(200), true)?;
             None

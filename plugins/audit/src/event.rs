@@ -242,10 +242,12 @@ impl<'a> JsonObject<'a> {
     }
 }
 
+/// Lower-case hex digits, for `\u00XX` escapes and UUIDs.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// A JSON string literal, escaped as serde_json escapes: `"`, `\\`, and control characters
 /// (short forms where JSON has them, else `\\u00XX`); everything else copied in runs.
 fn push_json_string(out: &mut Vec<u8>, value: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = value.as_bytes();
     out.push(b'"');
     let mut run_start = 0;
@@ -282,7 +284,6 @@ pub fn uuid_v4(rng: &mut Xoshiro256) -> String {
     rng.fill(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(36);
     for (i, byte) in bytes.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {

@@ -329,6 +329,11 @@ impl AuditRoot {
     fn workers(&self) -> impl Iterator<Item = &Rc<Worker>> {
         self.worker.iter().chain(self.retired.iter())
     }
+
+    /// Lets retired workers go once they hold no event.
+    fn prune_retired(&mut self) {
+        self.retired.retain(|w| w.queue.borrow().buffered() > 0);
+    }
 }
 
 impl Context for AuditRoot {
@@ -342,7 +347,7 @@ impl Context for AuditRoot {
         if let Some(worker) = self.workers().find(|w| w.owns_call(token_id)) {
             worker.on_answer(token_id, body_size);
         }
-        self.retired.retain(|w| w.queue.borrow().buffered() > 0);
+        self.prune_retired();
     }
 
     /// The plugin is going away (Envoy: its configuration was replaced or removed). Events not
@@ -404,7 +409,7 @@ impl RootContext for AuditRoot {
         for worker in self.workers() {
             worker.flush();
         }
-        self.retired.retain(|w| w.queue.borrow().buffered() > 0);
+        self.prune_retired();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
