@@ -94,7 +94,7 @@ fuzz seconds="60": setup
 test-wasm32:
     {{wasm32_tests}}
 
-# Benchmarks in real Envoy vs native filters and the empty Wasm filter -> BENCHMARKS.md (args: --duration S --rounds N --connections C --only SETUP --config PLUGIN=JSON).
+# Benchmarks in real Envoy vs native filters and the empty Wasm filter -> BENCHMARKS.md (args: --duration S --rounds N --connections C --only SETUP --config PLUGIN=JSON --together-only; --probe prices one host call of each kind).
 bench *args: setup build
     command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
     cargo build --release --target wasm32-wasip1 -p palisade-floor
