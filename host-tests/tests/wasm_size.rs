@@ -2,7 +2,11 @@
 //! compiles and holds it, and Istio pulls it per pod. The ceilings sit a little above today's
 //! sizes, so growth is a decision rather than an accident.
 //!
-//! palisade-auth's budget in issue #11 is 700 KB; it is at ~781 KB. Where the rest goes
+//! The plugins other than auth are built at opt-level 3 (Cargo.toml: their cost in V8 is their
+//! instruction count), which costs them ~30% in size; auth stays at "z" but shares the kit and
+//! the SDK, built at 3 for everyone, which cost it ~29 KB.
+//!
+//! palisade-auth's budget in issue #11 is 700 KB; it is at ~811 KB. Where the rest goes
 //! (measured from the name section of an unstripped build, docs/auth.md "Wasm size"): P-384
 //! alone is ~120 KB (RustCrypto's fiat-crypto field and scalar code, fully unrolled for 32-bit
 //! limbs on wasm32), serde_json with the derived config deserializers ~80 KB, our own code
@@ -12,11 +16,11 @@ use palisade_host_tests::envoy_harness::wasm_dir;
 
 /// Bytes each plugin's release `.wasm` may take.
 const CEILINGS: [(&str, u64); 5] = [
-    ("palisade_auth.wasm", 810_000),
-    ("palisade_rate_limit.wasm", 345_000),
-    ("palisade_resilience.wasm", 340_000),
-    ("palisade_header_security.wasm", 400_000),
-    ("palisade_audit.wasm", 370_000),
+    ("palisade_auth.wasm", 815_000),
+    ("palisade_rate_limit.wasm", 460_000),
+    ("palisade_resilience.wasm", 470_000),
+    ("palisade_header_security.wasm", 540_000),
+    ("palisade_audit.wasm", 490_000),
 ];
 
 #[test]
