@@ -44,6 +44,8 @@ mod filter {
         CurrentTime,
         /// 1000 steps of integer arithmetic per count, no host call.
         Compute,
+        /// The same work in `on_log`, after the response: whether the client waits for it.
+        ComputeOnLog,
     }
 
     impl Op {
@@ -62,6 +64,7 @@ mod filter {
                 "increment_metric" => Self::IncrementMetric,
                 "current_time" => Self::CurrentTime,
                 "compute" => Self::Compute,
+                "compute_on_log" => Self::ComputeOnLog,
                 _ => return None,
             })
         }
@@ -118,7 +121,7 @@ mod filter {
             let mut sink = 0u64;
             for i in 0..n {
                 match op {
-                    Op::Nothing | Op::SetResponseHeader => {}
+                    Op::Nothing | Op::SetResponseHeader | Op::ComputeOnLog => {}
                     Op::GetHeader => {
                         let v = hostcalls::get_map_value_bytes(
                             MapType::HttpRequestHeaders,
@@ -178,15 +181,7 @@ mod filter {
                                 .map_or(0, |d| d.as_nanos() as u64);
                         }
                     }
-                    Op::Compute => {
-                        let mut x = u64::from(i) | 1;
-                        for _ in 0..1000 {
-                            x ^= x << 13;
-                            x ^= x >> 7;
-                            x ^= x << 17;
-                        }
-                        sink = sink.wrapping_add(x);
-                    }
+                    Op::Compute => sink = sink.wrapping_add(thousand_steps(i)),
                 }
             }
             std::hint::black_box(sink);
@@ -206,6 +201,25 @@ mod filter {
             }
             Action::Continue
         }
+
+        fn on_log(&mut self) {
+            let (op, n, _) = PROBE.with(Cell::get);
+            if op == Op::ComputeOnLog {
+                let sink = (0..n).fold(0u64, |sink, i| sink.wrapping_add(thousand_steps(i)));
+                std::hint::black_box(sink);
+            }
+        }
+    }
+
+    /// 1000 dependent xorshift steps: guest work the optimiser cannot skip.
+    fn thousand_steps(i: u32) -> u64 {
+        let mut x = u64::from(i) | 1;
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        x
     }
 
     proxy_wasm::main! {{

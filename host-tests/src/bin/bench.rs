@@ -188,6 +188,7 @@ const PROBE_OPS: &[&str] = &[
     "increment_metric",
     "current_time",
     "compute",
+    "compute_on_log",
 ];
 const PROBE_CALLS: u32 = 50;
 const PROBE_PREFIX: &str = "probe: ";
@@ -472,7 +473,11 @@ fn start(setup: &Setup, upstream: std::net::SocketAddr, dir: &Path) -> EnvoyProc
 /// Envoy CPU µs per request of several setups loaded at the same time, one connection each:
 /// whatever the machine's neighbours do during the window, they do it to every setup alike, so
 /// the differences between them hold where back-to-back runs drift by more than a plugin costs.
-fn measure_together(setups: &[&Setup], upstream: std::net::SocketAddr, load: &Load) -> Vec<f64> {
+fn measure_together(
+    setups: &[&Setup],
+    upstream: std::net::SocketAddr,
+    load: &Load,
+) -> Vec<(f64, f64)> {
     let dirs: Vec<tempfile::TempDir> = setups
         .iter()
         .map(|_| tempfile::tempdir().expect("temp dir"))
@@ -520,7 +525,11 @@ fn measure_together(setups: &[&Setup], upstream: std::net::SocketAddr, load: &Lo
                 panic!("{}: requests failed: {errors}\n{}", setup.name, envoy.log());
             }
             let requests = parse_requests(output).unwrap_or(0.0).max(1.0);
-            cpu_ns(envoy.pid()).saturating_sub(before) as f64 / 1000.0 / requests
+            let p50 = parse_wrk(output).map_or(0.0, |(_, p50, _)| p50);
+            (
+                cpu_ns(envoy.pid()).saturating_sub(before) as f64 / 1000.0 / requests,
+                p50,
+            )
         })
         .collect()
 }
@@ -578,6 +587,8 @@ fn measure(setup: &Setup, upstream: std::net::SocketAddr, load: &Load) -> Sample
 struct Together {
     added: f64,
     floor_added: f64,
+    /// The setup's p50 latency minus the floor's, µs (one connection each, same window).
+    p50_over_floor: f64,
 }
 
 /// A setup's rounds together with the baselines, summed up: medians of what it adds, of what
@@ -627,14 +638,15 @@ fn measure_all_together(
                 continue;
             }
             let cpu = measure_together(&[&setups[none], &setups[floor], setup], upstream, load);
-            if let [none, floor, this] = cpu[..] {
+            if let [(none, _), (floor, floor_p50), (this, this_p50)] = cpu[..] {
                 println!(
-                    "together {round}/{rounds} {:<45} cpu(c=1) {this:>6.1} us/req, floor {floor:>6.1}, no filter {none:>6.1}",
+                    "together {round}/{rounds} {:<45} cpu(c=1) {this:>6.1} us/req, floor {floor:>6.1}, no filter {none:>6.1}; p50 {this_p50:.0} us, floor {floor_p50:.0}",
                     setup.name
                 );
                 together[i].push(Together {
                     added: this - none,
                     floor_added: floor - none,
+                    p50_over_floor: this_p50 - floor_p50,
                 });
             }
         }
@@ -645,7 +657,7 @@ fn measure_all_together(
 /// `--probe`: what one host call costs, from each probe's rounds together with the floor.
 fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
     let mut costs = String::from(
-        "| one call of | Envoy CPU µs per call (V8) | rounds, µs per call |\n| --- | ---: | --- |\n",
+        "| one call of | Envoy CPU µs per call (V8) | rounds, µs per call | p50 latency µs per call |\n| --- | ---: | --- | ---: |\n",
     );
     for (setup, rounds) in setups.iter().zip(together) {
         let Some(op) = setup.name.strip_prefix(PROBE_PREFIX) else {
@@ -654,6 +666,8 @@ fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
         let op = op.split(' ').next().unwrap_or(op);
         let what = if op == "compute" {
             "1000 steps of guest arithmetic (~6000 Wasm instructions)".to_owned()
+        } else if op == "compute_on_log" {
+            "the same in `on_log`, after the response".to_owned()
         } else {
             format!("`{op}`")
         };
@@ -662,11 +676,16 @@ fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
             .map(|t| (t.added - t.floor_added) / f64::from(PROBE_CALLS))
             .collect();
         let each: Vec<String> = per_call.iter().map(|v| format!("{v:.2}")).collect();
+        let mut latency: Vec<f64> = rounds
+            .iter()
+            .map(|t| t.p50_over_floor / f64::from(PROBE_CALLS))
+            .collect();
         let _ = writeln!(
             costs,
-            "| {what} | {:.2} | {} |",
+            "| {what} | {:.2} | {} | {:.2} |",
             median(&mut per_call),
-            each.join(", ")
+            each.join(", "),
+            median(&mut latency)
         );
     }
     let mut floor: Vec<f64> = together.iter().flatten().map(|t| t.floor_added).collect();
