@@ -654,16 +654,20 @@ fn measure_all_together(
     together
 }
 
+/// The host call a probe setup makes (`get_header` of "probe: get_header ×50").
+fn probe_op(setup: &Setup) -> Option<&str> {
+    setup.name.strip_prefix(PROBE_PREFIX)?.split(' ').next()
+}
+
 /// `--probe`: what one host call costs, from each probe's rounds together with the floor.
 fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
     let mut costs = String::from(
         "| one call of | Envoy CPU µs per call (V8) | rounds, µs per call |\n| --- | ---: | --- |\n",
     );
     for (setup, rounds) in setups.iter().zip(together) {
-        let Some(op) = setup.name.strip_prefix(PROBE_PREFIX) else {
+        let Some(op) = probe_op(setup) else {
             continue;
         };
-        let op = op.split(' ').next().unwrap_or(op);
         let what = if op == "compute" {
             "1000 steps of guest arithmetic (~6000 Wasm instructions)".to_owned()
         } else if op == "compute_on_log" {
@@ -689,12 +693,7 @@ fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
         setups
             .iter()
             .zip(together)
-            .find(|(s, _)| {
-                s.name
-                    .strip_prefix(PROBE_PREFIX)
-                    .and_then(|n| n.split(' ').next())
-                    == Some(op)
-            })
+            .find(|(s, _)| probe_op(s) == Some(op))
             .map(|(_, rounds)| {
                 median(
                     &mut rounds
