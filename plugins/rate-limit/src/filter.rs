@@ -176,6 +176,12 @@ fn record(metrics: &[LimitMetrics], tallies: &Tallies) {
     }
 }
 
+fn set_response_header(name: &str, value: &[u8]) {
+    if let Err(err) = host::set_header(Map::ResponseHeaders, name, value) {
+        log::warn!("[{NAME}] could not add {name}: {err}");
+    }
+}
+
 /// Sends the check to the rate-limit service; the answer comes to this stream's context.
 fn dispatch(service: &GlobalService, check: &GlobalCheck) -> Result<u32, String> {
     let request = RateLimitRequest {
@@ -329,7 +335,8 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let worker = Rc::clone(&self.worker);
+        // The decision owns what it carries: the worker is borrowed only to decide.
+        let worker = &*self.worker;
         let mut request = HostRequest {
             route_property: &worker.route_property,
         };
@@ -352,14 +359,8 @@ impl HttpContext for Stream {
                     long.as_bytes()
                 }
             };
-            for (name, value) in [
-                (RateLimitHeaders::POLICY, headers.policy.as_bytes()),
-                (RateLimitHeaders::RATE_LIMIT, rate_limit),
-            ] {
-                if let Err(err) = host::set_header(Map::ResponseHeaders, name, value) {
-                    log::warn!("[{NAME}] could not add {name}: {err}");
-                }
-            }
+            set_response_header(RateLimitHeaders::POLICY, headers.policy.as_bytes());
+            set_response_header(RateLimitHeaders::RATE_LIMIT, rate_limit);
         }
         Action::Continue
     }
