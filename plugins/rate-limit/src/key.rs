@@ -22,6 +22,14 @@ pub trait RequestView {
 pub struct RequestParts<'v, 'n, V: RequestView> {
     view: &'v mut V,
     trusted_hops: u32,
+    /// Set up on the first read: a request whose limits read nothing (constant keys, no
+    /// routes) has nothing here to drop either.
+    read: Option<Read<'n>>,
+}
+
+/// The values read so far.
+#[derive(Default)]
+struct Read<'n> {
     headers: Vec<(&'n str, Option<Vec<u8>>)>,
     client_ip: Option<Option<String>>,
     route: Option<Option<Vec<u8>>>,
@@ -32,22 +40,21 @@ impl<'v, 'n, V: RequestView> RequestParts<'v, 'n, V> {
         Self {
             view,
             trusted_hops,
-            headers: Vec::new(),
-            client_ip: None,
-            route: None,
+            read: None,
         }
     }
 
     pub fn header(&mut self, name: &'n str) -> Option<&[u8]> {
-        let index = match self.headers.iter().position(|(n, _)| *n == name) {
+        let read = self.read.get_or_insert_with(Read::default);
+        let index = match read.headers.iter().position(|(n, _)| *n == name) {
             Some(index) => index,
             None => {
                 let value = self.view.header(name);
-                self.headers.push((name, value));
-                self.headers.len() - 1
+                read.headers.push((name, value));
+                read.headers.len() - 1
             }
         };
-        self.headers
+        read.headers
             .get(index)
             .and_then(|(_, value)| value.as_deref())
     }
@@ -66,14 +73,18 @@ impl<'v, 'n, V: RequestView> RequestParts<'v, 'n, V> {
     }
 
     pub fn route(&mut self) -> Option<&[u8]> {
-        if self.route.is_none() {
-            self.route = Some(self.view.route_name().filter(|r| !r.is_empty()));
-        }
-        self.route.as_ref().and_then(|r| r.as_deref())
+        let read = self.read.get_or_insert_with(Read::default);
+        read.route
+            .get_or_insert_with(|| self.view.route_name().filter(|r| !r.is_empty()))
+            .as_deref()
     }
 
     pub fn client_ip(&mut self) -> Option<&str> {
-        if self.client_ip.is_none() {
+        if self
+            .read
+            .as_ref()
+            .is_none_or(|read| read.client_ip.is_none())
+        {
             let source = self.view.source_address();
             let xff = if self.trusted_hops > 0 {
                 self.header("x-forwarded-for").map(<[u8]>::to_vec)
@@ -81,9 +92,13 @@ impl<'v, 'n, V: RequestView> RequestParts<'v, 'n, V> {
                 None
             };
             let ip = client_ip(self.trusted_hops, source.as_deref(), xff.as_deref());
-            self.client_ip = Some(ip.map(|ip| ip.to_string()));
+            self.read.get_or_insert_with(Read::default).client_ip =
+                Some(ip.map(|ip| ip.to_string()));
         }
-        self.client_ip.as_ref().and_then(|ip| ip.as_deref())
+        self.read
+            .as_ref()
+            .and_then(|read| read.client_ip.as_ref())
+            .and_then(|ip| ip.as_deref())
     }
 
     /// The value of one key part, or `None` when the request has none.
