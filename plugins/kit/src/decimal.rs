@@ -17,8 +17,9 @@ pub fn push_u64_bytes(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(write(&mut digits, n));
 }
 
-/// Writes `n` at the end of `digits`; returns the digits written.
-fn write(digits: &mut [u8; 20], mut n: u64) -> &[u8] {
+/// `n` in decimal ASCII, written at the end of `digits` (no allocation, no UTF-8 check);
+/// returns the digits written.
+pub fn write(digits: &mut [u8; 20], mut n: u64) -> &[u8] {
     let mut start = digits.len();
     loop {
         start -= 1;
@@ -62,6 +63,7 @@ mod tests {
             let mut bytes = b"x=".to_vec();
             push_u64_bytes(&mut bytes, n);
             assert_eq!(bytes, format!("x={n}").into_bytes());
+            assert_eq!(write(&mut [0; 20], n), n.to_string().as_bytes());
         }
     }
 

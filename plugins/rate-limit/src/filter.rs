@@ -6,17 +6,18 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use palisade_kit::clock::Clock;
 use palisade_kit::config::ConfigError;
 use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::Counter;
-use palisade_kit::host::{self, HostClock, HostStore, Map, Plugin};
+use palisade_kit::host::{self, HostStore, Map, Plugin};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::{GlobalService, RateLimitConfig, Transport};
 use crate::key::RequestView;
-use crate::limiter::{CalloutError, Decision, GlobalCheck, RateLimiter, Tallies};
+use crate::limiter::{
+    CalloutError, Decision, GlobalCheck, RateLimitHeaders, RateLimiter, Tallies, RATE_LIMIT_MAX_LEN,
+};
 use crate::proto::{RateLimitRequest, RateLimitResponse};
 
 const NAME: &str = "palisade-rate-limit";
@@ -96,7 +97,7 @@ impl Plugin for RateLimitPlugin {
     fn http_context(worker: Rc<Worker>, _context_id: u32) -> Box<dyn HttpContext> {
         Box::new(Stream {
             worker,
-            response_headers: Vec::new(),
+            response_headers: None,
             waiting: None,
         })
     }
@@ -105,7 +106,7 @@ impl Plugin for RateLimitPlugin {
 struct Stream {
     worker: Rc<Worker>,
     /// `RateLimit-Policy` and `RateLimit` for the response of an admitted request.
-    response_headers: Vec<(String, String)>,
+    response_headers: Option<RateLimitHeaders>,
     /// The call-out this request waits for, and what it is waiting to decide.
     waiting: Option<(u32, GlobalCheck)>,
 }
@@ -149,6 +150,10 @@ impl RequestView for HostRequest<'_> {
 }
 
 fn record(metrics: &[LimitMetrics], tallies: &Tallies) {
+    // With metrics off there are none to look up.
+    if metrics.is_empty() {
+        return;
+    }
     for (index, tally) in tallies {
         let Some(m) = metrics.get(*index) else {
             continue;
@@ -168,6 +173,12 @@ fn record(metrics: &[LimitMetrics], tallies: &Tallies) {
         if tally.callout_failure {
             m.callout_failures.inc();
         }
+    }
+}
+
+fn set_response_header(name: &str, value: &[u8]) {
+    if let Err(err) = host::set_header(Map::ResponseHeaders, name, value) {
+        log::warn!("[{NAME}] could not add {name}: {err}");
     }
 }
 
@@ -324,22 +335,32 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let worker = Rc::clone(&self.worker);
+        // The decision owns what it carries: the worker is borrowed only to decide.
+        let worker = &*self.worker;
         let mut request = HostRequest {
             route_property: &worker.route_property,
         };
-        let (decision, tallies) = worker
-            .limiter
-            .decide(&mut request, &HostStore, HostClock.now());
+        let (decision, tallies) =
+            worker
+                .limiter
+                .decide(&mut request, &HostStore, host::unix_nanos());
         record(&worker.metrics, &tallies);
         self.apply(decision, false)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        for (name, value) in std::mem::take(&mut self.response_headers) {
-            if let Err(err) = host::set_header(Map::ResponseHeaders, &name, value.as_bytes()) {
-                log::warn!("[{NAME}] could not add {name}: {err}");
-            }
+        if let Some(headers) = self.response_headers.take() {
+            let mut buf = [0; RATE_LIMIT_MAX_LEN];
+            let long;
+            let rate_limit = match headers.write_rate_limit(&mut buf) {
+                Some(value) => value,
+                None => {
+                    long = headers.rate_limit();
+                    long.as_bytes()
+                }
+            };
+            set_response_header(RateLimitHeaders::POLICY, headers.policy.as_bytes());
+            set_response_header(RateLimitHeaders::RATE_LIMIT, rate_limit);
         }
         Action::Continue
     }

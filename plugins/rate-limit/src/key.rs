@@ -16,36 +16,45 @@ pub trait RequestView {
     fn route_name(&mut self) -> Option<Vec<u8>>;
 }
 
-/// A request's values, read on first use and kept for the rest of the request.
-pub struct RequestParts<'v, V: RequestView> {
+/// A request's values, read on first use and kept for the rest of the request. Header names
+/// are borrowed (`'n`: the configuration's, or literals), so caching a value allocates only the
+/// value the host hands over.
+pub struct RequestParts<'v, 'n, V: RequestView> {
     view: &'v mut V,
     trusted_hops: u32,
-    headers: Vec<(String, Option<Vec<u8>>)>,
+    /// Set up on the first read: a request whose limits read nothing (constant keys, no
+    /// routes) has nothing here to drop either.
+    read: Option<Read<'n>>,
+}
+
+/// The values read so far.
+#[derive(Default)]
+struct Read<'n> {
+    headers: Vec<(&'n str, Option<Vec<u8>>)>,
     client_ip: Option<Option<String>>,
     route: Option<Option<Vec<u8>>>,
 }
 
-impl<'v, V: RequestView> RequestParts<'v, V> {
+impl<'v, 'n, V: RequestView> RequestParts<'v, 'n, V> {
     pub fn new(view: &'v mut V, trusted_hops: u32) -> Self {
         Self {
             view,
             trusted_hops,
-            headers: Vec::new(),
-            client_ip: None,
-            route: None,
+            read: None,
         }
     }
 
-    pub fn header(&mut self, name: &str) -> Option<&[u8]> {
-        let index = match self.headers.iter().position(|(n, _)| n == name) {
+    pub fn header(&mut self, name: &'n str) -> Option<&[u8]> {
+        let read = self.read.get_or_insert_with(Read::default);
+        let index = match read.headers.iter().position(|(n, _)| *n == name) {
             Some(index) => index,
             None => {
                 let value = self.view.header(name);
-                self.headers.push((name.to_owned(), value));
-                self.headers.len() - 1
+                read.headers.push((name, value));
+                read.headers.len() - 1
             }
         };
-        self.headers
+        read.headers
             .get(index)
             .and_then(|(_, value)| value.as_deref())
     }
@@ -64,14 +73,18 @@ impl<'v, V: RequestView> RequestParts<'v, V> {
     }
 
     pub fn route(&mut self) -> Option<&[u8]> {
-        if self.route.is_none() {
-            self.route = Some(self.view.route_name().filter(|r| !r.is_empty()));
-        }
-        self.route.as_ref().and_then(|r| r.as_deref())
+        let read = self.read.get_or_insert_with(Read::default);
+        read.route
+            .get_or_insert_with(|| self.view.route_name().filter(|r| !r.is_empty()))
+            .as_deref()
     }
 
     pub fn client_ip(&mut self) -> Option<&str> {
-        if self.client_ip.is_none() {
+        if self
+            .read
+            .as_ref()
+            .is_none_or(|read| read.client_ip.is_none())
+        {
             let source = self.view.source_address();
             let xff = if self.trusted_hops > 0 {
                 self.header("x-forwarded-for").map(<[u8]>::to_vec)
@@ -79,24 +92,27 @@ impl<'v, V: RequestView> RequestParts<'v, V> {
                 None
             };
             let ip = client_ip(self.trusted_hops, source.as_deref(), xff.as_deref());
-            self.client_ip = Some(ip.map(|ip| ip.to_string()));
+            self.read.get_or_insert_with(Read::default).client_ip =
+                Some(ip.map(|ip| ip.to_string()));
         }
-        self.client_ip.as_ref().and_then(|ip| ip.as_deref())
+        self.read
+            .as_ref()
+            .and_then(|read| read.client_ip.as_ref())
+            .and_then(|ip| ip.as_deref())
     }
 
     /// The value of one key part, or `None` when the request has none.
-    pub fn part(&mut self, part: &KeyPart) -> Option<Vec<u8>> {
+    pub fn part<'a>(&'a mut self, part: &'n KeyPart) -> Option<&'a [u8]> {
         match part {
             KeyPart::Consumer => self
                 .header(palisade_kit::identity::CONSUMER)
-                .filter(|v| !v.is_empty())
-                .map(<[u8]>::to_vec),
-            KeyPart::ClientIp => self.client_ip().map(|ip| ip.as_bytes().to_vec()),
-            KeyPart::Path => self.path().map(<[u8]>::to_vec),
-            KeyPart::Method => self.method().map(<[u8]>::to_vec),
-            KeyPart::Route => self.route().map(<[u8]>::to_vec),
-            KeyPart::Header(name) => self.header(name).map(<[u8]>::to_vec),
-            KeyPart::Constant(value) => Some(value.as_bytes().to_vec()),
+                .filter(|v| !v.is_empty()),
+            KeyPart::ClientIp => self.client_ip().map(str::as_bytes),
+            KeyPart::Path => self.path(),
+            KeyPart::Method => self.method(),
+            KeyPart::Route => self.route(),
+            KeyPart::Header(name) => self.header(name),
+            KeyPart::Constant(value) => Some(value.as_bytes()),
         }
     }
 }
@@ -131,34 +147,48 @@ pub fn client_ip(trusted_hops: u32, source: Option<&[u8]>, xff: Option<&[u8]>) -
     }
 }
 
-/// A limit's key for a request: each part's value, length-prefixed so that no two different
-/// part lists join to the same bytes. `Err` when a part has no value (see [`Missing`]).
-pub fn build<V: RequestView>(
-    parts: &[KeyPart],
-    request: &mut RequestParts<'_, V>,
-) -> Result<Vec<u8>, Missing> {
-    let mut key = Vec::new();
+/// The fingerprint of a limit's key for a request. The key is each part's value,
+/// length-prefixed so that no two different part lists join to the same bytes; it is hashed as
+/// the parts are read, never built. `Err` when a part has no value (see [`Missing`]).
+pub fn fingerprint_of<'n, V: RequestView>(
+    parts: &'n [KeyPart],
+    request: &mut RequestParts<'_, 'n, V>,
+) -> Result<u64, Missing> {
+    let mut key = KeyHasher::new();
     let mut missing = false;
     for part in parts {
         match request.part(part) {
             Some(value) => {
-                key.push(1);
-                key.extend_from_slice(
-                    &u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes(),
-                );
-                key.extend_from_slice(&value);
+                key.write(&[1]);
+                key.write(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
+                key.write(value);
             }
             None => {
                 missing = true;
-                key.push(0);
+                key.write(&[0]);
             }
         }
     }
     if missing {
-        Err(Missing(key))
+        Err(Missing(key.finish()))
     } else {
-        Ok(key)
+        Ok(key.finish())
     }
+}
+
+/// The fingerprint of a key made of constant parts only (known from the configuration alone),
+/// or `None` when a part comes from the request.
+pub fn constant_fingerprint(parts: &[KeyPart]) -> Option<u64> {
+    let mut key = KeyHasher::new();
+    for part in parts {
+        let KeyPart::Constant(value) = part else {
+            return None;
+        };
+        key.write(&[1]);
+        key.write(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
+        key.write(value.as_bytes());
+    }
+    Some(key.finish())
 }
 
 /// The descriptor entry key each part is sent under to a rate-limit service. Envoy's own
@@ -182,41 +212,67 @@ pub type Descriptor = Vec<(String, String)>;
 /// A limit's descriptor for a rate-limit service: `("limit", name)`, then one entry per key
 /// part (values as UTF-8, invalid bytes replaced; an absent part, which only a limit sharing
 /// one budget among such requests gets this far with, as an empty value).
-pub fn descriptor<V: RequestView>(
+pub fn descriptor<'n, V: RequestView>(
     name: &str,
-    parts: &[KeyPart],
-    request: &mut RequestParts<'_, V>,
+    parts: &'n [KeyPart],
+    request: &mut RequestParts<'_, 'n, V>,
 ) -> Descriptor {
     let mut entries = Vec::with_capacity(parts.len() + 1);
     entries.push(("limit".to_owned(), name.to_owned()));
     for part in parts {
         let value = request
             .part(part)
-            .map(|value| String::from_utf8_lossy(&value).into_owned())
+            .map(|value| String::from_utf8_lossy(value).into_owned())
             .unwrap_or_default();
         entries.push((descriptor_key(part).to_owned(), value));
     }
     entries
 }
 
-/// A key with at least one part absent; holds the key with those parts as "absent" markers,
-/// for limits that share one budget among such requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missing(pub Vec<u8>);
+/// A key with at least one part absent: the fingerprint of the key with those parts as
+/// "absent" markers, for limits that share one budget among such requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Missing(pub u64);
 
-/// A 64-bit fingerprint of a key: FNV-1a, then a multiply-xorshift finaliser so that the low
-/// bits (the slot index) depend on every input byte.
-pub fn fingerprint(key: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+/// A 64-bit fingerprint of a key, fed in pieces: FNV-1a, then a multiply-xorshift finaliser so
+/// that the low bits (the slot index) depend on every input byte. Slots in shared data outlive
+/// a plugin reload, so the same key must keep its fingerprint across versions.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl KeyHasher {
+    pub fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
     }
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    hash ^ (hash >> 33)
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(self) -> u64 {
+        let mut hash = self.0;
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        hash ^= hash >> 33;
+        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        hash ^ (hash >> 33)
+    }
+}
+
+impl Default for KeyHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The fingerprint of a whole key.
+pub fn fingerprint(key: &[u8]) -> u64 {
+    let mut hasher = KeyHasher::new();
+    hasher.write(key);
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -325,13 +381,11 @@ pub(crate) mod tests {
     #[test]
     fn each_host_value_is_read_once_per_request() {
         let mut fake = FakeRequest::new("GET", "/a?b=c").header("x-tenant", "acme");
+        let tenant = KeyPart::Header("x-tenant".into());
         let mut parts = RequestParts::new(&mut fake, 0);
         for _ in 0..3 {
             assert_eq!(parts.path(), Some(&b"/a"[..]));
-            assert_eq!(
-                parts.part(&KeyPart::Header("x-tenant".into())),
-                Some(b"acme".to_vec())
-            );
+            assert_eq!(parts.part(&tenant), Some(&b"acme"[..]));
             assert_eq!(parts.client_ip(), Some("10.0.0.1"));
             assert_eq!(parts.route(), None);
             assert_eq!(parts.header("x-absent"), None);
@@ -342,7 +396,7 @@ pub(crate) mod tests {
     #[test]
     fn keys_are_unambiguous_and_missing_parts_are_marked() {
         let key = |fake: &mut FakeRequest, parts: &[KeyPart]| {
-            build(parts, &mut RequestParts::new(fake, 0))
+            fingerprint_of(parts, &mut RequestParts::new(fake, 0))
         };
         let two = [KeyPart::Header("a".into()), KeyPart::Header("b".into())];
         let mut x = FakeRequest::new("GET", "/")
@@ -364,6 +418,32 @@ pub(crate) mod tests {
         // An empty consumer header is no consumer.
         let mut anonymous = FakeRequest::new("GET", "/").header("x-palisade-consumer", "");
         assert!(key(&mut anonymous, &[KeyPart::Consumer]).is_err());
+    }
+
+    #[test]
+    fn a_key_hashes_as_its_length_prefixed_bytes() {
+        // Slots written by an earlier version (which built these bytes, then hashed them) are
+        // found again after a reload.
+        let parts = [
+            KeyPart::Method,
+            KeyPart::Header("x-absent".into()),
+            KeyPart::Constant("all".into()),
+        ];
+        let mut request = FakeRequest::new("GET", "/");
+        let streamed = fingerprint_of(&parts, &mut RequestParts::new(&mut request, 0));
+        let bytes = [&[1, 3, 0, 0, 0][..], b"GET", &[0], &[1, 3, 0, 0, 0], b"all"].concat();
+        assert_eq!(streamed, Err(Missing(fingerprint(&bytes))));
+
+        let constant = [KeyPart::Constant("all".into())];
+        assert_eq!(
+            constant_fingerprint(&constant),
+            Some(fingerprint(&[&[1, 3, 0, 0, 0][..], b"all"].concat()))
+        );
+        assert_eq!(
+            constant_fingerprint(&constant).ok_or(Missing(0)),
+            fingerprint_of(&constant, &mut RequestParts::new(&mut request, 0))
+        );
+        assert_eq!(constant_fingerprint(&parts), None);
     }
 
     #[test]

@@ -10,14 +10,21 @@
 //! limit's local pre-limit) has admitted the request, [`Decision::Ask`] carries the descriptors
 //! to send, and [`RateLimiter::conclude`] turns the service's answer (or its absence) into the
 //! final decision.
+//!
+//! This runs on every request, so whatever depends only on the configuration (constant keys'
+//! fingerprints, `RateLimit-Policy` values) is computed once in [`RateLimiter::new`], and an
+//! admitted request allocates nothing here beyond what the store hands over.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::borrow::Cow;
+use std::rc::Rc;
 
 use palisade_kit::reply::ErrorReply;
 use palisade_kit::store::{SharedStore, StoreError, Write};
+use smallvec::SmallVec;
 
 use crate::config::{
     FailureMode, GlobalService, KeyPart, Limit, MissingKey, Mode, RateLimitConfig, RouteMatch,
+    MAX_NAME_LEN,
 };
 use crate::gcra::{Gcra, Nanos, Verdict};
 use crate::key::{self, Descriptor, RequestParts, RequestView};
@@ -27,15 +34,22 @@ use crate::slots::{self, Located, SlotTable};
 /// Reads and writes one admission may take before the limiter gives up on a contended key.
 pub const ATTEMPTS: u32 = 8;
 
+/// Limits one request is checked against without a heap allocation (more still work).
+const INLINE_LIMITS: usize = 4;
+
 /// A limit ready to decide.
 #[derive(Debug, Clone)]
 pub struct CompiledLimit {
     pub name: String,
+    /// The start of its `RateLimit` item, `"<name>";r=`, built once.
+    rate_limit_prefix: Rc<str>,
     /// The local limit: the whole limit in local mode, the pre-limit in global mode.
     gcra: Option<Gcra>,
     /// Decided by the rate-limit service.
     pub global: bool,
     key: Vec<KeyPart>,
+    /// The key's fingerprint when every part is a constant (one budget for all requests).
+    constant_fingerprint: Option<u64>,
     when_missing: MissingKey,
     table: SlotTable,
     /// The local limit's `RateLimit-Policy` item, built once.
@@ -53,28 +67,68 @@ impl CompiledLimit {
             (Some(rate), Some(period)) => Some(Gcra::new(rate, period, burst)),
             _ => None,
         };
+        let constant_fingerprint = key::constant_fingerprint(&limit.key);
+        let table = SlotTable::new(&limit.name, limit.slots);
         Self {
             policy: gcra.map_or_else(String::new, |gcra| {
                 policy(&limit.name, gcra.quota(), gcra.period().as_secs())
             }),
             name: limit.name.clone(),
+            rate_limit_prefix: Rc::from(format!("\"{}\";r=", limit.name)),
             gcra,
             global: limit.mode == Mode::Global,
             key: limit.key.clone(),
+            constant_fingerprint,
             when_missing: limit.when_key_missing,
-            table: SlotTable::new(&limit.name, limit.slots),
+            table: match constant_fingerprint {
+                Some(fingerprint) => table.with_prebuilt_keys(fingerprint),
+                None => table,
+            },
         }
     }
 }
 
 fn policy(name: &str, quota: u64, window_secs: u64) -> String {
-    format!("\"{name}\";q={quota};w={window_secs}")
+    let mut item = String::with_capacity(name.len() + 32);
+    item.push('"');
+    item.push_str(name);
+    item.push_str("\";q=");
+    palisade_kit::decimal::push_u64(&mut item, quota);
+    item.push_str(";w=");
+    palisade_kit::decimal::push_u64(&mut item, window_secs);
+    item
+}
+
+/// The limits one request is checked against: the top level's, or a route's.
+#[derive(Debug, Clone)]
+struct LimitSet {
+    limits: Vec<usize>,
+    /// How many of them have a local limit.
+    local: usize,
+    /// `RateLimit-Policy` when every local limit applied (no key part missing), built once.
+    policy: Rc<str>,
+}
+
+impl LimitSet {
+    fn new(limits: Vec<usize>, compiled: &[CompiledLimit]) -> Self {
+        let local = || {
+            limits
+                .iter()
+                .filter_map(|&i| compiled.get(i))
+                .filter(|limit| limit.gcra.is_some())
+        };
+        Self {
+            local: local().count(),
+            policy: join_policies(local().map(|limit| limit.policy.as_str())),
+            limits,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Route {
     matches: RouteMatch,
-    limits: Vec<usize>,
+    limits: LimitSet,
 }
 
 /// What happened to one limit during one request, for its metrics.
@@ -90,12 +144,81 @@ pub struct Tally {
     pub callout_failure: bool,
 }
 
+/// The `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers) for a
+/// response, kept as parts until the response is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    /// The `RateLimit-Policy` value: every limit that applied.
+    pub policy: Rc<str>,
+    /// The limit closest to refusing, which `RateLimit` reports: `"<name>";r=`.
+    pub prefix: Rc<str>,
+    pub remaining: u64,
+    /// Until that limit's key is idle again.
+    pub reset: Nanos,
+}
+
+/// Room for the longest `RateLimit` value: a quoted limit name and two 20-digit numbers.
+pub const RATE_LIMIT_MAX_LEN: usize = "\"\";r=;t=".len() + MAX_NAME_LEN + 2 * 20;
+
+impl RateLimitHeaders {
+    pub const POLICY: &'static str = "ratelimit-policy";
+    pub const RATE_LIMIT: &'static str = "ratelimit";
+
+    /// The `RateLimit` value, `"<name>";r=<remaining>;t=<seconds to reset>`, written at the
+    /// end of `buf` (it runs on every admitted response: no allocation, no `format!`). `None`
+    /// if it does not fit, which a validated limit name in a [`RATE_LIMIT_MAX_LEN`] buffer
+    /// never causes.
+    pub fn write_rate_limit<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+        // Right to left, so that digits land in place.
+        let at = put_decimal_before(buf, buf.len(), ceil_secs(self.reset))?;
+        let at = put_before(buf, at, b";t=")?;
+        let at = put_decimal_before(buf, at, self.remaining)?;
+        let at = put_before(buf, at, self.prefix.as_bytes())?;
+        buf.get(at..)
+    }
+
+    /// The `RateLimit` value as a string, whatever the name's length.
+    pub fn rate_limit(&self) -> String {
+        let mut buf = vec![0; self.prefix.len() + RATE_LIMIT_MAX_LEN];
+        String::from_utf8_lossy(self.write_rate_limit(&mut buf).unwrap_or_default()).into_owned()
+    }
+
+    /// Both headers as (name, value).
+    pub fn pairs(&self) -> [(String, String); 2] {
+        [
+            (Self::POLICY.to_owned(), self.policy.to_string()),
+            (Self::RATE_LIMIT.to_owned(), self.rate_limit()),
+        ]
+    }
+}
+
+/// Writes `bytes` to end at `end`; returns where they start.
+fn put_before(buf: &mut [u8], end: usize, bytes: &[u8]) -> Option<usize> {
+    let start = end.checked_sub(bytes.len())?;
+    buf.get_mut(start..end)?.copy_from_slice(bytes);
+    Some(start)
+}
+
+/// Writes `n` in decimal to end at `end`; returns where it starts.
+fn put_decimal_before(buf: &mut [u8], mut end: usize, mut n: u64) -> Option<usize> {
+    loop {
+        end = end.checked_sub(1)?;
+        // `n % 10` is below 10: an ASCII digit.
+        *buf.get_mut(end)? = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return Some(end);
+        }
+    }
+}
+
 /// The limiter's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Let the request through; add these headers to its response.
+    /// Let the request through; add these headers to its response (`None`: headers are off,
+    /// or no local limit applied).
     Allow {
-        response_headers: Vec<(String, String)>,
+        response_headers: Option<RateLimitHeaders>,
     },
     /// Answer locally.
     Deny(ErrorReply),
@@ -106,7 +229,7 @@ pub enum Decision {
 
 /// A request waiting for the rate-limit service: what to send, and what the local limits
 /// decided (for the response headers).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GlobalCheck {
     /// The global limits asked, in descriptor order.
     limits: Vec<usize>,
@@ -132,13 +255,13 @@ pub enum CalloutError {
 }
 
 /// What one request did to each limit: (index into [`RateLimiter::limits`], tally).
-pub type Tallies = Vec<(usize, Tally)>;
+pub type Tallies = SmallVec<[(usize, Tally); INLINE_LIMITS]>;
 
 /// Every limit of the configuration, compiled, and the rules choosing them.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
     limits: Vec<CompiledLimit>,
-    default: Vec<usize>,
+    default: LimitSet,
     routes: Vec<Route>,
     trusted_hops: u32,
     headers: bool,
@@ -147,16 +270,11 @@ pub struct RateLimiter {
 }
 
 /// One applicable limit during phase one.
-struct Pending {
+struct Pending<'s> {
     limit: usize,
     fingerprint: u64,
-    slot: Option<slots::Slot>,
+    slot: Option<slots::Slot<'s>>,
     verdict: Verdict,
-}
-
-pub fn unix_nanos(now: SystemTime) -> Nanos {
-    now.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn ceil_secs(nanos: Nanos) -> u64 {
@@ -175,18 +293,21 @@ impl RateLimiter {
                 .collect::<Vec<_>>()
         };
         let default = add(&config.limits);
-        let routes = config
+        let routes: Vec<(RouteMatch, Vec<usize>)> = config
             .routes
             .iter()
-            .map(|route| Route {
-                matches: route.matches.clone(),
-                limits: add(&route.limits),
-            })
+            .map(|route| (route.matches.clone(), add(&route.limits)))
             .collect();
         Self {
+            default: LimitSet::new(default, &limits),
+            routes: routes
+                .into_iter()
+                .map(|(matches, set)| Route {
+                    matches,
+                    limits: LimitSet::new(set, &limits),
+                })
+                .collect(),
             limits,
-            default,
-            routes,
             trusted_hops: config.client_ip.trusted_hops,
             headers: config.rate_limit_headers,
             on_store_failure: config.on_store_failure,
@@ -209,23 +330,26 @@ impl RateLimiter {
         )
     }
 
-    fn applicable<V: RequestView>(&self, request: &mut RequestParts<'_, V>) -> &[usize] {
+    fn applicable<'s, V: RequestView>(
+        &'s self,
+        request: &mut RequestParts<'_, 's, V>,
+    ) -> &'s LimitSet {
         for route in &self.routes {
             let m = &route.matches;
-            let path_ok = |request: &mut RequestParts<'_, V>| {
+            let path_ok = |request: &mut RequestParts<'_, 's, V>| {
                 let path = request.path().unwrap_or_default();
                 m.path.as_ref().is_none_or(|p| path == p.as_bytes())
                     && m.path_prefix
                         .as_ref()
                         .is_none_or(|p| path.starts_with(p.as_bytes()))
             };
-            let method_ok = |request: &mut RequestParts<'_, V>| {
+            let method_ok = |request: &mut RequestParts<'_, 's, V>| {
                 m.methods.is_empty() || {
                     let method = request.method().unwrap_or_default();
                     m.methods.iter().any(|x| x.as_bytes() == method)
                 }
             };
-            let route_ok = |request: &mut RequestParts<'_, V>| {
+            let route_ok = |request: &mut RequestParts<'_, 's, V>| {
                 m.route
                     .as_ref()
                     .is_none_or(|r| request.route() == Some(r.as_bytes()))
@@ -237,49 +361,53 @@ impl RateLimiter {
         &self.default
     }
 
-    /// Decides one request at `now`.
+    /// Decides one request at `now` (nanoseconds since the Unix epoch).
     pub fn decide<V: RequestView>(
         &self,
         view: &mut V,
         store: &impl SharedStore,
-        now: SystemTime,
+        now: Nanos,
     ) -> (Decision, Tallies) {
-        let now = unix_nanos(now);
         let mut request = RequestParts::new(view, self.trusted_hops);
         let applicable = self.applicable(&mut request);
-        let mut tallies: Tallies = Vec::new();
-        let mut pending: Vec<Pending> = Vec::with_capacity(applicable.len());
-        let mut globals: Vec<usize> = Vec::new();
-        let mut descriptors: Vec<Descriptor> = Vec::new();
+        let mut tallies = Tallies::new();
+        let mut pending: SmallVec<[Pending<'_>; INLINE_LIMITS]> = SmallVec::new();
+        // Built only when a global limit applies.
+        let mut ask: Option<GlobalCheck> = None;
 
         // Phase one: read and decide every limit, write nothing.
-        for &index in applicable {
+        for &index in &applicable.limits {
             let Some(limit) = self.limits.get(index) else {
                 continue;
             };
             let mut tally = Tally::default();
-            let key = match key::build(&limit.key, &mut request) {
-                Ok(key) => key,
-                Err(missing) => match limit.when_missing {
-                    MissingKey::Skip => continue,
-                    MissingKey::Shared => missing.0,
-                    MissingKey::Deny => {
-                        tally.limited = true;
-                        tallies.push((index, tally));
-                        let reply = ErrorReply::new(429, "rate limit key missing");
-                        return (Decision::Deny(reply), tallies);
-                    }
+            let fingerprint = match limit.constant_fingerprint {
+                Some(fingerprint) => fingerprint,
+                None => match key::fingerprint_of(&limit.key, &mut request) {
+                    Ok(fingerprint) => fingerprint,
+                    Err(missing) => match limit.when_missing {
+                        MissingKey::Skip => continue,
+                        MissingKey::Shared => missing.0,
+                        MissingKey::Deny => {
+                            tally.limited = true;
+                            tallies.push((index, tally));
+                            let reply = ErrorReply::new(429, "rate limit key missing");
+                            return (Decision::Deny(reply), tallies);
+                        }
+                    },
                 },
             };
             if limit.global {
-                globals.push(index);
-                descriptors.push(key::descriptor(&limit.name, &limit.key, &mut request));
+                let check = ask.get_or_insert_with(GlobalCheck::default);
+                check.limits.push(index);
+                check
+                    .descriptors
+                    .push(key::descriptor(&limit.name, &limit.key, &mut request));
             }
             let Some(gcra) = limit.gcra else {
                 tallies.push((index, tally));
                 continue;
             };
-            let fingerprint = key::fingerprint(&key);
             match limit.table.locate(store, fingerprint, now) {
                 Ok(Located::Slot(slot)) => {
                     let verdict = gcra.check(slot.tat, now);
@@ -312,7 +440,7 @@ impl RateLimiter {
             .iter()
             .any(|p| matches!(p.verdict, Verdict::Refuse { .. }))
         {
-            return (self.refuse(&pending, &mut tallies), tallies);
+            return (self.refuse(&pending, applicable, &mut tallies), tallies);
         }
 
         // Phase two: write each admission; on a conflict, read and decide that key again.
@@ -353,36 +481,30 @@ impl RateLimiter {
                 .is_some_and(|p| matches!(p.verdict, Verdict::Refuse { .. }))
             {
                 // Another worker took the last of this budget between our read and write.
-                return (self.refuse(&pending, &mut tallies), tallies);
+                return (self.refuse(&pending, applicable, &mut tallies), tallies);
             }
         }
 
+        let Some(mut check) = ask else {
+            for (_, tally) in &mut tallies {
+                tally.allowed = true;
+            }
+            let response_headers = self.rate_limit_headers(&pending, applicable);
+            return (Decision::Allow { response_headers }, tallies);
+        };
         for (index, tally) in &mut tallies {
             // A global limit is allowed once the service says so.
-            tally.allowed = !globals.contains(index);
+            tally.allowed = !check.limits.contains(index);
         }
-        if !globals.is_empty() {
-            let local = pending
-                .iter()
-                .filter(|p| !globals.contains(&p.limit))
-                .map(|p| {
-                    let (remaining, reset) = remaining_and_reset(p.verdict);
-                    (p.limit, remaining, reset)
-                })
-                .collect();
-            let check = GlobalCheck {
-                limits: globals,
-                descriptors,
-                local,
-            };
-            return (Decision::Ask(check), tallies);
-        }
-        let response_headers = if self.headers {
-            self.rate_limit_headers(&pending)
-        } else {
-            Vec::new()
-        };
-        (Decision::Allow { response_headers }, tallies)
+        check.local = pending
+            .iter()
+            .filter(|p| !check.limits.contains(&p.limit))
+            .map(|p| {
+                let (remaining, reset) = remaining_and_reset(p.verdict);
+                (p.limit, remaining, reset)
+            })
+            .collect();
+        (Decision::Ask(check), tallies)
     }
 
     /// The decision for a request held by [`Decision::Ask`], given the service's answer.
@@ -409,11 +531,7 @@ impl RateLimiter {
                     let reply = ErrorReply::new(500, "rate limit service unavailable");
                     return (Decision::Deny(reply), tallies);
                 }
-                let response_headers = if self.headers {
-                    self.header_pairs(self.local_items(check))
-                } else {
-                    Vec::new()
-                };
+                let response_headers = self.header_items(self.local_items(check));
                 return (Decision::Allow { response_headers }, tallies);
             }
         };
@@ -438,8 +556,12 @@ impl RateLimiter {
                 .duration_until_reset
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
             items.push(HeaderItem {
-                policy: policy(&limit.name, u64::from(current.requests_per_unit), window),
-                name: &limit.name,
+                policy: Cow::Owned(policy(
+                    &limit.name,
+                    u64::from(current.requests_per_unit),
+                    window,
+                )),
+                prefix: &limit.rate_limit_prefix,
                 remaining: if status.code == Code::OverLimit {
                     0
                 } else {
@@ -460,11 +582,7 @@ impl RateLimiter {
             }
         }
         if !over {
-            let response_headers = if self.headers {
-                self.header_pairs(items)
-            } else {
-                Vec::new()
-            };
+            let response_headers = self.header_items(items);
             return (Decision::Allow { response_headers }, tallies);
         }
         let retry_after = response
@@ -474,13 +592,11 @@ impl RateLimiter {
             .filter_map(|s| s.duration_until_reset)
             .max()
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let mut reply = ErrorReply::new(429, "rate limit exceeded")
-            .with_header("retry-after", ceil_secs(retry_after).max(1).to_string());
-        if self.headers {
-            for (name, value) in self.header_pairs(items) {
-                reply = reply.with_header(name, value);
-            }
-        }
+        let reply = with_headers(
+            ErrorReply::new(429, "rate limit exceeded")
+                .with_header("retry-after", ceil_secs(retry_after).max(1).to_string()),
+            self.header_items(items),
+        );
         (Decision::Deny(reply), tallies)
     }
 
@@ -491,8 +607,8 @@ impl RateLimiter {
             .filter_map(|&(index, remaining, reset)| {
                 let limit = self.limits.get(index)?;
                 Some(HeaderItem {
-                    policy: limit.policy.clone(),
-                    name: &limit.name,
+                    policy: Cow::Borrowed(&limit.policy),
+                    prefix: &limit.rate_limit_prefix,
                     remaining,
                     reset,
                 })
@@ -501,31 +617,32 @@ impl RateLimiter {
     }
 
     /// `RateLimit-Policy` lists every item; `RateLimit` reports the one closest to refusing.
-    fn header_pairs(&self, items: Vec<HeaderItem<'_>>) -> Vec<(String, String)> {
+    /// `None` when headers are off or there is no item.
+    fn header_items(&self, items: Vec<HeaderItem<'_>>) -> Option<RateLimitHeaders> {
+        if !self.headers {
+            return None;
+        }
         let tightest = items
             .iter()
             .fold(None::<&HeaderItem<'_>>, |best, item| match best {
                 Some(b) if b.remaining <= item.remaining => Some(b),
                 _ => Some(item),
-            });
-        let Some(tightest) = tightest else {
-            return Vec::new();
-        };
-        let rate_limit = rate_limit_item(tightest.name, tightest.remaining, tightest.reset);
-        let policies: Vec<&str> = items.iter().map(|i| i.policy.as_str()).collect();
-        vec![
-            ("ratelimit-policy".to_owned(), policies.join(", ")),
-            ("ratelimit".to_owned(), rate_limit),
-        ]
+            })?;
+        Some(RateLimitHeaders {
+            policy: join_policies(items.iter().map(|i| i.policy.as_ref())),
+            prefix: Rc::clone(tightest.prefix),
+            remaining: tightest.remaining,
+            reset: tightest.reset,
+        })
     }
 
     /// Writes one admission; on a lost compare-and-swap, locates and decides again.
     #[allow(clippy::too_many_arguments)]
-    fn commit(
+    fn commit<'s>(
         &self,
-        limit: &CompiledLimit,
+        limit: &'s CompiledLimit,
         fingerprint: u64,
-        mut slot: slots::Slot,
+        mut slot: slots::Slot<'s>,
         mut verdict: Verdict,
         store: &impl SharedStore,
         now: Nanos,
@@ -555,7 +672,12 @@ impl RateLimiter {
         Err(CommitError::Contended)
     }
 
-    fn refuse(&self, pending: &[Pending], tallies: &mut Tallies) -> Decision {
+    fn refuse(
+        &self,
+        pending: &[Pending<'_>],
+        applicable: &LimitSet,
+        tallies: &mut Tallies,
+    ) -> Decision {
         let mut retry_after = 0;
         for p in pending {
             if let Verdict::Refuse { retry_after: r, .. } = p.verdict {
@@ -565,64 +687,83 @@ impl RateLimiter {
                 }
             }
         }
-        let mut reply = ErrorReply::new(429, "rate limit exceeded")
+        let reply = ErrorReply::new(429, "rate limit exceeded")
             .with_header("retry-after", ceil_secs(retry_after).max(1).to_string());
-        if self.headers {
-            for (name, value) in self.rate_limit_headers(pending) {
-                reply = reply.with_header(name, value);
-            }
-        }
-        Decision::Deny(reply)
+        Decision::Deny(with_headers(
+            reply,
+            self.rate_limit_headers(pending, applicable),
+        ))
     }
 
     /// `RateLimit-Policy` lists every limit that applied; `RateLimit` reports the one closest
-    /// to refusing (draft-ietf-httpapi-ratelimit-headers).
-    fn rate_limit_headers(&self, pending: &[Pending]) -> Vec<(String, String)> {
-        let mut policies = String::new();
-        let mut tightest: Option<(u64, u64, &str)> = None;
+    /// to refusing. `None` when headers are off or no local limit applied.
+    fn rate_limit_headers(
+        &self,
+        pending: &[Pending<'_>],
+        applicable: &LimitSet,
+    ) -> Option<RateLimitHeaders> {
+        if !self.headers {
+            return None;
+        }
+        let mut tightest: Option<(u64, Nanos, &Rc<str>)> = None;
         for p in pending {
             let Some(limit) = self.limits.get(p.limit) else {
                 continue;
             };
-            if !policies.is_empty() {
-                policies.push_str(", ");
-            }
-            policies.push_str(&limit.policy);
             let (remaining, reset) = remaining_and_reset(p.verdict);
             if tightest.is_none_or(|(r, _, _)| remaining < r) {
-                tightest = Some((remaining, reset, &limit.name));
+                tightest = Some((remaining, reset, &limit.rate_limit_prefix));
             }
         }
-        let Some((remaining, reset, name)) = tightest else {
-            return Vec::new();
+        let (remaining, reset, prefix) = tightest?;
+        // Pending holds the set's local limits in order, minus those whose key was missing:
+        // all of them is the set's prebuilt value.
+        let policy = if pending.len() == applicable.local {
+            Rc::clone(&applicable.policy)
+        } else {
+            join_policies(
+                pending
+                    .iter()
+                    .filter_map(|p| self.limits.get(p.limit))
+                    .map(|limit| limit.policy.as_str()),
+            )
         };
-        vec![
-            ("ratelimit-policy".to_owned(), policies),
-            (
-                "ratelimit".to_owned(),
-                rate_limit_item(name, remaining, reset),
-            ),
-        ]
+        Some(RateLimitHeaders {
+            policy,
+            prefix: Rc::clone(prefix),
+            remaining,
+            reset,
+        })
     }
 }
 
-/// `"<name>";r=<remaining>;t=<seconds to reset>`, written without `format!` (it runs on every
-/// admitted request).
-fn rate_limit_item(name: &str, remaining: u64, reset: Nanos) -> String {
-    let mut item = String::with_capacity(name.len() + 32);
-    item.push('"');
-    item.push_str(name);
-    item.push_str("\";r=");
-    palisade_kit::decimal::push_u64(&mut item, remaining);
-    item.push_str(";t=");
-    palisade_kit::decimal::push_u64(&mut item, ceil_secs(reset));
-    item
+/// A `RateLimit-Policy` value: the items, comma-separated.
+fn join_policies<'a>(items: impl Iterator<Item = &'a str>) -> Rc<str> {
+    let mut value = String::new();
+    for item in items {
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        value.push_str(item);
+    }
+    Rc::from(value)
+}
+
+fn with_headers(reply: ErrorReply, headers: Option<RateLimitHeaders>) -> ErrorReply {
+    match headers {
+        Some(headers) => headers
+            .pairs()
+            .into_iter()
+            .fold(reply, |reply, (name, value)| reply.with_header(name, value)),
+        None => reply,
+    }
 }
 
 /// One limit's contribution to the `RateLimit-Policy` and `RateLimit` headers.
 struct HeaderItem<'a> {
-    policy: String,
-    name: &'a str,
+    policy: Cow<'a, str>,
+    /// The limit's `RateLimit` prefix.
+    prefix: &'a Rc<str>,
     remaining: u64,
     reset: Nanos,
 }
@@ -668,8 +809,19 @@ mod tests {
 
     const T0: u64 = 1_700_000_000;
 
-    fn at(secs: f64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(T0) + Duration::from_secs_f64(secs)
+    fn at(secs: f64) -> Nanos {
+        T0 * 1_000_000_000 + (secs * 1e9) as Nanos
+    }
+
+    /// The response headers an admitted request gets, as (name, value).
+    fn headers(decision: &Decision) -> Vec<(String, String)> {
+        match decision {
+            Decision::Allow { response_headers } => response_headers
+                .iter()
+                .flat_map(RateLimitHeaders::pairs)
+                .collect(),
+            other => panic!("{other:?}"),
+        }
     }
 
     fn limiter(config: &str) -> RateLimiter {
@@ -700,16 +852,14 @@ mod tests {
         let mut request = get("/").header("x-tenant", "acme");
         let (first, tallies) = limiter.decide(&mut request, &store, at(0.0));
         assert_eq!(
-            first,
-            Decision::Allow {
-                response_headers: vec![
-                    ("ratelimit-policy".into(), "\"per-tenant\";q=3;w=10".into()),
-                    ("ratelimit".into(), "\"per-tenant\";r=1;t=5".into()),
-                ]
-            }
+            headers(&first),
+            [
+                ("ratelimit-policy".into(), "\"per-tenant\";q=3;w=10".into()),
+                ("ratelimit".into(), "\"per-tenant\";r=1;t=5".into()),
+            ]
         );
         assert_eq!(
-            tallies,
+            tallies[..],
             [(
                 0,
                 Tally {
@@ -734,7 +884,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            tallies,
+            tallies[..],
             [(
                 0,
                 Tally {
@@ -756,6 +906,69 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_lists_the_limits_that_applied() {
+        let store = MemoryStore::new();
+        let limiter = prepared(
+            r#"{"limits":[
+                {"name":"all","rate":100,"period":"60s","burst":99,"key":[{"constant":"x"}],"slots":4},
+                {"name":"per-tenant","rate":1,"period":"1s","burst":1,"key":[{"header":"x-tenant"}],"slots":8}]}"#,
+            &store,
+        );
+        // Both applied: the value built with the configuration.
+        let (both, _) = limiter.decide(&mut get("/").header("x-tenant", "a"), &store, at(0.0));
+        assert_eq!(
+            headers(&both),
+            [
+                (
+                    "ratelimit-policy".to_owned(),
+                    "\"all\";q=199;w=60, \"per-tenant\";q=2;w=1".to_owned()
+                ),
+                ("ratelimit".to_owned(), "\"per-tenant\";r=1;t=1".to_owned()),
+            ]
+        );
+        // No tenant: that limit is skipped and not listed.
+        let (one, _) = limiter.decide(&mut get("/"), &store, at(0.0));
+        assert_eq!(
+            headers(&one),
+            [
+                (
+                    "ratelimit-policy".to_owned(),
+                    "\"all\";q=199;w=60".to_owned()
+                ),
+                ("ratelimit".to_owned(), "\"all\";r=98;t=2".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_value_is_written_in_place_or_as_a_string_when_too_long() {
+        let item = |name: &str, remaining, reset| RateLimitHeaders {
+            policy: Rc::from(""),
+            prefix: Rc::from(format!("\"{name}\";r=")),
+            remaining,
+            reset,
+        };
+        let mut buf = [0; RATE_LIMIT_MAX_LEN];
+        for (remaining, reset) in [(0, 0), (7, 1), (u64::MAX, u64::MAX), (1_000, 1_500_000_000)] {
+            let longest = item(&"n".repeat(MAX_NAME_LEN), remaining, reset);
+            let expected = format!(
+                "\"{}\";r={remaining};t={}",
+                "n".repeat(MAX_NAME_LEN),
+                reset.div_ceil(1_000_000_000)
+            );
+            assert_eq!(longest.rate_limit(), expected);
+            assert_eq!(
+                longest.write_rate_limit(&mut buf),
+                Some(expected.as_bytes())
+            );
+        }
+        // Only a name no configuration accepts could make it overflow.
+        let too_long = item(&"n".repeat(MAX_NAME_LEN + 20), u64::MAX, u64::MAX);
+        assert_eq!(too_long.write_rate_limit(&mut buf), None);
+        assert!(too_long.rate_limit().ends_with(";t=18446744074"));
+    }
+
+    #[test]
     fn headers_can_be_switched_off() {
         let store = MemoryStore::new();
         let config = PER_TENANT.replacen('{', r#"{"rate_limit_headers":false,"#, 1);
@@ -764,7 +977,7 @@ mod tests {
         assert_eq!(
             limiter.decide(&mut request, &store, at(0.0)).0,
             Decision::Allow {
-                response_headers: vec![]
+                response_headers: None
             }
         );
         limiter.decide(&mut request, &store, at(0.0));
@@ -946,7 +1159,7 @@ mod tests {
             assert_eq!(
                 decision,
                 Decision::Allow {
-                    response_headers: vec![]
+                    response_headers: None
                 }
             );
             assert!(tallies.is_empty());
@@ -1092,17 +1305,15 @@ mod tests {
         };
         let (decision, tallies) = limiter.conclude(&check, Ok(answer));
         assert_eq!(
-            decision,
-            Decision::Allow {
-                response_headers: vec![
-                    (
-                        "ratelimit-policy".into(),
-                        "\"local\";q=10;w=3600, \"per-tenant\";q=100;w=60, \"everyone\";q=1000;w=60"
-                            .into()
-                    ),
-                    ("ratelimit".into(), "\"per-tenant\";r=7;t=30".into()),
-                ]
-            }
+            headers(&decision),
+            [
+                (
+                    "ratelimit-policy".into(),
+                    "\"local\";q=10;w=3600, \"per-tenant\";q=100;w=60, \"everyone\";q=1000;w=60"
+                        .into()
+                ),
+                ("ratelimit".into(), "\"per-tenant\";r=7;t=30".into()),
+            ]
         );
         assert!(tallies.iter().all(|(_, t)| t.allowed && !t.limited));
     }
@@ -1153,13 +1364,11 @@ mod tests {
         let check = ask(&open, &store, &mut get("/").header("x-tenant", "acme"));
         let (decision, tallies) = open.conclude(&check, Err(CalloutError::NoAnswer));
         assert_eq!(
-            decision,
-            Decision::Allow {
-                response_headers: vec![
-                    ("ratelimit-policy".into(), "\"local\";q=10;w=3600".into()),
-                    ("ratelimit".into(), "\"local\";r=9;t=3600".into()),
-                ]
-            }
+            headers(&decision),
+            [
+                ("ratelimit-policy".into(), "\"local\";q=10;w=3600".into()),
+                ("ratelimit".into(), "\"local\";r=9;t=3600".into()),
+            ]
         );
         assert!(tallies.iter().all(|(_, t)| t.allowed && t.callout_failure));
 

@@ -12,6 +12,8 @@
 //! Kong refuses such an insert (and may evict keys under memory pressure): a slot that vanished
 //! reads as fresh and is re-created with "must not exist", which is exact.
 
+use std::borrow::Cow;
+
 use palisade_kit::store::{Cas, SharedStore, StoreError, Write};
 
 use crate::gcra::{Gcra, Nanos};
@@ -24,12 +26,15 @@ pub const PROBES: u32 = 4;
 pub struct SlotTable {
     prefix: String,
     slots: u32,
+    /// Keys built once, `(index, key)`: the probe sequence of a limit's constant key, the only
+    /// slots such a limit reads and writes.
+    prebuilt: Vec<(u32, String)>,
 }
 
 /// The slot a key lives in (or will), as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
-    pub key: String,
+pub struct Slot<'t> {
+    pub key: Cow<'t, str>,
     /// The version read; `None` when the slot does not exist (a Kong eviction).
     pub cas: Option<Cas>,
     /// The key's TAT, when the slot already holds this key.
@@ -38,8 +43,8 @@ pub struct Slot {
 
 /// Where a key can go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Located {
-    Slot(Slot),
+pub enum Located<'t> {
+    Slot(Slot<'t>),
     /// Every slot the key may use holds another key that is still limited.
     Full,
 }
@@ -50,12 +55,9 @@ fn decode(value: &[u8]) -> Option<(u64, Nanos)> {
     Some((u64::from_le_bytes(*fingerprint), u64::from_le_bytes(*tat)))
 }
 
+/// The fingerprint's 8 little-endian bytes, then the TAT's.
 pub fn encode(fingerprint: u64, tat: Nanos) -> [u8; 16] {
-    let mut value = [0u8; 16];
-    let (head, tail) = value.split_at_mut(8);
-    head.copy_from_slice(&fingerprint.to_le_bytes());
-    tail.copy_from_slice(&tat.to_le_bytes());
-    value
+    (u128::from(tat) << 64 | u128::from(fingerprint)).to_le_bytes()
 }
 
 impl SlotTable {
@@ -63,14 +65,39 @@ impl SlotTable {
         Self {
             prefix: format!("palisade-rate-limit/{limit}/"),
             slots: slots.max(1),
+            prebuilt: Vec::new(),
         }
     }
 
-    fn key(&self, index: u32) -> String {
+    /// Builds the keys `fingerprint` may use once, for a limit whose key is always that one.
+    pub fn with_prebuilt_keys(mut self, fingerprint: u64) -> Self {
+        self.prebuilt = self
+            .probes(fingerprint)
+            .map(|index| (index, self.build_key(index)))
+            .collect();
+        self
+    }
+
+    fn build_key(&self, index: u32) -> String {
         let mut key = String::with_capacity(self.prefix.len() + 10);
         key.push_str(&self.prefix);
         palisade_kit::decimal::push_u64(&mut key, u64::from(index));
         key
+    }
+
+    fn key(&self, index: u32) -> Cow<'_, str> {
+        match self.prebuilt.iter().find(|(i, _)| *i == index) {
+            Some((_, key)) => Cow::Borrowed(key),
+            None => Cow::Owned(self.build_key(index)),
+        }
+    }
+
+    /// The slots a key may live in, in the order they are looked at.
+    fn probes(&self, fingerprint: u64) -> impl Iterator<Item = u32> {
+        let slots = u64::from(self.slots);
+        let home = fingerprint % slots;
+        (0..PROBES.min(self.slots))
+            .map(move |probe| u32::try_from((home + u64::from(probe)) % slots).unwrap_or(0))
     }
 
     /// Creates every slot that does not exist yet, empty. Returns how many were created.
@@ -93,12 +120,10 @@ impl SlotTable {
         store: &impl SharedStore,
         fingerprint: u64,
         now: Nanos,
-    ) -> Result<Located, StoreError> {
-        let home = fingerprint % u64::from(self.slots);
-        let mut free: Option<Slot> = None;
-        for probe in 0..PROBES.min(self.slots) {
-            let index = (home + u64::from(probe)) % u64::from(self.slots);
-            let key = self.key(u32::try_from(index).unwrap_or(0));
+    ) -> Result<Located<'_>, StoreError> {
+        let mut free: Option<Slot<'_>> = None;
+        for index in self.probes(fingerprint) {
+            let key = self.key(index);
             let entry = store.get(&key)?;
             let cas = entry.as_ref().map(|e| e.cas);
             match entry.as_ref().and_then(|e| decode(&e.value)) {
@@ -165,7 +190,7 @@ mod tests {
             store.set(&slot.key, &encode(fingerprint, tat), slot.cas),
             Ok(Write::Stored)
         );
-        slot.key
+        slot.key.into_owned()
     }
 
     #[test]
@@ -193,6 +218,35 @@ mod tests {
         };
         assert_eq!(again.key, key);
         assert_eq!(again.tat, Some(NOW + 5));
+    }
+
+    #[test]
+    fn prebuilt_keys_are_the_keys_built_per_request() {
+        let store = MemoryStore::new();
+        let built = SlotTable::new("l", 8);
+        built.prepare(&store).unwrap();
+        // 6 probes slots 6, 7, 0, 1.
+        let prebuilt = SlotTable::new("l", 8).with_prebuilt_keys(6);
+        assert_eq!(
+            prebuilt
+                .prebuilt
+                .iter()
+                .map(|(i, key)| (*i, key.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (6, "palisade-rate-limit/l/6"),
+                (7, "palisade-rate-limit/l/7"),
+                (0, "palisade-rate-limit/l/0"),
+                (1, "palisade-rate-limit/l/1"),
+            ]
+        );
+        take(&store, &built, 14, NOW + 9);
+        take(&store, &built, 22, NOW + 9);
+        let Located::Slot(slot) = prebuilt.locate(&store, 6, NOW).unwrap() else {
+            panic!()
+        };
+        assert!(matches!(slot.key, Cow::Borrowed("palisade-rate-limit/l/0")));
+        assert_eq!(built.locate(&store, 6, NOW), Ok(Located::Slot(slot)));
     }
 
     #[test]
@@ -237,10 +291,7 @@ mod tests {
         let Located::Slot(slot) = table.locate(&store, 17, NOW).unwrap() else {
             panic!()
         };
-        assert_eq!(
-            (slot.key.as_str(), slot.tat),
-            ("palisade-rate-limit/l/1", None)
-        );
+        assert_eq!((&*slot.key, slot.tat), ("palisade-rate-limit/l/1", None));
         // But a key already further on is found, not shadowed by the idle slot before it.
         let Located::Slot(slot) = table.locate(&store, 9, NOW).unwrap() else {
             panic!()
