@@ -42,7 +42,7 @@ impl Variables for Vars<'_> {
 /// What one stream carries from the request to the response.
 #[derive(Debug, Default)]
 pub struct StreamState {
-    request_id: Option<RequestId>,
+    request_id: RequestId,
     /// The allowed origin of a CORS request, echoed on the response.
     cors_origin: Option<Rc<str>>,
     body_bytes: u64,
@@ -53,7 +53,7 @@ pub struct StreamState {
 impl StreamState {
     /// The request id kept or generated for this stream.
     pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_ref().map(RequestId::as_str)
+        self.request_id.as_str()
     }
 }
 
@@ -135,6 +135,9 @@ impl<'e> Lookups<'e> {
     /// Hands what was found to `decide` as header fields (for
     /// [`HeaderSecurity::on_request_headers`]).
     pub fn with_fields<R>(&self, decide: impl FnOnce(&[(&[u8], &[u8])]) -> R) -> R {
+        if self.found.is_empty() {
+            return decide(&[]);
+        }
         let mut fields: [(&[u8], &[u8]); MAX_LOOKUPS] = [(&[], &[]); MAX_LOOKUPS];
         let mut len = 0;
         for (name, value) in &self.found {
@@ -330,11 +333,11 @@ impl HeaderSecurity {
         let incoming =
             header(headers, &self.request_id.header).filter(|id| request_id::is_acceptable_id(id));
         let generated = incoming.is_none() && self.request_id.generate;
-        state.request_id = match incoming {
-            Some(id) => Some(RequestId::new(id)),
-            None if generated => Some(RequestId::generate(rng)),
-            None => None,
-        };
+        match incoming {
+            Some(id) => state.request_id.set(id),
+            None if generated => state.request_id.generate(rng),
+            None => state.request_id.clear(),
+        }
 
         if let Some(cors) = &self.cors {
             match cors.on_request(
@@ -369,10 +372,10 @@ impl HeaderSecurity {
 
         let state: &'a StreamState = state;
         let mut edits = RequestEdits::default();
-        if let (true, Some(id)) = (generated, &state.request_id) {
+        if let (true, Some(id)) = (generated, state.request_id.get()) {
             edits.request_id = Some(Edit::Set(
                 Cow::Borrowed(self.request_id.header.as_str()),
-                Cow::Borrowed(id.as_bytes()),
+                Cow::Borrowed(id),
             ));
         }
         if self.trace.create {
@@ -448,8 +451,8 @@ impl HeaderSecurity {
         let set =
             |name: &'a str, value: &'a [u8]| Edit::Set(Cow::Borrowed(name), Cow::Borrowed(value));
         self.security_edits.iter().for_each(&mut apply);
-        if let (true, Some(id)) = (self.request_id.echo, &state.request_id) {
-            apply(&set(&self.request_id.header, id.as_bytes()));
+        if let (true, Some(id)) = (self.request_id.echo, state.request_id.get()) {
+            apply(&set(&self.request_id.header, id));
         }
         if self.cors.is_some() {
             if let Some(origin) = &state.cors_origin {

@@ -9,53 +9,75 @@ pub fn is_acceptable_id(id: &[u8]) -> bool {
     (1..=200).contains(&id.len()) && id.iter().all(|&b| (0x21..=0x7e).contains(&b))
 }
 
-/// A stream's request id, kept from the request for the response and for refusals. A generated
-/// id, and an incoming one up to [`RequestId::INLINE`] bytes (most are), is stored inline: no
-/// allocation per request.
+/// A stream's request id, kept from the request for the response and for refusals. It is
+/// written in place in the stream's state: a generated id, and an incoming one up to
+/// [`RequestId::INLINE`] bytes (most are), costs no allocation and no copy. Empty is no id
+/// (an id is never empty).
 #[derive(Clone, PartialEq, Eq)]
-pub enum RequestId {
-    Generated([u8; 36]),
-    Inline {
-        len: u8,
-        bytes: [u8; RequestId::INLINE],
-    },
-    Heap(Box<[u8]>),
+pub struct RequestId {
+    /// The bytes used in `inline`, when not on the heap.
+    len: u8,
+    inline: [u8; RequestId::INLINE],
+    heap: Option<Box<[u8]>>,
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            inline: [0; Self::INLINE],
+            heap: None,
+        }
+    }
 }
 
 impl RequestId {
-    pub const INLINE: usize = 64;
+    pub const INLINE: usize = 40;
 
-    /// An incoming id that passed [`is_acceptable_id`]: visible ASCII.
-    pub fn new(id: &[u8]) -> Self {
-        let mut bytes = [0u8; Self::INLINE];
-        match (bytes.get_mut(..id.len()), u8::try_from(id.len())) {
+    /// Keeps an incoming id that passed [`is_acceptable_id`] (visible ASCII).
+    pub fn set(&mut self, id: &[u8]) {
+        match (self.inline.get_mut(..id.len()), u8::try_from(id.len())) {
             (Some(prefix), Ok(len)) => {
                 prefix.copy_from_slice(id);
-                Self::Inline { len, bytes }
+                self.len = len;
+                self.heap = None;
             }
-            _ => Self::Heap(id.into()),
+            _ => {
+                self.len = 0;
+                self.heap = Some(id.into());
+            }
         }
     }
 
-    /// A new random (version 4) UUID.
-    pub fn generate(rng: &mut Xoshiro256) -> Self {
+    /// Generates a random (version 4) UUID.
+    pub fn generate(&mut self, rng: &mut Xoshiro256) {
         // The bytes `rng.fill` would give, read big-endian.
         let high = rng.next_u64().swap_bytes();
         let low = rng.next_u64().swap_bytes();
-        Self::Generated(uuid_v4_from(high, low))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Self::Generated(uuid) => uuid,
-            Self::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
-            Self::Heap(bytes) => bytes,
+        if let Some(out) = self.inline.get_mut(..36) {
+            write_uuid_v4(out, high, low);
+            self.len = 36;
+            self.heap = None;
         }
     }
 
-    /// The id as text (it is ASCII; anything else would read as empty).
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.heap = None;
+    }
+
+    /// The id, if there is one.
+    pub fn get(&self) -> Option<&[u8]> {
+        let bytes = match &self.heap {
+            Some(bytes) => bytes,
+            None => self.inline.get(..usize::from(self.len)).unwrap_or_default(),
+        };
+        (!bytes.is_empty()).then_some(bytes)
+    }
+
+    /// The id as text (it is ASCII).
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.get()?).ok()
     }
 }
 
@@ -65,22 +87,36 @@ impl std::fmt::Debug for RequestId {
     }
 }
 
-/// Writes the low `out.len()` nibbles of `value` into `out` as lower-case hex. A plain loop:
-/// this runs for every request that gets an id or a trace, and the plugin is built for size
-/// (`opt-level = "z"`), which leaves iterator adapters as calls per digit.
+/// Every byte's two lower-case hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = hex_pairs();
+
+// Evaluated by the compiler: an index out of bounds would fail the build, not a request.
+#[allow(clippy::indexing_slicing)]
+const fn hex_pairs() -> [[u8; 2]; 256] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    pairs
+}
+
+/// Writes the low `out.len()` nibbles of `value` into `out` (an even length) as lower-case
+/// hex, a byte at a time. A plain loop: this runs for every request that gets an id or a
+/// trace, and the plugin is built for size (`opt-level = "z"`), which leaves iterator adapters
+/// as a call per step.
 fn hex_digits(mut value: u64, out: &mut [u8]) {
     let mut at = out.len();
-    while at > 0 {
-        at -= 1;
-        let nibble = (value & 0x0f) as u8;
-        if let Some(slot) = out.get_mut(at) {
-            *slot = if nibble < 10 {
-                b'0' + nibble
-            } else {
-                b'a' + (nibble - 10)
-            };
+    while at >= 2 {
+        at -= 2;
+        let pair = HEX_PAIRS.get(usize::from(value as u8));
+        if let (Some(&[high, low]), Some([h, l])) = (pair, out.get_mut(at..at + 2)) {
+            *h = high;
+            *l = low;
         }
-        value >>= 4;
+        value >>= 8;
     }
 }
 
@@ -96,21 +132,37 @@ fn be_u64(bytes: &[u8]) -> u64 {
 /// A random (version 4) UUID from 16 random bytes, as its 36 ASCII characters.
 pub fn uuid_v4(bytes: [u8; 16]) -> [u8; 36] {
     let (high, low) = bytes.split_at(8);
-    uuid_v4_from(be_u64(high), be_u64(low))
+    let mut out = [0u8; 36];
+    write_uuid_v4(&mut out, be_u64(high), be_u64(low));
+    out
 }
 
-/// [`uuid_v4`] of the bytes of `high` then `low`, big-endian.
-fn uuid_v4_from(high: u64, low: u64) -> [u8; 36] {
+/// Writes [`uuid_v4`] of the bytes of `high` then `low` (big-endian) into `out` (36 bytes).
+fn write_uuid_v4(out: &mut [u8], high: u64, low: u64) {
     // Version 4 in the 13th digit, variant 10 in the top bits of the 17th.
     let high = (high & !0xf000) | 0x4000;
     let low = (low & !(0xc0 << 56)) | (0x80 << 56);
-    let mut out = [b'-'; 36];
-    hex_digits(high >> 32, &mut out[..8]);
-    hex_digits(high >> 16, &mut out[9..13]);
-    hex_digits(high, &mut out[14..18]);
-    hex_digits(low >> 48, &mut out[19..23]);
-    hex_digits(low, &mut out[24..]);
-    out
+    // Straight-line: looping over an array of ranges would be an iterator call per step in
+    // this size-optimised build.
+    let mut write = |range: std::ops::Range<usize>, value: u64| {
+        if let Some(digits) = out.get_mut(range) {
+            hex_digits(value, digits);
+        }
+    };
+    write(0..8, high >> 32);
+    write(9..13, high >> 16);
+    write(14..18, high);
+    write(19..23, low >> 48);
+    write(24..36, low);
+    if let Some(
+        [_, _, _, _, _, _, _, _, d8, _, _, _, _, d13, _, _, _, _, d18, _, _, _, _, d23, ..],
+    ) = out.get_mut(..24)
+    {
+        *d8 = b'-';
+        *d13 = b'-';
+        *d18 = b'-';
+        *d23 = b'-';
+    }
 }
 
 fn is_lower_hex(bytes: &[u8]) -> bool {
@@ -196,24 +248,28 @@ mod tests {
 
     #[test]
     fn request_ids_inline_or_on_the_heap() {
-        let short = RequestId::new(b"bench-0001");
-        assert!(matches!(short, RequestId::Inline { .. }));
-        assert_eq!(short.as_bytes(), b"bench-0001");
-        assert_eq!(short.as_str(), "bench-0001");
+        let mut id = RequestId::default();
+        assert_eq!(id.get(), None);
+        id.set(b"bench-0001");
+        assert_eq!(id.get(), Some(&b"bench-0001"[..]));
+        assert_eq!(id.as_str(), Some("bench-0001"));
         let long = [b'a'; 200];
-        let heap = RequestId::new(&long);
-        assert!(matches!(heap, RequestId::Heap(_)));
-        assert_eq!(heap.as_bytes(), &long[..]);
+        id.set(&long);
+        assert!(id.heap.is_some());
+        assert_eq!(id.get(), Some(&long[..]));
         let exact = [b'b'; RequestId::INLINE];
-        assert_eq!(RequestId::new(&exact).as_bytes(), &exact[..]);
+        id.set(&exact);
+        assert!(id.heap.is_none());
+        assert_eq!(id.get(), Some(&exact[..]));
+        id.clear();
+        assert_eq!(id.get(), None);
         // The same id as the UUID of the generator's next 16 bytes.
         let mut rng = Xoshiro256::from_seed([1; 32]);
         let mut bytes = [0u8; 16];
         rng.clone().fill(&mut bytes);
-        assert_eq!(
-            RequestId::generate(&mut rng).as_bytes(),
-            uuid_v4(bytes).as_slice()
-        );
+        id.set(&long);
+        id.generate(&mut rng);
+        assert_eq!(id.get(), Some(uuid_v4(bytes).as_slice()));
     }
 
     #[test]
