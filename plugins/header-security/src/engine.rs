@@ -109,38 +109,51 @@ impl<'r, 'a> IntoIterator for &'r RequestEdits<'a> {
 const MAX_LOOKUPS: usize = 10;
 
 /// The request headers [`HeaderSecurity::lookup_request_headers`] found. Most requests have
-/// none or one of them: nothing is allocated until one is found.
+/// none or one of them (a CORS request's `Origin`): the first is kept inline, and nothing is
+/// allocated for the list unless more are found.
 #[derive(Debug, Default)]
 pub struct Lookups<'e> {
-    found: Vec<(&'e str, Vec<u8>)>,
+    first: Option<(&'e str, Vec<u8>)>,
+    more: Vec<(&'e str, Vec<u8>)>,
 }
 
 impl<'e> Lookups<'e> {
     fn push(&mut self, name: &'e str, value: Vec<u8>) {
-        self.found.push((name, value));
+        if self.first.is_none() {
+            self.first = Some((name, value));
+        } else {
+            self.more.push((name, value));
+        }
     }
 
-    /// Each header found, with its value.
-    pub fn found(&self) -> &[(&'e str, Vec<u8>)] {
-        &self.found
+    /// Each header found, with its value, in the order asked.
+    pub fn found(&self) -> impl Iterator<Item = &(&'e str, Vec<u8>)> {
+        self.first.iter().chain(&self.more)
     }
 
     fn value(&self, name: &str) -> Option<&[u8]> {
-        self.found()
-            .iter()
-            .find(|(found, _)| *found == name)
-            .map(|(_, value)| value.as_slice())
+        match &self.first {
+            Some((found, value)) if *found == name => Some(value),
+            _ => self
+                .more
+                .iter()
+                .find(|(found, _)| *found == name)
+                .map(|(_, value)| value.as_slice()),
+        }
     }
 
     /// Hands what was found to `decide` as header fields (for
     /// [`HeaderSecurity::on_request_headers`]).
     pub fn with_fields<R>(&self, decide: impl FnOnce(&[(&[u8], &[u8])]) -> R) -> R {
-        if self.found.is_empty() {
+        let Some((name, value)) = &self.first else {
             return decide(&[]);
+        };
+        if self.more.is_empty() {
+            return decide(&[(name.as_bytes(), value)]);
         }
         let mut fields: [(&[u8], &[u8]); MAX_LOOKUPS] = [(&[], &[]); MAX_LOOKUPS];
         let mut len = 0;
-        for (name, value) in &self.found {
+        for (name, value) in self.found() {
             if let Some(field) = fields.get_mut(len) {
                 *field = (name.as_bytes(), value);
                 len += 1;
@@ -710,7 +723,6 @@ mod tests {
         });
         let found = found.map(|f| {
             f.found()
-                .iter()
                 .map(|(n, v)| (n.as_bytes().to_vec(), v.clone()))
                 .collect()
         });
