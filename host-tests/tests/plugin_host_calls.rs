@@ -119,7 +119,8 @@ fn cases() -> Vec<Case> {
         max_fuel: None,
     };
     // header-security's fuel as measured (Rust 1.95, proxy-wasm 0.2) plus ~3%: a change that
-    // makes its requests dearer fails here.
+    // makes its requests dearer fails here. (bench Get 8,020, GetCors 10,473; example Get
+    // 10,633, Post1k 11,005.)
     let fuel = |case: Case, max_fuel: u64| Case {
         max_fuel: Some(max_fuel),
         ..case
@@ -133,7 +134,7 @@ fn cases() -> Vec<Case> {
                 Scenario::Get,
                 15,
             ),
-            10_850,
+            10_950,
         ),
         fuel(
             case(
@@ -143,7 +144,7 @@ fn cases() -> Vec<Case> {
                 Scenario::Post1k,
                 15,
             ),
-            11_250,
+            11_350,
         ),
         fuel(
             case(
@@ -153,7 +154,7 @@ fn cases() -> Vec<Case> {
                 Scenario::Get,
                 16,
             ),
-            8_150,
+            8_250,
         ),
         // Origin, then Access-Control-Request-Method (absent): :method and
         // Access-Control-Request-Headers are read only for a preflight.
@@ -165,7 +166,7 @@ fn cases() -> Vec<Case> {
                 Scenario::GetCors,
                 19,
             ),
-            10_600,
+            10_800,
         ),
         case(
             Plugin::Audit,

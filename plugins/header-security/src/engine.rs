@@ -109,11 +109,12 @@ impl<'r, 'a> IntoIterator for &'r RequestEdits<'a> {
 const MAX_LOOKUPS: usize = 10;
 
 /// The request headers [`HeaderSecurity::lookup_request_headers`] found. Most requests have
-/// none or one of them (a CORS request's `Origin`): the first is kept inline, and nothing is
-/// allocated for the list unless more are found.
+/// at most two of them (a request id, a CORS request's `Origin`): those are kept inline, and
+/// nothing is allocated for the list unless more are found.
 #[derive(Debug, Default)]
 pub struct Lookups<'e> {
     first: Option<(&'e str, Vec<u8>)>,
+    second: Option<(&'e str, Vec<u8>)>,
     more: Vec<(&'e str, Vec<u8>)>,
 }
 
@@ -121,6 +122,8 @@ impl<'e> Lookups<'e> {
     fn push(&mut self, name: &'e str, value: Vec<u8>) {
         if self.first.is_none() {
             self.first = Some((name, value));
+        } else if self.second.is_none() {
+            self.second = Some((name, value));
         } else {
             self.more.push((name, value));
         }
@@ -128,28 +131,28 @@ impl<'e> Lookups<'e> {
 
     /// Each header found, with its value, in the order asked.
     pub fn found(&self) -> impl Iterator<Item = &(&'e str, Vec<u8>)> {
-        self.first.iter().chain(&self.more)
+        self.first.iter().chain(&self.second).chain(&self.more)
     }
 
     fn value(&self, name: &str) -> Option<&[u8]> {
-        match &self.first {
-            Some((found, value)) if *found == name => Some(value),
-            _ => self
-                .more
-                .iter()
-                .find(|(found, _)| *found == name)
-                .map(|(_, value)| value.as_slice()),
-        }
+        let is = |entry: &&(&str, Vec<u8>)| entry.0 == name;
+        let found = self.first.as_ref().filter(is);
+        let found = found.or_else(|| self.second.as_ref().filter(is));
+        found
+            .or_else(|| self.more.iter().find(is))
+            .map(|(_, value)| value.as_slice())
     }
 
     /// Hands what was found to `decide` as header fields (for
     /// [`HeaderSecurity::on_request_headers`]).
     pub fn with_fields<R>(&self, decide: impl FnOnce(&[(&[u8], &[u8])]) -> R) -> R {
-        let Some((name, value)) = &self.first else {
-            return decide(&[]);
-        };
-        if self.more.is_empty() {
-            return decide(&[(name.as_bytes(), value)]);
+        match (&self.first, &self.second, self.more.is_empty()) {
+            (None, _, _) => return decide(&[]),
+            (Some((name, value)), None, _) => return decide(&[(name.as_bytes(), value)]),
+            (Some((name, value)), Some((second, second_value)), true) => {
+                return decide(&[(name.as_bytes(), value), (second.as_bytes(), second_value)])
+            }
+            _ => {}
         }
         let mut fields: [(&[u8], &[u8]); MAX_LOOKUPS] = [(&[], &[]); MAX_LOOKUPS];
         let mut len = 0;
