@@ -9,6 +9,8 @@
 //! checked here (the browser compares them with the lists returned); a preflight from an origin
 //! not allowed goes to the upstream untouched unless configured to be refused.
 
+use std::rc::Rc;
+
 use palisade_kit::config::{is_header_name, Problems};
 use regex_lite::Regex;
 
@@ -18,7 +20,8 @@ use crate::config::{CorsConfig, DisallowedPreflight, OriginPattern};
 #[derive(Debug, Clone)]
 enum OriginMatcher {
     Any,
-    Exact(String),
+    /// Shared with every stream that echoes it: an allowed request costs no copy of its origin.
+    Exact(Rc<str>),
     /// `scheme://` + one or more DNS labels + `.domain[:port]`.
     Wildcard {
         scheme: String,
@@ -31,7 +34,7 @@ impl OriginMatcher {
     fn matches(&self, origin: &str) -> bool {
         match self {
             Self::Any => true,
-            Self::Exact(exact) => origin == exact,
+            Self::Exact(exact) => origin == &**exact,
             Self::Wildcard { scheme, suffix } => origin
                 .strip_prefix(scheme.as_str())
                 .and_then(|rest| rest.strip_suffix(suffix.as_str()))
@@ -80,7 +83,7 @@ fn compile_pattern(pattern: &OriginPattern, problems: &mut Problems) -> Option<O
                 );
                 return None;
             }
-            Some(OriginMatcher::Exact(origin.clone()))
+            Some(OriginMatcher::Exact(origin.as_str().into()))
         }
         OriginPattern::Wildcard(pattern) => {
             let parsed = parse_wildcard(pattern);
@@ -124,7 +127,7 @@ pub enum CorsDecision {
     /// Refuse a preflight from an origin that is not allowed (403).
     RejectPreflight,
     /// Let the request through; on the response, echo this origin if it is allowed.
-    Forward { allowed_origin: Option<String> },
+    Forward { allowed_origin: Option<Rc<str>> },
 }
 
 impl CorsPolicy {
@@ -179,8 +182,19 @@ impl CorsPolicy {
         }
     }
 
-    fn allows(&self, origin: &str) -> bool {
-        self.origins.iter().any(|matcher| matcher.matches(origin))
+    /// The origin to echo if `origin` is allowed: a configured exact origin is shared, not
+    /// copied. Non-UTF-8 origins are never allowed.
+    fn allowed(&self, origin: &[u8]) -> Option<Rc<str>> {
+        let exact = self.origins.iter().find_map(|matcher| match matcher {
+            OriginMatcher::Exact(exact) if exact.as_bytes() == origin => Some(Rc::clone(exact)),
+            _ => None,
+        });
+        exact.or_else(|| {
+            std::str::from_utf8(origin)
+                .ok()
+                .filter(|origin| self.origins.iter().any(|matcher| matcher.matches(origin)))
+                .map(Rc::from)
+        })
     }
 
     /// Decides on a request from its method and CORS request headers (absent or empty headers
@@ -195,10 +209,8 @@ impl CorsPolicy {
         let Some(origin) = origin.filter(|o| !o.is_empty()) else {
             return CorsDecision::NotCors;
         };
-        let allowed_origin = std::str::from_utf8(origin)
-            .ok()
-            .filter(|origin| self.allows(origin))
-            .map(str::to_owned);
+        let allowed_origin = self.allowed(origin);
+
         let is_preflight = method == b"OPTIONS" && request_method.is_some_and(|m| !m.is_empty());
         if !is_preflight {
             return CorsDecision::Forward { allowed_origin };
@@ -219,7 +231,7 @@ impl CorsPolicy {
                     .map(|r| String::from_utf8_lossy(r).into_owned()),
                 other => other.map(str::to_owned),
             };
-        let mut headers = vec![("access-control-allow-origin", origin)];
+        let mut headers = vec![("access-control-allow-origin", origin.to_string())];
         if self.allow_credentials {
             headers.push(("access-control-allow-credentials", "true".to_owned()));
         }
@@ -244,13 +256,24 @@ impl CorsPolicy {
     /// Headers set on the response to an actual request from an allowed origin.
     pub fn response_headers(&self, allowed_origin: &str) -> Vec<(&'static str, String)> {
         let mut headers = vec![("access-control-allow-origin", allowed_origin.to_owned())];
-        if self.allow_credentials {
-            headers.push(("access-control-allow-credentials", "true".to_owned()));
-        }
-        if let Some(expose) = &self.expose_headers {
-            headers.push(("access-control-expose-headers", expose.clone()));
-        }
+        headers.extend(
+            self.response_headers_after_origin()
+                .map(|(name, value)| (name, value.to_owned())),
+        );
         headers
+    }
+
+    /// [`Self::response_headers`] after `Access-Control-Allow-Origin`: the same for every
+    /// allowed origin, borrowed from the policy.
+    pub fn response_headers_after_origin(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let credentials = self
+            .allow_credentials
+            .then_some(("access-control-allow-credentials", "true"));
+        let expose = self
+            .expose_headers
+            .as_deref()
+            .map(|expose| ("access-control-expose-headers", expose));
+        credentials.into_iter().chain(expose)
     }
 }
 
@@ -280,7 +303,7 @@ mod tests {
         "allow_methods":["GET","POST"],"allow_headers":["authorization","content-type"],
         "expose_headers":["x-request-id"],"max_age":"10m","allow_credentials":true}"#;
 
-    fn forward(origin: &str) -> Option<String> {
+    fn forward(origin: &str) -> Option<Rc<str>> {
         match policy(POLICY).on_request(b"GET", Some(origin.as_bytes()), None, None) {
             CorsDecision::Forward { allowed_origin } => allowed_origin,
             other => panic!("{other:?}"),

@@ -3,6 +3,7 @@
 
 use palisade_kit::config::Problems;
 use std::borrow::Cow;
+use std::rc::Rc;
 
 use palisade_kit::header_pairs::{get as header, Edit};
 use palisade_kit::random::Xoshiro256;
@@ -11,7 +12,7 @@ use palisade_kit::reply::{ErrorReply, CONTENT_TYPE};
 use crate::config::{HeaderSecurityConfig, RequestIdConfig, TraceContextConfig};
 use crate::cors::{CorsDecision, CorsPolicy};
 use crate::limits::{LimitExceeded, RequestLimits};
-use crate::request_id;
+use crate::request_id::{self, RequestId};
 use crate::security_headers::SecurityHeaders;
 use crate::transform::{Direction, Transforms, Variables};
 
@@ -41,12 +42,19 @@ impl Variables for Vars<'_> {
 /// What one stream carries from the request to the response.
 #[derive(Debug, Default)]
 pub struct StreamState {
-    request_id: Option<String>,
+    request_id: RequestId,
     /// The allowed origin of a CORS request, echoed on the response.
-    cors_origin: Option<String>,
+    cors_origin: Option<Rc<str>>,
     body_bytes: u64,
     /// This plugin answered the request itself, with every header already on the reply.
     replied: bool,
+}
+
+impl StreamState {
+    /// The request id kept or generated for this stream.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_str()
+    }
 }
 
 /// A response made here instead of by the upstream.
@@ -60,9 +68,102 @@ pub struct LocalReply {
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestVerdict<'a> {
-    /// Edits borrow from the configuration where they can.
-    Continue(Vec<Edit<'a>>),
+    Continue(RequestEdits<'a>),
     Reply(LocalReply),
+}
+
+/// The edits to a request that goes on, in order. They borrow from the configuration and the
+/// stream where they can: the commonest, a generated request id, costs no allocation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestEdits<'a> {
+    request_id: Option<Edit<'a>>,
+    others: Vec<Edit<'a>>,
+}
+
+impl<'a> RequestEdits<'a> {
+    pub fn iter(&self) -> impl Iterator<Item = &Edit<'a>> {
+        self.request_id.iter().chain(&self.others)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.request_id.is_none() && self.others.is_empty()
+    }
+
+    pub fn to_vec(&self) -> Vec<Edit<'a>> {
+        self.iter().cloned().collect()
+    }
+}
+
+impl<'r, 'a> IntoIterator for &'r RequestEdits<'a> {
+    type Item = &'r Edit<'a>;
+    type IntoIter =
+        std::iter::Chain<std::option::Iter<'r, Edit<'a>>, std::slice::Iter<'r, Edit<'a>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.request_id.iter().chain(self.others.iter())
+    }
+}
+
+/// At most this many request headers are looked up one by one; a configuration that needs
+/// more reads the whole map.
+const MAX_LOOKUPS: usize = 10;
+
+/// The request headers [`HeaderSecurity::lookup_request_headers`] found. Most requests have
+/// at most two of them (a request id, a CORS request's `Origin`): those are kept inline, and
+/// nothing is allocated for the list unless more are found.
+#[derive(Debug, Default)]
+pub struct Lookups<'e> {
+    first: Option<(&'e str, Vec<u8>)>,
+    second: Option<(&'e str, Vec<u8>)>,
+    more: Vec<(&'e str, Vec<u8>)>,
+}
+
+impl<'e> Lookups<'e> {
+    fn push(&mut self, name: &'e str, value: Vec<u8>) {
+        if self.first.is_none() {
+            self.first = Some((name, value));
+        } else if self.second.is_none() {
+            self.second = Some((name, value));
+        } else {
+            self.more.push((name, value));
+        }
+    }
+
+    /// Each header found, with its value, in the order asked.
+    pub fn found(&self) -> impl Iterator<Item = &(&'e str, Vec<u8>)> {
+        self.first.iter().chain(&self.second).chain(&self.more)
+    }
+
+    fn value(&self, name: &str) -> Option<&[u8]> {
+        let is = |entry: &&(&str, Vec<u8>)| entry.0 == name;
+        let found = self.first.as_ref().filter(is);
+        let found = found.or_else(|| self.second.as_ref().filter(is));
+        found
+            .or_else(|| self.more.iter().find(is))
+            .map(|(_, value)| value.as_slice())
+    }
+
+    /// Hands what was found to `decide` as header fields (for
+    /// [`HeaderSecurity::on_request_headers`]).
+    pub fn with_fields<R>(&self, decide: impl FnOnce(&[(&[u8], &[u8])]) -> R) -> R {
+        match (&self.first, &self.second, self.more.is_empty()) {
+            (None, _, _) => return decide(&[]),
+            (Some((name, value)), None, _) => return decide(&[(name.as_bytes(), value)]),
+            (Some((name, value)), Some((second, second_value)), true) => {
+                return decide(&[(name.as_bytes(), value), (second.as_bytes(), second_value)])
+            }
+            _ => {}
+        }
+        let mut fields: [(&[u8], &[u8]); MAX_LOOKUPS] = [(&[], &[]); MAX_LOOKUPS];
+        let mut len = 0;
+        for (name, value) in self.found() {
+            if let Some(field) = fields.get_mut(len) {
+                *field = (name.as_bytes(), value);
+                len += 1;
+            }
+        }
+        decide(fields.get(..len).unwrap_or_default())
+    }
 }
 
 /// The request headers a CORS request is decided on, read only once it has an `Origin`.
@@ -71,6 +172,9 @@ const CORS_REQUEST_HEADERS: [&str; 3] = [
     "access-control-request-method",
     "access-control-request-headers",
 ];
+
+/// CORS adds `Origin` to `Vary` wherever the answer depends on the origin.
+const VARY_ORIGIN: Edit<'static> = Edit::Add(Cow::Borrowed("vary"), Cow::Borrowed(b"Origin"));
 
 /// Which response headers [`HeaderSecurity::on_response_headers`] looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +194,12 @@ pub struct HeaderSecurity {
     /// cheaper than the whole map (which the host serialises and copies into the VM).
     request_header_names: Option<Vec<String>>,
     security: SecurityHeaders,
+    /// The security headers' edits to every response, made once here: a response hands them
+    /// to the host as they are.
+    security_edits: Vec<Edit<'static>>,
     cors: Option<CorsPolicy>,
+    /// The CORS headers after `Access-Control-Allow-Origin` on a response to an allowed origin.
+    cors_edits: Vec<Edit<'static>>,
     limits: RequestLimits,
     request_transforms: Transforms,
     response_transforms: Transforms,
@@ -132,28 +241,52 @@ impl HeaderSecurity {
                 p.push_at("sampling_rate", "must be between 0 and 1");
             }
         });
-        let request_header_names =
-            (!limits.needs_all_headers() && !request_transforms.reads_headers()).then(|| {
-                let mut names = vec![config.request_id.header.clone()];
-                if config.trace_context.create {
-                    names.push("traceparent".to_owned());
+        let request_header_names = (!limits.needs_all_headers()
+            && !request_transforms.reads_headers())
+        .then(|| {
+            let mut names = vec![config.request_id.header.clone()];
+            if config.trace_context.create {
+                names.push("traceparent".to_owned());
+            }
+            names.extend(limits.header_names().map(str::to_owned));
+            if cors.is_some() {
+                names.push("origin".to_owned());
+            }
+            let mut unique: Vec<String> = Vec::with_capacity(names.len());
+            for name in names {
+                if !unique.contains(&name) {
+                    unique.push(name);
                 }
-                names.extend(limits.header_names().map(str::to_owned));
-                if cors.is_some() {
-                    names.push("origin".to_owned());
-                }
-                let mut unique: Vec<String> = Vec::with_capacity(names.len());
-                for name in names {
-                    if !unique.contains(&name) {
-                        unique.push(name);
-                    }
-                }
-                unique
-            });
+            }
+            unique
+        })
+        // The CORS request headers may come on top.
+        .filter(|names| names.len() + CORS_REQUEST_HEADERS.len() <= MAX_LOOKUPS);
+        let security = SecurityHeaders::new(&config.security_headers);
+        let security_edits = security
+            .remove
+            .iter()
+            .map(|name| Edit::Remove(Cow::Owned(name.clone())))
+            .chain(security.set.iter().map(|(name, value)| {
+                Edit::Set(
+                    Cow::Owned(name.clone()),
+                    Cow::Owned(value.clone().into_bytes()),
+                )
+            }))
+            .collect();
+        let cors_edits = cors
+            .iter()
+            .flat_map(CorsPolicy::response_headers_after_origin)
+            .map(|(name, value)| {
+                Edit::Set(Cow::Borrowed(name), Cow::Owned(value.as_bytes().to_vec()))
+            })
+            .collect();
         Self {
             request_header_names,
-            security: SecurityHeaders::new(&config.security_headers),
+            security,
+            security_edits,
             cors,
+            cors_edits,
             limits,
             request_transforms,
             response_transforms,
@@ -168,54 +301,59 @@ impl HeaderSecurity {
     pub fn lookup_request_headers(
         &self,
         mut get: impl FnMut(&str) -> Option<Vec<u8>>,
-    ) -> Option<Vec<(&str, Vec<u8>)>> {
+    ) -> Option<Lookups<'_>> {
         let names = self.request_header_names.as_ref()?;
-        let mut found: Vec<(&str, Vec<u8>)> = Vec::with_capacity(names.len() + 3);
+        let mut found = Lookups::default();
         for name in names {
             if let Some(value) = get(name) {
-                found.push((name.as_str(), value));
+                found.push(name.as_str(), value);
             }
         }
-        let has_origin = found.iter().any(|(name, _)| *name == "origin");
-        if self.cors.is_some() && has_origin {
-            for name in CORS_REQUEST_HEADERS {
-                if names.iter().all(|known| known != name) {
-                    if let Some(value) = get(name) {
-                        found.push((name, value));
-                    }
+        if self.cors.is_none() || found.value("origin").is_none() {
+            return Some(found);
+        }
+        // A CORS request is a preflight only with an `Access-Control-Request-Method` and the
+        // method `OPTIONS`, and only a preflight's answer uses the requested headers: each is
+        // asked for only when the one before says it can matter (an absent header is the
+        // cheapest call).
+        let [method, request_method, request_headers] = CORS_REQUEST_HEADERS;
+        let mut ask = |name: &'static str, found: &mut Lookups<'_>| {
+            // Unless asked already.
+            if found.value(name).is_none() && names.iter().all(|known| known != name) {
+                if let Some(value) = get(name) {
+                    found.push(name, value);
                 }
+            }
+        };
+        ask(request_method, &mut found);
+        if found.value(request_method).is_some_and(|m| !m.is_empty()) {
+            ask(method, &mut found);
+            if found.value(method) == Some(b"OPTIONS") {
+                ask(request_headers, &mut found);
             }
         }
         Some(found)
     }
 
     /// Decides on the request headers: the whole map, or what
-    /// [`Self::lookup_request_headers`] found.
-    pub fn on_request_headers(
-        &self,
+    /// [`Self::lookup_request_headers`] found. The edits borrow from the configuration and
+    /// from the stream's state (a generated request id).
+    pub fn on_request_headers<'a>(
+        &'a self,
         headers: &[(&[u8], &[u8])],
         rng: &mut Xoshiro256,
         host: &mut dyn HostValues,
-        state: &mut StreamState,
-    ) -> RequestVerdict<'_> {
-        let mut edits = Vec::new();
+        state: &'a mut StreamState,
+    ) -> RequestVerdict<'a> {
         // The id comes first: every reply, including refusals, carries it.
         let incoming =
             header(headers, &self.request_id.header).filter(|id| request_id::is_acceptable_id(id));
-        state.request_id = match incoming {
-            Some(id) => Some(String::from_utf8_lossy(id).into_owned()),
-            None if self.request_id.generate => {
-                let mut bytes = [0u8; 16];
-                rng.fill(&mut bytes);
-                let id = request_id::uuid_v4(bytes);
-                edits.push(Edit::Set(
-                    Cow::Borrowed(self.request_id.header.as_str()),
-                    Cow::Owned(id.clone().into_bytes()),
-                ));
-                Some(id)
-            }
-            None => None,
-        };
+        let generated = incoming.is_none() && self.request_id.generate;
+        match incoming {
+            Some(id) => state.request_id.set(id),
+            None if generated => state.request_id.generate(rng),
+            None => state.request_id.clear(),
+        }
 
         if let Some(cors) = &self.cors {
             match cors.on_request(
@@ -248,6 +386,14 @@ impl HeaderSecurity {
             return RequestVerdict::Reply(self.refusal(state, &exceeded));
         }
 
+        let state: &'a StreamState = state;
+        let mut edits = RequestEdits::default();
+        if let (true, Some(id)) = (generated, state.request_id.get()) {
+            edits.request_id = Some(Edit::Set(
+                Cow::Borrowed(self.request_id.header.as_str()),
+                Cow::Borrowed(id),
+            ));
+        }
         if self.trace.create {
             match header(headers, "traceparent") {
                 Some(value) if request_id::is_valid_traceparent(value) => {}
@@ -256,13 +402,13 @@ impl HeaderSecurity {
                     rng.fill(&mut random);
                     let sampled = request_id::is_sampled(rng.next_u32(), self.trace.sampling_rate);
                     let traceparent = request_id::new_traceparent(random, sampled);
-                    edits.push(Edit::Set(
+                    edits.others.push(Edit::Set(
                         Cow::Borrowed("traceparent"),
-                        Cow::Owned(traceparent),
+                        Cow::Owned(traceparent.to_vec()),
                     ));
                     if existing.is_some() {
                         // tracestate belongs to the trace being replaced.
-                        edits.push(Edit::Remove(Cow::Borrowed("tracestate")));
+                        edits.others.push(Edit::Remove(Cow::Borrowed("tracestate")));
                     }
                 }
             }
@@ -270,10 +416,12 @@ impl HeaderSecurity {
 
         if !self.request_transforms.is_empty() {
             let mut vars = Vars {
-                request_id: state.request_id.as_deref(),
+                request_id: state.request_id(),
                 host,
             };
-            edits.extend(self.request_transforms.apply(headers, &mut vars));
+            edits
+                .others
+                .extend(self.request_transforms.apply(headers, &mut vars));
         }
         RequestVerdict::Continue(edits)
     }
@@ -289,57 +437,58 @@ impl HeaderSecurity {
         result.err().map(|exceeded| self.refusal(state, &exceeded))
     }
 
-    /// The edits to the response headers.
+    /// The edits to the response headers, collected; [`Self::for_each_response_edit`] hands
+    /// them over one at a time instead.
     pub fn on_response_headers<'a>(
         &'a self,
         state: &'a StreamState,
         headers: &[(&[u8], &[u8])],
         host: &mut dyn HostValues,
     ) -> Vec<Edit<'a>> {
+        let mut edits = Vec::new();
+        self.for_each_response_edit(state, headers, host, |edit| edits.push(edit.clone()));
+        edits
+    }
+
+    /// Hands each edit to the response headers to `apply`, in order, without collecting them:
+    /// the same on every response are made at configure time, the others borrow from the
+    /// stream, so a response costs no allocation unless a transform builds a value.
+    pub fn for_each_response_edit<'a>(
+        &'a self,
+        state: &'a StreamState,
+        headers: &[(&[u8], &[u8])],
+        host: &mut dyn HostValues,
+        mut apply: impl FnMut(&Edit<'a>),
+    ) {
         if state.replied {
             // Our own reply already carries every header.
-            return Vec::new();
+            return;
         }
-        let borrowed = |name: &'a str, value: &'a str| {
-            Edit::Set(Cow::Borrowed(name), Cow::Borrowed(value.as_bytes()))
-        };
-        let mut edits: Vec<Edit<'a>> =
-            Vec::with_capacity(self.security.remove.len() + self.security.set.len() + 6);
-        edits.extend(
-            self.security
-                .remove
-                .iter()
-                .map(|name| Edit::Remove(Cow::Borrowed(name.as_str()))),
-        );
-        edits.extend(
-            self.security
-                .set
-                .iter()
-                .map(|(name, value)| borrowed(name, value)),
-        );
-        if let (true, Some(id)) = (self.request_id.echo, &state.request_id) {
-            edits.push(borrowed(&self.request_id.header, id));
+        let set =
+            |name: &'a str, value: &'a [u8]| Edit::Set(Cow::Borrowed(name), Cow::Borrowed(value));
+        self.security_edits.iter().for_each(&mut apply);
+        if let (true, Some(id)) = (self.request_id.echo, state.request_id.get()) {
+            apply(&set(&self.request_id.header, id));
         }
-        if let (Some(cors), Some(origin)) = (&self.cors, &state.cors_origin) {
-            edits.extend(
-                cors.response_headers(origin)
-                    .into_iter()
-                    .map(|(name, value)| {
-                        Edit::Set(Cow::Borrowed(name), Cow::Owned(value.into_bytes()))
-                    }),
-            );
-        }
-        if self.cors.is_some() && !varies_by_origin(headers) {
-            edits.push(Edit::Add(Cow::Borrowed("vary"), Cow::Borrowed(b"Origin")));
+        if self.cors.is_some() {
+            if let Some(origin) = &state.cors_origin {
+                apply(&set("access-control-allow-origin", origin.as_bytes()));
+                self.cors_edits.iter().for_each(&mut apply);
+            }
+            if !varies_by_origin(headers) {
+                apply(&VARY_ORIGIN);
+            }
         }
         if !self.response_transforms.is_empty() {
             let mut vars = Vars {
-                request_id: state.request_id.as_deref(),
+                request_id: state.request_id(),
                 host,
             };
-            edits.extend(self.response_transforms.apply(headers, &mut vars));
+            self.response_transforms
+                .apply(headers, &mut vars)
+                .iter()
+                .for_each(apply);
         }
-        edits
     }
 
     /// Which response headers [`Self::on_response_headers`] looks at for this stream; the
@@ -372,8 +521,8 @@ impl HeaderSecurity {
 
     fn reply_headers(&self, state: &StreamState) -> Vec<(String, String)> {
         let mut headers = self.security.set.clone();
-        if let (true, Some(id)) = (self.request_id.echo, &state.request_id) {
-            headers.push((self.request_id.header.clone(), id.clone()));
+        if let (true, Some(id)) = (self.request_id.echo, state.request_id()) {
+            headers.push((self.request_id.header.clone(), id.to_owned()));
         }
         headers
     }
@@ -398,7 +547,7 @@ impl HeaderSecurity {
         LocalReply {
             status: reply.status,
             headers,
-            body: reply.body(state.request_id.as_deref()),
+            body: reply.body(state.request_id()),
         }
     }
 }
@@ -458,16 +607,38 @@ mod tests {
         headers
     }
 
-    fn run<'a>(engine: &'a HeaderSecurity, headers: &Pairs) -> (RequestVerdict<'a>, StreamState) {
+    /// The verdict with its edits copied out, so that the state they borrow from is free.
+    fn owned(verdict: RequestVerdict<'_>) -> RequestVerdict<'static> {
+        fn own(edit: Edit<'_>) -> Edit<'static> {
+            let name = |name: Cow<'_, str>| Cow::Owned(name.into_owned());
+            match edit {
+                Edit::Set(n, v) => Edit::Set(name(n), Cow::Owned(v.into_owned())),
+                Edit::Add(n, v) => Edit::Add(name(n), Cow::Owned(v.into_owned())),
+                Edit::Remove(n) => Edit::Remove(name(n)),
+            }
+        }
+        match verdict {
+            RequestVerdict::Reply(reply) => RequestVerdict::Reply(reply),
+            RequestVerdict::Continue(edits) => RequestVerdict::Continue(RequestEdits {
+                request_id: edits.request_id.map(own),
+                others: edits.others.into_iter().map(own).collect(),
+            }),
+        }
+    }
+
+    fn run(engine: &HeaderSecurity, headers: &Pairs) -> (RequestVerdict<'static>, StreamState) {
         let mut state = StreamState::default();
         let mut rng = Xoshiro256::from_seed([3; 32]);
         let verdict =
-            engine.on_request_headers(&borrow(headers), &mut rng, &mut NoHost, &mut state);
+            owned(engine.on_request_headers(&borrow(headers), &mut rng, &mut NoHost, &mut state));
         (verdict, state)
     }
 
-    fn set_value<'a>(edits: &'a [Edit], name: &str) -> Option<&'a [u8]> {
-        edits.iter().find_map(|e| match e {
+    fn set_value<'a>(
+        edits: impl IntoIterator<Item = &'a Edit<'a>>,
+        name: &str,
+    ) -> Option<&'a [u8]> {
+        edits.into_iter().find_map(|e| match e {
             Edit::Set(n, v) if n == name => Some(v.as_ref()),
             _ => None,
         })
@@ -502,7 +673,7 @@ mod tests {
             &e,
             &request(&[("x-request-id", "abc-123"), ("traceparent", tp)]),
         );
-        assert_eq!(verdict, RequestVerdict::Continue(vec![]));
+        assert_eq!(verdict, RequestVerdict::Continue(RequestEdits::default()));
     }
 
     #[test]
@@ -521,8 +692,8 @@ mod tests {
         };
         assert_ne!(set_value(&edits, "x-request-id"), Some(&b"a b\tc"[..]));
         assert!(set_value(&edits, "traceparent").is_some());
-        assert!(edits.contains(&Edit::Remove("tracestate".into())));
-        assert_eq!(state.request_id.as_deref().map(str::len), Some(36));
+        assert!(edits.to_vec().contains(&Edit::Remove("tracestate".into())));
+        assert_eq!(state.request_id().map(str::len), Some(36));
     }
 
     #[test]
@@ -554,8 +725,8 @@ mod tests {
             header(&borrow(headers), name).map(<[u8]>::to_vec)
         });
         let found = found.map(|f| {
-            f.into_iter()
-                .map(|(n, v)| (n.as_bytes().to_vec(), v))
+            f.found()
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.clone()))
                 .collect()
         });
         (asked, found)

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use palisade_kit::config::{ConfigError, Problems};
-use palisade_kit::header_pairs::{decode_borrowed, Fields};
+use palisade_kit::header_pairs::{decode_borrowed, Edit, Fields};
 use palisade_kit::host::{self, Map, Plugin};
 use palisade_kit::random::Xoshiro256;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -142,6 +142,25 @@ fn fields(raw: &[u8]) -> Fields<'_> {
     })
 }
 
+/// Applies edits one host call each; `Err` carries the first refused one (the others are still
+/// tried).
+fn apply_each<'e>(
+    map: Map,
+    edits: impl IntoIterator<Item = &'e Edit<'e>>,
+) -> Result<(), host::HostError> {
+    let mut result = Ok(());
+    for edit in edits {
+        keep_first_error(&mut result, host::apply_edit(map, edit));
+    }
+    result
+}
+
+fn keep_first_error(first: &mut Result<(), host::HostError>, next: Result<(), host::HostError>) {
+    if first.is_ok() {
+        *first = next;
+    }
+}
+
 fn reply(local: &LocalReply) -> Action {
     let headers: Vec<(&str, &str)> = local
         .headers
@@ -162,44 +181,34 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let worker = Rc::clone(&self.worker);
+        let engine = &worker.engine;
+        let state = &mut self.state;
+        let mut rng = worker.rng.borrow_mut();
+        let mut host_values = Host {
+            route_property: &worker.route_property,
+        };
         // The few headers the configured checks need, one host call each (a missing header
         // costs no copy into the VM); the whole map only when a check needs every header.
-        let found = worker
-            .engine
-            .lookup_request_headers(|name| lookup(Map::RequestHeaders, name));
-        let raw = if found.is_none() {
-            read(Map::RequestHeaders)
-        } else {
-            Vec::new()
-        };
-        let headers = match &found {
-            Some(found) => found
-                .iter()
-                .map(|(name, value)| (name.as_bytes(), value.as_slice()))
-                .collect(),
-            None => fields(&raw),
-        };
-        let verdict = worker.engine.on_request_headers(
-            &headers,
-            &mut worker.rng.borrow_mut(),
-            &mut Host {
-                route_property: &worker.route_property,
-            },
-            &mut self.state,
-        );
-        match verdict {
-            // A partial snapshot cannot be written back whole: its edits go one by one.
-            RequestVerdict::Continue(edits) if found.is_some() => {
-                host::warn_if_refused(
-                    NAME,
-                    host::apply_edits_one_by_one(Map::RequestHeaders, &edits),
-                );
-                Action::Continue
-            }
+        if let Some(found) = engine.lookup_request_headers(|name| lookup(Map::RequestHeaders, name))
+        {
+            return found.with_fields(|headers| {
+                match engine.on_request_headers(headers, &mut rng, &mut host_values, state) {
+                    // A partial snapshot cannot be written back whole: its edits go one by one.
+                    RequestVerdict::Continue(edits) => {
+                        host::warn_if_refused(NAME, apply_each(Map::RequestHeaders, &edits));
+                        Action::Continue
+                    }
+                    RequestVerdict::Reply(local) => reply(&local),
+                }
+            });
+        }
+        let raw = read(Map::RequestHeaders);
+        let headers = fields(&raw);
+        match engine.on_request_headers(&headers, &mut rng, &mut host_values, state) {
             RequestVerdict::Continue(edits) => {
                 host::warn_if_refused(
                     NAME,
-                    host::apply_edits(Map::RequestHeaders, &headers, &edits),
+                    host::apply_edits(Map::RequestHeaders, &headers, &edits.to_vec()),
                 );
                 Action::Continue
             }
@@ -236,27 +245,38 @@ impl HttpContext for Stream {
         } else {
             Vec::new()
         };
-        let headers = match &vary {
-            Some(value) => vec![(&b"vary"[..], value.as_slice())],
-            None => fields(&raw),
+        let one;
+        let all;
+        let headers: &[(&[u8], &[u8])] = match &vary {
+            Some(value) => {
+                one = [(&b"vary"[..], value.as_slice())];
+                &one
+            }
+            None => {
+                all = fields(&raw);
+                &all
+            }
         };
-        let edits = worker.engine.on_response_headers(
-            &self.state,
-            &headers,
-            &mut Host {
-                route_property: &worker.route_property,
-            },
-        );
+        let mut host_values = Host {
+            route_property: &worker.route_property,
+        };
         if reads == ResponseReads::All {
+            let edits = worker
+                .engine
+                .on_response_headers(&self.state, headers, &mut host_values);
             host::warn_if_refused(
                 NAME,
-                host::apply_edits(Map::ResponseHeaders, &headers, &edits),
+                host::apply_edits(Map::ResponseHeaders, headers, &edits),
             );
         } else {
-            host::warn_if_refused(
-                NAME,
-                host::apply_edits_one_by_one(Map::ResponseHeaders, &edits),
-            );
+            // Each edit goes to the host as it is made: nothing collected.
+            let mut result = Ok(());
+            worker
+                .engine
+                .for_each_response_edit(&self.state, headers, &mut host_values, |edit| {
+                    keep_first_error(&mut result, host::apply_edit(Map::ResponseHeaders, edit))
+                });
+            host::warn_if_refused(NAME, result);
         }
         Action::Continue
     }

@@ -1,5 +1,7 @@
 //! Request ids (`x-request-id`) and W3C Trace Context (`traceparent`).
 
+use palisade_kit::random::Xoshiro256;
+
 /// An incoming request id is kept if it is a plain token: 1 to 200 visible ASCII characters.
 /// Anything else (spaces, control or non-ASCII bytes, a huge value) is replaced, so ids are safe
 /// to log and to echo.
@@ -7,41 +9,160 @@ pub fn is_acceptable_id(id: &[u8]) -> bool {
     (1..=200).contains(&id.len()) && id.iter().all(|&b| (0x21..=0x7e).contains(&b))
 }
 
-fn hex(bytes: &[u8], out: &mut Vec<u8>) {
+/// A stream's request id, kept from the request for the response and for refusals. It is
+/// written in place in the stream's state: a generated id, and an incoming one up to
+/// [`RequestId::INLINE`] bytes (most are), costs no allocation and no copy. Empty is no id
+/// (an id is never empty).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestId {
+    /// The bytes used in `inline`, when not on the heap.
+    len: u8,
+    inline: [u8; RequestId::INLINE],
+    heap: Option<Box<[u8]>>,
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            inline: [0; Self::INLINE],
+            heap: None,
+        }
+    }
+}
+
+impl RequestId {
+    pub const INLINE: usize = 40;
+
+    /// Keeps an incoming id that passed [`is_acceptable_id`] (visible ASCII).
+    pub fn set(&mut self, id: &[u8]) {
+        match (self.inline.get_mut(..id.len()), u8::try_from(id.len())) {
+            (Some(prefix), Ok(len)) => {
+                prefix.copy_from_slice(id);
+                self.len = len;
+                self.heap = None;
+            }
+            _ => {
+                self.len = 0;
+                self.heap = Some(id.into());
+            }
+        }
+    }
+
+    /// Generates a random (version 4) UUID.
+    pub fn generate(&mut self, rng: &mut Xoshiro256) {
+        // The bytes `rng.fill` would give, read big-endian.
+        let high = rng.next_u64().swap_bytes();
+        let low = rng.next_u64().swap_bytes();
+        if let Some(out) = self.inline.get_mut(..36) {
+            write_uuid_v4(out, high, low);
+            self.len = 36;
+            self.heap = None;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.heap = None;
+    }
+
+    /// The id, if there is one.
+    pub fn get(&self) -> Option<&[u8]> {
+        let bytes = match &self.heap {
+            Some(bytes) => bytes,
+            None => self.inline.get(..usize::from(self.len)).unwrap_or_default(),
+        };
+        (!bytes.is_empty()).then_some(bytes)
+    }
+
+    /// The id as text (it is ASCII).
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(self.get()?).ok()
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+/// Every byte's two lower-case hex digits.
+static HEX_PAIRS: [[u8; 2]; 256] = hex_pairs();
+
+// Evaluated by the compiler: an index out of bounds would fail the build, not a request.
+#[allow(clippy::indexing_slicing)]
+const fn hex_pairs() -> [[u8; 2]; 256] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
+        i += 1;
+    }
+    pairs
+}
+
+/// Writes the low `out.len()` nibbles of `value` into `out` (an even length) as lower-case
+/// hex, a byte at a time. A plain loop: this runs for every request that gets an id or a
+/// trace, and the plugin is built for size (`opt-level = "z"`), which leaves iterator adapters
+/// as a call per step.
+fn hex_digits(mut value: u64, out: &mut [u8]) {
+    let mut at = out.len();
+    while at >= 2 {
+        at -= 2;
+        let pair = HEX_PAIRS.get(usize::from(value as u8));
+        if let (Some(&[high, low]), Some([h, l])) = (pair, out.get_mut(at..at + 2)) {
+            *h = high;
+            *l = low;
+        }
+        value >>= 8;
+    }
+}
+
+/// Up to 8 bytes as a big-endian number.
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut value = 0;
     for &b in bytes {
-        for nibble in [b >> 4, b & 0x0f] {
-            out.push(DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'));
-        }
+        value = (value << 8) | u64::from(b);
     }
+    value
 }
 
-/// The ids are built from ASCII hex digits and dashes only.
-fn ascii(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_default()
+/// A random (version 4) UUID from 16 random bytes, as its 36 ASCII characters.
+pub fn uuid_v4(bytes: [u8; 16]) -> [u8; 36] {
+    let (high, low) = bytes.split_at(8);
+    let mut out = [0u8; 36];
+    write_uuid_v4(&mut out, be_u64(high), be_u64(low));
+    out
 }
 
-/// A random (version 4) UUID from 16 random bytes.
-pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut out = Vec::with_capacity(36);
-    for (i, chunk) in [
-        &bytes[..4],
-        &bytes[4..6],
-        &bytes[6..8],
-        &bytes[8..10],
-        &bytes[10..],
-    ]
-    .iter()
-    .enumerate()
+/// Writes [`uuid_v4`] of the bytes of `high` then `low` (big-endian) into `out` (36 bytes).
+fn write_uuid_v4(out: &mut [u8], high: u64, low: u64) {
+    // Version 4 in the 13th digit, variant 10 in the top bits of the 17th.
+    let high = (high & !0xf000) | 0x4000;
+    let low = (low & !(0xc0 << 56)) | (0x80 << 56);
+    // Straight-line: looping over an array of ranges would be an iterator call per step in
+    // this size-optimised build.
+    let mut write = |range: std::ops::Range<usize>, value: u64| {
+        if let Some(digits) = out.get_mut(range) {
+            hex_digits(value, digits);
+        }
+    };
+    write(0..8, high >> 32);
+    write(9..13, high >> 16);
+    write(14..18, high);
+    write(19..23, low >> 48);
+    write(24..36, low);
+    if let Some(
+        [_, _, _, _, _, _, _, _, d8, _, _, _, _, d13, _, _, _, _, d18, _, _, _, _, d23, ..],
+    ) = out.get_mut(..24)
     {
-        if i > 0 {
-            out.push(b'-');
-        }
-        hex(chunk, &mut out);
+        *d8 = b'-';
+        *d13 = b'-';
+        *d18 = b'-';
+        *d23 = b'-';
     }
-    ascii(out)
 }
 
 fn is_lower_hex(bytes: &[u8]) -> bool {
@@ -79,7 +200,7 @@ pub fn is_valid_traceparent(value: &[u8]) -> bool {
 }
 
 /// A new `traceparent` from 24 random bytes (16 for the trace id, 8 for the parent id).
-pub fn new_traceparent(mut random: [u8; 24], sampled: bool) -> Vec<u8> {
+pub fn new_traceparent(mut random: [u8; 24], sampled: bool) -> [u8; 55] {
     let (trace_id, parent_id) = random.split_at_mut(16);
     // All-zero ids are invalid; 2^-128 odds, but never emit one.
     for id in [&mut *trace_id, &mut *parent_id] {
@@ -89,12 +210,16 @@ pub fn new_traceparent(mut random: [u8; 24], sampled: bool) -> Vec<u8> {
             }
         }
     }
-    let mut out = Vec::with_capacity(55);
-    out.extend_from_slice(b"00-");
-    hex(trace_id, &mut out);
-    out.push(b'-');
-    hex(parent_id, &mut out);
-    out.extend_from_slice(if sampled { b"-01" } else { b"-00" });
+    // `00-` trace id `-` parent id `-0x`.
+    let (trace_high, trace_low) = trace_id.split_at(8);
+    let mut out = [b'-'; 55];
+    out[0] = b'0';
+    out[1] = b'0';
+    hex_digits(be_u64(trace_high), &mut out[3..19]);
+    hex_digits(be_u64(trace_low), &mut out[19..35]);
+    hex_digits(be_u64(parent_id), &mut out[36..52]);
+    out[53] = b'0';
+    out[54] = if sampled { b'1' } else { b'0' };
     out
 }
 
@@ -112,8 +237,39 @@ mod tests {
 
     #[test]
     fn uuid_has_version_and_variant() {
-        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
-        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(&uuid_v4([0; 16]), b"00000000-0000-4000-8000-000000000000");
+        assert_eq!(
+            &uuid_v4([0xff; 16]),
+            b"ffffffff-ffff-4fff-bfff-ffffffffffff"
+        );
+        let counting: [u8; 16] = std::array::from_fn(|i| i as u8 * 17);
+        assert_eq!(&uuid_v4(counting), b"00112233-4455-4677-8899-aabbccddeeff");
+    }
+
+    #[test]
+    fn request_ids_inline_or_on_the_heap() {
+        let mut id = RequestId::default();
+        assert_eq!(id.get(), None);
+        id.set(b"bench-0001");
+        assert_eq!(id.get(), Some(&b"bench-0001"[..]));
+        assert_eq!(id.as_str(), Some("bench-0001"));
+        let long = [b'a'; 200];
+        id.set(&long);
+        assert!(id.heap.is_some());
+        assert_eq!(id.get(), Some(&long[..]));
+        let exact = [b'b'; RequestId::INLINE];
+        id.set(&exact);
+        assert!(id.heap.is_none());
+        assert_eq!(id.get(), Some(&exact[..]));
+        id.clear();
+        assert_eq!(id.get(), None);
+        // The same id as the UUID of the generator's next 16 bytes.
+        let mut rng = Xoshiro256::from_seed([1; 32]);
+        let mut bytes = [0u8; 16];
+        rng.clone().fill(&mut bytes);
+        id.set(&long);
+        id.generate(&mut rng);
+        assert_eq!(id.get(), Some(uuid_v4(bytes).as_slice()));
     }
 
     #[test]
@@ -157,6 +313,10 @@ mod tests {
             *b = i as u8 * 11;
         }
         let sampled = new_traceparent(random, true);
+        assert_eq!(
+            &sampled,
+            b"00-000b16212c37424d58636e79848f9aa5-b0bbc6d1dce7f2fd-01"
+        );
         assert!(is_valid_traceparent(&sampled), "{sampled:?}");
         assert!(sampled.ends_with(b"-01"));
         let zero = new_traceparent([0; 24], false);

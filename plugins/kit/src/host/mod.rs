@@ -113,19 +113,24 @@ pub fn apply_edits_one_by_one(
     map: Map,
     edits: &[crate::header_pairs::Edit<'_>],
 ) -> Result<(), HostError> {
-    use crate::header_pairs::Edit;
     let mut first_error = Ok(());
     for edit in edits {
-        let result = match edit {
-            Edit::Set(name, value) => set_header(map, name, value),
-            Edit::Add(name, value) => add_header(map, name, value),
-            Edit::Remove(name) => remove_header(map, name),
-        };
+        let result = apply_edit(map, edit);
         if first_error.is_ok() {
             first_error = result;
         }
     }
     first_error
+}
+
+/// Applies one edit with one host call.
+pub fn apply_edit(map: Map, edit: &crate::header_pairs::Edit<'_>) -> Result<(), HostError> {
+    use crate::header_pairs::Edit;
+    match edit {
+        Edit::Set(name, value) => set_header(map, name, value),
+        Edit::Add(name, value) => add_header(map, name, value),
+        Edit::Remove(name) => remove_header(map, name),
+    }
 }
 
 /// For plugins whose header edits are best effort: logs a refused edit and goes on.
