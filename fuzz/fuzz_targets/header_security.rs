@@ -3,8 +3,6 @@
 //! limits and transforms all on.
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use palisade_header_security::config::HeaderSecurityConfig;
 use palisade_header_security::engine::{HeaderSecurity, HostValues, StreamState};
@@ -38,14 +36,17 @@ impl HostValues for Host {
 }
 
 fn engine() -> &'static HeaderSecurity {
-    static ENGINE: OnceLock<HeaderSecurity> = OnceLock::new();
-    ENGINE.get_or_init(|| {
-        let config: HeaderSecurityConfig = load(CONFIG).expect("the fuzz config is valid");
-        let mut problems = Problems::default();
-        let engine = HeaderSecurity::build(&config, &mut problems);
-        problems.into_result().expect("the fuzz config compiles");
-        engine
-    })
+    // Per thread, as a proxy worker holds it (the engine shares strings through `Rc`).
+    thread_local! {
+        static ENGINE: &'static HeaderSecurity = Box::leak(Box::new({
+            let config: HeaderSecurityConfig = load(CONFIG).expect("the fuzz config is valid");
+            let mut problems = Problems::default();
+            let engine = HeaderSecurity::build(&config, &mut problems);
+            problems.into_result().expect("the fuzz config compiles");
+            engine
+        }));
+    }
+    ENGINE.with(|engine| *engine)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -94,7 +94,8 @@ fn calls_named(stream: &HttpStream, name: &str) -> usize {
 
 /// One case: plugin, config, scenario and the most host calls its request may make (the same
 /// bound for both profiles; Kong's answers differ only in what they cost the host), and for
-/// some the most fuel (guest instructions dominate a plugin's cost in V8: ~3 us per 1k fuel).
+/// some the most fuel (guest instructions cost ~1.5-3.5 us per 1k fuel in V8:
+/// docs/performance.md).
 struct Case {
     plugin: Plugin,
     label: &'static str,

@@ -1102,7 +1102,7 @@ fn report(table: &str, settings: &str, args: &[String]) -> String {
     if let Ok(costs) = std::fs::read_to_string(workspace().join("target/bench/host-call-costs.md"))
     {
         out.push_str("\n## What one host call costs in Envoy (V8)\n\n");
-        out.push_str("From `just bench --probe` (last run on this machine): the empty filter's module doing one kind of host call 50 times per request, measured together with the empty filter. Calls that hand a value to the plugin go back into its allocator and cost several times the others; guest code itself costs about 3 µs per 1,000 fuel in typical plugin code (a tight arithmetic loop runs faster).\n\n");
+        out.push_str("From `just bench --probe` (last run on this machine): the empty filter's module doing one kind of host call 50 times per request, measured together with the empty filter. Calls that hand a value to the plugin go back into its allocator and cost several times the others. These are warm prices (one call repeated); a plugin making each kind of call once per request pays more (docs/performance.md).\n\n");
         out.push_str(&costs);
     }
     for (file, title, about) in [
