@@ -789,7 +789,8 @@ fn main() {
             .expect("write host-call-costs.md");
         return;
     }
-    let together: Vec<Option<TogetherSummary>> = together
+    let together_rounds = together;
+    let together: Vec<Option<TogetherSummary>> = together_rounds
         .iter()
         .map(|rounds| TogetherSummary::of(rounds))
         .collect();
@@ -851,30 +852,46 @@ fn main() {
     let index = |name: &str| setups.iter().position(|s| s.name == name).unwrap_or(0);
     let base = &rows[index(NONE)];
     let added = |row: &Row| row.p50 - base.p50;
-    // Ratios compare the CPU each filter adds per request: latency at one connection tracks it,
-    // but on a shared machine it also carries the neighbours' noise.
-    let added_cpu = |row: &Row| row.cpu - base.cpu;
-    let floor_added = setups
+    // What each setup adds to Envoy's CPU per request: from its rounds run together with no
+    // filter where there are any (back-to-back runs drift by more than a small filter costs),
+    // else from its own runs. Ratios compare these; latency carries the neighbours' noise.
+    let mut floor_rounds: Vec<f64> = together_rounds
         .iter()
-        .position(|s| s.name == FLOOR)
-        .map_or(0.0, |i| added_cpu(&rows[i]));
+        .flatten()
+        .map(|t| t.floor_added)
+        .collect();
+    let floor_together = (!floor_rounds.is_empty()).then(|| median(&mut floor_rounds));
+    let added_of: Vec<f64> = setups
+        .iter()
+        .zip(&rows)
+        .zip(&together)
+        .map(
+            |((setup, row), summary)| match (setup.name.as_str(), summary) {
+                (NONE, _) => 0.0,
+                (FLOOR, _) if floor_together.is_some() => floor_together.unwrap_or_default(),
+                (_, Some(t)) => t.added,
+                _ => row.cpu - base.cpu,
+            },
+        )
+        .collect();
+    let added_cpu = |i: usize| added_of.get(i).copied().unwrap_or_default();
     let vms = f64::from(WORKERS + 1);
 
     let mut table = String::new();
     let mut csv = String::from("setup,req_per_s,cpu_us_per_req,added_cpu_us,p50_us,p99_us,added_p50_us,vs_native,vs_floor,rps_spread_pct,wasm_kib,rss_delta_per_vm_mib\n");
-    table.push_str("| setup | req/s (c={c}) | Envoy CPU µs/req | added CPU µs | p50 µs (c=1) | p99 µs (c=1) | added p50 µs | vs native | vs floor | req/s spread | .wasm KiB | Δ RSS per VM MiB |\n".replace("{c}", &load.connections.to_string()).as_str());
+    table.push_str("| setup | req/s (c={c}) | Envoy CPU µs/req (c={c}) | added CPU µs (together, c=1) | p50 µs (c=1) | p99 µs (c=1) | added p50 µs | vs native | vs floor | req/s spread | .wasm KiB | Δ RSS per VM MiB |\n".replace("{c}", &load.connections.to_string()).as_str());
     table.push_str(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for (setup, row) in setups.iter().zip(&rows) {
-        let add = added_cpu(row);
+    for (i, (setup, row)) in setups.iter().zip(&rows).enumerate() {
+        let add = added_cpu(i);
         let vs_native = setup
             .native_counterpart
             .map(|n| {
                 let native = setups
                     .iter()
                     .position(|s| s.name == n)
-                    .map_or(0.0, |i| added_cpu(&rows[i]));
+                    .map_or(0.0, added_cpu);
                 if native > 0.0 {
                     format!("{:.2}×", add / native)
                 } else {
@@ -882,12 +899,14 @@ fn main() {
                 }
             })
             .unwrap_or_default();
-        let vs_floor = if let Some(t) = together[index(&setup.name)] {
-            format!("{:.2}×", t.vs_floor)
-        } else if setup.name == NONE || floor_added <= 0.0 {
-            String::new()
-        } else {
-            format!("{:.2}×", add / floor_added)
+        let vs_floor = match (setup.name.as_str(), together.get(i).copied().flatten()) {
+            (NONE, _) => String::new(),
+            (FLOOR, _) => "1.00×".to_owned(),
+            (_, Some(t)) => format!("{:.2}×", t.vs_floor),
+            _ => match added_cpu(index(FLOOR)) {
+                floor if floor > 0.0 => format!("{:.2}×", add / floor),
+                _ => String::new(),
+            },
         };
         let wasm_kib: u64 = setup
             .wasm_files
@@ -940,7 +959,8 @@ fn main() {
         );
     }
     // What the table says about the targets in the plugins' issues, computed from this run.
-    let row_of = |name: &str| setups.iter().position(|s| s.name == name).map(|i| &rows[i]);
+    let row_of = |name: &str| setups.iter().position(|s| s.name == name);
+    let rps = |i: usize| rows.get(i).map_or(0.0, |r| r.rps);
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
     let mut findings = String::new();
     if let (Some(one), Some(five), Some(chain)) =
@@ -967,7 +987,7 @@ fn main() {
                 added_cpu(ours),
                 added_cpu(native),
                 ratio(added_cpu(ours), added_cpu(native)),
-                ratio(ours.rps, native.rps)
+                ratio(rps(ours), rps(native))
             );
         }
     }
@@ -979,9 +999,9 @@ fn main() {
         let _ = writeln!(
             findings,
             "- Warm token cache, RS256: palisade-auth serves {:.0} req/s, {:.0}% of native `jwt_authn` with its cache on (target: at least 90%) and {:.2}× native `jwt_authn` without it (target: at least 1.3×); it adds {:.1} µs of CPU per request, native with its cache {:.1} µs.",
-            ours.rps,
-            ratio(ours.rps, cached.rps) * 100.0,
-            ratio(ours.rps, uncached.rps),
+            rps(ours),
+            ratio(rps(ours), rps(cached)) * 100.0,
+            ratio(rps(ours), rps(uncached)),
             added_cpu(ours),
             added_cpu(cached)
         );
@@ -1089,15 +1109,16 @@ fn report(table: &str, settings: &str, args: &[String]) -> String {
         "- Envoy: {envoy} (V8), upstream: a direct-response Envoy; load: {settings}"
     );
     let _ = writeln!(out, "- Command: `just bench {}`", args.join(" ").trim());
-    out.push_str("\nThe load generator, both Envoys and the upstream share the machine's cores, so absolute\n");
+    out.push_str("\nThe load generator, the Envoys and the upstream share the machine's cores, so absolute\n");
     out.push_str("numbers are low and noisy; compare rows of one run. \"Envoy CPU µs/req\" is the CPU time all of\n");
-    out.push_str("Envoy's threads spent per request under load (from `/proc/<pid>/task/*/schedstat`), which\n");
-    out.push_str("neighbours on the machine barely move; \"added CPU\" subtracts Envoy's without a filter, and\n");
-    out.push_str("\"vs native\" divides it by the native filter's. Back-to-back runs drift on a shared machine by\n");
-    out.push_str("more than a small filter costs, so \"vs floor\" comes from separate rounds in which each setup\n");
-    out.push_str("runs at the same time as no filter and the empty Wasm filter (one connection each, CPU per\n");
-    out.push_str("request of each Envoy over the same window): the median of the per-round ratios of what the\n");
-    out.push_str("setup adds to what the empty filter adds. \"added p50\" is latency at one connection, noisier.\n\n");
+    out.push_str("Envoy's threads spent per request (from `/proc/<pid>/task/*/schedstat`) in the setup's own runs\n");
+    out.push_str("under load. Back-to-back runs drift on a shared machine by more than a small filter costs, so\n");
+    out.push_str("\"added CPU\" and every ratio come from separate rounds in which each setup runs at the same\n");
+    out.push_str("time as no filter and the empty Wasm filter, one connection each: what the setup's Envoy\n");
+    out.push_str("spends per request over the same window minus what Envoy without a filter spends (medians\n");
+    out.push_str("over rounds). \"vs native\" divides it by the native filter's, \"vs floor\" is the median of the\n");
+    out.push_str("per-round ratios to what the empty filter adds. \"added p50\" is latency at one connection in\n");
+    out.push_str("the setup's own runs, noisier.\n\n");
     out.push_str(table);
     if let Ok(costs) = std::fs::read_to_string(workspace().join("target/bench/host-call-costs.md"))
     {
