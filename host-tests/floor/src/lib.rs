@@ -46,6 +46,10 @@ mod filter {
         Compute,
         /// The same work in `on_log`, after the response: whether the client waits for it.
         ComputeOnLog,
+        /// One call each of five kinds (clock, present header, shared get, get + CAS set,
+        /// metric) per count: what a plugin pays for a few distinct calls, against the sum of
+        /// their repeated (warm) prices.
+        Mix,
     }
 
     impl Op {
@@ -65,6 +69,7 @@ mod filter {
                 "current_time" => Self::CurrentTime,
                 "compute" => Self::Compute,
                 "compute_on_log" => Self::ComputeOnLog,
+                "mix" => Self::Mix,
                 _ => return None,
             })
         }
@@ -182,6 +187,23 @@ mod filter {
                         }
                     }
                     Op::Compute => sink = sink.wrapping_add(thousand_steps(i)),
+                    Op::Mix => {
+                        if let Ok(t) = hostcalls::get_current_time() {
+                            sink += t
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_nanos() as u64);
+                        }
+                        if let Ok(Some(v)) = hostcalls::get_map_value_bytes(
+                            MapType::HttpRequestHeaders,
+                            "x-request-id",
+                        ) {
+                            sink += v.len() as u64;
+                        }
+                        if let Ok((Some(v), cas)) = hostcalls::get_shared_data(SHARED_KEY) {
+                            let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&v), cas);
+                        }
+                        let _ = hostcalls::increment_metric(metric, 1);
+                    }
                 }
             }
             std::hint::black_box(sink);

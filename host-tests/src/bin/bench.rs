@@ -189,6 +189,7 @@ const PROBE_OPS: &[&str] = &[
     "current_time",
     "compute",
     "compute_on_log",
+    "mix",
 ];
 const PROBE_CALLS: u32 = 50;
 const PROBE_PREFIX: &str = "probe: ";
@@ -206,10 +207,18 @@ fn probe_setups(wasm: &Path) -> Vec<Setup> {
     };
     let mut all = vec![Setup::plain(NONE), probe(FLOOR.to_owned(), "")];
     for op in PROBE_OPS {
-        all.push(probe(
-            format!("{PROBE_PREFIX}{op} ×{PROBE_CALLS}"),
-            &format!("{op} {PROBE_CALLS}"),
-        ));
+        // The mix also once per request: the price of a few distinct calls made once each.
+        let counts: &[u32] = if *op == "mix" {
+            &[1, PROBE_CALLS]
+        } else {
+            &[PROBE_CALLS]
+        };
+        for n in counts {
+            all.push(probe(
+                format!("{PROBE_PREFIX}{op} ×{n}"),
+                &format!("{op} {n}"),
+            ));
+        }
     }
     all
 }
@@ -659,6 +668,16 @@ fn probe_op(setup: &Setup) -> Option<&str> {
     setup.name.strip_prefix(PROBE_PREFIX)?.split(' ').next()
 }
 
+/// How many times per request it makes it (`50` of "probe: get_header ×50").
+fn probe_count(setup: &Setup) -> u32 {
+    setup
+        .name
+        .rsplit('×')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(PROBE_CALLS)
+}
+
 /// `--probe`: what one host call costs, from each probe's rounds together with the floor.
 fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
     let mut costs = String::from(
@@ -668,16 +687,19 @@ fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
         let Some(op) = probe_op(setup) else {
             continue;
         };
+        let count = probe_count(setup);
         let what = if op == "compute" {
             "1000 steps of guest arithmetic (~6000 Wasm instructions)".to_owned()
         } else if op == "compute_on_log" {
             "the same in `on_log`, after the response".to_owned()
+        } else if op == "mix" {
+            format!("one each of clock, present header, shared get + CAS set, metric, {count} per request")
         } else {
             format!("`{op}`")
         };
         let mut per_call: Vec<f64> = rounds
             .iter()
-            .map(|t| (t.added - t.floor_added) / f64::from(PROBE_CALLS))
+            .map(|t| (t.added - t.floor_added) / f64::from(count))
             .collect();
         let each: Vec<String> = per_call.iter().map(|v| format!("{v:.2}")).collect();
         let _ = writeln!(
@@ -712,7 +734,7 @@ fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
     let mut floor: Vec<f64> = together.iter().flatten().map(|t| t.floor_added).collect();
     let _ = writeln!(
         costs,
-        "\nEach probe does its call {PROBE_CALLS} times per request and runs at the same time as the empty filter and no filter (one connection each); the empty filter itself adds {:.1} µs per request (median).",
+        "\nEach probe does its call {PROBE_CALLS} times per request (the mix also once) and runs at the same time as the empty filter and no filter (one connection each); the empty filter itself adds {:.1} µs per request (median).",
         median(&mut floor)
     );
     costs
