@@ -19,21 +19,23 @@ pub fn push_u64_bytes(out: &mut Vec<u8>, n: u64) {
 
 /// `n` in decimal ASCII, written at the end of `digits` (no allocation, no UTF-8 check);
 /// returns the digits written.
-pub fn write(digits: &mut [u8; 20], mut n: u64) -> &[u8] {
-    let mut start = digits.len();
+pub fn write(digits: &mut [u8; 20], n: u64) -> &[u8] {
+    let start = write_before(digits, 20, n).unwrap_or(0);
+    digits.get(start..).unwrap_or_default()
+}
+
+/// Writes `n` in decimal ASCII to end just before `end` in `buf`, in place (for values built
+/// right to left in one buffer); returns where the digits start, or `None` if they do not fit.
+pub fn write_before(buf: &mut [u8], mut end: usize, mut n: u64) -> Option<usize> {
     loop {
-        start -= 1;
-        // `n % 10` is below 10, so the digit is ASCII; `start` stays in bounds: u64 has at
-        // most 20 decimal digits.
-        if let Some(d) = digits.get_mut(start) {
-            *d = b'0' + (n % 10) as u8;
-        }
+        end = end.checked_sub(1)?;
+        // `n % 10` is below 10: an ASCII digit.
+        *buf.get_mut(end)? = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 || start == 0 {
-            break;
+        if n == 0 {
+            return Some(end);
         }
     }
-    digits.get(start..).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -64,6 +66,15 @@ mod tests {
             push_u64_bytes(&mut bytes, n);
             assert_eq!(bytes, format!("x={n}").into_bytes());
             assert_eq!(write(&mut [0; 20], n), n.to_string().as_bytes());
+            let mut buf = *b"....";
+            let digits = n.to_string();
+            match write_before(&mut buf, 3, n) {
+                Some(start) => {
+                    assert_eq!(&buf[start..3], digits.as_bytes());
+                    assert_eq!(buf[3], b'.');
+                }
+                None => assert!(digits.len() > 3, "{n} fits in 3 bytes"),
+            }
         }
     }
 

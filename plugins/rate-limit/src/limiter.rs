@@ -170,9 +170,9 @@ impl RateLimitHeaders {
     /// never causes.
     pub fn write_rate_limit<'b>(&self, buf: &'b mut [u8]) -> Option<&'b [u8]> {
         // Right to left, so that digits land in place.
-        let at = put_decimal_before(buf, buf.len(), ceil_secs(self.reset))?;
+        let at = palisade_kit::decimal::write_before(buf, buf.len(), ceil_secs(self.reset))?;
         let at = put_before(buf, at, b";t=")?;
-        let at = put_decimal_before(buf, at, self.remaining)?;
+        let at = palisade_kit::decimal::write_before(buf, at, self.remaining)?;
         let at = put_before(buf, at, self.prefix.as_bytes())?;
         buf.get(at..)
     }
@@ -197,19 +197,6 @@ fn put_before(buf: &mut [u8], end: usize, bytes: &[u8]) -> Option<usize> {
     let start = end.checked_sub(bytes.len())?;
     buf.get_mut(start..end)?.copy_from_slice(bytes);
     Some(start)
-}
-
-/// Writes `n` in decimal to end at `end`; returns where it starts.
-fn put_decimal_before(buf: &mut [u8], mut end: usize, mut n: u64) -> Option<usize> {
-    loop {
-        end = end.checked_sub(1)?;
-        // `n % 10` is below 10: an ASCII digit.
-        *buf.get_mut(end)? = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return Some(end);
-        }
-    }
 }
 
 /// The limiter's answer.

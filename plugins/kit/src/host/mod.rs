@@ -227,14 +227,19 @@ pub fn plugin_configuration() -> Result<Vec<u8>, HostError> {
     }
 }
 
-/// The host's wall clock, the same for every worker.
-pub fn now() -> Result<SystemTime, HostError> {
+/// The host's wall clock in nanoseconds since the Unix epoch, the same for every worker.
+fn now_nanos() -> Result<u64, HostError> {
     let mut nanos = 0u64;
     // SAFETY: pointer to a local.
     check("proxy_get_current_time_nanoseconds", unsafe {
         abi::proxy_get_current_time_nanoseconds(&mut nanos)
     })?;
-    Ok(UNIX_EPOCH + Duration::from_nanos(nanos))
+    Ok(nanos)
+}
+
+/// The host's wall clock, the same for every worker.
+pub fn now() -> Result<SystemTime, HostError> {
+    now_nanos().map(|nanos| UNIX_EPOCH + Duration::from_nanos(nanos))
 }
 
 /// The host's wall clock in nanoseconds since the Unix epoch, as the host gives it: for
@@ -242,14 +247,7 @@ pub fn now() -> Result<SystemTime, HostError> {
 /// arithmetic costs more than the call). A failing host clock reads as 0, the epoch, as in
 /// [`HostClock`].
 pub fn unix_nanos() -> u64 {
-    let mut nanos = 0u64;
-    // SAFETY: pointer to a local.
-    let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
-    if status == abi::OK {
-        nanos
-    } else {
-        0
-    }
+    now_nanos().unwrap_or(0)
 }
 
 /// The host's clock as a [`crate::clock::Clock`]. A failing host clock reads as the epoch, which
