@@ -104,9 +104,7 @@ const fn hex_pairs() -> [[u8; 2]; 256] {
 }
 
 /// Writes the low `out.len()` nibbles of `value` into `out` (an even length) as lower-case
-/// hex, a byte at a time. A plain loop: this runs for every request that gets an id or a
-/// trace, and the plugin is built for size (`opt-level = "z"`), which leaves iterator adapters
-/// as a call per step.
+/// hex, a byte at a time (this runs for every request that gets an id or a trace).
 fn hex_digits(mut value: u64, out: &mut [u8]) {
     let mut at = out.len();
     while at >= 2 {
@@ -142,8 +140,6 @@ fn write_uuid_v4(out: &mut [u8], high: u64, low: u64) {
     // Version 4 in the 13th digit, variant 10 in the top bits of the 17th.
     let high = (high & !0xf000) | 0x4000;
     let low = (low & !(0xc0 << 56)) | (0x80 << 56);
-    // Straight-line: looping over an array of ranges would be an iterator call per step in
-    // this size-optimised build.
     let mut write = |range: std::ops::Range<usize>, value: u64| {
         if let Some(digits) = out.get_mut(range) {
             hex_digits(value, digits);

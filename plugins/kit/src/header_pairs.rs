@@ -19,9 +19,8 @@ pub fn borrow(pairs: &Pairs) -> Fields<'_> {
         .collect()
 }
 
-/// The first value of a header in a snapshot (names compared case-insensitively). A plain
-/// loop that compares lengths first: it runs several times per request, and the plugins are
-/// built for size, which leaves iterator adapters as calls.
+/// The first value of a header in a snapshot (names compared case-insensitively). It runs
+/// several times per request: lengths are compared before bytes.
 pub fn get<'a>(fields: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> {
     let name = name.as_bytes();
     for &(n, v) in fields {
