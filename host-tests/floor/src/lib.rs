@@ -127,13 +127,7 @@ mod filter {
             for i in 0..n {
                 match op {
                     Op::Nothing | Op::SetResponseHeader | Op::ComputeOnLog => {}
-                    Op::GetHeader => {
-                        let v = hostcalls::get_map_value_bytes(
-                            MapType::HttpRequestHeaders,
-                            "x-request-id",
-                        );
-                        sink += v.ok().flatten().map_or(0, |v| v.len() as u64);
-                    }
+                    Op::GetHeader => sink += present_header(),
                     Op::GetAbsentHeader => {
                         let v = hostcalls::get_map_value_bytes(
                             MapType::HttpRequestHeaders,
@@ -171,37 +165,15 @@ mod filter {
                             sink += v.len() as u64;
                         }
                     }
-                    Op::SharedGetSet => {
-                        if let Ok((Some(v), cas)) = hostcalls::get_shared_data(SHARED_KEY) {
-                            let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&v), cas);
-                        }
-                    }
+                    Op::SharedGetSet => shared_get_set(),
                     Op::IncrementMetric => {
                         let _ = hostcalls::increment_metric(metric, 1);
                     }
-                    Op::CurrentTime => {
-                        if let Ok(t) = hostcalls::get_current_time() {
-                            sink += t
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_nanos() as u64);
-                        }
-                    }
+                    Op::CurrentTime => sink += clock(),
                     Op::Compute => sink = sink.wrapping_add(thousand_steps(i)),
                     Op::Mix => {
-                        if let Ok(t) = hostcalls::get_current_time() {
-                            sink += t
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_nanos() as u64);
-                        }
-                        if let Ok(Some(v)) = hostcalls::get_map_value_bytes(
-                            MapType::HttpRequestHeaders,
-                            "x-request-id",
-                        ) {
-                            sink += v.len() as u64;
-                        }
-                        if let Ok((Some(v), cas)) = hostcalls::get_shared_data(SHARED_KEY) {
-                            let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&v), cas);
-                        }
+                        sink += clock() + present_header();
+                        shared_get_set();
                         let _ = hostcalls::increment_metric(metric, 1);
                     }
                 }
@@ -230,6 +202,29 @@ mod filter {
                 let sink = (0..n).fold(0u64, |sink, i| sink.wrapping_add(thousand_steps(i)));
                 std::hint::black_box(sink);
             }
+        }
+    }
+
+    /// The host's clock (`proxy_get_current_time_nanoseconds`), as a number to sink.
+    fn clock() -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64)
+    }
+
+    /// A request header every bench request carries: the host hands its value over.
+    fn present_header() -> u64 {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "x-request-id")
+            .ok()
+            .flatten()
+            .map_or(0, |v| v.len() as u64)
+    }
+
+    /// Reads the probe's shared-data key and writes it back with the read's CAS.
+    fn shared_get_set() {
+        if let Ok((Some(v), cas)) = hostcalls::get_shared_data(SHARED_KEY) {
+            let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&v), cas);
         }
     }
 

@@ -479,6 +479,22 @@ fn start(setup: &Setup, upstream: std::net::SocketAddr, dir: &Path) -> EnvoyProc
         .unwrap_or_else(|err| panic!("{}: {err}", setup.name))
 }
 
+/// Stops the bench when `wrk` saw a failed request: a setup that refuses traffic would
+/// measure its error path.
+fn refuse_failed_requests(output: &str, setup: &Setup, envoy: &EnvoyProcess) {
+    if let Some(errors) = output
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+    {
+        panic!("{}: requests failed: {errors}\n{}", setup.name, envoy.log());
+    }
+}
+
+/// Envoy's CPU µs per request since `before_ns` (from [`cpu_ns`]) over `requests` requests.
+fn cpu_us_per_request(envoy: &EnvoyProcess, before_ns: u64, requests: f64) -> f64 {
+    cpu_ns(envoy.pid()).saturating_sub(before_ns) as f64 / 1000.0 / requests.max(1.0)
+}
+
 /// Envoy CPU µs per request of several setups loaded at the same time, one connection each:
 /// whatever the machine's neighbours do during the window, they do it to every setup alike, so
 /// the differences between them hold where back-to-back runs drift by more than a plugin costs.
@@ -527,18 +543,10 @@ fn measure_together(
         .zip(before)
         .zip(outputs.iter().zip(setups))
         .map(|((envoy, before), (output, setup))| {
-            if let Some(errors) = output
-                .lines()
-                .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-            {
-                panic!("{}: requests failed: {errors}\n{}", setup.name, envoy.log());
-            }
-            let requests = parse_requests(output).unwrap_or(0.0).max(1.0);
+            refuse_failed_requests(output, setup, envoy);
+            let requests = parse_requests(output).unwrap_or(0.0);
             let p50 = parse_wrk(output).map_or(0.0, |(_, p50, _)| p50);
-            (
-                cpu_ns(envoy.pid()).saturating_sub(before) as f64 / 1000.0 / requests,
-                p50,
-            )
+            (cpu_us_per_request(envoy, before, requests), p50)
         })
         .collect()
 }
@@ -550,12 +558,7 @@ fn measure(setup: &Setup, upstream: std::net::SocketAddr, load: &Load) -> Sample
     let token = bench_configs::token(setup.token);
     let run = |connections| {
         let output = wrk(&url, &token, load.duration, connections);
-        if let Some(errors) = output
-            .lines()
-            .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-        {
-            panic!("{}: requests failed: {errors}\n{}", setup.name, envoy.log());
-        }
+        refuse_failed_requests(&output, setup, &envoy);
         let (rps, p50, p99) =
             parse_wrk(&output).unwrap_or_else(|| panic!("{}: wrk said\n{output}", setup.name));
         (rps, p50, p99, parse_requests(&output).unwrap_or(0.0))
@@ -567,7 +570,7 @@ fn measure(setup: &Setup, upstream: std::net::SocketAddr, load: &Load) -> Sample
     let sent_before = audit_counter(&envoy, "events_sent");
     let cpu_before = cpu_ns(envoy.pid());
     let (rps, _, _, requests) = run(load.connections);
-    let cpu_us = cpu_ns(envoy.pid()).saturating_sub(cpu_before) as f64 / 1000.0 / requests.max(1.0);
+    let cpu_us = cpu_us_per_request(&envoy, cpu_before, requests);
     let sent_under_load = audit_counter(&envoy, "events_sent") - sent_before;
     let (_, p50_us, p99_us, _) = run(1);
     let audit = ships_events.then(|| {
@@ -627,6 +630,12 @@ impl TogetherSummary {
             }),
         })
     }
+}
+
+/// What the empty filter added over no filter, the median over every round of every setup.
+fn floor_median(together: &[Vec<Together>]) -> Option<f64> {
+    let mut floor: Vec<f64> = together.iter().flatten().map(|t| t.floor_added).collect();
+    (!floor.is_empty()).then(|| median(&mut floor))
 }
 
 /// Every setup but the two baselines, each `rounds` times together with them.
@@ -716,11 +725,12 @@ fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
             .iter()
             .zip(together)
             .find(|(s, _)| probe_op(s) == Some(op))
-            .map(|(_, rounds)| {
+            .map(|(setup, rounds)| {
+                let count = f64::from(probe_count(setup));
                 median(
                     &mut rounds
                         .iter()
-                        .map(|t| t.p50_over_floor / f64::from(PROBE_CALLS))
+                        .map(|t| t.p50_over_floor / count)
                         .collect::<Vec<_>>(),
                 )
             })
@@ -731,11 +741,10 @@ fn probe_table(setups: &[Setup], together: &[Vec<Together>]) -> String {
             "\n1000 steps of arithmetic add {request:.1} µs of p50 latency (one connection) in the request callback and {log:.1} µs in `on_log`: work after the response still delays the connection's next request."
         );
     }
-    let mut floor: Vec<f64> = together.iter().flatten().map(|t| t.floor_added).collect();
     let _ = writeln!(
         costs,
         "\nEach probe does its call {PROBE_CALLS} times per request (the mix also once) and runs at the same time as the empty filter and no filter (one connection each); the empty filter itself adds {:.1} µs per request (median).",
-        median(&mut floor)
+        floor_median(together).unwrap_or_default()
     );
     costs
 }
@@ -877,12 +886,7 @@ fn main() {
     // What each setup adds to Envoy's CPU per request: from its rounds run together with no
     // filter where there are any (back-to-back runs drift by more than a small filter costs),
     // else from its own runs. Ratios compare these; latency carries the neighbours' noise.
-    let mut floor_rounds: Vec<f64> = together_rounds
-        .iter()
-        .flatten()
-        .map(|t| t.floor_added)
-        .collect();
-    let floor_together = (!floor_rounds.is_empty()).then(|| median(&mut floor_rounds));
+    let floor_together = floor_median(&together_rounds);
     let added_of: Vec<f64> = setups
         .iter()
         .zip(&rows)
@@ -890,7 +894,7 @@ fn main() {
         .map(
             |((setup, row), summary)| match (setup.name.as_str(), summary) {
                 (NONE, _) => 0.0,
-                (FLOOR, _) if floor_together.is_some() => floor_together.unwrap_or_default(),
+                (FLOOR, _) => floor_together.unwrap_or(row.cpu - base.cpu),
                 (_, Some(t)) => t.added,
                 _ => row.cpu - base.cpu,
             },
