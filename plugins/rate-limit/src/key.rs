@@ -158,14 +158,10 @@ pub fn fingerprint_of<'n, V: RequestView>(
     let mut missing = false;
     for part in parts {
         match request.part(part) {
-            Some(value) => {
-                key.write(&[1]);
-                key.write(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
-                key.write(value);
-            }
+            Some(value) => key.present(value),
             None => {
                 missing = true;
-                key.write(&[0]);
+                key.absent();
             }
         }
     }
@@ -184,9 +180,7 @@ pub fn constant_fingerprint(parts: &[KeyPart]) -> Option<u64> {
         let KeyPart::Constant(value) = part else {
             return None;
         };
-        key.write(&[1]);
-        key.write(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
-        key.write(value.as_bytes());
+        key.present(value.as_bytes());
     }
     Some(key.finish())
 }
@@ -250,6 +244,19 @@ impl KeyHasher {
             self.0 ^= u64::from(*byte);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
+    }
+
+    /// A part with a value: a marker, the value's length, the value (so that no two different
+    /// part lists hash the same bytes).
+    pub fn present(&mut self, value: &[u8]) {
+        self.write(&[1]);
+        self.write(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes());
+        self.write(value);
+    }
+
+    /// A part the request has no value for.
+    pub fn absent(&mut self) {
+        self.write(&[0]);
     }
 
     pub fn finish(self) -> u64 {
