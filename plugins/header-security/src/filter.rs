@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use palisade_kit::config::{ConfigError, Problems};
-use palisade_kit::header_pairs::{decode_borrowed, Edit, Fields};
+use palisade_kit::header_pairs::{decode_borrowed, Fields};
 use palisade_kit::host::{self, Map, Plugin};
 use palisade_kit::random::Xoshiro256;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -142,25 +142,6 @@ fn fields(raw: &[u8]) -> Fields<'_> {
     })
 }
 
-/// Applies edits one host call each; `Err` carries the first refused one (the others are still
-/// tried).
-fn apply_each<'e>(
-    map: Map,
-    edits: impl IntoIterator<Item = &'e Edit<'e>>,
-) -> Result<(), host::HostError> {
-    let mut result = Ok(());
-    for edit in edits {
-        keep_first_error(&mut result, host::apply_edit(map, edit));
-    }
-    result
-}
-
-fn keep_first_error(first: &mut Result<(), host::HostError>, next: Result<(), host::HostError>) {
-    if first.is_ok() {
-        *first = next;
-    }
-}
-
 fn reply(local: &LocalReply) -> Action {
     let headers: Vec<(&str, &str)> = local
         .headers
@@ -195,7 +176,10 @@ impl HttpContext for Stream {
                 match engine.on_request_headers(headers, &mut rng, &mut host_values, state) {
                     // A partial snapshot cannot be written back whole: its edits go one by one.
                     RequestVerdict::Continue(edits) => {
-                        host::warn_if_refused(NAME, apply_each(Map::RequestHeaders, &edits));
+                        host::warn_if_refused(
+                            NAME,
+                            host::apply_edits_one_by_one(Map::RequestHeaders, &edits),
+                        );
                         Action::Continue
                     }
                     RequestVerdict::Reply(local) => reply(&local),
@@ -274,7 +258,10 @@ impl HttpContext for Stream {
             worker
                 .engine
                 .for_each_response_edit(&self.state, headers, &mut host_values, |edit| {
-                    keep_first_error(&mut result, host::apply_edit(Map::ResponseHeaders, edit))
+                    let applied = host::apply_edit(Map::ResponseHeaders, edit);
+                    if result.is_ok() {
+                        result = applied;
+                    }
                 });
             host::warn_if_refused(NAME, result);
         }

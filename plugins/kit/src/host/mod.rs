@@ -109,9 +109,9 @@ pub fn apply_edits<'a>(
 
 /// Applies edits with one host call each (no snapshot of the map needed); `Err` carries the
 /// first refused edit, the others are still tried.
-pub fn apply_edits_one_by_one(
+pub fn apply_edits_one_by_one<'r, 'e: 'r>(
     map: Map,
-    edits: &[crate::header_pairs::Edit<'_>],
+    edits: impl IntoIterator<Item = &'r crate::header_pairs::Edit<'e>>,
 ) -> Result<(), HostError> {
     let mut first_error = Ok(());
     for edit in edits {
