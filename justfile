@@ -4,7 +4,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 plugins := "-p palisade-auth -p palisade-rate-limit -p palisade-resilience -p palisade-header-security -p palisade-audit"
 envoy_version := "1.40.0"
-wasm32_tests := "cargo test --target wasm32-unknown-unknown --lib -p palisade-kit " + plugins
+wasm32_tests := "cargo test --target wasm32-unknown-unknown --lib -p palisade-kit -p palisade-pubkey " + plugins
 venv := justfile_directory() / ".venv"
 tools := justfile_directory() / ".tools"
 export PATH := tools / "bin" + ":" + env_var("PATH")
@@ -56,7 +56,7 @@ build:
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
-    cargo clippy --target wasm32-wasip1 -p palisade-kit {{plugins}} -- -D warnings
+    cargo clippy --target wasm32-wasip1 -p palisade-kit -p palisade-pubkey {{plugins}} -- -D warnings
 
 # Run every test: unit (native and wasm32), host-tests (own Wasm host), end to end in real Envoy.
 test: setup build lint

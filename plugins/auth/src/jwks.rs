@@ -4,13 +4,12 @@
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
-use rsa::traits::PublicKeyParts;
-use rsa::{BigUint, RsaPublicKey};
 use serde_json::{Map, Value};
 
 use crate::config::Algorithm;
 use crate::rejection::Rejection;
 use crate::signature::{PublicKey, MIN_RSA_BITS};
+use palisade_pubkey::rsa::RsaKey;
 
 /// JWKS members are base64url; IdPs disagree on padding, so either is read.
 const JWK_BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -182,10 +181,9 @@ fn prepare(jwk: &Map<String, Value>) -> Result<SetKey, String> {
     };
     let key = match text(jwk, "kty")?.unwrap_or_default() {
         "RSA" => {
-            let n = BigUint::from_bytes_be(&decode(jwk, "n")?);
-            let e = BigUint::from_bytes_be(&decode(jwk, "e")?);
-            let key = RsaPublicKey::new(n, e).map_err(|err| format!("bad RSA key: {err}"))?;
-            if key.n().bits() < MIN_RSA_BITS {
+            let key = RsaKey::new(&decode(jwk, "n")?, &decode(jwk, "e")?)
+                .map_err(|err| format!("bad RSA key: {err}"))?;
+            if key.bits() < MIN_RSA_BITS {
                 return Err(format!("RSA key shorter than {MIN_RSA_BITS} bits"));
             }
             PublicKey::Rsa(key)
