@@ -66,7 +66,8 @@ fn a_second_worker_skips_the_signature_math() -> Result<(), Failure> {
                 "{profile:?} {alg}: cold {cold} fuel, other worker {warm}, same worker {again}"
             );
             assert!(warm * 5 < cold, "{profile:?} {alg}: {warm} vs {cold}");
-            assert!(again * 5 < cold, "{profile:?} {alg}: {again} vs {cold}");
+            // The worker's own memo also skips decoding the token and the shared-data read.
+            assert!(again * 3 < warm, "{profile:?} {alg}: {again} vs {warm}");
             assert_eq!(cache_keys(&host), 1);
             // Another token of the same claims costs the full check again.
             let mut bob = claims(NOW);
@@ -97,15 +98,19 @@ fn claims_are_still_checked_and_signatures_are_per_token() -> Result<(), Failure
             String::from_utf8_lossy(&reply.body).trim_end(), // Kong ends bodies with a newline
             r#"{"error":"token signature is invalid","status":401,"request_id":null}"#
         );
-        // Past exp (600s, plus 60s leeway) the cached token is refused as expired.
+        assert_eq!(send(&vms, 0, &token)?.0, Outcome::Continue, "{profile:?}");
+        // Past exp (600s, plus 60s leeway) the cached token is refused as expired, by the
+        // worker that verified it (its memo) and by the other.
         host.advance_clock(Duration::from_secs(661))?;
-        let Outcome::LocalReply(reply) = send(&vms, 1, &token)?.0 else {
-            panic!("{profile:?}: expired token accepted");
-        };
-        assert_eq!(
-            String::from_utf8_lossy(&reply.body).trim_end(), // Kong ends bodies with a newline
-            r#"{"error":"token is expired","status":401,"request_id":null}"#
-        );
+        for vm in [0, 1] {
+            let Outcome::LocalReply(reply) = send(&vms, vm, &token)?.0 else {
+                panic!("{profile:?}: expired token accepted on {vm}");
+            };
+            assert_eq!(
+                String::from_utf8_lossy(&reply.body).trim_end(), // Kong ends bodies with a newline
+                r#"{"error":"token is expired","status":401,"request_id":null}"#
+            );
+        }
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ use crate::remote::RemoteJwks;
 use crate::rules::{Credential, Refusal, RequestFacts, Requirement, RuleDecision, Rules};
 use crate::signature::HmacSecret;
 use crate::token_location;
+use crate::token_memo::{TokenMemo, Verified};
 use crate::verified::{ProviderTag, TokenDigest, VerifiedCache};
 
 type Fields<'a> = [(&'a [u8], &'a [u8])];
@@ -232,6 +233,8 @@ pub struct Authenticator {
     /// Without rules: any configured credential, no claims.
     default_requirement: Requirement,
     verified: Option<VerifiedCache>,
+    /// The worker's memo in front of it (on with it).
+    memo: Option<TokenMemo>,
 }
 
 impl Authenticator {
@@ -336,6 +339,7 @@ impl Authenticator {
             policy,
             default_requirement,
             verified: VerifiedCache::new(config.verified_token_cache_entries),
+            memo: TokenMemo::new(config.verified_token_cache_entries),
         }
     }
 
@@ -442,7 +446,6 @@ impl Authenticator {
                 deny(Source::None, Rejection::Missing)
             };
         };
-        let introspectable = requirement.introspection && self.bearer == Some(location);
         let jwt_provider_reads = self.providers.iter().any(|p| {
             p.locations.contains(&location)
                 && requirement.accepts(Credential::Jwt { provider: &p.name })
@@ -450,43 +453,54 @@ impl Authenticator {
         if !jwt_provider_reads {
             return self.pending(requirement, headers, raw_path, rewrite, location, token);
         }
-        let decoded = match jwt::decode(token, self.max_token_bytes) {
-            Ok(decoded) => decoded,
-            Err(rejection @ Rejection::TooLarge { .. }) => return deny(Source::None, rejection),
-            Err(_) if introspectable => {
-                return self.pending(requirement, headers, raw_path, rewrite, location, token)
+        // A token this worker saw verified with the provider's current keys: straight to the
+        // checks that depend on the request and the clock.
+        let remembered = self.memo.as_ref().and_then(|memo| {
+            memo.get(token, now, |index| {
+                self.providers.get(index).and_then(|p| keys.keys(p))
+            })
+        });
+        let verified = match remembered {
+            Some(verified) => {
+                let source = Source::Provider(verified.provider);
+                let Some(provider) = self.providers.get(verified.provider) else {
+                    return deny(source, Rejection::UnknownIssuer);
+                };
+                if let Err(rejection) = reads_here(requirement, provider, location) {
+                    return deny(source, rejection);
+                }
+                let times = match verified.claims.as_object() {
+                    Some(claims) => claims::check_times(claims, now, provider.time),
+                    None => Err(Rejection::BadJson(crate::rejection::Segment::Payload)),
+                };
+                if let Err(rejection) = times {
+                    return deny(source, rejection);
+                }
+                verified
             }
-            Err(rejection) => return deny(Source::None, rejection),
+            None => match self.verify_token(
+                requirement,
+                headers,
+                raw_path,
+                rewrite,
+                location,
+                token,
+                now,
+                keys,
+            ) {
+                TokenCheck::Verified(verified) => verified,
+                TokenCheck::Decided(verdict) => return verdict,
+            },
         };
-        let index = match self.provider_for(&decoded.claims) {
-            Ok(index) => index,
-            Err(_) if introspectable => {
-                return self.pending(requirement, headers, raw_path, rewrite, location, token)
-            }
-            Err(rejection) => return deny(Source::None, rejection),
-        };
-        let source = Source::Provider(index);
-        let Some(provider) = self.providers.get(index) else {
+        let source = Source::Provider(verified.provider);
+        let Some(provider) = self.providers.get(verified.provider) else {
             return deny(source, Rejection::UnknownIssuer);
         };
-        if !requirement.accepts(Credential::Jwt {
-            provider: &provider.name,
-        }) {
-            return deny(source, Rejection::ProviderNotAccepted);
-        }
-        if !provider.locations.contains(&location) {
-            return deny(source, Rejection::WrongLocation);
-        }
-        let expires = match verify(provider, &decoded, now, keys) {
-            Ok(expires) => expires,
-            Err(rejection) => return deny(source, rejection),
-        };
-        let claims = Value::Object(decoded.claims);
-        if let Err(rejection) = authorize(requirement, &claims) {
+        if let Err(rejection) = authorize(requirement, &verified.claims) {
             return deny(source, rejection);
         }
         let mut edits = self.strip_identity(headers);
-        if let Value::Object(claims) = &claims {
+        if let Value::Object(claims) = &verified.claims {
             self.identity_edits(provider, claims, &mut edits);
         }
         if !provider.forward_token {
@@ -498,8 +512,78 @@ impl Authenticator {
         Verdict::Allow(Allowed {
             source,
             edits,
-            expires,
+            expires: Some(verified.expires).filter(|_| verified.expiring),
         })
+    }
+
+    /// Decodes `token`, routes it to its provider and verifies it (signature, then `exp`,
+    /// `nbf`, `iat` and `aud`); remembers it in the worker's memo when it has an expiry. The
+    /// verdict otherwise: a refusal, or introspection for what is not a JWT of a provider.
+    #[allow(clippy::too_many_arguments)]
+    fn verify_token(
+        &self,
+        requirement: &Requirement,
+        headers: &Fields<'_>,
+        raw_path: Option<&[u8]>,
+        rewrite: bool,
+        location: usize,
+        token: &[u8],
+        now: u64,
+        keys: &impl KeySource,
+    ) -> TokenCheck {
+        let introspectable = requirement.introspection && self.bearer == Some(location);
+        let decoded = match jwt::decode(token, self.max_token_bytes) {
+            Ok(decoded) => decoded,
+            Err(rejection @ Rejection::TooLarge { .. }) => {
+                return TokenCheck::Decided(deny(Source::None, rejection))
+            }
+            Err(_) if introspectable => {
+                return TokenCheck::Decided(self.pending(
+                    requirement,
+                    headers,
+                    raw_path,
+                    rewrite,
+                    location,
+                    token,
+                ))
+            }
+            Err(rejection) => return TokenCheck::Decided(deny(Source::None, rejection)),
+        };
+        let index = match self.provider_for(&decoded.claims) {
+            Ok(index) => index,
+            Err(_) if introspectable => {
+                return TokenCheck::Decided(self.pending(
+                    requirement,
+                    headers,
+                    raw_path,
+                    rewrite,
+                    location,
+                    token,
+                ))
+            }
+            Err(rejection) => return TokenCheck::Decided(deny(Source::None, rejection)),
+        };
+        let source = Source::Provider(index);
+        let Some(provider) = self.providers.get(index) else {
+            return TokenCheck::Decided(deny(source, Rejection::UnknownIssuer));
+        };
+        if let Err(rejection) = reads_here(requirement, provider, location) {
+            return TokenCheck::Decided(deny(source, rejection));
+        }
+        let (expires, key_set) = match verify(provider, &decoded, now, keys) {
+            Ok(verified) => verified,
+            Err(rejection) => return TokenCheck::Decided(deny(source, rejection)),
+        };
+        let verified = Rc::new(Verified {
+            provider: index,
+            claims: Value::Object(decoded.claims),
+            expires: expires.unwrap_or(u64::MAX),
+            expiring: expires.is_some(),
+        });
+        if let (Some(memo), Some(_)) = (&self.memo, expires) {
+            memo.remember(token, key_set.as_ref(), Rc::clone(&verified));
+        }
+        TokenCheck::Verified(verified)
     }
 
     /// Does `requirement` read a token from `locations[index]`?
@@ -713,6 +797,29 @@ impl Authenticator {
     }
 }
 
+/// A token checked outside the memo: verified, or decided otherwise.
+enum TokenCheck {
+    Verified(Rc<Verified>),
+    Decided(Verdict),
+}
+
+/// May a token of `provider`, found at `locations[location]`, satisfy `requirement`?
+fn reads_here(
+    requirement: &Requirement,
+    provider: &Provider,
+    location: usize,
+) -> Result<(), Rejection> {
+    if !requirement.accepts(Credential::Jwt {
+        provider: &provider.name,
+    }) {
+        return Err(Rejection::ProviderNotAccepted);
+    }
+    if !provider.locations.contains(&location) {
+        return Err(Rejection::WrongLocation);
+    }
+    Ok(())
+}
+
 fn deny(source: Source, rejection: Rejection) -> Verdict {
     Verdict::Deny { source, rejection }
 }
@@ -764,12 +871,13 @@ fn verify(
     decoded: &Decoded<'_>,
     now: u64,
     keys: &impl KeySource,
-) -> Result<Option<u64>, Rejection> {
+) -> Result<(Option<u64>, Option<Rc<KeySet>>), Rejection> {
     let alg = decoded.alg;
     if !provider.algorithms.contains(&alg) {
         return Err(Rejection::AlgNotAllowed);
     }
     let mut digest = None;
+    let mut key_set = None;
     let verified = if alg.is_hmac() {
         let secret = provider.hmac.as_ref().ok_or(Rejection::NoKeyForAlg)?;
         secret.verify(alg, decoded.signing_input, &decoded.signature)
@@ -781,12 +889,15 @@ fn verify(
         let token = keys
             .caches_signatures()
             .then(|| TokenDigest::of(decoded.signing_input, &decoded.signature));
-        if token.is_some_and(|token| keys.signature_known(provider, &token, now)) {
+        let verified = if token.is_some_and(|token| keys.signature_known(provider, &token, now)) {
             true
         } else {
             digest = token;
             candidates.any(|key| key.verify(alg, decoded.signing_input, &decoded.signature))
-        }
+        };
+        drop(candidates);
+        key_set = Some(set);
+        verified
     };
     if !verified {
         return Err(Rejection::BadSignature);
@@ -797,7 +908,7 @@ fn verify(
     if let (Some(token), Some(expires)) = (digest, expires) {
         keys.remember_signature(provider, &token, expires);
     }
-    Ok(expires)
+    Ok((expires, key_set))
 }
 
 #[cfg(test)]
@@ -881,6 +992,93 @@ mod tests {
                 other => panic!("{alg:?}: {other:?}"),
             }
         }
+    }
+
+    /// Inline keys behind a verified-token cache that never knows a token: counts the
+    /// verifications that reach it, and can swap in a refreshed key set.
+    struct CountingKeys {
+        set: std::cell::RefCell<Rc<KeySet>>,
+        verifications: std::cell::Cell<usize>,
+    }
+
+    impl CountingKeys {
+        fn new() -> Self {
+            Self {
+                set: std::cell::RefCell::new(Rc::new(KeySet::parse(JWKS.as_bytes()).unwrap().0)),
+                verifications: std::cell::Cell::new(0),
+            }
+        }
+    }
+
+    impl KeySource for CountingKeys {
+        fn keys(&self, _provider: &Provider) -> Option<Rc<KeySet>> {
+            Some(Rc::clone(&self.set.borrow()))
+        }
+        fn caches_signatures(&self) -> bool {
+            true
+        }
+        fn signature_known(&self, _: &Provider, _: &TokenDigest, _: u64) -> bool {
+            self.verifications.set(self.verifications.get() + 1);
+            false
+        }
+    }
+
+    #[test]
+    fn a_worker_verifies_a_token_once_then_checks_only_what_can_change() {
+        let mut config = config(json!({}));
+        config.verified_token_cache_entries = 16;
+        let engine = Authenticator::build(&config, &mut Problems::default());
+        let keys = CountingKeys::new();
+        let token = sign(Algorithm::RS256, &claims());
+        let header = bearer(&token);
+        let fields: [(&[u8], &[u8]); 1] = [(b"authorization", header.as_bytes())];
+        let first = engine.decide(&fields, None, NOW, &keys);
+        assert!(matches!(&first, Verdict::Allow(_)), "{first:?}");
+        assert_eq!(keys.verifications.get(), 1);
+        // The same bytes again: the same verdict, edits included, without verifying.
+        assert_eq!(engine.decide(&fields, None, NOW + 1, &keys), first);
+        assert_eq!(keys.verifications.get(), 1);
+        // Past exp + leeway the memo has nothing: the full path verifies, then refuses.
+        assert_eq!(
+            rejection(engine.decide(&fields, None, NOW + 300 + 61, &keys)),
+            Rejection::Expired
+        );
+        assert_eq!(keys.verifications.get(), 2);
+        // One changed byte of the signature is another token: verified, and refused.
+        let mut tampered = token.clone().into_bytes();
+        if let Some(last) = tampered.last_mut() {
+            *last = if *last == b'A' { b'B' } else { b'A' };
+        }
+        let tampered = format!("Bearer {}", String::from_utf8(tampered).unwrap());
+        let fields_tampered: [(&[u8], &[u8]); 1] = [(b"authorization", tampered.as_bytes())];
+        assert_eq!(
+            rejection(engine.decide(&fields_tampered, None, NOW, &keys)),
+            Rejection::BadSignature
+        );
+        assert_eq!(keys.verifications.get(), 3);
+        assert_eq!(engine.decide(&fields, None, NOW, &keys), first);
+        assert_eq!(keys.verifications.get(), 3);
+        // A refreshed key set: verified again against it, once.
+        *keys.set.borrow_mut() = Rc::new(KeySet::parse(JWKS.as_bytes()).unwrap().0);
+        assert_eq!(engine.decide(&fields, None, NOW, &keys), first);
+        assert_eq!(engine.decide(&fields, None, NOW, &keys), first);
+        assert_eq!(keys.verifications.get(), 4);
+    }
+
+    #[test]
+    fn without_the_verified_token_cache_every_request_verifies() {
+        let engine = engine(json!({}));
+        let keys = CountingKeys::new();
+        let header = bearer(&sign(Algorithm::ES256, &claims()));
+        let fields: [(&[u8], &[u8]); 1] = [(b"authorization", header.as_bytes())];
+        for _ in 0..3 {
+            assert!(matches!(
+                engine.decide(&fields, None, NOW, &keys),
+                Verdict::Allow(_)
+            ));
+        }
+        // caches_signatures is the KeySource's word; the memo follows the configuration.
+        assert_eq!(keys.verifications.get(), 3);
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod remote;
 pub mod rules;
 pub mod signature;
 pub mod token_location;
+pub mod token_memo;
 pub mod verified;
 
 #[cfg(test)]
