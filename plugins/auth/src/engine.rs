@@ -833,10 +833,16 @@ fn set(edits: &mut Vec<Edit<'static>>, name: &str, value: String) {
 
 /// The provider header, and subject and consumer when the subject is safe in a header.
 fn set_identity(edits: &mut Vec<Edit<'static>>, provider: &str, subject: Option<&str>) {
-    set(edits, identity::PROVIDER, provider.to_owned());
+    let mut set_static = |name: &'static str, value: &str| {
+        edits.push(Edit::Set(
+            Cow::Borrowed(name),
+            Cow::Owned(value.as_bytes().to_vec()),
+        ));
+    };
+    set_static(identity::PROVIDER, provider);
     if let Some(subject) = subject.filter(|s| claims::is_header_safe(s)) {
-        set(edits, identity::SUBJECT, subject.to_owned());
-        set(edits, identity::CONSUMER, subject.to_owned());
+        set_static(identity::SUBJECT, subject);
+        set_static(identity::CONSUMER, subject);
     }
 }
 
