@@ -212,17 +212,17 @@ impl RsaKey {
         }
         let k = self.n.len();
         let mut base = vec![0u32; k];
-        self.montgomery_multiply(&s, &self.r_squared, &mut base);
+        let mut wide = vec![0u32; 2 * k];
+        self.montgomery_multiply(&s, &self.r_squared, &mut wide, &mut base);
         let mut acc = base.clone();
         let mut next = vec![0u32; k];
-        let mut wide = vec![0u32; 2 * k];
         // Left to right over e's bits below the top one.
         let top = 63 - self.e.leading_zeros();
         for bit in (0..top).rev() {
             self.montgomery_square(&acc, &mut wide, &mut next);
             std::mem::swap(&mut acc, &mut next);
             if self.e >> bit & 1 == 1 {
-                self.montgomery_multiply(&acc, &base, &mut next);
+                self.montgomery_multiply(&acc, &base, &mut wide, &mut next);
                 std::mem::swap(&mut acc, &mut next);
             }
         }
@@ -231,7 +231,7 @@ impl RsaKey {
         if let Some(low) = one.first_mut() {
             *low = 1;
         }
-        self.montgomery_multiply(&acc, &one, &mut next);
+        self.montgomery_multiply(&acc, &one, &mut wide, &mut next);
         let mut out = vec![0u8; self.size()];
         for (i, byte) in out.iter_mut().rev().enumerate() {
             let limb = next.get(i / 4).copied().unwrap_or(0);
@@ -240,62 +240,34 @@ impl RsaKey {
         Some(out)
     }
 
-    /// `out = a * b / R mod n` for `a, b < n` (CIOS: multiply and reduce one limb of `a` at a
-    /// time). `out` must not alias `a` or `b`.
-    fn montgomery_multiply(&self, a: &[u32], b: &[u32], out: &mut [u32]) {
-        out.fill(0);
-        // The two limbs above `out`; the running value stays below 2n, so `high` is 0 or 1.
-        let mut high: u32 = 0;
-        for &a_i in a {
-            let a_i = u64::from(a_i);
-            let mut carry = 0u64;
-            for (t, &b_j) in out.iter_mut().zip(b) {
-                let sum = u64::from(*t) + a_i * u64::from(b_j) + carry;
-                *t = sum as u32;
-                carry = sum >> 32;
+    /// `out = a * b / R mod n` for `a, b < n`: the whole product into `wide` (twice `a`'s
+    /// length), then reduced.
+    fn montgomery_multiply(&self, a: &[u32], b: &[u32], wide: &mut [u32], out: &mut [u32]) {
+        let k = self.n.len();
+        wide.fill(0);
+        for (i, &a_i) in a.iter().enumerate() {
+            let carry = wide
+                .get_mut(i..i + k)
+                .map_or(0, |row| multiply_add(row, b, u64::from(a_i)));
+            if let Some(w) = wide.get_mut(i + k) {
+                *w = carry as u32;
             }
-            let sum = u64::from(high) + carry;
-            let (top, overflow) = (sum as u32, (sum >> 32) as u32);
-            // Add m * n with m chosen so the lowest limb becomes 0, then shift down a limb.
-            let mut limbs = out.iter_mut().zip(&self.n);
-            let Some((t_0, &n_0)) = limbs.next() else {
-                return;
-            };
-            let m = u64::from(t_0.wrapping_mul(self.n0_inv));
-            let mut carry = (u64::from(*t_0) + m * u64::from(n_0)) >> 32;
-            let mut previous = t_0;
-            for (t, &n_j) in limbs {
-                let sum = u64::from(*t) + m * u64::from(n_j) + carry;
-                *previous = sum as u32;
-                carry = sum >> 32;
-                previous = t;
-            }
-            let sum = u64::from(top) + carry;
-            *previous = sum as u32;
-            high = overflow.wrapping_add((sum >> 32) as u32);
         }
-        if high != 0 || !less_than(out, &self.n) {
-            subtract(out, &self.n);
-        }
+        self.reduce(wide, out);
     }
-}
 
-impl RsaKey {
-    /// `out = a * a / R mod n`: the square computed once per pair of limbs (about half a
-    /// multiplication's products), then reduced a limb at a time (SOS). `wide` is scratch of
-    /// twice `a`'s length. Most of a check is squarings (16 of 19 steps for e = 65537).
+    /// `out = a * a / R mod n`: each product a_i * a_j with i != j computed once and doubled,
+    /// about half a multiplication's work before the reduction. Most of a check is squarings
+    /// (16 of 19 steps for e = 65537).
     fn montgomery_square(&self, a: &[u32], wide: &mut [u32], out: &mut [u32]) {
         let k = self.n.len();
         wide.fill(0);
         // Products a_i * a_j for i < j land at i + j.
         for (i, &a_i) in a.iter().enumerate() {
-            let a_i = u64::from(a_i);
-            let mut carry = 0u64;
-            for (w, &a_j) in wide.iter_mut().skip(2 * i + 1).zip(a.iter().skip(i + 1)) {
-                let sum = u64::from(*w) + a_i * u64::from(a_j) + carry;
-                *w = sum as u32;
-                carry = sum >> 32;
-            }
+            let (Some(row), Some(rest)) = (wide.get_mut(2 * i + 1..i + k), a.get(i + 1..)) else {
+                continue;
+            };
+            let carry = multiply_add(row, rest, u64::from(a_i));
             if let Some(w) = wide.get_mut(i + k) {
                 *w = carry as u32;
             }
@@ -314,19 +286,22 @@ impl RsaKey {
                 carry = sum >> 32;
             }
         }
-        // Reduce: add m * n at limb i to clear it, for each of the low k limbs.
+        self.reduce(wide, out);
+    }
+
+    /// Montgomery reduction of a product below n * R (SOS): for each low limb, add the multiple
+    /// of n that clears it; the high half is then `wide / R`, below 2n.
+    fn reduce(&self, wide: &mut [u32], out: &mut [u32]) {
+        let k = self.n.len();
         let mut top_carry = 0u64;
         for i in 0..k {
             let Some(&low) = wide.get(i) else {
                 return;
             };
             let m = u64::from(low.wrapping_mul(self.n0_inv));
-            let mut carry = 0u64;
-            for (w, &n_j) in wide.iter_mut().skip(i).zip(&self.n) {
-                let sum = u64::from(*w) + m * u64::from(n_j) + carry;
-                *w = sum as u32;
-                carry = sum >> 32;
-            }
+            let carry = wide
+                .get_mut(i..i + k)
+                .map_or(0, |row| multiply_add(row, &self.n, m));
             if let Some(w) = wide.get_mut(i + k) {
                 let sum = u64::from(*w) + carry + top_carry;
                 *w = sum as u32;
@@ -340,6 +315,32 @@ impl RsaKey {
             subtract(out, &self.n);
         }
     }
+}
+
+/// `row += m * x` (equally long), returning the carry out of the top limb. The inner loop of
+/// every multiplication, written four limbs at a time: wasm32 engines do not unroll loops,
+/// and this halves the loop overhead per product.
+fn multiply_add(row: &mut [u32], x: &[u32], m: u64) -> u64 {
+    let (row_quads, row_rest) = row.as_chunks_mut::<4>();
+    let (x_quads, x_rest) = x.as_chunks::<4>();
+    let mut carry = 0u64;
+    for ([t0, t1, t2, t3], [x0, x1, x2, x3]) in row_quads.iter_mut().zip(x_quads) {
+        let s0 = u64::from(*t0) + m * u64::from(*x0) + carry;
+        *t0 = s0 as u32;
+        let s1 = u64::from(*t1) + m * u64::from(*x1) + (s0 >> 32);
+        *t1 = s1 as u32;
+        let s2 = u64::from(*t2) + m * u64::from(*x2) + (s1 >> 32);
+        *t2 = s2 as u32;
+        let s3 = u64::from(*t3) + m * u64::from(*x3) + (s2 >> 32);
+        *t3 = s3 as u32;
+        carry = s3 >> 32;
+    }
+    for (t, &x) in row_rest.iter_mut().zip(x_rest) {
+        let sum = u64::from(*t) + m * u64::from(x) + carry;
+        *t = sum as u32;
+        carry = sum >> 32;
+    }
+    carry
 }
 
 /// Big-endian bytes to little-endian limbs, without the leading zeros.
