@@ -1,0 +1,400 @@
+//! Arithmetic modulo a fixed odd prime of `N` 32-bit limbs, in Montgomery form: the field and
+//! the scalar (group order) arithmetic of the NIST curves.
+//!
+//! Numbers are little-endian `[u32; N]` arrays, so every operation is on the stack and, with `N`
+//! a constant, unrolled by the compiler; products are `u64`, which wasm32 has instructions for.
+//! Every result is fully reduced (below the modulus), so two values are equal exactly when their
+//! limbs are. Only public values pass through here (keys, signatures, hashes): nothing needs to
+//! run in constant time, and nothing tries to.
+
+/// A prime modulus with its Montgomery constants (R = 2^(32N)). Values "in Montgomery form"
+/// stand for `x` as `x * R mod m`; the constants are computed when the program is built.
+#[derive(Debug)]
+pub(crate) struct Modulus<const N: usize> {
+    /// The modulus itself.
+    pub(crate) m: [u32; N],
+    /// -m^-1 mod 2^32.
+    inv: u32,
+    /// R mod m: one, in Montgomery form.
+    pub(crate) one: [u32; N],
+    /// R^2 mod m: a Montgomery multiplication by it enters Montgomery form.
+    r_squared: [u32; N],
+}
+
+impl<const N: usize> Modulus<N> {
+    /// The constants for an odd modulus `m` above 2^(32N - 1) (true of the NIST primes and
+    /// group orders). Evaluated in `const` items only: an index out of range there fails the
+    /// build, it cannot fail a request.
+    #[allow(clippy::indexing_slicing)]
+    pub(crate) const fn new(m: [u32; N]) -> Self {
+        let m0 = m[0];
+        // Newton's iteration doubles the correct low bits: m0 is its own inverse mod 2^3.
+        let mut inverse = m0;
+        let mut i = 0;
+        while i < 4 {
+            inverse = inverse.wrapping_mul(2u32.wrapping_sub(m0.wrapping_mul(inverse)));
+            i += 1;
+        }
+        // 1 doubled 32N times is R mod m, doubled 32N more times R^2 mod m.
+        let mut one = [0u32; N];
+        one[0] = 1;
+        let mut i = 0;
+        while i < 32 * N {
+            one = const_double_mod(one, &m);
+            i += 1;
+        }
+        let mut r_squared = one;
+        while i < 64 * N {
+            r_squared = const_double_mod(r_squared, &m);
+            i += 1;
+        }
+        Self {
+            m,
+            inv: inverse.wrapping_neg(),
+            one,
+            r_squared,
+        }
+    }
+
+    /// `a * b / R mod m` for `a, b < m` (CIOS: multiply and reduce one limb of `a` at a time).
+    /// On Montgomery forms that is the Montgomery form of the product; with one plain operand
+    /// it is the plain product of the plain value and the Montgomery one.
+    pub(crate) fn mul(&self, a: &[u32; N], b: &[u32; N]) -> [u32; N] {
+        let mut out = [0u32; N];
+        // The limb above `out`; the running value stays below 2m, so `high` is 0 or 1.
+        let mut high: u32 = 0;
+        for &a_i in a {
+            let a_i = u64::from(a_i);
+            let mut carry = 0u64;
+            for (t, &b_j) in out.iter_mut().zip(b) {
+                let sum = u64::from(*t) + a_i * u64::from(b_j) + carry;
+                *t = sum as u32;
+                carry = sum >> 32;
+            }
+            let sum = u64::from(high) + carry;
+            let (top, overflow) = (sum as u32, (sum >> 32) as u32);
+            // Add q * m with q chosen so the lowest limb becomes 0, then shift down a limb.
+            let mut limbs = out.iter_mut().zip(&self.m);
+            let Some((t_0, &m_0)) = limbs.next() else {
+                return out;
+            };
+            let q = u64::from(t_0.wrapping_mul(self.inv));
+            let mut carry = (u64::from(*t_0) + q * u64::from(m_0)) >> 32;
+            let mut previous = t_0;
+            for (t, &m_j) in limbs {
+                let sum = u64::from(*t) + q * u64::from(m_j) + carry;
+                *previous = sum as u32;
+                carry = sum >> 32;
+                previous = t;
+            }
+            let sum = u64::from(top) + carry;
+            *previous = sum as u32;
+            high = overflow.wrapping_add((sum >> 32) as u32);
+        }
+        if high != 0 || !less_than(&out, &self.m) {
+            out = sub(&out, &self.m).0;
+        }
+        out
+    }
+
+    /// `a * a / R mod m`: each cross product computed once, then reduced a limb at a time (SOS),
+    /// about three quarters of a multiplication's work. Half of a point doubling is squarings.
+    pub(crate) fn square(&self, a: &[u32; N]) -> [u32; N] {
+        // The 2N-limb square as a low and a high half, which const generics cannot yet join.
+        let mut low = [0u32; N];
+        let mut high = [0u32; N];
+        // Products a_i * a_j for i < j land at i + j.
+        for (i, &a_i) in a.iter().enumerate() {
+            let a_i = u64::from(a_i);
+            let mut carry = 0u64;
+            let wide = low.iter_mut().chain(high.iter_mut()).skip(2 * i + 1);
+            for (w, &a_j) in wide.zip(a.iter().skip(i + 1)) {
+                let sum = u64::from(*w) + a_i * u64::from(a_j) + carry;
+                *w = sum as u32;
+                carry = sum >> 32;
+            }
+            // Limb i + N is untouched so far: the row's carry is all of it.
+            if let Some(w) = high.get_mut(i) {
+                *w = carry as u32;
+            }
+        }
+        // Doubled, plus the squares a_i^2 at 2i.
+        let mut shifted_out = 0u32;
+        let mut carry = 0u64;
+        let mut wide = low.iter_mut().chain(high.iter_mut());
+        for &a_i in a {
+            let square = u64::from(a_i) * u64::from(a_i);
+            for half in [square as u32, (square >> 32) as u32] {
+                let Some(w) = wide.next() else {
+                    break;
+                };
+                let doubled = u64::from(*w) << 1 | u64::from(shifted_out);
+                shifted_out = *w >> 31;
+                let sum = (doubled & 0xffff_ffff) + u64::from(half) + carry;
+                *w = sum as u32;
+                carry = sum >> 32;
+            }
+        }
+        // Reduce: for each low limb in turn, add q * m at it to clear it; the carry out of
+        // each row goes to the high half's limb that row ends at.
+        let mut top_carry = 0u64;
+        for i in 0..N {
+            let Some(&low_i) = low.get(i) else {
+                break;
+            };
+            let q = u64::from(low_i.wrapping_mul(self.inv));
+            let mut carry = 0u64;
+            for (w, &m_j) in low.iter_mut().chain(high.iter_mut()).skip(i).zip(&self.m) {
+                let sum = u64::from(*w) + q * u64::from(m_j) + carry;
+                *w = sum as u32;
+                carry = sum >> 32;
+            }
+            if let Some(w) = high.get_mut(i) {
+                let sum = u64::from(*w) + carry + top_carry;
+                *w = sum as u32;
+                top_carry = sum >> 32;
+            }
+        }
+        if top_carry != 0 || !less_than(&high, &self.m) {
+            high = sub(&high, &self.m).0;
+        }
+        high
+    }
+
+    /// `a + b mod m` for `a, b < m`.
+    pub(crate) fn add(&self, a: &[u32; N], b: &[u32; N]) -> [u32; N] {
+        let (sum, carry) = add(a, b);
+        if carry || !less_than(&sum, &self.m) {
+            sub(&sum, &self.m).0
+        } else {
+            sum
+        }
+    }
+
+    /// `a - b mod m` for `a, b < m`.
+    pub(crate) fn sub(&self, a: &[u32; N], b: &[u32; N]) -> [u32; N] {
+        let (difference, borrow) = sub(a, b);
+        if borrow {
+            add(&difference, &self.m).0
+        } else {
+            difference
+        }
+    }
+
+    /// The Montgomery form of `a < m`.
+    pub(crate) fn to_montgomery(&self, a: &[u32; N]) -> [u32; N] {
+        self.mul(a, &self.r_squared)
+    }
+
+    /// The plain value of a Montgomery form (only tests need it: a check compares Montgomery
+    /// forms).
+    #[cfg(test)]
+    pub(crate) fn plain(&self, a: &[u32; N]) -> [u32; N] {
+        let mut one = [0u32; N];
+        if let Some(low) = one.first_mut() {
+            *low = 1;
+        }
+        self.mul(a, &one)
+    }
+
+    /// `a^-1 mod m` by Fermat (a^(m-2)), in and out in Montgomery form; 0 for 0. Left to right
+    /// over 4-bit windows of the exponent: about 32N squarings and 8N multiplications.
+    pub(crate) fn invert(&self, a: &[u32; N]) -> [u32; N] {
+        let mut two = [0u32; N];
+        if let Some(low) = two.first_mut() {
+            *low = 2;
+        }
+        let exponent = sub(&self.m, &two).0;
+        // a^0 .. a^15.
+        let mut powers = [self.one; 16];
+        let mut power = self.one;
+        for slot in powers.iter_mut() {
+            *slot = power;
+            power = self.mul(&power, a);
+        }
+        let mut result = self.one;
+        for limb in exponent.iter().rev() {
+            for shift in (0..8).rev() {
+                for _ in 0..4 {
+                    result = self.square(&result);
+                }
+                let nibble = (limb >> (4 * shift) & 0xf) as usize;
+                if nibble != 0 {
+                    if let Some(power) = powers.get(nibble) {
+                        result = self.mul(&result, power);
+                    }
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Big-endian bytes, exactly `4N` of them, as limbs.
+pub(crate) fn from_be_bytes<const N: usize>(bytes: &[u8]) -> Option<[u32; N]> {
+    if bytes.len() != 4 * N {
+        return None;
+    }
+    let mut limbs = [0u32; N];
+    for (limb, chunk) in limbs.iter_mut().zip(bytes.rchunks_exact(4)) {
+        *limb = chunk.iter().fold(0, |limb, &b| limb << 8 | u32::from(b));
+    }
+    Some(limbs)
+}
+
+/// Big-endian hex of exactly `8N` lowercase digits as limbs, for the curve constants. Used in
+/// `const` items only: a bad digit or length fails the build.
+#[allow(clippy::indexing_slicing, clippy::panic)]
+pub(crate) const fn from_hex<const N: usize>(hex: &str) -> [u32; N] {
+    let digits = hex.as_bytes();
+    assert!(digits.len() == 8 * N, "constant of the wrong length");
+    let mut limbs = [0u32; N];
+    let mut i = 0;
+    while i < digits.len() {
+        let digit = match digits[i] {
+            b'0'..=b'9' => digits[i] - b'0',
+            b'a'..=b'f' => digits[i] - b'a' + 10,
+            _ => panic!("not a lowercase hex digit"),
+        };
+        // Nibbles counted from the least significant.
+        let position = digits.len() - 1 - i;
+        limbs[position / 8] |= (digit as u32) << (4 * (position % 8));
+        i += 1;
+    }
+    limbs
+}
+
+pub(crate) fn is_zero<const N: usize>(a: &[u32; N]) -> bool {
+    a.iter().all(|&limb| limb == 0)
+}
+
+/// `a < b`.
+pub(crate) fn less_than<const N: usize>(a: &[u32; N], b: &[u32; N]) -> bool {
+    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
+        if x != y {
+            return x < y;
+        }
+    }
+    false
+}
+
+/// `a + b` modulo 2^(32N), and whether it carried out.
+pub(crate) fn add<const N: usize>(a: &[u32; N], b: &[u32; N]) -> ([u32; N], bool) {
+    let mut sum = [0u32; N];
+    let mut carry = 0u64;
+    for ((s, &x), &y) in sum.iter_mut().zip(a).zip(b) {
+        let total = u64::from(x) + u64::from(y) + carry;
+        *s = total as u32;
+        carry = total >> 32;
+    }
+    (sum, carry != 0)
+}
+
+/// `a - b` modulo 2^(32N), and whether it borrowed.
+pub(crate) fn sub<const N: usize>(a: &[u32; N], b: &[u32; N]) -> ([u32; N], bool) {
+    let mut difference = [0u32; N];
+    let mut borrow = false;
+    for ((d, &x), &y) in difference.iter_mut().zip(a).zip(b) {
+        let (value, b1) = x.overflowing_sub(y);
+        let (value, b2) = value.overflowing_sub(u32::from(borrow));
+        *d = value;
+        borrow = b1 || b2;
+    }
+    (difference, borrow)
+}
+
+/// `2x mod m` for `x < m`, in a `const` context (hence the loops over indices).
+#[allow(clippy::indexing_slicing)]
+const fn const_double_mod<const N: usize>(mut x: [u32; N], m: &[u32; N]) -> [u32; N] {
+    let mut carry = 0u32;
+    let mut i = 0;
+    while i < N {
+        let next = x[i] >> 31;
+        x[i] = x[i] << 1 | carry;
+        carry = next;
+        i += 1;
+    }
+    // x >= m?
+    let mut at_least = true;
+    let mut i = N;
+    while i > 0 {
+        i -= 1;
+        if x[i] != m[i] {
+            at_least = x[i] > m[i];
+            break;
+        }
+    }
+    if carry != 0 || at_least {
+        let mut borrow = 0u32;
+        let mut i = 0;
+        while i < N {
+            let (value, b1) = x[i].overflowing_sub(m[i]);
+            let (value, b2) = value.overflowing_sub(borrow);
+            x[i] = value;
+            borrow = (b1 | b2) as u32;
+            i += 1;
+        }
+    }
+    x
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    /// The P-256 field prime: the arithmetic checked against plain big-number identities.
+    const P: Modulus<8> = Modulus::new(from_hex(
+        "ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+    ));
+
+    fn sample(seed: u32) -> [u32; 8] {
+        let mut x = [0u32; 8];
+        let mut state = seed.wrapping_mul(0x9e37_79b9) | 1;
+        for limb in x.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            *limb = state;
+        }
+        // Below p: clear the top bit.
+        x[7] &= 0x7fff_ffff;
+        x
+    }
+
+    #[test]
+    fn squaring_is_multiplication_and_inversion_inverts() {
+        let mut edge = P.m;
+        edge[0] -= 1;
+        let values = (1..200)
+            .map(sample)
+            .chain([[0; 8], P.one, edge, [1, 0, 0, 0, 0, 0, 0, 0]]);
+        for x in values {
+            assert_eq!(P.square(&x), P.mul(&x, &x), "{x:x?}");
+            let inverse = P.invert(&x);
+            if is_zero(&x) {
+                assert!(is_zero(&inverse));
+            } else {
+                assert_eq!(P.mul(&x, &inverse), P.one, "{x:x?}");
+            }
+            let plain = P.plain(&x);
+            assert_eq!(P.to_montgomery(&plain), x);
+            assert_eq!(P.add(&P.sub(&x, &edge), &edge), x);
+        }
+    }
+
+    #[test]
+    fn constants_are_consistent() {
+        // R * R^-1 = 1: the Montgomery one's plain value is 1, and R^2 leaves as R.
+        assert_eq!(P.plain(&P.one), [1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(P.plain(&P.r_squared), P.one);
+        assert_eq!(P.m[0].wrapping_mul(P.inv), u32::MAX);
+        assert_eq!(
+            from_be_bytes::<2>(&[1, 2, 3, 4, 5, 6, 7, 8]),
+            Some([0x0506_0708, 0x0102_0304])
+        );
+        assert_eq!(from_be_bytes::<2>(&[1, 2, 3, 4, 5, 6, 7]), None);
+    }
+}
