@@ -6,8 +6,8 @@
 //! products wasm32 emulates in software; one ES256 check cost about 32M Wasm instructions that
 //! way. Here the fields are 32-bit Montgomery arithmetic (`field`), the points Jacobian with the
 //! a = -3 doubling, and u1*G + u2*Q one joint (Straus) multiplication over width-w NAF digits
-//! with tables of odd multiples in affine form: G's built once per process, Q's when the key is
-//! prepared (once per key set), so a check is the scalar inversion, ~n doublings and ~n/7 mixed
+//! with tables of odd multiples in affine form: G's built once per process (with the curve's
+//! first key), Q's when the key is prepared (once per key set), so a check is the scalar inversion, ~n doublings and ~n/7 mixed
 //! additions, with no heap.
 //!
 //! A verifier only handles public values (key, message, signature), so nothing here runs in
@@ -341,6 +341,9 @@ impl<const N: usize> Params<N> {
         if !self.on_curve(&point) {
             return Err(EcdsaKeyError::NotOnCurve);
         }
+        // G's table too, if this is the curve's first key: at configuration, not in the first
+        // request that checks a signature.
+        let _ = self.g_table();
         self.table(&point).ok_or(EcdsaKeyError::NotOnCurve)
     }
 
