@@ -197,37 +197,76 @@ impl<const N: usize> Modulus<N> {
         self.mul(a, &one)
     }
 
-    /// `a^-1 mod m` by Fermat (a^(m-2)), in and out in Montgomery form; 0 for 0. Left to right
-    /// over 4-bit windows of the exponent: about 32N squarings and 8N multiplications.
+    /// `a^-1 mod m` in and out in Montgomery form; 0 for 0. `invert_plain` of aR is
+    /// a^-1 R^-1, which two entries into Montgomery form make a^-1 R.
     pub(crate) fn invert(&self, a: &[u32; N]) -> [u32; N] {
-        let mut two = [0u32; N];
-        if let Some(low) = two.first_mut() {
-            *low = 2;
+        self.to_montgomery(&self.to_montgomery(&self.invert_plain(a)))
+    }
+}
+
+impl<const N: usize> Modulus<N> {
+    /// `a^-1 mod m` for a plain `0 < a < m`, plain; 0 if there is none (a = 0, or a not
+    /// below m). Binary extended Euclid: shifts and subtractions, 10-20 times cheaper than
+    /// Fermat's exponentiation on wasm32, and fine in variable time on public values.
+    pub(crate) fn invert_plain(&self, a: &[u32; N]) -> [u32; N] {
+        let mut one = [0u32; N];
+        if let Some(low) = one.first_mut() {
+            *low = 1;
         }
-        let exponent = sub(&self.m, &two).0;
-        // a^0 .. a^15.
-        let mut powers = [self.one; 16];
-        let mut power = self.one;
-        for slot in powers.iter_mut() {
-            *slot = power;
-            power = self.mul(&power, a);
+        if is_zero(a) || !less_than(a, &self.m) {
+            return [0; N];
         }
-        let mut result = self.one;
-        for limb in exponent.iter().rev() {
-            for shift in (0..8).rev() {
-                for _ in 0..4 {
-                    result = self.square(&result);
-                }
-                let nibble = (limb >> (4 * shift) & 0xf) as usize;
-                if nibble != 0 {
-                    if let Some(power) = powers.get(nibble) {
-                        result = self.mul(&result, power);
-                    }
-                }
+        // x1 * a = u and x2 * a = v (mod m), and gcd(u, v) = gcd(a, m) = 1 throughout.
+        let (mut u, mut v) = (*a, self.m);
+        let (mut x1, mut x2) = (one, [0u32; N]);
+        // Each round takes at least one bit off u or v: 64N rounds reach 1 for sure.
+        for _ in 0..=64 * N {
+            while u.first().is_some_and(|&low| low & 1 == 0) {
+                u = shift_right(&u, false);
+                x1 = self.half(&x1);
+            }
+            while v.first().is_some_and(|&low| low & 1 == 0) {
+                v = shift_right(&v, false);
+                x2 = self.half(&x2);
+            }
+            // Both odd now; equal only when both are the gcd, 1.
+            if u == one {
+                return x1;
+            }
+            if v == one {
+                return x2;
+            }
+            if less_than(&u, &v) {
+                v = sub(&v, &u).0;
+                x2 = self.sub(&x2, &x1);
+            } else {
+                u = sub(&u, &v).0;
+                x1 = self.sub(&x1, &x2);
             }
         }
-        result
+        [0; N]
     }
+
+    /// `x / 2 mod m` for `x < m`: x or x + m, whichever is even, halved.
+    fn half(&self, x: &[u32; N]) -> [u32; N] {
+        if x.first().is_some_and(|&low| low & 1 == 1) {
+            let (sum, carry) = add(x, &self.m);
+            shift_right(&sum, carry)
+        } else {
+            shift_right(x, false)
+        }
+    }
+}
+
+/// `x >> 1`, with `top` shifted in as the highest bit.
+fn shift_right<const N: usize>(x: &[u32; N], top: bool) -> [u32; N] {
+    let mut out = [0u32; N];
+    let mut carry = u32::from(top);
+    for (o, &limb) in out.iter_mut().zip(x).rev() {
+        *o = limb >> 1 | carry << 31;
+        carry = limb & 1;
+    }
+    out
 }
 
 /// Big-endian bytes, exactly `4N` of them, as limbs.
@@ -380,6 +419,16 @@ mod tests {
                 assert_eq!(P.mul(&x, &inverse), P.one, "{x:x?}");
             }
             let plain = P.plain(&x);
+            let plain_inverse = P.invert_plain(&plain);
+            if is_zero(&x) {
+                assert!(is_zero(&plain_inverse));
+            } else {
+                assert_eq!(P.plain(&P.to_montgomery(&plain_inverse)), P.plain(&inverse));
+                assert_eq!(
+                    P.mul(&P.to_montgomery(&plain), &P.to_montgomery(&plain_inverse)),
+                    P.one
+                );
+            }
             assert_eq!(P.to_montgomery(&plain), x);
             assert_eq!(P.add(&P.sub(&x, &edge), &edge), x);
         }
