@@ -335,6 +335,34 @@ mod tests {
     }
 
     #[test]
+    fn ec_points_off_their_curve_or_outside_the_field_are_skipped() {
+        // (1, 1) is not on P-256 or P-384; 32 bytes of 0xff are above P-256's prime.
+        let one_256 = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE";
+        let above_p256 = "__________________________________________8";
+        let one_384 = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB";
+        let doc = format!(
+            r#"{{"keys":[
+                {{"kty":"EC","crv":"P-256","x":"{one_256}","y":"{one_256}"}},
+                {{"kty":"EC","crv":"P-256","x":"{above_p256}","y":"{one_256}"}},
+                {{"kty":"EC","crv":"P-384","x":"{one_384}","y":"{one_384}"}},
+                {{"kty":"EC","crv":"P-384","x":"{one_256}","y":"{one_256}"}}
+            ]}}"#
+        );
+        let (set, skipped) = KeySet::parse(doc.as_bytes()).unwrap();
+        assert!(set.is_empty());
+        let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "EC point is not on its curve",
+                "EC point is not on its curve",
+                "EC point is not on its curve",
+                "EC coordinates have the wrong length",
+            ]
+        );
+    }
+
+    #[test]
     fn a_document_that_is_not_a_jwks_is_refused() {
         assert!(matches!(
             KeySet::parse(b"[1,2]"),
