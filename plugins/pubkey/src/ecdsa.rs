@@ -138,11 +138,28 @@ struct Params<const N: usize> {
     g_tables: OnceLock<Option<Box<Tables<N, G_TABLE>>>>,
 }
 
+/// The field primes as constants, for their multiplications to be compiled with them: the
+/// products with limbs that are 0 or 1, and with -p^-1 mod 2^32 = 1, fold away, and a check
+/// costs ~10% fewer instructions than with the modulus read from memory.
+const P256_FIELD: Modulus<8> = Modulus::new(from_hex(
+    "ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
+));
+
+fn p256_field_mul(a: &[u32; 8], b: &[u32; 8]) -> [u32; 8] {
+    P256_FIELD.mul_inline(a, b)
+}
+
+const P384_FIELD: Modulus<12> = Modulus::new(from_hex(
+    "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff",
+));
+
+fn p384_field_mul(a: &[u32; 12], b: &[u32; 12]) -> [u32; 12] {
+    P384_FIELD.mul_inline(a, b)
+}
+
 /// FIPS 186-5 / SP 800-186 §3.2.1.3.
 static P256: Params<8> = Params {
-    field: Modulus::new(from_hex(
-        "ffffffff00000001000000000000000000000000ffffffffffffffffffffffff",
-    )),
+    field: P256_FIELD.with_multiplication(p256_field_mul),
     order: Modulus::new(from_hex(
         "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551",
     )),
@@ -156,9 +173,7 @@ static P256: Params<8> = Params {
 
 /// SP 800-186 §3.2.1.4.
 static P384: Params<12> = Params {
-    field: Modulus::new(from_hex(
-        "fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff",
-    )),
+    field: P384_FIELD.with_multiplication(p384_field_mul),
     order: Modulus::new(from_hex(
         "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973",
     )),

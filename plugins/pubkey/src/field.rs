@@ -7,6 +7,9 @@
 //! limbs are. Only public values pass through here (keys, signatures, hashes): nothing needs to
 //! run in constant time, and nothing tries to.
 
+/// A Montgomery multiplication for one modulus.
+pub(crate) type Multiplication<const N: usize> = fn(&[u32; N], &[u32; N]) -> [u32; N];
+
 /// A prime modulus with its Montgomery constants (R = 2^(32N)). Values "in Montgomery form"
 /// stand for `x` as `x * R mod m`; the constants are computed when the program is built.
 #[derive(Debug)]
@@ -19,6 +22,8 @@ pub(crate) struct Modulus<const N: usize> {
     pub(crate) one: [u32; N],
     /// R^2 mod m: a Montgomery multiplication by it enters Montgomery form.
     r_squared: [u32; N],
+    /// `mul` compiled for this modulus as a constant (`with_multiplication`), if any.
+    multiplication: Option<Multiplication<N>>,
 }
 
 impl<const N: usize> Modulus<N> {
@@ -53,13 +58,31 @@ impl<const N: usize> Modulus<N> {
             inv: inverse.wrapping_neg(),
             one,
             r_squared,
+            multiplication: None,
         }
+    }
+
+    /// The same modulus with `mul` done by `multiplication`, which must be this modulus's
+    /// `mul_inline` compiled with the modulus as a constant: its known limbs (the NIST primes
+    /// have many 0 and 0xffffffff ones) then fold into fewer instructions.
+    pub(crate) const fn with_multiplication(mut self, multiplication: Multiplication<N>) -> Self {
+        self.multiplication = Some(multiplication);
+        self
     }
 
     /// `a * b / R mod m` for `a, b < m` (CIOS: multiply and reduce one limb of `a` at a time).
     /// On Montgomery forms that is the Montgomery form of the product; with one plain operand
     /// it is the plain product of the plain value and the Montgomery one.
     pub(crate) fn mul(&self, a: &[u32; N], b: &[u32; N]) -> [u32; N] {
+        match self.multiplication {
+            Some(multiplication) => multiplication(a, b),
+            None => self.mul_inline(a, b),
+        }
+    }
+
+    /// `mul`'s body, for `with_multiplication`.
+    #[inline(always)]
+    pub(crate) fn mul_inline(&self, a: &[u32; N], b: &[u32; N]) -> [u32; N] {
         let mut out = [0u32; N];
         // The limb above `out`; the running value stays below 2m, so `high` is 0 or 1.
         let mut high: u32 = 0;
