@@ -4,13 +4,13 @@
 //!
 //! Why not the `p256`/`p384` crates: their field arithmetic works on 64-bit words, whose 128-bit
 //! products wasm32 emulates in software; one ES256 check cost about 32M Wasm instructions that
-//! way. Here the fields are 32-bit Montgomery arithmetic (`field`), the points Jacobian with the
+//! way, and costs about 2M here. Here the fields are 32-bit Montgomery arithmetic (`field`), the points Jacobian with the
 //! a = -3 doubling, and u1*G + u2*Q one joint (Straus) multiplication over width-w NAF digits
-//! with tables of odd multiples in affine form: G's built once per process (with the curve's
-//! first key), Q's when the key is prepared (once per key set). The tables hold the multiples
+//! with tables of odd multiples in affine form: G's built once per VM (with the curve's first
+//! key), Q's when the key is prepared (once per key set). The tables hold the multiples
 //! of 2^(jd) G and 2^(jd) Q for 8 parts j of d bits, so a check doubles 32 (P-256) or 48
-//! (P-384) times rather than 256 or 384; with ~n/8 + ~n/7 mixed additions and a binary
-//! inversion of s, it allocates nothing.
+//! (P-384) times rather than 256 or 384; with ~bits/8 + ~bits/7 mixed additions and a
+//! binary inversion of s, it allocates nothing.
 //!
 //! A verifier only handles public values (key, message, signature), so nothing here runs in
 //! constant time; what matters is that nothing is accepted that should not be: ranges are
