@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use crate::config::Algorithm;
 use crate::rejection::Rejection;
 use crate::signature::{PublicKey, MIN_RSA_BITS};
+use palisade_pubkey::ecdsa::{Curve, EcdsaKey, EcdsaKeyError};
 use palisade_pubkey::rsa::RsaKey;
 
 /// JWKS members are base64url; IdPs disagree on padding, so either is read.
@@ -191,28 +192,18 @@ fn prepare(jwk: &Map<String, Value>) -> Result<SetKey, String> {
         "EC" => {
             let x = decode(jwk, "x")?;
             let y = decode(jwk, "y")?;
-            let size = match text(jwk, "crv")? {
-                Some("P-256") => 32,
-                Some("P-384") => 48,
+            let curve = match text(jwk, "crv")? {
+                Some("P-256") => Curve::P256,
+                Some("P-384") => Curve::P384,
                 _ => return Err("unsupported EC curve (P-256 and P-384 are)".to_owned()),
             };
-            if x.len() != size || y.len() != size {
-                return Err("EC coordinates have the wrong length".to_owned());
-            }
-            let mut point = Vec::with_capacity(1 + 2 * size);
-            point.push(0x04);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
-            let not_on_curve = |_| "EC point is not on its curve".to_owned();
-            if size == 32 {
-                PublicKey::P256(
-                    p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(not_on_curve)?,
-                )
-            } else {
-                PublicKey::P384(
-                    p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(not_on_curve)?,
-                )
-            }
+            PublicKey::Ecdsa(EcdsaKey::new(curve, &x, &y).map_err(|err| match err {
+                EcdsaKeyError::WrongLength(_) => "EC coordinates have the wrong length".to_owned(),
+                // Out of the field's range is not a point of the curve either.
+                EcdsaKeyError::CoordinateOutOfRange | EcdsaKeyError::NotOnCurve => {
+                    "EC point is not on its curve".to_owned()
+                }
+            })?)
         }
         "OKP" => {
             if text(jwk, "crv")? != Some("Ed25519") {
@@ -339,6 +330,34 @@ mod tests {
                 "alg is not a signature algorithm this plugin verifies",
                 "EC coordinates have the wrong length",
                 "unsupported key type",
+            ]
+        );
+    }
+
+    #[test]
+    fn ec_points_off_their_curve_or_outside_the_field_are_skipped() {
+        // (1, 1) is not on P-256 or P-384; 32 bytes of 0xff are above P-256's prime.
+        let one_256 = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAE";
+        let above_p256 = "__________________________________________8";
+        let one_384 = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAB";
+        let doc = format!(
+            r#"{{"keys":[
+                {{"kty":"EC","crv":"P-256","x":"{one_256}","y":"{one_256}"}},
+                {{"kty":"EC","crv":"P-256","x":"{above_p256}","y":"{one_256}"}},
+                {{"kty":"EC","crv":"P-384","x":"{one_384}","y":"{one_384}"}},
+                {{"kty":"EC","crv":"P-384","x":"{one_256}","y":"{one_256}"}}
+            ]}}"#
+        );
+        let (set, skipped) = KeySet::parse(doc.as_bytes()).unwrap();
+        assert!(set.is_empty());
+        let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "EC point is not on its curve",
+                "EC point is not on its curve",
+                "EC point is not on its curve",
+                "EC coordinates have the wrong length",
             ]
         );
     }

@@ -1,13 +1,15 @@
-//! Signature verification with keys prepared once: an RSA modulus turned into a big integer, an
-//! EC point decompressed and checked on its curve, when the key set is loaded, never per request
-//! (`jsonwebtoken::decode` rebuilds them from bytes on every call). EC and EdDSA use the
-//! RustCrypto crates `jsonwebtoken`'s `rust_crypto` backend uses; RSA has its own verifier
-//! (palisade-pubkey), many times faster on wasm32 than the `rsa` crate.
+//! Signature verification with keys prepared once: an RSA modulus turned into Montgomery
+//! constants, an EC point checked on its curve and its multiples tabled, when the key set is
+//! loaded, never per request (`jsonwebtoken::decode` rebuilds them from bytes on every call).
+//! RSA and ECDSA have their own verifiers (palisade-pubkey), many times faster on wasm32 than
+//! the `rsa`, `p256` and `p384` crates; EdDSA uses `ed25519-dalek`, as `jsonwebtoken`'s
+//! `rust_crypto` backend does.
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 use crate::config::Algorithm;
+use palisade_pubkey::ecdsa::{Curve, EcdsaKey};
 use palisade_pubkey::rsa::{RsaKey, SHA256_PREFIX, SHA384_PREFIX, SHA512_PREFIX};
 
 /// The smallest RSA modulus accepted (RFC 7518 §3.3: 2048 bits or larger MUST be used).
@@ -17,8 +19,8 @@ pub const MIN_RSA_BITS: usize = 2048;
 #[derive(Debug, Clone)]
 pub enum PublicKey {
     Rsa(RsaKey),
-    P256(p256::ecdsa::VerifyingKey),
-    P384(p384::ecdsa::VerifyingKey),
+    /// P-256 or P-384: the curve fixes the algorithm (ES256, ES384).
+    Ecdsa(EcdsaKey),
     Ed25519(ed25519_dalek::VerifyingKey),
 }
 
@@ -29,8 +31,10 @@ impl PublicKey {
         use Algorithm::*;
         match self {
             PublicKey::Rsa(_) => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
-            PublicKey::P256(_) => alg == ES256,
-            PublicKey::P384(_) => alg == ES384,
+            PublicKey::Ecdsa(key) => match key.curve() {
+                Curve::P256 => alg == ES256,
+                Curve::P384 => alg == ES384,
+            },
             PublicKey::Ed25519(_) => alg == EdDSA,
         }
     }
@@ -59,16 +63,9 @@ impl PublicKey {
             (PublicKey::Rsa(key), PS512) => {
                 key.verify_pss::<Sha512>(&Sha512::digest(message), signature)
             }
-            (PublicKey::P256(key), ES256) => {
-                use p256::ecdsa::signature::Verifier;
-                // JWS carries R || S, 64 bytes, not DER (RFC 7518 §3.4).
-                p256::ecdsa::Signature::from_slice(signature)
-                    .is_ok_and(|sig| key.verify(message, &sig).is_ok())
-            }
-            (PublicKey::P384(key), ES384) => {
-                use p384::ecdsa::signature::Verifier;
-                p384::ecdsa::Signature::from_slice(signature)
-                    .is_ok_and(|sig| key.verify(message, &sig).is_ok())
+            // JWS carries R || S, not DER (RFC 7518 §3.4); the key hashes with its curve's SHA-2.
+            (PublicKey::Ecdsa(key), ES256 | ES384) if self.supports(alg) => {
+                key.verify(message, signature)
             }
             (PublicKey::Ed25519(key), EdDSA) => ed25519_dalek::Signature::from_slice(signature)
                 .is_ok_and(|sig| key.verify_strict(message, &sig).is_ok()),
