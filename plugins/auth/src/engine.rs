@@ -531,36 +531,29 @@ impl Authenticator {
         now: u64,
         keys: &impl KeySource,
     ) -> TokenCheck {
+        // What is not a JWT of a provider may still be an opaque token to introspect.
         let introspectable = requirement.introspection && self.bearer == Some(location);
+        let introspect = || {
+            TokenCheck::Decided(self.pending(
+                requirement,
+                headers,
+                raw_path,
+                rewrite,
+                location,
+                token,
+            ))
+        };
         let decoded = match jwt::decode(token, self.max_token_bytes) {
             Ok(decoded) => decoded,
             Err(rejection @ Rejection::TooLarge { .. }) => {
                 return TokenCheck::Decided(deny(Source::None, rejection))
             }
-            Err(_) if introspectable => {
-                return TokenCheck::Decided(self.pending(
-                    requirement,
-                    headers,
-                    raw_path,
-                    rewrite,
-                    location,
-                    token,
-                ))
-            }
+            Err(_) if introspectable => return introspect(),
             Err(rejection) => return TokenCheck::Decided(deny(Source::None, rejection)),
         };
         let index = match self.provider_for(&decoded.claims) {
             Ok(index) => index,
-            Err(_) if introspectable => {
-                return TokenCheck::Decided(self.pending(
-                    requirement,
-                    headers,
-                    raw_path,
-                    rewrite,
-                    location,
-                    token,
-                ))
-            }
+            Err(_) if introspectable => return introspect(),
             Err(rejection) => return TokenCheck::Decided(deny(Source::None, rejection)),
         };
         let source = Source::Provider(index);
