@@ -280,21 +280,8 @@ fn push_json_string(out: &mut Vec<u8>, value: &str) {
 
 /// A random (version 4, RFC 9562) UUID in its canonical text form.
 pub fn uuid_v4(rng: &mut Xoshiro256) -> String {
-    let mut bytes = [0u8; 16];
-    rng.fill(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut out = Vec::with_capacity(36);
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push(b'-');
-        }
-        for nibble in [byte >> 4, byte & 0x0f] {
-            out.push(HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'));
-        }
-    }
     // Hex digits and dashes are ASCII.
-    String::from_utf8(out).unwrap_or_default()
+    String::from_utf8(palisade_kit::uuid::v4(rng).to_vec()).unwrap_or_default()
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well-formed and

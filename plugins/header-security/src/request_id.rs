@@ -1,6 +1,8 @@
 //! Request ids (`x-request-id`) and W3C Trace Context (`traceparent`).
 
+use palisade_kit::hex::{be_u64, write_hex};
 use palisade_kit::random::Xoshiro256;
+use palisade_kit::uuid;
 
 /// An incoming request id is kept if it is a plain token: 1 to 200 visible ASCII characters.
 /// Anything else (spaces, control or non-ASCII bytes, a huge value) is replaced, so ids are safe
@@ -55,7 +57,7 @@ impl RequestId {
         let high = rng.next_u64().swap_bytes();
         let low = rng.next_u64().swap_bytes();
         if let Some(out) = self.inline.get_mut(..36) {
-            write_uuid_v4(out, high, low);
+            uuid::write_v4(out, high, low);
             self.len = 36;
             self.heap = None;
         }
@@ -84,80 +86,6 @@ impl RequestId {
 impl std::fmt::Debug for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.as_str().fmt(f)
-    }
-}
-
-/// Every byte's two lower-case hex digits.
-static HEX_PAIRS: [[u8; 2]; 256] = hex_pairs();
-
-// Evaluated by the compiler: an index out of bounds would fail the build, not a request.
-#[allow(clippy::indexing_slicing)]
-const fn hex_pairs() -> [[u8; 2]; 256] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut pairs = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        pairs[i] = [DIGITS[i >> 4], DIGITS[i & 0x0f]];
-        i += 1;
-    }
-    pairs
-}
-
-/// Writes the low `out.len()` nibbles of `value` into `out` (an even length) as lower-case
-/// hex, a byte at a time (this runs for every request that gets an id or a trace).
-fn hex_digits(mut value: u64, out: &mut [u8]) {
-    let mut at = out.len();
-    while at >= 2 {
-        at -= 2;
-        let pair = HEX_PAIRS.get(usize::from(value as u8));
-        if let (Some(&[high, low]), Some([h, l])) = (pair, out.get_mut(at..at + 2)) {
-            *h = high;
-            *l = low;
-        }
-        value >>= 8;
-    }
-}
-
-/// Up to 8 bytes as a big-endian number.
-fn be_u64(bytes: &[u8]) -> u64 {
-    let mut value = 0;
-    for &b in bytes {
-        value = (value << 8) | u64::from(b);
-    }
-    value
-}
-
-/// A random (version 4) UUID from 16 random bytes, as its 36 ASCII characters.
-pub fn uuid_v4(bytes: [u8; 16]) -> [u8; 36] {
-    let (high, low) = bytes.split_at(8);
-    let mut out = [0u8; 36];
-    write_uuid_v4(&mut out, be_u64(high), be_u64(low));
-    out
-}
-
-/// Writes [`uuid_v4`] of the bytes of `high` then `low` (big-endian) into `out` (36 bytes).
-fn write_uuid_v4(out: &mut [u8], high: u64, low: u64) {
-    // Version 4 in the 13th digit, variant 10 in the top bits of the 17th.
-    let high = (high & !0xf000) | 0x4000;
-    let low = (low & !(0xc0 << 56)) | (0x80 << 56);
-    let mut write = |range: std::ops::Range<usize>, value: u64| {
-        if let Some(digits) = out.get_mut(range) {
-            hex_digits(value, digits);
-        }
-    };
-    write(0..8, high >> 32);
-    write(9..13, high >> 16);
-    write(14..18, high);
-    write(19..23, low >> 48);
-    write(24..36, low);
-    if let Some(
-        [_, _, _, _, _, _, _, _, d8, _, _, _, _, d13, _, _, _, _, d18, _, _, _, _, d23, ..],
-    ) = out.get_mut(..24)
-    {
-        *d8 = b'-';
-        *d13 = b'-';
-        *d18 = b'-';
-        *d23 = b'-';
     }
 }
 
@@ -211,9 +139,9 @@ pub fn new_traceparent(mut random: [u8; 24], sampled: bool) -> [u8; 55] {
     let mut out = [b'-'; 55];
     out[0] = b'0';
     out[1] = b'0';
-    hex_digits(be_u64(trace_high), &mut out[3..19]);
-    hex_digits(be_u64(trace_low), &mut out[19..35]);
-    hex_digits(be_u64(parent_id), &mut out[36..52]);
+    write_hex(be_u64(trace_high), &mut out[3..19]);
+    write_hex(be_u64(trace_low), &mut out[19..35]);
+    write_hex(be_u64(parent_id), &mut out[36..52]);
     out[53] = b'0';
     out[54] = if sampled { b'1' } else { b'0' };
     out
@@ -230,17 +158,6 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-
-    #[test]
-    fn uuid_has_version_and_variant() {
-        assert_eq!(&uuid_v4([0; 16]), b"00000000-0000-4000-8000-000000000000");
-        assert_eq!(
-            &uuid_v4([0xff; 16]),
-            b"ffffffff-ffff-4fff-bfff-ffffffffffff"
-        );
-        let counting: [u8; 16] = std::array::from_fn(|i| i as u8 * 17);
-        assert_eq!(&uuid_v4(counting), b"00112233-4455-4677-8899-aabbccddeeff");
-    }
 
     #[test]
     fn request_ids_inline_or_on_the_heap() {
@@ -265,7 +182,7 @@ mod tests {
         rng.clone().fill(&mut bytes);
         id.set(&long);
         id.generate(&mut rng);
-        assert_eq!(id.get(), Some(uuid_v4(bytes).as_slice()));
+        assert_eq!(id.get(), Some(uuid::v4_from_bytes(bytes).as_slice()));
     }
 
     #[test]

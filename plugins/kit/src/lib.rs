@@ -9,10 +9,12 @@ pub mod config;
 pub mod decimal;
 pub mod duration;
 pub mod header_pairs;
+pub mod hex;
 pub mod identity;
 pub mod random;
 pub mod reply;
 pub mod store;
+pub mod uuid;
 
 #[cfg(target_os = "wasi")]
 pub mod host;
