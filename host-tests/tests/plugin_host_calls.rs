@@ -17,6 +17,8 @@ enum Scenario {
     Get,
     /// The same from a browser of the allowed origin.
     GetCors,
+    /// That request as Envoy hands it over: with the `x-request-id` Envoy generated.
+    GetCorsWithRequestId,
     /// POST with a 1 KiB body; 201.
     Post1k,
 }
@@ -38,8 +40,11 @@ fn run(
         .header("accept", "application/json")
         .header("user-agent", "palisade-bench/1")
         .header("x-tenant", "acme");
-    if scenario == Scenario::GetCors {
+    if matches!(scenario, Scenario::GetCors | Scenario::GetCorsWithRequestId) {
         request = request.header("origin", "https://app.example.com");
+    }
+    if scenario == Scenario::GetCorsWithRequestId {
+        request = request.header("x-request-id", "0b6e8a2c-3f4d-4e5f-8a9b-0c1d2e3f4a5b");
     }
     let mut stream = vms.http_request(request)?;
     if scenario == Scenario::Post1k {
@@ -120,8 +125,8 @@ fn cases() -> Vec<Case> {
         max_fuel: None,
     };
     // header-security's fuel as measured (Rust 1.95, proxy-wasm 0.2, opt-level 3) plus ~3%: a
-    // change that makes its requests dearer fails here. (bench Get 4,566, GetCors 6,285;
-    // example Get 5,502, Post1k 5,685.)
+    // change that makes its requests dearer fails here. (bench Get 4,566, GetCors 6,307,
+    // GetCors with a request id 7,781; example Get 5,502, Post1k 5,685.)
     let fuel = |case: Case, max_fuel: u64| Case {
         max_fuel: Some(max_fuel),
         ..case
@@ -168,6 +173,17 @@ fn cases() -> Vec<Case> {
                 19,
             ),
             6_450,
+        ),
+        // The id is kept, not generated, and echoed on the response.
+        fuel(
+            case(
+                Plugin::HeaderSecurity,
+                "bench",
+                bench_configs::HEADER_SECURITY,
+                Scenario::GetCorsWithRequestId,
+                19,
+            ),
+            8_000,
         ),
         case(
             Plugin::Audit,
