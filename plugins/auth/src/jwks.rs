@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Algorithm;
 use crate::rejection::Rejection;
-use crate::signature::{PublicKey, MIN_RSA_BITS};
+use crate::signature::{curve_supports, PublicKey, MIN_RSA_BITS};
 use palisade_pubkey::ecdsa::{Curve, EcdsaKey, EcdsaKeyError};
 use palisade_pubkey::rsa::RsaKey;
 
@@ -74,30 +74,16 @@ impl KeySet {
     /// by hand rather than through a derived deserializer: the plugin stays small, and a key
     /// it cannot use is skipped with a reason instead of failing the whole set.
     pub fn from_value(document: &Value) -> Result<(KeySet, Vec<Skipped>), JwksError> {
-        let Value::Object(set) = document else {
-            return Err(JwksError::NotJwks("not a JSON object".to_owned()));
-        };
-        let jwks = match set.get("keys") {
-            Some(Value::Array(keys)) => keys,
-            Some(_) => return Err(JwksError::NotJwks("`keys` is not an array".to_owned())),
-            None => return Err(JwksError::NotJwks("missing field `keys`".to_owned())),
-        };
-        if jwks.len() > MAX_KEYS {
-            return Err(JwksError::TooManyKeys(jwks.len()));
-        }
-        let mut keys = Vec::with_capacity(jwks.len());
-        let mut skipped = Vec::new();
-        for (index, jwk) in jwks.iter().enumerate() {
-            let prepared = match jwk {
-                Value::Object(jwk) => prepare(jwk),
-                _ => Err("not a JSON object".to_owned()),
-            };
-            match prepared {
-                Ok(key) => keys.push(key),
-                Err(reason) => skipped.push(Skipped { index, reason }),
-            }
-        }
+        let (keys, _, skipped) = read(document, Depth::Prepare)?;
         Ok((KeySet { keys }, skipped))
+    }
+
+    /// What [`KeySet::from_value`] would make of a document, as the number of usable keys and
+    /// the skipped ones, without preparing EC keys' tables (~9M fuel a P-256 key): the
+    /// configuration check, after which the engine prepares the keys it keeps.
+    pub fn check(document: &Value) -> Result<(usize, Vec<Skipped>), JwksError> {
+        let (_, usable, skipped) = read(document, Depth::Check)?;
+        Ok((usable, skipped))
     }
 
     pub fn len(&self) -> usize {
@@ -141,6 +127,51 @@ impl KeySet {
     }
 }
 
+/// How far a JWK is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Depth {
+    /// Checked as usable or not; EC keys without their tables.
+    Check,
+    /// Prepared to verify.
+    Prepare,
+}
+
+/// The keys of a document (none at [`Depth::Check`]), how many are usable, and the skipped.
+fn read(document: &Value, depth: Depth) -> Result<(Vec<SetKey>, usize, Vec<Skipped>), JwksError> {
+    let Value::Object(set) = document else {
+        return Err(JwksError::NotJwks("not a JSON object".to_owned()));
+    };
+    let jwks = match set.get("keys") {
+        Some(Value::Array(keys)) => keys,
+        Some(_) => return Err(JwksError::NotJwks("`keys` is not an array".to_owned())),
+        None => return Err(JwksError::NotJwks("missing field `keys`".to_owned())),
+    };
+    if jwks.len() > MAX_KEYS {
+        return Err(JwksError::TooManyKeys(jwks.len()));
+    }
+    let mut keys = Vec::with_capacity(if depth == Depth::Prepare {
+        jwks.len()
+    } else {
+        0
+    });
+    let mut usable = 0;
+    let mut skipped = Vec::new();
+    for (index, jwk) in jwks.iter().enumerate() {
+        let prepared = match jwk {
+            Value::Object(jwk) => prepare(jwk, depth),
+            _ => Err("not a JSON object".to_owned()),
+        };
+        match prepared {
+            Ok(key) => {
+                usable += 1;
+                keys.extend(key);
+            }
+            Err(reason) => skipped.push(Skipped { index, reason }),
+        }
+    }
+    Ok((keys, usable, skipped))
+}
+
 /// A string member; `Ok(None)` when absent.
 fn text<'j>(jwk: &'j Map<String, Value>, name: &str) -> Result<Option<&'j str>, String> {
     match jwk.get(name) {
@@ -158,7 +189,8 @@ fn decode(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("{name} is not base64url"))
 }
 
-fn prepare(jwk: &Map<String, Value>) -> Result<SetKey, String> {
+/// A usable JWK as a key (`None` at [`Depth::Check`]), or why it is not usable.
+fn prepare(jwk: &Map<String, Value>, depth: Depth) -> Result<Option<SetKey>, String> {
     if let Some(public_key_use) = text(jwk, "use")? {
         if public_key_use != "sig" {
             return Err("not a signature key (use is not \"sig\")".to_owned());
@@ -187,7 +219,7 @@ fn prepare(jwk: &Map<String, Value>) -> Result<SetKey, String> {
             if key.bits() < MIN_RSA_BITS {
                 return Err(format!("RSA key shorter than {MIN_RSA_BITS} bits"));
             }
-            PublicKey::Rsa(key)
+            KeyOf::Prepared(PublicKey::Rsa(key))
         }
         "EC" => {
             let x = decode(jwk, "x")?;
@@ -197,13 +229,22 @@ fn prepare(jwk: &Map<String, Value>) -> Result<SetKey, String> {
                 Some("P-384") => Curve::P384,
                 _ => return Err("unsupported EC curve (P-256 and P-384 are)".to_owned()),
             };
-            PublicKey::Ecdsa(EcdsaKey::new(curve, &x, &y).map_err(|err| match err {
+            let unusable = |err| match err {
                 EcdsaKeyError::WrongLength(_) => "EC coordinates have the wrong length".to_owned(),
                 // Out of the field's range is not a point of the curve either.
                 EcdsaKeyError::CoordinateOutOfRange | EcdsaKeyError::NotOnCurve => {
                     "EC point is not on its curve".to_owned()
                 }
-            })?)
+            };
+            match depth {
+                Depth::Prepare => KeyOf::Prepared(PublicKey::Ecdsa(
+                    EcdsaKey::new(curve, &x, &y).map_err(unusable)?,
+                )),
+                Depth::Check => {
+                    EcdsaKey::check(curve, &x, &y).map_err(unusable)?;
+                    KeyOf::Checked(curve)
+                }
+            }
         }
         "OKP" => {
             if text(jwk, "crv")? != Some("Ed25519") {
@@ -212,10 +253,10 @@ fn prepare(jwk: &Map<String, Value>) -> Result<SetKey, String> {
             let x: [u8; 32] = decode(jwk, "x")?
                 .try_into()
                 .map_err(|_| "Ed25519 key is not 32 bytes".to_owned())?;
-            PublicKey::Ed25519(
+            KeyOf::Prepared(PublicKey::Ed25519(
                 ed25519_dalek::VerifyingKey::from_bytes(&x)
                     .map_err(|_| "Ed25519 key is not a curve point".to_owned())?,
-            )
+            ))
         }
         "oct" => {
             return Err(
@@ -224,23 +265,35 @@ fn prepare(jwk: &Map<String, Value>) -> Result<SetKey, String> {
         }
         _ => return Err("unsupported key type".to_owned()),
     };
-    let key = SetKey {
-        kid: text(jwk, "kid")?.map(str::to_owned),
-        alg,
-        key,
-    };
-    if let Some(alg) = key.alg {
-        if !key.key.supports(alg) {
+    let kid = text(jwk, "kid")?.map(str::to_owned);
+    if let Some(alg) = alg {
+        let supported = match &key {
+            KeyOf::Prepared(key) => key.supports(alg),
+            KeyOf::Checked(curve) => curve_supports(*curve, alg),
+        };
+        if !supported {
             return Err("alg does not match the key type".to_owned());
         }
     }
-    Ok(key)
+    Ok(match key {
+        KeyOf::Prepared(key) => Some(SetKey { kid, alg, key }),
+        KeyOf::Checked(_) => None,
+    })
+}
+
+/// A JWK's key as far as [`Depth`] took it.
+enum KeyOf {
+    Prepared(PublicKey),
+    /// An EC key found usable, on this curve.
+    Checked(Curve),
 }
 
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use serde_json::json;
 
     use super::*;
 
@@ -358,6 +411,50 @@ mod tests {
                 "EC point is not on its curve",
                 "EC point is not on its curve",
                 "EC coordinates have the wrong length",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_check_finds_what_preparing_finds() {
+        let ec = |x: &str, alg: &str| {
+            json!({"kty": "EC", "crv": "P-256", "alg": alg, "x": x,
+                   "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"})
+        };
+        let mixed = json!({"keys": [
+                ec("MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4", "ES256"),
+                ec("MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4", "ES384"),
+                ec("AKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4", "ES256"),
+                ec("MKBC", "ES256"),
+                {"kty": "EC", "crv": "P-256", "x": 1, "y": "AA"},
+                {"kty": "EC", "crv": "P-256", "kid": 7,
+                 "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+                 "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"},
+        ]});
+        let documents = [
+            serde_json::from_slice::<Value>(JWKS).unwrap(),
+            serde_json::from_str::<Value>(include_str!("../testdata/jwks_weak.json")).unwrap(),
+            mixed.clone(),
+        ];
+        for document in documents {
+            let (set, skipped) = KeySet::from_value(&document).unwrap();
+            assert_eq!(
+                KeySet::check(&document).unwrap(),
+                (set.len(), skipped),
+                "{document}"
+            );
+        }
+        let (usable, skipped) = KeySet::check(&mixed).unwrap();
+        assert_eq!(usable, 1);
+        let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "alg does not match the key type",
+                "EC point is not on its curve",
+                "EC coordinates have the wrong length",
+                "x is not a string",
+                "kid is not a string",
             ]
         );
     }

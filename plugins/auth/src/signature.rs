@@ -31,10 +31,7 @@ impl PublicKey {
         use Algorithm::*;
         match self {
             PublicKey::Rsa(_) => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
-            PublicKey::Ecdsa(key) => match key.curve() {
-                Curve::P256 => alg == ES256,
-                Curve::P384 => alg == ES384,
-            },
+            PublicKey::Ecdsa(key) => curve_supports(key.curve(), alg),
             PublicKey::Ed25519(_) => alg == EdDSA,
         }
     }
@@ -71,6 +68,14 @@ impl PublicKey {
                 .is_ok_and(|sig| key.verify_strict(message, &sig).is_ok()),
             _ => false,
         }
+    }
+}
+
+/// Can a key on `curve` verify `alg`? Each curve has its one JWS algorithm (RFC 7518 §3.4).
+pub fn curve_supports(curve: Curve, alg: Algorithm) -> bool {
+    match curve {
+        Curve::P256 => alg == Algorithm::ES256,
+        Curve::P384 => alg == Algorithm::ES384,
     }
 }
 

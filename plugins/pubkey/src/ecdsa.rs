@@ -43,7 +43,7 @@ impl Curve {
     }
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum EcdsaKeyError {
     #[error("a coordinate is not {0} bytes")]
     WrongLength(usize),
@@ -80,6 +80,15 @@ impl EcdsaKey {
             Curve::P256 => Key::P256(Box::new(P256.prepare(x, y)?)),
             Curve::P384 => Key::P384(Box::new(P384.prepare(x, y)?)),
         }))
+    }
+
+    /// Checks `x` and `y` as [`EcdsaKey::new`] does, without building the tables a key needs
+    /// to verify: for a configuration check, which only needs to know the key is usable.
+    pub fn check(curve: Curve, x: &[u8], y: &[u8]) -> Result<(), EcdsaKeyError> {
+        match curve {
+            Curve::P256 => P256.point(x, y).map(drop),
+            Curve::P384 => P384.point(x, y).map(drop),
+        }
     }
 
     pub fn curve(&self) -> Curve {
@@ -381,6 +390,15 @@ impl<const N: usize> Params<N> {
     }
 
     fn prepare(&self, x: &[u8], y: &[u8]) -> Result<Tables<N, Q_TABLE>, EcdsaKeyError> {
+        let point = self.point(x, y)?;
+        // G's tables too, if this is the curve's first key: at configuration, not in the first
+        // request that checks a signature.
+        let _ = self.g_tables();
+        self.tables(&point).ok_or(EcdsaKeyError::NotOnCurve)
+    }
+
+    /// The point (x, y) in Montgomery form, if both are below p and it is on the curve.
+    fn point(&self, x: &[u8], y: &[u8]) -> Result<Affine<N>, EcdsaKeyError> {
         let (Some(x), Some(y)) = (field::from_be_bytes(x), field::from_be_bytes(y)) else {
             return Err(EcdsaKeyError::WrongLength(4 * N));
         };
@@ -395,10 +413,7 @@ impl<const N: usize> Params<N> {
         if !self.on_curve(&point) {
             return Err(EcdsaKeyError::NotOnCurve);
         }
-        // G's tables too, if this is the curve's first key: at configuration, not in the first
-        // request that checks a signature.
-        let _ = self.g_tables();
-        self.tables(&point).ok_or(EcdsaKeyError::NotOnCurve)
+        Ok(point)
     }
 
     /// u1 * G + u2 * Q (Straus): each scalar's NAF digit i is digit * 2^(i mod d) B_(i div d),
@@ -743,6 +758,12 @@ mod tests {
 
     #[test]
     fn keys_off_the_curve_out_of_range_or_of_the_wrong_length_are_refused() {
+        // A configuration check refuses exactly what preparing the key refuses.
+        let refused = |curve, x: &[u8], y: &[u8]| {
+            let error = EcdsaKey::new(curve, x, y).unwrap_err();
+            assert_eq!(EcdsaKey::check(curve, x, y), Err(error.clone()));
+            error
+        };
         for curve in CURVES {
             let signer = Signer::new(curve, 3);
             let (x, y) = signer.coordinates();
@@ -753,19 +774,19 @@ mod tests {
             };
             for (bad_x, bad_y) in [(&x[1..], &y[..]), (&x[..], &y[1..]), (&[][..], &[][..])] {
                 assert_eq!(
-                    EcdsaKey::new(curve, bad_x, bad_y).unwrap_err(),
+                    refused(curve, bad_x, bad_y),
                     EcdsaKeyError::WrongLength(size)
                 );
             }
             let longer = [&[0u8][..], &x].concat();
             assert_eq!(
-                EcdsaKey::new(curve, &longer, &y).unwrap_err(),
+                refused(curve, &longer, &y),
                 EcdsaKeyError::WrongLength(size)
             );
             let ones = vec![0xffu8; size];
             for (bad_x, bad_y) in [(&p, &y), (&x, &p), (&ones, &y), (&x, &ones)] {
                 assert_eq!(
-                    EcdsaKey::new(curve, bad_x, bad_y).unwrap_err(),
+                    refused(curve, bad_x, bad_y),
                     EcdsaKeyError::CoordinateOutOfRange
                 );
             }
@@ -776,14 +797,13 @@ mod tests {
                 (zero.clone(), zero.clone()),
                 (x.clone(), zero.clone()),
             ] {
-                assert_eq!(
-                    EcdsaKey::new(curve, &bad_x, &bad_y).unwrap_err(),
-                    EcdsaKeyError::NotOnCurve
-                );
+                assert_eq!(refused(curve, &bad_x, &bad_y), EcdsaKeyError::NotOnCurve);
             }
             // -Q = (x, p - y) is on the curve, and is another key.
             let minus_y = difference(&p, &y);
             let negated = EcdsaKey::new(curve, &x, &minus_y).unwrap();
+            assert_eq!(EcdsaKey::check(curve, &x, &minus_y), Ok(()));
+            assert_eq!(EcdsaKey::check(curve, &x, &y), Ok(()));
             let sig = signer.sign(b"m");
             assert!(signer.key().verify(b"m", &sig));
             assert!(!negated.verify(b"m", &sig));
