@@ -4,8 +4,9 @@
 //! request's instructions), and goes straight to the checks that depend on the request or the
 //! clock: provider accepted here, token location, `exp`/`nbf`/`iat` at `now`, rules.
 //!
-//! An entry counts only while its provider's key set is the one that verified it (a JWKS
-//! refresh or rotation empties it in effect) and never past the token's `exp`; tokens without
+//! An entry counts only while its provider's key set is the one that verified it (a remote
+//! JWKS whose document changed, rotation included, makes every entry a miss; a refresh to the
+//! same document keeps them) and never past the token's `exp`; tokens without
 //! `exp` are never remembered. It is a fixed number of direct-mapped slots per worker, so its
 //! memory is bounded by slots times `max_token_bytes`; a collision only costs a miss.
 
