@@ -32,14 +32,6 @@ impl<const N: usize> Modulus<N> {
     /// build, it cannot fail a request.
     #[allow(clippy::indexing_slicing)]
     pub(crate) const fn new(m: [u32; N]) -> Self {
-        let m0 = m[0];
-        // Newton's iteration doubles the correct low bits: m0 is its own inverse mod 2^3.
-        let mut inverse = m0;
-        let mut i = 0;
-        while i < 4 {
-            inverse = inverse.wrapping_mul(2u32.wrapping_sub(m0.wrapping_mul(inverse)));
-            i += 1;
-        }
         // 1 doubled 32N times is R mod m, doubled 32N more times R^2 mod m.
         let mut one = [0u32; N];
         one[0] = 1;
@@ -55,7 +47,7 @@ impl<const N: usize> Modulus<N> {
         }
         Self {
             m,
-            inv: inverse.wrapping_neg(),
+            inv: neg_inverse(m[0]),
             one,
             r_squared,
             multiplication: None,
@@ -273,8 +265,21 @@ pub(crate) fn is_zero<const N: usize>(a: &[u32; N]) -> bool {
     a.iter().all(|&limb| limb == 0)
 }
 
-/// `a < b`.
-pub(crate) fn less_than<const N: usize>(a: &[u32; N], b: &[u32; N]) -> bool {
+/// `-m0^-1 mod 2^32` for an odd `m0`, the lowest limb of a modulus: what a Montgomery
+/// reduction multiplies by. Newton's iteration doubles the correct low bits, and `m0` is its
+/// own inverse mod 2^3.
+pub(crate) const fn neg_inverse(m0: u32) -> u32 {
+    let mut inverse = m0;
+    let mut i = 0;
+    while i < 4 {
+        inverse = inverse.wrapping_mul(2u32.wrapping_sub(m0.wrapping_mul(inverse)));
+        i += 1;
+    }
+    inverse.wrapping_neg()
+}
+
+/// `a < b` for equally long limb slices (fixed-size limbs coerce).
+pub(crate) fn less_than(a: &[u32], b: &[u32]) -> bool {
     for (x, y) in a.iter().rev().zip(b.iter().rev()) {
         if x != y {
             return x < y;
@@ -297,15 +302,21 @@ pub(crate) fn add<const N: usize>(a: &[u32; N], b: &[u32; N]) -> ([u32; N], bool
 
 /// `a - b` modulo 2^(32N), and whether it borrowed.
 pub(crate) fn sub<const N: usize>(a: &[u32; N], b: &[u32; N]) -> ([u32; N], bool) {
-    let mut difference = [0u32; N];
+    let mut difference = *a;
+    let borrow = sub_assign(&mut difference, b);
+    (difference, borrow)
+}
+
+/// `a -= b` modulo 2^(32 len) for equally long limb slices, and whether it borrowed.
+pub(crate) fn sub_assign(a: &mut [u32], b: &[u32]) -> bool {
     let mut borrow = false;
-    for ((d, &x), &y) in difference.iter_mut().zip(a).zip(b) {
+    for (x, &y) in a.iter_mut().zip(b) {
         let (value, b1) = x.overflowing_sub(y);
         let (value, b2) = value.overflowing_sub(u32::from(borrow));
-        *d = value;
+        *x = value;
         borrow = b1 || b2;
     }
-    (difference, borrow)
+    borrow
 }
 
 /// `2x mod m` for `x < m`, in a `const` context (hence the loops over indices).

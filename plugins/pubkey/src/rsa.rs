@@ -9,6 +9,8 @@
 use sha2::Digest;
 use thiserror::Error;
 
+use crate::field::{less_than, neg_inverse, sub_assign};
+
 /// The largest modulus accepted, as the `rsa` crate's default (bigger keys make each check
 /// cost quadratically more, for no security JWT issuers use).
 pub const MAX_RSA_BITS: usize = 4096;
@@ -85,11 +87,6 @@ impl RsaKey {
         if e_limbs.len() > n.len() || !less_than(&e_wide, &n) {
             return Err(RsaKeyError::ExponentNotBelowModulus);
         }
-        // Newton's iteration doubles the correct low bits: n0 is its own inverse mod 2^3.
-        let mut inverse = n0;
-        for _ in 0..4 {
-            inverse = inverse.wrapping_mul(2u32.wrapping_sub(n0.wrapping_mul(inverse)));
-        }
         // 1 doubled 2 * 32 * limbs times, reduced each time: R^2 mod n. Once per key.
         let mut r_squared = vec![0u32; n.len()];
         if let Some(low) = r_squared.first_mut() {
@@ -100,7 +97,7 @@ impl RsaKey {
         }
         Ok(Self {
             n,
-            n0_inv: inverse.wrapping_neg(),
+            n0_inv: neg_inverse(n0),
             r_squared,
             e,
             bits,
@@ -312,7 +309,7 @@ impl RsaKey {
             *o = w;
         }
         if top_carry != 0 || !less_than(out, &self.n) {
-            subtract(out, &self.n);
+            sub_assign(out, &self.n);
         }
     }
 }
@@ -359,27 +356,6 @@ fn bit_length(limbs: &[u32]) -> usize {
     })
 }
 
-/// `a < b` for equally long limb slices.
-fn less_than(a: &[u32], b: &[u32]) -> bool {
-    for (x, y) in a.iter().rev().zip(b.iter().rev()) {
-        if x != y {
-            return x < y;
-        }
-    }
-    false
-}
-
-/// `a -= b` modulo 2^(32 * len).
-fn subtract(a: &mut [u32], b: &[u32]) {
-    let mut borrow = false;
-    for (x, &y) in a.iter_mut().zip(b) {
-        let (d, b1) = x.overflowing_sub(y);
-        let (d, b2) = d.overflowing_sub(u32::from(borrow));
-        *x = d;
-        borrow = b1 || b2;
-    }
-}
-
 /// `x = 2x mod n` for `x < n`.
 fn double_mod(x: &mut [u32], n: &[u32]) {
     let mut carry = 0u32;
@@ -389,7 +365,7 @@ fn double_mod(x: &mut [u32], n: &[u32]) {
         carry = next;
     }
     if carry != 0 || !less_than(x, n) {
-        subtract(x, n);
+        sub_assign(x, n);
     }
 }
 
