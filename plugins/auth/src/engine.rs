@@ -478,18 +478,12 @@ impl Authenticator {
                 }
                 verified
             }
-            None => match self.verify_token(
-                requirement,
-                headers,
-                raw_path,
-                rewrite,
-                location,
-                token,
-                now,
-                keys,
-            ) {
+            None => match self.verify_token(requirement, location, token, now, keys) {
                 TokenCheck::Verified(verified) => verified,
-                TokenCheck::Decided(verdict) => return verdict,
+                TokenCheck::Refused(verdict) => return verdict,
+                TokenCheck::Introspect => {
+                    return self.pending(requirement, headers, raw_path, rewrite, location, token)
+                }
             },
         };
         let source = Source::Provider(verified.provider);
@@ -517,15 +511,10 @@ impl Authenticator {
     }
 
     /// Decodes `token`, routes it to its provider and verifies it (signature, then `exp`,
-    /// `nbf`, `iat` and `aud`); remembers it in the worker's memo when it has an expiry. The
-    /// verdict otherwise: a refusal, or introspection for what is not a JWT of a provider.
-    #[allow(clippy::too_many_arguments)]
+    /// `nbf`, `iat` and `aud`); remembers it in the worker's memo when it has an expiry.
     fn verify_token(
         &self,
         requirement: &Requirement,
-        headers: &Fields<'_>,
-        raw_path: Option<&[u8]>,
-        rewrite: bool,
         location: usize,
         token: &[u8],
         now: u64,
@@ -533,39 +522,29 @@ impl Authenticator {
     ) -> TokenCheck {
         // What is not a JWT of a provider may still be an opaque token to introspect.
         let introspectable = requirement.introspection && self.bearer == Some(location);
-        let introspect = || {
-            TokenCheck::Decided(self.pending(
-                requirement,
-                headers,
-                raw_path,
-                rewrite,
-                location,
-                token,
-            ))
-        };
         let decoded = match jwt::decode(token, self.max_token_bytes) {
             Ok(decoded) => decoded,
             Err(rejection @ Rejection::TooLarge { .. }) => {
-                return TokenCheck::Decided(deny(Source::None, rejection))
+                return TokenCheck::Refused(deny(Source::None, rejection))
             }
-            Err(_) if introspectable => return introspect(),
-            Err(rejection) => return TokenCheck::Decided(deny(Source::None, rejection)),
+            Err(_) if introspectable => return TokenCheck::Introspect,
+            Err(rejection) => return TokenCheck::Refused(deny(Source::None, rejection)),
         };
         let index = match self.provider_for(&decoded.claims) {
             Ok(index) => index,
-            Err(_) if introspectable => return introspect(),
-            Err(rejection) => return TokenCheck::Decided(deny(Source::None, rejection)),
+            Err(_) if introspectable => return TokenCheck::Introspect,
+            Err(rejection) => return TokenCheck::Refused(deny(Source::None, rejection)),
         };
         let source = Source::Provider(index);
         let Some(provider) = self.providers.get(index) else {
-            return TokenCheck::Decided(deny(source, Rejection::UnknownIssuer));
+            return TokenCheck::Refused(deny(source, Rejection::UnknownIssuer));
         };
         if let Err(rejection) = reads_here(requirement, provider, location) {
-            return TokenCheck::Decided(deny(source, rejection));
+            return TokenCheck::Refused(deny(source, rejection));
         }
         let (expires, key_set) = match verify(provider, &decoded, now, keys) {
             Ok(verified) => verified,
-            Err(rejection) => return TokenCheck::Decided(deny(source, rejection)),
+            Err(rejection) => return TokenCheck::Refused(deny(source, rejection)),
         };
         let verified = Rc::new(Verified {
             provider: index,
@@ -790,10 +769,13 @@ impl Authenticator {
     }
 }
 
-/// A token checked outside the memo: verified, or decided otherwise.
+/// A token checked outside the memo.
 enum TokenCheck {
     Verified(Rc<Verified>),
-    Decided(Verdict),
+    /// Refused: the verdict says why.
+    Refused(Verdict),
+    /// Not a JWT of any provider, where introspection may take it as an opaque token.
+    Introspect,
 }
 
 /// May a token of `provider`, found at `locations[location]`, satisfy `requirement`?
