@@ -453,33 +453,17 @@ impl Authenticator {
         if !jwt_provider_reads {
             return self.pending(requirement, headers, raw_path, rewrite, location, token);
         }
-        // A token this worker saw verified with the provider's current keys: straight to the
-        // checks that depend on the request and the clock.
+        // A token this worker saw verified with the provider's current keys: only the checks
+        // that depend on the request and the clock are made again.
         let remembered = self.memo.as_ref().and_then(|memo| {
             memo.get(token, now, |index| {
                 self.providers.get(index).and_then(|p| keys.keys(p))
             })
         });
-        let verified = match remembered {
-            Some(verified) => {
-                let source = Source::Provider(verified.provider);
-                let Some(provider) = self.providers.get(verified.provider) else {
-                    return deny(source, Rejection::UnknownIssuer);
-                };
-                if let Err(rejection) = reads_here(requirement, provider, location) {
-                    return deny(source, rejection);
-                }
-                let times = match verified.claims.as_object() {
-                    Some(claims) => claims::check_times(claims, now, provider.time),
-                    None => Err(Rejection::BadJson(crate::rejection::Segment::Payload)),
-                };
-                if let Err(rejection) = times {
-                    return deny(source, rejection);
-                }
-                verified
-            }
+        let (verified, from_memo) = match remembered {
+            Some(verified) => (verified, true),
             None => match self.verify_token(requirement, location, token, now, keys) {
-                TokenCheck::Verified(verified) => verified,
+                TokenCheck::Verified(verified) => (verified, false),
                 TokenCheck::Refused(verdict) => return verdict,
                 TokenCheck::Introspect => {
                     return self.pending(requirement, headers, raw_path, rewrite, location, token)
@@ -490,6 +474,18 @@ impl Authenticator {
         let Some(provider) = self.providers.get(verified.provider) else {
             return deny(source, Rejection::UnknownIssuer);
         };
+        if from_memo {
+            if let Err(rejection) = reads_here(requirement, provider, location) {
+                return deny(source, rejection);
+            }
+            let times = match verified.claims.as_object() {
+                Some(claims) => claims::check_times(claims, now, provider.time),
+                None => Err(Rejection::BadJson(crate::rejection::Segment::Payload)),
+            };
+            if let Err(rejection) = times {
+                return deny(source, rejection);
+            }
+        }
         if let Err(rejection) = authorize(requirement, &verified.claims) {
             return deny(source, rejection);
         }
