@@ -502,7 +502,7 @@ impl Authenticator {
         Verdict::Allow(Allowed {
             source,
             edits,
-            expires: Some(verified.expires).filter(|_| verified.expiring),
+            expires: verified.expires,
         })
     }
 
@@ -545,8 +545,7 @@ impl Authenticator {
         let verified = Rc::new(Verified {
             provider: index,
             claims: Value::Object(decoded.claims),
-            expires: expires.unwrap_or(u64::MAX),
-            expiring: expires.is_some(),
+            expires,
         });
         if let (Some(memo), Some(_)) = (&self.memo, expires) {
             memo.remember(token, key_set.as_ref(), Rc::clone(&verified));

@@ -28,10 +28,9 @@ pub struct Verified {
     pub provider: usize,
     /// The claims (a JSON object), trusted because the signature was.
     pub claims: Value,
-    /// `exp` plus leeway (seconds): the entry's end.
-    pub expires: u64,
-    /// Has the token an `exp` at all? (Only those are remembered.)
-    pub expiring: bool,
+    /// `exp` plus leeway (seconds): the entry's end. Tokens without `exp` are never
+    /// remembered.
+    pub expires: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -68,7 +67,7 @@ impl TokenMemo {
     ) -> Option<Rc<Verified>> {
         let slots = self.slots.borrow();
         let entry = slots.get(self.slot(token))?.as_ref()?;
-        if now > entry.verified.expires || !same_bytes(&entry.token, token) {
+        if entry.verified.expires.is_none_or(|end| now > end) || !same_bytes(&entry.token, token) {
             return None;
         }
         let same_keys = match &entry.keys {
@@ -144,8 +143,7 @@ mod tests {
         Rc::new(Verified {
             provider: 0,
             claims: json!({"sub": "alice"}),
-            expires,
-            expiring: true,
+            expires: Some(expires),
         })
     }
 
