@@ -94,9 +94,10 @@ fuzz seconds="60": setup
 test-wasm32:
     {{wasm32_tests}}
 
-# Benchmarks in real Envoy vs native filters and the empty Wasm filter -> BENCHMARKS.md (args: --duration S --rounds N --connections C --only SETUP --config PLUGIN=JSON --together-only; --probe prices one host call of each kind).
+# Benchmarks in real Envoy vs native filters and the empty Wasm filter -> BENCHMARKS.md (args: --duration S --rounds N --connections C --only SETUP --config PLUGIN=JSON --together-only; --probe prices one host call of each kind; --instructions counts Envoy's instructions per request under Valgrind instead, for the next report).
 bench *args: setup build
     command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
+    case " {{args}} " in *" --instructions "*) command -v valgrind >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null);; esac
     cargo build --release --target wasm32-wasip1 -p palisade-floor
     cargo test -q -p palisade-host-tests --test plugin_fuel --test plugin_host_calls
     cargo run -q --release -p palisade-host-tests --bin bench -- --report BENCHMARKS.md {{args}}

@@ -256,6 +256,9 @@ pub struct EnvoyProcess {
     port: u16,
 }
 
+/// How long [`EnvoyProcess::start`] waits for Envoy to say it is ready.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
 /// Where the project installs Envoy (`just setup`), unless `PALISADE_ENVOY` says otherwise.
 pub fn default_binary(workspace: &Path) -> PathBuf {
     std::env::var_os("PALISADE_ENVOY")
@@ -271,6 +274,18 @@ impl EnvoyProcess {
         bootstrap: &Bootstrap,
         dir: &Path,
         concurrency: u32,
+    ) -> Result<Self, EnvoyError> {
+        Self::start_within(binary, bootstrap, dir, concurrency, READY_WITHIN)
+    }
+
+    /// [`start`](Self::start), waiting up to `ready_within` for readiness (an Envoy under
+    /// Valgrind needs minutes to compile its Wasm modules).
+    pub fn start_within(
+        binary: &Path,
+        bootstrap: &Bootstrap,
+        dir: &Path,
+        concurrency: u32,
+        ready_within: Duration,
     ) -> Result<Self, EnvoyError> {
         if !binary.is_file() {
             return Err(EnvoyError::MissingBinary(binary.to_owned()));
@@ -303,7 +318,13 @@ impl EnvoyProcess {
                 )?;
             }
         }
-        Self::start_config(binary, &bootstrap.to_json(dir), dir, concurrency)
+        Self::start_config_within(
+            binary,
+            &bootstrap.to_json(dir),
+            dir,
+            concurrency,
+            ready_within,
+        )
     }
 
     /// Starts Envoy with a complete configuration (see [`direct_response_config`]).
@@ -312,6 +333,16 @@ impl EnvoyProcess {
         config: &Value,
         dir: &Path,
         concurrency: u32,
+    ) -> Result<Self, EnvoyError> {
+        Self::start_config_within(binary, config, dir, concurrency, READY_WITHIN)
+    }
+
+    fn start_config_within(
+        binary: &Path,
+        config: &Value,
+        dir: &Path,
+        concurrency: u32,
+        ready_within: Duration,
     ) -> Result<Self, EnvoyError> {
         if !binary.is_file() {
             return Err(EnvoyError::MissingBinary(binary.to_owned()));
@@ -348,7 +379,7 @@ impl EnvoyProcess {
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             port: 0,
         };
-        envoy.wait_ready(&admin_path, Duration::from_secs(60))?;
+        envoy.wait_ready(&admin_path, ready_within)?;
         Ok(envoy)
     }
 

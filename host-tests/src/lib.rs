@@ -7,6 +7,7 @@
 pub mod audit_events;
 pub mod auth_tokens;
 pub mod bench_configs;
+pub mod callgrind;
 pub mod collector;
 pub mod envoy_harness;
 pub mod ratelimit_server;

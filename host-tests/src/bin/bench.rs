@@ -14,6 +14,7 @@ use std::time::Duration;
 use palisade::envoy::{self, Bootstrap, EnvoyProcess, Filter};
 use palisade::plugins::{self, PluginInfo};
 use palisade_host_tests::bench_configs::{self, ES256_TOKEN, HEADER_SECURITY, RS256_TOKEN};
+use palisade_host_tests::callgrind::CallgrindEnvoy;
 use palisade_host_tests::envoy_harness::{wasm_dir, workspace, WORKERS};
 use serde_json::{json, Value};
 
@@ -465,18 +466,108 @@ fn wrk_command(url: &str, token: &str, seconds: u64, connections: u32) -> Comman
     command
 }
 
-fn start(setup: &Setup, upstream: std::net::SocketAddr, dir: &Path) -> EnvoyProcess {
-    let bootstrap = Bootstrap {
+fn bootstrap(setup: &Setup, upstream: std::net::SocketAddr) -> Bootstrap {
+    Bootstrap {
         listen_port: 0,
         upstream,
         wasm_dir: wasm_dir(),
         filters: setup.palisade.clone(),
         native_filters: setup.native.clone(),
         route_filter_configs: setup.route.clone(),
-    };
+    }
+}
+
+fn start(setup: &Setup, upstream: std::net::SocketAddr, dir: &Path) -> EnvoyProcess {
     let binary = envoy::default_binary(&workspace());
-    EnvoyProcess::start(&binary, &bootstrap, dir, WORKERS)
+    EnvoyProcess::start(&binary, &bootstrap(setup, upstream), dir, WORKERS)
         .unwrap_or_else(|err| panic!("{}: {err}", setup.name))
+}
+
+/// `--instructions`: each setup's Envoy (one worker) under callgrind, two at a time, the same
+/// requests as `wrk` sends: Envoy's instructions per request.
+fn count_instructions(setups: &[Setup], upstream: std::net::SocketAddr, requests: u32) -> Vec<f64> {
+    let binary = envoy::default_binary(&workspace());
+    let count = |setup: &Setup| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let envoy = CallgrindEnvoy::start(&binary, &bootstrap(setup, upstream), dir.path())
+            .unwrap_or_else(|err| panic!("{}: {err}", setup.name));
+        let token = bench_configs::token(setup.token);
+        let authorization = format!("Bearer {token}");
+        let headers = [
+            ("origin", "https://app.example.com"),
+            ("x-request-id", "bench-0001"),
+            ("authorization", authorization.as_str()),
+        ];
+        let per_request = envoy
+            .instructions_per_request("/orders", &headers, 200, requests)
+            .unwrap_or_else(|err| panic!("{}: {err}", setup.name));
+        println!(
+            "instructions {:<45} {per_request:>10.0} per request",
+            setup.name
+        );
+        per_request
+    };
+    let mut counts = Vec::with_capacity(setups.len());
+    // Valgrind runs a process on one core at a time: two fill this machine's.
+    for pair in setups.chunks(2) {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = pair.iter().map(|s| scope.spawn(move || count(s))).collect();
+            for handle in running {
+                counts.push(handle.join().expect("instruction count"));
+            }
+        });
+    }
+    counts
+}
+
+/// The `--instructions` table: what each setup adds over Envoy without a filter, and per host
+/// call for the probes.
+fn instructions_table(setups: &[Setup], counts: &[f64], requests: u32) -> String {
+    let of = |name: &str| {
+        setups
+            .iter()
+            .position(|s| s.name == name)
+            .and_then(|i| counts.get(i).copied())
+    };
+    let none = of(NONE).unwrap_or_default();
+    let floor = of(FLOOR).map(|f| f - none).unwrap_or_default();
+    let mut table = String::new();
+    let probing = setups.iter().any(|s| probe_op(s).is_some());
+    if probing {
+        table.push_str("| one call of | Envoy instructions per call |\n| --- | ---: |\n");
+    } else {
+        table.push_str("| setup | Envoy instructions per request | added | vs floor | vs native |\n| --- | ---: | ---: | ---: | ---: |\n");
+    }
+    for (setup, count) in setups.iter().zip(counts) {
+        let added = count - none;
+        if probing {
+            if let Some(op) = probe_op(setup) {
+                let per_call = (added - floor) / f64::from(probe_count(setup));
+                let _ = writeln!(table, "| `{op}` ×{} | {per_call:.0} |", probe_count(setup));
+            }
+            continue;
+        }
+        let vs_floor = if setup.name == NONE || floor <= 0.0 {
+            String::new()
+        } else {
+            format!("{:.2}×", added / floor)
+        };
+        let vs_native = setup
+            .native_counterpart
+            .and_then(of)
+            .map(|native| format!("{:.2}×", added / (native - none)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            table,
+            "| {} | {count:.0} | {added:+.0} | {vs_floor} | {vs_native} |",
+            setup.name
+        );
+    }
+    let _ = writeln!(
+        table,
+        "\nEach setup's Envoy ran with one worker under Valgrind's callgrind, which counted every instruction of the process over {requests} requests on one keep-alive connection, after 200 to warm up; the requests are the ones `wrk` sends. The empty filter adds {floor:.0} instructions per request."
+    );
+    table
 }
 
 /// Stops the bench when `wrk` saw a failed request: a setup that refuses traffic would
@@ -812,6 +903,19 @@ fn main() {
     .unwrap_or_else(|err| panic!("upstream: {err}"));
     let upstream_addr = std::net::SocketAddr::from(([127, 0, 0, 1], upstream.port()));
 
+    if args.iter().any(|a| a == "--instructions") {
+        let requests = u32::try_from(arg(&args, "--requests", 400)).unwrap_or(400);
+        let counts = count_instructions(&setups, upstream_addr, requests);
+        let table = instructions_table(&setups, &counts, requests);
+        println!("\n{table}");
+        let file = if probing {
+            "host-call-instructions.md"
+        } else {
+            "envoy-instructions.md"
+        };
+        std::fs::write(out_dir.join(file), &table).expect("write the instruction counts");
+        return;
+    }
     let together = measure_all_together(&setups, upstream_addr, &load, rounds);
     if probing {
         let costs = probe_table(&setups, &together);
@@ -1151,6 +1255,23 @@ fn report(table: &str, settings: &str, args: &[String]) -> String {
         out.push_str("\n## What one host call costs in Envoy (V8)\n\n");
         out.push_str("From `just bench --probe` (last run on this machine): the empty filter's module doing one kind of host call 50 times per request, measured together with the empty filter. Calls that hand a value to the plugin go back into its allocator and cost several times the others. These are warm prices (one call repeated); a plugin making each kind of call once per request pays more (docs/performance.md).\n\n");
         out.push_str(&costs);
+    }
+    for (file, title, about) in [
+        (
+            "target/bench/envoy-instructions.md",
+            "Envoy instructions per request (callgrind)",
+            "From `just bench --instructions` (last run on this machine): deterministic where CPU time is not, so \"vs floor\" here does not move between runs. Instructions are not time: the kernel's share of a request and cache misses are not in them, and a host call's instructions are dearer than a tight loop's.",
+        ),
+        (
+            "target/bench/host-call-instructions.md",
+            "What one host call costs in Envoy, in instructions (callgrind)",
+            "From `just bench --probe --instructions` (last run on this machine): the empty filter's module making one kind of call 50 times per request, minus the empty filter, per call.",
+        ),
+    ] {
+        let Ok(text) = std::fs::read_to_string(workspace().join(file)) else {
+            continue;
+        };
+        let _ = write!(out, "\n## {title}\n\n{about}\n\n{text}");
     }
     for (file, title, about) in [
         (
