@@ -6,6 +6,7 @@
 #![allow(clippy::disallowed_methods, clippy::indexing_slicing)]
 
 pub mod envoy;
+pub mod envoy_module;
 pub mod http_server;
 pub mod kong_schema;
 pub mod oci;

@@ -312,7 +312,11 @@ fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) 
         let bootstrap = Bootstrap {
             listen_port: port,
             upstream: upstream.addr(),
-            wasm_dir: std::fs::canonicalize(&wasm_dir).unwrap_or(wasm_dir),
+            // Envoy gets each plugin without the callbacks it does nothing in.
+            wasm_dir: palisade::envoy_module::write_envoy_builds(
+                &wasm_dir,
+                &dir.path().join("envoy-modules"),
+            )?,
             filters: plugins::ALL
                 .iter()
                 .map(|plugin| Filter::new(plugin, plugin.example_config))

@@ -42,13 +42,19 @@ pub enum PackageError {
     Layout(#[from] LayoutError),
     #[error("{plugin}: config schema: {reason}")]
     Schema { plugin: String, reason: String },
+    #[error("{plugin}: its Envoy build: {source}")]
+    EnvoyBuild {
+        plugin: &'static str,
+        source: crate::envoy_module::ModuleError,
+    },
 }
 
 /// One plugin's images.
 #[derive(Debug, Clone)]
 pub struct PluginImages {
     pub plugin: &'static PluginInfo,
-    /// SHA-256 of the `.wasm` (the OCI variant's module layer digest).
+    /// SHA-256 of the module in the images, the plugin's Envoy build (the OCI variant's module
+    /// layer digest).
     pub module: Digest,
     pub oci: Image,
     pub compat: Image,
@@ -82,7 +88,23 @@ pub fn read_module(wasm_dir: &Path, plugin: &PluginInfo) -> Result<Vec<u8>, Pack
     Ok(bytes)
 }
 
-/// Both images of `plugin` from its module bytes, stamped with `revision`.
+/// The module `plugin`'s images carry: its Envoy build ([`crate::envoy_module`]). The images
+/// are for Envoy (Istio's `WasmPlugin`); Kong gets the modules as built, in the filters image.
+pub fn read_envoy_module(
+    wasm_dir: &Path,
+    plugin: &'static PluginInfo,
+) -> Result<Vec<u8>, PackageError> {
+    let module = read_module(wasm_dir, plugin)?;
+    crate::envoy_module::without_callbacks(&module, plugin.envoy_unused).map_err(|source| {
+        PackageError::EnvoyBuild {
+            plugin: plugin.name,
+            source,
+        }
+    })
+}
+
+/// Both images of `plugin` from its module bytes (for Envoy: [`read_envoy_module`]), stamped
+/// with `revision`.
 pub fn images(
     plugin: &'static PluginInfo,
     module: &[u8],
@@ -91,7 +113,7 @@ pub fn images(
     let meta = ImageMeta {
         name: plugin.full_name.to_owned(),
         description: format!(
-            "Palisade {} proxy-wasm plugin for Envoy/Istio and Kong",
+            "Palisade {} proxy-wasm plugin for Envoy and Istio (Kong: the palisade-filters image)",
             plugin.name
         ),
         version: VERSION.to_owned(),
@@ -112,7 +134,7 @@ pub fn images(
 pub fn all_images(wasm_dir: &Path) -> Result<Vec<PluginImages>, PackageError> {
     plugins::ALL
         .iter()
-        .map(|plugin| images(plugin, &read_module(wasm_dir, plugin)?, REVISION))
+        .map(|plugin| images(plugin, &read_envoy_module(wasm_dir, plugin)?, REVISION))
         .collect()
 }
 
@@ -175,7 +197,13 @@ pub fn package(wasm_dir: &Path, out: &Path) -> Result<Packaged, PackageError> {
         .collect::<Result<Vec<_>, PackageError>>()?;
     let mut all = Vec::new();
     for (plugin, module) in &modules {
-        let images = images(plugin, module, REVISION)?;
+        let envoy = crate::envoy_module::without_callbacks(module, plugin.envoy_unused).map_err(
+            |source| PackageError::EnvoyBuild {
+                plugin: plugin.name,
+                source,
+            },
+        )?;
+        let images = images(plugin, &envoy, REVISION)?;
         layout::write(&out.join(plugin.full_name), &images.tagged())?;
         all.push(images);
     }

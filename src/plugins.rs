@@ -13,6 +13,9 @@ pub struct PluginInfo {
     pub full_name: &'static str,
     /// File name under `target/wasm32-wasip1/release/`.
     pub wasm_file: &'static str,
+    /// The stream callbacks the plugin does nothing in, left out of its Envoy build
+    /// ([`crate::envoy_module`]). `proxy_on_done` is also the root context's: audit keeps it.
+    pub envoy_unused: &'static [&'static str],
     /// Istio `WasmPlugin` phase (`None`: unspecified, just before the router).
     pub istio_phase: Option<&'static str>,
     /// A working example configuration (also the demo's).
@@ -25,6 +28,15 @@ impl PluginInfo {
     /// The JSON Schema of the plugin's configuration.
     pub fn schema(&self) -> serde_json::Value {
         (self.schema)()
+    }
+
+    /// The plugin's Envoy build: its module under `wasm_dir` without the callbacks it does
+    /// nothing in. Kong takes the module as built.
+    pub fn envoy_module(&self, wasm_dir: &std::path::Path) -> Result<Vec<u8>, String> {
+        let path = wasm_dir.join(self.wasm_file);
+        let module = std::fs::read(&path).map_err(|err| format!("{}: {err}", path.display()))?;
+        crate::envoy_module::without_callbacks(&module, self.envoy_unused)
+            .map_err(|err| format!("{}: {err}", path.display()))
     }
 
     /// Validates a configuration exactly as the plugin's `on_configure` does.
@@ -43,6 +55,13 @@ pub const ALL: [PluginInfo; 5] = [
         name: "header-security",
         full_name: "palisade-header-security",
         wasm_file: "palisade_header_security.wasm",
+        envoy_unused: &[
+            "proxy_on_request_trailers",
+            "proxy_on_response_body",
+            "proxy_on_response_trailers",
+            "proxy_on_log",
+            "proxy_on_done",
+        ],
         istio_phase: Some("AUTHN"),
         example_config: include_str!("../manifests/examples/header-security.json"),
         schema: config::schema::<palisade_header_security::config::HeaderSecurityConfig>,
@@ -52,6 +71,15 @@ pub const ALL: [PluginInfo; 5] = [
         name: "auth",
         full_name: "palisade-auth",
         wasm_file: "palisade_auth.wasm",
+        envoy_unused: &[
+            "proxy_on_request_body",
+            "proxy_on_request_trailers",
+            "proxy_on_response_headers",
+            "proxy_on_response_body",
+            "proxy_on_response_trailers",
+            "proxy_on_log",
+            "proxy_on_done",
+        ],
         istio_phase: Some("AUTHN"),
         example_config: include_str!("../manifests/examples/auth.json"),
         schema: config::schema::<palisade_auth::config::AuthConfig>,
@@ -61,6 +89,14 @@ pub const ALL: [PluginInfo; 5] = [
         name: "rate-limit",
         full_name: "palisade-rate-limit",
         wasm_file: "palisade_rate_limit.wasm",
+        envoy_unused: &[
+            "proxy_on_request_body",
+            "proxy_on_request_trailers",
+            "proxy_on_response_body",
+            "proxy_on_response_trailers",
+            "proxy_on_log",
+            "proxy_on_done",
+        ],
         istio_phase: Some("AUTHZ"),
         example_config: include_str!("../manifests/examples/rate-limit.json"),
         schema: config::schema::<palisade_rate_limit::config::RateLimitConfig>,
@@ -70,6 +106,14 @@ pub const ALL: [PluginInfo; 5] = [
         name: "resilience",
         full_name: "palisade-resilience",
         wasm_file: "palisade_resilience.wasm",
+        // Envoy calls on_done before on_log: the stream ends (slots back) in on_done.
+        envoy_unused: &[
+            "proxy_on_request_body",
+            "proxy_on_request_trailers",
+            "proxy_on_response_body",
+            "proxy_on_response_trailers",
+            "proxy_on_log",
+        ],
         istio_phase: None,
         example_config: include_str!("../manifests/examples/resilience.json"),
         schema: config::schema::<palisade_resilience::config::ResilienceConfig>,
@@ -79,6 +123,12 @@ pub const ALL: [PluginInfo; 5] = [
         name: "audit",
         full_name: "palisade-audit",
         wasm_file: "palisade_audit.wasm",
+        envoy_unused: &[
+            "proxy_on_request_body",
+            "proxy_on_request_trailers",
+            "proxy_on_response_body",
+            "proxy_on_response_trailers",
+        ],
         istio_phase: Some("STATS"),
         example_config: include_str!("../manifests/examples/audit.json"),
         schema: config::schema::<palisade_audit::config::AuditConfig>,

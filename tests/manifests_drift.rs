@@ -210,7 +210,7 @@ fn every_kong_filter_config_validates_with_its_plugin_and_kong_schema() {
 
 /// The digests in a pinned render (what an operator applies after `palisade push`) are those of
 /// the images `palisade package` builds from the modules in `target/wasm32-wasip1/release`, and
-/// those images' module layers are the `.wasm` files byte for byte.
+/// those images' module layers are the plugins' Envoy builds byte for byte.
 #[test]
 fn pinned_render_names_the_images_built_from_target() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -267,7 +267,7 @@ fn pinned_render_names_the_images_built_from_target() {
             .unwrap(),
         )
         .unwrap();
-        let module = std::fs::read(wasm_dir.join(plugin.wasm_file)).unwrap();
+        let module = plugin.envoy_module(&wasm_dir).unwrap();
         assert_eq!(
             manifest["layers"][1]["digest"],
             Digest::of(&module).to_string(),

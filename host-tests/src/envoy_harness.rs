@@ -32,6 +32,18 @@ pub fn wasm_dir() -> PathBuf {
     dir
 }
 
+/// The plugins as Envoy gets them (`palisade::envoy_module`: without the callbacks each does
+/// nothing in), written once per test process under `target/wasm32-wasip1/release/envoy`.
+pub fn envoy_wasm_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let built = wasm_dir();
+        palisade::envoy_module::write_envoy_builds(&built, &built.join("envoy"))
+    })
+    .clone()
+    .unwrap_or_else(|err| panic!("the Envoy builds: {err}"))
+}
+
 /// Polls `done` every 50 ms until it holds; fails the test naming `what` after `limit`. For
 /// effects Envoy applies asynchronously (config updates, reloads), never for timing claims.
 pub fn eventually(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
@@ -169,7 +181,7 @@ impl EnvoyTest {
         let bootstrap = Bootstrap {
             listen_port: 0,
             upstream: upstream.addr(),
-            wasm_dir: wasm_dir(),
+            wasm_dir: envoy_wasm_dir(),
             filters,
             native_filters,
             route_filter_configs,

@@ -14,7 +14,9 @@ use palisade::plugins;
 use palisade::upstream::EchoUpstream;
 use palisade_host_tests::audit_events;
 use palisade_host_tests::collector::KafkaRestCollector;
-use palisade_host_tests::envoy_harness::{wasm_dir, workspace, BrokenUpstream as Broken, WORKERS};
+use palisade_host_tests::envoy_harness::{
+    envoy_wasm_dir, workspace, BrokenUpstream as Broken, WORKERS,
+};
 use serde_json::json;
 
 const TOPICS: [&str; 4] = [
@@ -67,7 +69,7 @@ fn start_full(front: Vec<Filter>, broken: Option<Broken>) -> Setup {
     let bootstrap = Bootstrap {
         listen_port: 0,
         upstream: upstream.addr(),
-        wasm_dir: wasm_dir(),
+        wasm_dir: envoy_wasm_dir(),
         filters: front
             .into_iter()
             .chain([Filter::new(audit, config.to_string())])

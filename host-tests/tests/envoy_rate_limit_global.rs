@@ -14,7 +14,7 @@ use palisade::envoy::{self, Bootstrap, EnvoyProcess, Filter};
 use palisade::plugins;
 use palisade::upstream::EchoUpstream;
 use palisade_host_tests::envoy_harness::{
-    static_cluster, wasm_dir, workspace, BrokenUpstream as Broken, WORKERS,
+    envoy_wasm_dir, static_cluster, workspace, BrokenUpstream as Broken, WORKERS,
 };
 use palisade_host_tests::ratelimit_server::{
     free_port, RateLimitServer, Redis, Unit, GRPC_CONTENT_TYPE,
@@ -113,7 +113,7 @@ fn start_with(
     let bootstrap = Bootstrap {
         listen_port: 0,
         upstream: upstream.addr(),
-        wasm_dir: wasm_dir(),
+        wasm_dir: envoy_wasm_dir(),
         filters: vec![Filter::new(plugin, config.to_string())],
         native_filters: Vec::new(),
         route_filter_configs: json!({}),

@@ -15,7 +15,7 @@ use palisade::envoy::{self, Bootstrap, EnvoyProcess, Filter};
 use palisade::plugins::{self, PluginInfo};
 use palisade_host_tests::bench_configs::{self, ES256_TOKEN, HEADER_SECURITY, RS256_TOKEN};
 use palisade_host_tests::callgrind::CallgrindEnvoy;
-use palisade_host_tests::envoy_harness::{wasm_dir, workspace, WORKERS};
+use palisade_host_tests::envoy_harness::{envoy_wasm_dir, wasm_dir, workspace, WORKERS};
 use serde_json::{json, Value};
 
 /// The same work with Envoy's own filters: CORS, and header_mutation for the security headers.
@@ -470,7 +470,7 @@ fn bootstrap(setup: &Setup, upstream: std::net::SocketAddr) -> Bootstrap {
     Bootstrap {
         listen_port: 0,
         upstream,
-        wasm_dir: wasm_dir(),
+        wasm_dir: envoy_wasm_dir(),
         filters: setup.palisade.clone(),
         native_filters: setup.native.clone(),
         route_filter_configs: setup.route.clone(),

@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use wasmtime::{Config, Engine, Module};
 
 use super::error::{Failure, FailureKind, Result};
+use super::profile::Profile;
 
 /// A module to run.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -100,18 +101,28 @@ pub(crate) fn engine() -> Result<&'static Engine> {
         .map_err(|err| Failure::load(format!("cannot create the wasmtime engine: {err}")))
 }
 
-/// The compiled module, from the cache when this process compiled it already.
-pub(crate) fn module(plugin: &Plugin) -> Result<Module> {
-    static MODULES: OnceLock<Mutex<HashMap<Plugin, Module>>> = OnceLock::new();
+/// The compiled module as `profile`'s proxy gets it, from the cache when this process compiled
+/// it already: a Palisade plugin's Envoy build for Envoy (`palisade::envoy_module`, without the
+/// callbacks it does nothing in), the module as built for Kong.
+pub(crate) fn module(plugin: &Plugin, profile: Profile) -> Result<Module> {
+    static MODULES: OnceLock<Mutex<HashMap<(Plugin, bool), Module>>> = OnceLock::new();
     let cache = MODULES.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(module) = cache.lock().ok().and_then(|c| c.get(plugin).cloned()) {
+    let key = (plugin.clone(), profile.is_kong());
+    if let Some(module) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
         return Ok(module);
     }
-    let bytes = source(plugin)?;
+    let mut bytes = source(plugin)?;
+    let info = plugin
+        .crate_name()
+        .and_then(|name| palisade::plugins::ALL.iter().find(|p| p.full_name == name));
+    if let (Some(info), false) = (info, profile.is_kong()) {
+        bytes = palisade::envoy_module::without_callbacks(&bytes, info.envoy_unused)
+            .map_err(|err| Failure::load(format!("{}: its Envoy build: {err}", plugin.name())))?;
+    }
     let module = Module::new(engine()?, &bytes)
         .map_err(|err| Failure::load(format!("{} does not compile: {err:#}", plugin.name())))?;
     if let Ok(mut cache) = cache.lock() {
-        cache.insert(plugin.clone(), module.clone());
+        cache.insert(key, module.clone());
     }
     Ok(module)
 }
@@ -146,10 +157,11 @@ fn source(plugin: &Plugin) -> Result<Vec<u8>> {
                     Failure::load(format!("cannot read fixture {}: {err}", path.display()))
                 })
             };
+            let fixture = text(&format!("{name}.wat"))?;
             let module = format!(
-                "(module\n{}\n{}\n)",
+                "(module\n{}\n{fixture}\n{}\n)",
                 text("prelude.wat")?,
-                text(&format!("{name}.wat"))?
+                stream_callback_stubs(&fixture)
             );
             wat(&module)
         }
@@ -158,4 +170,35 @@ fn source(plugin: &Plugin) -> Result<Vec<u8>> {
             None => Err(Failure::load("no path for this plugin")),
         },
     }
+}
+
+/// Do-nothing exports of the stream callbacks a fixture does not define, as an SDK-built module
+/// has: Kong calls them whether or not they exist (the Kong profile fails a module without them).
+fn stream_callback_stubs(fixture: &str) -> String {
+    let stubs = [
+        (
+            "proxy_on_request_headers",
+            "(param i32 i32 i32) (result i32) (i32.const 0)",
+        ),
+        (
+            "proxy_on_request_body",
+            "(param i32 i32 i32) (result i32) (i32.const 0)",
+        ),
+        (
+            "proxy_on_response_headers",
+            "(param i32 i32 i32) (result i32) (i32.const 0)",
+        ),
+        (
+            "proxy_on_response_body",
+            "(param i32 i32 i32) (result i32) (i32.const 0)",
+        ),
+        ("proxy_on_log", "(param i32)"),
+        ("proxy_on_done", "(param i32) (result i32) (i32.const 1)"),
+        ("proxy_on_delete", "(param i32)"),
+    ];
+    stubs
+        .iter()
+        .filter(|(name, _)| !fixture.contains(&format!("(export \"{name}\")")))
+        .map(|(name, body)| format!("(func (export \"{name}\") {body})\n"))
+        .collect()
 }

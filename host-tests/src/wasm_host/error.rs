@@ -24,6 +24,8 @@ pub enum FailureKind {
     Restricted,
     /// The test drove the host wrongly (a body before headers, a second response...).
     Usage,
+    /// The profile's proxy would crash (Kong: a stream callback the module does not export).
+    HostCrash,
 }
 
 impl Failure {

@@ -79,7 +79,7 @@ impl Load {
 
     /// Instantiates every worker: `_initialize`, root context, `on_vm_start`, `on_configure`.
     pub fn start(self) -> Result<PluginVms> {
-        let module = engine::module(&self.plugin)?;
+        let module = engine::module(&self.plugin, self.host.profile())?;
         let mut indices = Vec::new();
         let mut configured = Vec::new();
         for _ in 0..self.workers {

@@ -66,6 +66,20 @@ impl Callback {
             Self::Delete => "proxy_on_delete",
         }
     }
+
+    /// A stream callback ngx_wasm_module calls whether or not the module exports it.
+    fn kong_calls_unchecked(self) -> bool {
+        matches!(
+            self,
+            Self::RequestHeaders
+                | Self::RequestBody
+                | Self::ResponseHeaders
+                | Self::ResponseBody
+                | Self::Log
+                | Self::Done
+                | Self::Delete
+        )
+    }
 }
 
 impl fmt::Display for Callback {
@@ -205,6 +219,17 @@ impl Vm {
             ));
         }
         let Some(func) = self.instance.get_func(&mut self.store, callback.export()) else {
+            if self.store.data().profile.is_kong() && callback.kong_calls_unchecked() {
+                return Err(Failure::new(
+                    FailureKind::HostCrash,
+                    format!(
+                        "{}: ngx_wasm_module calls {} without checking that the module exports it (ngx_wavm_instance_call_funcref, src/wasm/vm/ngx_wavm.c): the nginx worker crashes",
+                        self.describe(),
+                        callback.export()
+                    ),
+                ));
+            }
+            // Envoy calls only the callbacks a module exports (proxy-wasm-cpp-host context.cc).
             return Ok((None, 0));
         };
         let logs_before = self.store.data().world.borrow().logs.len();
