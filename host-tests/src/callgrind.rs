@@ -1,7 +1,8 @@
 //! Envoy's instructions per request, counted by Valgrind's callgrind. CPU time on a shared
 //! machine drifts by more than a small filter costs; the count of instructions Envoy executes
-//! for the same requests does not (repeat runs agree within 0.1%), so one run shows what a
-//! plugin adds, down to a single host call. It counts instructions, not cycles: cache misses
+//! for the same requests hardly does (repeat runs agree within 0.1% on an idle machine, 1% on a
+//! busy one, where Envoy's periodic work such as stats flushes lands on more requests), so one
+//! run shows what a plugin adds, down to a single host call. It counts instructions, not cycles: cache misses
 //! and the kernel's share of each request are not in it.
 
 use std::io::{BufRead, BufReader, Read, Write};
