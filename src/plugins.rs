@@ -71,15 +71,8 @@ pub const ALL: [PluginInfo; 5] = [
         name: "auth",
         full_name: "palisade-auth",
         wasm_file: "palisade_auth.wasm",
-        envoy_unused: &[
-            "proxy_on_request_body",
-            "proxy_on_request_trailers",
-            "proxy_on_response_headers",
-            "proxy_on_response_body",
-            "proxy_on_response_trailers",
-            "proxy_on_log",
-            "proxy_on_done",
-        ],
+        // Every optional one: auth decides in the request headers and is done.
+        envoy_unused: &crate::envoy_module::OPTIONAL_CALLBACKS,
         istio_phase: Some("AUTHN"),
         example_config: include_str!("../manifests/examples/auth.json"),
         schema: config::schema::<palisade_auth::config::AuthConfig>,

@@ -1279,7 +1279,7 @@ fn report(table: &str, settings: &str, args: &[String]) -> String {
         (
             "target/bench/envoy-instructions.md",
             "Envoy instructions per request (callgrind)",
-            "From `just bench --instructions` (last run on this machine): deterministic where CPU time is not, so \"vs floor\" here does not move between runs. Instructions are not time: the kernel's share of a request and cache misses are not in them, and a host call's instructions are dearer than a tight loop's.",
+            "From `just bench --instructions` (last run on this machine): nearly deterministic where CPU time is not: repeat runs agree within 1%, so \"vs floor\" here hardly moves between runs. Instructions are not time: the kernel's share of a request and cache misses are not in them, and a host call's instructions are dearer than a tight loop's.",
         ),
         (
             "target/bench/host-call-instructions.md",
