@@ -48,7 +48,8 @@ pub enum ModuleError {
 pub fn write_envoy_builds(wasm_dir: &Path, into: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(into).map_err(|err| format!("{}: {err}", into.display()))?;
     for plugin in &ALL {
-        let module = plugin.envoy_module(wasm_dir)?;
+        let module =
+            crate::package::read_envoy_module(wasm_dir, plugin).map_err(|err| err.to_string())?;
         let target = into.join(plugin.wasm_file);
         let staging = into.join(format!(
             "{}.{}.staging",

@@ -94,13 +94,16 @@ pub fn read_envoy_module(
     wasm_dir: &Path,
     plugin: &'static PluginInfo,
 ) -> Result<Vec<u8>, PackageError> {
-    let module = read_module(wasm_dir, plugin)?;
-    crate::envoy_module::without_callbacks(&module, plugin.envoy_unused).map_err(|source| {
-        PackageError::EnvoyBuild {
+    envoy_build(plugin, &read_module(wasm_dir, plugin)?)
+}
+
+fn envoy_build(plugin: &'static PluginInfo, module: &[u8]) -> Result<Vec<u8>, PackageError> {
+    plugin
+        .envoy_build(module)
+        .map_err(|source| PackageError::EnvoyBuild {
             plugin: plugin.name,
             source,
-        }
-    })
+        })
 }
 
 /// Both images of `plugin` from its module bytes (for Envoy: [`read_envoy_module`]), stamped
@@ -197,13 +200,7 @@ pub fn package(wasm_dir: &Path, out: &Path) -> Result<Packaged, PackageError> {
         .collect::<Result<Vec<_>, PackageError>>()?;
     let mut all = Vec::new();
     for (plugin, module) in &modules {
-        let envoy = crate::envoy_module::without_callbacks(module, plugin.envoy_unused).map_err(
-            |source| PackageError::EnvoyBuild {
-                plugin: plugin.name,
-                source,
-            },
-        )?;
-        let images = images(plugin, &envoy, REVISION)?;
+        let images = images(plugin, &envoy_build(plugin, module)?, REVISION)?;
         layout::write(&out.join(plugin.full_name), &images.tagged())?;
         all.push(images);
     }

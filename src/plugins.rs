@@ -30,13 +30,10 @@ impl PluginInfo {
         (self.schema)()
     }
 
-    /// The plugin's Envoy build: its module under `wasm_dir` without the callbacks it does
-    /// nothing in. Kong takes the module as built.
-    pub fn envoy_module(&self, wasm_dir: &std::path::Path) -> Result<Vec<u8>, String> {
-        let path = wasm_dir.join(self.wasm_file);
-        let module = std::fs::read(&path).map_err(|err| format!("{}: {err}", path.display()))?;
-        crate::envoy_module::without_callbacks(&module, self.envoy_unused)
-            .map_err(|err| format!("{}: {err}", path.display()))
+    /// The plugin's Envoy build of its `module` as built: without the callbacks it does nothing
+    /// in. Kong takes the module as built.
+    pub fn envoy_build(&self, module: &[u8]) -> Result<Vec<u8>, crate::envoy_module::ModuleError> {
+        crate::envoy_module::without_callbacks(module, self.envoy_unused)
     }
 
     /// Validates a configuration exactly as the plugin's `on_configure` does.

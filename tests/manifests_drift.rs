@@ -267,7 +267,7 @@ fn pinned_render_names_the_images_built_from_target() {
             .unwrap(),
         )
         .unwrap();
-        let module = plugin.envoy_module(&wasm_dir).unwrap();
+        let module = palisade::package::read_envoy_module(&wasm_dir, plugin).unwrap();
         assert_eq!(
             manifest["layers"][1]["digest"],
             Digest::of(&module).to_string(),

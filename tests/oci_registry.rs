@@ -183,7 +183,7 @@ fn every_image_pushed_to_a_registry_pulls_back_as_istio_expects() {
     assert_eq!(pushed.lines().count(), ALL.len() * 2 + 1, "{pushed}");
 
     for plugin in &ALL {
-        let module = plugin.envoy_module(&wasm_dir).unwrap();
+        let module = palisade::package::read_envoy_module(&wasm_dir, plugin).unwrap();
         let module_digest = Digest::of(&module).to_string();
         let image = format!("docker://{target}/{}", plugin.full_name);
 

@@ -2,11 +2,13 @@
 //! machine drifts by more than a small filter costs; the count of instructions Envoy executes
 //! for the same requests hardly does (repeat runs agree within 0.1% on an idle machine, 1% on a
 //! busy one, where Envoy's periodic work such as stats flushes lands on more requests), so one
-//! run shows what a plugin adds, down to a single host call. It counts instructions, not cycles: cache misses
-//! and the kernel's share of each request are not in it.
+//! run shows what a plugin adds, down to a single host call. It counts instructions, not
+//! cycles: cache misses and the kernel's share of each request are not in it.
 
+use std::fs::Permissions;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,15 +39,9 @@ impl CallgrindEnvoy {
             path: wrapper.clone(),
             source,
         };
-        std::fs::write(&wrapper, script).map_err(files)?;
-        let chmod = Command::new("chmod")
-            .arg("+x")
-            .arg(&wrapper)
-            .status()
+        std::fs::write(&wrapper, script)
+            .and_then(|()| std::fs::set_permissions(&wrapper, Permissions::from_mode(0o755)))
             .map_err(files)?;
-        if !chmod.success() {
-            return Err(files(std::io::Error::other("chmod failed")));
-        }
         let envoy = EnvoyProcess::start_within(&wrapper, bootstrap, dir, 1, READY_WITHIN)?;
         Ok(Self {
             envoy,

@@ -454,16 +454,22 @@ fn wrk_command(url: &str, token: &str, seconds: u64, connections: u32) -> Comman
             &format!("-d{seconds}s"),
             "--latency",
         ])
-        .args([
-            "-H",
-            "origin: https://app.example.com",
-            "-H",
-            "x-request-id: bench-0001",
-            "-H",
-            &format!("authorization: Bearer {token}"),
-        ])
+        .args(
+            request_headers(&format!("Bearer {token}"))
+                .iter()
+                .flat_map(|(name, value)| ["-H".to_owned(), format!("{name}: {value}")]),
+        )
         .arg(url);
     command
+}
+
+/// The headers of every bench request: a browser's origin, Envoy's request id, the token.
+fn request_headers(authorization: &str) -> [(&'static str, &str); 3] {
+    [
+        ("origin", "https://app.example.com"),
+        ("x-request-id", "bench-0001"),
+        ("authorization", authorization),
+    ]
 }
 
 fn bootstrap(setup: &Setup, upstream: std::net::SocketAddr) -> Bootstrap {
@@ -493,13 +499,8 @@ fn count_instructions(setups: &[Setup], upstream: std::net::SocketAddr, requests
             .unwrap_or_else(|err| panic!("{}: {err}", setup.name));
         let token = bench_configs::token(setup.token);
         let authorization = format!("Bearer {token}");
-        let headers = [
-            ("origin", "https://app.example.com"),
-            ("x-request-id", "bench-0001"),
-            ("authorization", authorization.as_str()),
-        ];
         let per_request = envoy
-            .instructions_per_request("/orders", &headers, 200, requests)
+            .instructions_per_request("/orders", &request_headers(&authorization), 200, requests)
             .unwrap_or_else(|err| panic!("{}: {err}", setup.name));
         println!(
             "instructions {:<45} {per_request:>10.0} per request",
@@ -1269,13 +1270,12 @@ fn report(table: &str, settings: &str, args: &[String]) -> String {
     out.push_str("per-round ratios to what the empty filter adds. \"added p50\" is latency at one connection in\n");
     out.push_str("the setup's own runs, noisier.\n\n");
     out.push_str(table);
-    if let Ok(costs) = std::fs::read_to_string(workspace().join("target/bench/host-call-costs.md"))
-    {
-        out.push_str("\n## What one host call costs in Envoy (V8)\n\n");
-        out.push_str("From `just bench --probe` (last run on this machine): the empty filter's module doing one kind of host call 50 times per request, measured together with the empty filter. Calls that hand a value to the plugin go back into its allocator and cost several times the others. These are warm prices (one call repeated); a plugin making each kind of call once per request pays more (docs/performance.md).\n\n");
-        out.push_str(&costs);
-    }
     for (file, title, about) in [
+        (
+            "target/bench/host-call-costs.md",
+            "What one host call costs in Envoy (V8)",
+            "From `just bench --probe` (last run on this machine): the empty filter's module doing one kind of host call 50 times per request, measured together with the empty filter. Calls that hand a value to the plugin go back into its allocator and cost several times the others. These are warm prices (one call repeated); a plugin making each kind of call once per request pays more (docs/performance.md).",
+        ),
         (
             "target/bench/envoy-instructions.md",
             "Envoy instructions per request (callgrind)",

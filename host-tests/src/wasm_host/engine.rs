@@ -9,6 +9,7 @@ use wasmtime::{Config, Engine, Module};
 
 use super::error::{Failure, FailureKind, Result};
 use super::profile::Profile;
+use super::vm::Callback;
 
 /// A module to run.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -116,7 +117,8 @@ pub(crate) fn module(plugin: &Plugin, profile: Profile) -> Result<Module> {
         .crate_name()
         .and_then(|name| palisade::plugins::ALL.iter().find(|p| p.full_name == name));
     if let (Some(info), false) = (info, profile.is_kong()) {
-        bytes = palisade::envoy_module::without_callbacks(&bytes, info.envoy_unused)
+        bytes = info
+            .envoy_build(&bytes)
             .map_err(|err| Failure::load(format!("{}: its Envoy build: {err}", plugin.name())))?;
     }
     let module = Module::new(engine()?, &bytes)
@@ -175,30 +177,17 @@ fn source(plugin: &Plugin) -> Result<Vec<u8>> {
 /// Do-nothing exports of the stream callbacks a fixture does not define, as an SDK-built module
 /// has: Kong calls them whether or not they exist (the Kong profile fails a module without them).
 fn stream_callback_stubs(fixture: &str) -> String {
-    let stubs = [
-        (
-            "proxy_on_request_headers",
-            "(param i32 i32 i32) (result i32) (i32.const 0)",
-        ),
-        (
-            "proxy_on_request_body",
-            "(param i32 i32 i32) (result i32) (i32.const 0)",
-        ),
-        (
-            "proxy_on_response_headers",
-            "(param i32 i32 i32) (result i32) (i32.const 0)",
-        ),
-        (
-            "proxy_on_response_body",
-            "(param i32 i32 i32) (result i32) (i32.const 0)",
-        ),
-        ("proxy_on_log", "(param i32)"),
-        ("proxy_on_done", "(param i32) (result i32) (i32.const 1)"),
-        ("proxy_on_delete", "(param i32)"),
-    ];
-    stubs
+    Callback::KONG_CALLS_UNCHECKED
         .iter()
-        .filter(|(name, _)| !fixture.contains(&format!("(export \"{name}\")")))
-        .map(|(name, body)| format!("(func (export \"{name}\") {body})\n"))
+        .filter(|callback| !fixture.contains(&format!("(export \"{}\")", callback.export())))
+        .map(|callback| {
+            let body = match callback {
+                Callback::Log | Callback::Delete => "(param i32)",
+                Callback::Done => "(param i32) (result i32) (i32.const 1)",
+                // The header and body callbacks: Continue.
+                _ => "(param i32 i32 i32) (result i32) (i32.const 0)",
+            };
+            format!("(func (export \"{}\") {body})\n", callback.export())
+        })
         .collect()
 }

@@ -67,18 +67,19 @@ impl Callback {
         }
     }
 
-    /// A stream callback ngx_wasm_module calls whether or not the module exports it.
+    /// The stream callbacks ngx_wasm_module calls whether or not the module exports them.
+    pub(crate) const KONG_CALLS_UNCHECKED: [Callback; 7] = [
+        Self::RequestHeaders,
+        Self::RequestBody,
+        Self::ResponseHeaders,
+        Self::ResponseBody,
+        Self::Log,
+        Self::Done,
+        Self::Delete,
+    ];
+
     fn kong_calls_unchecked(self) -> bool {
-        matches!(
-            self,
-            Self::RequestHeaders
-                | Self::RequestBody
-                | Self::ResponseHeaders
-                | Self::ResponseBody
-                | Self::Log
-                | Self::Done
-                | Self::Delete
-        )
+        Self::KONG_CALLS_UNCHECKED.contains(&self)
     }
 }
 
