@@ -26,28 +26,50 @@ fn numeric_date(claims: &Claims, claim: TimeClaim) -> Result<Option<f64>, Reject
     }
 }
 
-/// Checks `exp`, `nbf` and `iat` against `now` (seconds since the epoch) with the leeway, the
-/// way Envoy's `jwt_authn` does (`now > exp + leeway` is expired, `now + leeway < nbf` is not
-/// yet valid), plus an `iat` in the future. Returns `exp`, which bounds any caching.
+/// A token's `exp`, `nbf` and `iat`, read once: the worker's memo checks a repeated token
+/// against them without looking into its claims again.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenTimes {
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+}
+
+impl TokenTimes {
+    /// The time claims, each absent or a finite JSON number.
+    pub fn of(claims: &Claims) -> Result<TokenTimes, Rejection> {
+        Ok(TokenTimes {
+            exp: numeric_date(claims, TimeClaim::Exp)?,
+            nbf: numeric_date(claims, TimeClaim::Nbf)?,
+            iat: numeric_date(claims, TimeClaim::Iat)?,
+        })
+    }
+
+    /// Checks them against `now` (seconds since the epoch) with the leeway, the way Envoy's
+    /// `jwt_authn` does (`now > exp + leeway` is expired, `now + leeway < nbf` is not yet
+    /// valid), plus an `iat` in the future. Returns `exp`, which bounds any caching.
+    pub fn check(self, now: u64, rules: TimeRules) -> Result<Option<u64>, Rejection> {
+        let now = now as f64;
+        let leeway = rules.leeway_secs as f64;
+        match self.exp {
+            Some(exp) if now > exp + leeway => return Err(Rejection::Expired),
+            None if rules.require_exp => return Err(Rejection::MissingExp),
+            _ => {}
+        }
+        if self.nbf.is_some_and(|nbf| now + leeway < nbf) {
+            return Err(Rejection::NotYetValid);
+        }
+        if self.iat.is_some_and(|iat| iat > now + leeway) {
+            return Err(Rejection::IssuedInFuture);
+        }
+        // The caching bound: the expiry plus the leeway the check allowed, whole seconds down.
+        Ok(self.exp.map(|exp| (exp + leeway).max(0.0).floor() as u64))
+    }
+}
+
+/// [`TokenTimes::check`] on the claims' time claims.
 pub fn check_times(claims: &Claims, now: u64, rules: TimeRules) -> Result<Option<u64>, Rejection> {
-    let exp = numeric_date(claims, TimeClaim::Exp)?;
-    let nbf = numeric_date(claims, TimeClaim::Nbf)?;
-    let iat = numeric_date(claims, TimeClaim::Iat)?;
-    let now = now as f64;
-    let leeway = rules.leeway_secs as f64;
-    match exp {
-        Some(exp) if now > exp + leeway => return Err(Rejection::Expired),
-        None if rules.require_exp => return Err(Rejection::MissingExp),
-        _ => {}
-    }
-    if nbf.is_some_and(|nbf| now + leeway < nbf) {
-        return Err(Rejection::NotYetValid);
-    }
-    if iat.is_some_and(|iat| iat > now + leeway) {
-        return Err(Rejection::IssuedInFuture);
-    }
-    // The caching bound: the expiry plus the leeway the check allowed, whole seconds down.
-    Ok(exp.map(|exp| (exp + leeway).max(0.0).floor() as u64))
+    TokenTimes::of(claims)?.check(now, rules)
 }
 
 /// The token's `iss`.

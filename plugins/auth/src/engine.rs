@@ -16,7 +16,7 @@ use palisade_kit::store::SharedStore;
 use serde_json::Value;
 
 use crate::api_keys::{ApiKeyOutcome, ApiKeys};
-use crate::claims::{self, TimeRules};
+use crate::claims::{self, TimeRules, TokenTimes};
 use crate::config::{Algorithm, AuthConfig, ClaimToHeader, JwksSource, TokenLocation};
 use crate::introspection::{
     FailMode, Inactive, IntrospectionError, Introspector, TokenInfo, TokenKey,
@@ -164,10 +164,39 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Allowed {
     pub source: Source,
-    pub edits: Vec<Edit<'static>>,
+    /// Made first: the identity headers the client sent, removed (for an API key or an
+    /// introspected token, every edit).
+    edits: Vec<Edit<'static>>,
+    /// Then a verified token's identity headers, built once per token and shared with the
+    /// worker's memo, so a repeated token costs no copy of them.
+    identity: Option<Rc<[Edit<'static>]>>,
+    /// Last: the token taken out of the request, the path rewritten.
+    after: Vec<Edit<'static>>,
     /// The credential's expiry (seconds since the epoch, leeway included), bounding any
     /// caching.
     pub expires: Option<u64>,
+}
+
+impl Allowed {
+    fn new(source: Source, edits: Vec<Edit<'static>>, expires: Option<u64>) -> Self {
+        Allowed {
+            source,
+            edits,
+            identity: None,
+            after: Vec::new(),
+            expires,
+        }
+    }
+
+    /// Every header edit, in the order the host must make them.
+    pub fn edits(&self) -> Vec<Edit<'_>> {
+        self.edits
+            .iter()
+            .chain(self.identity.iter().flat_map(|identity| identity.iter()))
+            .chain(&self.after)
+            .map(Edit::borrowed)
+            .collect()
+    }
 }
 
 /// A request waiting for an introspection answer. Holds the token (to send it), never prints it.
@@ -478,30 +507,25 @@ impl Authenticator {
             if let Err(rejection) = reads_here(requirement, provider, location) {
                 return deny(source, rejection);
             }
-            let times = match verified.claims.as_object() {
-                Some(claims) => claims::check_times(claims, now, provider.time),
-                None => Err(Rejection::BadJson(crate::rejection::Segment::Payload)),
-            };
-            if let Err(rejection) = times {
+            if let Err(rejection) = verified.times.check(now, provider.time) {
                 return deny(source, rejection);
             }
         }
         if let Err(rejection) = authorize(requirement, &verified.claims) {
             return deny(source, rejection);
         }
-        let mut edits = self.strip_identity(headers);
-        if let Value::Object(claims) = &verified.claims {
-            self.identity_edits(provider, claims, &mut edits);
-        }
+        let mut after = Vec::new();
         if !provider.forward_token {
             if let Some(location) = self.locations.get(location) {
-                edits.extend(token_location::removal(location, headers));
+                after.extend(token_location::removal(location, headers));
             }
         }
-        self.finish_path(&mut edits, raw_path, rewrite, false);
+        self.finish_path(&mut after, raw_path, rewrite, false);
         Verdict::Allow(Allowed {
             source,
-            edits,
+            edits: self.strip_identity(headers),
+            identity: Some(Rc::clone(&verified.identity)),
+            after,
             expires: verified.expires,
         })
     }
@@ -538,17 +562,21 @@ impl Authenticator {
         if let Err(rejection) = reads_here(requirement, provider, location) {
             return TokenCheck::Refused(deny(source, rejection));
         }
-        let (expires, key_set) = match verify(provider, &decoded, now, keys) {
-            Ok(verified) => verified,
+        let checked = match verify(provider, &decoded, now, keys) {
+            Ok(checked) => checked,
             Err(rejection) => return TokenCheck::Refused(deny(source, rejection)),
         };
+        let mut identity = Vec::new();
+        self.identity_edits(provider, &decoded.claims, &mut identity);
         let verified = Rc::new(Verified {
             provider: index,
             claims: Value::Object(decoded.claims),
-            expires,
+            times: checked.times,
+            identity: identity.into(),
+            expires: checked.expires,
         });
-        if let (Some(memo), Some(_)) = (&self.memo, expires) {
-            memo.remember(token, key_set.as_ref(), Rc::clone(&verified));
+        if let (Some(memo), Some(_)) = (&self.memo, checked.expires) {
+            memo.remember(token, checked.key_set.as_ref(), Rc::clone(&verified));
         }
         TokenCheck::Verified(verified)
     }
@@ -595,11 +623,7 @@ impl Authenticator {
             }
         }
         self.finish_path(&mut edits, raw_path, rewrite, !api_keys.forward());
-        Some(Verdict::Allow(Allowed {
-            source: Source::ApiKey,
-            edits,
-            expires: None,
-        }))
+        Some(Verdict::Allow(Allowed::new(Source::ApiKey, edits, None)))
     }
 
     /// An opaque token to introspect (or, without introspection, a token nobody reads here).
@@ -670,11 +694,7 @@ impl Authenticator {
         set_identity(&mut edits, INTROSPECTION_PROVIDER, info.subject());
         edits.extend(pending.removal);
         edits.extend(path_edit);
-        Verdict::Allow(Allowed {
-            source,
-            edits,
-            expires: info.exp,
-        })
+        Verdict::Allow(Allowed::new(source, edits, info.exp))
     }
 
     /// The provider whose issuer the (not yet verified) token names: only a routing choice,
@@ -841,13 +861,22 @@ fn split_query(target: &[u8]) -> (&[u8], Option<&[u8]>) {
     }
 }
 
+/// What [`verify`] established about a token.
+struct Checked {
+    times: TokenTimes,
+    /// `exp` plus leeway: the end of any caching.
+    expires: Option<u64>,
+    /// The key set that verified it (`None` for an HMAC secret).
+    key_set: Option<Rc<KeySet>>,
+}
+
 /// Signature, then claims: the claims of a token are not trusted before its signature is.
 fn verify(
     provider: &Provider,
     decoded: &Decoded<'_>,
     now: u64,
     keys: &impl KeySource,
-) -> Result<(Option<u64>, Option<Rc<KeySet>>), Rejection> {
+) -> Result<Checked, Rejection> {
     let alg = decoded.alg;
     if !provider.algorithms.contains(&alg) {
         return Err(Rejection::AlgNotAllowed);
@@ -878,13 +907,18 @@ fn verify(
     if !verified {
         return Err(Rejection::BadSignature);
     }
-    let expires = claims::check_times(&decoded.claims, now, provider.time)?;
+    let times = TokenTimes::of(&decoded.claims)?;
+    let expires = times.check(now, provider.time)?;
     claims::check_audience(&decoded.claims, &provider.audiences)?;
     // Only a token with an expiry is cached, and never past it.
     if let (Some(token), Some(expires)) = (digest, expires) {
         keys.remember_signature(provider, &token, expires);
     }
-    Ok((expires, key_set))
+    Ok(Checked {
+        times,
+        expires,
+        key_set,
+    })
 }
 
 #[cfg(test)]
@@ -1039,6 +1073,43 @@ mod tests {
         assert_eq!(engine.decide(&fields, None, NOW, &keys), first);
         assert_eq!(engine.decide(&fields, None, NOW, &keys), first);
         assert_eq!(keys.verifications.get(), 4);
+    }
+
+    #[test]
+    fn a_remembered_token_strips_a_spoofed_identity_before_setting_its_own() {
+        let mut config = config(json!({}));
+        config.verified_token_cache_entries = 16;
+        let engine = Authenticator::build(&config, &mut Problems::default());
+        let keys = CountingKeys::new();
+        let header = bearer(&sign(Algorithm::RS256, &claims()));
+        let fields: [(&[u8], &[u8]); 2] = [
+            (b"X-Palisade-Subject", b"mallory"),
+            (b"authorization", header.as_bytes()),
+        ];
+        let remove = Edit::Remove("x-palisade-subject".into());
+        let set = |n: &'static str, v: &'static str| Edit::Set(n.into(), v.as_bytes().into());
+        for round in 0..2 {
+            let Verdict::Allow(allowed) = engine.decide(&fields, None, NOW, &keys) else {
+                panic!("round {round}")
+            };
+            assert_eq!(
+                allowed.edits(),
+                [
+                    remove.clone(),
+                    set(identity::PROVIDER, "idp"),
+                    set(identity::SUBJECT, "alice"),
+                    set(identity::CONSUMER, "alice"),
+                    set("x-user-email", "alice@example.com"),
+                    Edit::Remove("authorization".into()),
+                ],
+                "round {round}"
+            );
+        }
+        assert_eq!(
+            keys.verifications.get(),
+            1,
+            "the second round was the memo's"
+        );
     }
 
     #[test]
@@ -1222,7 +1293,7 @@ mod tests {
         let set = |n: &str, v: &str| Edit::Set(n.to_owned().into(), v.as_bytes().to_vec().into());
         let remove = |n: &str| Edit::Remove(n.to_owned().into());
         assert_eq!(
-            allowed.edits,
+            allowed.edits(),
             vec![
                 remove("x-palisade-subject"),
                 remove("x-palisade-consumer"),
@@ -1245,7 +1316,7 @@ mod tests {
             panic!()
         };
         assert!(!allowed
-            .edits
+            .edits()
             .contains(&Edit::Remove("authorization".to_owned().into())));
 
         let mut config = config(json!({}));
@@ -1292,7 +1363,7 @@ mod tests {
             panic!()
         };
         assert!(allowed
-            .edits
+            .edits()
             .contains(&Edit::Set(":path".into(), b"/a?b=1".to_vec().into())));
     }
 
@@ -1385,8 +1456,8 @@ mod policy_tests {
         let Verdict::Allow(allowed) = run(&engine, &[(":path", &path)]) else {
             panic!()
         };
-        let paths: Vec<&Edit<'_>> = allowed
-            .edits
+        let edits = allowed.edits();
+        let paths: Vec<&Edit<'_>> = edits
             .iter()
             .filter(|e| matches!(e, Edit::Set(name, _) if name == ":path"))
             .collect();
@@ -1465,7 +1536,7 @@ mod policy_tests {
         assert_eq!(allowed.source, Source::Introspection);
         assert_eq!(allowed.expires, Some(NOW + 60));
         assert_eq!(
-            allowed.edits,
+            allowed.edits(),
             [
                 Edit::Remove("x-palisade-subject".to_owned().into()),
                 Edit::Set(

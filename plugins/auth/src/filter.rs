@@ -364,7 +364,7 @@ impl Stream {
                 if let Some(metrics) = metrics {
                     metrics.allowed(allowed.source);
                 }
-                go_on(&allowed.edits)
+                go_on(&allowed.edits())
             }
             Verdict::Anonymous(edits) => {
                 if let Some(metrics) = metrics {

@@ -13,8 +13,10 @@
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
+use palisade_kit::header_pairs::Edit;
 use serde_json::Value;
 
+use crate::claims::TokenTimes;
 use crate::jwks::KeySet;
 
 /// Most slots a worker keeps, whatever `verified_token_cache_entries` says: about 256 tokens
@@ -28,6 +30,10 @@ pub struct Verified {
     pub provider: usize,
     /// The claims (a JSON object), trusted because the signature was.
     pub claims: Value,
+    /// Its `exp`, `nbf` and `iat`, checked again on every repeat.
+    pub times: TokenTimes,
+    /// The identity headers it gives the request (provider, subject, consumer, claims).
+    pub identity: Rc<[Edit<'static>]>,
     /// `exp` plus leeway (seconds): the entry's end. Tokens without `exp` are never
     /// remembered.
     pub expires: Option<u64>,
@@ -143,6 +149,8 @@ mod tests {
         Rc::new(Verified {
             provider: 0,
             claims: json!({"sub": "alice"}),
+            times: TokenTimes::default(),
+            identity: Rc::new([]),
             expires: Some(expires),
         })
     }

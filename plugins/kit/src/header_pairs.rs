@@ -44,6 +44,16 @@ pub enum Edit<'a> {
 }
 
 impl<'a> Edit<'a> {
+    /// The same edit, borrowing this one's name and value: how edits kept for many requests
+    /// join one request's list without copying them.
+    pub fn borrowed(&self) -> Edit<'_> {
+        match self {
+            Edit::Set(name, value) => Edit::Set(Cow::Borrowed(name), Cow::Borrowed(value)),
+            Edit::Add(name, value) => Edit::Add(Cow::Borrowed(name), Cow::Borrowed(value)),
+            Edit::Remove(name) => Edit::Remove(Cow::Borrowed(name)),
+        }
+    }
+
     /// Applies the edit to a snapshot of a map, as the host would to the map itself. Names
     /// compare case-insensitively (hosts keep them lower-case; HTTP/1 clients may not).
     pub fn apply_to<'s>(&'s self, fields: &mut Fields<'s>) {
@@ -136,6 +146,25 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn a_borrowed_edit_is_the_same_edit() {
+        let owned = [
+            Edit::Set(Cow::Owned("x-a".to_owned()), Cow::Owned(b"1".to_vec())),
+            Edit::Add(Cow::Owned("x-b".to_owned()), Cow::Owned(b"\xff".to_vec())),
+            Edit::Remove(Cow::Owned("x-c".to_owned())),
+        ];
+        for edit in &owned {
+            let borrowed = edit.borrowed();
+            assert_eq!(&borrowed, edit);
+            assert!(matches!(
+                borrowed,
+                Edit::Set(Cow::Borrowed(_), Cow::Borrowed(_))
+                    | Edit::Add(Cow::Borrowed(_), Cow::Borrowed(_))
+                    | Edit::Remove(Cow::Borrowed(_))
+            ));
+        }
+    }
 
     #[test]
     fn round_trips_including_non_utf8_and_empty_values() {
