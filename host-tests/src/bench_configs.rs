@@ -33,13 +33,14 @@ pub const HEADER_SECURITY: &str = r#"{
 }"#;
 
 /// auth verifying the bench token (RS256) against the bench JWKS, the same provider Envoy's
-/// `jwt_authn` gets in the native setup, and passing the subject upstream.
+/// `jwt_authn` gets in the native setup, and passing the subject upstream. Both forward the
+/// token upstream (`forward: true` there), so neither pays for a removal the other skips.
 pub fn auth() -> String {
     let jwks = include_str!("../fixtures/bench/jwks.json");
     format!(
         r#"{{"metrics": false, "providers": [{{
             "name": "bench", "issuer": "https://idp.bench.example", "audiences": ["palisade-bench"],
-            "algorithms": ["RS256", "ES256"],
+            "algorithms": ["RS256", "ES256"], "forward_token": true,
             "token_locations": [{{"header": {{"name": "authorization", "prefix": "Bearer "}}}}],
             "jwks": {{"inline": {jwks}}}
         }}]}}"#
