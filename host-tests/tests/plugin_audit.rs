@@ -149,6 +149,8 @@ fn each_scenario_ships_its_event_to_its_topic_without_a_secret_byte() -> Result<
         for _ in 0..5 {
             host.script_http_call(upstream(profile), produced(1));
         }
+        // Envoy's answer for every stream here; the plugin asks only for an error's.
+        host.set_property("response.code_details", "jwt_authn_access_denied");
         exchange(&vms, "GET", "/api/orders?page=2&access_token=abc", 200)?;
         exchange(&vms, "POST", "/api/orders", 201)?;
         exchange(&vms, "DELETE", "/admin/users/7", 204)?;
@@ -211,8 +213,14 @@ fn each_scenario_ships_its_event_to_its_topic_without_a_secret_byte() -> Result<
         assert_eq!(data["client_address"], "10.0.0.1");
         assert_eq!(data["headers"], serde_json::json!({"x-tenant": "acme"}));
         assert_eq!(data["denied_by"], Value::Null);
+        assert_eq!(data["response_code_details"], Value::Null, "{profile:?}");
         let security = &by_topic["/topics/palisade.events.security"];
         assert_eq!(security["security_kind"], "unauthenticated");
+        let details = match profile {
+            Profile::Envoy => serde_json::json!("jwt_authn_access_denied"),
+            _ => Value::Null,
+        };
+        assert_eq!(security["response_code_details"], details, "{profile:?}");
         assert_eq!(
             security["denied_by"],
             serde_json::json!({"plugin": "palisade-auth", "reason": "token expired"})
