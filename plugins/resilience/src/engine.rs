@@ -88,7 +88,11 @@ impl StreamState {
     pub fn awaits_outcome(&self) -> bool {
         matches!(
             self.circuit,
-            Some((_, Admission::Normal | Admission::Trial, _))
+            Some((
+                _,
+                Admission::Normal | Admission::Quiet | Admission::Trial,
+                _
+            ))
         )
     }
 }
@@ -183,7 +187,7 @@ impl Resilience {
                     );
                 }
                 Admission::Unjudged => events.push(Event::StoreUnavailable),
-                Admission::Normal | Admission::Trial => {}
+                Admission::Normal | Admission::Quiet | Admission::Trial => {}
             }
             state.circuit = Some((key, admission, now_ms));
         }
@@ -227,10 +231,11 @@ impl Resilience {
     }
 
     /// The upstream (or the proxy on its behalf: connect failure, reset, timeout) answered.
+    /// `now` is read only when the outcome is reported.
     pub fn on_response_headers(
         &self,
         status: Option<u16>,
-        now_ms: u64,
+        now: impl FnOnce() -> u64,
         store: &impl SharedStore,
         state: &mut StreamState,
         events: &mut Vec<Event>,
@@ -241,11 +246,11 @@ impl Resilience {
         let Some((key, admission, _)) = state.circuit.take() else {
             return;
         };
-        if admission == Admission::Unjudged {
+        let outcome = circuit.classify(status);
+        if !CircuitBreaker::reports(admission, outcome) {
             return;
         }
-        let outcome = circuit.classify(status);
-        match circuit.record(store, &key, admission, outcome, now_ms) {
+        match circuit.record(store, &key, admission, outcome, now()) {
             Ok(Some(transition)) => events.push(Event::Circuit {
                 circuit: circuit_name(&key).to_owned(),
                 transition,
@@ -385,7 +390,7 @@ mod tests {
         let mut state = StreamState::default();
         let verdict = request(engine, store, now, &mut state, events);
         if matches!(verdict, RequestVerdict::Continue { .. }) {
-            engine.on_response_headers(Some(status), now, store, &mut state, events);
+            engine.on_response_headers(Some(status), || now, store, &mut state, events);
         }
         engine.on_stream_end(store, || now, &mut state, events);
         verdict

@@ -403,7 +403,7 @@ impl HttpContext for Stream {
         let worker = Rc::clone(&self.worker);
         worker.engine.on_response_headers(
             status,
-            HostClock.unix_millis(),
+            || HostClock.unix_millis(),
             &HostStore,
             &mut self.state,
             &mut events,
