@@ -50,6 +50,9 @@ mod filter {
         /// metric) per count: what a plugin pays for a few distinct calls, against the sum of
         /// their repeated (warm) prices.
         Mix,
+        /// The least a JWT filter with a warm token cache does per count: read the
+        /// `authorization` header, the clock, and set one identity header on the request.
+        WarmToken,
     }
 
     impl Op {
@@ -70,6 +73,7 @@ mod filter {
                 "compute" => Self::Compute,
                 "compute_on_log" => Self::ComputeOnLog,
                 "mix" => Self::Mix,
+                "warm_token" => Self::WarmToken,
                 _ => return None,
             })
         }
@@ -171,6 +175,18 @@ mod filter {
                     }
                     Op::CurrentTime => sink += clock(),
                     Op::Compute => sink = sink.wrapping_add(thousand_steps(i)),
+                    Op::WarmToken => {
+                        let token = hostcalls::get_map_value_bytes(
+                            MapType::HttpRequestHeaders,
+                            "authorization",
+                        );
+                        sink += token.ok().flatten().map_or(0, |v| v.len() as u64) + clock();
+                        let _ = hostcalls::set_map_value_bytes(
+                            MapType::HttpRequestHeaders,
+                            "x-palisade-subject",
+                            Some(b"bench-user"),
+                        );
+                    }
                     Op::Mix => {
                         sink += clock() + present_header();
                         shared_get_set();
