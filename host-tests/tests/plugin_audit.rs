@@ -465,3 +465,39 @@ fn two_workers_batch_on_their_own_and_their_counts_add_up() -> Result<(), Failur
     assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
     Ok(())
 }
+
+#[test]
+fn envoy_explains_errors_and_missing_answers_but_not_successes() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+    host.set_property("response.code_details", "downstream_remote_disconnect");
+    // The client left before any answer: status 0, and Envoy's reason is kept.
+    let mut stream = vms.http_request(Request::get("/health"))?;
+    stream.send_request_headers(true)?;
+    stream.finish()?;
+    for status in [200, 302, 503] {
+        let mut stream = vms.http_request(Request::get("/health"))?;
+        stream.send_request_headers(true)?;
+        stream.send_response_headers(Response::status(status), true)?;
+        stream.finish()?;
+    }
+    host.script_http_call(upstream(profile), produced(4));
+    host.advance_clock(Duration::from_secs(1))?;
+    let calls = host.http_calls();
+    let details: Vec<(Value, Value)> = calls
+        .iter()
+        .flat_map(events)
+        .map(|e| (e["status"].clone(), e["response_code_details"].clone()))
+        .collect();
+    let reason = Value::from("downstream_remote_disconnect");
+    assert_eq!(
+        details,
+        [
+            (Value::from(0), reason.clone()),
+            (Value::from(200), Value::Null),
+            (Value::from(302), Value::Null),
+            (Value::from(503), reason),
+        ]
+    );
+    Ok(())
+}

@@ -532,10 +532,11 @@ impl Stream {
             _ => {
                 facts.route = text_property(&["xds", "route_name"]);
                 facts.cluster = text_property(&["xds", "cluster_name"]);
-                // Why Envoy answered as it did, for the answers that need explaining: a
-                // success says `via_upstream` or `direct_response`, and reading it costs Envoy
-                // ~12,000 instructions (a value handed back through the plugin's allocator).
-                if status >= 400 {
+                // Why Envoy answered as it did, for the answers that need explaining (an
+                // error, or no answer at all): a success says `via_upstream` or
+                // `direct_response`, and reading it costs Envoy ~12,000 instructions (a value
+                // handed back through the plugin's allocator).
+                if status == 0 || status >= 400 {
                     facts.code_details = text_property(&["response", "code_details"]);
                 }
                 // Envoy's duration (ns) covers requests refused before our request phase.
