@@ -8,6 +8,7 @@ use palisade_kit::config::{ConfigError, Problems};
 use palisade_kit::header_pairs::{decode_borrowed, Fields};
 use palisade_kit::host::{self, Map, Plugin};
 use palisade_kit::random::Xoshiro256;
+use palisade_kit::route_name::RouteName;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -24,16 +25,7 @@ struct HeaderSecurityPlugin;
 struct Worker {
     engine: HeaderSecurity,
     rng: RefCell<Xoshiro256>,
-    /// Which host property names the route: Envoy's `xds.route_name`, else Kong's
-    /// `kong.route_name` (3.9+).
-    route_property: RefCell<RouteProperty>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RouteProperty {
-    Unknown,
-    Envoy,
-    Kong,
+    route_name: RouteName,
 }
 
 impl Plugin for HeaderSecurityPlugin {
@@ -48,7 +40,7 @@ impl Plugin for HeaderSecurityPlugin {
         Ok(Worker {
             engine,
             rng: RefCell::new(Xoshiro256::from_seed(host::random_seed())),
-            route_property: RefCell::new(RouteProperty::Unknown),
+            route_name: RouteName::default(),
         })
     }
 
@@ -67,7 +59,7 @@ struct Stream {
 
 /// Host values, read only when a transform uses them.
 struct Host<'a> {
-    route_property: &'a RefCell<RouteProperty>,
+    route_name: &'a RouteName,
 }
 
 impl HostValues for Host<'_> {
@@ -78,31 +70,12 @@ impl HostValues for Host<'_> {
     }
 
     fn route(&mut self) -> Option<String> {
-        // Asking a host for a property it lacks costs a host call, and Kong logs an error for
-        // each: once one property answers, only that one is asked.
-        let known = *self.route_property.borrow();
-        let lookup = |path: &[&str]| {
-            host::property(path)
-                .ok()
-                .flatten()
-                .and_then(|v| String::from_utf8(v).ok())
-        };
-        let found = match known {
-            RouteProperty::Envoy => lookup(&["xds", "route_name"]),
-            RouteProperty::Kong => lookup(&["kong", "route_name"]),
-            RouteProperty::Unknown => {
-                let (property, value) = match lookup(&["xds", "route_name"]) {
-                    Some(v) => (RouteProperty::Envoy, Some(v)),
-                    None => match lookup(&["kong", "route_name"]) {
-                        Some(v) => (RouteProperty::Kong, Some(v)),
-                        None => (RouteProperty::Unknown, None),
-                    },
-                };
-                *self.route_property.borrow_mut() = property;
-                value
-            }
-        };
-        found.filter(|route| !route.is_empty())
+        let route = self
+            .route_name
+            .read(|path| host::property(path).ok().flatten())?;
+        String::from_utf8(route)
+            .ok()
+            .filter(|route| !route.is_empty())
     }
 }
 
@@ -166,7 +139,7 @@ impl HttpContext for Stream {
         let state = &mut self.state;
         let mut rng = worker.rng.borrow_mut();
         let mut host_values = Host {
-            route_property: &worker.route_property,
+            route_name: &worker.route_name,
         };
         // The few headers the configured checks need, one host call each (a missing header
         // costs no copy into the VM); the whole map only when a check needs every header.
@@ -242,7 +215,7 @@ impl HttpContext for Stream {
             }
         };
         let mut host_values = Host {
-            route_property: &worker.route_property,
+            route_name: &worker.route_name,
         };
         if reads == ResponseReads::All {
             let edits = worker

@@ -13,6 +13,7 @@ pub mod hex;
 pub mod identity;
 pub mod random;
 pub mod reply;
+pub mod route_name;
 pub mod store;
 pub mod uuid;
 

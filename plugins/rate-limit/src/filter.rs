@@ -10,6 +10,7 @@ use palisade_kit::config::ConfigError;
 use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::Counter;
 use palisade_kit::host::{self, HostStore, Map, Plugin};
+use palisade_kit::route_name::RouteName;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
@@ -41,17 +42,10 @@ struct LimitMetrics {
 struct Worker {
     limiter: RateLimiter,
     metrics: Vec<LimitMetrics>,
-    route_property: Cell<RouteProperty>,
+    route_name: RouteName,
     global: Option<GlobalService>,
     /// The service is failing: logged once when it starts and once when it recovers.
     failing: Cell<bool>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum RouteProperty {
-    Unknown,
-    Envoy,
-    Kong,
 }
 
 impl Plugin for RateLimitPlugin {
@@ -88,7 +82,7 @@ impl Plugin for RateLimitPlugin {
         Ok(Worker {
             limiter,
             metrics,
-            route_property: Cell::new(RouteProperty::Unknown),
+            route_name: RouteName::default(),
             global: config.global,
             failing: Cell::new(false),
         })
@@ -113,7 +107,7 @@ struct Stream {
 
 /// Request values straight from the host, each asked only when the limiter needs it.
 struct HostRequest<'a> {
-    route_property: &'a Cell<RouteProperty>,
+    route_name: &'a RouteName,
 }
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {
@@ -130,22 +124,7 @@ impl RequestView for HostRequest<'_> {
     }
 
     fn route_name(&mut self) -> Option<Vec<u8>> {
-        // Kong logs an error for each property it lacks: once one answers, only it is asked.
-        match self.route_property.get() {
-            RouteProperty::Envoy => property(&["xds", "route_name"]),
-            RouteProperty::Kong => property(&["kong", "route_name"]),
-            RouteProperty::Unknown => {
-                if let Some(route) = property(&["xds", "route_name"]) {
-                    self.route_property.set(RouteProperty::Envoy);
-                    Some(route)
-                } else if let Some(route) = property(&["kong", "route_name"]) {
-                    self.route_property.set(RouteProperty::Kong);
-                    Some(route)
-                } else {
-                    None
-                }
-            }
-        }
+        self.route_name.read(property)
     }
 }
 
@@ -338,7 +317,7 @@ impl HttpContext for Stream {
         // The decision owns what it carries: the worker is borrowed only to decide.
         let worker = &*self.worker;
         let mut request = HostRequest {
-            route_property: &worker.route_property,
+            route_name: &worker.route_name,
         };
         let (decision, tallies) =
             worker
