@@ -44,6 +44,30 @@ fn redis_binary() -> PathBuf {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> std::io::Result<u16> {
+    // Below the kernel's ephemeral range, so no outgoing connection (Envoy's, in a test running
+    // beside this one) can take the port before the service binds it; a port from `bind(0)`
+    // came from that range and once was, failing an Envoy start with "Address already in use".
+    // A sequence per process, seeded by its id, keeps this process's threads and other test
+    // binaries apart.
+    const LOW: u32 = 20_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOW);
+    if span >= 1_000 {
+        let seed = std::process::id().wrapping_mul(2_654_435_761) % span;
+        for _ in 0..span {
+            let step = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Ok(port) = u16::try_from(LOW + seed.wrapping_add(step) % span) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -67,11 +67,6 @@ impl TokenTimes {
     }
 }
 
-/// [`TokenTimes::check`] on the claims' time claims.
-pub fn check_times(claims: &Claims, now: u64, rules: TimeRules) -> Result<Option<u64>, Rejection> {
-    TokenTimes::of(claims)?.check(now, rules)
-}
-
 /// The token's `iss`.
 pub fn issuer(claims: &Claims) -> Result<&str, Rejection> {
     match claims.get("iss") {
@@ -160,6 +155,10 @@ mod tests {
 
     fn claims(json: &str) -> Claims {
         serde_json::from_str(json).unwrap()
+    }
+
+    fn check_times(claims: &Claims, now: u64, rules: TimeRules) -> Result<Option<u64>, Rejection> {
+        TokenTimes::of(claims)?.check(now, rules)
     }
 
     const RULES: TimeRules = TimeRules {
