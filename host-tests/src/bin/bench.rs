@@ -1175,6 +1175,33 @@ fn main() {
             added_cpu(ours),
             added_cpu(cached)
         );
+        // The same ratios round by round (adjacent runs), to show how far the machine's
+        // drift moves them; the verdict above stays on the medians.
+        let per_round = |a: usize, b: usize| -> String {
+            let (Some(a), Some(b)) = (samples.get(a), samples.get(b)) else {
+                return String::new();
+            };
+            let mut ratios: Vec<f64> = a
+                .iter()
+                .zip(b)
+                .filter(|(_, b)| b.rps > 0.0)
+                .map(|(a, b)| a.rps / b.rps)
+                .collect();
+            if ratios.is_empty() {
+                return String::new();
+            }
+            let (lo, hi) = ratios
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            format!("{:.2}–{:.2}, median {:.2}", lo, hi, median(&mut ratios))
+        };
+        let _ = writeln!(
+            findings,
+            "- Round by round: palisade-auth over native `jwt_authn` with its cache {}; over native without it {}; native with its cache over native without it {}.",
+            per_round(ours, cached),
+            per_round(ours, uncached),
+            per_round(cached, uncached),
+        );
         let _ = writeln!(
             findings,
             "- What those targets allow any Wasm filter here: the empty filter serves {:.0}% of native `jwt_authn` with its cache, and native `jwt_authn` with its cache {:.2}× native without it (the second target asks 1.3×).",
