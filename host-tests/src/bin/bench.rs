@@ -888,6 +888,14 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// (lowest, median, highest) of `values` (all 0 when there are none).
+fn low_median_high(values: &mut [f64]) -> (f64, f64, f64) {
+    let middle = median(values);
+    let low = values.first().copied().unwrap_or(0.0);
+    let high = values.last().copied().unwrap_or(0.0);
+    (low, middle, high)
+}
+
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
         .position(|a| a == name)
@@ -1005,10 +1013,7 @@ fn main() {
         .iter()
         .map(|s| {
             let mut rps: Vec<f64> = s.iter().map(|x| x.rps).collect();
-            let (lo, hi) = rps
-                .iter()
-                .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            let rps_median = median(&mut rps);
+            let (lo, rps_median, hi) = low_median_high(&mut rps);
             Row {
                 rps: rps_median,
                 p50: median(&mut s.iter().map(|x| x.p50_us).collect::<Vec<_>>()),
@@ -1190,10 +1195,8 @@ fn main() {
             if ratios.is_empty() {
                 return String::new();
             }
-            let (lo, hi) = ratios
-                .iter()
-                .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            format!("{:.2}–{:.2}, median {:.2}", lo, hi, median(&mut ratios))
+            let (lo, middle, hi) = low_median_high(&mut ratios);
+            format!("{lo:.2}–{hi:.2}, median {middle:.2}")
         };
         let _ = writeln!(
             findings,
