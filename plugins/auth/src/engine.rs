@@ -166,7 +166,7 @@ pub struct Allowed {
     pub source: Source,
     /// Made first: the identity headers the client sent, removed (for an API key or an
     /// introspected token, every edit).
-    edits: Vec<Edit<'static>>,
+    first: Vec<Edit<'static>>,
     /// Then a verified token's identity headers, built once per token and shared with the
     /// worker's memo, so a repeated token costs no copy of them.
     identity: Option<Rc<[Edit<'static>]>>,
@@ -181,7 +181,7 @@ impl Allowed {
     fn new(source: Source, edits: Vec<Edit<'static>>, expires: Option<u64>) -> Self {
         Allowed {
             source,
-            edits,
+            first: edits,
             identity: None,
             after: Vec::new(),
             expires,
@@ -190,7 +190,7 @@ impl Allowed {
 
     /// Every header edit, in the order the host must make them.
     pub fn edits(&self) -> Vec<Edit<'_>> {
-        self.edits
+        self.first
             .iter()
             .chain(self.identity.iter().flat_map(|identity| identity.iter()))
             .chain(&self.after)
@@ -523,7 +523,7 @@ impl Authenticator {
         self.finish_path(&mut after, raw_path, rewrite, false);
         Verdict::Allow(Allowed {
             source,
-            edits: self.strip_identity(headers),
+            first: self.strip_identity(headers),
             identity: Some(Rc::clone(&verified.identity)),
             after,
             expires: verified.expires,
