@@ -38,6 +38,12 @@ fn bad_configs() -> Vec<(&'static PluginInfo, &'static str, &'static str)> {
         ),
         (p("audit"), "{not json", ".: key must be a string at line 1 column 2"),
         (p("rate-limit"), "[]", ".: the configuration must be a JSON object"),
+        // serde_json alone would read this limit field by field; the schema refuses it.
+        (
+            p("rate-limit"),
+            r#"{"limits":[["per-consumer",10,"1s",0,["consumer"]]]}"#,
+            "limits[0]: invalid type: sequence, expected struct Limit",
+        ),
     ]
 }
 

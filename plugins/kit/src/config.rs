@@ -6,6 +6,11 @@ use std::fmt;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use tree::{Tree, TreeDeserializer};
+
+mod tree;
 
 /// One thing wrong with a configuration: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,143 +128,39 @@ pub trait PluginConfig: DeserializeOwned + JsonSchema {
 pub fn load<T: PluginConfig>(bytes: &[u8]) -> Result<T, ConfigError> {
     let trimmed = bytes.trim_ascii();
     let bytes = if trimmed.is_empty() { b"{}" } else { trimmed };
-    // serde would read a struct from an array, field by field in order: never what an operator
-    // meant, so the document must be an object.
-    if bytes.first() != Some(&b'{') && serde_json::from_slice::<serde_json::Value>(bytes).is_ok() {
-        return Err(not_an_object());
-    }
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    // Deserialised without serde_path_to_error, whose wrapper around every visitor of every
-    // configuration type costs each plugin ~60 KB of Wasm: the field path is recovered from
-    // the error's position instead ([`path_at`]), only when there is an error.
-    let parsed: Result<T, _> = T::deserialize(&mut de);
-    let config = parsed.map_err(|err| {
-        // Broken JSON has no field path; its line and column are in the reason.
-        let path = if err.is_syntax() || err.is_eof() {
-            ".".to_owned()
-        } else {
-            let path = path_at(bytes, consumed(bytes, err.line(), err.column()));
-            variant_owner(path, &err.to_string())
-        };
-        single(&path, &err)
+    // Broken JSON has no field path; its line and column are in the reason.
+    let tree: Tree = serde_json::from_slice(bytes).map_err(|err| ConfigError {
+        problems: vec![Problem {
+            path: ".".to_owned(),
+            reason: err.to_string(),
+        }],
     })?;
-    de.end().map_err(|err| single(".", &err))?;
-    check(config)
+    load_tree(&tree)
 }
 
 /// Same as [`load`] for a document already parsed into JSON (the CLI's YAML input).
 pub fn load_value<T: PluginConfig>(value: serde_json::Value) -> Result<T, ConfigError> {
-    if !value.is_object() {
+    // Reading a `Value` cannot fail: every JSON value has a tree.
+    let tree = Tree::deserialize(value).map_err(|err| ConfigError {
+        problems: vec![Problem {
+            path: ".".to_owned(),
+            reason: err.to_string(),
+        }],
+    })?;
+    load_tree(&tree)
+}
+
+fn load_tree<T: PluginConfig>(tree: &Tree) -> Result<T, ConfigError> {
+    if !matches!(tree, Tree::Object(_)) {
         return Err(not_an_object());
     }
-    let parsed: Result<T, _> = serde_path_to_error::deserialize(value);
-    let config = parsed.map_err(|err| single(&err.path().to_string(), err.inner()))?;
+    let config = T::deserialize(TreeDeserializer(tree)).map_err(|err| ConfigError {
+        problems: vec![Problem {
+            path: err.path(),
+            reason: err.reason().to_owned(),
+        }],
+    })?;
     check(config)
-}
-
-/// How many bytes of `doc` come before serde_json's (1-based) `line` and `column`: the
-/// deserializer's position is just after the last byte it read.
-fn consumed(doc: &[u8], line: usize, column: usize) -> usize {
-    let mut start = 0;
-    for _ in 1..line {
-        match doc
-            .get(start..)
-            .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
-        {
-            Some(newline) => start += newline + 1,
-            None => break,
-        }
-    }
-    start.saturating_add(column).min(doc.len())
-}
-
-/// The field path (`limits[0].rate`, `.` for the document) of the value a deserializer was
-/// reading when it had read `consumed` bytes of the (well-formed so far) JSON `doc`: the key
-/// or element being read, inside each enclosing object and array. A container just closed
-/// (a missing field is reported at its `}`) is named by its own path. The same paths
-/// serde_path_to_error gives, without its per-type code.
-pub fn path_at(doc: &[u8], consumed: usize) -> String {
-    enum Frame {
-        /// The key being read in this object (`None` between a `,` and the next key).
-        Object(Option<String>),
-        /// The element being read.
-        Array(usize),
-    }
-    let doc = doc.get(..consumed).unwrap_or(doc);
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut i = 0;
-    while let Some(&byte) = doc.get(i) {
-        i += 1;
-        match byte {
-            b'{' => stack.push(Frame::Object(None)),
-            b'[' => stack.push(Frame::Array(0)),
-            b'}' | b']' => {
-                stack.pop();
-            }
-            b',' => match stack.last_mut() {
-                Some(Frame::Array(index)) => *index += 1,
-                Some(Frame::Object(key)) => *key = None,
-                None => {}
-            },
-            b'"' => {
-                let start = i - 1;
-                let mut escaped = false;
-                while let Some(&b) = doc.get(i) {
-                    i += 1;
-                    match (escaped, b) {
-                        (false, b'\\') => escaped = true,
-                        (false, b'"') => break,
-                        _ => escaped = false,
-                    }
-                }
-                if let Some(Frame::Object(key @ None)) = stack.last_mut() {
-                    let raw = doc.get(start..i).unwrap_or_default();
-                    *key = Some(
-                        serde_json::from_slice::<String>(raw)
-                            .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned()),
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut path = String::new();
-    for frame in &stack {
-        match frame {
-            Frame::Object(Some(key)) => {
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(key);
-            }
-            Frame::Object(None) => {}
-            Frame::Array(index) => {
-                path.push('[');
-                path.push_str(&index.to_string());
-                path.push(']');
-            }
-        }
-    }
-    if path.is_empty() {
-        path.push('.');
-    }
-    path
-}
-
-/// An unknown variant of an externally tagged enum (`{"syslog": {...}}`) is reported once its
-/// key is read; the field is the enum's, as serde_path_to_error names it, not the key's.
-fn variant_owner(path: String, reason: &str) -> String {
-    let variant = reason
-        .strip_prefix("unknown variant `")
-        .and_then(|rest| rest.split('`').next());
-    match variant {
-        Some(variant) if path == variant => ".".to_owned(),
-        Some(variant) => match path.strip_suffix(variant).and_then(|p| p.strip_suffix('.')) {
-            Some(owner) => owner.to_owned(),
-            None => path,
-        },
-        None => path,
-    }
 }
 
 fn not_an_object() -> ConfigError {
@@ -275,24 +176,6 @@ fn check<T: PluginConfig>(config: T) -> Result<T, ConfigError> {
     let mut problems = Problems::default();
     config.validate(&mut problems);
     problems.into_result().map(|()| config)
-}
-
-fn single(path: &str, err: &serde_json::Error) -> ConfigError {
-    let path = path.to_owned();
-    // serde_json appends " at line L column C"; the field path says more to an operator, but the
-    // position still helps when the JSON itself is broken.
-    let reason = err.to_string();
-    let reason = if err.is_syntax() || err.is_eof() {
-        reason
-    } else {
-        match reason.rfind(" at line ") {
-            Some(cut) => reason.get(..cut).unwrap_or(&reason).to_owned(),
-            None => reason,
-        }
-    };
-    ConfigError {
-        problems: vec![Problem { path, reason }],
-    }
 }
 
 /// The JSON Schema of a configuration type, from the same types `load` uses.
@@ -415,7 +298,7 @@ mod tests {
     /// Each error names the same path serde_path_to_error does.
     #[test]
     fn error_paths_match_serde_path_to_error() {
-        let cases: [&[u8]; 13] = [
+        let cases: [&[u8]; 15] = [
             br#"{"places":[{"heder":{"name":"x"}}]}"#,
             br#"{"places":[{"query":"q"}],"limits":[{"name":"query","rate":1,"query":2}]}"#,
             br#"{"limits":[{"name":"a","rate":1,"burts":2}]}"#,
@@ -429,6 +312,8 @@ mod tests {
             br#"{"every":"soon"}"#,
             br#"{"limits":[],"nope":1}"#,
             br#"{"limits":[{"na\"me":"a"}]}"#,
+            br#"{"limits":[{"name":"a","rate":1,"rate":2}]}"#,
+            br#"{"limits":[{"name":"a","rate":1}],"places":[{"header":{}}]}"#,
         ];
         for doc in cases {
             let ours = load::<Nested>(doc).unwrap_err().to_string();
@@ -443,6 +328,40 @@ mod tests {
                 String::from_utf8_lossy(doc)
             );
         }
+    }
+
+    /// serde_json would read a struct from an array, field by field in order; the schema refuses
+    /// that, and so does the plugin, at any depth.
+    #[test]
+    fn a_struct_is_never_read_from_an_array() {
+        let err = load::<Nested>(br#"{"limits":[["a",1]]}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "limits[0]: invalid type: sequence, expected struct Limit"
+        );
+        let err = load::<Nested>(br#"{"places":[{"header":["x"]}]}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "places[0].header: invalid type: sequence, expected struct variant Where::Header"
+        );
+        // What serde_json alone makes of the first: accepted.
+        let limits: Vec<Limit> = serde_json::from_str(r#"[["a",1]]"#).unwrap();
+        assert_eq!(limits[0].rate, 1);
+    }
+
+    #[test]
+    fn an_enum_must_be_a_name_or_one_entry() {
+        let err =
+            load::<Nested>(br#"{"places":[{"query":"q","header":{"name":"x"}}]}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "places[0]: invalid value: map, expected map with a single key"
+        );
+        let err = load::<Nested>(br#"{"places":[5]}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "places[0]: invalid type: integer `5`, expected string or map"
+        );
     }
 
     #[test]
