@@ -3,8 +3,8 @@
 //! found at once through the JSON Schema generated from those types; the plugin's semantic
 //! checks then run exactly as in `on_configure`.
 
-use palisade_kit::config::Problem;
-use serde_json::Value;
+use palisade_kit::config::{Problem, Tree};
+use serde::Deserialize;
 
 use crate::plugins::PluginInfo;
 
@@ -18,34 +18,40 @@ pub enum InputError {
 }
 
 /// The configurations a file holds: the file itself (JSON or YAML object), or each `WasmPlugin`
-/// document's `spec.pluginConfig` (`{}` when absent), with a label for messages.
-pub fn configs_in(text: &str) -> Result<Vec<(String, Value)>, InputError> {
-    if let Ok(value) = serde_json::from_str::<Value>(text) {
-        return Ok(vec![(String::new(), value)]);
+/// document's `spec.pluginConfig` (`{}` when absent), with a label for messages. Read as the
+/// plugin reads them, as [`Tree`]s: a key given twice is still there to be refused.
+pub fn configs_in(text: &str) -> Result<Vec<(String, Tree)>, InputError> {
+    if let Ok(tree) = serde_json::from_str::<Tree>(text) {
+        return Ok(vec![(String::new(), tree)]);
     }
     let mut found = Vec::new();
     for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value: Value = serde::Deserialize::deserialize(document)
-            .map_err(|err| InputError::Syntax(err.to_string()))?;
-        if value.is_null() {
+        let tree =
+            Tree::deserialize(document).map_err(|err| InputError::Syntax(err.to_string()))?;
+        if tree == Tree::Null {
             continue;
         }
-        if value["kind"] == "WasmPlugin" {
-            let spec = value.get("spec").ok_or(InputError::NoSpec)?;
-            let name = value["metadata"]["name"].as_str().unwrap_or("?");
+        let text = |tree: Option<&Tree>| match tree {
+            Some(Tree::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        if text(tree.get("kind")).as_deref() == Some("WasmPlugin") {
+            let spec = tree.get("spec").ok_or(InputError::NoSpec)?;
+            let name = text(tree.get("metadata").and_then(|m| m.get("name")))
+                .unwrap_or_else(|| "?".to_owned());
             let config = spec
                 .get("pluginConfig")
                 .cloned()
-                .unwrap_or_else(|| Value::Object(Default::default()));
+                .unwrap_or(Tree::Object(Vec::new()));
             found.push((format!("WasmPlugin {name}: "), config));
-        } else if value.get("kind").is_none() {
+        } else if tree.get("kind").is_none() {
             found.push((
                 if i == 0 {
                     String::new()
                 } else {
                     format!("document {}: ", i + 1)
                 },
-                value,
+                tree,
             ));
         }
     }
@@ -53,11 +59,16 @@ pub fn configs_in(text: &str) -> Result<Vec<(String, Value)>, InputError> {
 }
 
 /// Every problem with one configuration; empty when it is valid.
-pub fn problems(plugin: &PluginInfo, config: &Value) -> Vec<Problem> {
+pub fn problems(plugin: &PluginInfo, config: &Tree) -> Vec<Problem> {
+    // The schema cannot see a repeated key (a JSON object has each once), the plugin refuses it.
+    if let Some(problem) = palisade_kit::config::duplicate(config) {
+        return vec![problem];
+    }
+    let config = config.to_value();
     let schema = plugin.schema();
     if let Ok(validator) = jsonschema::validator_for(&schema) {
         let structural: Vec<Problem> = validator
-            .iter_errors(config)
+            .iter_errors(&config)
             .map(|err| Problem {
                 path: field_path(&err.instance_path().to_string()),
                 reason: err.to_string(),
@@ -67,7 +78,7 @@ pub fn problems(plugin: &PluginInfo, config: &Value) -> Vec<Problem> {
             return structural;
         }
     }
-    match plugin.validate(config.clone()) {
+    match plugin.validate(config) {
         Ok(()) => Vec::new(),
         Err(err) => err.problems,
     }
@@ -102,7 +113,7 @@ mod tests {
     #[test]
     fn every_structural_problem_is_listed_with_its_path() {
         let plugin = find("rate-limit").unwrap();
-        let config: Value = serde_json::from_str(
+        let config: Tree = serde_json::from_str(
             r#"{"limits":[{"name":"a","rate":"ten","period":"1s","key":["consumer"],"burts":1},
                           {"name":"b","rate":1,"period":"soon","key":["tenant"]}]}"#,
         )
@@ -122,7 +133,7 @@ mod tests {
     #[test]
     fn semantic_problems_come_from_the_plugin() {
         let plugin = find("rate-limit").unwrap();
-        let config: Value = serde_json::from_str(
+        let config: Tree = serde_json::from_str(
             r#"{"limits":[{"name":"a","rate":0,"period":"1s","key":["consumer"]}]}"#,
         )
         .unwrap();
@@ -155,16 +166,63 @@ metadata: {name: unrelated}
         let configs = configs_in(yaml).unwrap();
         assert_eq!(configs.len(), 1);
         assert_eq!(configs[0].0, "WasmPlugin palisade-rate-limit: ");
-        assert_eq!(configs[0].1["limits"][0]["rate"], 5);
+        assert_eq!(configs[0].1.to_value()["limits"][0]["rate"], 5);
         assert!(problems(find("rate-limit").unwrap(), &configs[0].1).is_empty());
     }
 
     #[test]
     fn json_is_taken_as_the_config_itself() {
         let configs = configs_in(r#"{"providers": []}"#).unwrap();
+        assert_eq!(configs.len(), 1);
+        assert_eq!(configs[0].0, "");
         assert_eq!(
-            configs,
-            vec![(String::new(), serde_json::json!({"providers": []}))]
+            configs[0].1.to_value(),
+            serde_json::json!({"providers": []})
+        );
+    }
+
+    /// A key given twice is refused as the plugin refuses it, in JSON and in YAML: a JSON
+    /// `Value` (and the schema, which checks one) would keep the last silently.
+    #[test]
+    fn a_key_given_twice_is_refused_with_its_path() {
+        let plugin = find("rate-limit").unwrap();
+        let json =
+            r#"{"limits":[{"name":"a","name":"b","rate":1,"period":"1s","key":["method"]}]}"#;
+        let yaml = "
+kind: WasmPlugin
+metadata: {name: rl}
+spec:
+  pluginConfig:
+    limits:
+      - name: a
+        name: b
+        rate: 1
+        period: 1s
+        key: [method]
+";
+        for text in [json, yaml] {
+            let configs = configs_in(text).unwrap();
+            assert_eq!(
+                problems(plugin, &configs[0].1),
+                vec![Problem {
+                    path: "limits[0]".into(),
+                    reason: "duplicate field `name`".into()
+                }],
+                "{text}"
+            );
+        }
+        // In a map too (header names), where serde alone keeps the last.
+        let headers = find("header-security").unwrap();
+        let configs = configs_in(
+            r#"{"security_headers":{"headers":{"x-frame-options":"DENY","x-frame-options":"SAMEORIGIN"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            problems(headers, &configs[0].1),
+            vec![Problem {
+                path: "security_headers.headers".into(),
+                reason: "duplicate field `x-frame-options`".into()
+            }]
         );
     }
 

@@ -19,6 +19,7 @@ use palisade::kong_schema;
 use palisade::oci::Digest;
 use palisade::plugins::{self, PluginInfo, ALL};
 use palisade::render::{self, kong_filter_name, RenderOptions};
+use serde::Deserialize;
 use serde_json::Value;
 
 fn manifests() -> PathBuf {
@@ -41,7 +42,8 @@ fn by_filter_name(name: &str) -> &'static PluginInfo {
 
 /// The plugin's own parser, then (for Kong) the draft 4 schema Kong checks configs with.
 fn assert_valid(plugin: &PluginInfo, config: &Value, context: &str) {
-    let problems = palisade::validate::problems(plugin, config);
+    let tree = palisade_kit::config::Tree::deserialize(config).unwrap();
+    let problems = palisade::validate::problems(plugin, &tree);
     assert!(problems.is_empty(), "{context}: {problems:?}");
     plugin
         .validate(config.clone())

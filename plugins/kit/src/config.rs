@@ -8,7 +8,8 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use tree::{Tree, TreeDeserializer};
+pub use tree::Tree;
+use tree::TreeDeserializer;
 
 mod tree;
 
@@ -150,9 +151,15 @@ pub fn load_value<T: PluginConfig>(value: serde_json::Value) -> Result<T, Config
     load_tree(&tree)
 }
 
-fn load_tree<T: PluginConfig>(tree: &Tree) -> Result<T, ConfigError> {
+/// Same as [`load`] for a document already read into a [`Tree`] (the CLI's YAML input).
+pub fn load_tree<T: PluginConfig>(tree: &Tree) -> Result<T, ConfigError> {
     if !matches!(tree, Tree::Object(_)) {
         return Err(not_an_object());
+    }
+    if let Some(problem) = duplicate(tree) {
+        return Err(ConfigError {
+            problems: vec![problem],
+        });
     }
     let config = T::deserialize(TreeDeserializer(tree)).map_err(|err| ConfigError {
         problems: vec![Problem {
@@ -161,6 +168,14 @@ fn load_tree<T: PluginConfig>(tree: &Tree) -> Result<T, ConfigError> {
         }],
     })?;
     check(config)
+}
+
+/// The first key given twice in one object of `tree`, with the object's path.
+pub fn duplicate(tree: &Tree) -> Option<Problem> {
+    tree.duplicate().map(|err| Problem {
+        path: err.path(),
+        reason: err.reason().to_owned(),
+    })
 }
 
 fn not_an_object() -> ConfigError {
@@ -347,6 +362,28 @@ mod tests {
         // What serde_json alone makes of the first: accepted.
         let limits: Vec<Limit> = serde_json::from_str(r#"[["a",1]]"#).unwrap();
         assert_eq!(limits[0].rate, 1);
+    }
+
+    /// A key given twice: serde refuses it in a struct, and a map would keep the last one
+    /// silently; the tree refuses both, at the object's path.
+    #[test]
+    fn a_key_given_twice_is_refused_in_a_map_too() {
+        #[derive(Debug, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        struct Headers {
+            #[serde(default)]
+            headers: std::collections::BTreeMap<String, String>,
+        }
+        impl PluginConfig for Headers {
+            fn validate(&self, _: &mut Problems) {}
+        }
+        let err = load::<Headers>(br#"{"headers":{"a":"1","b":"2","a":"3"}}"#).unwrap_err();
+        assert_eq!(err.to_string(), "headers: duplicate field `a`");
+        // What serde_json alone makes of it: the last one.
+        let alone: Headers = serde_json::from_str(r#"{"headers":{"a":"1","a":"3"}}"#).unwrap();
+        assert_eq!(alone.headers["a"], "3");
+        let err = load::<Nested>(br#"{"limits":[{"name":"a","rate":1}],"limits":[]}"#).unwrap_err();
+        assert_eq!(err.to_string(), ".: duplicate field `limits`");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::Deserialize;
 /// read from a tree sees exactly what it would see reading the text (and refuses a duplicate
 /// field as it would there).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Tree {
+pub enum Tree {
     Null,
     Bool(bool),
     Unsigned(u64),
@@ -34,6 +34,53 @@ pub(crate) enum Tree {
 }
 
 impl Tree {
+    /// The first key given twice in one object, depth first in document order: an error at
+    /// that object's path. serde would refuse it in a struct, but a map (and serde_json's
+    /// `Value`) keeps the last one silently, which is never what an operator meant.
+    pub(crate) fn duplicate(&self) -> Option<TreeError> {
+        match self {
+            Tree::Array(items) => items.iter().enumerate().find_map(|(index, item)| {
+                item.duplicate()
+                    .map(|err| err.within(Segment::Index(index)))
+            }),
+            Tree::Object(entries) => entries.iter().enumerate().find_map(|(i, (key, value))| {
+                let earlier = entries.get(..i).unwrap_or_default();
+                if earlier.iter().any(|(k, _)| k == key) {
+                    return Some(de::Error::custom(format_args!("duplicate field `{key}`")));
+                }
+                value.duplicate().map(|err| err.within_key(key))
+            }),
+            _ => None,
+        }
+    }
+
+    /// As serde_json's `Value` (a repeated key keeps its last value).
+    pub fn to_value(&self) -> serde_json::Value {
+        match self {
+            Tree::Null => serde_json::Value::Null,
+            Tree::Bool(b) => serde_json::Value::Bool(*b),
+            Tree::Unsigned(n) => serde_json::Value::from(*n),
+            Tree::Signed(n) => serde_json::Value::from(*n),
+            Tree::Float(n) => serde_json::Value::from(*n),
+            Tree::String(s) => serde_json::Value::String(s.clone()),
+            Tree::Array(items) => items.iter().map(Tree::to_value).collect(),
+            Tree::Object(entries) => serde_json::Value::Object(
+                entries
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.to_value()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The value of `key` in an object (the last, as [`Tree::to_value`] keeps).
+    pub fn get(&self, key: &str) -> Option<&Tree> {
+        match self {
+            Tree::Object(entries) => entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
     fn unexpected(&self) -> Unexpected<'_> {
         match self {
             Tree::Null => Unexpected::Unit,
