@@ -17,6 +17,7 @@ use palisade_host_tests::collector::KafkaRestCollector;
 use palisade_host_tests::envoy_harness::{
     envoy_wasm_dir, workspace, BrokenUpstream as Broken, WORKERS,
 };
+use palisade_kit::reply::denial_details;
 use serde_json::json;
 
 const TOPICS: [&str; 4] = [
@@ -267,38 +268,100 @@ fn through_a_collector_outage_every_event_is_delivered_or_counted_dropped() {
     }
 }
 
+/// A refusal by each plugin in front of palisade-audit: the event is a security event naming
+/// the plugin and its reason, and the client sees no `x-palisade-denied-by` (that header is
+/// for Kong, where palisade-audit's response phase runs on every reply and strips it).
 #[test]
-fn a_local_reply_from_an_earlier_filter_is_a_security_event() {
-    let header_security = plugins::find("header-security").unwrap();
-    let setup = start_with(vec![Filter::new(
-        header_security,
-        r#"{"limits":{"max_body_bytes":1024}}"#,
-    )]);
-    let reply = setup
-        .agent
-        .post(setup.envoy.url("/api/orders"))
-        .header("x-request-id", "big-1")
-        .header("content-type", "application/json")
-        .send(&vec![b'x'; 4096][..])
-        .unwrap();
-    assert_eq!(reply.status(), 413);
-    setup.settled(1, Duration::from_secs(10));
-    let records = setup.collector.records();
-    assert_eq!(records.len(), 1);
-    let event = &records[0].value;
-    assert_eq!(audit_events::validate(event).unwrap(), "security");
-    assert_eq!(records[0].topic, "palisade.events.security");
-    assert_eq!(event["security_kind"], "body_too_large");
-    assert_eq!(event["status"], 413);
-    assert_eq!(event["method"], "POST");
-    assert_eq!(event["request_id"], "big-1");
-    assert_eq!(event["response_code_details"], "palisade_local_reply");
-    assert_eq!(
-        event["upstream_address"],
-        serde_json::Value::Null,
-        "never reached the upstream"
-    );
-    assert!(event["latency_ms"].is_u64(), "{event}");
+fn a_local_reply_from_an_earlier_filter_is_a_security_event_naming_it() {
+    struct Refusal {
+        plugin: &'static str,
+        config: &'static str,
+        /// Requests sent first, each answered 200.
+        admitted: usize,
+        status: u16,
+        kind: &'static str,
+        reason: &'static str,
+    }
+    let refusals = [
+        Refusal {
+            plugin: "header-security",
+            config: r#"{"limits":{"max_body_bytes":1024}}"#,
+            admitted: 0,
+            status: 413,
+            kind: "body_too_large",
+            reason: "request body too large",
+        },
+        Refusal {
+            plugin: "auth",
+            config: "{}",
+            admitted: 0,
+            status: 401,
+            kind: "unauthenticated",
+            reason: "missing token",
+        },
+        Refusal {
+            plugin: "rate-limit",
+            config: r#"{"limits":[{"name":"one","rate":1,"period":"1h","key":["method"]}]}"#,
+            admitted: 1,
+            status: 429,
+            kind: "rate_limited",
+            reason: "rate limit exceeded",
+        },
+    ];
+    for refusal in refusals {
+        let plugin = plugins::find(refusal.plugin).unwrap();
+        let setup = start_with(vec![Filter::new(plugin, refusal.config)]);
+        let post = |id: String| {
+            setup
+                .agent
+                .post(setup.envoy.url("/api/orders"))
+                .header("x-request-id", id)
+                .header("content-type", "application/json")
+                .send(&vec![b'x'; 4096][..])
+                .unwrap()
+        };
+        for i in 0..refusal.admitted {
+            assert_eq!(post(format!("ok-{i}")).status(), 200, "{}", refusal.plugin);
+        }
+        let reply = post("refused-1".to_owned());
+        assert_eq!(reply.status(), refusal.status, "{}", refusal.plugin);
+        assert_eq!(
+            reply.headers().get("x-palisade-denied-by"),
+            None,
+            "{}: the client saw the denial note",
+            refusal.plugin
+        );
+        setup.settled(refusal.admitted as i64 + 1, Duration::from_secs(10));
+        let records = setup.collector.records();
+        let refused: Vec<_> = records
+            .iter()
+            .filter(|r| r.value["request_id"] == "refused-1")
+            .collect();
+        assert_eq!(refused.len(), 1, "{}: {records:?}", refusal.plugin);
+        let event = &refused[0].value;
+        assert_eq!(audit_events::validate(event).unwrap(), "security");
+        assert_eq!(refused[0].topic, "palisade.events.security");
+        assert_eq!(event["security_kind"], refusal.kind, "{event}");
+        assert_eq!(event["status"], refusal.status);
+        assert_eq!(
+            event["denied_by"],
+            json!({"plugin": plugin.full_name, "reason": refusal.reason}),
+            "{event}"
+        );
+        assert_eq!(event["method"], "POST");
+        // Envoy skips palisade-audit's response phase for a reply sent before it: the details
+        // are how it learns who refused.
+        assert_eq!(
+            event["response_code_details"],
+            denial_details(plugin.full_name, refusal.reason)
+        );
+        assert_eq!(
+            event["upstream_address"],
+            serde_json::Value::Null,
+            "never reached the upstream"
+        );
+        assert!(event["latency_ms"].is_u64(), "{event}");
+    }
 }
 
 /// #9: a collector behind a cluster with no endpoint, a dead port, or a host that never

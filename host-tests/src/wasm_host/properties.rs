@@ -121,8 +121,8 @@ fn from_stream(profile: Profile, stream: &StreamData, path: &str) -> Option<Vec<
     }
 }
 
-/// What a host answers when nothing was scripted: the plugin's identity, and a client on a
-/// private address (Envoy gives `address:port`, Kong the address alone).
+/// What a host answers when nothing was scripted: the plugin's identity, a client on a private
+/// address (Envoy gives `address:port`, Kong the address alone), and Kong's host name.
 fn default(state: &VmState, in_request: bool, path: &str) -> Option<Vec<u8>> {
     let profile = state.profile;
     let value = match path {
@@ -136,6 +136,8 @@ fn default(state: &VmState, in_request: bool, path: &str) -> Option<Vec<u8>> {
         "destination.address" if !profile.is_kong() => b"10.0.0.2:8443".to_vec(),
         "destination.port" if !profile.is_kong() => profile.encode_int(8443),
         "connection.mtls" => profile.encode_bool(false),
+        // Any nginx variable; `$hostname` always exists.
+        "ngx.hostname" if profile.is_kong() => b"kong-node-1".to_vec(),
         _ => return None,
     };
     Some(value)

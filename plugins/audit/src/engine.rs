@@ -8,6 +8,7 @@ use palisade_kit::config::{ConfigError, Problems};
 use palisade_kit::header_pairs::get as header;
 use palisade_kit::identity;
 use palisade_kit::random::Xoshiro256;
+use palisade_kit::reply::CIRCUIT_OPEN;
 
 use crate::config::{AuditConfig, Redaction, Topics};
 use crate::event::{self, AuditEvent, Denial, EventType, SecurityKind};
@@ -217,7 +218,8 @@ impl Audit {
 }
 
 /// 401, 403, 429 and 413 are security events whoever answered; a 503 only when a circuit was
-/// open (palisade-resilience said so, or Envoy's breaker overflowed).
+/// open (palisade-resilience said so, or Envoy's breaker overflowed), not when load was shed
+/// or a fault injected.
 fn security_kind(facts: &Facts<'_>) -> Option<SecurityKind> {
     match facts.status {
         401 => Some(SecurityKind::Unauthenticated),
@@ -228,7 +230,7 @@ fn security_kind(facts: &Facts<'_>) -> Option<SecurityKind> {
             let by_resilience = facts
                 .denial
                 .as_ref()
-                .is_some_and(|d| d.plugin == "palisade-resilience");
+                .is_some_and(|d| d.plugin == "palisade-resilience" && d.reason == CIRCUIT_OPEN);
             let overflow = facts
                 .code_details
                 .as_deref()
@@ -394,14 +396,22 @@ mod tests {
         assert_eq!(kind(403, None, None), security(SecurityKind::Forbidden));
         assert_eq!(kind(429, None, None), security(SecurityKind::RateLimited));
         assert_eq!(kind(413, None, None), security(SecurityKind::BodyTooLarge));
-        let resilience = Denial {
+        let resilience = |reason: &str| Denial {
             plugin: "palisade-resilience".into(),
-            reason: "circuit open".into(),
+            reason: reason.into(),
         };
         assert_eq!(
-            kind(503, Some(resilience), None),
+            kind(503, Some(resilience("upstream circuit open")), None),
             security(SecurityKind::CircuitOpen)
         );
+        // Load shed and an injected fault are palisade-resilience's 503s too, not open circuits.
+        for reason in ["overloaded", "fault injected"] {
+            assert_eq!(
+                kind(503, Some(resilience(reason)), None),
+                (EventType::AdminOperation, None),
+                "{reason}"
+            );
+        }
         assert_eq!(
             kind(
                 503,

@@ -91,7 +91,8 @@ pub struct AuditEvent {
     pub upstream_cluster: Option<String>,
     pub upstream_address: Option<String>,
     pub status: u16,
-    /// Envoy's response code details (`via_upstream`, `palisade_local_reply`, ...).
+    /// Envoy's response code details (`upstream_reset_before_response_started{overflow}`, a
+    /// Palisade refusal's `palisade-auth{missing_token}`, ...).
     pub response_code_details: Option<String>,
     pub latency_ms: Option<u64>,
     pub bytes_in: Option<u64>,

@@ -17,7 +17,7 @@ use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::{Counter, Gauge, Histogram};
 use palisade_kit::host::{self, HostClock, Map};
 use palisade_kit::random::Xoshiro256;
-use palisade_kit::reply::{parse_denied_by, DENIED_BY};
+use palisade_kit::reply::{parse_denial_details, parse_denied_by, DENIED_BY};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
@@ -418,7 +418,6 @@ impl RootContext for AuditRoot {
                 worker: Rc::clone(worker),
                 started_ms: None,
                 denial: None,
-                saw_response: false,
             }),
             // Audit never fails a request: an unconfigured audit lets traffic through.
             None => Box::new(host::PassThrough),
@@ -434,8 +433,6 @@ struct Stream {
     worker: Rc<Worker>,
     started_ms: Option<u64>,
     denial: Option<Denial>,
-    /// Our response phase ran: it took the refusing plugin's note already.
-    saw_response: bool,
 }
 
 fn property(path: &[&str]) -> Option<Vec<u8>> {
@@ -498,15 +495,9 @@ impl Stream {
         let request = decode_borrowed(&raw_request).unwrap_or_default();
         let status = self.status_and_flavor();
         let flavor = worker.flavor.get();
-        // A local reply an earlier filter sent does not pass our response phase: its note is
-        // read here, one header rather than the whole response map.
-        let denial = self.denial.take().or_else(|| {
-            if self.saw_response {
-                return None;
-            }
-            let value = host::header(Map::ResponseHeaders, DENIED_BY).ok()??;
-            denial_from(&value)
-        });
+        // Kong: the refusing plugin's header, taken in our response phase (Kong runs it for
+        // every local reply). Envoy: the refusal's response code details, read below.
+        let denial = self.denial.take();
         let measured = self.started_ms.map(|start| now_ms.saturating_sub(start));
         let mut facts = Facts {
             request_headers: &request,
@@ -538,6 +529,15 @@ impl Stream {
                 // handed back through the plugin's allocator).
                 if status == 0 || status >= 400 {
                     facts.code_details = text_property(&["response", "code_details"]);
+                    // A Palisade plugin's refusal: Envoy skips our response phase for a local
+                    // reply sent before us, and the details name who refused and why.
+                    if facts.denial.is_none() {
+                        facts.denial = facts
+                            .code_details
+                            .as_deref()
+                            .and_then(parse_denial_details)
+                            .map(|(plugin, reason)| Denial { plugin, reason });
+                    }
                 }
                 // Envoy's duration (ns) covers requests refused before our request phase.
                 if let Some(ns) = int_property(flavor, &["request", "duration"]) {
@@ -559,7 +559,6 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.saw_response = true;
         // The refusing plugin's note is for us, not for the client.
         if let Ok(Some(value)) = host::header(Map::ResponseHeaders, DENIED_BY) {
             self.denial = denial_from(&value);

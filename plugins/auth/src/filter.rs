@@ -305,7 +305,7 @@ fn fields(raw: &[u8]) -> Fields<'_> {
 
 fn refuse(reply: &ErrorReply, headers: &Fields<'_>) -> Action {
     let request_id = get(headers, "x-request-id").and_then(|id| std::str::from_utf8(id).ok());
-    match host::send_error(reply, request_id) {
+    match host::send_error(NAME, reply, request_id) {
         Ok(()) => Action::Pause,
         Err(err) => {
             // Failing closed when the host will not even send the refusal: the request must
@@ -345,10 +345,7 @@ impl Stream {
             // not go upstream, where a spoofed identity would be trusted.
             if let Err(err) = host::apply_edits(Map::RequestHeaders, headers, edits) {
                 log::error!("[{NAME}] identity header edits refused by the host, refusing the request: {err}");
-                return refuse(
-                    &ErrorReply::new(500, "internal error").denied_by(NAME),
-                    headers,
-                );
+                return refuse(&ErrorReply::new(500, "internal error"), headers);
             }
             if resume {
                 if let Err(err) = callout::resume_request() {
@@ -420,10 +417,7 @@ impl Stream {
             log::error!(
                 "[{NAME}] identity header edits refused by the host, refusing the request: {err}"
             );
-            return refuse(
-                &ErrorReply::new(500, "internal error").denied_by(NAME),
-                headers,
-            );
+            return refuse(&ErrorReply::new(500, "internal error"), headers);
         }
         let request = introspector.request(pending.token());
         let call = HttpCallout {
@@ -580,10 +574,7 @@ impl Stream {
                     let strip = worker.engine.strip_identity(&headers);
                     if let Err(err) = host::apply_edits(Map::RequestHeaders, &headers, &strip) {
                         log::error!("[{NAME}] identity header edits refused by the host, refusing the request: {err}");
-                        return refuse(
-                            &ErrorReply::new(500, "internal error").denied_by(NAME),
-                            &headers,
-                        );
+                        return refuse(&ErrorReply::new(500, "internal error"), &headers);
                     }
                     match dispatch_jwks(remote) {
                         Ok(_token) => {

@@ -63,6 +63,9 @@ pub struct LocalReply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Why the request was refused (the body's `error`), `None` for a preflight's answer: the
+    /// host records it as this plugin's refusal (`palisade_kit::host::send_refusal`).
+    pub refused: Option<String>,
 }
 
 /// What to do with a request.
@@ -370,6 +373,7 @@ impl HeaderSecurity {
                         status: 204,
                         headers: reply,
                         body: Vec::new(),
+                        refused: None,
                     });
                 }
                 CorsDecision::RejectPreflight => {
@@ -548,6 +552,7 @@ impl HeaderSecurity {
             status: reply.status,
             headers,
             body: reply.body(state.request_id()),
+            refused: Some(reply.error.clone()),
         }
     }
 }
@@ -836,6 +841,8 @@ mod tests {
         assert!(reply
             .headers
             .contains(&("x-frame-options".into(), "DENY".into())));
+        // What the host records as this plugin's refusal, for palisade-audit.
+        assert_eq!(reply.refused.as_deref(), Some("method not allowed"));
         // The host may run the response phase on our own reply: nothing is added twice.
         assert!(e.on_response_headers(&state, &[], &mut NoHost).is_empty());
     }

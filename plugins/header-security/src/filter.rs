@@ -17,7 +17,7 @@ use crate::engine::{
     HeaderSecurity, HostValues, LocalReply, RequestVerdict, ResponseReads, StreamState,
 };
 
-const NAME: &str = "palisade-header-security";
+use crate::NAME;
 
 struct HeaderSecurityPlugin;
 
@@ -121,7 +121,11 @@ fn reply(local: &LocalReply) -> Action {
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    match host::send_reply(local.status, &headers, &local.body) {
+    let sent = match &local.refused {
+        Some(reason) => host::send_refusal(NAME, reason, local.status, &headers, &local.body),
+        None => host::send_reply(local.status, &headers, &local.body),
+    };
+    match sent {
         Ok(()) => Action::Pause,
         Err(err) => {
             log::error!("[{NAME}] could not send a {} reply: {err}", local.status);

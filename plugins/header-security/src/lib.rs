@@ -8,6 +8,9 @@
 //! Everything it decides is in [`engine::HeaderSecurity`], host-free; `filter` is the
 //! proxy-wasm adapter.
 
+/// The name this plugin logs under and gives in `x-palisade-denied-by` when it refuses.
+pub const NAME: &str = "palisade-header-security";
+
 pub mod config;
 pub mod cors;
 pub mod engine;

@@ -10,6 +10,57 @@ pub const CONTENT_TYPE: &str = "application/json";
 /// the event and removes it before the response leaves the proxy.
 pub const DENIED_BY: &str = "x-palisade-denied-by";
 
+/// palisade-resilience's reason for refusing a request while its circuit is open: what makes
+/// palisade-audit call a 503 a `circuit_open` security event (not load shedding, not a fault).
+pub const CIRCUIT_OPEN: &str = "upstream circuit open";
+
+/// The [`DENIED_BY`] value naming `plugin` and its `reason`, quoted (control characters become
+/// spaces).
+pub fn denied_by(plugin: &str, reason: &str) -> String {
+    let mut value = format!("{plugin}; reason=\"");
+    for c in reason.chars() {
+        match c {
+            '"' | '\\' => {
+                value.push('\\');
+                value.push(c);
+            }
+            c if c.is_control() => value.push(' '),
+            c => value.push(c),
+        }
+    }
+    value.push('"');
+    value
+}
+
+/// The response code details of a refusal, `palisade-auth{missing_token}`: how Envoy records
+/// who refused and why (its access log's `%RESPONSE_CODE_DETAILS%`, palisade-audit's event),
+/// in its own style: no whitespace (Envoy asks callers to replace it with `_`).
+pub fn denial_details(plugin: &str, reason: &str) -> String {
+    let mut details = String::with_capacity(plugin.len() + reason.len() + 2);
+    details.push_str(plugin);
+    details.push('{');
+    details.extend(reason.chars().map(|c| {
+        if c.is_whitespace() || c.is_control() {
+            '_'
+        } else {
+            c
+        }
+    }));
+    details.push('}');
+    details
+}
+
+/// Reads [`denial_details`] back: the plugin and the reason (underscores read as spaces). Only a
+/// Palisade plugin's details qualify.
+pub fn parse_denial_details(details: &str) -> Option<(String, String)> {
+    let (plugin, rest) = details.split_once('{')?;
+    let reason = rest.strip_suffix('}')?;
+    if !plugin.starts_with("palisade-") || plugin.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((plugin.to_owned(), reason.replace('_', " ")))
+}
+
 /// Reads a [`DENIED_BY`] value: the plugin and the reason.
 pub fn parse_denied_by(value: &[u8]) -> Option<(String, String)> {
     let value = std::str::from_utf8(value).ok()?;
@@ -74,24 +125,6 @@ impl ErrorReply {
         self
     }
 
-    /// Names the refusing plugin in a [`DENIED_BY`] header (the reason is this reply's error,
-    /// quoted; control characters become spaces).
-    pub fn denied_by(self, plugin: &str) -> Self {
-        let mut value = format!("{plugin}; reason=\"");
-        for c in self.error.chars() {
-            match c {
-                '"' | '\\' => {
-                    value.push('\\');
-                    value.push(c);
-                }
-                c if c.is_control() => value.push(' '),
-                c => value.push(c),
-            }
-        }
-        value.push('"');
-        self.with_header(DENIED_BY, value)
-    }
-
     pub fn body(&self, request_id: Option<&str>) -> Vec<u8> {
         ErrorBody {
             error: &self.error,
@@ -125,9 +158,7 @@ mod tests {
 
     #[test]
     fn denial_header_round_trips() {
-        let reply = ErrorReply::new(401, "bad \"token\"\n").denied_by("palisade-auth");
-        let (name, value) = &reply.headers[0];
-        assert_eq!(name, DENIED_BY);
+        let value = denied_by("palisade-auth", "bad \"token\"\n");
         assert_eq!(value, r#"palisade-auth; reason="bad \"token\" ""#);
         assert_eq!(
             parse_denied_by(value.as_bytes()),
@@ -138,6 +169,34 @@ mod tests {
             Some(("palisade-rate-limit".into(), String::new()))
         );
         assert_eq!(parse_denied_by(b" ; reason=\"x\""), None);
+    }
+
+    #[test]
+    fn denial_details_round_trip_without_whitespace() {
+        let details = denial_details("palisade-auth", "token is not valid yet (nbf)\n");
+        assert_eq!(details, "palisade-auth{token_is_not_valid_yet_(nbf)_}");
+        assert_eq!(
+            parse_denial_details(&details),
+            Some((
+                "palisade-auth".into(),
+                "token is not valid yet (nbf) ".into()
+            ))
+        );
+        assert_eq!(
+            parse_denial_details(&denial_details("palisade-resilience", CIRCUIT_OPEN)),
+            Some(("palisade-resilience".into(), CIRCUIT_OPEN.into()))
+        );
+        // Envoy's own details, and anything not shaped like ours, name no plugin.
+        for other in [
+            "via_upstream",
+            "palisade_local_reply",
+            "rbac_access_denied_matched_policy[none]",
+            "ext_authz{denied}",
+            "palisade-auth{unclosed",
+            "",
+        ] {
+            assert_eq!(parse_denial_details(other), None, "{other}");
+        }
     }
 
     #[test]

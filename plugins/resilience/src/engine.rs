@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use palisade_kit::header_pairs::Edit;
-use palisade_kit::reply::ErrorReply;
+use palisade_kit::reply::{ErrorReply, CIRCUIT_OPEN};
 use palisade_kit::store::SharedStore;
 
 use crate::circuit::{Admission, CircuitBreaker, Phase, Transition};
@@ -182,7 +182,7 @@ impl Resilience {
                 Admission::Rejected { retry_after: wait } => {
                     events.push(Event::CircuitRejected);
                     return RequestVerdict::Reply(
-                        ErrorReply::new(503, "upstream circuit open")
+                        ErrorReply::new(503, CIRCUIT_OPEN)
                             .with_header("retry-after", retry_after(wait)),
                     );
                 }

@@ -380,7 +380,7 @@ impl HttpContext for Stream {
             RequestVerdict::Reply(reply) => {
                 let request_id =
                     get(&headers, "x-request-id").and_then(|v| std::str::from_utf8(v).ok());
-                match host::send_error(&reply, request_id) {
+                match host::send_error(NAME, &reply, request_id) {
                     Ok(()) => Action::Pause,
                     Err(err) => {
                         log::error!("[{NAME}] could not send a {} reply: {err}", reply.status);

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod store;
 
+use std::cell::Cell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::reply::{ErrorReply, CONTENT_TYPE};
@@ -264,24 +265,81 @@ impl crate::clock::Clock for HostClock {
     }
 }
 
-/// Answers the request locally with the kit's JSON error body. The caller then returns
-/// `Action::Pause` from its callback.
-pub fn send_error(reply: &ErrorReply, request_id: Option<&str>) -> Result<(), HostError> {
+/// Answers the request locally with the kit's JSON error body, as `plugin`'s refusal (see
+/// [`send_refusal`]). The caller then returns `Action::Pause` from its callback.
+pub fn send_error(
+    plugin: &str,
+    reply: &ErrorReply,
+    request_id: Option<&str>,
+) -> Result<(), HostError> {
     let mut headers: Vec<(&str, &str)> = vec![("content-type", CONTENT_TYPE)];
     headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    send_reply(reply.status, &headers, &reply.body(request_id))
+    send_refusal(
+        plugin,
+        &reply.error,
+        reply.status,
+        &headers,
+        &reply.body(request_id),
+    )
 }
 
-/// Answers the request locally with this status, headers and body. The caller then returns
-/// `Action::Pause` from its callback.
+/// Answers the request locally as `plugin`'s refusal for `reason`, recorded for palisade-audit
+/// and the proxy's logs. Envoy keeps it as the response code details
+/// (`palisade-auth{missing_token}`, [`crate::reply::denial_details`]). Kong has no details, so
+/// there it goes in the [`crate::reply::DENIED_BY`] header, which palisade-audit strips: Kong
+/// runs every filter's response phase on a local reply. Envoy runs only the filters between
+/// the one replying and the client, so a header would reach the client there.
+pub fn send_refusal(
+    plugin: &str,
+    reason: &str,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(), HostError> {
+    let details = crate::reply::denial_details(plugin, reason);
+    if is_kong() {
+        let denied_by = crate::reply::denied_by(plugin, reason);
+        let mut headers = headers.to_vec();
+        headers.push((crate::reply::DENIED_BY, &denied_by));
+        return send_local(status, &headers, body, &details);
+    }
+    send_local(status, headers, body, &details)
+}
+
+thread_local! {
+    static ON_KONG: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Is the host Kong's ngx_wasm_module? Asked once per VM, from a stream: only Kong answers
+/// `ngx.*` properties (any nginx variable; `$hostname` always exists), Envoy has none.
+pub fn is_kong() -> bool {
+    ON_KONG.with(|known| {
+        known.get().unwrap_or_else(|| {
+            let kong = matches!(property(&["ngx", "hostname"]), Ok(Some(_)));
+            known.set(Some(kong));
+            kong
+        })
+    })
+}
+
+/// Answers the request locally with this status, headers and body (not a refusal: a redirect,
+/// a preflight). The caller then returns `Action::Pause` from its callback.
 pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
+    // Shows as the response code details in Envoy's access log.
+    send_local(status, headers, body, "palisade_local_reply")
+}
+
+fn send_local(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    details: &str,
+) -> Result<(), HostError> {
     let pairs: Vec<(&[u8], &[u8])> = headers
         .iter()
         .map(|(name, value)| (name.as_bytes(), value.as_bytes()))
         .collect();
     let headers = crate::header_pairs::encode(&pairs);
-    // Shows as the response code details in Envoy's access log.
-    let details = "palisade_local_reply";
     // SAFETY: pointers to live buffers.
     let status = unsafe {
         abi::proxy_send_local_response(

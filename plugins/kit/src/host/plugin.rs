@@ -127,7 +127,7 @@ impl Context for Unconfigured {}
 impl HttpContext for Unconfigured {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let reply = ErrorReply::new(503, format!("{} is not configured", self.plugin));
-        match super::send_error(&reply, None) {
+        match super::send_error(self.plugin, &reply, None) {
             Ok(()) => Action::Pause,
             Err(err) => {
                 log::error!(
