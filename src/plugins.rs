@@ -18,6 +18,10 @@ pub struct PluginInfo {
     pub envoy_unused: &'static [&'static str],
     /// Istio `WasmPlugin` phase (`None`: unspecified, just before the router).
     pub istio_phase: Option<&'static str>,
+    /// Keeps cross-worker state in proxy-wasm shared data whatever its configuration
+    /// (rate-limit's counters, resilience's circuits): on Kong that needs the default `shm_kv`
+    /// zone, which only Kong 3.7+ can define.
+    pub shared_state: bool,
     /// A working example configuration (also the demo's).
     pub example_config: &'static str,
     schema: fn() -> serde_json::Value,
@@ -60,6 +64,7 @@ pub const ALL: [PluginInfo; 5] = [
             "proxy_on_done",
         ],
         istio_phase: Some("AUTHN"),
+        shared_state: false,
         example_config: include_str!("../manifests/examples/header-security.json"),
         schema: config::schema::<palisade_header_security::config::HeaderSecurityConfig>,
         validate: validate::<palisade_header_security::config::HeaderSecurityConfig>,
@@ -71,6 +76,7 @@ pub const ALL: [PluginInfo; 5] = [
         // Every optional one: auth decides in the request headers and is done.
         envoy_unused: &crate::envoy_module::OPTIONAL_CALLBACKS,
         istio_phase: Some("AUTHN"),
+        shared_state: false,
         example_config: include_str!("../manifests/examples/auth.json"),
         schema: config::schema::<palisade_auth::config::AuthConfig>,
         validate: validate::<palisade_auth::config::AuthConfig>,
@@ -88,6 +94,7 @@ pub const ALL: [PluginInfo; 5] = [
             "proxy_on_done",
         ],
         istio_phase: Some("AUTHZ"),
+        shared_state: true,
         example_config: include_str!("../manifests/examples/rate-limit.json"),
         schema: config::schema::<palisade_rate_limit::config::RateLimitConfig>,
         validate: validate::<palisade_rate_limit::config::RateLimitConfig>,
@@ -105,6 +112,7 @@ pub const ALL: [PluginInfo; 5] = [
             "proxy_on_log",
         ],
         istio_phase: None,
+        shared_state: true,
         example_config: include_str!("../manifests/examples/resilience.json"),
         schema: config::schema::<palisade_resilience::config::ResilienceConfig>,
         validate: validate::<palisade_resilience::config::ResilienceConfig>,
@@ -120,6 +128,7 @@ pub const ALL: [PluginInfo; 5] = [
             "proxy_on_response_trailers",
         ],
         istio_phase: Some("STATS"),
+        shared_state: false,
         example_config: include_str!("../manifests/examples/audit.json"),
         schema: config::schema::<palisade_audit::config::AuditConfig>,
         validate: validate::<palisade_audit::config::AuditConfig>,

@@ -361,7 +361,11 @@ fn wasm_plugin(
             priority,
             fail_strategy,
             kind: "HTTP",
-            plugin_config: example_config(plugin)?,
+            plugin_config: {
+                let mut config = example_config(plugin)?;
+                sink_upstream_for(&mut config, Proxy::Istio);
+                config
+            },
         },
     })
 }
@@ -416,8 +420,51 @@ enum ConfigForm {
     String,
 }
 
+/// Where a rendered config runs, for the upstreams its call-outs name.
+#[derive(Clone, Copy)]
+enum Proxy {
+    Istio,
+    Kong,
+}
+
+/// The example's audit sink names `kafka-rest`, a cluster of the demo's own Envoy. A sidecar
+/// knows the service as Istio's `outbound|<port>||<host>` cluster; Kong calls `host:port`. Both
+/// come from the sink's `authority` (`kafka-rest.kafka.svc:8082`).
+fn sink_upstream_for(config: &mut Value, proxy: Proxy) {
+    let Some(sink) = config
+        .get_mut("sink")
+        .and_then(Value::as_object_mut)
+        .and_then(|sink| sink.values_mut().next())
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    let Some((host, port)) = sink
+        .get("authority")
+        .and_then(Value::as_str)
+        .and_then(|authority| authority.rsplit_once(':'))
+        .map(|(host, port)| (host.to_owned(), port.to_owned()))
+    else {
+        return;
+    };
+    let upstream = match proxy {
+        Proxy::Kong => format!("{host}:{port}"),
+        Proxy::Istio if host.ends_with(".svc") => format!("outbound|{port}||{host}.cluster.local"),
+        Proxy::Istio => format!("outbound|{port}||{host}"),
+    };
+    sink.insert("upstream".into(), Value::from(upstream));
+}
+
 fn kong_config(plugin: &PluginInfo, form: ConfigForm) -> Result<Value, RenderError> {
     let mut config = example_config(plugin)?;
+    sink_upstream_for(&mut config, Proxy::Kong);
+    // Kong 3.4–3.7 trap on every metric host call, and these files serve them too: a metric
+    // defined in on_configure would break the filter's loading (3.8+ may turn metrics on).
+    if plugin.schema()["properties"].get("metrics").is_some() {
+        if let Some(fields) = config.as_object_mut() {
+            fields.insert("metrics".into(), Value::from(false));
+        }
+    }
     if plugin.name == "resilience" {
         resilience_on_kong(&mut config, form);
     }
@@ -428,13 +475,11 @@ fn kong_config(plugin: &PluginInfo, form: ConfigForm) -> Result<Value, RenderErr
 }
 
 /// palisade-resilience's config names its proxy: Kong's router reads no `x-envoy-*` header,
-/// Kong before 3.9 has no `kong.service_name` to name the circuit (the chain serves one service:
-/// name it), and Kong 3.4–3.7 trap on metrics (these files serve them too; 3.8+ may turn
-/// metrics on).
+/// and Kong before 3.9 has no `kong.service_name` to name the circuit (the chain serves one
+/// service: name it).
 fn resilience_on_kong(config: &mut Value, _form: ConfigForm) {
     if let Some(fields) = config.as_object_mut() {
         fields.insert("proxy".into(), Value::from("kong"));
-        fields.insert("metrics".into(), Value::from(false));
         if let Some(breaker) = fields
             .get_mut("circuit_breaker")
             .and_then(Value::as_object_mut)
@@ -518,6 +563,8 @@ fn kong_service(filter_chains: Vec<FilterChain>, plugins: Vec<KongFilterPlugin>)
 fn kong_declarative(form: ConfigForm) -> Result<String, RenderError> {
     let filters = ALL
         .iter()
+        // Kong 3.4–3.6 cannot define the shm_kv zone shared state needs.
+        .filter(|plugin| form == ConfigForm::Object || !plugin.shared_state)
         .map(|plugin| {
             Ok(KongFilter {
                 name: kong_filter_name(plugin),
@@ -538,8 +585,8 @@ fn kong_declarative(form: ConfigForm) -> Result<String, RenderError> {
         )],
     };
     let note = match form {
-        ConfigForm::Object => "Kong 3.5-3.10, DB-less (declarative_config) or `deck`: configs are JSON objects, checked\n# against manifests/kong/filters/<filter>.meta.json, which must sit beside each .wasm.",
-        ConfigForm::String => "Kong 3.4, whose filter config is a string handed to the filter as is (also what 3.5+\n# accept for a filter without a .meta.json).",
+        ConfigForm::Object => "Kong 3.5-3.10, DB-less (declarative_config) or `deck`: configs are JSON objects, checked\n# against manifests/kong/filters/<filter>.meta.json, which must sit beside each .wasm.\n# palisade_rate_limit and palisade_resilience keep cross-worker state in shared data, whose\n# zone only Kong 3.7+ can define (kong.conf): on 3.5 and 3.6 drop them.",
+        ConfigForm::String => "Kong 3.4, whose filter config is a string handed to the filter as is (also what 3.5+\n# accept for a filter without a .meta.json). Without palisade_rate_limit and\n# palisade_resilience: they keep cross-worker state in shared data, whose zone only Kong 3.7+\n# can define (kong.conf).",
     };
     Ok(format!(
         "# {GENERATED}\n# {note}\n{}",

@@ -69,6 +69,10 @@ fn assert_valid_for_kong(plugin: &PluginInfo, config: &Value, context: &str) {
         errors.is_empty(),
         "{context}: Kong would refuse it: {errors:?}"
     );
+    // These files serve Kong 3.4–3.7 too, whose metric host calls trap.
+    if plugin.schema()["properties"].get("metrics").is_some() {
+        assert_eq!(config["metrics"], false, "{context}: metrics on for Kong");
+    }
 }
 
 #[test]
@@ -158,7 +162,12 @@ fn every_kong_filter_config_validates_with_its_plugin_and_kong_schema() {
             .iter()
             .map(|f| f["name"].as_str().unwrap())
             .collect();
-        let expected: Vec<_> = ALL.iter().map(kong_filter_name).collect();
+        // Kong 3.4 cannot hold the shared state rate-limit and resilience keep.
+        let expected: Vec<_> = ALL
+            .iter()
+            .filter(|plugin| !stringly || !plugin.shared_state)
+            .map(kong_filter_name)
+            .collect();
         assert_eq!(names, expected, "{file}: the chain runs edge first");
         for filter in filters {
             let plugin = by_filter_name(filter["name"].as_str().unwrap());

@@ -126,7 +126,8 @@ pub enum QueryMode {
 pub struct DeliveryConfig {
     /// Retries of a failed batch before its events are dropped and counted (at most 3).
     pub max_retries: u32,
-    /// First retry delay; it doubles each retry (full jitter), up to `backoff_max`.
+    /// First retry delay; it doubles each retry up to `backoff_max`, and each wait is drawn
+    /// between half of it and all of it (jitter that keeps workers apart, never near zero).
     pub backoff_base: ConfigDuration,
     pub backoff_max: ConfigDuration,
     /// Batches awaiting an answer at once, per worker.

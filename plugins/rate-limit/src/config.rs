@@ -221,7 +221,7 @@ pub enum FailureMode {
     /// Let the request through (availability first) and count it in the metrics.
     #[default]
     Allow,
-    /// Refuse the request with 429.
+    /// Refuse the request with 503 `rate limiter unavailable`.
     Deny,
 }
 
