@@ -298,7 +298,8 @@ fn per_route_overrides_by_path_and_method() -> Result<(), Failure> {
 #[test]
 fn metrics_off_for_kong_before_3_8_and_the_limit_still_holds() -> Result<(), Failure> {
     let config = ONE_BUDGET.replacen('{', r#"{"metrics":false,"#, 1);
-    let old_kong = Profile::Kong(KongVersion::new(4).unwrap());
+    // 3.7: the first Kong that can define the zone shared data needs, and still no metrics.
+    let old_kong = Profile::Kong(KongVersion::V3_7);
     let (host, vms) = load(old_kong, &config, 2)?;
     assert_eq!(admitted(&vms, 2, 12, |_| Request::get("/"))?, 10);
     assert!(host.metrics().is_empty());

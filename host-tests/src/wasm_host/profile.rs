@@ -182,6 +182,9 @@ const KONG_PROPERTIES: &[&str] = &[
     "ngx.",
 ];
 
+/// Shared data, which needs an shm_kv zone for the key (ngx_wa_shm_kv_resolve_key).
+const KONG_SHARED_DATA: &[&str] = &["proxy_get_shared_data", "proxy_set_shared_data"];
+
 /// Properties ngx_wasm_module lists as NYI (logged `NYI - "<path>" property`).
 const KONG_NYI_PROPERTIES: &[&str] = &[
     "response.grpc_status",
@@ -249,6 +252,11 @@ impl Profile {
     /// `Some(message)` when this host does not implement `hostcall`: the call fails the test.
     pub(crate) fn refusal(self, hostcall: &str) -> Option<String> {
         let version = self.kong_version()?;
+        if KONG_SHARED_DATA.contains(&hostcall) && !version.at_least(7) {
+            return Some(format!(
+                "kong profile (Kong {version}): {hostcall} traps \"could not resolve namespace\": there is no shm_kv zone. The default zone `*` (`nginx_wasm_shm_kv`) can be defined only from Kong 3.7 (kong/templates/nginx.lua), and the rendered kong.conf defines no other (docs/kong-proxy-wasm.md §3)"
+            ));
+        }
         let why = if KONG_NYI.contains(&hostcall) {
             "its table entry is the NYI stub, which traps \"host trap (function not yet implemented)\"".to_owned()
         } else if KONG_METRICS.contains(&hostcall) && !version.at_least(8) {
