@@ -496,7 +496,8 @@ impl Stream {
         let status = self.status_and_flavor();
         let flavor = worker.flavor.get();
         // Kong: the refusing plugin's header, taken in our response phase (Kong runs it for
-        // every local reply). Envoy: the refusal's response code details, read below.
+        // every local reply). Envoy: the refusal's response code details, read below; there
+        // the header is only stripped.
         let denial = self.denial.take();
         let measured = self.started_ms.map(|start| now_ms.saturating_sub(start));
         let mut facts = Facts {
@@ -521,6 +522,9 @@ impl Stream {
                 }
             }
             _ => {
+                // No Palisade plugin sends the header on Envoy (its refusals name themselves in
+                // the response code details): one seen here came from the upstream.
+                facts.denial = None;
                 facts.route = text_property(&["xds", "route_name"]);
                 facts.cluster = text_property(&["xds", "cluster_name"]);
                 // Why Envoy answered as it did, for the answers that need explaining (an
@@ -531,13 +535,11 @@ impl Stream {
                     facts.code_details = text_property(&["response", "code_details"]);
                     // A Palisade plugin's refusal: Envoy skips our response phase for a local
                     // reply sent before us, and the details name who refused and why.
-                    if facts.denial.is_none() {
-                        facts.denial = facts
-                            .code_details
-                            .as_deref()
-                            .and_then(parse_denial_details)
-                            .map(|(plugin, reason)| Denial { plugin, reason });
-                    }
+                    facts.denial = facts
+                        .code_details
+                        .as_deref()
+                        .and_then(parse_denial_details)
+                        .map(|(plugin, reason)| Denial { plugin, reason });
                 }
                 // Envoy's duration (ns) covers requests refused before our request phase.
                 if let Some(ns) = int_property(flavor, &["request", "duration"]) {
