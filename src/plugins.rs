@@ -2,7 +2,7 @@
 //! they sit in the chain, and their config types (through schema and validation functions, so
 //! the CLI validates with exactly the code the plugin runs).
 
-use palisade_kit::config::{self, ConfigError, PluginConfig};
+use palisade_kit::config::{self, ConfigError, PluginConfig, Tree};
 
 /// One Palisade plugin.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ pub struct PluginInfo {
     /// A working example configuration (also the demo's).
     pub example_config: &'static str,
     schema: fn() -> serde_json::Value,
-    validate: fn(serde_json::Value) -> Result<(), ConfigError>,
+    validate: fn(&Tree) -> Result<(), ConfigError>,
 }
 
 impl PluginInfo {
@@ -41,13 +41,13 @@ impl PluginInfo {
     }
 
     /// Validates a configuration exactly as the plugin's `on_configure` does.
-    pub fn validate(&self, config: serde_json::Value) -> Result<(), ConfigError> {
+    pub fn validate(&self, config: &Tree) -> Result<(), ConfigError> {
         (self.validate)(config)
     }
 }
 
-fn validate<T: PluginConfig>(value: serde_json::Value) -> Result<(), ConfigError> {
-    config::load_value::<T>(value).map(drop)
+fn validate<T: PluginConfig>(config: &Tree) -> Result<(), ConfigError> {
+    config::load_tree::<T>(config).map(drop)
 }
 
 /// Every plugin, in the order they run in a full chain (edge first).
@@ -152,9 +152,9 @@ mod tests {
     #[test]
     fn every_example_config_is_valid() {
         for plugin in &ALL {
-            let value: serde_json::Value = serde_json::from_str(plugin.example_config).unwrap();
+            let config: Tree = serde_json::from_str(plugin.example_config).unwrap();
             plugin
-                .validate(value)
+                .validate(&config)
                 .unwrap_or_else(|err| panic!("{}: {err}", plugin.name));
         }
     }

@@ -64,11 +64,10 @@ pub fn problems(plugin: &PluginInfo, config: &Tree) -> Vec<Problem> {
     if let Some(problem) = palisade_kit::config::duplicate(config) {
         return vec![problem];
     }
-    let config = config.to_value();
     let schema = plugin.schema();
     if let Ok(validator) = jsonschema::validator_for(&schema) {
         let structural: Vec<Problem> = validator
-            .iter_errors(&config)
+            .iter_errors(&config.to_value())
             .map(|err| Problem {
                 path: field_path(&err.instance_path().to_string()),
                 reason: err.to_string(),

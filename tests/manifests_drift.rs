@@ -46,7 +46,7 @@ fn assert_valid(plugin: &PluginInfo, config: &Value, context: &str) {
     let problems = palisade::validate::problems(plugin, &tree);
     assert!(problems.is_empty(), "{context}: {problems:?}");
     plugin
-        .validate(config.clone())
+        .validate(&tree)
         .unwrap_or_else(|err| panic!("{context}: {err}"));
 }
 

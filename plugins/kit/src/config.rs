@@ -6,7 +6,6 @@ use std::fmt;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 pub use tree::Tree;
 use tree::TreeDeserializer;
@@ -19,6 +18,24 @@ pub struct Problem {
     /// Field path such as `limits[0].rate`; `.` for the document itself.
     pub path: String,
     pub reason: String,
+}
+
+impl Problem {
+    /// A problem with the document as a whole (path `.`).
+    fn of_document(reason: impl Into<String>) -> Problem {
+        Problem {
+            path: ".".to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<Problem> for ConfigError {
+    fn from(problem: Problem) -> ConfigError {
+        ConfigError {
+            problems: vec![problem],
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -130,61 +147,26 @@ pub fn load<T: PluginConfig>(bytes: &[u8]) -> Result<T, ConfigError> {
     let trimmed = bytes.trim_ascii();
     let bytes = if trimmed.is_empty() { b"{}" } else { trimmed };
     // Broken JSON has no field path; its line and column are in the reason.
-    let tree: Tree = serde_json::from_slice(bytes).map_err(|err| ConfigError {
-        problems: vec![Problem {
-            path: ".".to_owned(),
-            reason: err.to_string(),
-        }],
-    })?;
+    let tree: Tree =
+        serde_json::from_slice(bytes).map_err(|err| Problem::of_document(err.to_string()))?;
     load_tree(&tree)
 }
 
-/// Same as [`load`] for a document already parsed into JSON (the CLI's YAML input).
-pub fn load_value<T: PluginConfig>(value: serde_json::Value) -> Result<T, ConfigError> {
-    // Reading a `Value` cannot fail: every JSON value has a tree.
-    let tree = Tree::deserialize(value).map_err(|err| ConfigError {
-        problems: vec![Problem {
-            path: ".".to_owned(),
-            reason: err.to_string(),
-        }],
-    })?;
-    load_tree(&tree)
-}
-
-/// Same as [`load`] for a document already read into a [`Tree`] (the CLI's YAML input).
+/// Same as [`load`] for a document already read into a [`Tree`] (the CLI's JSON and YAML).
 pub fn load_tree<T: PluginConfig>(tree: &Tree) -> Result<T, ConfigError> {
     if !matches!(tree, Tree::Object(_)) {
-        return Err(not_an_object());
+        return Err(Problem::of_document("the configuration must be a JSON object").into());
     }
     if let Some(problem) = duplicate(tree) {
-        return Err(ConfigError {
-            problems: vec![problem],
-        });
+        return Err(problem.into());
     }
-    let config = T::deserialize(TreeDeserializer(tree)).map_err(|err| ConfigError {
-        problems: vec![Problem {
-            path: err.path(),
-            reason: err.reason().to_owned(),
-        }],
-    })?;
+    let config = T::deserialize(TreeDeserializer(tree)).map_err(Problem::from)?;
     check(config)
 }
 
 /// The first key given twice in one object of `tree`, with the object's path.
 pub fn duplicate(tree: &Tree) -> Option<Problem> {
-    tree.duplicate().map(|err| Problem {
-        path: err.path(),
-        reason: err.reason().to_owned(),
-    })
-}
-
-fn not_an_object() -> ConfigError {
-    ConfigError {
-        problems: vec![Problem {
-            path: ".".to_owned(),
-            reason: "the configuration must be a JSON object".to_owned(),
-        }],
-    }
+    tree.duplicate().map(Problem::from)
 }
 
 fn check<T: PluginConfig>(config: T) -> Result<T, ConfigError> {
@@ -416,7 +398,7 @@ mod tests {
                 ".: the configuration must be a JSON object"
             );
         }
-        let err = load_value::<Sample>(serde_json::json!([])).unwrap_err();
+        let err = load_tree::<Sample>(&Tree::Array(Vec::new())).unwrap_err();
         assert_eq!(
             err.to_string(),
             ".: the configuration must be a JSON object"
@@ -439,9 +421,9 @@ mod tests {
     }
 
     #[test]
-    fn load_value_matches_load() {
+    fn load_tree_matches_load() {
         let value = serde_json::json!({"limits":[{"name":"a","rate":0}]});
-        let err = load_value::<Sample>(value).unwrap_err();
+        let err = load_tree::<Sample>(&Tree::deserialize(value).unwrap()).unwrap_err();
         assert_eq!(err.to_string(), "limits[0].rate: must be at least 1");
     }
 

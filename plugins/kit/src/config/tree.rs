@@ -215,9 +215,14 @@ impl TreeError {
         }
         path
     }
+}
 
-    pub(crate) fn reason(&self) -> &str {
-        &self.0.reason
+impl From<TreeError> for super::Problem {
+    fn from(err: TreeError) -> super::Problem {
+        super::Problem {
+            path: err.path(),
+            reason: err.0.reason,
+        }
     }
 }
 
