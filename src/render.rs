@@ -584,9 +584,15 @@ fn kong_declarative(form: ConfigForm) -> Result<String, RenderError> {
             Vec::new(),
         )],
     };
+    // Named from PluginInfo::shared_state, the same list the 3.4 chain leaves out.
+    let stateful: Vec<_> = ALL
+        .iter()
+        .filter(|plugin| plugin.shared_state)
+        .map(kong_filter_name)
+        .collect();
     let note = match form {
-        ConfigForm::Object => "Kong 3.5-3.10, DB-less (declarative_config) or `deck`: configs are JSON objects, checked\n# against manifests/kong/filters/<filter>.meta.json, which must sit beside each .wasm.\n# palisade_rate_limit and palisade_resilience keep cross-worker state in shared data, whose\n# zone only Kong 3.7+ can define (kong.conf): on 3.5 and 3.6 drop them.",
-        ConfigForm::String => "Kong 3.4, whose filter config is a string handed to the filter as is (also what 3.5+\n# accept for a filter without a .meta.json). Without palisade_rate_limit and\n# palisade_resilience: they keep cross-worker state in shared data, whose zone only Kong 3.7+\n# can define (kong.conf).",
+        ConfigForm::Object => format!("Kong 3.5-3.10, DB-less (declarative_config) or `deck`: configs are JSON objects, checked\n# against manifests/kong/filters/<filter>.meta.json, which must sit beside each .wasm.\n# {} keep cross-worker state in shared data, whose\n# zone only Kong 3.7+ can define (kong.conf): on 3.5 and 3.6 drop them.", stateful.join(" and ")),
+        ConfigForm::String => format!("Kong 3.4, whose filter config is a string handed to the filter as is (also what 3.5+\n# accept for a filter without a .meta.json). Without {}: they keep cross-worker state in shared data, whose zone only Kong 3.7+\n# can define (kong.conf).", stateful.join(" and\n# ")),
     };
     Ok(format!(
         "# {GENERATED}\n# {note}\n{}",
