@@ -19,8 +19,8 @@ pub struct PluginInfo {
     /// Istio `WasmPlugin` phase (`None`: unspecified, just before the router).
     pub istio_phase: Option<&'static str>,
     /// Keeps cross-worker state in proxy-wasm shared data whatever its configuration
-    /// (rate-limit's counters, resilience's circuits): on Kong that needs the default `shm_kv`
-    /// zone, which only Kong 3.7+ can define.
+    /// (rate-limit's counters, resilience's circuits): on Kong that needs the shm_kv zone
+    /// `palisade` that kong.conf defines (see [`crate::render::kong_shm_kv_zone`]).
     pub shared_state: bool,
     /// A working example configuration (also the demo's).
     pub example_config: &'static str,

@@ -373,8 +373,20 @@ fn wasm_plugin(
 // ---------------------------------------------------------------------------------------------
 // Kong
 
+/// The shm_kv zone that holds Palisade's shared data in Kong: the first segment of every key
+/// (`palisade_kit::store::NAMESPACE`), which ngx_wasm_module resolves as a zone name.
+pub fn kong_shm_kv_zone() -> &'static str {
+    palisade_kit::store::NAMESPACE.trim_end_matches('/')
+}
+
 fn kong_conf() -> String {
     let filters: Vec<_> = ALL.iter().map(kong_filter_name).collect();
+    let stateful: Vec<_> = ALL
+        .iter()
+        .filter(|plugin| plugin.shared_state)
+        .map(kong_filter_name)
+        .collect();
+    let zone = kong_shm_kv_zone();
     format!(
         "# {GENERATED}
 #
@@ -393,12 +405,16 @@ wasm_filters_path = {KONG_FILTERS_PATH}
 # wasm_filters_path and have no such setting: drop the line there.
 wasm_filters = {filters}
 
-# Cross-worker state (rate-limit counters, circuit-breaker state, caches) lives in proxy-wasm
-# shared data, which Kong keeps in an shm_kv zone. Kong defines none by default and every
-# shared-data call traps without one. This is the default zone `*`, Kong 3.7+ only: Kong
-# 3.4-3.6 cannot define it from kong.conf (drop the line there), so the plugins that keep
-# shared state need Kong 3.7 or later.
-nginx_wasm_shm_kv = 32m
+# Cross-worker state lives in proxy-wasm shared data, which Kong keeps in shm_kv zones. Used by
+# {stateful} always, and by palisade_auth with its
+# verified-token cache or a remote JWKS. Kong defines no zone by default, and a shared-data
+# call traps without one. Every Palisade key is `{zone}/...`, which ngx_wasm_module keeps in
+# the zone named `{zone}`. Kong 3.6+:
+nginx_wasm_shm_kv_{zone} = 32m
+# Kong 3.4 and 3.5 spell the prefix nginx_wasm_shm_, and read the line above as a zone named
+# `kv_{zone}`, where no Palisade key goes: there, use this line instead. Never both: Kong 3.6+
+# reads this one as an unknown nginx directive and does not start.
+# nginx_wasm_shm_{zone} = 32m
 
 # HTTP call-outs (JWKS, token introspection, global rate limits, audit delivery) name
 # host:port in Kong. Resolving names with Kong's resolver is on by default from Kong 3.8;
@@ -408,7 +424,8 @@ nginx_wasm_shm_kv = 32m
 # nginx_http_proxy_wasm_socket_connect_timeout = 2s
 # nginx_http_proxy_wasm_socket_read_timeout = 5s
 ",
-        filters = filters.join(",")
+        filters = filters.join(","),
+        stateful = stateful.join(" and "),
     )
 }
 
@@ -563,8 +580,6 @@ fn kong_service(filter_chains: Vec<FilterChain>, plugins: Vec<KongFilterPlugin>)
 fn kong_declarative(form: ConfigForm) -> Result<String, RenderError> {
     let filters = ALL
         .iter()
-        // Kong 3.4–3.6 cannot define the shm_kv zone shared state needs.
-        .filter(|plugin| form == ConfigForm::Object || !plugin.shared_state)
         .map(|plugin| {
             Ok(KongFilter {
                 name: kong_filter_name(plugin),
@@ -584,15 +599,9 @@ fn kong_declarative(form: ConfigForm) -> Result<String, RenderError> {
             Vec::new(),
         )],
     };
-    // Named from PluginInfo::shared_state, the same list the 3.4 chain leaves out.
-    let stateful: Vec<_> = ALL
-        .iter()
-        .filter(|plugin| plugin.shared_state)
-        .map(kong_filter_name)
-        .collect();
     let note = match form {
-        ConfigForm::Object => format!("Kong 3.5-3.10, DB-less (declarative_config) or `deck`: configs are JSON objects, checked\n# against manifests/kong/filters/<filter>.meta.json, which must sit beside each .wasm.\n# {} keep cross-worker state in shared data, whose\n# zone only Kong 3.7+ can define (kong.conf): on 3.5 and 3.6 drop them.", stateful.join(" and ")),
-        ConfigForm::String => format!("Kong 3.4, whose filter config is a string handed to the filter as is (also what 3.5+\n# accept for a filter without a .meta.json). Without {}: they keep cross-worker state in shared data, whose zone only Kong 3.7+\n# can define (kong.conf).", stateful.join(" and\n# ")),
+        ConfigForm::Object => "Kong 3.5-3.10, DB-less (declarative_config) or `deck`: configs are JSON objects, checked\n# against manifests/kong/filters/<filter>.meta.json, which must sit beside each .wasm.",
+        ConfigForm::String => "Kong 3.4, whose filter config is a string handed to the filter as is (also what 3.5+\n# accept for a filter without a .meta.json).",
     };
     Ok(format!(
         "# {GENERATED}\n# {note}\n{}",
@@ -680,7 +689,7 @@ env:
   wasm: \"on\"
   wasm_filters_path: {KONG_FILTERS_PATH}
   wasm_filters: {filters}
-  nginx_wasm_shm_kv: 32m
+  nginx_wasm_shm_kv_{zone}: 32m
 deployment:
   userDefinedVolumes:
     - name: palisade-filters
@@ -694,7 +703,8 @@ deployment:
 ingressController:
   enabled: true
 ",
-        filters = filters.join(",")
+        filters = filters.join(","),
+        zone = kong_shm_kv_zone(),
     )
 }
 

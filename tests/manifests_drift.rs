@@ -162,12 +162,7 @@ fn every_kong_filter_config_validates_with_its_plugin_and_kong_schema() {
             .iter()
             .map(|f| f["name"].as_str().unwrap())
             .collect();
-        // Kong 3.4 cannot hold the shared state rate-limit and resilience keep.
-        let expected: Vec<_> = ALL
-            .iter()
-            .filter(|plugin| !stringly || !plugin.shared_state)
-            .map(kong_filter_name)
-            .collect();
+        let expected: Vec<_> = ALL.iter().map(kong_filter_name).collect();
         assert_eq!(names, expected, "{file}: the chain runs edge first");
         for filter in filters {
             let plugin = by_filter_name(filter["name"].as_str().unwrap());
@@ -325,5 +320,25 @@ fn render_check_fails_on_an_edited_manifest() {
             "{}: differs from what `palisade render` generates\nrun `just render` and commit the result\n",
             file.display()
         )
+    );
+}
+
+#[test]
+fn kong_settings_define_the_zone_every_shared_data_key_lives_in() {
+    let zone = palisade::render::kong_shm_kv_zone();
+    assert_eq!(format!("{zone}/"), palisade_kit::store::NAMESPACE);
+    let values = &yaml_documents(&manifests().join("kong/kic/values.yaml"))[0];
+    assert_eq!(
+        values["env"][format!("nginx_wasm_shm_kv_{zone}").as_str()],
+        "32m"
+    );
+    let conf = std::fs::read_to_string(manifests().join("kong/kong.conf")).unwrap();
+    assert!(
+        conf.contains(&format!("\nnginx_wasm_shm_kv_{zone} = 32m\n")),
+        "{conf}"
+    );
+    assert!(
+        conf.contains(&format!("\n# nginx_wasm_shm_{zone} = 32m\n")),
+        "{conf}"
     );
 }

@@ -89,21 +89,21 @@ fn kong_cas_must_equal_the_stored_one() -> Result<(), Failure> {
     let host = Host::new(Profile::kong());
     let plugin = host.load(Plugin::fixture("shared_data"), "")?;
     let w = plugin.worker(0);
-    assert_eq!(set(&w, "k", "a", 0)?, OK);
-    assert_eq!(get(&w, "k")?, Some(("a".to_owned(), 1)));
+    assert_eq!(set(&w, "palisade/k", "a", 0)?, OK);
+    assert_eq!(get(&w, "palisade/k")?, Some(("a".to_owned(), 1)));
     // ngx_wa_shm_kv.c:279: cas 0 on an existing key is not written.
-    assert_eq!(set(&w, "k", "b", 0)?, CAS_MISMATCH);
-    assert_eq!(get(&w, "k")?, Some(("a".to_owned(), 1)));
-    assert_eq!(set(&w, "k", "b", 1)?, OK);
-    assert_eq!(get(&w, "k")?, Some(("b".to_owned(), 2)));
-    assert_eq!(set(&w, "missing", "x", 5)?, CAS_MISMATCH);
-    assert_eq!(get(&w, "missing")?, None);
+    assert_eq!(set(&w, "palisade/k", "b", 0)?, CAS_MISMATCH);
+    assert_eq!(get(&w, "palisade/k")?, Some(("a".to_owned(), 1)));
+    assert_eq!(set(&w, "palisade/k", "b", 1)?, OK);
+    assert_eq!(get(&w, "palisade/k")?, Some(("b".to_owned(), 2)));
+    assert_eq!(set(&w, "palisade/missing", "x", 5)?, CAS_MISMATCH);
+    assert_eq!(get(&w, "palisade/missing")?, None);
     // A NULL value deletes, with the current cas only.
-    assert_eq!(delete(&w, "k", 1)?, CAS_MISMATCH);
-    assert_eq!(delete(&w, "k", 2)?, OK);
-    assert_eq!(get(&w, "k")?, None);
-    assert_eq!(set(&w, "k", "again", 0)?, OK);
-    assert_eq!(get(&w, "k")?, Some(("again".to_owned(), 1)));
+    assert_eq!(delete(&w, "palisade/k", 1)?, CAS_MISMATCH);
+    assert_eq!(delete(&w, "palisade/k", 2)?, OK);
+    assert_eq!(get(&w, "palisade/k")?, None);
+    assert_eq!(set(&w, "palisade/k", "again", 0)?, OK);
+    assert_eq!(get(&w, "palisade/k")?, Some(("again".to_owned(), 1)));
     Ok(())
 }
 
@@ -114,19 +114,57 @@ fn workers_share_data_and_a_read_modify_write_race_conflicts_on_both_profiles(
         let host = Host::new(profile);
         let plugin = host.load_workers(Plugin::fixture("shared_data"), "", 2)?;
         let (w0, w1) = (plugin.worker(0), plugin.worker(1));
-        assert_eq!(set(&w0, "counter", "1", 0)?, OK);
+        assert_eq!(set(&w0, "palisade/counter", "1", 0)?, OK);
         // Both workers read the same version...
-        let (_, cas0) = get(&w0, "counter")?.unwrap();
-        let (value, cas1) = get(&w1, "counter")?.unwrap();
+        let (_, cas0) = get(&w0, "palisade/counter")?.unwrap();
+        let (value, cas1) = get(&w1, "palisade/counter")?.unwrap();
         assert_eq!((value.as_str(), cas1), ("1", cas0), "{profile:?}");
         // ...worker 1 writes first, so worker 0's write with the version it read conflicts.
-        assert_eq!(set(&w1, "counter", "2", cas1)?, OK, "{profile:?}");
-        assert_eq!(set(&w0, "counter", "2", cas0)?, CAS_MISMATCH, "{profile:?}");
-        let (value, fresh) = get(&w0, "counter")?.unwrap();
-        assert_eq!(set(&w0, "counter", "3", fresh)?, OK, "{profile:?}");
+        assert_eq!(set(&w1, "palisade/counter", "2", cas1)?, OK, "{profile:?}");
+        assert_eq!(
+            set(&w0, "palisade/counter", "2", cas0)?,
+            CAS_MISMATCH,
+            "{profile:?}"
+        );
+        let (value, fresh) = get(&w0, "palisade/counter")?.unwrap();
+        assert_eq!(set(&w0, "palisade/counter", "3", fresh)?, OK, "{profile:?}");
         assert_eq!(value, "2");
-        assert_eq!(host.shared_data("counter").unwrap().0, b"3");
+        assert_eq!(host.shared_data("palisade/counter").unwrap().0, b"3");
     }
+    Ok(())
+}
+
+/// Kong keeps a key `<zone>/<rest>` in the shm_kv zone `<zone>`, else in the default zone `*`;
+/// the rendered kong.conf defines only `palisade`, so any other key traps, on the oldest and the
+/// newest release alike.
+#[test]
+fn kong_keeps_shared_data_only_in_the_palisade_zone() -> Result<(), Failure> {
+    for version in [KongVersion::V3_4, KongVersion::V3_10] {
+        let host = Host::new(Profile::Kong(version));
+        let plugin = host.load(Plugin::fixture("shared_data"), "")?;
+        let w = plugin.worker(0);
+        assert_eq!(set(&w, "palisade/rate-limit/l/0", "a", 0)?, OK);
+        assert_eq!(
+            get(&w, "palisade/rate-limit/l/0")?,
+            Some(("a".to_owned(), 1))
+        );
+        for key in ["k", "other/k", "palisade", "palisade-auth/vt/1"] {
+            // A trap ends the VM: a fresh one for each key.
+            let plugin = host.load(Plugin::fixture("shared_data"), "")?;
+            let err = get(&plugin.worker(0), key).err().unwrap();
+            assert_eq!(err.kind, FailureKind::Refused, "{version}: {key}");
+            assert!(
+                err.message.contains(&format!(
+                    "proxy_get_shared_data on {key:?} traps \"could not resolve namespace\""
+                )),
+                "{version}: {err}"
+            );
+        }
+    }
+    // Envoy has no zones: any key is a key.
+    let host = Host::new(Profile::Envoy);
+    let plugin = host.load(Plugin::fixture("shared_data"), "")?;
+    assert_eq!(set(&plugin.worker(0), "k", "a", 0)?, OK);
     Ok(())
 }
 
@@ -214,15 +252,18 @@ fn kong_metrics_arrive_in_3_8() -> Result<(), Failure> {
 
 #[test]
 fn a_repeated_header_reads_joined_on_envoy_and_first_on_kong() -> Result<(), Failure> {
-    for (profile, key) in [(Profile::Envoy, "a,b"), (Profile::kong(), "a")] {
+    for (profile, key) in [
+        (Profile::Envoy, "palisade/a,palisade/b"),
+        (Profile::kong(), "palisade/a"),
+    ] {
         let host = Host::new(profile);
         let plugin = host.load(Plugin::fixture("shared_data"), "")?;
         let seen = request(
             &plugin.worker(0),
             &[
                 ("x-op", "set"),
-                ("x-key", "a"),
-                ("x-key", "b"),
+                ("x-key", "palisade/a"),
+                ("x-key", "palisade/b"),
                 ("x-value", "v"),
             ],
         )?;

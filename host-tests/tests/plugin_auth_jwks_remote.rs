@@ -141,7 +141,7 @@ fn a_cold_request_fetches_and_the_other_worker_reuses_the_shared_keys() -> Resul
         let key = host
             .shared_data_keys()
             .into_iter()
-            .find(|k| k.starts_with("palisade-auth/jwks/"))
+            .find(|k| k.starts_with("palisade/auth/jwks/"))
             .expect("a shared record");
         let (value, _) = host.shared_data(&key).unwrap();
         assert!(

@@ -47,7 +47,7 @@ fn send(vms: &PluginVms, worker: usize, token: &str) -> Result<(Outcome, u64), F
 fn cache_keys(host: &Host) -> usize {
     host.shared_data_keys()
         .iter()
-        .filter(|k| k.starts_with("palisade-auth/vt/"))
+        .filter(|k| k.starts_with("palisade/auth/vt/"))
         .count()
 }
 

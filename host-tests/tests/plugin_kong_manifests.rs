@@ -1,16 +1,15 @@
 //! The Kong configs `palisade render` ships (manifests/kong) load and serve requests in the
 //! test host's Kong profile of every release they are rendered for. A config that turns
 //! metrics on traps there on Kong 3.4–3.7 (the profile enforces it), so the rendered files
-//! must leave them off. rate-limit and resilience keep shared state, whose zone Kong 3.4–3.6
-//! cannot define (the profile traps): kong-3.4.yml leaves them out, and on 3.5 and 3.6 they
-//! trap as kong.yml's note says.
+//! must leave them off. Shared data lives in the shm_kv zone the rendered kong.conf defines,
+//! the only one the profile knows, so every filter runs on every release, 3.4 included.
 
 mod plugin_support;
 
 use palisade::plugins::{PluginInfo, ALL};
 use palisade::render::kong_filter_name;
 use palisade_host_tests::wasm_host::{
-    workspace_root, Failure, Host, KongVersion, Plugin, Profile, Request,
+    workspace_root, Failure, Host, KongVersion, Plugin, Profile, Request, KONG_SHM_KV_ZONES,
 };
 use plugin_support::send;
 use serde_json::Value;
@@ -61,21 +60,6 @@ fn every_rendered_kong_filter_loads_and_serves_on_the_kong_releases_it_is_for(
             for (plugin, config) in &filters {
                 let context = format!("{file} on Kong {version}: {}", plugin.name);
                 let host = Host::new(Profile::Kong(version));
-                if minor < 7 && plugin.shared_state {
-                    assert_ne!(minor, 4, "{file} carries {}", plugin.name);
-                    // What kong.yml's note warns of: no zone for its shared state.
-                    // rate-limit at configure time (it creates its slots), resilience on the
-                    // first request.
-                    let trapped = host
-                        .load_workers(host_plugin(plugin), config, 2)
-                        .and_then(|vms| send(&vms, 0, Request::get("/api/orders")));
-                    let err = format!("{:?}", trapped.err());
-                    assert!(
-                        err.contains("could not resolve namespace"),
-                        "{context}: {err}"
-                    );
-                    continue;
-                }
                 let vms = host.load_workers(host_plugin(plugin), config, 2)?;
                 assert!(vms.is_accepted(), "{context}: {:?}", vms.logs());
                 // Two requests on each worker: whatever the plugin answers, no host call traps.
@@ -91,7 +75,33 @@ fn every_rendered_kong_filter_loads_and_serves_on_the_kong_releases_it_is_for(
             }
         }
     }
-    // 3 filters on 3.4, 3 on 3.5 and 3.6, 5 on 3.7–3.10.
-    assert_eq!(loaded, 3 + 3 * 2 + 5 * 4);
+    // 5 filters on each of 3.4–3.10.
+    assert_eq!(loaded, 5 * 7);
     Ok(())
+}
+
+/// The zones the Kong profile knows are the ones the rendered kong.conf defines: on Kong 3.6+
+/// the active `nginx_wasm_shm_kv_<zone>` lines, on 3.4 and 3.5 the commented
+/// `nginx_wasm_shm_<zone>` alternative; and the zone is the first segment of every key.
+#[test]
+fn the_profile_knows_the_zones_the_rendered_kong_conf_defines() {
+    let conf = std::fs::read_to_string(workspace_root().join("manifests/kong/kong.conf")).unwrap();
+    let setting = |prefix: &str| -> Vec<String> {
+        conf.lines()
+            .filter_map(|line| line.strip_prefix(prefix))
+            .filter_map(|rest| rest.split_once(" = "))
+            .map(|(zone, _)| zone.to_owned())
+            .collect()
+    };
+    assert_eq!(setting("nginx_wasm_shm_kv_"), KONG_SHM_KV_ZONES);
+    assert_eq!(setting("# nginx_wasm_shm_"), KONG_SHM_KV_ZONES);
+    // No default zone `*`: Kong 3.4–3.6 cannot define it and would not start with the line.
+    assert!(
+        !conf.lines().any(|l| l.starts_with("nginx_wasm_shm_kv =")),
+        "{conf}"
+    );
+    assert_eq!(
+        palisade_kit::store::NAMESPACE,
+        format!("{}/", KONG_SHM_KV_ZONES[0])
+    );
 }

@@ -255,7 +255,7 @@ fn shared_data_stays_within_the_configured_slots() -> Result<(), Failure> {
         }
         let slots: Vec<bool> = (0..9)
             .map(|n| {
-                host.shared_data(&format!("palisade-rate-limit/ip/{n}"))
+                host.shared_data(&format!("palisade/rate-limit/ip/{n}"))
                     .is_some()
             })
             .collect();
@@ -298,8 +298,8 @@ fn per_route_overrides_by_path_and_method() -> Result<(), Failure> {
 #[test]
 fn metrics_off_for_kong_before_3_8_and_the_limit_still_holds() -> Result<(), Failure> {
     let config = ONE_BUDGET.replacen('{', r#"{"metrics":false,"#, 1);
-    // 3.7: the first Kong that can define the zone shared data needs, and still no metrics.
-    let old_kong = Profile::Kong(KongVersion::V3_7);
+    // 3.4: the oldest Kong, no metrics, and shared data only in the named zone `palisade`.
+    let old_kong = Profile::Kong(KongVersion::V3_4);
     let (host, vms) = load(old_kong, &config, 2)?;
     assert_eq!(admitted(&vms, 2, 12, |_| Request::get("/"))?, 10);
     assert!(host.metrics().is_empty());

@@ -348,7 +348,7 @@ fn a_crashed_vms_slots_free_after_the_lease_and_a_live_vms_stay() -> Result<(), 
         // One key for the scope whatever VMs come and go, holding no share once all is back.
         let (value, _) = host
             .shared_data(&format!(
-                "palisade-resilience/inflight/{}",
+                "palisade/resilience/inflight/{}",
                 if profile == Profile::Envoy {
                     CLUSTER
                 } else {
@@ -590,7 +590,7 @@ fn fuel_of_a_healthy_request_by_feature() -> Result<(), Failure> {
             fuel[1], fuel[0]
         );
         assert_eq!(
-            host.shared_data(&format!("palisade-resilience/cb/{CLUSTER}")),
+            host.shared_data(&format!("palisade/resilience/cb/{CLUSTER}")),
             None,
             "{name}: a healthy closed circuit is never written"
         );
@@ -598,13 +598,13 @@ fn fuel_of_a_healthy_request_by_feature() -> Result<(), Failure> {
     Ok(())
 }
 
-/// Kong 3.7, the first that can hold its shared state, has no metrics and no
-/// `kong.service_name`: with `metrics: false` and a fixed key the breaker works, and nothing
-/// the plugin calls traps.
+/// Kong 3.4, the oldest release, has no metrics, no `kong.*` properties and no default shm_kv
+/// zone: with `metrics: false` and a fixed key the breaker works in the `palisade` zone, and
+/// nothing the plugin calls traps.
 #[test]
-fn kong_3_7_with_metrics_off_and_a_fixed_key() -> Result<(), Failure> {
+fn kong_3_4_with_metrics_off_and_a_fixed_key() -> Result<(), Failure> {
     let config = r#"{"proxy":"kong","metrics":false,"circuit_breaker":{"key":"orders","base_ejection":"5s"}}"#;
-    let (host, vms) = start(Profile::Kong(KongVersion::V3_7), config)?;
+    let (host, vms) = start(Profile::Kong(KongVersion::V3_4), config)?;
     for i in 0..5 {
         let mut s = vms.worker(i % 2).http_request(Request::get("/orders"))?;
         assert_eq!(s.send_request_headers(true)?, Outcome::Continue);

@@ -80,7 +80,7 @@ fn slot_keys(host: &Host) -> Vec<String> {
     let keys = host.shared_data_keys();
     for key in &keys {
         let n: usize = key
-            .strip_prefix("palisade-rate-limit/per-ip/")
+            .strip_prefix("palisade/rate-limit/per-ip/")
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("a key outside the limit's slots: {key}"));
         assert!(n < SLOTS, "{key}");
@@ -195,7 +195,7 @@ fn rate_limit_under_kong_survives_evicted_slots_and_stays_bounded() -> Result<()
 
     // The shm zone evicts half the slots (every other one), as slru does under pressure.
     for n in (0..SLOTS).step_by(2) {
-        assert!(host.evict_shared_data(&format!("palisade-rate-limit/per-ip/{n}"))?);
+        assert!(host.evict_shared_data(&format!("palisade/rate-limit/per-ip/{n}"))?);
     }
     assert_eq!(slot_keys(&host).len(), SLOTS / 2);
 
@@ -304,8 +304,8 @@ fn resilience_keeps_one_circuit_and_count_per_cluster_under_100k_clients_in_envo
         .iter()
         .flat_map(|c| {
             [
-                format!("palisade-resilience/cb/{c}"),
-                format!("palisade-resilience/inflight/{c}"),
+                format!("palisade/resilience/cb/{c}"),
+                format!("palisade/resilience/inflight/{c}"),
             ]
         })
         .collect();
@@ -330,8 +330,8 @@ fn resilience_under_kong_survives_evicted_state_and_never_underflows() -> Result
                      "concurrency":{"max_requests":1000}}"#;
     let (host, vms) = load(KONG, Plugin::Resilience, config)?;
     let keys = [
-        "palisade-resilience/cb/orders",
-        "palisade-resilience/inflight/orders",
+        "palisade/resilience/cb/orders",
+        "palisade/resilience/inflight/orders",
     ];
     let shed = resilience_flood(&vms, DISTINCT, client_varied, |i| {
         // The shm zone evicts both keys now and then, with requests in flight.

@@ -66,7 +66,7 @@ pub use http_stream::HttpStream;
 pub use load::{Configured, Load, PluginVms, Worker};
 pub use logs::{LogEntry, LogLevel, LogOrigin};
 pub use metrics::{MetricKind, MetricValue};
-pub use profile::{KongVersion, Profile};
+pub use profile::{KongVersion, Profile, KONG_SHM_KV_ZONES};
 pub use stream::{LocalReply, Outcome};
 pub use vm::Callback;
 pub use world::RefusedProperty;

@@ -182,8 +182,10 @@ const KONG_PROPERTIES: &[&str] = &[
     "ngx.",
 ];
 
-/// Shared data, which needs an shm_kv zone for the key (ngx_wa_shm_kv_resolve_key).
-const KONG_SHARED_DATA: &[&str] = &["proxy_get_shared_data", "proxy_set_shared_data"];
+/// The shm_kv zones the rendered kong.conf defines (manifests/kong/kong.conf): only `palisade`,
+/// on every release (`nginx_wasm_shm_kv_palisade`, `nginx_wasm_shm_palisade` on 3.4 and 3.5),
+/// and no default zone `*`, which Kong 3.4–3.6 cannot define.
+pub const KONG_SHM_KV_ZONES: &[&str] = &["palisade"];
 
 /// Properties ngx_wasm_module lists as NYI (logged `NYI - "<path>" property`).
 const KONG_NYI_PROPERTIES: &[&str] = &[
@@ -252,11 +254,6 @@ impl Profile {
     /// `Some(message)` when this host does not implement `hostcall`: the call fails the test.
     pub(crate) fn refusal(self, hostcall: &str) -> Option<String> {
         let version = self.kong_version()?;
-        if KONG_SHARED_DATA.contains(&hostcall) && !version.at_least(7) {
-            return Some(format!(
-                "kong profile (Kong {version}): {hostcall} traps \"could not resolve namespace\": there is no shm_kv zone. The default zone `*` (`nginx_wasm_shm_kv`) can be defined only from Kong 3.7 (kong/templates/nginx.lua), and the rendered kong.conf defines no other (docs/kong-proxy-wasm.md §3)"
-            ));
-        }
         let why = if KONG_NYI.contains(&hostcall) {
             "its table entry is the NYI stub, which traps \"host trap (function not yet implemented)\"".to_owned()
         } else if KONG_METRICS.contains(&hostcall) && !version.at_least(8) {
@@ -270,6 +267,21 @@ impl Profile {
         };
         Some(format!(
             "kong profile (Kong {version}): {hostcall} is not implemented by ngx_wasm_module (docs/PROXY_WASM.md, \"Supported Host ABI\"): {why}"
+        ))
+    }
+
+    /// `Some(message)` when a shared-data call on `key` traps: on Kong, a key `<zone>/<rest>`
+    /// lives in the shm_kv zone `<zone>` if one is defined, else in the default zone `*`, and
+    /// with neither the call traps "could not resolve namespace" (ngx_wa_shm_kv_resolve_key).
+    pub(crate) fn shared_data_refusal(self, hostcall: &str, key: &[u8]) -> Option<String> {
+        let version = self.kong_version()?;
+        let zone = key.split(|&b| b == b'/').next().unwrap_or_default();
+        if key.contains(&b'/') && KONG_SHM_KV_ZONES.iter().any(|z| z.as_bytes() == zone) {
+            return None;
+        }
+        Some(format!(
+            "kong profile (Kong {version}): {hostcall} on {:?} traps \"could not resolve namespace\": the rendered kong.conf defines only the shm_kv zone(s) {KONG_SHM_KV_ZONES:?}, and no default zone `*` (which Kong 3.4-3.6 cannot define); a key must start with `<zone>/` (docs/kong-proxy-wasm.md §3)",
+            String::from_utf8_lossy(key)
         ))
     }
 

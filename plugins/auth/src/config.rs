@@ -60,7 +60,7 @@ pub struct AuthConfig {
     /// whose signature one worker verified skips the signature math on every worker until its
     /// `exp`; claims are still checked on every request. Each worker also keeps the last tokens
     /// it saw verified (up to 256, with their decoded claims), so a repeat skips decoding too.
-    /// Needs shared data (on Kong, a `nginx_wasm_shm_kv` zone). At most 1000000.
+    /// Needs shared data (on Kong, the shm_kv zone `palisade`). At most 1000000.
     #[serde(default)]
     pub verified_token_cache_entries: u32,
 }

@@ -134,7 +134,7 @@ impl RemoteJwksConfig {
             .collect();
         RemoteJwks {
             provider: provider.to_owned(),
-            key: format!("palisade-auth/jwks/{id}"),
+            key: format!("{}auth/jwks/{id}", palisade_kit::store::NAMESPACE),
             upstream: self.upstream.clone(),
             authority: self.authority.clone(),
             path: self.path.clone(),

@@ -64,7 +64,7 @@ impl VerifiedCache {
     fn key(&self, token: &TokenDigest) -> String {
         let [a, b, c, d, ..] = token.0;
         let slot = u32::from_le_bytes([a, b, c, d]) % self.slots;
-        format!("palisade-auth/vt/{slot}")
+        format!("{}auth/vt/{slot}", palisade_kit::store::NAMESPACE)
     }
 
     /// Has `provider` verified this token's signature before, and is `now` (seconds) still

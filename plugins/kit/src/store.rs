@@ -11,10 +11,20 @@
 //! two workers inserting the same new key at once can still both succeed (last one wins): that
 //! race exists once per key lifetime, and callers that must be exact keep keys alive (an empty
 //! value is a tombstone, read back with a token) instead of recreating them.
+//!
+//! Every key starts with [`NAMESPACE`]. Kong's ngx_wasm_module keeps a key `<zone>/<rest>` in the
+//! shm_kv zone named `<zone>` when one is defined, else in the default zone `*`, and traps when
+//! neither exists (`ngx_wa_shm_kv_resolve_key`). Kong 3.4–3.6 cannot define `*` from kong.conf,
+//! only named zones, so one zone `palisade` holds every plugin's state on every Kong release
+//! (`nginx_wasm_shm_kv_palisade`; `nginx_wasm_shm_palisade` on 3.4 and 3.5). Envoy scopes shared
+//! data by `vm_id` and reads the prefix as part of the key.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+
+/// The first segment of every shared-data key: the name of Kong's shm_kv zone for Palisade.
+pub const NAMESPACE: &str = "palisade/";
 
 /// The version a read saw; a write naming it succeeds only if nobody wrote since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

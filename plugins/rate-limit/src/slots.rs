@@ -1,7 +1,7 @@
 //! Where a limit keeps its per-key state in shared data, with a bounded key space.
 //!
 //! Envoy never removes a shared-data key, so one key per client would grow without end. Each
-//! limit instead owns `slots` keys, `palisade-rate-limit/<limit>/<n>`, created empty when the
+//! limit instead owns `slots` keys, `palisade/rate-limit/<limit>/<n>`, created empty when the
 //! plugin is configured. A request's key hashes to a fingerprint; the fingerprint picks a home
 //! slot and the next [`PROBES`] - 1 slots may hold it too. A slot's value is the fingerprint and
 //! the key's TAT (16 bytes); a slot whose TAT is in the past is idle and may be taken over by
@@ -63,7 +63,7 @@ pub fn encode(fingerprint: u64, tat: Nanos) -> [u8; 16] {
 impl SlotTable {
     pub fn new(limit: &str, slots: u32) -> Self {
         Self {
-            prefix: format!("palisade-rate-limit/{limit}/"),
+            prefix: format!("{}rate-limit/{limit}/", palisade_kit::store::NAMESPACE),
             slots: slots.max(1),
             prebuilt: Vec::new(),
         }
@@ -212,7 +212,7 @@ mod tests {
         let table = SlotTable::new("l", 8);
         table.prepare(&store).unwrap();
         let key = take(&store, &table, 13, NOW + 5);
-        assert_eq!(key, "palisade-rate-limit/l/5");
+        assert_eq!(key, "palisade/rate-limit/l/5");
         let Located::Slot(again) = table.locate(&store, 13, NOW).unwrap() else {
             panic!()
         };
@@ -234,10 +234,10 @@ mod tests {
                 .map(|(i, key)| (*i, key.as_str()))
                 .collect::<Vec<_>>(),
             [
-                (6, "palisade-rate-limit/l/6"),
-                (7, "palisade-rate-limit/l/7"),
-                (0, "palisade-rate-limit/l/0"),
-                (1, "palisade-rate-limit/l/1"),
+                (6, "palisade/rate-limit/l/6"),
+                (7, "palisade/rate-limit/l/7"),
+                (0, "palisade/rate-limit/l/0"),
+                (1, "palisade/rate-limit/l/1"),
             ]
         );
         take(&store, &built, 14, NOW + 9);
@@ -245,7 +245,7 @@ mod tests {
         let Located::Slot(slot) = prebuilt.locate(&store, 6, NOW).unwrap() else {
             panic!()
         };
-        assert!(matches!(slot.key, Cow::Borrowed("palisade-rate-limit/l/0")));
+        assert!(matches!(slot.key, Cow::Borrowed("palisade/rate-limit/l/0")));
         assert_eq!(built.locate(&store, 6, NOW), Ok(Located::Slot(slot)));
     }
 
@@ -262,10 +262,10 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "palisade-rate-limit/l/1",
-                "palisade-rate-limit/l/2",
-                "palisade-rate-limit/l/3",
-                "palisade-rate-limit/l/4"
+                "palisade/rate-limit/l/1",
+                "palisade/rate-limit/l/2",
+                "palisade/rate-limit/l/3",
+                "palisade/rate-limit/l/4"
             ]
         );
         assert_eq!(table.locate(&store, 33, NOW), Ok(Located::Full));
@@ -284,19 +284,19 @@ mod tests {
         take(&store, &table, 1, NOW + 100);
         assert_eq!(
             take(&store, &table, 9, NOW + 100),
-            "palisade-rate-limit/l/2"
+            "palisade/rate-limit/l/2"
         );
         // Key 1 goes idle: its slot (before 9's) is free again.
-        store.put_idle("palisade-rate-limit/l/1", 1);
+        store.put_idle("palisade/rate-limit/l/1", 1);
         let Located::Slot(slot) = table.locate(&store, 17, NOW).unwrap() else {
             panic!()
         };
-        assert_eq!((&*slot.key, slot.tat), ("palisade-rate-limit/l/1", None));
+        assert_eq!((&*slot.key, slot.tat), ("palisade/rate-limit/l/1", None));
         // But a key already further on is found, not shadowed by the idle slot before it.
         let Located::Slot(slot) = table.locate(&store, 9, NOW).unwrap() else {
             panic!()
         };
-        assert_eq!(slot.key, "palisade-rate-limit/l/2");
+        assert_eq!(slot.key, "palisade/rate-limit/l/2");
     }
 
     #[test]

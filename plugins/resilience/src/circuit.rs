@@ -448,7 +448,7 @@ mod tests {
 
     use crate::config::ResilienceConfig;
 
-    const KEY: &str = "palisade-resilience/cb/orders";
+    const KEY: &str = "palisade/resilience/cb/orders";
 
     fn breaker(json: &str) -> CircuitBreaker {
         let config: ResilienceConfig = load(json.as_bytes()).unwrap();
@@ -821,7 +821,7 @@ mod proptests {
     use palisade_kit::store::MemoryStore;
     use proptest::prelude::*;
 
-    const KEY: &str = "palisade-resilience/cb/orders";
+    const KEY: &str = "palisade/resilience/cb/orders";
 
     #[derive(Debug, Clone)]
     enum Op {

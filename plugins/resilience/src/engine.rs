@@ -20,7 +20,7 @@ use crate::fault::FaultInjection;
 use crate::inflight::{Acquired, InflightLimit, Owner, Slot};
 use crate::route_policy::{Deadline, RoutePolicy};
 
-const KEY_PREFIX: &str = "palisade-resilience/";
+const KEY_PREFIX: &str = "palisade/resilience/";
 
 /// Host values, read only when the policy needs them.
 pub trait UpstreamNames {
@@ -312,7 +312,7 @@ impl Resilience {
     }
 }
 
-/// `palisade-resilience/<kind><name>`, built without the formatting machinery (per request).
+/// `palisade/resilience/<kind><name>`, built without the formatting machinery (per request).
 fn store_key(kind: &str, name: &str) -> String {
     let mut key = String::with_capacity(KEY_PREFIX.len() + kind.len() + name.len());
     key.push_str(KEY_PREFIX);
@@ -321,7 +321,7 @@ fn store_key(kind: &str, name: &str) -> String {
     key
 }
 
-/// `palisade-resilience/cb/orders` -> `orders`.
+/// `palisade/resilience/cb/orders` -> `orders`.
 fn circuit_name(key: &str) -> &str {
     key.strip_prefix(KEY_PREFIX)
         .and_then(|k| k.strip_prefix("cb/"))
@@ -355,6 +355,13 @@ mod tests {
         fn route(&mut self) -> Option<String> {
             Some("orders-route".to_owned())
         }
+    }
+
+    #[test]
+    fn keys_live_in_the_palisade_namespace() {
+        assert!(KEY_PREFIX.starts_with(palisade_kit::store::NAMESPACE));
+        assert_eq!(store_key("cb/", "orders"), "palisade/resilience/cb/orders");
+        assert_eq!(circuit_name("palisade/resilience/cb/orders"), "orders");
     }
 
     fn engine(json: &str) -> Resilience {
@@ -526,7 +533,7 @@ mod tests {
             request(&engine, &store, 30_000, &mut shed, &mut events),
             RequestVerdict::Reply(ErrorReply { status: 503, .. })
         ));
-        let key = "palisade-resilience/cb/orders";
+        let key = "palisade/resilience/cb/orders";
         let state =
             crate::circuit::CircuitState::decode(&store.get(key).unwrap().unwrap().value).unwrap();
         assert_eq!(state.trials_in_flight, 1);

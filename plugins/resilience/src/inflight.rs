@@ -341,7 +341,7 @@ mod tests {
 
     use crate::config::ResilienceConfig;
 
-    const KEY: &str = "palisade-resilience/inflight/orders";
+    const KEY: &str = "palisade/resilience/inflight/orders";
     const LEASE: u64 = 30_000;
 
     fn limit(json: &str) -> Option<InflightLimit> {
@@ -558,7 +558,7 @@ mod proptests {
     use palisade_kit::store::MemoryStore;
     use proptest::prelude::*;
 
-    const KEY: &str = "palisade-resilience/inflight/orders";
+    const KEY: &str = "palisade/resilience/inflight/orders";
     const LEASE: u64 = 30_000;
 
     #[derive(Debug, Clone)]

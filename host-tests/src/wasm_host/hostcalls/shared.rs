@@ -135,6 +135,13 @@ fn proxy_get_shared_data(
     let Some(key) = memory::read(&mut caller, key_ptr, key_size) else {
         return Ok(status::INVALID_MEMORY_ACCESS);
     };
+    if let Some(refusal) = caller
+        .data()
+        .profile
+        .shared_data_refusal("proxy_get_shared_data", &key)
+    {
+        return Err(trap(&mut caller, FailureKind::Refused, refusal));
+    }
     let entry = caller.data().world.borrow().shared_data.get(&key);
     match entry {
         None => Ok(status::NOT_FOUND),
@@ -161,6 +168,13 @@ fn proxy_set_shared_data(
     let Some(key) = memory::read(&mut caller, key_ptr, key_size) else {
         return Ok(status::INVALID_MEMORY_ACCESS);
     };
+    if let Some(refusal) = caller
+        .data()
+        .profile
+        .shared_data_refusal("proxy_set_shared_data", &key)
+    {
+        return Err(trap(&mut caller, FailureKind::Refused, refusal));
+    }
     let value = if value_ptr == 0 && value_size == 0 {
         None
     } else {

@@ -6,7 +6,7 @@ use super::abi;
 use crate::store::{Cas, Entry, SharedStore, StoreError, Write};
 
 /// The host's shared data: one store for every worker's VM of this plugin (Envoy scopes it by
-/// `vm_id`; Kong by its shm zone). Keys should carry the plugin's name as a prefix.
+/// `vm_id`; Kong by its shm zone). Keys are `palisade/<plugin>/...` ([`crate::store::NAMESPACE`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HostStore;
 
