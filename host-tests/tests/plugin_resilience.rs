@@ -116,6 +116,35 @@ fn the_circuit_opens_after_exactly_five_failures_across_workers_and_fast_fails(
     Ok(())
 }
 
+/// Twelve requests in flight on two workers, admitted while the circuit was healthy, answered
+/// failure and success in turn: never more than two failures in a row, so the circuit stays
+/// closed.
+/// (Before, a success admitted with nothing counted reported nothing, and the six failures
+/// opened it.)
+#[test]
+fn scattered_failures_among_concurrent_successes_keep_the_circuit_closed() -> Result<(), Failure> {
+    let (host, vms) = start(Profile::Envoy, "")?;
+    let mut streams = Vec::new();
+    for i in 0..12 {
+        let mut stream = vms.worker(i % 2).http_request(get("/orders"))?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        streams.push(stream);
+    }
+    // Each worker answers failure, success, failure, ...: six failures, at most two in a row.
+    for (i, mut stream) in streams.into_iter().enumerate() {
+        let status = if i % 4 < 2 { 503 } else { 200 };
+        stream.send_response_headers(Response::status(status), true)?;
+        stream.finish()?;
+    }
+    assert_eq!(
+        metric(&host, "palisade_resilience.circuit_opened"),
+        Some(MetricValue::Counter(0))
+    );
+    assert_eq!(plugin_lines(&vms, LogLevel::Warn), Vec::<String>::new());
+    assert_eq!(exchange(&vms, 0, 200)?.response_status(), 200);
+    Ok(())
+}
+
 #[test]
 fn half_open_lets_one_trial_through_and_its_success_closes_the_circuit() -> Result<(), Failure> {
     let (host, vms) = start(Profile::Envoy, "")?;

@@ -132,8 +132,9 @@ pub enum Admission {
     /// The circuit is closed with no failure counted and no failure rate to count: report a
     /// failure only. A success would leave the stored state as it is, and reporting it costs
     /// a shared-data read (in Envoy ~11,000 instructions, a tenth of the plugin's request).
-    /// A failure counted by another request while this one was in flight is therefore reset
-    /// by the next success admitted after it, not by this one.
+    /// The caller reports it as [`Admission::Normal`] when it has seen a failure counted
+    /// since ([`crate::engine::Resilience`] keeps that per worker), so a success still resets
+    /// failures counted while it was in flight.
     Quiet,
     /// A half-open trial: report the outcome, or release it if none comes.
     Trial,
@@ -294,12 +295,14 @@ impl CircuitBreaker {
         }
     }
 
-    /// Records how an admitted request ended. Returns the transition this call's write made.
+    /// Records how a request admitted at `granted_ms` ended. Returns the transition this
+    /// call's write made.
     pub fn record(
         &self,
         store: &impl SharedStore,
         key: &str,
         admission: Admission,
+        granted_ms: u64,
         outcome: Outcome,
         now_ms: u64,
     ) -> Result<Option<Transition>, UpdateError> {
@@ -308,7 +311,7 @@ impl CircuitBreaker {
         }
         update(store, key, CAS_ATTEMPTS, |current| {
             let state = current.and_then(CircuitState::decode).unwrap_or_default();
-            self.record_step(state, admission, outcome, now_ms)
+            self.record_step(state, admission, granted_ms, outcome, now_ms)
         })
     }
 
@@ -316,20 +319,26 @@ impl CircuitBreaker {
         &self,
         mut state: CircuitState,
         admission: Admission,
+        granted_ms: u64,
         outcome: Outcome,
         now_ms: u64,
     ) -> Step<Option<Transition>> {
         match (state.phase, admission) {
-            (Phase::HalfOpen, Admission::Trial) => match outcome {
-                Outcome::Success => {
-                    state = CircuitState::default();
-                    Step::Write(state.encode(), Some(Transition::Closed))
+            // Only a trial of the current half-open period decides it: one granted earlier
+            // (its lease ran out, or a period before the last opening; a request on a
+            // long-query route can outlive the open time) was presumed lost.
+            (Phase::HalfOpen, Admission::Trial) if granted_ms >= state.trials_since_ms => {
+                match outcome {
+                    Outcome::Success => {
+                        state = CircuitState::default();
+                        Step::Write(state.encode(), Some(Transition::Closed))
+                    }
+                    Outcome::Failure => {
+                        let transition = self.open(&mut state, now_ms);
+                        Step::Write(state.encode(), Some(transition))
+                    }
                 }
-                Outcome::Failure => {
-                    let transition = self.open(&mut state, now_ms);
-                    Step::Write(state.encode(), Some(transition))
-                }
-            },
+            }
             (Phase::Closed, _) => {
                 let before = state;
                 self.count(&mut state, outcome, now_ms);
@@ -345,8 +354,8 @@ impl CircuitBreaker {
                     Step::Write(state.encode(), None)
                 }
             }
-            // A request admitted before the circuit opened (or a trial of an earlier
-            // half-open period) ending late says nothing about the upstream now.
+            // A request admitted before the circuit opened (or a trial no longer counted)
+            // ending late says nothing about the upstream now.
             _ => Step::Keep(None),
         }
     }
@@ -461,7 +470,7 @@ mod tests {
             matches!(admission, Admission::Normal | Admission::Quiet),
             "{admission:?}"
         );
-        cb.record(store, KEY, admission, Outcome::Failure, now)
+        cb.record(store, KEY, admission, now, Outcome::Failure, now)
             .unwrap()
     }
 
@@ -495,12 +504,12 @@ mod tests {
         assert_eq!(admission, Admission::Quiet);
         let reads = store.reads.get();
         assert_eq!(
-            cb.record(&store, KEY, admission, Outcome::Success, 1),
+            cb.record(&store, KEY, admission, 1, Outcome::Success, 1),
             Ok(None)
         );
         assert_eq!(store.reads.get(), reads, "its success reads nothing");
         assert_eq!(
-            cb.record(&store, KEY, admission, Outcome::Failure, 2),
+            cb.record(&store, KEY, admission, 2, Outcome::Failure, 2),
             Ok(None)
         );
         assert_eq!(state(&store.inner).consecutive_failures, 1);
@@ -508,7 +517,7 @@ mod tests {
         let (admission, _) = cb.admit(&store, KEY, 3);
         assert_eq!(admission, Admission::Normal);
         assert_eq!(
-            cb.record(&store, KEY, admission, Outcome::Success, 4),
+            cb.record(&store, KEY, admission, 4, Outcome::Success, 4),
             Ok(None)
         );
         assert_eq!(state(&store.inner).consecutive_failures, 0);
@@ -522,7 +531,7 @@ mod tests {
         assert_eq!(admission, Admission::Normal);
         let reads = store.reads.get();
         assert_eq!(
-            rated.record(&store, KEY, admission, Outcome::Success, 1),
+            rated.record(&store, KEY, admission, 1, Outcome::Success, 1),
             Ok(None)
         );
         assert!(store.reads.get() > reads);
@@ -588,7 +597,7 @@ mod tests {
         }
         let (admission, _) = cb.admit(&store, KEY, 0);
         assert_eq!(
-            cb.record(&store, KEY, admission, Outcome::Success, 0),
+            cb.record(&store, KEY, admission, 0, Outcome::Success, 0),
             Ok(None)
         );
         assert_eq!(state(&store).consecutive_failures, 0);
@@ -604,7 +613,7 @@ mod tests {
         let store = MemoryStore::new();
         let (admission, _) = cb.admit(&store, KEY, 0);
         assert_eq!(
-            cb.record(&store, KEY, admission, Outcome::Success, 0),
+            cb.record(&store, KEY, admission, 0, Outcome::Success, 0),
             Ok(None)
         );
         assert!(store.is_empty());
@@ -636,7 +645,14 @@ mod tests {
             Admission::Rejected { .. }
         ));
         assert_eq!(
-            cb.record(&store, KEY, Admission::Trial, Outcome::Success, 30_050),
+            cb.record(
+                &store,
+                KEY,
+                Admission::Trial,
+                30_000,
+                Outcome::Success,
+                30_050
+            ),
             Ok(Some(Transition::Closed))
         );
         assert_eq!(state(&store), CircuitState::default());
@@ -652,7 +668,7 @@ mod tests {
         for expected in [60_000, 70_000, 70_000] {
             assert_eq!(cb.admit(&store, KEY, now).0, Admission::Trial);
             assert_eq!(
-                cb.record(&store, KEY, Admission::Trial, Outcome::Failure, now),
+                cb.record(&store, KEY, Admission::Trial, now, Outcome::Failure, now),
                 Ok(Some(Transition::Opened {
                     consecutive_failures: 0,
                     open_for: Duration::from_millis(expected)
@@ -663,7 +679,7 @@ mod tests {
         assert_eq!(state(&store).openings, 4);
         // Closing forgets the openings: the next opening is a base one again.
         assert_eq!(cb.admit(&store, KEY, now).0, Admission::Trial);
-        cb.record(&store, KEY, Admission::Trial, Outcome::Success, now)
+        cb.record(&store, KEY, Admission::Trial, now, Outcome::Success, now)
             .unwrap();
         open_circuit(&cb, &store, now);
         assert_eq!(state(&store).open_until_ms, now + 30_000);
@@ -677,6 +693,54 @@ mod tests {
         assert_eq!(cb.admit(&store, KEY, 30_000).0, Admission::Trial);
         cb.release_trial(&store, KEY, 30_000).unwrap();
         assert_eq!(cb.admit(&store, KEY, 30_001).0, Admission::Trial);
+    }
+
+    #[test]
+    fn a_trial_from_an_earlier_half_open_period_decides_nothing() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 0);
+        // A trial on a slow route outlives its lease; the next one fails and reopens.
+        assert_eq!(cb.admit(&store, KEY, 30_000).0, Admission::Trial);
+        assert_eq!(cb.admit(&store, KEY, 60_000).0, Admission::Trial);
+        assert!(matches!(
+            cb.record(
+                &store,
+                KEY,
+                Admission::Trial,
+                60_000,
+                Outcome::Failure,
+                60_100
+            ),
+            Ok(Some(Transition::Opened { .. }))
+        ));
+        // Half-open again; the first trial's success arrives now: it closes nothing.
+        let reopened = state(&store).open_until_ms;
+        assert_eq!(cb.admit(&store, KEY, reopened).0, Admission::Trial);
+        assert_eq!(
+            cb.record(
+                &store,
+                KEY,
+                Admission::Trial,
+                30_000,
+                Outcome::Success,
+                reopened + 1
+            ),
+            Ok(None)
+        );
+        assert_eq!(state(&store).phase, Phase::HalfOpen);
+        // The current trial's does.
+        assert_eq!(
+            cb.record(
+                &store,
+                KEY,
+                Admission::Trial,
+                reopened,
+                Outcome::Success,
+                reopened + 2
+            ),
+            Ok(Some(Transition::Closed))
+        );
     }
 
     #[test]
@@ -717,11 +781,11 @@ mod tests {
         open_circuit(&cb, &store, 0);
         let before = state(&store);
         assert_eq!(
-            cb.record(&store, KEY, Admission::Normal, Outcome::Failure, 10),
+            cb.record(&store, KEY, Admission::Normal, 10, Outcome::Failure, 10),
             Ok(None)
         );
         assert_eq!(
-            cb.record(&store, KEY, Admission::Normal, Outcome::Success, 10),
+            cb.record(&store, KEY, Admission::Normal, 10, Outcome::Success, 10),
             Ok(None)
         );
         assert_eq!(state(&store), before);
@@ -754,7 +818,7 @@ mod tests {
             };
             assert_eq!(last, None, "opened early at request {i}");
             last = cb
-                .record(&store, KEY, Admission::Normal, outcome, i * 100)
+                .record(&store, KEY, Admission::Normal, i * 100, outcome, i * 100)
                 .unwrap();
         }
         assert!(matches!(last, Some(Transition::Opened { .. })));
@@ -768,12 +832,19 @@ mod tests {
         );
         let store = MemoryStore::new();
         for _ in 0..3 {
-            cb.record(&store, KEY, Admission::Normal, Outcome::Failure, 0)
+            cb.record(&store, KEY, Admission::Normal, 0, Outcome::Failure, 0)
                 .unwrap();
         }
         // 11 s later the three failures are gone: one more is 1 of 1, under the minimum.
         assert_eq!(
-            cb.record(&store, KEY, Admission::Normal, Outcome::Failure, 11_000),
+            cb.record(
+                &store,
+                KEY,
+                Admission::Normal,
+                11_000,
+                Outcome::Failure,
+                11_000
+            ),
             Ok(None)
         );
         let requests: u32 = state(&store).buckets.iter().map(|b| b.0).sum();
@@ -789,7 +860,7 @@ mod tests {
         for i in 0..5 {
             let worker = workers[i % 2];
             if let Some(Transition::Opened { .. }) = cb
-                .record(worker, KEY, Admission::Normal, Outcome::Failure, 0)
+                .record(worker, KEY, Admission::Normal, 0, Outcome::Failure, 0)
                 .unwrap()
             {
                 opened += 1;
@@ -870,6 +941,8 @@ mod proptests {
         /// Grant times of the trials holding a place.
         held: Vec<u64>,
         last_grant: u64,
+        /// Trials granted before this are no longer counted.
+        trials_since: u64,
     }
 
     impl Model {
@@ -934,6 +1007,7 @@ mod proptests {
             outcomes: Vec::new(),
             held: Vec::new(),
             last_grant: 0,
+            trials_since: 0,
         };
         let mut now = 1_000_000u64;
         // Requests admitted and not yet ended: (admission, granted at).
@@ -963,11 +1037,13 @@ mod proptests {
                             m.phase = ModelPhase::HalfOpen;
                             m.held = vec![now];
                             m.last_grant = now;
+                            m.trials_since = now;
                         }
                         ModelPhase::HalfOpen => {
                             let lease_until = m.last_grant + m.open_time(m.openings);
                             if now >= lease_until {
                                 m.held.clear();
+                                m.trials_since = now;
                             }
                             if m.held.len() < m.trials as usize {
                                 prop_assert_eq!(got, (Admission::Trial, None));
@@ -990,17 +1066,18 @@ mod proptests {
                     }
                 }
                 Op::Report(i, failed) if !open.is_empty() => {
-                    let (admission, _) = open.swap_remove(i % open.len());
+                    let (admission, granted) = open.swap_remove(i % open.len());
                     let outcome = if failed {
                         Outcome::Failure
                     } else {
                         Outcome::Success
                     };
                     let got = cb
-                        .record(&store, KEY, admission, outcome, now)
+                        .record(&store, KEY, admission, granted, outcome, now)
                         .map_err(|e| TestCaseError::fail(e.to_string()))?;
                     match (m.phase, admission) {
-                        (ModelPhase::HalfOpen, Admission::Trial) => {
+                        // Only a trial still counted decides the half-open period.
+                        (ModelPhase::HalfOpen, Admission::Trial) if granted >= m.trials_since => {
                             if failed {
                                 m.openings += 1;
                                 let open_for = m.open_time(m.openings);

@@ -131,7 +131,7 @@ pub struct ConcurrencyConfig {
     /// Unset: no limit (requests are still counted when the retry budget is on).
     pub max_requests: Option<u32>,
     pub scope: ConcurrencyScope,
-    /// The `Retry-After` a shed request gets.
+    /// The `Retry-After` a shed request gets, in whole seconds rounded up (at least 1).
     pub retry_after: ConfigDuration,
     /// How long the slots of a VM that stopped renewing them still count. A VM renews its
     /// slots every third of this from its timer; one that trapped (or was torn down with

@@ -7,6 +7,7 @@
 //! given back at stream end, however the stream ends.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use palisade_kit::header_pairs::Edit;
 use palisade_kit::reply::{ErrorReply, CIRCUIT_OPEN};
 use palisade_kit::store::SharedStore;
 
-use crate::circuit::{Admission, CircuitBreaker, Phase, Transition};
+use crate::circuit::{Admission, CircuitBreaker, Outcome, Phase, Transition};
 use crate::config::{ConcurrencyScope, ResilienceConfig};
 use crate::fault::FaultInjection;
 use crate::inflight::{Acquired, InflightLimit, Owner, Slot};
@@ -80,6 +81,8 @@ pub enum RequestVerdict<'a> {
 pub struct StreamState {
     /// The circuit's key, the admission, and when it was granted.
     circuit: Option<(String, Admission, u64)>,
+    /// [`Resilience::failure_epoch`] when the circuit admitted the request.
+    failure_epoch: u64,
     slot: Option<(String, String, Slot)>,
 }
 
@@ -107,6 +110,12 @@ pub struct Resilience {
     scope: ConcurrencyScope,
     shed_retry_after_secs: u64,
     faults: Option<FaultInjection>,
+    /// Bumped each time this VM sees a failure counted in a closed circuit: an admission that
+    /// found one, or a failure it records. A quiet request (admitted with none counted)
+    /// whose success arrives after a bump reports it, so the success resets the count as in
+    /// Envoy's outlier detection; without it, concurrent requests admitted before the first
+    /// failure would let scattered failures add up to an opening.
+    failure_epoch: Cell<u64>,
 }
 
 /// `Retry-After` in whole seconds, never 0 (a client would retry at once).
@@ -126,9 +135,24 @@ impl Resilience {
             inflight: InflightLimit::new(&config.concurrency, &config.retry),
             owner,
             scope: config.concurrency.scope,
-            shed_retry_after_secs: config.concurrency.retry_after.get().as_secs().max(1),
+            // Rounded up, as every Retry-After here: "1500ms" waits 2 s, not 1.
+            shed_retry_after_secs: config
+                .concurrency
+                .retry_after
+                .get()
+                .as_millis()
+                .div_ceil(1000)
+                .max(1)
+                .try_into()
+                .unwrap_or(u64::MAX),
             faults: FaultInjection::new(&config.fault),
+            failure_epoch: Cell::new(0),
         }
+    }
+
+    fn bump_failure_epoch(&self) {
+        self.failure_epoch
+            .set(self.failure_epoch.get().wrapping_add(1));
     }
 
     /// Whether a request needs the cluster's name (reading it is a host call).
@@ -187,9 +211,11 @@ impl Resilience {
                     );
                 }
                 Admission::Unjudged => events.push(Event::StoreUnavailable),
-                Admission::Normal | Admission::Quiet | Admission::Trial => {}
+                Admission::Normal => self.bump_failure_epoch(),
+                Admission::Quiet | Admission::Trial => {}
             }
             state.circuit = Some((key, admission, now_ms));
+            state.failure_epoch = self.failure_epoch.get();
         }
         let mut retry_granted = true;
         if let Some(inflight) = &self.inflight {
@@ -243,14 +269,23 @@ impl Resilience {
         let (Some(circuit), Some(status)) = (&self.circuit, status) else {
             return;
         };
-        let Some((key, admission, _)) = state.circuit.take() else {
+        let Some((key, admission, granted_ms)) = state.circuit.take() else {
             return;
         };
         let outcome = circuit.classify(status);
+        let admission = match admission {
+            Admission::Quiet if state.failure_epoch != self.failure_epoch.get() => {
+                Admission::Normal
+            }
+            other => other,
+        };
+        if outcome == Outcome::Failure {
+            self.bump_failure_epoch();
+        }
         if !CircuitBreaker::reports(admission, outcome) {
             return;
         }
-        match circuit.record(store, &key, admission, outcome, now()) {
+        match circuit.record(store, &key, admission, granted_ms, outcome, now()) {
             Ok(Some(transition)) => events.push(Event::Circuit {
                 circuit: circuit_name(&key).to_owned(),
                 transition,
@@ -343,8 +378,9 @@ pub fn owned_edits(edits: Vec<Edit<'_>>) -> Vec<Edit<'static>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::circuit::CircuitState;
     use palisade_kit::config::load;
-    use palisade_kit::store::MemoryStore;
+    use palisade_kit::store::{MemoryStore, SharedStore};
 
     struct Names;
 
@@ -428,6 +464,88 @@ mod tests {
                 ErrorReply::new(503, "upstream circuit open").with_header("retry-after", "29")
             )
         );
+    }
+
+    fn circuit_state(store: &MemoryStore) -> CircuitState {
+        let entry = store.get("palisade/resilience/cb/orders").unwrap().unwrap();
+        CircuitState::decode(&entry.value).unwrap()
+    }
+
+    /// Requests admitted together, answered in turn: `statuses[i]` answers the i-th.
+    fn concurrent(
+        engine: &Resilience,
+        store: &MemoryStore,
+        statuses: &[u16],
+        events: &mut Vec<Event>,
+    ) {
+        let mut states: Vec<StreamState> =
+            statuses.iter().map(|_| StreamState::default()).collect();
+        for state in &mut states {
+            assert!(matches!(
+                request(engine, store, 0, state, events),
+                RequestVerdict::Continue { .. }
+            ));
+        }
+        for (state, &status) in states.iter_mut().zip(statuses) {
+            engine.on_response_headers(Some(status), || 1, store, state, events);
+            engine.on_stream_end(store, || 1, state, events);
+        }
+    }
+
+    #[test]
+    fn scattered_failures_among_concurrent_successes_open_nothing() {
+        let engine = engine(r#"{"retry":{"budget":null}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        // Ten requests admitted on a healthy circuit (nothing counted), answered alternately:
+        // never two failures in a row, so never an opening.
+        concurrent(
+            &engine,
+            &store,
+            &[503, 200, 503, 200, 503, 200, 503, 200, 503, 200],
+            &mut events,
+        );
+        assert_eq!(events, []);
+        assert_eq!(circuit_state(&store).consecutive_failures, 0);
+        // Five in a row still open it.
+        concurrent(
+            &engine,
+            &store,
+            &[503, 503, 503, 503, 503, 200],
+            &mut events,
+        );
+        assert!(matches!(
+            events.as_slice(),
+            [Event::Circuit {
+                transition: Transition::Opened {
+                    consecutive_failures: 5,
+                    ..
+                },
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn a_failure_another_worker_counted_is_reset_by_a_quiet_success_once_this_one_sees_it() {
+        let (a, b) = (
+            engine(r#"{"retry":{"budget":null}}"#),
+            engine(r#"{"retry":{"budget":null}}"#),
+        );
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        let mut quiet = StreamState::default();
+        request(&a, &store, 0, &mut quiet, &mut events);
+        exchange(&b, &store, 0, 503, &mut events);
+        assert_eq!(circuit_state(&store).consecutive_failures, 1);
+        // Worker a's next admission finds the failure counted...
+        let mut normal = StreamState::default();
+        request(&a, &store, 1, &mut normal, &mut events);
+        // ...so the request it admitted before, quietly, reports its success: the count resets.
+        a.on_response_headers(Some(200), || 2, &store, &mut quiet, &mut events);
+        assert_eq!(circuit_state(&store).consecutive_failures, 0);
+        a.on_response_headers(Some(200), || 2, &store, &mut normal, &mut events);
+        assert_eq!(events, []);
     }
 
     #[test]
@@ -537,6 +655,21 @@ mod tests {
         let state =
             crate::circuit::CircuitState::decode(&store.get(key).unwrap().unwrap().value).unwrap();
         assert_eq!(state.trials_in_flight, 1);
+    }
+
+    #[test]
+    fn a_shed_request_waits_its_retry_after_rounded_up() {
+        let engine = engine(r#"{"concurrency":{"max_requests":1,"retry_after":"1500ms"}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        let mut holder = StreamState::default();
+        request(&engine, &store, 0, &mut holder, &mut events);
+        assert_eq!(
+            exchange(&engine, &store, 0, 200, &mut events),
+            RequestVerdict::Reply(
+                ErrorReply::new(503, "overloaded").with_header("retry-after", "2")
+            )
+        );
     }
 
     #[test]
