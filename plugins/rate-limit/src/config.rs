@@ -162,7 +162,7 @@ pub struct Limit {
     #[serde(default)]
     pub period: Option<ConfigDuration>,
     /// Requests allowed at once above the steady rate: an idle key may send `burst + 1` at once
-    /// (local mode).
+    /// (local mode). At most 1000000, and `burst * period / rate` at most 100 years.
     #[serde(default)]
     pub burst: u32,
     /// Global mode: a local limit on the same key checked first, shedding load before the
@@ -290,8 +290,21 @@ fn validate_rate(rate: u32, period: Option<&ConfigDuration>, burst: u32, p: &mut
     }
     if burst > 1_000_000 {
         p.push_at("burst", "must be at most 1000000");
+    } else if let Some(period) = period {
+        // A key's stored time runs up to `burst` intervals ahead of now: kept far below where
+        // a nanosecond timestamp saturates (year 2554), past which the limit would admit all.
+        let refill = period.get().as_nanos() / u128::from(rate.max(1)) * u128::from(burst);
+        if rate > 0 && refill > MAX_REFILL.as_nanos() {
+            p.push_at(
+                "burst",
+                "burst * period / rate (the time an emptied burst takes to refill) must be at most 100 years",
+            );
+        }
     }
 }
+
+/// The longest an emptied burst may take to refill.
+const MAX_REFILL: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 fn validate_limit<'a>(limit: &'a Limit, names: &mut HashSet<&'a str>, p: &mut Problems) {
     if limit.name.trim().is_empty() {
@@ -527,6 +540,24 @@ mod tests {
             "limits[0].name: \"a b\" must be 1 to 64 letters, digits, '-' or '_'; \
              limits[0].rate: must be at most one request per microsecond of the period; \
              limits[0].burst: must be at most 1000000; limits[0].slots: must be between 1 and 1000000"
+        );
+    }
+
+    #[test]
+    fn a_burst_that_would_take_over_a_century_to_refill_is_refused() {
+        // One a day with 36500 extra: 100 years, the most; 36501 is a day too long.
+        let config = |burst: u32| {
+            format!(
+                r#"{{"limits":[{{"name":"a","rate":1,"period":"24h","burst":{burst},"key":["path"]}}]}}"#
+            )
+        };
+        assert!(load::<RateLimitConfig>(config(36_500).as_bytes()).is_ok());
+        assert_eq!(
+            load::<RateLimitConfig>(config(36_501).as_bytes())
+                .unwrap_err()
+                .to_string(),
+            "limits[0].burst: burst * period / rate (the time an emptied burst takes to refill) \
+             must be at most 100 years"
         );
     }
 
