@@ -55,6 +55,11 @@ impl Gcra {
         }
     }
 
+    /// What one admission moves the TAT by.
+    pub fn interval(&self) -> Nanos {
+        self.interval
+    }
+
     pub fn quota(&self) -> u64 {
         self.quota
     }

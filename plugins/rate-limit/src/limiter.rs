@@ -4,7 +4,8 @@
 //! All limits must pass. Every limit is read first; if any refuses, nothing is written, so a
 //! refused request costs no limit any budget. Only then are the admissions written, each with
 //! compare-and-swap on the version read: a conflict means another worker moved that key in
-//! between, so the key is read and decided again (its budget may now be spent).
+//! between, so the key is read and decided again (its budget may now be spent). If that turns
+//! into a refusal, the limits already written give their admission back.
 //!
 //! Global limits are decided by a rate-limit service: once every local limit (and every global
 //! limit's local pre-limit) has admitted the request, [`Decision::Ask`] carries the descriptors
@@ -431,6 +432,8 @@ impl RateLimiter {
         }
 
         // Phase two: write each admission; on a conflict, read and decide that key again.
+        // The slots written so far, to give back if a later limit turns into a refusal.
+        let mut written: Vec<(usize, Cow<'_, str>, u64)> = Vec::new();
         for i in 0..pending.len() {
             let Some(p) = pending.get_mut(i) else {
                 continue;
@@ -449,7 +452,10 @@ impl RateLimiter {
                 &mut tally,
             );
             let failed = match result {
-                Ok(verdict) => {
+                Ok((verdict, key)) => {
+                    if matches!(verdict, Verdict::Admit { .. }) {
+                        written.push((p.limit, key, p.fingerprint));
+                    }
                     p.verdict = verdict;
                     false
                 }
@@ -467,7 +473,21 @@ impl RateLimiter {
                 .get(i)
                 .is_some_and(|p| matches!(p.verdict, Verdict::Refuse { .. }))
             {
-                // Another worker took the last of this budget between our read and write.
+                // Another worker took the last of this budget between our read and write. The
+                // limits already written give their admission back: a refused request costs
+                // no budget.
+                for (index, key, fingerprint) in &written {
+                    let Some(gcra) = self.limits.get(*index).and_then(|l| l.gcra) else {
+                        continue;
+                    };
+                    let given =
+                        slots::give_back(store, key, *fingerprint, gcra.interval(), ATTEMPTS);
+                    if let (Err(_), Some((_, t))) =
+                        (given, tallies.iter_mut().find(|(j, _)| j == index))
+                    {
+                        t.store_failure = true;
+                    }
+                }
                 return (self.refuse(&pending, applicable, &mut tallies), tallies);
             }
         }
@@ -634,19 +654,19 @@ impl RateLimiter {
         store: &impl SharedStore,
         now: Nanos,
         tally: &mut Tally,
-    ) -> Result<Verdict, CommitError> {
+    ) -> Result<(Verdict, Cow<'s, str>), CommitError> {
         for _ in 0..ATTEMPTS {
             let Verdict::Admit { tat, .. } = verdict else {
-                return Ok(verdict);
+                return Ok((verdict, slot.key));
             };
             match store.set(&slot.key, &slots::encode(fingerprint, tat), slot.cas)? {
-                Write::Stored => return Ok(verdict),
+                Write::Stored => return Ok((verdict, slot.key)),
                 Write::Conflict => {
                     tally.conflicts += 1;
                     match limit.table.locate(store, fingerprint, now)? {
                         Located::Slot(again) => {
                             let Some(gcra) = limit.gcra else {
-                                return Ok(verdict);
+                                return Ok((verdict, again.key));
                             };
                             verdict = gcra.check(again.tat, now);
                             slot = again;
@@ -1046,6 +1066,39 @@ mod tests {
                 ..Tally::default()
             }
         );
+    }
+
+    #[test]
+    fn a_limit_written_before_another_refuses_in_a_race_gets_its_budget_back() {
+        // "a" lets two through at once, "b" one. The other worker admits a request between our
+        // reads and writes: "a" is written (after a retry), then "b" turns into a refusal.
+        let both = r#"{"limits":[
+            {"name":"a","rate":1,"period":"60s","burst":1,"key":[{"constant":"x"}],"slots":4},
+            {"name":"b","rate":1,"period":"60s","key":[{"constant":"x"}],"slots":4}]}"#;
+        let store = MemoryStore::new();
+        let us = prepared(both, &store);
+        let other = prepared(both, &store);
+        let racing = Racing {
+            inner: &store,
+            races: Cell::new(1),
+            other: &other,
+        };
+        let (decision, tallies) = us.decide(&mut get("/"), &racing, at(0.0));
+        assert!(
+            matches!(decision, Decision::Deny(ref r) if r.status == 429),
+            "{decision:?}"
+        );
+        assert!(tallies[1].1.limited, "{tallies:?}");
+        assert!(!tallies[0].1.store_failure, "{tallies:?}");
+        // "a" still has the second of its two: only the other worker's request spent one.
+        let only_a = prepared(
+            r#"{"limits":[{"name":"a","rate":1,"period":"60s","burst":1,"key":[{"constant":"x"}],"slots":4}]}"#,
+            &store,
+        );
+        assert!(is_allowed(&only_a.decide(&mut get("/"), &store, at(0.0)).0));
+        assert!(!is_allowed(
+            &only_a.decide(&mut get("/"), &store, at(0.0)).0
+        ));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 
-use palisade_kit::store::{Cas, SharedStore, StoreError, Write};
+use palisade_kit::store::{update, Cas, SharedStore, Step, StoreError, UpdateError, Write};
 
 use crate::gcra::{Gcra, Nanos};
 
@@ -53,6 +53,26 @@ fn decode(value: &[u8]) -> Option<(u64, Nanos)> {
     let (fingerprint, tat) = value.split_first_chunk::<8>()?;
     let tat: &[u8; 8] = tat.try_into().ok()?;
     Some((u64::from_le_bytes(*fingerprint), u64::from_le_bytes(*tat)))
+}
+
+/// Takes one admission back from `fingerprint`'s TAT in slot `key`: moves it one `interval`
+/// earlier. Nothing when the slot went to another key meanwhile (its TAT ran idle).
+pub fn give_back(
+    store: &impl SharedStore,
+    key: &str,
+    fingerprint: u64,
+    interval: Nanos,
+    attempts: u32,
+) -> Result<(), UpdateError> {
+    update(store, key, attempts, |current| {
+        match current.and_then(decode) {
+            Some((held, tat)) if held == fingerprint => Step::Write(
+                encode(fingerprint, tat.saturating_sub(interval)).to_vec(),
+                (),
+            ),
+            _ => Step::Keep(()),
+        }
+    })
 }
 
 /// The fingerprint's 8 little-endian bytes, then the TAT's.
