@@ -103,12 +103,12 @@ pub const ALL: [PluginInfo; 5] = [
         name: "resilience",
         full_name: "palisade-resilience",
         wasm_file: "palisade_resilience.wasm",
-        // Envoy calls on_done before on_log: the stream ends (slots back) in on_done.
+        // Envoy calls on_done before on_log: the stream ends (slots back) in on_done. The
+        // response trailers carry a gRPC call's status.
         envoy_unused: &[
             "proxy_on_request_body",
             "proxy_on_request_trailers",
             "proxy_on_response_body",
-            "proxy_on_response_trailers",
             "proxy_on_log",
         ],
         istio_phase: None,

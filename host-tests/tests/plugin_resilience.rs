@@ -7,8 +7,8 @@ mod plugin_support;
 use std::time::Duration;
 
 use palisade_host_tests::wasm_host::{
-    Failure, Host, HttpStream, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome, Plugin,
-    PluginVms, Profile, Request, Response, START_UNIX_SECS,
+    Failure, Headers, Host, HttpStream, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome,
+    Plugin, PluginVms, Profile, Request, Response, START_UNIX_SECS,
 };
 use plugin_support::assert_rejected;
 
@@ -142,6 +142,76 @@ fn scattered_failures_among_concurrent_successes_keep_the_circuit_closed() -> Re
     );
     assert_eq!(plugin_lines(&vms, LogLevel::Warn), Vec::<String>::new());
     assert_eq!(exchange(&vms, 0, 200)?.response_status(), 200);
+    Ok(())
+}
+
+/// A gRPC call answered HTTP 200: its `grpc-status` (trailers-only in the headers, else in the
+/// trailers) is what the circuit judges, mapped as Envoy's router maps it for its outlier
+/// detection (UNAVAILABLE = 503). On Kong, which calls no trailer callback, only trailers-only
+/// errors count.
+#[test]
+fn grpc_errors_count_by_their_grpc_status() -> Result<(), Failure> {
+    let grpc =
+        |vms: &PluginVms, worker: usize, headers: &[(&str, &str)], trailers: &[(&str, &str)]| {
+            let request = get("/orders.Orders/Get").header("content-type", "application/grpc");
+            let mut stream = vms.worker(worker).http_request(request)?;
+            assert_eq!(stream.send_request_headers(false)?, Outcome::Continue);
+            let response = headers.iter().fold(
+                Response::status(200).header("content-type", "application/grpc"),
+                |r, (n, v)| r.header(n, v),
+            );
+            stream.send_response_headers(response, trailers.is_empty())?;
+            if !trailers.is_empty() {
+                stream.send_response_body(b"\0\0\0\0\0", false)?;
+                let trailers = trailers
+                    .iter()
+                    .fold(Headers::new(), |t, (n, v)| t.with(n, v));
+                stream.send_response_trailers(trailers)?;
+            }
+            stream.finish()?;
+            Ok::<_, Failure>(())
+        };
+    let opened = |host: &Host| metric(host, "palisade_resilience.circuit_opened");
+    // Envoy: four UNAVAILABLE in the trailers, an OK resets, then five (trailers-only and
+    // trailers mixed, on both workers) open the circuit.
+    let (host, vms) = start(Profile::Envoy, "")?;
+    for i in 0..4 {
+        grpc(&vms, i % 2, &[], &[("grpc-status", "14")])?;
+    }
+    grpc(&vms, 0, &[], &[("grpc-status", "0")])?;
+    assert_eq!(opened(&host), Some(MetricValue::Counter(0)));
+    for i in 0..4 {
+        grpc(&vms, i % 2, &[("grpc-status", "14")], &[])?;
+    }
+    // NOT_FOUND is the caller's problem, not the upstream's: no failure, the count resets.
+    grpc(&vms, 1, &[], &[("grpc-status", "5")])?;
+    grpc(&vms, 1, &[], &[("grpc-status", "4")])?;
+    grpc(&vms, 0, &[], &[("grpc-status", "13")])?;
+    grpc(&vms, 1, &[("grpc-status", "14")], &[])?;
+    grpc(&vms, 0, &[("grpc-status", "2")], &[])?;
+    assert_eq!(opened(&host), Some(MetricValue::Counter(0)));
+    grpc(&vms, 1, &[], &[("grpc-status", "14")])?;
+    assert_eq!(opened(&host), Some(MetricValue::Counter(1)));
+    assert_eq!(
+        plugin_lines(&vms, LogLevel::Warn),
+        [format!(
+            "[palisade-resilience] circuit {CLUSTER} opened for 30s (5 consecutive failures)"
+        )]
+    );
+    // Kong: trailers never reach the plugin, so a status there is unseen; trailers-only counts.
+    let config = r#"{"proxy":"kong","metrics":false,"circuit_breaker":{"key":"orders"}}"#;
+    let (_, vms) = start(Profile::kong(), config)?;
+    for i in 0..5 {
+        grpc(&vms, i % 2, &[], &[("grpc-status", "14")])?;
+    }
+    assert!(plugin_lines(&vms, LogLevel::Warn).is_empty());
+    for i in 0..5 {
+        grpc(&vms, i % 2, &[("grpc-status", "14")], &[])?;
+    }
+    assert_eq!(
+        plugin_lines(&vms, LogLevel::Warn),
+        ["[palisade-resilience] circuit orders opened for 30s (5 consecutive failures)"]
+    );
     Ok(())
 }
 

@@ -83,10 +83,18 @@ pub struct StreamState {
     circuit: Option<(String, Admission, u64)>,
     /// [`Resilience::failure_epoch`] when the circuit admitted the request.
     failure_epoch: u64,
+    /// A gRPC request: its outcome may be in `grpc-status` ([`crate::grpc`]).
+    grpc: bool,
     slot: Option<(String, String, Slot)>,
 }
 
 impl StreamState {
+    /// Whether the request is gRPC and its circuit still waits for the outcome: an HTTP 200
+    /// is then judged by its `grpc-status`.
+    pub fn is_grpc(&self) -> bool {
+        self.grpc
+    }
+
     /// Whether the stream's upstream answer is still to be judged by a circuit.
     pub fn awaits_outcome(&self) -> bool {
         matches!(
@@ -216,6 +224,7 @@ impl Resilience {
             }
             state.circuit = Some((key, admission, now_ms));
             state.failure_epoch = self.failure_epoch.get();
+            state.grpc = crate::grpc::is_grpc(headers);
         }
         let mut retry_granted = true;
         if let Some(inflight) = &self.inflight {

@@ -19,6 +19,7 @@ use proxy_wasm::types::Action;
 use crate::circuit::Transition;
 use crate::config::{Proxy, ResilienceConfig};
 use crate::engine::{Event, RequestVerdict, Resilience, StreamState, UpstreamNames};
+use crate::grpc;
 use crate::inflight::Owner;
 
 const NAME: &str = "palisade-resilience";
@@ -160,6 +161,7 @@ impl Plugin for ResiliencePlugin {
             worker,
             context_id,
             state: StreamState::default(),
+            grpc_in_trailers: false,
         })
     }
 
@@ -206,6 +208,9 @@ struct Stream {
     worker: Rc<Worker>,
     context_id: u32,
     state: StreamState,
+    /// A gRPC answer of HTTP 200 without `grpc-status` in its headers: the outcome comes in
+    /// the trailers (Envoy), or never (Kong calls no trailer callback): judged at stream end.
+    grpc_in_trailers: bool,
 }
 
 /// Upstream names from host properties, read only when the engine asks.
@@ -315,7 +320,25 @@ impl Worker {
 }
 
 impl Stream {
+    /// Reports the upstream's answer to the circuit (a `None` status counts as neither).
+    fn judge(&mut self, status: Option<u16>) {
+        let mut events = Vec::new();
+        let worker = Rc::clone(&self.worker);
+        worker.engine.on_response_headers(
+            status,
+            || HostClock.unix_millis(),
+            &HostStore,
+            &mut self.state,
+            &mut events,
+        );
+        worker.report(&events);
+    }
+
     fn end(&mut self) {
+        if std::mem::take(&mut self.grpc_in_trailers) {
+            // No trailers came: the call ended as its HTTP 200 says.
+            self.judge(Some(200));
+        }
         let worker = Rc::clone(&self.worker);
         worker.delayed.borrow_mut().remove(&self.context_id);
         let mut events = Vec::new();
@@ -399,16 +422,26 @@ impl HttpContext for Stream {
             .ok()
             .flatten()
             .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
-        let mut events = Vec::new();
-        let worker = Rc::clone(&self.worker);
-        worker.engine.on_response_headers(
-            status,
-            || HostClock.unix_millis(),
-            &HostStore,
-            &mut self.state,
-            &mut events,
-        );
-        worker.report(&events);
+        if status == Some(200) && self.state.is_grpc() {
+            match host::header(Map::ResponseHeaders, "grpc-status") {
+                // Trailers-only: the call failed (or ended) before any message.
+                Ok(Some(grpc_status)) => self.judge(Some(grpc::http_status(&grpc_status))),
+                _ => self.grpc_in_trailers = true,
+            }
+            return Action::Continue;
+        }
+        self.judge(status);
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        if std::mem::take(&mut self.grpc_in_trailers) {
+            let status = match host::header(Map::ResponseTrailers, "grpc-status") {
+                Ok(Some(grpc_status)) => grpc::http_status(&grpc_status),
+                _ => 200,
+            };
+            self.judge(Some(status));
+        }
         Action::Continue
     }
 
