@@ -281,6 +281,10 @@ fn a_local_reply_from_an_earlier_filter_is_a_security_event_naming_it() {
         status: u16,
         kind: &'static str,
         reason: &'static str,
+        /// The subject the event names when the client claims `mallory`: none when the
+        /// refusing plugin is palisade-auth or runs before it; without palisade-auth in the
+        /// chain, nothing removes the claim (audit's docs: deploy it behind auth).
+        subject: Option<&'static str>,
     }
     let refusals = [
         Refusal {
@@ -290,6 +294,7 @@ fn a_local_reply_from_an_earlier_filter_is_a_security_event_naming_it() {
             status: 413,
             kind: "body_too_large",
             reason: "request body too large",
+            subject: None,
         },
         Refusal {
             plugin: "auth",
@@ -298,6 +303,7 @@ fn a_local_reply_from_an_earlier_filter_is_a_security_event_naming_it() {
             status: 401,
             kind: "unauthenticated",
             reason: "missing token",
+            subject: None,
         },
         Refusal {
             plugin: "rate-limit",
@@ -306,6 +312,7 @@ fn a_local_reply_from_an_earlier_filter_is_a_security_event_naming_it() {
             status: 429,
             kind: "rate_limited",
             reason: "rate limit exceeded",
+            subject: Some("mallory"),
         },
     ];
     for refusal in refusals {
@@ -317,6 +324,8 @@ fn a_local_reply_from_an_earlier_filter_is_a_security_event_naming_it() {
                 .post(setup.envoy.url("/api/orders"))
                 .header("x-request-id", id)
                 .header("content-type", "application/json")
+                .header("x-palisade-subject", "mallory")
+                .header("X-Palisade-Consumer", "mallory")
                 .send(&vec![b'x'; 4096][..])
                 .unwrap()
         };
@@ -349,6 +358,8 @@ fn a_local_reply_from_an_earlier_filter_is_a_security_event_naming_it() {
             "{event}"
         );
         assert_eq!(event["method"], "POST");
+        assert_eq!(event["subject"], json!(refusal.subject), "{event}");
+        assert_eq!(event["consumer"], json!(refusal.subject), "{event}");
         // Envoy skips palisade-audit's response phase for a reply sent before it: the details
         // are how it learns who refused.
         assert_eq!(

@@ -303,6 +303,16 @@ fn fields(raw: &[u8]) -> Fields<'_> {
     })
 }
 
+/// A request answered here goes no further, but palisade-audit reads its headers when the
+/// stream ends: the identity headers the client sent must be gone by then, as on every path
+/// that lets a request on, or the audit trail would name whoever the client claimed to be.
+fn strip_before_reply(engine: &Authenticator, headers: &Fields<'_>) {
+    let strip = engine.strip_identity(headers);
+    if let Err(err) = host::apply_edits(Map::RequestHeaders, headers, &strip) {
+        log::warn!("[{NAME}] could not remove the client's identity headers: {err}");
+    }
+}
+
 fn refuse(reply: &ErrorReply, headers: &Fields<'_>) -> Action {
     let request_id = get(headers, "x-request-id").and_then(|id| std::str::from_utf8(id).ok());
     match host::send_error(NAME, reply, request_id) {
@@ -373,9 +383,11 @@ impl Stream {
                 if let Some(metrics) = metrics {
                     metrics.denied(source, &rejection);
                 }
+                strip_before_reply(&worker.engine, headers);
                 refuse(&rejection.reply(), headers)
             }
             Verdict::Redirect(location) => {
+                strip_before_reply(&worker.engine, headers);
                 let location = String::from_utf8_lossy(&location);
                 if let Err(err) = host::send_reply(307, &[("location", &location)], b"") {
                     log::error!("[{NAME}] could not send a 307 reply: {err}");
@@ -538,6 +550,7 @@ impl Stream {
         // A clock the host cannot read would make every token look current: refuse instead.
         let Some(now_ms) = now_ms() else {
             log::error!("[{NAME}] the host clock is unavailable; refusing");
+            strip_before_reply(&self.worker.engine, &headers);
             let action = refuse(&ErrorReply::new(503, "clock unavailable"), &headers);
             return action;
         };

@@ -5,8 +5,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use palisade_kit::config::{ConfigError, Problems};
-use palisade_kit::header_pairs::{decode_borrowed, Fields};
+use palisade_kit::header_pairs::{decode_borrowed, Edit, Fields};
 use palisade_kit::host::{self, Map, Plugin};
+use palisade_kit::identity;
 use palisade_kit::random::Xoshiro256;
 use palisade_kit::route_name::RouteName;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -115,7 +116,25 @@ fn fields(raw: &[u8]) -> Fields<'_> {
     })
 }
 
+/// A request answered here never reaches palisade-auth, which removes the identity headers
+/// (`x-palisade-*`) a client sends; palisade-audit reads the request's headers when the stream
+/// ends. Removed here, so the audit trail never names whoever the client claimed to be. Only
+/// on a local reply: the whole map is read for it.
+fn strip_client_identity() {
+    let raw = read(Map::RequestHeaders);
+    let owned: Vec<Edit<'_>> = fields(&raw)
+        .iter()
+        .filter(|(name, _)| identity::is_owned(name))
+        .map(|(name, _)| Edit::Remove(String::from_utf8_lossy(name).to_ascii_lowercase().into()))
+        .collect();
+    host::warn_if_refused(
+        NAME,
+        host::apply_edits_one_by_one(Map::RequestHeaders, &owned),
+    );
+}
+
 fn reply(local: &LocalReply) -> Action {
+    strip_client_identity();
     let headers: Vec<(&str, &str)> = local
         .headers
         .iter()
@@ -127,6 +146,12 @@ fn reply(local: &LocalReply) -> Action {
     };
     match sent {
         Ok(()) => Action::Pause,
+        // A refusal the host would not send must not let the request past the check it
+        // failed: it stays paused (fail closed, as palisade-auth). A preflight goes on.
+        Err(err) if local.refused.is_some() => {
+            log::error!("[{NAME}] could not send a {} reply: {err}", local.status);
+            Action::Pause
+        }
         Err(err) => {
             log::error!("[{NAME}] could not send a {} reply: {err}", local.status);
             Action::Continue
