@@ -177,9 +177,20 @@ impl PathNormalizer {
         } else {
             resolved
         };
-        let disposition = if unescaped_slash
-            && self.config.escaped_slashes == EscapedSlashesAction::UnescapeAndRedirect
-        {
+        let redirect = unescaped_slash
+            && self.config.escaped_slashes == EscapedSlashesAction::UnescapeAndRedirect;
+        let mut merged = merged;
+        if redirect {
+            // The path becomes a Location: `//host/...` there is another site (a browser reads
+            // `/%2Fevil.example` unescaped as a protocol-relative URL). One leading slash only.
+            let extra = merged
+                .iter()
+                .take_while(|&&b| b == b'/')
+                .count()
+                .saturating_sub(1);
+            merged.drain(..extra);
+        }
+        let disposition = if redirect {
             PathDisposition::Redirect
         } else if merged.as_slice() == path {
             PathDisposition::Unchanged
@@ -509,6 +520,34 @@ mod tests {
         let location = out.request_path();
         let again = n.normalize(&location).unwrap();
         assert_eq!(again.disposition, PathDisposition::Unchanged);
+    }
+
+    #[test]
+    fn a_redirect_never_names_another_host() {
+        // Without merge_slashes, `/%2Fevil.example/x` would redirect to `//evil.example/x`,
+        // which a browser reads as another site.
+        let n = normalizer(r#"{"escaped_slashes":"unescape_and_redirect","merge_slashes":false}"#);
+        for raw in [
+            &b"/%2Fevil.example/x"[..],
+            b"/%5Cevil.example/x",
+            b"/%2F%2F/evil.example",
+            b"//%2Fevil.example",
+        ] {
+            let out = n.normalize(raw).unwrap();
+            assert_eq!(out.disposition, PathDisposition::Redirect, "{raw:?}");
+            assert!(
+                out.path.starts_with('/') && !out.path.starts_with("//"),
+                "{}",
+                out.path
+            );
+        }
+        assert_eq!(
+            n.normalize(b"/%2Fevil.example/x").unwrap().path,
+            "/evil.example/x"
+        );
+        // A forwarded path keeps its slashes: it is never a Location.
+        let n = normalizer(r#"{"escaped_slashes":"unescape_and_forward","merge_slashes":false}"#);
+        assert_eq!(n.normalize(b"/%2Fa").unwrap().path, "//a");
     }
 
     #[test]
