@@ -21,7 +21,7 @@ use crate::config::{Algorithm, AuthConfig, ClaimToHeader, JwksSource, TokenLocat
 use crate::introspection::{
     FailMode, Inactive, IntrospectionError, Introspector, TokenInfo, TokenKey,
 };
-use crate::jwks::KeySet;
+use crate::jwks::{KeyId, KeySet};
 use crate::jwt::{self, Claims, Decoded};
 use crate::path::{PathDisposition, PathNormalizer};
 use crate::rejection::Rejection;
@@ -75,14 +75,26 @@ pub trait KeySource {
         false
     }
 
-    /// Did `provider`'s keys verify this token's signature before, still within its `exp`
-    /// at `now` (seconds)?
-    fn signature_known(&self, _provider: &Provider, _token: &TokenDigest, _now: u64) -> bool {
-        false
+    /// Which of `provider`'s keys verified this token's signature before, still within its
+    /// `exp` at `now` (seconds)?
+    fn signature_known(
+        &self,
+        _provider: &Provider,
+        _token: &TokenDigest,
+        _now: u64,
+    ) -> Option<KeyId> {
+        None
     }
 
-    /// Records a signature `provider`'s keys verified, good until `expires` (seconds).
-    fn remember_signature(&self, _provider: &Provider, _token: &TokenDigest, _expires: u64) {}
+    /// Records a signature `provider`'s key `key` verified, good until `expires` (seconds).
+    fn remember_signature(
+        &self,
+        _provider: &Provider,
+        _token: &TokenDigest,
+        _key: KeyId,
+        _expires: u64,
+    ) {
+    }
 }
 
 /// Keys written into the configuration.
@@ -117,14 +129,19 @@ impl<S: SharedStore> KeySource for StoredKeys<'_, S> {
         self.verified.is_some()
     }
 
-    fn signature_known(&self, provider: &Provider, token: &TokenDigest, now: u64) -> bool {
-        self.verified
-            .is_some_and(|cache| cache.known(self.store, provider.tag, token, now))
+    fn signature_known(&self, provider: &Provider, token: &TokenDigest, now: u64) -> Option<KeyId> {
+        self.verified?.known(self.store, provider.tag, token, now)
     }
 
-    fn remember_signature(&self, provider: &Provider, token: &TokenDigest, expires: u64) {
+    fn remember_signature(
+        &self,
+        provider: &Provider,
+        token: &TokenDigest,
+        key: KeyId,
+        expires: u64,
+    ) {
         if let Some(cache) = self.verified {
-            cache.remember(self.store, provider.tag, token, expires);
+            cache.remember(self.store, provider.tag, token, key, expires);
         }
     }
 }
@@ -882,23 +899,31 @@ fn verify(
         return Err(Rejection::AlgNotAllowed);
     }
     let mut digest = None;
+    let mut verifier = None;
     let mut key_set = None;
     let verified = if alg.is_hmac() {
         let secret = provider.hmac.as_ref().ok_or(Rejection::NoKeyForAlg)?;
         secret.verify(alg, decoded.signing_input, &decoded.signature)
     } else {
         let set = keys.keys(provider).ok_or(Rejection::KeysUnavailable)?;
-        // The kid and alg must still name a current key, cached or not (a rotated-out key
-        // stops counting).
+        // The kid and alg must still name a current key, cached or not, and a cached
+        // signature counts only while the key that verified it is one of them (a rotated-out
+        // key stops vouching).
         let mut candidates = set.candidates(decoded.kid.as_deref(), alg)?;
         let token = keys
             .caches_signatures()
             .then(|| TokenDigest::of(decoded.signing_input, &decoded.signature));
-        let verified = if token.is_some_and(|token| keys.signature_known(provider, &token, now)) {
+        let known = token.and_then(|token| keys.signature_known(provider, &token, now));
+        let verified = if known.is_some_and(|id| candidates.any(|key| key.id == id)) {
             true
         } else {
             digest = token;
-            candidates.any(|key| key.verify(alg, decoded.signing_input, &decoded.signature))
+            let verifying = set.candidates(decoded.kid.as_deref(), alg)?.find(|key| {
+                key.key
+                    .verify(alg, decoded.signing_input, &decoded.signature)
+            });
+            verifier = verifying.map(|key| key.id);
+            verifier.is_some()
         };
         drop(candidates);
         key_set = Some(set);
@@ -911,8 +936,8 @@ fn verify(
     let expires = times.check(now, provider.time)?;
     claims::check_audience(&decoded.claims, &provider.audiences)?;
     // Only a token with an expiry is cached, and never past it.
-    if let (Some(token), Some(expires)) = (digest, expires) {
-        keys.remember_signature(provider, &token, expires);
+    if let (Some(token), Some(key), Some(expires)) = (digest, verifier, expires) {
+        keys.remember_signature(provider, &token, key, expires);
     }
     Ok(Checked {
         times,
@@ -1027,10 +1052,52 @@ mod tests {
         fn caches_signatures(&self) -> bool {
             true
         }
-        fn signature_known(&self, _: &Provider, _: &TokenDigest, _: u64) -> bool {
+        fn signature_known(&self, _: &Provider, _: &TokenDigest, _: u64) -> Option<KeyId> {
             self.verifications.set(self.verifications.get() + 1);
-            false
+            None
         }
+    }
+
+    #[test]
+    fn a_cached_signature_stops_counting_once_its_key_leaves_the_jwks() {
+        // A token without kid, verified and cached while rsa-1 was published; rsa-1 is then
+        // removed (compromised) and rsa-2, another RS256 key, is published instead. The
+        // cache must not vouch for the token: rsa-2 never verified it.
+        let jwks: Value = serde_json::from_str(JWKS).unwrap();
+        let only = |kid: &str| {
+            let key = jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["kid"] == kid)
+                .unwrap()
+                .clone();
+            let mut config = config(json!({"jwks": {"inline": {"keys": [key]}}}));
+            config.verified_token_cache_entries = 16;
+            Authenticator::build(&config, &mut Problems::default())
+        };
+        let store = palisade_kit::store::MemoryStore::new();
+        let keys = StoredKeys {
+            store: &store,
+            now_ms: NOW * 1000,
+            verified: VerifiedCache::new(16),
+        };
+        let rsa1 = jsonwebtoken::EncodingKey::from_rsa_der(test_tokens::RSA);
+        let token = sign_with(Algorithm::RS256, None, &rsa1, &claims());
+        let header = bearer(&token);
+        let fields: [(&[u8], &[u8]); 1] = [(b"authorization", header.as_bytes())];
+        let before = only("rsa-1").decide(&fields, None, NOW, &keys);
+        assert!(matches!(before, Verdict::Allow(_)), "{before:?}");
+        assert_eq!(store.len(), 1, "the verification is cached");
+        assert_eq!(
+            rejection(only("rsa-2").decide(&fields, None, NOW, &keys)),
+            Rejection::BadSignature
+        );
+        // While rsa-1 is published, the cached verification still serves.
+        assert!(matches!(
+            only("rsa-1").decide(&fields, None, NOW + 1, &keys),
+            Verdict::Allow(_)
+        ));
     }
 
     #[test]

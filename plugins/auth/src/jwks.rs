@@ -5,6 +5,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::config::Algorithm;
 use crate::rejection::Rejection;
@@ -29,6 +30,31 @@ pub struct SetKey {
     /// The JWK's `alg`, when it pins one.
     pub alg: Option<Algorithm>,
     pub key: PublicKey,
+    /// Names this key across JWKS versions and workers: the verified-token cache records
+    /// which key verified a token, and an entry counts only while that key is in the set.
+    pub id: KeyId,
+}
+
+/// The first 8 bytes of the SHA-256 of a JWK's identifying members (`kty`, `kid`, `alg`,
+/// `crv`, `n`, `e`, `x`, `y`): the same JWK gets the same id in every JWKS version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyId(pub [u8; 8]);
+
+impl KeyId {
+    fn of(jwk: &Map<String, Value>) -> KeyId {
+        let mut hash = Sha256::new();
+        for member in ["kty", "kid", "alg", "crv", "n", "e", "x", "y"] {
+            let value = jwk.get(member).and_then(Value::as_str).unwrap_or_default();
+            hash.update(value.len().to_le_bytes());
+            hash.update(value.as_bytes());
+        }
+        let full = hash.finalize();
+        let mut id = [0u8; 8];
+        for (i, b) in id.iter_mut().zip(full.iter()) {
+            *i = *b;
+        }
+        KeyId(id)
+    }
 }
 
 impl SetKey {
@@ -103,7 +129,7 @@ impl KeySet {
         &'s self,
         kid: Option<&'s str>,
         alg: Algorithm,
-    ) -> Result<impl Iterator<Item = &'s PublicKey> + 's, Rejection> {
+    ) -> Result<impl Iterator<Item = &'s SetKey> + 's, Rejection> {
         let named = move |key: &&SetKey| match (kid, key.kid.as_deref()) {
             (Some(wanted), Some(has)) => wanted == has,
             _ => true,
@@ -117,8 +143,7 @@ impl KeySet {
         Ok(self
             .keys
             .iter()
-            .filter(move |key| named(key) && key.verifies(alg))
-            .map(|key| &key.key))
+            .filter(move |key| named(key) && key.verifies(alg)))
     }
 
     /// Does any key carry this `kid`?
@@ -276,7 +301,12 @@ fn prepare(jwk: &Map<String, Value>, depth: Depth) -> Result<Option<SetKey>, Str
         }
     }
     Ok(match key {
-        KeyOf::Prepared(key) => Some(SetKey { kid, alg, key }),
+        KeyOf::Prepared(key) => Some(SetKey {
+            kid,
+            alg,
+            key,
+            id: KeyId::of(jwk),
+        }),
         KeyOf::Checked(_) => None,
     })
 }

@@ -4,7 +4,10 @@
 //!
 //! Only the signature is cached. The token is still decoded and every claim (`exp`, `nbf`,
 //! `iat`, `aud`, rules) is checked on every request; an entry is never used past the token's
-//! `exp` (leeway included), and tokens without `exp` are never cached. The cache is a fixed
+//! `exp` (leeway included), and tokens without `exp` are never cached. An entry names the key
+//! that verified the signature ([`KeyId`]) and counts only while the provider's current set
+//! still offers that key for the token: a key removed from the JWKS (rotated out, or
+//! compromised) stops vouching for the tokens it verified. The cache is a fixed
 //! number of slots (`verified_token_cache_entries`): the slot is chosen by the token's SHA-256
 //! and an entry holds the whole digest, so a slot shared by two tokens only costs a miss. Shared
 //! data therefore never holds more than that many keys for it (Envoy never evicts shared data),
@@ -12,6 +15,8 @@
 
 use palisade_kit::store::{SharedStore, Write};
 use sha2::{Digest, Sha256};
+
+use crate::jwks::KeyId;
 
 /// The SHA-256 of a token (its signing input and signature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +58,8 @@ pub struct VerifiedCache {
     slots: u32,
 }
 
-const ENTRY: usize = 32 + 8 + 8;
+/// Token digest, provider tag, verifying key, expiry.
+const ENTRY: usize = 32 + 8 + 8 + 8;
 
 impl VerifiedCache {
     /// `None` when `slots` is 0 (off).
@@ -67,35 +73,32 @@ impl VerifiedCache {
         format!("{}auth/vt/{slot}", palisade_kit::store::NAMESPACE)
     }
 
-    /// Has `provider` verified this token's signature before, and is `now` (seconds) still
-    /// within the token's expiry as recorded then?
+    /// The key of `provider` that verified this token's signature before, if one did and `now`
+    /// (seconds) is still within the token's expiry as recorded then.
     pub fn known(
         &self,
         store: &impl SharedStore,
         provider: ProviderTag,
         token: &TokenDigest,
         now: u64,
-    ) -> bool {
-        let Ok(Some(entry)) = store.get(&self.key(token)) else {
-            return false;
-        };
+    ) -> Option<KeyId> {
+        let entry = store.get(&self.key(token)).ok()??;
         let value = entry.value.as_slice();
-        let (Some(digest), Some(tag), Some(expires)) =
-            (value.get(..32), value.get(32..40), value.get(40..ENTRY))
-        else {
-            return false;
-        };
-        let expires = expires.try_into().map_or(0, u64::from_le_bytes);
-        digest == token.0 && tag == provider.0 && now <= expires
+        let digest = value.get(..32)?;
+        let tag = value.get(32..40)?;
+        let key: [u8; 8] = value.get(40..48)?.try_into().ok()?;
+        let expires = u64::from_le_bytes(value.get(48..ENTRY)?.try_into().ok()?);
+        (digest == token.0 && tag == provider.0 && now <= expires).then_some(KeyId(key))
     }
 
-    /// Records that `provider` verified this token, good until `expires` (seconds, leeway
-    /// included). Best effort: a write that loses a race is dropped.
+    /// Records that `provider`'s key `verifier` verified this token, good until `expires`
+    /// (seconds, leeway included). Best effort: a write that loses a race is dropped.
     pub fn remember(
         &self,
         store: &impl SharedStore,
         provider: ProviderTag,
         token: &TokenDigest,
+        verifier: KeyId,
         expires: u64,
     ) {
         let key = self.key(token);
@@ -106,6 +109,7 @@ impl VerifiedCache {
         let mut value = Vec::with_capacity(ENTRY);
         value.extend_from_slice(&token.0);
         value.extend_from_slice(&provider.0);
+        value.extend_from_slice(&verifier.0);
         value.extend_from_slice(&expires.to_le_bytes());
         match store.set(&key, &value, current.map(|entry| entry.cas)) {
             Ok(Write::Stored | Write::Conflict) => {}
@@ -125,22 +129,35 @@ mod tests {
 
     #[test]
     fn a_remembered_token_is_known_until_it_expires_for_its_provider_only() {
+        const KEY: KeyId = KeyId([7; 8]);
         for blind_write in [BlindWrite::Overwrites, BlindWrite::Refused] {
             let store = MemoryStore::with(blind_write, usize::MAX);
             let cache = VerifiedCache::new(16).unwrap();
             let idp = ProviderTag::of("idp", "https://idp");
             let other = ProviderTag::of("idp", "https://other");
             let token = TokenDigest::of(b"h.p", b"sig");
-            assert!(!cache.known(&store, idp, &token, 100));
-            cache.remember(&store, idp, &token, 200);
-            assert!(cache.known(&store, idp, &token, 200));
-            assert!(!cache.known(&store, idp, &token, 201), "past exp");
-            assert!(!cache.known(&store, other, &token, 100), "another provider");
+            assert_eq!(cache.known(&store, idp, &token, 100), None);
+            cache.remember(&store, idp, &token, KEY, 200);
+            assert_eq!(cache.known(&store, idp, &token, 200), Some(KEY));
+            assert_eq!(cache.known(&store, idp, &token, 201), None, "past exp");
+            assert_eq!(
+                cache.known(&store, other, &token, 100),
+                None,
+                "another provider"
+            );
             let forged = TokenDigest::of(b"h.p", b"sig2");
-            assert!(!cache.known(&store, idp, &forged, 100), "another signature");
+            assert_eq!(
+                cache.known(&store, idp, &forged, 100),
+                None,
+                "another signature"
+            );
             // Rewriting a slot works on both hosts (CAS of the read).
-            cache.remember(&store, idp, &token, 300);
-            assert!(cache.known(&store, idp, &token, 250), "{blind_write:?}");
+            cache.remember(&store, idp, &token, KeyId([8; 8]), 300);
+            assert_eq!(
+                cache.known(&store, idp, &token, 250),
+                Some(KeyId([8; 8])),
+                "{blind_write:?}"
+            );
         }
     }
 
@@ -150,7 +167,13 @@ mod tests {
         let cache = VerifiedCache::new(8).unwrap();
         let idp = ProviderTag::of("idp", "i");
         for i in 0..500u32 {
-            cache.remember(&store, idp, &TokenDigest::of(&i.to_le_bytes(), b"s"), 10);
+            cache.remember(
+                &store,
+                idp,
+                &TokenDigest::of(&i.to_le_bytes(), b"s"),
+                KeyId([0; 8]),
+                10,
+            );
         }
         assert!(store.len() <= 8, "{}", store.len());
         assert!(VerifiedCache::new(0).is_none());
