@@ -131,6 +131,14 @@ impl DeliveryQueue {
         }
     }
 
+    /// How much of a collector's answer to read: enough for a Kafka REST offsets list of a
+    /// full batch (one entry per record, ~60 bytes, more with an error message), at least
+    /// 64 KiB. A truncated answer does not parse, and its failed records would count as sent.
+    pub fn answer_cap(&self) -> usize {
+        const PER_RECORD: usize = 256;
+        (64 * 1024).max(self.settings.max_events.saturating_mul(PER_RECORD))
+    }
+
     pub fn totals(&self) -> Totals {
         self.totals
     }
@@ -466,6 +474,19 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    #[test]
+    fn the_answer_read_fits_a_full_batchs_offsets() {
+        let mut small = settings(Format::Ndjson { path: "/".into() });
+        small.max_events = 100;
+        assert_eq!(DeliveryQueue::new(small).answer_cap(), 64 * 1024);
+        let mut large = settings(Format::Ndjson { path: "/".into() });
+        large.max_events = 5_000;
+        let cap = DeliveryQueue::new(large).answer_cap();
+        // A Kafka REST answer for 5000 records, each with an error message.
+        let entry = r#"{"partition":11,"offset":9223372036854775807,"error_code":50002,"error":"Kafka error: This server is not the leader."},"#;
+        assert!(cap >= 5_000 * entry.len() + 64, "{cap}");
+    }
 
     fn settings(format: Format) -> Settings {
         Settings {

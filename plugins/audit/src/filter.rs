@@ -27,8 +27,6 @@ use crate::engine::{Audit, Facts, Verdict};
 use crate::event::Denial;
 
 const NAME: &str = "palisade-audit";
-/// A collector's answer body is read up to this (it is only parsed for error codes).
-const MAX_ANSWER: usize = 64 * 1024;
 
 /// Which proxy answers property reads: Envoy encodes integers as 8 little-endian bytes, Kong
 /// as text, so the first `response.code` tells them apart at no extra cost.
@@ -215,7 +213,9 @@ impl Worker {
         let Some(batch_id) = self.calls.borrow_mut().remove(&token) else {
             return;
         };
-        let response = callout::http_call_response(body_size, MAX_ANSWER);
+        // Read only as far as error codes need (DeliveryQueue::answer_cap).
+        let cap = self.queue.borrow().answer_cap();
+        let response = callout::http_call_response(body_size, cap);
         let now = HostClock.unix_millis();
         let answered = {
             let mut rng = self.rng.borrow_mut();
