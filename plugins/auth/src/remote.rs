@@ -474,9 +474,26 @@ impl RemoteJwks {
         body: &[u8],
         body_size: usize,
     ) -> Result<Fetched, FetchError> {
-        let parsed = self.check(status, body, body_size);
+        let version = digest(body);
+        // The same document again (the usual refresh): its keys are this worker's already.
+        // Parsing it anew would re-prepare every EC key (~9M fuel each) and empty the token
+        // memo, which is keyed by the key set.
+        let parsed = match self.check_answer(status, body, body_size) {
+            Ok(()) => {
+                let mut local = self.local.borrow_mut();
+                match local.as_mut().filter(|l| l.digest == version) {
+                    Some(current) => {
+                        current.fetched_ms = current.fetched_ms.max(now_ms);
+                        Ok(None)
+                    }
+                    None => Self::parse(body).map(Some),
+                }
+            }
+            Err(error) => Err(error),
+        };
         let (keys, skipped) = match parsed {
-            Ok(parsed) => parsed,
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => (KeySet::default(), 0),
             Err(error) => {
                 let retry = now_ms.saturating_add(millis(RETRY_AFTER_FAILURE));
                 let _ = update(store, &self.key, 4, |current| {
@@ -488,17 +505,18 @@ impl RemoteJwks {
                 return Err(error);
             }
         };
-        let version = digest(body);
         let changed = self
             .local
             .borrow()
             .as_ref()
             .is_none_or(|l| l.digest != version);
-        *self.local.borrow_mut() = Some(Local {
-            digest: version,
-            fetched_ms: now_ms,
-            keys: Rc::new(keys),
-        });
+        if changed {
+            *self.local.borrow_mut() = Some(Local {
+                digest: version,
+                fetched_ms: now_ms,
+                keys: Rc::new(keys),
+            });
+        }
         self.expired_logged.set(false);
         let count = self.local.borrow().as_ref().map_or(0, |l| l.keys.len());
         let shared = update(store, &self.key, 4, |current| {
@@ -527,12 +545,13 @@ impl RemoteJwks {
         })
     }
 
-    fn check(
+    /// The answer's status and size; the document itself is [`Self::parse`]d.
+    fn check_answer(
         &self,
         status: Option<u16>,
         body: &[u8],
         body_size: usize,
-    ) -> Result<(KeySet, usize), FetchError> {
+    ) -> Result<(), FetchError> {
         let status = status.ok_or(FetchError::Unreachable)?;
         if status != 200 {
             return Err(FetchError::Status(status));
@@ -544,6 +563,10 @@ impl RemoteJwks {
                 max: self.max_response_bytes,
             });
         }
+        Ok(())
+    }
+
+    fn parse(body: &[u8]) -> Result<(KeySet, usize), FetchError> {
         let (keys, skipped) = KeySet::parse(body).map_err(FetchError::Refused)?;
         if keys.is_empty() {
             return Err(FetchError::NoUsableKeys);
@@ -668,6 +691,17 @@ mod tests {
             assert!(Rc::ptr_eq(&first, &b.cached(T0 + 2).unwrap()));
             // Nobody needs a cold fetch any more.
             assert!(!b.claim(&store, T0 + 2, Trigger::Cold));
+            // A refresh answering the same document keeps the keys as they are: not parsed
+            // (EC tables re-prepared) nor replaced (the token memo keyed by them kept).
+            let held = a.cached(T0).unwrap();
+            let again = a
+                .fetched(&store, T0 + 60_000, Some(200), JWKS, JWKS.len())
+                .unwrap();
+            assert_eq!(
+                (again.keys, again.skipped, again.changed, again.shared),
+                (5, 0, false, true)
+            );
+            assert!(Rc::ptr_eq(&held, &a.cached(T0 + 60_000).unwrap()));
         }
     }
 
