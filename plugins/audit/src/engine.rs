@@ -165,7 +165,8 @@ impl Audit {
         let security = security_kind(facts);
         let event_type = match security {
             Some(_) => EventType::Security,
-            None => self.classify(&method, bare_path),
+            // On the normalised path, so `//admin` is still an admin operation.
+            None => self.classify(&method, &crate::pattern::normalize(bare_path)),
         };
         let keep = match event_type {
             EventType::ApiCall => self.keep[0],
@@ -371,6 +372,29 @@ mod tests {
         );
         let json = String::from_utf8(event.to_json()).unwrap();
         assert!(!json.contains("s3cr3t"), "{json}");
+    }
+
+    #[test]
+    fn a_path_written_to_dodge_a_rule_is_classified_as_the_upstream_reads_it() {
+        let a = audit(RULES);
+        for path in [
+            "//admin/users/7",
+            "/api/../admin/users/7",
+            "/%61dmin/users/7?x=1",
+        ] {
+            let pairs = [(":method", "DELETE"), (":path", path)];
+            let headers = request(&pairs);
+            let facts = Facts {
+                request_headers: &headers,
+                status: 204,
+                ..Facts::default()
+            };
+            assert_eq!(
+                emit(&a, &facts).event_type,
+                EventType::AdminOperation,
+                "{path}"
+            );
+        }
     }
 
     #[test]
