@@ -732,7 +732,7 @@ impl Authenticator {
                 || self
                     .claim_headers
                     .iter()
-                    .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+                    .any(|h| identity::spelled_alike(name, h.as_bytes()));
             if !owned {
                 continue;
             }
@@ -1351,6 +1351,9 @@ mod tests {
                 ("x-palisade-consumer", "mallory"),
                 ("x-palisade-anything", "x"),
                 ("x-user-email", "mallory@evil.example"),
+                // Underscores: Envoy passes them on, and CGI-style upstreams read them as `-`.
+                ("x_palisade_subject", "mallory"),
+                ("X_User_Email", "mallory@evil.example"),
                 ("x-tenant", "acme"),
             ],
         );
@@ -1366,6 +1369,8 @@ mod tests {
                 remove("x-palisade-consumer"),
                 remove("x-palisade-anything"),
                 remove("x-user-email"),
+                remove("x_palisade_subject"),
+                remove("x_user_email"),
                 set("x-palisade-auth-provider", "idp"),
                 set("x-palisade-subject", "alice"),
                 set("x-palisade-consumer", "alice"),

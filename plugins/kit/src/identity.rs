@@ -13,10 +13,22 @@ pub const CONSUMER: &str = "x-palisade-consumer";
 pub const PROVIDER: &str = "x-palisade-auth-provider";
 
 /// Does palisade-auth own this header (so a client must not send it)? Header names compare
-/// case-insensitively.
+/// case-insensitively, and `_` counts as `-`: Envoy passes `x_palisade_subject` on by default
+/// (`headers_with_underscores_action: ALLOW`), and CGI-style upstreams (WSGI, Rack, PHP) read
+/// both spellings as the same `HTTP_X_PALISADE_SUBJECT`.
 pub fn is_owned(name: &[u8]) -> bool {
     name.get(..PREFIX.len())
-        .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX.as_bytes()))
+        .is_some_and(|head| spelled_alike(head, PREFIX.as_bytes()))
+}
+
+/// Would an upstream read `sent` as the header `name` (lower-case, with `-`)? Case-insensitive,
+/// `_` for `-` (see [`is_owned`]).
+pub fn spelled_alike(sent: &[u8], name: &[u8]) -> bool {
+    sent.len() == name.len()
+        && sent
+            .iter()
+            .zip(name)
+            .all(|(&b, &n)| b.eq_ignore_ascii_case(&n) || (n == b'-' && b == b'_'))
 }
 
 #[cfg(test)]
@@ -33,5 +45,15 @@ mod tests {
         assert!(is_owned(b"x-palisade-"));
         assert!(!is_owned(b"x-palisad"));
         assert!(!is_owned(b"x-request-id"));
+        assert!(is_owned(b"x_palisade_subject"));
+        assert!(is_owned(b"X-Palisade_Consumer"));
+        assert!(!is_owned(b"x_palisad"));
+        assert!(!is_owned(b"x.palisade-subject"));
+        assert!(spelled_alike(b"X_User_Email", b"x-user-email"));
+        assert!(!spelled_alike(b"x-user-emai", b"x-user-email"));
+        assert!(
+            !spelled_alike(b"x-user_email", b"x_user_email"),
+            "names are written with -"
+        );
     }
 }
