@@ -693,7 +693,13 @@ impl Authenticator {
                     .as_ref()
                     .is_some_and(|i| i.fail_mode() == FailMode::Open);
                 return if open {
-                    Verdict::Anonymous(pending.strip)
+                    // Anonymous, but the token still goes no further than forward_token says
+                    // (the path edit last, as when introspection answers).
+                    let mut edits = pending.strip;
+                    let path_edit = take_path_edit(&mut edits);
+                    edits.extend(pending.removal);
+                    edits.extend(path_edit);
+                    Verdict::Anonymous(edits)
                 } else {
                     deny(source, Rejection::Introspection(error))
                 };
@@ -704,10 +710,7 @@ impl Authenticator {
         }
         let mut edits = pending.strip;
         // The path edit (if any) goes last, after the token's removal from the query.
-        let path_edit = edits
-            .iter()
-            .position(|e| matches!(e, Edit::Set(name, _) if name == ":path"))
-            .map(|at| edits.remove(at));
+        let path_edit = take_path_edit(&mut edits);
         set_identity(&mut edits, INTROSPECTION_PROVIDER, info.subject());
         edits.extend(pending.removal);
         edits.extend(path_edit);
@@ -944,6 +947,14 @@ fn verify(
         expires,
         key_set,
     })
+}
+
+/// Takes the `:path` edit out of `edits`: it must follow the token's removal from the query.
+fn take_path_edit(edits: &mut Vec<Edit<'static>>) -> Option<Edit<'static>> {
+    edits
+        .iter()
+        .position(|e| matches!(e, Edit::Set(name, _) if name == ":path"))
+        .map(|at| edits.remove(at))
 }
 
 #[cfg(test)]
@@ -1660,9 +1671,10 @@ mod policy_tests {
         else {
             panic!()
         };
+        // The token is not forwarded (forward_token is off by default), even anonymous.
         assert_eq!(
             engine.introspected(pending, Answer::Failed(IntrospectionError::Status(500))),
-            Verdict::Anonymous(Vec::new())
+            Verdict::Anonymous(vec![Edit::Remove("authorization".to_owned().into())])
         );
     }
 

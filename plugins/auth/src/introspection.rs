@@ -63,7 +63,8 @@ pub struct IntrospectionConfig {
     pub max_response_bytes: u32,
     /// When the endpoint cannot answer (unreachable, timeout, error status, garbage):
     /// `closed` (default) refuses the request with 503; `open` lets it through
-    /// unauthenticated, as Envoy ext_authz's `failure_mode_allow`.
+    /// unauthenticated, as Envoy ext_authz's `failure_mode_allow` (the token still removed
+    /// unless `forward_token`).
     #[serde(default)]
     pub fail_mode: FailMode,
     /// Keep the token in the request sent upstream. Default `false`: once introspection
