@@ -326,6 +326,46 @@ fn every_algorithm_is_accepted_and_identity_set_from_the_token() -> Result<(), F
     Ok(())
 }
 
+/// Kong hands a plugin at most 100 header pairs (pseudo-headers first): an identity header
+/// past them is invisible to the stripping. On Kong such a request is refused with 431 (Envoy
+/// refuses over 100 headers by default too); Envoy hands every pair, and the spoofed header
+/// is stripped as always.
+#[test]
+fn an_identity_header_hidden_past_kongs_header_cap_is_refused_not_missed() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (_, vms) = load(profile, Plugin::Auth, &config(json!({})))?;
+        let token = Signer::for_alg("RS256").sign(&claims(NOW));
+        let request = (0..110)
+            .fold(with_token(&token), |r, i| {
+                r.header(&format!("x-filler-{i}"), "x")
+            })
+            .header("x-palisade-role", "admin")
+            .header("x-request-id", "req-7");
+        let (outcome, upstream) = send(&vms, request)?;
+        if profile.is_kong() {
+            let Outcome::LocalReply(reply) = outcome else {
+                panic!("{profile:?}: {outcome:?}")
+            };
+            assert_eq!(reply.status, 431);
+            let body: Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(
+                body,
+                json!({"error": "request header fields too large", "status": 431, "request_id": null})
+            );
+        } else {
+            assert_eq!(outcome, Outcome::Continue);
+            assert!(!upstream.contains("x-palisade-role"), "spoofed header kept");
+            assert_eq!(upstream.get("x-palisade-subject"), Some("alice"));
+        }
+        // A request under the cap passes on both.
+        let request = (0..50).fold(with_token(&token), |r, i| {
+            r.header(&format!("x-filler-{i}"), "x")
+        });
+        assert_eq!(send(&vms, request)?.0, Outcome::Continue, "{profile:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn hmac_tokens_need_the_configured_secret() -> Result<(), Failure> {
     for profile in PROFILES {

@@ -299,6 +299,17 @@ impl Profile {
         }
     }
 
+    /// How many pairs `proxy_get_header_map_pairs` hands over: ngx_wasm_module stops at 100
+    /// (`NGX_HTTP_WASM_MAX_REQ_HEADERS`, pseudo-headers first) and logs "marshalled map
+    /// truncated to 100 elements"; Envoy hands every one.
+    pub(crate) fn header_map_pairs_cap(self) -> usize {
+        if self.is_kong() {
+            100
+        } else {
+            usize::MAX
+        }
+    }
+
     /// Kong never calls the trailer callbacks nor `on_queue_ready` (PROXY_WASM.md "Supported
     /// Entrypoints").
     pub(crate) fn calls_trailer_callbacks(self) -> bool {

@@ -547,6 +547,16 @@ impl Stream {
         resume: bool,
     ) -> Action {
         let headers = fields(&raw);
+        // Kong hands over at most 100 header pairs: a client could hide an identity header
+        // past them, where stripping cannot see it. Envoy refuses over 100 headers by default
+        // too (max_request_headers_count).
+        if host::header_map_may_be_truncated(headers.len()) {
+            log::debug!("[{NAME}] more request headers than the host hands over; refusing");
+            return refuse(
+                &ErrorReply::new(431, "request header fields too large"),
+                &headers,
+            );
+        }
         // A clock the host cannot read would make every token look current: refuse instead.
         let Some(now_ms) = now_ms() else {
             log::error!("[{NAME}] the host clock is unavailable; refusing");

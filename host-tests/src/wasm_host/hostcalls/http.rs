@@ -179,10 +179,12 @@ fn proxy_get_header_map_pairs(
     ret_size: u32,
 ) -> Ret {
     enter(&mut caller, "proxy_get_header_map_pairs")?;
+    let cap = caller.data().profile.header_map_pairs_cap();
     let encoded = with_map(caller.data_mut(), map_type, false, |headers| {
         let pairs: Vec<(&[u8], &[u8])> = headers
             .pairs()
             .iter()
+            .take(cap)
             .map(|(n, v)| (n.as_slice(), v.as_slice()))
             .collect();
         header_pairs::encode(&pairs)

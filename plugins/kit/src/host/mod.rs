@@ -62,8 +62,21 @@ pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, HostError> {
     }
 }
 
+/// ngx_wasm_module hands a plugin at most this many pairs of a header map, pseudo-headers
+/// first, and drops the rest with a warning (`NGX_HTTP_WASM_MAX_REQ_HEADERS`, "marshalled map
+/// truncated to 100 elements"). Envoy hands every pair.
+pub const KONG_MAX_HEADER_PAIRS: usize = 100;
+
+/// Whether a map read with [`headers_raw`] that decoded to `pairs` pairs may be missing some:
+/// on Kong, one at the cap. A decision that needs every header (removing a client's identity
+/// headers) must refuse such a request, and the map must not be rewritten whole.
+pub fn header_map_may_be_truncated(pairs: usize) -> bool {
+    pairs >= KONG_MAX_HEADER_PAIRS && is_kong()
+}
+
 /// Every header of a map, in order, as raw bytes: the host's encoded answer, to decode with
-/// [`crate::header_pairs::decode_borrowed`] (one buffer, no allocation per header).
+/// [`crate::header_pairs::decode_borrowed`] (one buffer, no allocation per header). On Kong at
+/// most [`KONG_MAX_HEADER_PAIRS`] (see [`header_map_may_be_truncated`]).
 pub fn headers_raw(map: Map) -> Result<Vec<u8>, HostError> {
     let mut data = std::ptr::null_mut();
     let mut size = 0;
@@ -101,7 +114,8 @@ pub fn apply_edits<'a>(
     // request, three edits one by one cost Envoy 8,600 fewer instructions than the whole map
     // (auth's warm path, `just bench --instructions`); each edit costs ~3,000.
     const ONE_BY_ONE: usize = 6;
-    if edits.len() > ONE_BY_ONE {
+    // A snapshot Kong cut short would drop the headers past its cap when written back whole.
+    if edits.len() > ONE_BY_ONE && !header_map_may_be_truncated(snapshot.len()) {
         let mut fields = snapshot.to_vec();
         for edit in edits {
             edit.apply_to(&mut fields);
