@@ -198,6 +198,36 @@ fn grpc_errors_count_by_their_grpc_status() -> Result<(), Failure> {
             "[palisade-resilience] circuit {CLUSTER} opened for 30s (5 consecutive failures)"
         )]
     );
+    // A call reset after its headers (no trailers) counts as neither: four failures, a reset,
+    // then the fifth failure opens the circuit.
+    let (host, vms) = start(Profile::Envoy, "")?;
+    for i in 0..4 {
+        grpc(&vms, i % 2, &[], &[("grpc-status", "14")])?;
+    }
+    let request = get("/orders.Orders/Watch").header("content-type", "application/grpc");
+    let mut reset = vms.worker(0).http_request(request)?;
+    reset.send_request_headers(false)?;
+    reset.send_response_headers(Response::status(200), false)?;
+    reset.finish()?;
+    assert_eq!(opened(&host), Some(MetricValue::Counter(0)));
+    grpc(&vms, 1, &[], &[("grpc-status", "14")])?;
+    assert_eq!(opened(&host), Some(MetricValue::Counter(1)));
+    // Half-open: a trial is judged when its answer starts (a stream may outlive the trial's
+    // lease), so a long-lived call's 200 closes the circuit before any trailer.
+    host.advance_clock(Duration::from_secs(30))?;
+    let request = get("/orders.Orders/Watch").header("content-type", "application/grpc");
+    let mut trial = vms.worker(0).http_request(request)?;
+    assert_eq!(trial.send_request_headers(false)?, Outcome::Continue);
+    trial.send_response_headers(Response::status(200), false)?;
+    assert_eq!(
+        plugin_lines(&vms, LogLevel::Info)
+            .last()
+            .map(String::as_str),
+        Some(
+            format!("[palisade-resilience] circuit {CLUSTER} closed: the trial succeeded").as_str()
+        )
+    );
+    trial.finish()?;
     // Kong: trailers never reach the plugin, so a status there is unseen; trailers-only counts.
     let config = r#"{"proxy":"kong","metrics":false,"circuit_breaker":{"key":"orders"}}"#;
     let (_, vms) = start(Profile::kong(), config)?;

@@ -95,6 +95,11 @@ impl StreamState {
         self.grpc
     }
 
+    /// Whether the request is a half-open trial still to be judged.
+    pub fn is_trial(&self) -> bool {
+        matches!(self.circuit, Some((_, Admission::Trial, _)))
+    }
+
     /// Whether the stream's upstream answer is still to be judged by a circuit.
     pub fn awaits_outcome(&self) -> bool {
         matches!(

@@ -208,8 +208,8 @@ struct Stream {
     worker: Rc<Worker>,
     context_id: u32,
     state: StreamState,
-    /// A gRPC answer of HTTP 200 without `grpc-status` in its headers: the outcome comes in
-    /// the trailers (Envoy), or never (Kong calls no trailer callback): judged at stream end.
+    /// A gRPC answer of HTTP 200 without `grpc-status` in its headers: its outcome comes in
+    /// the trailers (Envoy only).
     grpc_in_trailers: bool,
 }
 
@@ -335,10 +335,8 @@ impl Stream {
     }
 
     fn end(&mut self) {
-        if std::mem::take(&mut self.grpc_in_trailers) {
-            // No trailers came: the call ended as its HTTP 200 says.
-            self.judge(Some(200));
-        }
+        // A call that ended without its status (reset, or the client left) counts as neither.
+        self.grpc_in_trailers = false;
         let worker = Rc::clone(&self.worker);
         worker.delayed.borrow_mut().remove(&self.context_id);
         let mut events = Vec::new();
@@ -426,6 +424,11 @@ impl HttpContext for Stream {
             match host::header(Map::ResponseHeaders, "grpc-status") {
                 // Trailers-only: the call failed (or ended) before any message.
                 Ok(Some(grpc_status)) => self.judge(Some(grpc::http_status(&grpc_status))),
+                // A half-open trial is judged by its answer starting: a stream may outlive the
+                // trial's lease. Kong calls no trailer callback: the 200 is all it will see.
+                _ if self.state.is_trial() || self.worker.proxy == Proxy::Kong => {
+                    self.judge(status)
+                }
                 _ => self.grpc_in_trailers = true,
             }
             return Action::Continue;
