@@ -466,27 +466,17 @@ impl RateLimiter {
                 t.conflicts += tally.conflicts;
                 t.store_failure |= failed;
             }
-            if failed && self.on_store_failure == FailureMode::Deny {
-                return (Decision::Deny(unavailable()), tallies);
-            }
-            if pending
+            let refused = pending
                 .get(i)
-                .is_some_and(|p| matches!(p.verdict, Verdict::Refuse { .. }))
-            {
-                // Another worker took the last of this budget between our read and write. The
-                // limits already written give their admission back: a refused request costs
-                // no budget.
-                for (index, key, fingerprint) in &written {
-                    let Some(gcra) = self.limits.get(*index).and_then(|l| l.gcra) else {
-                        continue;
-                    };
-                    let given =
-                        slots::give_back(store, key, *fingerprint, gcra.interval(), ATTEMPTS);
-                    if let (Err(_), Some((_, t))) =
-                        (given, tallies.iter_mut().find(|(j, _)| j == index))
-                    {
-                        t.store_failure = true;
-                    }
+                .is_some_and(|p| matches!(p.verdict, Verdict::Refuse { .. }));
+            let denied = failed && self.on_store_failure == FailureMode::Deny;
+            if refused || denied {
+                // Another worker took the last of this budget between our read and write (or
+                // the store failed, and failures deny). The limits already written give their
+                // admission back: a refused request costs no budget.
+                self.give_back(&written, store, &mut tallies);
+                if denied {
+                    return (Decision::Deny(unavailable()), tallies);
                 }
                 return (self.refuse(&pending, applicable, &mut tallies), tallies);
             }
@@ -641,6 +631,25 @@ impl RateLimiter {
             remaining: tightest.remaining,
             reset: tightest.reset,
         })
+    }
+
+    /// Moves each written limit's stored time back one interval (unless its slot went to
+    /// another key meanwhile); a failed give-back counts as a store failure of that limit.
+    fn give_back(
+        &self,
+        written: &[(usize, Cow<'_, str>, u64)],
+        store: &impl SharedStore,
+        tallies: &mut Tallies,
+    ) {
+        for (index, key, fingerprint) in written {
+            let Some(gcra) = self.limits.get(*index).and_then(|l| l.gcra) else {
+                continue;
+            };
+            let given = slots::give_back(store, key, *fingerprint, gcra.interval(), ATTEMPTS);
+            if let (Err(_), Some((_, t))) = (given, tallies.iter_mut().find(|(j, _)| j == index)) {
+                t.store_failure = true;
+            }
+        }
     }
 
     /// Writes one admission; on a lost compare-and-swap, locates and decides again.
