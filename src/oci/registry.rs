@@ -109,7 +109,11 @@ impl Target {
             Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
             _ => self.host.as_str(),
         };
-        host == "localhost" || host.starts_with("127.") || host == "[::1]"
+        host == "localhost"
+            || host == "[::1]"
+            || host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| ip.is_loopback())
     }
 }
 
@@ -185,6 +189,9 @@ impl Registry {
         let response = self.send("HEAD", &url, &[], None)?;
         match response.status {
             200 => Ok(true),
+            // A registry that keeps blobs in object storage redirects to them (Distribution with
+            // S3 answers 307): the blob exists.
+            301..=303 | 307 | 308 => Ok(true),
             404 => Ok(false),
             _ => expect(&response, "HEAD", &url, &[]).map(|()| false),
         }
@@ -197,19 +204,17 @@ impl Registry {
         let location = header(&response, "location").ok_or_else(|| {
             PushError::Protocol(format!("POST {url}: 202 without a Location header"))
         })?;
-        let location = if location.starts_with("http://") || location.starts_with("https://") {
-            location
-        } else {
-            format!("{}{location}", self.base)
-        };
+        let (location, same_origin) = resolve_location(&self.base, &location);
         let separator = if location.contains('?') { '&' } else { '?' };
         let put = format!("{location}{separator}digest={}", blob.digest);
-        let response = self.send(
-            "PUT",
-            &put,
-            &[("content-type", "application/octet-stream")],
-            Some(&blob.bytes),
-        )?;
+        let headers = [("content-type", "application/octet-stream")];
+        // The registry's credentials go to the registry only: an upload URL elsewhere (object
+        // storage, another host, plain HTTP) carries its own authority, if any, in the URL.
+        let response = if same_origin {
+            self.send("PUT", &put, &headers, Some(&blob.bytes))?
+        } else {
+            self.raw("PUT", &put, &headers, Some(&blob.bytes), None)?
+        };
         expect(&response, "PUT", &put, &[201])
     }
 
@@ -432,9 +437,62 @@ fn percent_encode(value: &str) -> String {
     out
 }
 
+/// An upload `Location` as a URL, and whether it is on the registry's own origin (`base`,
+/// `scheme://host[:port]`). Relative locations are resolved against the registry.
+fn resolve_location(base: &str, location: &str) -> (String, bool) {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        let origin_end = location
+            .find("://")
+            .and_then(|at| location[at + 3..].find('/').map(|slash| at + 3 + slash))
+            .unwrap_or(location.len());
+        let same = location[..origin_end].eq_ignore_ascii_case(base);
+        (location.to_owned(), same)
+    } else if location.starts_with('/') {
+        (format!("{base}{location}"), true)
+    } else {
+        (format!("{base}/{location}"), true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_locations_resolve_and_only_the_registry_gets_credentials() {
+        let base = "https://registry.example.com";
+        assert_eq!(
+            resolve_location(base, "/v2/a/blobs/uploads/1?x=y"),
+            (
+                "https://registry.example.com/v2/a/blobs/uploads/1?x=y".into(),
+                true
+            )
+        );
+        assert_eq!(
+            resolve_location(base, "v2/a/blobs/uploads/1"),
+            (
+                "https://registry.example.com/v2/a/blobs/uploads/1".into(),
+                true
+            )
+        );
+        assert!(resolve_location(base, "https://registry.example.com/v2/a/u/1").1);
+        assert!(resolve_location(base, "https://REGISTRY.example.com/v2/a/u/1").1);
+        for elsewhere in [
+            "https://storage.example.net/bucket/u/1?sig=s",
+            "http://registry.example.com/v2/a/u/1",
+            "https://registry.example.com:8443/v2/a/u/1",
+            "https://registry.example.com.evil.example/v2",
+            "https://registry.example.com",
+        ] {
+            let (url, same) = resolve_location(base, elsewhere);
+            assert_eq!(url, elsewhere);
+            assert_eq!(
+                same,
+                elsewhere == "https://registry.example.com",
+                "{elsewhere}"
+            );
+        }
+    }
 
     #[test]
     fn reads_a_bearer_challenge() {
@@ -495,6 +553,10 @@ mod tests {
         assert!(!bare.is_loopback());
         assert!(Target::parse("localhost:5000").unwrap().is_loopback());
         assert!(Target::parse("[::1]:5000").unwrap().is_loopback());
+        assert!(Target::parse("127.0.0.2:5000").unwrap().is_loopback());
+        assert!(!Target::parse("127.evil.example:5000")
+            .unwrap()
+            .is_loopback());
         assert!(Target::parse("https://registry").is_err());
         assert!(Target::parse("registry/Team").is_err());
     }
