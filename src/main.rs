@@ -277,9 +277,12 @@ fn validate_file(plugin: &PluginInfo, file: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let configs = match validate::configs_in(&text) {
+    let configs = match validate::configs_in(&text, plugin) {
         Ok(configs) if configs.is_empty() => {
-            eprintln!("{shown}: no configuration and no WasmPlugin found");
+            eprintln!(
+                "{shown}: no configuration and no WasmPlugin of {} found",
+                plugin.full_name
+            );
             return ExitCode::FAILURE;
         }
         Ok(configs) => configs,

@@ -17,10 +17,12 @@ pub enum InputError {
     NoSpec,
 }
 
-/// The configurations a file holds: the file itself (JSON or YAML object), or each `WasmPlugin`
-/// document's `spec.pluginConfig` (`{}` when absent), with a label for messages. Read as the
-/// plugin reads them, as [`Tree`]s: a key given twice is still there to be refused.
-pub fn configs_in(text: &str) -> Result<Vec<(String, Tree)>, InputError> {
+/// The configurations of `plugin` a file holds: the file itself (JSON or YAML object), or each
+/// `WasmPlugin` document's `spec.pluginConfig` (`{}` when absent), with a label for messages.
+/// A `WasmPlugin` whose `spec.url` names another Palisade plugin is skipped: a rendered
+/// manifest holds all five. Read as the plugin reads them, as [`Tree`]s: a key given twice is
+/// still there to be refused.
+pub fn configs_in(text: &str, plugin: &PluginInfo) -> Result<Vec<(String, Tree)>, InputError> {
     if let Ok(tree) = serde_json::from_str::<Tree>(text) {
         return Ok(vec![(String::new(), tree)]);
     }
@@ -39,6 +41,9 @@ pub fn configs_in(text: &str) -> Result<Vec<(String, Tree)>, InputError> {
             let spec = tree.get("spec").ok_or(InputError::NoSpec)?;
             let name = text(tree.get("metadata").and_then(|m| m.get("name")))
                 .unwrap_or_else(|| "?".to_owned());
+            if text(spec.get("url")).is_some_and(|url| names_another_plugin(&url, plugin)) {
+                continue;
+            }
             let config = spec
                 .get("pluginConfig")
                 .cloned()
@@ -56,6 +61,17 @@ pub fn configs_in(text: &str) -> Result<Vec<(String, Tree)>, InputError> {
         }
     }
     Ok(found)
+}
+
+/// Does this `WasmPlugin` url (`oci://registry/palisade-auth:0.1.0`,
+/// `file:///wasm/palisade_auth.wasm`) name a Palisade plugin other than `plugin`?
+fn names_another_plugin(url: &str, plugin: &PluginInfo) -> bool {
+    let last = url.rsplit('/').next().unwrap_or_default();
+    let image = last.split(['@', ':']).next().unwrap_or_default();
+    crate::plugins::ALL
+        .iter()
+        .filter(|other| other.full_name != plugin.full_name)
+        .any(|other| image == other.full_name || last == other.wasm_file)
 }
 
 /// Every problem with one configuration; empty when it is valid.
@@ -162,16 +178,48 @@ apiVersion: v1
 kind: ConfigMap
 metadata: {name: unrelated}
 "#;
-        let configs = configs_in(yaml).unwrap();
+        let configs = configs_in(yaml, find("rate-limit").unwrap()).unwrap();
         assert_eq!(configs.len(), 1);
         assert_eq!(configs[0].0, "WasmPlugin palisade-rate-limit: ");
         assert_eq!(configs[0].1.to_value()["limits"][0]["rate"], 5);
         assert!(problems(find("rate-limit").unwrap(), &configs[0].1).is_empty());
     }
 
+    /// A rendered manifest holds every plugin's WasmPlugin: each is checked by its own plugin.
+    #[test]
+    fn only_the_named_plugins_wasm_plugins_are_checked() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("manifests/istio/ingress-gateway.yaml"),
+        )
+        .unwrap();
+        for plugin in &crate::plugins::ALL {
+            let configs = configs_in(&text, plugin).unwrap();
+            assert_eq!(configs.len(), 1, "{}", plugin.name);
+            assert!(configs[0].0.contains(plugin.full_name), "{}", configs[0].0);
+            assert!(
+                problems(plugin, &configs[0].1).is_empty(),
+                "{}",
+                plugin.name
+            );
+        }
+        assert!(names_another_plugin(
+            "file:///wasm/palisade_audit.wasm",
+            find("auth").unwrap()
+        ));
+        assert!(!names_another_plugin(
+            "oci://r/palisade-auth@sha256:ab",
+            find("auth").unwrap()
+        ));
+        assert!(!names_another_plugin(
+            "oci://r/my-auth:1",
+            find("auth").unwrap()
+        ));
+    }
+
     #[test]
     fn json_is_taken_as_the_config_itself() {
-        let configs = configs_in(r#"{"providers": []}"#).unwrap();
+        let configs = configs_in(r#"{"providers": []}"#, find("auth").unwrap()).unwrap();
         assert_eq!(configs.len(), 1);
         assert_eq!(configs[0].0, "");
         assert_eq!(
@@ -200,7 +248,7 @@ spec:
         key: [method]
 ";
         for text in [json, yaml] {
-            let configs = configs_in(text).unwrap();
+            let configs = configs_in(text, plugin).unwrap();
             assert_eq!(
                 problems(plugin, &configs[0].1),
                 vec![Problem {
@@ -214,6 +262,7 @@ spec:
         let headers = find("header-security").unwrap();
         let configs = configs_in(
             r#"{"security_headers":{"headers":{"x-frame-options":"DENY","x-frame-options":"SAMEORIGIN"}}}"#,
+            headers,
         )
         .unwrap();
         assert_eq!(
