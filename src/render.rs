@@ -174,7 +174,7 @@ pub fn render(options: &RenderOptions) -> Result<Vec<RenderedFile>, RenderError>
     ));
     files.push(RenderedFile {
         path: "kong/kic/values.yaml".into(),
-        contents: kic_values(),
+        contents: kic_values(&target),
     });
     for plugin in &ALL {
         let meta =
@@ -671,7 +671,7 @@ fn kic_plugins() -> Result<String, RenderError> {
     Ok(out)
 }
 
-fn kic_values() -> String {
+fn kic_values(target: &Target) -> String {
     let filters: Vec<_> = ALL.iter().map(kong_filter_name).collect();
     format!(
         "# {GENERATED}
@@ -694,7 +694,7 @@ deployment:
   userDefinedVolumes:
     - name: palisade-filters
       image:
-        reference: {DEFAULT_REGISTRY}/palisade-filters:{VERSION}
+        reference: {image}:{VERSION}
         pullPolicy: IfNotPresent
   userDefinedVolumeMounts:
     - name: palisade-filters
@@ -705,6 +705,7 @@ ingressController:
 ",
         filters = filters.join(","),
         zone = kong_shm_kv_zone(),
+        image = target.image("palisade-filters"),
     )
 }
 
@@ -794,6 +795,15 @@ mod tests {
         assert!(
             auth.contains(&format!("\n  sha256: {}\n", digest.hex())),
             "{auth}"
+        );
+        let kic = &files
+            .iter()
+            .find(|f| f.path == Path::new("kong/kic/values.yaml"))
+            .unwrap()
+            .contents;
+        assert!(
+            kic.contains("reference: 127.0.0.1:5000/team/palisade-filters:0.1.0\n"),
+            "{kic}"
         );
         assert!(
             auth.contains("url: oci://127.0.0.1:5000/team/palisade-auth:0.1.0\n"),
