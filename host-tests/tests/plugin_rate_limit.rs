@@ -306,6 +306,39 @@ fn metrics_off_for_kong_before_3_8_and_the_limit_still_holds() -> Result<(), Fai
     Ok(())
 }
 
+/// Kong's shared-data version is a u32 that wraps to 0 after 2^32 writes of one key (a busy
+/// constant-key slot: days at 10k req/s), and a key at version 0 takes only a write naming 0.
+/// The store reads it as absent: the key's budget starts over once, and the limit goes on.
+/// Before, every read of the key failed for good: the limit let everything through (with
+/// `on_store_failure: deny`, refused everything with 503).
+#[test]
+fn a_slot_whose_kong_version_wrapped_to_zero_keeps_limiting() -> Result<(), Failure> {
+    let (host, vms) = load(Profile::kong(), ONE_BUDGET, 2)?;
+    assert_eq!(admitted(&vms, 2, 4, |_| Request::get("/"))?, 4);
+    let slot = host
+        .shared_data_keys()
+        .into_iter()
+        .find(|key| {
+            key.starts_with("palisade/rate-limit/all/")
+                && host
+                    .shared_data(key)
+                    .is_some_and(|(value, _)| !value.is_empty())
+        })
+        .expect("the key's slot");
+    assert!(host.age_shared_data(&slot, u32::MAX));
+    // This admission's write wraps the version to 0.
+    assert_eq!(admitted(&vms, 2, 1, |_| Request::get("/"))?, 1);
+    assert_eq!(host.shared_data(&slot).map(|(_, cas)| cas), Some(0));
+    // Read as fresh: a whole budget of 10 again, then refusals, never a 503.
+    for i in 0..12 {
+        match send(&vms, i % 2, Request::get("/"))? {
+            None => assert!(i < 10, "request {i} admitted past the budget"),
+            Some(reply) => assert_eq!((i.max(10), reply.status), (i, 429)),
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn fuel_per_admitted_request() -> Result<(), Failure> {
     let config =

@@ -380,6 +380,12 @@ impl Host {
         self.world().shared_data.put(key.as_bytes(), value.as_ref());
     }
 
+    /// Gives an existing shared-data entry this version, as if written that many times: Kong's
+    /// version is a u32 that wraps to 0. Returns whether the key exists.
+    pub fn age_shared_data(&self, key: &str, cas: u32) -> bool {
+        self.world().shared_data.age(key.as_bytes(), cas)
+    }
+
     /// Every shared-data key held now, in byte order (lossy UTF-8): how much state plugins keep.
     pub fn shared_data_keys(&self) -> Vec<String> {
         self.world()

@@ -83,6 +83,17 @@ impl SharedData {
         }
     }
 
+    /// Sets an entry's version as if it had been written that many times (Kong's wraps).
+    pub(crate) fn age(&mut self, key: &[u8], cas: u32) -> bool {
+        match self.entries.get_mut(key) {
+            Some(entry) => {
+                entry.cas = cas;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A write from the test itself: whatever the cas rule, it lands.
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) {
         let cas = match self.rule {

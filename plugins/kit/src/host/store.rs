@@ -22,8 +22,13 @@ impl SharedStore for HostStore {
         match status {
             abi::OK => {
                 let value = unsafe { abi::take(data, size) };
-                // A version of 0 would make every later write blind; refuse to pretend.
-                let cas = NonZeroU32::new(cas).ok_or(StoreError::Host(status))?;
+                // Envoy never hands out version 0. Kong's version is a u32 that wraps to 0
+                // after 2^32 writes of one key, and then takes only a write naming 0, which is
+                // what a write after "absent" names: read it as absent (its state as fresh,
+                // once per 2^32 writes) rather than fail every later read.
+                let Some(cas) = NonZeroU32::new(cas) else {
+                    return Ok(None);
+                };
                 Ok(Some(Entry {
                     value,
                     cas: Cas(cas),
