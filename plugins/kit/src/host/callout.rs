@@ -40,12 +40,17 @@ pub fn dispatch_http(call: &HttpCallout<'_>) -> Result<u32, HostError> {
     headers.push((":path", call.path));
     headers.push((":authority", call.authority));
     headers.extend_from_slice(call.headers);
+    // The ABI takes the timeout as u32 milliseconds and the SDK casts: cap it (~49 days)
+    // rather than let a long one wrap to a short one.
+    let timeout = call
+        .timeout
+        .min(std::time::Duration::from_millis(u64::from(u32::MAX)));
     proxy_wasm::hostcalls::dispatch_http_call(
         call.upstream,
         headers,
         call.body,
         Vec::new(),
-        call.timeout,
+        timeout,
     )
     .map_err(|status| HostError {
         call: "proxy_http_call",

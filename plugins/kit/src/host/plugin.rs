@@ -129,12 +129,13 @@ impl HttpContext for Unconfigured {
         let reply = ErrorReply::new(503, format!("{} is not configured", self.plugin));
         match super::send_error(self.plugin, &reply, None) {
             Ok(()) => Action::Pause,
+            // Still fail closed: the request stays paused rather than pass unenforced.
             Err(err) => {
                 log::error!(
                     "[{}] could not refuse an unconfigured request: {err}",
                     self.plugin
                 );
-                Action::Continue
+                Action::Pause
             }
         }
     }
