@@ -1110,6 +1110,53 @@ mod tests {
         ));
     }
 
+    /// Refuses every write to the keys under `failing`.
+    struct FailingWrites<'a> {
+        inner: &'a MemoryStore,
+        failing: &'static str,
+    }
+
+    impl SharedStore for FailingWrites<'_> {
+        fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
+            if key.starts_with(self.failing) {
+                return Err(StoreError::Host(10));
+            }
+            self.inner.set(key, value, expected)
+        }
+    }
+
+    #[test]
+    fn a_store_failure_that_denies_gives_back_the_limits_already_written() {
+        let both = r#"{"on_store_failure":"deny","limits":[
+            {"name":"a","rate":1,"period":"60s","burst":1,"key":[{"constant":"x"}],"slots":4},
+            {"name":"b","rate":1,"period":"60s","key":[{"constant":"x"}],"slots":4}]}"#;
+        let store = MemoryStore::new();
+        let us = prepared(both, &store);
+        let failing = FailingWrites {
+            inner: &store,
+            failing: "palisade/rate-limit/b/",
+        };
+        let (decision, tallies) = us.decide(&mut get("/"), &failing, at(0.0));
+        assert!(
+            matches!(decision, Decision::Deny(ref r) if r.status == 503),
+            "{decision:?}"
+        );
+        assert!(tallies[1].1.store_failure, "{tallies:?}");
+        // "a" still lets its two through: the 503 spent none of its budget.
+        let only_a = prepared(
+            r#"{"limits":[{"name":"a","rate":1,"period":"60s","burst":1,"key":[{"constant":"x"}],"slots":4}]}"#,
+            &store,
+        );
+        assert!(is_allowed(&only_a.decide(&mut get("/"), &store, at(0.0)).0));
+        assert!(is_allowed(&only_a.decide(&mut get("/"), &store, at(0.0)).0));
+        assert!(!is_allowed(
+            &only_a.decide(&mut get("/"), &store, at(0.0)).0
+        ));
+    }
+
     #[test]
     fn endless_contention_follows_the_failure_mode() {
         for (mode, status) in [("allow", None), ("deny", Some(503))] {
