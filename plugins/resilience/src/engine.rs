@@ -81,7 +81,7 @@ pub enum RequestVerdict<'a> {
 pub struct StreamState {
     /// The circuit's key, the admission, and when it was granted.
     circuit: Option<(String, Admission, u64)>,
-    /// [`Resilience::failure_epoch`] when the circuit admitted the request.
+    /// [`Resilience::failure_epochs`] of the request's circuit when it was admitted.
     failure_epoch: u64,
     /// A gRPC request: its outcome may be in `grpc-status` ([`crate::grpc`]).
     grpc: bool,
@@ -127,8 +127,20 @@ pub struct Resilience {
     /// found one, or a failure it records. A quiet request (admitted with none counted)
     /// whose success arrives after a bump reports it, so the success resets the count as in
     /// Envoy's outlier detection; without it, concurrent requests admitted before the first
-    /// failure would let scattered failures add up to an opening.
-    failure_epoch: Cell<u64>,
+    /// failure would let scattered failures add up to an opening. One epoch per bucket of
+    /// circuits (by a hash of the key): a failing cluster costs the healthy ones in other
+    /// buckets no extra read; a shared bucket only costs a read, never a wrong count.
+    failure_epochs: [Cell<u64>; EPOCH_BUCKETS],
+}
+
+const EPOCH_BUCKETS: usize = 16;
+
+/// The epoch bucket of a circuit's store key (FNV-1a).
+fn epoch_bucket(key: &str) -> usize {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    usize::try_from(hash % EPOCH_BUCKETS as u64).unwrap_or(0)
 }
 
 /// `Retry-After` in whole seconds, never 0 (a client would retry at once).
@@ -159,13 +171,21 @@ impl Resilience {
                 .try_into()
                 .unwrap_or(u64::MAX),
             faults: FaultInjection::new(&config.fault),
-            failure_epoch: Cell::new(0),
+            failure_epochs: Default::default(),
         }
     }
 
-    fn bump_failure_epoch(&self) {
-        self.failure_epoch
-            .set(self.failure_epoch.get().wrapping_add(1));
+    fn failure_epoch(&self, key: &str) -> &Cell<u64> {
+        let bucket = epoch_bucket(key);
+        // In range by construction; the first bucket rather than a panic otherwise.
+        self.failure_epochs
+            .get(bucket)
+            .unwrap_or(&self.failure_epochs[0])
+    }
+
+    fn bump_failure_epoch(&self, key: &str) {
+        let epoch = self.failure_epoch(key);
+        epoch.set(epoch.get().wrapping_add(1));
     }
 
     /// Whether a request needs the cluster's name (reading it is a host call).
@@ -224,11 +244,11 @@ impl Resilience {
                     );
                 }
                 Admission::Unjudged => events.push(Event::StoreUnavailable),
-                Admission::Normal => self.bump_failure_epoch(),
+                Admission::Normal => self.bump_failure_epoch(&key),
                 Admission::Quiet | Admission::Trial => {}
             }
+            state.failure_epoch = self.failure_epoch(&key).get();
             state.circuit = Some((key, admission, now_ms));
-            state.failure_epoch = self.failure_epoch.get();
             state.grpc = crate::grpc::is_grpc(headers);
         }
         let mut retry_granted = true;
@@ -288,13 +308,13 @@ impl Resilience {
         };
         let outcome = circuit.classify(status);
         let admission = match admission {
-            Admission::Quiet if state.failure_epoch != self.failure_epoch.get() => {
+            Admission::Quiet if state.failure_epoch != self.failure_epoch(&key).get() => {
                 Admission::Normal
             }
             other => other,
         };
         if outcome == Outcome::Failure {
-            self.bump_failure_epoch();
+            self.bump_failure_epoch(&key);
         }
         if !CircuitBreaker::reports(admission, outcome) {
             return;
@@ -394,7 +414,7 @@ mod tests {
     use super::*;
     use crate::circuit::CircuitState;
     use palisade_kit::config::load;
-    use palisade_kit::store::{MemoryStore, SharedStore};
+    use palisade_kit::store::{MemoryStore, SharedStore, StoreError};
 
     struct Names;
 
@@ -504,6 +524,80 @@ mod tests {
             engine.on_response_headers(Some(status), || 1, store, state, events);
             engine.on_stream_end(store, || 1, state, events);
         }
+    }
+
+    struct Cluster(&'static str);
+
+    impl UpstreamNames for Cluster {
+        fn cluster(&mut self) -> Option<String> {
+            Some(self.0.to_owned())
+        }
+        fn route(&mut self) -> Option<String> {
+            None
+        }
+    }
+
+    /// A store that counts its reads.
+    struct Reads<'a> {
+        inner: &'a MemoryStore,
+        count: Cell<u32>,
+    }
+
+    impl SharedStore for Reads<'_> {
+        fn get(&self, key: &str) -> Result<Option<palisade_kit::store::Entry>, StoreError> {
+            self.count.set(self.count.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(
+            &self,
+            key: &str,
+            value: &[u8],
+            expected: Option<palisade_kit::store::Cas>,
+        ) -> Result<palisade_kit::store::Write, StoreError> {
+            self.inner.set(key, value, expected)
+        }
+    }
+
+    #[test]
+    fn a_failing_cluster_costs_a_healthy_ones_quiet_successes_no_read() {
+        let engine = engine(r#"{"retry":{"budget":null}}"#);
+        let memory = MemoryStore::new();
+        let store = Reads {
+            inner: &memory,
+            count: Cell::new(0),
+        };
+        let mut events = Vec::new();
+        let mut admit = |cluster: &'static str, state: &mut StreamState| {
+            engine.on_request_headers(
+                GET,
+                0,
+                &store,
+                &mut Cluster(cluster),
+                || 0,
+                state,
+                &mut events,
+            );
+        };
+        let mut healthy = StreamState::default();
+        admit("payments", &mut healthy);
+        // orders fails, and its next admission finds the failure counted.
+        let mut failing = StreamState::default();
+        admit("orders", &mut failing);
+        let mut next = StreamState::default();
+        admit("orders", &mut next);
+        let mut events = Vec::new();
+        engine.on_response_headers(Some(503), || 1, &store, &mut failing, &mut events);
+        // payments' quiet success reads nothing: its circuit saw no failure.
+        let before = store.count.get();
+        engine.on_response_headers(Some(200), || 1, &store, &mut healthy, &mut events);
+        assert_eq!(store.count.get(), before);
+        // orders' request admitted while a failure was counted reports its success: one read.
+        engine.on_response_headers(Some(200), || 1, &store, &mut next, &mut events);
+        assert_eq!(store.count.get(), before + 1);
+        assert_ne!(
+            epoch_bucket("palisade/resilience/cb/orders"),
+            epoch_bucket("palisade/resilience/cb/payments")
+        );
     }
 
     #[test]
