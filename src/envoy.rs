@@ -465,6 +465,11 @@ impl EnvoyProcess {
         self.admin_get("/stats").unwrap_or_default()
     }
 
+    /// Envoy's exit status once it has exited on its own; `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits until Envoy exits on its own, e.g. after a signal.
     pub fn wait(&mut self) -> std::io::Result<ExitStatus> {
         self.child.wait()

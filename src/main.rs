@@ -330,6 +330,8 @@ fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) 
         let mut envoy = EnvoyProcess::start(&binary, &bootstrap, dir.path(), concurrency)
             .map_err(|err| err.to_string())?;
         let chain: Vec<_> = plugins::ALL.iter().map(|p| p.full_name).collect();
+        // The port Envoy bound (`--port 0` lets the kernel choose).
+        let port = envoy.port();
         println!("Envoy is serving on http://127.0.0.1:{port} with {concurrency} workers");
         println!(
             "  chain: {} -> router -> demo upstream {}",
@@ -354,6 +356,16 @@ fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) 
                 .map_err(|err| format!("cannot handle Ctrl-C: {err}"))?;
         }
         while !stop.load(Ordering::SeqCst) {
+            if let Some(status) = envoy.exited() {
+                // The log goes with the temporary directory: show its end.
+                let log = envoy.log();
+                let skip = log.lines().count().saturating_sub(20);
+                let tail: Vec<&str> = log.lines().skip(skip).collect();
+                let tail = tail.join("\n");
+                return Err(format!(
+                    "Envoy exited ({status}); the end of its log:\n{tail}"
+                ));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         envoy.stop();
