@@ -729,23 +729,11 @@ impl Authenticator {
 
     /// Removes every identity header and claim header the client sent.
     pub fn strip_identity(&self, headers: &Fields<'_>) -> Vec<Edit<'static>> {
-        let mut edits: Vec<Edit<'static>> = Vec::new();
-        for (name, _) in headers {
-            let owned = identity::is_owned(name)
-                || self
-                    .claim_headers
-                    .iter()
-                    .any(|h| identity::spelled_alike(name, h.as_bytes()));
-            if !owned {
-                continue;
-            }
-            let name = String::from_utf8_lossy(name).to_ascii_lowercase();
-            let edit = Edit::Remove(Cow::Owned(name));
-            if !edits.contains(&edit) {
-                edits.push(edit);
-            }
-        }
-        edits
+        identity::client_copies(headers, |name| {
+            self.claim_headers
+                .iter()
+                .any(|h| identity::spelled_alike(name, h.as_bytes()))
+        })
     }
 
     /// Folds every change to `:path` into one final edit: a credential taken out of the query

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use palisade_kit::config::{ConfigError, Problems};
-use palisade_kit::header_pairs::{decode_borrowed, Edit, Fields};
+use palisade_kit::header_pairs::{decode_borrowed, Fields};
 use palisade_kit::host::{self, Map, Plugin};
 use palisade_kit::identity;
 use palisade_kit::random::Xoshiro256;
@@ -122,11 +122,7 @@ fn fields(raw: &[u8]) -> Fields<'_> {
 /// on a local reply: the whole map is read for it.
 fn strip_client_identity() {
     let raw = read(Map::RequestHeaders);
-    let owned: Vec<Edit<'_>> = fields(&raw)
-        .iter()
-        .filter(|(name, _)| identity::is_owned(name))
-        .map(|(name, _)| Edit::Remove(String::from_utf8_lossy(name).to_ascii_lowercase().into()))
-        .collect();
+    let owned = identity::client_copies(&fields(&raw), |_| false);
     host::warn_if_refused(
         NAME,
         host::apply_edits_one_by_one(Map::RequestHeaders, &owned),

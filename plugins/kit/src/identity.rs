@@ -12,6 +12,31 @@ pub const CONSUMER: &str = "x-palisade-consumer";
 /// The provider that authenticated the request.
 pub const PROVIDER: &str = "x-palisade-auth-provider";
 
+use std::borrow::Cow;
+
+use crate::header_pairs::Edit;
+
+/// The removals of every header in `headers` that palisade-auth owns ([`is_owned`]) or `also`
+/// names, each name once, lower-cased (a removal takes every value of a name).
+pub fn client_copies(
+    headers: &[(&[u8], &[u8])],
+    also: impl Fn(&[u8]) -> bool,
+) -> Vec<Edit<'static>> {
+    let mut edits: Vec<Edit<'static>> = Vec::new();
+    for (name, _) in headers {
+        if !is_owned(name) && !also(name) {
+            continue;
+        }
+        let edit = Edit::Remove(Cow::Owned(
+            String::from_utf8_lossy(name).to_ascii_lowercase(),
+        ));
+        if !edits.contains(&edit) {
+            edits.push(edit);
+        }
+    }
+    edits
+}
+
 /// Does palisade-auth own this header (so a client must not send it)? Header names compare
 /// case-insensitively, and `_` counts as `-`: Envoy passes `x_palisade_subject` on by default
 /// (`headers_with_underscores_action: ALLOW`), and CGI-style upstreams (WSGI, Rack, PHP) read
@@ -53,5 +78,29 @@ mod tests {
         assert!(spelled_alike(b"X_User_Email", b"x-user-email"));
         assert!(!spelled_alike(b"x-user-emai", b"x-user-email"));
         assert!(spelled_alike(b"x-user-email", b"x_user_email"));
+    }
+
+    #[test]
+    fn client_copies_are_removed_once_each_lower_cased() {
+        let headers: [(&[u8], &[u8]); 5] = [
+            (b"X-Palisade-Subject", b"a"),
+            (b"x-palisade-subject", b"b"),
+            (b"x-user-email", b"c"),
+            (b"x-tenant", b"d"),
+            (b"x_palisade_consumer", b"e"),
+        ];
+        let remove = |n: &str| Edit::Remove(Cow::Owned(n.to_owned()));
+        assert_eq!(
+            client_copies(&headers, |_| false),
+            [remove("x-palisade-subject"), remove("x_palisade_consumer")]
+        );
+        assert_eq!(
+            client_copies(&headers, |name| spelled_alike(name, b"x-user-email")),
+            [
+                remove("x-palisade-subject"),
+                remove("x-user-email"),
+                remove("x_palisade_consumer")
+            ]
+        );
     }
 }
