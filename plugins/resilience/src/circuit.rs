@@ -453,7 +453,7 @@ fn bucket_index(epoch: u64) -> usize {
 mod tests {
     use super::*;
     use palisade_kit::config::load;
-    use palisade_kit::store::{MemoryStore, StoreError};
+    use palisade_kit::store::MemoryStore;
 
     use crate::config::ResilienceConfig;
 
@@ -474,32 +474,10 @@ mod tests {
             .unwrap()
     }
 
-    /// A store that counts its reads.
-    #[derive(Default)]
-    struct CountingStore {
-        inner: MemoryStore,
-        reads: std::cell::Cell<u32>,
-    }
-
-    impl SharedStore for CountingStore {
-        fn get(&self, key: &str) -> Result<Option<palisade_kit::store::Entry>, StoreError> {
-            self.reads.set(self.reads.get() + 1);
-            self.inner.get(key)
-        }
-        fn set(
-            &self,
-            key: &str,
-            value: &[u8],
-            expected: Option<palisade_kit::store::Cas>,
-        ) -> Result<palisade_kit::store::Write, StoreError> {
-            self.inner.set(key, value, expected)
-        }
-    }
-
     #[test]
     fn a_request_admitted_with_nothing_counted_reports_only_a_failure() {
         let cb = breaker("{}");
-        let store = CountingStore::default();
+        let store = crate::test_store::CountingStore::default();
         let (admission, _) = cb.admit(&store, KEY, 0);
         assert_eq!(admission, Admission::Quiet);
         let reads = store.reads.get();
@@ -526,7 +504,7 @@ mod tests {
         let rated = breaker(
             r#"{"circuit_breaker":{"failure_rate":{"threshold_percent":50,"window":"10s","minimum_requests":10}}}"#,
         );
-        let store = CountingStore::default();
+        let store = crate::test_store::CountingStore::default();
         let (admission, _) = rated.admit(&store, KEY, 0);
         assert_eq!(admission, Admission::Normal);
         let reads = store.reads.get();

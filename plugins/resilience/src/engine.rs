@@ -414,7 +414,7 @@ mod tests {
     use super::*;
     use crate::circuit::CircuitState;
     use palisade_kit::config::load;
-    use palisade_kit::store::{MemoryStore, SharedStore, StoreError};
+    use palisade_kit::store::{MemoryStore, SharedStore};
 
     struct Names;
 
@@ -537,35 +537,10 @@ mod tests {
         }
     }
 
-    /// A store that counts its reads.
-    struct Reads<'a> {
-        inner: &'a MemoryStore,
-        count: Cell<u32>,
-    }
-
-    impl SharedStore for Reads<'_> {
-        fn get(&self, key: &str) -> Result<Option<palisade_kit::store::Entry>, StoreError> {
-            self.count.set(self.count.get() + 1);
-            self.inner.get(key)
-        }
-        fn set(
-            &self,
-            key: &str,
-            value: &[u8],
-            expected: Option<palisade_kit::store::Cas>,
-        ) -> Result<palisade_kit::store::Write, StoreError> {
-            self.inner.set(key, value, expected)
-        }
-    }
-
     #[test]
     fn a_failing_cluster_costs_a_healthy_ones_quiet_successes_no_read() {
         let engine = engine(r#"{"retry":{"budget":null}}"#);
-        let memory = MemoryStore::new();
-        let store = Reads {
-            inner: &memory,
-            count: Cell::new(0),
-        };
+        let store = crate::test_store::CountingStore::default();
         let mut events = Vec::new();
         let mut admit = |cluster: &'static str, state: &mut StreamState| {
             engine.on_request_headers(
@@ -588,12 +563,12 @@ mod tests {
         let mut events = Vec::new();
         engine.on_response_headers(Some(503), || 1, &store, &mut failing, &mut events);
         // payments' quiet success reads nothing: its circuit saw no failure.
-        let before = store.count.get();
+        let before = store.reads.get();
         engine.on_response_headers(Some(200), || 1, &store, &mut healthy, &mut events);
-        assert_eq!(store.count.get(), before);
+        assert_eq!(store.reads.get(), before);
         // orders' request admitted while a failure was counted reports its success: one read.
         engine.on_response_headers(Some(200), || 1, &store, &mut next, &mut events);
-        assert_eq!(store.count.get(), before + 1);
+        assert_eq!(store.reads.get(), before + 1);
         assert_ne!(
             epoch_bucket("palisade/resilience/cb/orders"),
             epoch_bucket("palisade/resilience/cb/payments")

@@ -15,6 +15,8 @@ pub mod fault;
 pub mod grpc;
 pub mod inflight;
 pub mod route_policy;
+#[cfg(test)]
+mod test_store;
 
 #[cfg(target_os = "wasi")]
 mod filter;
