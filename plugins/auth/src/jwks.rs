@@ -48,12 +48,7 @@ impl KeyId {
             hash.update(value.len().to_le_bytes());
             hash.update(value.as_bytes());
         }
-        let full = hash.finalize();
-        let mut id = [0u8; 8];
-        for (i, b) in id.iter_mut().zip(full.iter()) {
-            *i = *b;
-        }
-        KeyId(id)
+        KeyId(crate::verified::short_hash(hash))
     }
 }
 

@@ -216,12 +216,7 @@ impl Record {
 }
 
 fn digest(document: &[u8]) -> [u8; 8] {
-    let full = Sha256::digest(document);
-    let mut out = [0u8; 8];
-    for (o, b) in out.iter_mut().zip(full.iter()) {
-        *o = *b;
-    }
-    out
+    crate::verified::short_hash(Sha256::new_with_prefix(document))
 }
 
 /// What made a worker want to fetch.

@@ -43,13 +43,19 @@ impl ProviderTag {
         hash.update(name.len().to_le_bytes());
         hash.update(name.as_bytes());
         hash.update(issuer.as_bytes());
-        let full = hash.finalize();
-        let mut tag = [0u8; 8];
-        for (t, b) in tag.iter_mut().zip(full.iter()) {
-            *t = *b;
-        }
-        ProviderTag(tag)
+        ProviderTag(short_hash(hash))
     }
+}
+
+/// The first 8 bytes of a SHA-256: enough to tell apart the few versions, keys and providers
+/// one proxy holds.
+pub(crate) fn short_hash(hash: Sha256) -> [u8; 8] {
+    let full = hash.finalize();
+    let mut short = [0u8; 8];
+    for (s, b) in short.iter_mut().zip(full.iter()) {
+        *s = *b;
+    }
+    short
 }
 
 /// The cache's shape: how many slots.
