@@ -36,7 +36,9 @@ pub struct CorsConfig {
     /// `Access-Control-Allow-Methods` of a preflight answer; `["*"]` echoes the requested one.
     #[serde(default)]
     pub allow_methods: Vec<String>,
-    /// `Access-Control-Allow-Headers` of a preflight answer; `["*"]` echoes the requested ones.
+    /// `Access-Control-Allow-Headers` of a preflight answer; `["*"]` echoes the requested ones,
+    /// `Authorization` included, as Envoy's CORS filter does (a browser's own `*` would leave
+    /// `Authorization` out): list the headers to keep it out.
     #[serde(default)]
     pub allow_headers: Vec<String>,
     /// `Access-Control-Expose-Headers` on actual responses.
@@ -98,7 +100,8 @@ pub struct LimitsConfig {
     /// Refuse (400) a request whose header values hold control characters. Envoy's codecs
     /// already do; nginx passes some on, so Kong configurations set it.
     pub reject_control_characters: bool,
-    /// Methods served (405 for others, with `Allow`). Empty: any method.
+    /// Methods served (405 for others, with `Allow`). Empty: any method. A CORS preflight the
+    /// plugin answers needs no `OPTIONS` here; every other limit applies to it first.
     pub allowed_methods: Vec<String>,
     /// Hosts served (403 for others): `api.example.com`, `*.example.com`, optionally with
     /// `:port`. Empty: any host.

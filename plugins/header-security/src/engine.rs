@@ -358,36 +358,44 @@ impl HeaderSecurity {
             None => state.request_id.clear(),
         }
 
-        if let Some(cors) = &self.cors {
-            match cors.on_request(
+        // The request's own limits (host allowlist, header count and size, control
+        // characters) come before CORS: a preflight to a host that is not served is refused,
+        // not answered. Only the method allowlist waits, since a preflight's `OPTIONS` need not
+        // be an allowed method.
+        let cors = self.cors.as_ref().map(|cors| {
+            cors.on_request(
                 header(headers, ":method").unwrap_or_default(),
                 header(headers, "origin"),
                 header(headers, "access-control-request-method"),
                 header(headers, "access-control-request-headers"),
-            ) {
-                CorsDecision::AnswerPreflight(cors_headers) => {
-                    let mut reply = self.reply_headers(state);
-                    reply.extend(cors_headers.into_iter().map(|(n, v)| (n.to_owned(), v)));
-                    state.replied = true;
-                    return RequestVerdict::Reply(LocalReply {
-                        status: 204,
-                        headers: reply,
-                        body: Vec::new(),
-                        refused: None,
-                    });
-                }
-                CorsDecision::RejectPreflight => {
-                    return RequestVerdict::Reply(
-                        self.error(state, &ErrorReply::new(403, "origin not allowed")),
-                    );
-                }
-                CorsDecision::NotCors => {}
-                CorsDecision::Forward { allowed_origin } => state.cors_origin = allowed_origin,
-            }
-        }
-
-        if let Err(exceeded) = self.limits.check_headers(headers) {
+            )
+        });
+        let answering_preflight = matches!(
+            cors,
+            Some(CorsDecision::AnswerPreflight(_) | CorsDecision::RejectPreflight)
+        );
+        if let Err(exceeded) = self.limits.check_headers(headers, answering_preflight) {
             return RequestVerdict::Reply(self.refusal(state, &exceeded));
+        }
+        match cors {
+            Some(CorsDecision::AnswerPreflight(cors_headers)) => {
+                let mut reply = self.reply_headers(state);
+                reply.extend(cors_headers.into_iter().map(|(n, v)| (n.to_owned(), v)));
+                state.replied = true;
+                return RequestVerdict::Reply(LocalReply {
+                    status: 204,
+                    headers: reply,
+                    body: Vec::new(),
+                    refused: None,
+                });
+            }
+            Some(CorsDecision::RejectPreflight) => {
+                return RequestVerdict::Reply(
+                    self.error(state, &ErrorReply::new(403, "origin not allowed")),
+                );
+            }
+            Some(CorsDecision::Forward { allowed_origin }) => state.cors_origin = allowed_origin,
+            Some(CorsDecision::NotCors) | None => {}
         }
 
         let state: &'a StreamState = state;
@@ -894,6 +902,49 @@ mod tests {
                 reply.headers
             );
         }
+    }
+
+    #[test]
+    fn preflight_to_a_host_not_served_is_refused_not_answered() {
+        let e = engine(
+            r#"{"cors":{"allow_origins":[{"exact":"https://app.example.com"}],"allow_methods":["GET"]},
+            "limits":{"allowed_hosts":["api.example.com"],"allowed_methods":["GET"],"max_header_count":2}}"#,
+        );
+        let preflight = |extra: &[(&str, &str)]| {
+            let mut headers = vec![
+                (":method", "OPTIONS"),
+                ("origin", "https://app.example.com"),
+                ("access-control-request-method", "GET"),
+            ];
+            headers.extend_from_slice(extra);
+            run(&e, &request(&headers)).0
+        };
+        let status = |verdict: RequestVerdict<'_>| match verdict {
+            RequestVerdict::Reply(reply) => (reply.status, reply.refused),
+            other => panic!("{other:?}"),
+        };
+        // Served host: answered, though OPTIONS is not an allowed method.
+        assert_eq!(status(preflight(&[])), (204, None));
+        assert_eq!(
+            status(preflight(&[(":authority", "internal.example.com")])),
+            (403, Some("host not allowed".to_owned()))
+        );
+        assert_eq!(
+            status(preflight(&[("x-a", "1")])),
+            (431, Some("too many request headers".to_owned()))
+        );
+        // Not a preflight (no Access-Control-Request-Method): the method allowlist applies.
+        let plain_options = run(
+            &e,
+            &request(&[
+                (":method", "OPTIONS"),
+                ("origin", "https://app.example.com"),
+            ]),
+        );
+        assert_eq!(
+            status(plain_options.0),
+            (405, Some("method not allowed".to_owned()))
+        );
     }
 
     #[test]

@@ -207,8 +207,13 @@ impl RequestLimits {
 
     /// Checks the request headers: every one when [`Self::needs_all_headers`], else at least
     /// [`Self::header_names`]. Pseudo-headers (`:path`, ...) are not counted as fields, but
-    /// their bytes count toward the size.
-    pub fn check_headers(&self, headers: &[(&[u8], &[u8])]) -> Result<(), LimitExceeded> {
+    /// their bytes count toward the size. A CORS preflight the plugin answers skips the method
+    /// allowlist (its `OPTIONS` need not be an allowed method) but nothing else.
+    pub fn check_headers(
+        &self,
+        headers: &[(&[u8], &[u8])],
+        answering_preflight: bool,
+    ) -> Result<(), LimitExceeded> {
         let mut count = 0usize;
         let mut bytes = 0usize;
         let mut method: &[u8] = b"";
@@ -258,7 +263,10 @@ impl RequestLimits {
                 return Err(LimitExceeded::HostNotAllowed);
             }
         }
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.as_bytes() == method) {
+        if !answering_preflight
+            && !self.methods.is_empty()
+            && !self.methods.iter().any(|m| m.as_bytes() == method)
+        {
             return Err(LimitExceeded::MethodNotAllowed(self.allow_header.clone()));
         }
         if let Some(length) = content_length {
@@ -294,7 +302,7 @@ mod tests {
 
     impl RequestLimits {
         fn check_pairs(&self, pairs: &Pairs) -> Result<(), LimitExceeded> {
-            self.check_headers(&borrow(pairs))
+            self.check_headers(&borrow(pairs), false)
         }
     }
 
