@@ -9,6 +9,7 @@ pub mod envoy;
 pub mod envoy_module;
 pub mod http_server;
 pub mod kong_schema;
+pub mod kube_yaml;
 pub mod oci;
 pub mod package;
 pub mod plugins;

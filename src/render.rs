@@ -271,7 +271,7 @@ fn yaml_documents<T: Serialize>(documents: &[T]) -> String {
     let mut out = format!("# {GENERATED}\n");
     for document in documents {
         out.push_str("---\n");
-        out.push_str(&serde_yaml_ng::to_string(document).unwrap_or_default());
+        out.push_str(&crate::kube_yaml::to_yaml(document));
     }
     out
 }
@@ -605,7 +605,7 @@ fn kong_declarative(form: ConfigForm) -> Result<String, RenderError> {
     };
     Ok(format!(
         "# {GENERATED}\n# {note}\n{}",
-        serde_yaml_ng::to_string(&config).unwrap_or_default()
+        crate::kube_yaml::to_yaml(&config)
     ))
 }
 
@@ -625,7 +625,7 @@ fn kong_filter_plugins() -> Result<String, RenderError> {
     };
     Ok(format!(
         "# {GENERATED}\n# Kong 3.9-3.10: each filter configured as a plugin of a route or service (no consumer).\n# Kong appends them to the route's filter chain; prefer kong.yml's explicit filter_chains\n# where the order of the filters matters (it does: header-security, auth, rate-limit, ...).\n{}",
-        serde_yaml_ng::to_string(&config).unwrap_or_default()
+        crate::kube_yaml::to_yaml(&config)
     ))
 }
 
@@ -666,7 +666,7 @@ fn kic_plugins() -> Result<String, RenderError> {
     let mut out = yaml_documents(&kong_plugins);
     for document in documents {
         out.push_str("---\n");
-        out.push_str(&serde_yaml_ng::to_string(&document).unwrap_or_default());
+        out.push_str(&crate::kube_yaml::to_yaml(&document));
     }
     Ok(out)
 }
@@ -792,8 +792,10 @@ mod tests {
             .find(|f| f.path == Path::new("istio/palisade-auth.yaml"))
             .unwrap()
             .contents;
+        // Quoted when it could read as a number.
         assert!(
-            auth.contains(&format!("\n  sha256: {}\n", digest.hex())),
+            auth.contains(&format!("\n  sha256: {}\n", digest.hex()))
+                || auth.contains(&format!("\n  sha256: '{}'\n", digest.hex())),
             "{auth}"
         );
         let kic = &files

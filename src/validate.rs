@@ -4,7 +4,6 @@
 //! checks then run exactly as in `on_configure`.
 
 use palisade_kit::config::{Problem, Tree};
-use serde::Deserialize;
 
 use crate::plugins::PluginInfo;
 
@@ -20,16 +19,17 @@ pub enum InputError {
 /// The configurations of `plugin` a file holds: the file itself (JSON or YAML object), or each
 /// `WasmPlugin` document's `spec.pluginConfig` (`{}` when absent), with a label for messages.
 /// A `WasmPlugin` whose `spec.url` names another Palisade plugin is skipped: a rendered
-/// manifest holds all five. Read as the plugin reads them, as [`Tree`]s: a key given twice is
+/// manifest holds all five. YAML is read as Kubernetes reads it (YAML 1.1 scalars,
+/// [`crate::kube_yaml`]), and read as the plugin reads it, as [`Tree`]s: a key given twice is
 /// still there to be refused.
 pub fn configs_in(text: &str, plugin: &PluginInfo) -> Result<Vec<(String, Tree)>, InputError> {
     if let Ok(tree) = serde_json::from_str::<Tree>(text) {
         return Ok(vec![(String::new(), tree)]);
     }
+    let documents =
+        crate::kube_yaml::documents(text).map_err(|err| InputError::Syntax(err.to_string()))?;
     let mut found = Vec::new();
-    for (i, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let tree =
-            Tree::deserialize(document).map_err(|err| InputError::Syntax(err.to_string()))?;
+    for (i, tree) in documents.into_iter().enumerate() {
         if tree == Tree::Null {
             continue;
         }
@@ -272,6 +272,26 @@ spec:
                 reason: "duplicate field `x-frame-options`".into()
             }]
         );
+    }
+
+    /// Kubernetes reads YAML 1.1: a plain `on` reaches the plugin as `true`, so a header value
+    /// written that way is refused here as the plugin would refuse it; quoted, it is a string.
+    #[test]
+    fn yaml_is_read_as_kubernetes_reads_it() {
+        let headers = find("header-security").unwrap();
+        let manifest = |value: &str| {
+            format!(
+                "kind: WasmPlugin\nmetadata: {{name: hs}}\nspec:\n  pluginConfig:\n    \
+                 security_headers:\n      headers:\n        x-feature: {value}\n"
+            )
+        };
+        let configs = configs_in(&manifest("on"), headers).unwrap();
+        let found = problems(headers, &configs[0].1);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "security_headers.headers.x-feature");
+        assert!(found[0].reason.contains("true"), "{found:?}");
+        let configs = configs_in(&manifest("'on'"), headers).unwrap();
+        assert!(problems(headers, &configs[0].1).is_empty());
     }
 
     #[test]

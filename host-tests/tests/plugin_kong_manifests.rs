@@ -17,7 +17,8 @@ use serde_json::Value;
 /// The chain's filters in a rendered declarative file, each with its config as JSON text.
 fn filters(file: &str) -> Vec<(&'static PluginInfo, String)> {
     let text = std::fs::read_to_string(workspace_root().join("manifests").join(file)).unwrap();
-    let document: Value = serde_yaml_ng::from_str(&text).unwrap();
+    // Read as Kong's YAML 1.1 reader does: a plain `n:` or `on` is a boolean there.
+    let document: Value = palisade::kube_yaml::documents(&text).unwrap()[0].to_value();
     document["services"][0]["filter_chains"][0]["filters"]
         .as_array()
         .unwrap()
