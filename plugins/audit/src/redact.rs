@@ -71,6 +71,25 @@ fn decoded_name(raw: &str) -> String {
     String::from_utf8_lossy(&out).to_ascii_lowercase()
 }
 
+/// The query's parameters, each with the separator before it (`&` for the first), empty ones
+/// skipped. `;` separates parameters as `&` does: some upstreams (Rack 2, Python's `parse_qs`
+/// before 3.10) split on both, so `q=1;access_token=x` is an `access_token` to them and must be
+/// one here too, not part of `q`'s value.
+fn parameters(query: &str) -> impl Iterator<Item = (char, &str)> {
+    let mut next_separator = '&';
+    query.split_inclusive(['&', ';']).filter_map(move |piece| {
+        let separator = next_separator;
+        let pair = match piece.chars().next_back() {
+            Some(end @ ('&' | ';')) => {
+                next_separator = end;
+                piece.strip_suffix(end).unwrap_or(piece)
+            }
+            _ => piece,
+        };
+        (!pair.is_empty()).then_some((separator, pair))
+    })
+}
+
 /// The path as an event carries it: the query redacted per `redaction`.
 pub fn redact_path(path: &str, redaction: &Redaction) -> String {
     let Some((base, query)) = path.split_once('?') else {
@@ -82,7 +101,7 @@ pub fn redact_path(path: &str, redaction: &Redaction) -> String {
     let mut out = String::with_capacity(path.len());
     out.push_str(base);
     let mut first = true;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
+    for (separator, pair) in parameters(query) {
         let (raw_name, value) = match pair.split_once('=') {
             Some((n, v)) => (n, Some(v)),
             None => (pair, None),
@@ -101,7 +120,7 @@ pub fn redact_path(path: &str, redaction: &Redaction) -> String {
             }
             _ => value.map(|_| REDACTED),
         };
-        out.push(if first { '?' } else { '&' });
+        out.push(if first { '?' } else { separator });
         first = false;
         out.push_str(raw_name);
         if let Some(value) = kept_value {
@@ -158,6 +177,29 @@ mod tests {
                 &r
             ),
             "/o?page=2&q=1"
+        );
+    }
+
+    #[test]
+    fn semicolons_separate_parameters_too() {
+        // Rack 2 and Python's old parse_qs read `access_token` here, not part of `q`.
+        let keep = redaction(QueryMode::Keep);
+        assert_eq!(redact_path("/x?q=1;access_token=SECRET", &keep), "/x?q=1");
+        assert_eq!(redact_path("/x?access_token=SECRET;q=1", &keep), "/x?q=1");
+        // The original separators are kept; empty parameters go.
+        assert_eq!(
+            redact_path("/x?a=1;b=2&c=3;;d&e=", &keep),
+            "/x?a=1;b=2&c=3;d&e="
+        );
+        assert_eq!(
+            redact_path("/x?a=1;key=k&b=2;sig=s;c", &keep),
+            "/x?a=1&b=2;c"
+        );
+        // Under the default mode a kept name's value stops at the `;`.
+        let values = redaction(QueryMode::RedactValues);
+        assert_eq!(
+            redact_path("/x?page=1;access_token=SECRET&q=2", &values),
+            "/x?page=1;access_token=REDACTED&q=REDACTED"
         );
     }
 
