@@ -25,6 +25,7 @@ use crate::config::{AuditConfig, Sink};
 use crate::delivery::{self, Answered, DeliveryQueue, Format, QueuedEvent, Settings};
 use crate::engine::{Audit, Facts, Verdict};
 use crate::event::Denial;
+use crate::workers::{Buffered, Workers};
 
 const NAME: &str = "palisade-audit";
 
@@ -83,6 +84,12 @@ struct Worker {
     reported_depth: Cell<u64>,
     /// Failed batches since the last success: only the first is logged.
     failing: Cell<u64>,
+}
+
+impl Buffered for Worker {
+    fn buffered(&self) -> usize {
+        self.queue.borrow().buffered()
+    }
 }
 
 impl Worker {
@@ -319,21 +326,9 @@ fn tick_period(config: &AuditConfig) -> Duration {
 }
 
 struct AuditRoot {
-    worker: Option<Rc<Worker>>,
-    /// Workers of earlier configurations that still hold events: they keep delivering them
-    /// under the configuration they were taken with, then go.
-    retired: Vec<Rc<Worker>>,
-}
-
-impl AuditRoot {
-    fn workers(&self) -> impl Iterator<Item = &Rc<Worker>> {
-        self.worker.iter().chain(self.retired.iter())
-    }
-
-    /// Lets retired workers go once they hold no event.
-    fn prune_retired(&mut self) {
-        self.retired.retain(|w| w.queue.borrow().buffered() > 0);
-    }
+    /// The current configuration's worker, and those of earlier ones still reachable: they
+    /// keep delivering under the configuration they were taken with, then go.
+    workers: Workers<Worker>,
 }
 
 impl Context for AuditRoot {
@@ -344,16 +339,16 @@ impl Context for AuditRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if let Some(worker) = self.workers().find(|w| w.owns_call(token_id)) {
+        if let Some(worker) = self.workers.iter().find(|w| w.owns_call(token_id)) {
             worker.on_answer(token_id, body_size);
         }
-        self.prune_retired();
+        self.workers.prune();
     }
 
     /// The plugin is going away (Envoy: its configuration was replaced or removed). Events not
     /// yet sent are counted dropped rather than vanish with the VM.
     fn on_done(&mut self) -> bool {
-        for worker in self.workers() {
+        for worker in self.workers.iter() {
             worker.abandon("shutting down");
         }
         true
@@ -389,12 +384,9 @@ impl RootContext for AuditRoot {
                     log::error!("[{NAME}] configuration rejected: cannot set the tick: {err}");
                     return false;
                 }
-                // Events buffered under the previous configuration are still delivered by it.
-                if let Some(previous) = self.worker.replace(Rc::new(worker)) {
-                    if previous.queue.borrow().buffered() > 0 {
-                        self.retired.push(previous);
-                    }
-                }
+                // Events buffered under the previous configuration, and those of its streams
+                // still in flight, are still delivered by it.
+                self.workers.replace(worker);
                 log::info!("[{NAME}] configuration accepted");
                 true
             }
@@ -406,14 +398,14 @@ impl RootContext for AuditRoot {
     }
 
     fn on_tick(&mut self) {
-        for worker in self.workers() {
+        for worker in self.workers.iter() {
             worker.flush();
         }
-        self.prune_retired();
+        self.workers.prune();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(match &self.worker {
+        Some(match self.workers.current() {
             Some(worker) => Box::new(Stream {
                 worker: Rc::clone(worker),
                 started_ms: None,
@@ -580,7 +572,6 @@ impl HttpContext for Stream {
 proxy_wasm::main! {{
     host::init_logging(NAME);
     proxy_wasm::set_root_context(|_| Box::new(AuditRoot {
-        worker: None,
-        retired: Vec::new(),
+        workers: Workers::default(),
     }));
 }}

@@ -4,7 +4,8 @@
 //!
 //! Host-free: [`engine::Audit`] builds one [`event::AuditEvent`] per finished request
 //! (classification, sampling, redaction); [`delivery::DeliveryQueue`] batches, sends and
-//! retries them on a caller-supplied clock. `filter` is the proxy-wasm adapter.
+//! retries them on a caller-supplied clock; [`workers::Workers`] keeps a reconfigured root
+//! context's earlier workers until nothing can reach them. `filter` is the proxy-wasm adapter.
 
 pub mod config;
 pub mod delivery;
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod event;
 pub mod pattern;
 pub mod redact;
+pub mod workers;
 
 #[cfg(target_os = "wasi")]
 mod filter;
