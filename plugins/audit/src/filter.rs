@@ -25,18 +25,10 @@ use crate::config::{AuditConfig, Sink};
 use crate::delivery::{self, Answered, DeliveryQueue, Format, QueuedEvent, Settings};
 use crate::engine::{Audit, Facts, Verdict};
 use crate::event::Denial;
+use crate::flavor::{depth_report, DepthReport, Flavor};
 use crate::workers::{Buffered, Workers};
 
 const NAME: &str = "palisade-audit";
-
-/// Which proxy answers property reads: Envoy encodes integers as 8 little-endian bytes, Kong
-/// as text, so the first `response.code` tells them apart at no extra cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flavor {
-    Unknown,
-    Envoy,
-    Kong,
-}
 
 struct Metrics {
     emitted: Counter,
@@ -101,18 +93,15 @@ impl Worker {
 
     fn report_depth(&self) {
         let depth = self.queue.borrow().buffered() as u64;
-        let before = self.reported_depth.replace(depth);
-        if depth == before {
+        // Nothing while the flavor is unknown (see `depth_report`): a stream teaches it before
+        // its event is pushed, so by the time the depth changes it is known.
+        let Some(report) = depth_report(self.flavor.get(), self.reported_depth.get(), depth) else {
             return;
-        }
-        if self.flavor.get() == Flavor::Envoy {
-            // Envoy keeps one gauge for every worker: each adds its change, so it reads the sum.
-            let delta = i64::try_from(depth).unwrap_or(i64::MAX)
-                - i64::try_from(before).unwrap_or(i64::MAX);
-            self.count(|m| m.queue_depth.add(delta));
-        } else {
-            // ngx_wasm_module traps on incrementing a gauge: record this worker's depth.
-            self.count(|m| m.queue_depth.set(depth));
+        };
+        self.reported_depth.set(depth);
+        match report {
+            DepthReport::Add(delta) => self.count(|m| m.queue_depth.add(delta)),
+            DepthReport::Set(depth) => self.count(|m| m.queue_depth.set(depth)),
         }
     }
 
@@ -456,18 +445,16 @@ fn denial_from(value: &[u8]) -> Option<Denial> {
 
 impl Stream {
     /// The status: Envoy's and Kong's `response.code`, else the response's `:status` (asked
-    /// for only then). The first answer also tells which proxy this is.
+    /// for only then). The worker's first finished stream also tells which proxy this is: by
+    /// its `response.code`, or, when it has none (the client reset before a response), by the
+    /// kit's host probe (one host call, once per VM).
     fn status_and_flavor(&self) -> u16 {
         let worker = &self.worker;
         let code = property(&["response", "code"]);
         if worker.flavor.get() == Flavor::Unknown {
-            if let Some(code) = &code {
-                worker.flavor.set(if code.len() == 8 {
-                    Flavor::Envoy
-                } else {
-                    Flavor::Kong
-                });
-            }
+            worker
+                .flavor
+                .set(Flavor::learn(code.as_deref(), host::is_kong));
         }
         code.and_then(|c| decode_int(worker.flavor.get(), &c))
             .and_then(|c| u16::try_from(c).ok())

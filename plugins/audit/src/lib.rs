@@ -11,6 +11,7 @@ pub mod config;
 pub mod delivery;
 pub mod engine;
 pub mod event;
+pub mod flavor;
 pub mod pattern;
 pub mod redact;
 pub mod workers;
