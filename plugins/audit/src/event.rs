@@ -285,17 +285,12 @@ pub fn uuid_v4(rng: &mut Xoshiro256) -> String {
     String::from_utf8(palisade_kit::uuid::v4(rng).to_vec()).unwrap_or_default()
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well-formed and
-/// not all zeros.
+/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all
+/// zeros, version not `ff`): the same check palisade-header-security keeps the header by.
 pub fn trace_id(traceparent: &str) -> Option<String> {
-    let mut parts = traceparent.trim().split('-');
-    let (_version, id) = (parts.next()?, parts.next()?);
-    let well_formed = id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && id.bytes().any(|b| b != b'0');
-    well_formed.then(|| id.to_owned())
+    let id = palisade_kit::traceparent::trace_id(traceparent.as_bytes())?;
+    // 32 lower-case hex digits.
+    std::str::from_utf8(id).ok().map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -319,17 +314,27 @@ mod tests {
     }
 
     #[test]
-    fn trace_ids_come_from_well_formed_traceparents_only() {
+    fn trace_ids_come_from_valid_traceparents_only() {
         assert_eq!(
             trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
-        assert_eq!(
-            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-            None
-        );
-        assert_eq!(trace_id("00-XYZ-00f067aa0ba902b7-01"), None);
-        assert_eq!(trace_id(""), None);
+        for invalid in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-XYZ-00f067aa0ba902b7-01",
+            "",
+            // Version ff is invalid.
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            // No parent id, or no flags.
+            "00-4bf92f3577b34da6a3ce929d0e0e4736",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            // An all-zero parent id.
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            // Version 00 has exactly four fields.
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(trace_id(invalid), None, "{invalid}");
+        }
     }
 
     #[test]

@@ -4,6 +4,10 @@ use palisade_kit::hex::{be_u64, write_hex};
 use palisade_kit::random::Xoshiro256;
 use palisade_kit::uuid;
 
+/// The validator lives in the kit, shared with palisade-audit (which records the trace id of a
+/// valid `traceparent` only).
+pub use palisade_kit::traceparent::is_valid_traceparent;
+
 /// An incoming request id is kept if it is a plain token: 1 to 200 visible ASCII characters.
 /// Anything else (spaces, control or non-ASCII bytes, a huge value) is replaced, so ids are safe
 /// to log and to echo.
@@ -89,40 +93,6 @@ impl std::fmt::Debug for RequestId {
     }
 }
 
-fn is_lower_hex(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-}
-
-/// Is this a `traceparent` a tracer downstream will accept (W3C Trace Context level 1)?
-/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, lower-case, ids not all zero; a
-/// later version may append fields after a dash; version `ff` is invalid.
-pub fn is_valid_traceparent(value: &[u8]) -> bool {
-    let (Some(version), Some(trace_id), Some(parent_id), Some(flags)) = (
-        value.get(0..2),
-        value.get(3..35),
-        value.get(36..52),
-        value.get(53..55),
-    ) else {
-        return false;
-    };
-    let dashes = [2, 35, 52].iter().all(|&i| value.get(i) == Some(&b'-'));
-    let length_ok = if version == b"00" {
-        value.len() == 55
-    } else {
-        value.len() == 55 || value.get(55) == Some(&b'-')
-    };
-    dashes
-        && length_ok
-        && version != b"ff"
-        && [version, trace_id, parent_id, flags]
-            .iter()
-            .all(|f| is_lower_hex(f))
-        && trace_id.iter().any(|&b| b != b'0')
-        && parent_id.iter().any(|&b| b != b'0')
-}
-
 /// A new `traceparent` from 24 random bytes (16 for the trace id, 8 for the parent id).
 pub fn new_traceparent(mut random: [u8; 24], sampled: bool) -> [u8; 55] {
     let (trace_id, parent_id) = random.split_at_mut(16);
@@ -192,31 +162,6 @@ mod tests {
         assert!(!is_acceptable_id(b"has space"));
         assert!(!is_acceptable_id(b"\xff"));
         assert!(!is_acceptable_id(&[b'a'; 201]));
-    }
-
-    #[test]
-    fn traceparent_validation() {
-        let good = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert!(is_valid_traceparent(good));
-        assert!(is_valid_traceparent(
-            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
-        ));
-        for bad in [
-            &b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"[..],
-            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            b"",
-        ] {
-            assert!(
-                !is_valid_traceparent(bad),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod random;
 pub mod reply;
 pub mod route_name;
 pub mod store;
+pub mod traceparent;
 pub mod uuid;
 
 #[cfg(target_os = "wasi")]
