@@ -57,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rng = Xoshiro256::from_seed([7; 32]);
     let mut state = StreamState::default();
     let engine = engine();
-    let _ = engine.on_request_headers(&request, &mut rng, &mut Host, &mut state);
+    let _ = engine.on_request_headers(&request, true, &mut rng, &mut Host, &mut state);
     let _ = engine.on_request_body(&mut state, data.len().saturating_mul(1 << 20));
     let _ = engine.on_response_headers(&state, &request, &mut Host);
 });

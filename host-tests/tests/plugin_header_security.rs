@@ -4,7 +4,9 @@
 
 mod plugin_support;
 
-use palisade_host_tests::wasm_host::{Failure, Host, Outcome, Plugin, Profile, Request, Response};
+use palisade_host_tests::wasm_host::{
+    Callback, Failure, Host, Outcome, Plugin, Profile, Request, Response,
+};
 use plugin_support::{assert_pass_through, assert_rejected, exchange, load, request, PROFILES};
 
 const NEUTRAL: &str = r#"{"security_headers":{"preset":"none","remove":[]},
@@ -122,7 +124,10 @@ fn a_body_over_the_limit_gets_a_local_413_through_the_response_callbacks() -> Re
             Plugin::HeaderSecurity,
             r#"{"limits":{"max_body_bytes":8}}"#,
         )?;
-        let mut stream = vms.http_request(Request::post("/upload"))?;
+        // As palisade-auth sets it after this plugin's request headers: a refusal at the body
+        // leaves it for palisade-audit's event.
+        let mut stream =
+            vms.http_request(Request::post("/upload").header("x-palisade-subject", "alice"))?;
         assert_eq!(stream.send_request_headers(false)?, Outcome::Continue);
         let Outcome::LocalReply(reply) = stream.send_request_body("0123456789", true)? else {
             panic!("{profile:?}: expected a local reply");
@@ -136,9 +141,62 @@ fn a_body_over_the_limit_gets_a_local_413_through_the_response_callbacks() -> Re
             stream.upstream_request_body().is_empty(),
             "the body never left"
         );
+        // Nor are they read or edited there (Envoy refuses request header edits by then).
+        let at_body: Vec<_> = stream
+            .host_calls()
+            .into_iter()
+            .filter(|(callback, _)| *callback == Callback::RequestBody)
+            .map(|(_, call)| call)
+            .collect();
+        assert!(
+            !at_body.iter().any(|call| call.contains("header_map")),
+            "{profile:?}: {at_body:?}"
+        );
         // Kong appends a newline to local response bodies (ngx_http_wasm_local_response.c).
         let body = stream.response_body();
         assert_eq!(body.ends_with(b"\n"), profile.is_kong(), "{profile:?}");
+        stream.finish()?;
+    }
+    Ok(())
+}
+
+/// Kong hands a filter at most 100 header pairs: a check that needs every header cannot pass
+/// a request at that cap, since the header it looks for may be the 101st.
+#[test]
+fn a_check_of_every_header_refuses_a_map_kong_may_have_cut_short() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (_host, vms) = load(
+            profile,
+            Plugin::HeaderSecurity,
+            r#"{"limits":{"reject_control_characters":true}}"#,
+        )?;
+        let mut request = Request::get("/");
+        for i in 0..100 {
+            request = request.header(&format!("x-filler-{i}"), "1");
+        }
+        let mut stream = vms.http_request(request.header("x-evil", b"a\x01b".as_slice()))?;
+        let Outcome::LocalReply(reply) = stream.send_request_headers(true)? else {
+            panic!("{profile:?}: expected a local reply");
+        };
+        let (status, error) = if profile.is_kong() {
+            (431, "too many request headers")
+        } else {
+            (400, "request header value has control characters")
+        };
+        assert_eq!(reply.status, status, "{profile:?}");
+        let body: serde_json::Value =
+            serde_json::from_slice(stream.response_body().trim_ascii_end())
+                .unwrap_or_else(|err| panic!("{profile:?}: {err}"));
+        assert_eq!(body["error"], error, "{profile:?}");
+        stream.finish()?;
+
+        // Below the cap, Kong's map is whole and the check reads it.
+        let mut stream = vms.http_request(Request::get("/").header("x-ok", "fine"))?;
+        assert_eq!(
+            stream.send_request_headers(true)?,
+            Outcome::Continue,
+            "{profile:?}"
+        );
         stream.finish()?;
     }
     Ok(())

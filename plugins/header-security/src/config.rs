@@ -211,7 +211,8 @@ pub struct SecurityHeadersConfig {
     /// Per-header overrides on top of the preset: a value sets the header, `null` drops it from
     /// the preset. Names in lower case.
     pub headers: BTreeMap<String, Option<String>>,
-    /// Response headers removed because they tell attackers what runs behind the proxy.
+    /// Response headers removed because they tell attackers what runs behind the proxy. A
+    /// header listed here is not set from the preset either.
     pub remove: Vec<String>,
 }
 

@@ -72,14 +72,62 @@ fn parse_wildcard(pattern: &str) -> Option<OriginMatcher> {
     })
 }
 
+/// An origin as a browser serialises it in `Origin`: `null`, or `scheme://host[:port]` with a
+/// lower-case scheme and host (IDNs in punycode, IPv6 in brackets) and nothing after. Anything
+/// else could never equal a request's `Origin`, so listing it is a mistake.
+fn is_serialized_origin(origin: &str) -> bool {
+    if origin == "null" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let scheme_ok = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((address, after)) => {
+                let address_ok = !address.is_empty()
+                    && address
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || b"abcdef:.".contains(&b));
+                (address_ok.then_some(""), after)
+            }
+            None => (None, ""),
+        },
+        None => match rest.find(':') {
+            Some(at) => (rest.get(..at), rest.get(at..).unwrap_or_default()),
+            None => (Some(rest), ""),
+        },
+    };
+    let host_ok = host.is_some_and(|host| {
+        host.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+            && (!host.is_empty() || rest.starts_with('['))
+    });
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+        });
+    scheme_ok && host_ok && port_ok
+}
+
 fn compile_pattern(pattern: &OriginPattern, problems: &mut Problems) -> Option<OriginMatcher> {
     match pattern {
         OriginPattern::Exact(origin) if origin == "*" => Some(OriginMatcher::Any),
         OriginPattern::Exact(origin) => {
-            if origin.is_empty() || origin.ends_with('/') || origin.bytes().any(|b| b <= b' ') {
+            if !is_serialized_origin(origin) {
                 problems.push_at(
                     "exact",
-                    format!("{origin:?} is not an origin (scheme://host[:port], no path)"),
+                    format!(
+                        "{origin:?} is not an origin as browsers send it \
+                         (scheme://host[:port] in lower case, no path)"
+                    ),
                 );
                 return None;
             }
@@ -165,8 +213,15 @@ impl CorsPolicy {
         }
         problems.field("allow_methods", |p| {
             for (i, method) in config.allow_methods.iter().enumerate() {
-                if method != "*" && !crate::limits::is_method_token(method) {
-                    p.index(i, |p| p.push(format!("{method:?} is not an HTTP method")));
+                // Browsers compare the requested method with this list case-sensitively, and
+                // send GET, POST, PUT, ... in upper case.
+                if method != "*"
+                    && (!crate::limits::is_method_token(method)
+                        || method.bytes().any(|b| b.is_ascii_lowercase()))
+                {
+                    p.index(i, |p| {
+                        p.push(format!("{method:?} is not an upper-case HTTP method"))
+                    });
                 }
             }
         });
@@ -471,15 +526,54 @@ mod tests {
         assert_eq!(
             problems_of(r#"{"allow_origins":[{"wildcard":"https://example.com"},{"exact":"https://a.com/"}]}"#),
             "allow_origins[0].wildcard: \"https://example.com\" is not of the form scheme://*.domain[:port] (lower case); \
-             allow_origins[1].exact: \"https://a.com/\" is not an origin (scheme://host[:port], no path)"
+             allow_origins[1].exact: \"https://a.com/\" is not an origin as browsers send it \
+             (scheme://host[:port] in lower case, no path)"
         );
+        for never_sent in [
+            "https://a.com/api",
+            "a.com",
+            "HTTPS://A.COM",
+            "https://App.example.com",
+            "https://a.com:",
+            "https://a.com:123456",
+            "https://",
+            "https://[::1",
+            "https://a.com?x",
+            " https://a.com",
+            "https://café.example",
+        ] {
+            let config = format!(r#"{{"allow_origins":[{{"exact":{never_sent:?}}}]}}"#);
+            assert!(
+                problems_of(&config).starts_with("allow_origins[0].exact: "),
+                "{never_sent}: {}",
+                problems_of(&config)
+            );
+        }
+        for sent in [
+            "null",
+            "https://a.com",
+            "http://127.0.0.1:8080",
+            "https://[::1]:8443",
+            "https://xn--caf-dma.example",
+            "chrome-extension://abcdef",
+        ] {
+            let config = format!(r#"{{"allow_origins":[{{"exact":{sent:?}}}]}}"#);
+            let config: CorsConfig = serde_json::from_str(&config).unwrap();
+            let mut problems = Problems::default();
+            CorsPolicy::build(&config, &mut problems);
+            assert!(problems.into_result().is_ok(), "{sent}");
+        }
         assert_eq!(
             problems_of(r#"{"allow_origins":[]}"#),
             "allow_origins: must list at least one origin"
         );
         assert_eq!(
             problems_of(r#"{"allow_origins":[{"exact":"*"}],"allow_headers":["bad header"],"allow_methods":["GE T"]}"#),
-            "allow_headers[0]: \"bad header\" is not an HTTP header name; allow_methods[0]: \"GE T\" is not an HTTP method"
+            "allow_headers[0]: \"bad header\" is not an HTTP header name; allow_methods[0]: \"GE T\" is not an upper-case HTTP method"
+        );
+        assert_eq!(
+            problems_of(r#"{"allow_origins":[{"exact":"*"}],"allow_methods":["GET","put"]}"#),
+            "allow_methods[1]: \"put\" is not an upper-case HTTP method"
         );
     }
 }

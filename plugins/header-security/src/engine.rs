@@ -340,10 +340,13 @@ impl HeaderSecurity {
 
     /// Decides on the request headers: the whole map, or what
     /// [`Self::lookup_request_headers`] found. The edits borrow from the configuration and
-    /// from the stream's state (a generated request id).
+    /// from the stream's state (a generated request id). `complete` is false for a whole map the
+    /// host may have cut short (Kong hands over at most 100 pairs): a check that needs every
+    /// header then refuses the request (431), since what it cannot see it cannot pass.
     pub fn on_request_headers<'a>(
         &'a self,
         headers: &[(&[u8], &[u8])],
+        complete: bool,
         rng: &mut Xoshiro256,
         host: &mut dyn HostValues,
         state: &'a mut StreamState,
@@ -356,6 +359,10 @@ impl HeaderSecurity {
             Some(id) => state.request_id.set(id),
             None if generated => state.request_id.generate(rng),
             None => state.request_id.clear(),
+        }
+
+        if !complete && self.limits.needs_all_headers() {
+            return RequestVerdict::Reply(self.refusal(state, &LimitExceeded::TooManyHeaders));
         }
 
         // The request's own limits (host allowlist, header count and size, control
@@ -642,8 +649,13 @@ mod tests {
     fn run(engine: &HeaderSecurity, headers: &Pairs) -> (RequestVerdict<'static>, StreamState) {
         let mut state = StreamState::default();
         let mut rng = Xoshiro256::from_seed([3; 32]);
-        let verdict =
-            owned(engine.on_request_headers(&borrow(headers), &mut rng, &mut NoHost, &mut state));
+        let verdict = owned(engine.on_request_headers(
+            &borrow(headers),
+            true,
+            &mut rng,
+            &mut NoHost,
+            &mut state,
+        ));
         (verdict, state)
     }
 
@@ -716,9 +728,13 @@ mod tests {
         let sampled = (0..2000)
             .filter(|_| {
                 let mut state = StreamState::default();
-                let RequestVerdict::Continue(edits) =
-                    e.on_request_headers(&borrow(&request(&[])), &mut rng, &mut NoHost, &mut state)
-                else {
+                let RequestVerdict::Continue(edits) = e.on_request_headers(
+                    &borrow(&request(&[])),
+                    true,
+                    &mut rng,
+                    &mut NoHost,
+                    &mut state,
+                ) else {
                     panic!()
                 };
                 set_value(&edits, "traceparent").unwrap().ends_with(b"-01")

@@ -116,10 +116,10 @@ fn fields(raw: &[u8]) -> Fields<'_> {
     })
 }
 
-/// A request answered here never reaches palisade-auth, which removes the identity headers
-/// (`x-palisade-*`) a client sends; palisade-audit reads the request's headers when the stream
-/// ends. Removed here, so the audit trail never names whoever the client claimed to be. Only
-/// on a local reply: the whole map is read for it.
+/// A request answered at its headers never reaches palisade-auth, which removes the identity
+/// headers (`x-palisade-*`) a client sends; palisade-audit reads the request's headers when the
+/// stream ends. Removed here, so the audit trail never names whoever the client claimed to be.
+/// Only on a local reply: the whole map is read for it.
 fn strip_client_identity() {
     let raw = read(Map::RequestHeaders);
     let owned = identity::client_copies(&fields(&raw), |_| false);
@@ -129,8 +129,18 @@ fn strip_client_identity() {
     );
 }
 
-fn reply(local: &LocalReply) -> Action {
-    strip_client_identity();
+/// Where a local reply is sent from.
+#[derive(PartialEq)]
+enum Phase {
+    RequestHeaders,
+    /// palisade-auth has run by now: the identity headers are its own, for the audit trail.
+    RequestBody,
+}
+
+fn reply(local: &LocalReply, phase: Phase) -> Action {
+    if phase == Phase::RequestHeaders {
+        strip_client_identity();
+    }
     let headers: Vec<(&str, &str)> = local
         .headers
         .iter()
@@ -171,7 +181,7 @@ impl HttpContext for Stream {
         if let Some(found) = engine.lookup_request_headers(|name| lookup(Map::RequestHeaders, name))
         {
             return found.with_fields(|headers| {
-                match engine.on_request_headers(headers, &mut rng, &mut host_values, state) {
+                match engine.on_request_headers(headers, true, &mut rng, &mut host_values, state) {
                     // A partial snapshot cannot be written back whole: its edits go one by one.
                     RequestVerdict::Continue(edits) => {
                         host::warn_if_refused(
@@ -180,13 +190,14 @@ impl HttpContext for Stream {
                         );
                         Action::Continue
                     }
-                    RequestVerdict::Reply(local) => reply(&local),
+                    RequestVerdict::Reply(local) => reply(&local, Phase::RequestHeaders),
                 }
             });
         }
         let raw = read(Map::RequestHeaders);
         let headers = fields(&raw);
-        match engine.on_request_headers(&headers, &mut rng, &mut host_values, state) {
+        let complete = !host::header_map_may_be_truncated(headers.len());
+        match engine.on_request_headers(&headers, complete, &mut rng, &mut host_values, state) {
             RequestVerdict::Continue(edits) => {
                 host::warn_if_refused(
                     NAME,
@@ -194,7 +205,7 @@ impl HttpContext for Stream {
                 );
                 Action::Continue
             }
-            RequestVerdict::Reply(local) => reply(&local),
+            RequestVerdict::Reply(local) => reply(&local, Phase::RequestHeaders),
         }
     }
 
@@ -205,7 +216,7 @@ impl HttpContext for Stream {
             .engine
             .on_request_body(&mut self.state, body_size)
         {
-            Some(local) => reply(&local),
+            Some(local) => reply(&local, Phase::RequestBody),
             None => Action::Continue,
         }
     }

@@ -51,7 +51,10 @@ impl SecurityHeaders {
         };
         let mut set: Vec<(String, String)> = preset
             .iter()
-            .filter(|(name, _)| !config.headers.contains_key(*name))
+            // A removed header is not set from the preset either: removing it is the point.
+            .filter(|(name, _)| {
+                !config.headers.contains_key(*name) && !config.remove.iter().any(|r| r == name)
+            })
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
             .collect();
         set.extend(
@@ -124,5 +127,19 @@ mod tests {
         let headers = resolve(r#"{"security_headers":{"preset":"none","remove":[]}}"#);
         assert!(headers.set.is_empty());
         assert!(headers.remove.is_empty());
+    }
+
+    #[test]
+    fn a_removed_header_is_not_set_from_the_preset() {
+        let headers =
+            resolve(r#"{"security_headers":{"preset":"api","remove":["cache-control"]}}"#);
+        assert_eq!(get(&headers, "cache-control"), None);
+        assert!(headers.remove.contains(&"cache-control".to_owned()));
+        assert!(get(&headers, "x-content-type-options").is_some());
+        let kept = resolve(r#"{"security_headers":{"preset":"api"}}"#);
+        assert!(
+            get(&kept, "cache-control").is_some(),
+            "the api preset sets it"
+        );
     }
 }
