@@ -72,6 +72,51 @@ pub struct Denial {
     pub reason: String,
 }
 
+/// The plugins a [`Denial`] can name: the Palisade plugins that refuse requests.
+pub const PALISADE_PLUGINS: [&str; 5] = [
+    "palisade-header-security",
+    "palisade-auth",
+    "palisade-rate-limit",
+    "palisade-resilience",
+    "palisade-audit",
+];
+
+/// The longest reason a [`Denial`] keeps, in bytes: Palisade's own reasons are short, stable
+/// texts far below it.
+pub const MAX_DENIAL_REASON: usize = 128;
+
+impl Denial {
+    /// A refusal as the event records it: only one naming a Palisade plugin, its reason cut to
+    /// [`MAX_DENIAL_REASON`] bytes (at a character boundary). On Kong the note is a response
+    /// header, which an upstream can send too: it must not write a plugin of its own choosing,
+    /// or text of any length, into the audit trail.
+    pub fn recorded(plugin: String, mut reason: String) -> Option<Denial> {
+        if !PALISADE_PLUGINS.contains(&plugin.as_str()) {
+            return None;
+        }
+        if reason.len() > MAX_DENIAL_REASON {
+            let end = (0..=MAX_DENIAL_REASON)
+                .rev()
+                .find(|&i| reason.is_char_boundary(i))
+                .unwrap_or(0);
+            reason.truncate(end);
+        }
+        Some(Denial { plugin, reason })
+    }
+
+    /// From Kong's `x-palisade-denied-by` response header.
+    pub fn from_header(value: &[u8]) -> Option<Denial> {
+        let (plugin, reason) = palisade_kit::reply::parse_denied_by(value)?;
+        Denial::recorded(plugin, reason)
+    }
+
+    /// From Envoy's response code details (`palisade-auth{missing_token}`).
+    pub fn from_details(details: &str) -> Option<Denial> {
+        let (plugin, reason) = palisade_kit::reply::parse_denial_details(details)?;
+        Denial::recorded(plugin, reason)
+    }
+}
+
 /// One audit or security event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEvent {
@@ -335,6 +380,52 @@ mod tests {
         ] {
             assert_eq!(trace_id(invalid), None, "{invalid}");
         }
+    }
+
+    #[test]
+    fn denials_name_a_palisade_plugin_and_a_short_reason() {
+        let denial = |plugin: &str, reason: &str| {
+            Some(Denial {
+                plugin: plugin.into(),
+                reason: reason.into(),
+            })
+        };
+        assert_eq!(
+            Denial::from_header(br#"palisade-auth; reason="missing token""#),
+            denial("palisade-auth", "missing token")
+        );
+        assert_eq!(
+            Denial::from_details("palisade-rate-limit{rate_limit_exceeded}"),
+            denial("palisade-rate-limit", "rate limit exceeded")
+        );
+        for plugin in PALISADE_PLUGINS {
+            let value = palisade_kit::reply::denied_by(plugin, "no");
+            assert_eq!(Denial::from_header(value.as_bytes()), denial(plugin, "no"));
+        }
+        // An upstream's header on Kong names no plugin of its own choosing.
+        for value in [
+            &br#"my-upstream; reason="all good""#[..],
+            br#"palisade-admin; reason="approved by the security team""#,
+            br#"palisade-auth-bypass; reason="x""#,
+            b"Palisade-Auth",
+        ] {
+            assert_eq!(
+                Denial::from_header(value),
+                None,
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        assert_eq!(Denial::from_details("palisade-upstream{made_up}"), None);
+        // Nor text of any length: the reason stops at 128 bytes, on a character boundary.
+        let long = format!("palisade-auth; reason=\"{}\"", "x".repeat(10_000));
+        assert_eq!(
+            Denial::from_header(long.as_bytes()).map(|d| d.reason.len()),
+            Some(MAX_DENIAL_REASON)
+        );
+        let wide = format!("a{}", "€".repeat(100));
+        let cut = Denial::recorded("palisade-audit".into(), wide).map(|d| d.reason);
+        assert_eq!(cut, Some(format!("a{}", "€".repeat(42))));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::{Counter, Gauge, Histogram};
 use palisade_kit::host::{self, HostClock, Map};
 use palisade_kit::random::Xoshiro256;
-use palisade_kit::reply::{parse_denial_details, parse_denied_by, DENIED_BY};
+use palisade_kit::reply::DENIED_BY;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
@@ -439,10 +439,6 @@ fn decode_int(flavor: Flavor, bytes: &[u8]) -> Option<u64> {
     }
 }
 
-fn denial_from(value: &[u8]) -> Option<Denial> {
-    parse_denied_by(value).map(|(plugin, reason)| Denial { plugin, reason })
-}
-
 impl Stream {
     /// The status: Envoy's and Kong's `response.code`, else the response's `:status` (asked
     /// for only then). The worker's first finished stream also tells which proxy this is: by
@@ -514,11 +510,7 @@ impl Stream {
                     facts.code_details = text_property(&["response", "code_details"]);
                     // A Palisade plugin's refusal: Envoy skips our response phase for a local
                     // reply sent before us, and the details name who refused and why.
-                    facts.denial = facts
-                        .code_details
-                        .as_deref()
-                        .and_then(parse_denial_details)
-                        .map(|(plugin, reason)| Denial { plugin, reason });
+                    facts.denial = facts.code_details.as_deref().and_then(Denial::from_details);
                 }
                 // Envoy's duration (ns) covers requests refused before our request phase.
                 if let Some(ns) = int_property(flavor, &["request", "duration"]) {
@@ -540,9 +532,10 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // The refusing plugin's note is for us, not for the client.
+        // The refusing plugin's note is for us, not for the client. On Kong an upstream can
+        // send it too: only a Palisade plugin's name and a short reason are kept.
         if let Ok(Some(value)) = host::header(Map::ResponseHeaders, DENIED_BY) {
-            self.denial = denial_from(&value);
+            self.denial = Denial::from_header(&value);
             if let Err(err) = host::remove_header(Map::ResponseHeaders, DENIED_BY) {
                 log::warn!("[{NAME}] could not remove {DENIED_BY}: {err}");
             }
