@@ -15,7 +15,7 @@ pub type Nanos = u64;
 /// One limit's parameters, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
-    /// Time one request "costs": period / rate.
+    /// Time one request "costs": period / rate, rounded up.
     interval: Nanos,
     /// How far ahead of now the TAT may be and still admit: burst * interval.
     tolerance: Nanos,
@@ -46,7 +46,11 @@ impl Gcra {
     /// `rate` >= 1 and `period` >= 1 µs * rate (the config checks both).
     pub fn new(rate: u32, period: Duration, burst: u32) -> Self {
         let period_nanos = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
-        let interval = (period_nanos / u64::from(rate.max(1))).max(1);
+        // Rounded up: rounded down, `rate` intervals fall short of the period, and a window of
+        // one period could admit one more than `rate + burst` (3 per second: t, t+I, t+2I,
+        // t+3I all inside one second). Up, the steady rate errs low, by under 0.1% (the
+        // config keeps the interval at 1 µs or more).
+        let interval = period_nanos.div_ceil(u64::from(rate.max(1))).max(1);
         Self {
             interval,
             tolerance: interval.saturating_mul(u64::from(burst)),
@@ -195,6 +199,21 @@ mod tests {
         assert_eq!(run(&gcra, &times).len(), 9);
     }
 
+    #[test]
+    fn a_period_the_rate_does_not_divide_never_admits_more_than_the_rate() {
+        let gcra = Gcra::new(3, Duration::from_secs(1), 0);
+        let short = 1_000_000_000 / 3;
+        let times: Vec<Nanos> = (0..4).map(|i| T0 + i * short).collect();
+        assert!(
+            times[3] - times[0] < 1_000_000_000,
+            "all four within one second"
+        );
+        assert!(run(&gcra, &times).len() <= 3);
+        // High rates: at most `rate` per period in the long run.
+        let gcra = Gcra::new(999_002, Duration::from_secs(1), 0);
+        assert!(1_000_000_000 / gcra.interval() <= 999_002);
+    }
+
     #[cfg(not(target_arch = "wasm32"))]
     mod properties {
         use super::*;
@@ -235,7 +254,7 @@ mod tests {
                 extra in proptest::collection::vec(0u64..1_000_000, 1..200),
             ) {
                 let gcra = Gcra::new(rate, Duration::from_millis(period_ms), burst);
-                let interval = period_ms * 1_000_000 / u64::from(rate);
+                let interval = (period_ms * 1_000_000).div_ceil(u64::from(rate));
                 let mut now = T0;
                 let times: Vec<Nanos> = extra.iter().map(|e| { now += interval + e; now }).collect();
                 prop_assert_eq!(run(&gcra, &times).len(), times.len());

@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::rc::Rc;
+use std::time::Duration;
 
 use palisade_kit::reply::ErrorReply;
 use palisade_kit::store::{SharedStore, StoreError, Write};
@@ -72,7 +73,7 @@ impl CompiledLimit {
         let table = SlotTable::new(&limit.name, limit.slots);
         Self {
             policy: gcra.map_or_else(String::new, |gcra| {
-                policy(&limit.name, gcra.quota(), gcra.period().as_secs())
+                policy(&limit.name, gcra.quota(), Some(gcra.period()))
             }),
             name: limit.name.clone(),
             rate_limit_prefix: Rc::from(format!("\"{}\";r=", limit.name)),
@@ -89,14 +90,20 @@ impl CompiledLimit {
     }
 }
 
-fn policy(name: &str, quota: u64, window_secs: u64) -> String {
+/// One `RateLimit-Policy` item. `w` is whole seconds, rounded up: a client pacing itself by
+/// it never sends faster than the limit (a 1500 ms period is `w=2`, not `w=1`); left out when
+/// the window is unknown.
+fn policy(name: &str, quota: u64, window: Option<Duration>) -> String {
     let mut item = String::with_capacity(name.len() + 32);
     item.push('"');
     item.push_str(name);
     item.push_str("\";q=");
     palisade_kit::decimal::push_u64(&mut item, quota);
-    item.push_str(";w=");
-    palisade_kit::decimal::push_u64(&mut item, window_secs);
+    if let Some(window) = window {
+        let secs = u64::try_from(window.as_millis().div_ceil(1000)).unwrap_or(u64::MAX);
+        item.push_str(";w=");
+        palisade_kit::decimal::push_u64(&mut item, secs);
+    }
     item
 }
 
@@ -548,7 +555,8 @@ impl RateLimiter {
             let Some(current) = status.current_limit else {
                 continue;
             };
-            let window = current.unit.map_or(0, |unit| unit.as_secs());
+            // A unit the service left out (or UNKNOWN) gives no window to advertise.
+            let window = current.unit.filter(|unit| !unit.is_zero());
             let reset = status
                 .duration_until_reset
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
@@ -822,6 +830,19 @@ mod tests {
     use palisade_kit::store::{BlindWrite, Cas, Entry, MemoryStore};
     use std::cell::Cell;
     use std::time::Duration;
+
+    #[test]
+    fn the_policy_window_is_whole_seconds_rounded_up_or_left_out() {
+        assert_eq!(
+            policy("a", 5, Some(Duration::from_millis(1500))),
+            "\"a\";q=5;w=2"
+        );
+        assert_eq!(
+            policy("a", 5, Some(Duration::from_secs(60))),
+            "\"a\";q=5;w=60"
+        );
+        assert_eq!(policy("a", 5, None), "\"a\";q=5");
+    }
 
     const T0: u64 = 1_700_000_000;
 
