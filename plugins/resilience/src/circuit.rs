@@ -51,13 +51,16 @@ pub struct CircuitState {
     /// When `trials_in_flight` last started from zero (half-opening, or the lease running
     /// out): a trial granted before it is not counted, so giving it back frees nothing.
     pub trials_since_ms: u64,
+    /// When the circuit last closed after an opening: a request admitted before it (before
+    /// the opening, or a trial of the period that closed) says nothing about the upstream now.
+    pub closed_since_ms: u64,
     /// The newest bucket's index (`now_ms / bucket_ms`).
     pub window_epoch: u64,
     /// (requests, failures) per bucket, indexed by epoch modulo [`BUCKETS`].
     pub buckets: [(u32, u32); BUCKETS],
 }
 
-const ENCODED_LEN: usize = 1 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + BUCKETS * 8;
+const ENCODED_LEN: usize = 1 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 8 + BUCKETS * 8;
 
 impl CircuitState {
     pub fn encode(&self) -> Vec<u8> {
@@ -73,6 +76,7 @@ impl CircuitState {
         out.extend_from_slice(&self.trials_in_flight.to_le_bytes());
         out.extend_from_slice(&self.trial_lease_until_ms.to_le_bytes());
         out.extend_from_slice(&self.trials_since_ms.to_le_bytes());
+        out.extend_from_slice(&self.closed_since_ms.to_le_bytes());
         out.extend_from_slice(&self.window_epoch.to_le_bytes());
         for (requests, failures) in self.buckets {
             out.extend_from_slice(&requests.to_le_bytes());
@@ -98,6 +102,7 @@ impl CircuitState {
             trials_in_flight: reader.u32()?,
             trial_lease_until_ms: reader.u64()?,
             trials_since_ms: reader.u64()?,
+            closed_since_ms: reader.u64()?,
             window_epoch: reader.u64()?,
             buckets: [(0, 0); BUCKETS],
         };
@@ -330,7 +335,10 @@ impl CircuitBreaker {
             (Phase::HalfOpen, Admission::Trial) if granted_ms >= state.trials_since_ms => {
                 match outcome {
                     Outcome::Success => {
-                        state = CircuitState::default();
+                        state = CircuitState {
+                            closed_since_ms: now_ms,
+                            ..CircuitState::default()
+                        };
                         Step::Write(state.encode(), Some(Transition::Closed))
                     }
                     Outcome::Failure => {
@@ -339,6 +347,9 @@ impl CircuitBreaker {
                     }
                 }
             }
+            // Admitted before the circuit last closed: requests that hung while it was failing
+            // must not reopen it once it has recovered.
+            (Phase::Closed, _) if granted_ms < state.closed_since_ms => Step::Keep(None),
             (Phase::Closed, _) => {
                 let before = state;
                 self.count(&mut state, outcome, now_ms);
@@ -633,8 +644,59 @@ mod tests {
             ),
             Ok(Some(Transition::Closed))
         );
-        assert_eq!(state(&store), CircuitState::default());
+        assert_eq!(
+            state(&store),
+            CircuitState {
+                closed_since_ms: 30_050,
+                ..CircuitState::default()
+            }
+        );
         assert_eq!(cb.admit(&store, KEY, 30_060).0, Admission::Quiet);
+    }
+
+    /// Requests that hung while the upstream was failing (a long-query route's hour) end with
+    /// a gateway error after the circuit has closed again: they must not reopen it.
+    #[test]
+    fn requests_admitted_before_the_circuit_closed_do_not_count_after_it() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        // Admitted while closed, before the failures that open the circuit.
+        let hung: Vec<_> = (0..5).map(|_| cb.admit(&store, KEY, 0).0).collect();
+        open_circuit(&cb, &store, 10);
+        assert_eq!(cb.admit(&store, KEY, 30_010).0, Admission::Trial);
+        assert_eq!(
+            cb.record(
+                &store,
+                KEY,
+                Admission::Trial,
+                30_010,
+                Outcome::Success,
+                30_020
+            ),
+            Ok(Some(Transition::Closed))
+        );
+        for admission in hung {
+            assert_eq!(
+                cb.record(&store, KEY, admission, 0, Outcome::Failure, 3_600_000),
+                Ok(None)
+            );
+        }
+        assert_eq!(state(&store).phase, Phase::Closed);
+        assert_eq!(state(&store).consecutive_failures, 0);
+        // Admitted after the close, failures count as ever.
+        for _ in 0..5 {
+            let (admission, _) = cb.admit(&store, KEY, 3_600_000);
+            cb.record(
+                &store,
+                KEY,
+                admission,
+                3_600_000,
+                Outcome::Failure,
+                3_600_001,
+            )
+            .unwrap();
+        }
+        assert_eq!(state(&store).phase, Phase::Open);
     }
 
     #[test]
@@ -921,6 +983,8 @@ mod proptests {
         last_grant: u64,
         /// Trials granted before this are no longer counted.
         trials_since: u64,
+        /// When a trial last closed the circuit.
+        closed_since: u64,
     }
 
     impl Model {
@@ -986,6 +1050,7 @@ mod proptests {
             held: Vec::new(),
             last_grant: 0,
             trials_since: 0,
+            closed_since: 0,
         };
         let mut now = 1_000_000u64;
         // Requests admitted and not yet ended: (admission, granted at).
@@ -1073,8 +1138,13 @@ mod proptests {
                                 prop_assert_eq!(got, Some(Transition::Closed));
                                 m.phase = ModelPhase::Closed;
                                 m.openings = 0;
+                                m.closed_since = now;
                             }
                             m.reset();
+                        }
+                        // Admitted before the circuit last closed: not counted.
+                        (ModelPhase::Closed, _) if granted < m.closed_since => {
+                            prop_assert_eq!(got, None);
                         }
                         // Admitted with nothing counted: its success reports nothing, even if
                         // failures were counted meanwhile.
