@@ -545,6 +545,21 @@ fn kong_ignores_router_headers_so_none_are_sent_and_the_breaker_still_works() ->
     );
     stream.send_response_headers(Response::status(200), true)?;
     stream.finish()?;
+    // Past the 100 pairs Kong hands over, a client's router header is removed unseen (an
+    // Envoy sidecar behind Kong would obey it).
+    let mut request = Request::get("/orders");
+    for i in 0..100 {
+        request = request.header(&format!("x-filler-{i}"), "1");
+    }
+    let mut stream = vms
+        .worker(0)
+        .http_request(request.header("x-envoy-max-retries", "50"))?;
+    assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+    let upstream = stream.upstream_request_headers();
+    assert_eq!(upstream.get("x-envoy-max-retries"), None);
+    assert_eq!(upstream.get("x-filler-99"), Some("1"));
+    stream.send_response_headers(Response::status(200), true)?;
+    stream.finish()?;
     for i in 0..5 {
         let mut s = vms.worker(i % 2).http_request(Request::get("/orders"))?;
         s.send_request_headers(true)?;

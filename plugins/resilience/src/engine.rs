@@ -290,6 +290,12 @@ impl Resilience {
         }
     }
 
+    /// Edits to add to a [`RequestVerdict::Continue`]'s when the request's header map may have
+    /// been cut short: see [`RoutePolicy::unseen_router_header_removals`].
+    pub fn unseen_header_edits(&self) -> impl Iterator<Item = Edit<'static>> + '_ {
+        self.policy.unseen_router_header_removals()
+    }
+
     /// The upstream (or the proxy on its behalf: connect failure, reset, timeout) answered.
     /// `now` is read only when the outcome is reported.
     pub fn on_response_headers(

@@ -380,7 +380,14 @@ impl HttpContext for Stream {
         );
         worker.report(&events);
         match verdict {
-            RequestVerdict::Continue { edits, delay } => {
+            RequestVerdict::Continue { mut edits, delay } => {
+                if host::header_map_may_be_truncated(headers.len()) {
+                    for edit in worker.engine.unseen_header_edits() {
+                        if !edits.contains(&edit) {
+                            edits.push(edit);
+                        }
+                    }
+                }
                 // One host call per edit: a few replaces (three by default, removals of
                 // client router headers are rare) cost less, in the VM and in the host, than
                 // re-encoding and replacing the whole map.

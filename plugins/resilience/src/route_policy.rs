@@ -116,6 +116,16 @@ impl RoutePolicy {
         }
     }
 
+    /// Removals of every router header, for a request whose header map the host may have cut
+    /// short (Kong hands over 100 pairs): a client's copy past the cap goes unseen by
+    /// [`Self::edits`], so each is removed blind. None when client headers are trusted.
+    pub fn unseen_router_header_removals(&self) -> impl Iterator<Item = Edit<'static>> + '_ {
+        ROUTER_HEADERS
+            .iter()
+            .filter(|_| !self.trust_client_headers)
+            .map(|name| Edit::Remove(Cow::Borrowed(*name)))
+    }
+
     /// The header edits: client router headers removed (unless trusted), then the retry
     /// policy and the timeout (capped by the deadline). `retry_granted`: false when the retry
     /// budget is spent (the request goes out with no retries).
@@ -223,6 +233,15 @@ mod tests {
     fn policy(json: &str) -> RoutePolicy {
         let config: ResilienceConfig = load(json.as_bytes()).unwrap();
         RoutePolicy::new(config.proxy, &config.retry, &config.timeouts)
+    }
+
+    #[test]
+    fn unseen_router_headers_are_removed_blind_unless_trusted() {
+        let removed: Vec<_> = policy("{}").unseen_router_header_removals().collect();
+        assert_eq!(removed.len(), ROUTER_HEADERS.len());
+        assert!(removed.contains(&Edit::Remove(Cow::Borrowed("x-envoy-max-retries"))));
+        let trusted = policy(r#"{"retry":{"trust_client_headers":true}}"#);
+        assert_eq!(trusted.unseen_router_header_removals().count(), 0);
     }
 
     fn set(name: &'static str, value: &'static str) -> Edit<'static> {
