@@ -10,7 +10,8 @@
 //! Keys are created before traffic because Envoy's shared data has no insert-if-absent: two
 //! workers creating the same key at once would both succeed, and one admission would be lost.
 //! Kong refuses such an insert (and may evict keys under memory pressure): a slot that vanished
-//! reads as fresh and is re-created with "must not exist", which is exact.
+//! is free and re-created with "must not exist", which is exact; the probe goes on past it, since
+//! the key may sit in a later slot.
 
 use std::borrow::Cow;
 
@@ -144,9 +145,21 @@ impl SlotTable {
         let mut free: Option<Slot<'_>> = None;
         for index in self.probes(fingerprint) {
             let key = self.key(index);
-            let entry = store.get(&key)?;
-            let cas = entry.as_ref().map(|e| e.cas);
-            match entry.as_ref().and_then(|e| decode(&e.value)) {
+            let Some(entry) = store.get(&key)? else {
+                // Gone (Kong evicted it, or its version wrapped): free, but unlike a never-used
+                // slot it may have held a key placed before one further on, which must still
+                // be found there (else that key's budget would start over here).
+                if free.is_none() {
+                    free = Some(Slot {
+                        key,
+                        cas: None,
+                        tat: None,
+                    });
+                }
+                continue;
+            };
+            let cas = Some(entry.cas);
+            match decode(&entry.value) {
                 Some((held, tat)) if held == fingerprint => {
                     return Ok(Located::Slot(Slot {
                         key,
@@ -164,7 +177,7 @@ impl SlotTable {
                     }
                 }
                 Some(_) => {}
-                // Never used (empty, or gone): nothing of ours lies further on.
+                // Never used (created empty): nothing of ours lies further on.
                 None => {
                     return Ok(Located::Slot(free.unwrap_or(Slot {
                         key,
@@ -335,6 +348,33 @@ mod tests {
         assert_eq!(
             store.set(&slot.key, &encode(2, NOW), slot.cas),
             Ok(Write::Conflict)
+        );
+    }
+
+    #[test]
+    fn a_vanished_slot_before_a_key_does_not_hide_it() {
+        let store = MemoryStore::with(BlindWrite::Refused, usize::MAX);
+        let table = SlotTable::new("l", 8);
+        // 13's home is slot 5 (held by a limited key when 13 came), so 13 sits in slot 6;
+        // then Kong evicts slot 5.
+        assert_eq!(
+            store.set("palisade/rate-limit/l/6", &encode(13, NOW + 500), None),
+            Ok(Write::Stored)
+        );
+        let Located::Slot(slot) = table.locate(&store, 13, NOW).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (&*slot.key, slot.tat),
+            ("palisade/rate-limit/l/6", Some(NOW + 500))
+        );
+        // A key found nowhere takes the first vanished slot.
+        let Located::Slot(slot) = table.locate(&store, 21, NOW).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (&*slot.key, slot.cas, slot.tat),
+            ("palisade/rate-limit/l/5", None, None)
         );
     }
 
