@@ -225,8 +225,8 @@ pub enum FailureMode {
     Deny,
 }
 
-/// Where the client's address comes from.
-#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema)]
+/// Where the client's address comes from, and how much of it names a client.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientIpConfig {
     /// 0: the connection's peer address. N > 0: the N-th `x-forwarded-for` entry from the right,
@@ -234,6 +234,27 @@ pub struct ClientIpConfig {
     /// further left were written by the client and are ignored.
     #[serde(default)]
     pub trusted_hops: u32,
+    /// The leading bits of an IPv6 address that name one client (1-128). An ISP hands every
+    /// subscriber at least a /64, inside which a client picks a new address at will: keyed by
+    /// all 128 bits, each request could come with a fresh budget. 128 keys each address.
+    #[serde(default = "ClientIpConfig::default_ipv6_prefix_len")]
+    #[schemars(range(min = 1, max = 128))]
+    pub ipv6_prefix_len: u8,
+}
+
+impl ClientIpConfig {
+    fn default_ipv6_prefix_len() -> u8 {
+        64
+    }
+}
+
+impl Default for ClientIpConfig {
+    fn default() -> Self {
+        Self {
+            trusted_hops: 0,
+            ipv6_prefix_len: Self::default_ipv6_prefix_len(),
+        }
+    }
 }
 
 /// Limits for the requests one `match` selects.
@@ -426,6 +447,9 @@ impl RateLimitConfig {
 
 impl PluginConfig for RateLimitConfig {
     fn validate(&self, problems: &mut Problems) {
+        if !(1..=128).contains(&self.client_ip.ipv6_prefix_len) {
+            problems.push_at("client_ip.ipv6_prefix_len", "must be from 1 to 128");
+        }
         // Names are unique across the top level and every route: each names its own state.
         let mut names = HashSet::new();
         problems.field("limits", |p| {
@@ -589,6 +613,25 @@ mod tests {
         assert!(err.problems[0]
             .reason
             .starts_with("unknown variant `tenant`"));
+    }
+
+    #[test]
+    fn the_ipv6_prefix_is_64_by_default_and_from_1_to_128() {
+        let config = load::<RateLimitConfig>(br#"{"limits":[]}"#).unwrap();
+        assert_eq!(config.client_ip.ipv6_prefix_len, 64);
+        for bad in [0, 129] {
+            let doc = format!(r#"{{"limits":[],"client_ip":{{"ipv6_prefix_len":{bad}}}}}"#);
+            let err = load::<RateLimitConfig>(doc.as_bytes()).unwrap_err();
+            assert_eq!(err.problems[0].path, "client_ip.ipv6_prefix_len", "{bad}");
+        }
+        let whole = br#"{"limits":[],"client_ip":{"ipv6_prefix_len":128}}"#;
+        assert_eq!(
+            load::<RateLimitConfig>(whole)
+                .unwrap()
+                .client_ip
+                .ipv6_prefix_len,
+            128
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Turning a request into a limit's key: the parts an operator listed, read lazily from the
 //! request (each host value at most once), joined unambiguously, and hashed to a fingerprint.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use crate::config::KeyPart;
+use crate::config::{ClientIpConfig, KeyPart};
 
 /// What the engine may read from a request. The adapter answers from the host, tests from a
 /// struct; each is asked at most once per request ([`RequestParts`] caches).
@@ -21,7 +21,7 @@ pub trait RequestView {
 /// value the host hands over.
 pub struct RequestParts<'v, 'n, V: RequestView> {
     view: &'v mut V,
-    trusted_hops: u32,
+    client: ClientIpConfig,
     /// Set up on the first read: a request whose limits read nothing (constant keys, no
     /// routes) has nothing here to drop either.
     read: Option<Read<'n>>,
@@ -36,10 +36,10 @@ struct Read<'n> {
 }
 
 impl<'v, 'n, V: RequestView> RequestParts<'v, 'n, V> {
-    pub fn new(view: &'v mut V, trusted_hops: u32) -> Self {
+    pub fn new(view: &'v mut V, client: ClientIpConfig) -> Self {
         Self {
             view,
-            trusted_hops,
+            client,
             read: None,
         }
     }
@@ -86,14 +86,14 @@ impl<'v, 'n, V: RequestView> RequestParts<'v, 'n, V> {
             .is_none_or(|read| read.client_ip.is_none())
         {
             let source = self.view.source_address();
-            let xff = if self.trusted_hops > 0 {
+            let xff = if self.client.trusted_hops > 0 {
                 self.header("x-forwarded-for").map(<[u8]>::to_vec)
             } else {
                 None
             };
-            let ip = client_ip(self.trusted_hops, source.as_deref(), xff.as_deref());
+            let ip = client_ip(self.client.trusted_hops, source.as_deref(), xff.as_deref());
             self.read.get_or_insert_with(Read::default).client_ip =
-                Some(ip.map(|ip| ip.to_string()));
+                Some(ip.map(|ip| client_key(ip, self.client.ipv6_prefix_len)));
         }
         self.read
             .as_ref()
@@ -127,6 +127,20 @@ fn parse_address(text: &[u8]) -> Option<IpAddr> {
         .ok()?;
     // `::ffff:10.0.0.1` and `10.0.0.1` are one client.
     Some(ip.to_canonical())
+}
+
+/// The client part of a key: an IPv4 address whole, an IPv6 address cut to its first
+/// `ipv6_prefix_len` bits (`2001:db8:1:2::/64`), or whole at 128.
+pub fn client_key(ip: IpAddr, ipv6_prefix_len: u8) -> String {
+    match ip {
+        IpAddr::V6(address) if ipv6_prefix_len < 128 => {
+            let kept = u32::from(ipv6_prefix_len);
+            let mask = u128::MAX.checked_shl(128 - kept).unwrap_or(0);
+            let network = Ipv6Addr::from(u128::from(address) & mask);
+            format!("{network}/{ipv6_prefix_len}")
+        }
+        ip => ip.to_string(),
+    }
 }
 
 /// The client's address: with no trusted hops the connection's; with N, the N-th
@@ -386,10 +400,51 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_ipv6_client_is_its_prefix_and_an_ipv4_client_its_address() {
+        let v6 = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(client_key(v6("203.0.113.7"), 64), "203.0.113.7");
+        assert_eq!(
+            client_key(v6("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), 64),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            client_key(v6("2001:db8:1:2:ffff::1"), 56),
+            "2001:db8:1::/56"
+        );
+        assert_eq!(client_key(v6("2001:db8::1"), 128), "2001:db8::1");
+        assert_eq!(client_key(v6("ffff::1"), 1), "8000::/1");
+        // One client rotating addresses inside its /64 keeps one key; its neighbour does not.
+        let key_of = |source: &str, prefix: u8| {
+            let mut fake = FakeRequest::new("GET", "/");
+            fake.source = Some(source.into());
+            let config = ClientIpConfig {
+                ipv6_prefix_len: prefix,
+                ..ClientIpConfig::default()
+            };
+            fingerprint_of(
+                &[KeyPart::ClientIp],
+                &mut RequestParts::new(&mut fake, config),
+            )
+        };
+        assert_eq!(
+            key_of("[2001:db8:1:2::1]:1", 64),
+            key_of("[2001:db8:1:2:9::7]:2", 64)
+        );
+        assert_ne!(
+            key_of("[2001:db8:1:2::1]:1", 64),
+            key_of("[2001:db8:1:3::1]:1", 64)
+        );
+        assert_ne!(
+            key_of("[2001:db8:1:2::1]:1", 128),
+            key_of("[2001:db8:1:2:9::7]:2", 128)
+        );
+    }
+
+    #[test]
     fn each_host_value_is_read_once_per_request() {
         let mut fake = FakeRequest::new("GET", "/a?b=c").header("x-tenant", "acme");
         let tenant = KeyPart::Header("x-tenant".into());
-        let mut parts = RequestParts::new(&mut fake, 0);
+        let mut parts = RequestParts::new(&mut fake, ClientIpConfig::default());
         for _ in 0..3 {
             assert_eq!(parts.path(), Some(&b"/a"[..]));
             assert_eq!(parts.part(&tenant), Some(&b"acme"[..]));
@@ -403,7 +458,10 @@ pub(crate) mod tests {
     #[test]
     fn keys_are_unambiguous_and_missing_parts_are_marked() {
         let key = |fake: &mut FakeRequest, parts: &[KeyPart]| {
-            fingerprint_of(parts, &mut RequestParts::new(fake, 0))
+            fingerprint_of(
+                parts,
+                &mut RequestParts::new(fake, ClientIpConfig::default()),
+            )
         };
         let two = [KeyPart::Header("a".into()), KeyPart::Header("b".into())];
         let mut x = FakeRequest::new("GET", "/")
@@ -437,7 +495,10 @@ pub(crate) mod tests {
             KeyPart::Constant("all".into()),
         ];
         let mut request = FakeRequest::new("GET", "/");
-        let streamed = fingerprint_of(&parts, &mut RequestParts::new(&mut request, 0));
+        let streamed = fingerprint_of(
+            &parts,
+            &mut RequestParts::new(&mut request, ClientIpConfig::default()),
+        );
         let bytes = [&[1, 3, 0, 0, 0][..], b"GET", &[0], &[1, 3, 0, 0, 0], b"all"].concat();
         assert_eq!(streamed, Err(Missing(fingerprint(&bytes))));
 
@@ -448,7 +509,10 @@ pub(crate) mod tests {
         );
         assert_eq!(
             constant_fingerprint(&constant).ok_or(Missing(0)),
-            fingerprint_of(&constant, &mut RequestParts::new(&mut request, 0))
+            fingerprint_of(
+                &constant,
+                &mut RequestParts::new(&mut request, ClientIpConfig::default())
+            )
         );
         assert_eq!(constant_fingerprint(&parts), None);
     }

@@ -25,8 +25,8 @@ use palisade_kit::store::{SharedStore, StoreError, Write};
 use smallvec::SmallVec;
 
 use crate::config::{
-    FailureMode, GlobalService, KeyPart, Limit, MissingKey, Mode, RateLimitConfig, RouteMatch,
-    MAX_NAME_LEN,
+    ClientIpConfig, FailureMode, GlobalService, KeyPart, Limit, MissingKey, Mode, RateLimitConfig,
+    RouteMatch, MAX_NAME_LEN,
 };
 use crate::gcra::{Gcra, Nanos, Verdict};
 use crate::key::{self, Descriptor, RequestParts, RequestView};
@@ -258,7 +258,7 @@ pub struct RateLimiter {
     limits: Vec<CompiledLimit>,
     default: LimitSet,
     routes: Vec<Route>,
-    trusted_hops: u32,
+    client_ip: ClientIpConfig,
     headers: bool,
     on_store_failure: FailureMode,
     failure_mode_deny: bool,
@@ -303,7 +303,7 @@ impl RateLimiter {
                 })
                 .collect(),
             limits,
-            trusted_hops: config.client_ip.trusted_hops,
+            client_ip: config.client_ip,
             headers: config.rate_limit_headers,
             on_store_failure: config.on_store_failure,
             failure_mode_deny: config
@@ -363,7 +363,7 @@ impl RateLimiter {
         store: &impl SharedStore,
         now: Nanos,
     ) -> (Decision, Tallies) {
-        let mut request = RequestParts::new(view, self.trusted_hops);
+        let mut request = RequestParts::new(view, self.client_ip);
         let applicable = self.applicable(&mut request);
         let mut tallies = Tallies::new();
         let mut pending: SmallVec<[Pending<'_>; INLINE_LIMITS]> = SmallVec::new();
