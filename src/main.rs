@@ -310,7 +310,8 @@ fn validate_file(plugin: &PluginInfo, file: &std::path::Path) -> ExitCode {
 fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) -> ExitCode {
     let result = (|| -> Result<(), String> {
         let binary = binary.unwrap_or_else(|| envoy::default_binary(std::path::Path::new(".")));
-        let upstream = EchoUpstream::start(0).map_err(|err| format!("demo upstream: {err}"))?;
+        let upstream =
+            EchoUpstream::start_unrecorded(0).map_err(|err| format!("demo upstream: {err}"))?;
         let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
         let bootstrap = Bootstrap {
             listen_port: port,

@@ -38,17 +38,27 @@ impl SeenRequest {
 /// The echo upstream, serving on 127.0.0.1 until dropped.
 pub struct EchoUpstream {
     server: Server,
-    seen: Arc<Mutex<Vec<SeenRequest>>>,
+    /// `None`: nothing is recorded (a long demo must not grow without end).
+    seen: Option<Arc<Mutex<Vec<SeenRequest>>>>,
 }
 
 impl EchoUpstream {
-    /// Serves on `127.0.0.1:port` (0: any free port).
+    /// Serves on `127.0.0.1:port` (0: any free port), recording every request for
+    /// [`Self::seen`], as the tests need.
     pub fn start(port: u16) -> std::io::Result<Self> {
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        Self::serve(port, Some(Arc::default()))
+    }
+
+    /// Serves without recording: for `palisade run`, which may serve for days.
+    pub fn start_unrecorded(port: u16) -> std::io::Result<Self> {
+        Self::serve(port, None)
+    }
+
+    fn serve(port: u16, seen: Option<Arc<Mutex<Vec<SeenRequest>>>>) -> std::io::Result<Self> {
         let server = {
-            let seen = Arc::clone(&seen);
+            let seen = seen.clone();
             Server::start(SocketAddr::from(([127, 0, 0, 1], port)), move |request| {
-                answer(request, &seen)
+                answer(request, seen.as_deref())
             })?
         };
         Ok(Self { server, seen })
@@ -58,11 +68,11 @@ impl EchoUpstream {
         self.server.addr()
     }
 
-    /// Every request that reached the upstream, oldest first.
+    /// Every request that reached the upstream, oldest first (none when unrecorded).
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.seen
-            .lock()
-            .map(|seen| seen.clone())
+            .as_ref()
+            .and_then(|seen| seen.lock().ok().map(|seen| seen.clone()))
             .unwrap_or_default()
     }
 }
@@ -72,7 +82,7 @@ pub const STATUS_HEADER: &str = "x-upstream-status";
 /// Asks the upstream to wait this many milliseconds before answering.
 pub const DELAY_HEADER: &str = "x-upstream-delay-ms";
 
-fn answer(request: Request, seen: &Mutex<Vec<SeenRequest>>) -> Response {
+fn answer(request: Request, seen: Option<&Mutex<Vec<SeenRequest>>>) -> Response {
     let entry = SeenRequest {
         method: request.method,
         path: request.path,
@@ -82,7 +92,7 @@ fn answer(request: Request, seen: &Mutex<Vec<SeenRequest>>) -> Response {
     };
     // The record is taken when the request arrives: a test checks what reached the upstream
     // even if the client left during a delay.
-    if let Ok(mut seen) = seen.lock() {
+    if let Some(Ok(mut seen)) = seen.map(Mutex::lock) {
         seen.push(entry.clone());
     }
     if let Some(ms) = entry
@@ -114,5 +124,28 @@ fn answer(request: Request, seen: &Mutex<Vec<SeenRequest>>) -> Response {
         status,
         headers,
         body: body.into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(upstream: &EchoUpstream) -> u16 {
+        let url = format!("http://{}/orders", upstream.addr());
+        ureq::get(&url)
+            .call()
+            .map_or(0, |reply| reply.status().as_u16())
+    }
+
+    #[test]
+    fn the_tests_upstream_records_and_the_demos_does_not() {
+        let recorded = EchoUpstream::start(0).unwrap();
+        assert_eq!(get(&recorded), 200);
+        assert_eq!(recorded.seen().len(), 1);
+        assert_eq!(recorded.seen()[0].path, "/orders");
+        let unrecorded = EchoUpstream::start_unrecorded(0).unwrap();
+        assert_eq!(get(&unrecorded), 200);
+        assert_eq!(unrecorded.seen(), Vec::new());
     }
 }
