@@ -688,10 +688,11 @@ impl Authenticator {
             Answer::Active(info) => info,
             Answer::Inactive(inactive) => return deny(source, Rejection::Inactive(inactive)),
             Answer::Failed(error) => {
-                let open = self
-                    .introspector
-                    .as_ref()
-                    .is_some_and(|i| i.fail_mode() == FailMode::Open);
+                let open = error.is_outage()
+                    && self
+                        .introspector
+                        .as_ref()
+                        .is_some_and(|i| i.fail_mode() == FailMode::Open);
                 return if open {
                     // Anonymous, but the token still goes no further than forward_token says
                     // (the path edit last, as when introspection answers).
@@ -1661,9 +1662,40 @@ mod policy_tests {
         };
         // The token is not forwarded (forward_token is off by default), even anonymous.
         assert_eq!(
-            engine.introspected(pending, Answer::Failed(IntrospectionError::Status(500))),
+            engine.introspected(
+                pending.clone(),
+                Answer::Failed(IntrospectionError::Status(500))
+            ),
             Verdict::Anonymous(vec![Edit::Remove("authorization".to_owned().into())])
         );
+        assert!(matches!(
+            engine.introspected(
+                pending.clone(),
+                Answer::Failed(IntrospectionError::Unreachable)
+            ),
+            Verdict::Anonymous(_)
+        ));
+        // Only an outage: an answer about the request stays closed, or a client could pick a
+        // token that the IdP (or a WAF in front of it) refuses with a 400 and pass.
+        for answer in [
+            IntrospectionError::Status(400),
+            IntrospectionError::Status(413),
+            IntrospectionError::Status(401),
+            IntrospectionError::Status(429),
+            IntrospectionError::NotJson,
+            IntrospectionError::NotAnObject,
+            IntrospectionError::MissingActive,
+            IntrospectionError::TooLarge { size: 2, max: 1 },
+        ] {
+            assert_eq!(
+                engine.introspected(pending.clone(), Answer::Failed(answer)),
+                Verdict::Deny {
+                    source: Source::Introspection,
+                    rejection: Rejection::Introspection(answer)
+                },
+                "{answer:?}"
+            );
+        }
     }
 
     #[test]

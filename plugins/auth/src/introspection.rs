@@ -64,7 +64,8 @@ pub struct IntrospectionConfig {
     /// When the endpoint cannot answer (unreachable, timeout, error status, garbage):
     /// `closed` (default) refuses the request with 503; `open` lets it through
     /// unauthenticated, as Envoy ext_authz's `failure_mode_allow` (the token still removed
-    /// unless `forward_token`).
+    /// unless `forward_token`), but only while the endpoint is down (no answer or a 5xx):
+    /// any other unusable answer is refused with 503.
     #[serde(default)]
     pub fail_mode: FailMode,
     /// Keep the token in the request sent upstream. Default `false`: once introspection
@@ -512,7 +513,8 @@ impl TokenInfo {
     }
 }
 
-/// Why the endpoint's answer could not be used: the [`FailMode`] decides (503 when closed).
+/// Why the endpoint's answer could not be used: 503, unless the endpoint is down
+/// ([`IntrospectionError::is_outage`]) and the [`FailMode`] is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IntrospectionError {
     #[error("introspection endpoint unreachable")]
@@ -529,6 +531,20 @@ pub enum IntrospectionError {
     MissingActive,
     #[error("introspection answer has an invalid `{0}`")]
     InvalidField(&'static str),
+}
+
+impl IntrospectionError {
+    /// Whether the endpoint is down (no answer, or a 5xx), the only failure `fail_mode: open`
+    /// lets through. Any other answer is one about the request: a client must not be able to
+    /// pick a token that a WAF or the IdP answers with a 400, 413 or an HTML page and so pass
+    /// unauthenticated.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Unreachable => true,
+            Self::Status(status) => (500..600).contains(status),
+            _ => false,
+        }
+    }
 }
 
 impl IntrospectionError {
