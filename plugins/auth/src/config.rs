@@ -37,7 +37,8 @@ pub struct AuthConfig {
     /// Let requests without any token through, anonymous (identity headers still stripped);
     /// a token that is present must still be valid. Default `false`: fail closed. Envoy's
     /// `jwt_authn` calls this `allow_missing`.
-    /// Not allowed together with `rules` (say it with an `allow_anonymous` rule instead).
+    /// Not allowed together with `rules` (say it with an `allow_anonymous` rule instead), nor
+    /// without any provider, `api_keys` or `introspection` (every request would pass).
     #[serde(default)]
     pub allow_missing: bool,
     /// API keys (stored as SHA-256 hashes), each naming a consumer. See docs/auth-policy.md.
@@ -302,6 +303,17 @@ impl PluginConfig for AuthConfig {
         });
         if self.verified_token_cache_entries > 1_000_000 {
             problems.push_at("verified_token_cache_entries", "must be at most 1000000");
+        }
+        if self.allow_missing
+            && self.providers.is_empty()
+            && self.api_keys.is_none()
+            && self.introspection.is_none()
+        {
+            // No credential could ever be present, so every request would pass anonymous.
+            problems.push_at(
+                "allow_missing",
+                "needs a provider, api_keys or introspection: with none, every request would pass unauthenticated",
+            );
         }
         if let Some(api_keys) = &self.api_keys {
             problems.field("api_keys", |p| api_keys.validate(p));
@@ -596,6 +608,20 @@ mod tests {
             .iter()
             .map(|p| p.to_string())
             .collect()
+    }
+
+    #[test]
+    fn allow_missing_needs_a_credential_to_be_missing() {
+        assert_eq!(
+            problems(r#"{"allow_missing":true}"#),
+            ["allow_missing: needs a provider, api_keys or introspection: with none, every request would pass unauthenticated"]
+        );
+        let with_keys = r#"{"allow_missing":true,"api_keys":{"keys":[{"sha256":
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","consumer":"c"}]}}"#;
+        assert!(
+            load::<AuthConfig>(with_keys.as_bytes()).is_ok(),
+            "{with_keys}"
+        );
     }
 
     #[test]
