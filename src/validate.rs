@@ -86,7 +86,7 @@ pub fn problems(plugin: &PluginInfo, config: &Tree) -> Vec<Problem> {
             .iter_errors(&config.to_value())
             .map(|err| Problem {
                 path: field_path(&err.instance_path().to_string()),
-                reason: err.to_string(),
+                reason: without_text(err.to_string(), err.instance()),
             })
             .collect();
         if !structural.is_empty() {
@@ -96,6 +96,22 @@ pub fn problems(plugin: &PluginInfo, config: &Tree) -> Vec<Problem> {
     match plugin.validate(config) {
         Ok(()) => Vec::new(),
         Err(err) => err.problems,
+    }
+}
+
+/// A schema error names the value it refuses; a string in it may be a secret (an API key
+/// written where its hash belongs), so a string, array or object is named by its kind, as in
+/// the plugins' own errors. Numbers and booleans stay.
+fn without_text(reason: String, instance: &serde_json::Value) -> String {
+    let kind = match instance {
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "the array",
+        serde_json::Value::Object(_) => "the object",
+        _ => return reason,
+    };
+    match serde_json::to_string(instance) {
+        Ok(text) => reason.replace(&text, kind),
+        Err(_) => reason,
     }
 }
 
@@ -292,6 +308,25 @@ spec:
         assert!(found[0].reason.contains("true"), "{found:?}");
         let configs = configs_in(&manifest("'on'"), headers).unwrap();
         assert!(problems(headers, &configs[0].1).is_empty());
+    }
+
+    /// An API key written where its hash belongs is not echoed (docs/auth-policy.md).
+    #[test]
+    fn a_misplaced_secret_is_never_echoed() {
+        let plugin = find("auth").unwrap();
+        for text in [
+            r#"{"api_keys":{"keys":["sk-live-abcdef123456"]}}"#,
+            r#"{"api_keys":{"keys":"sk-live-abcdef123456"}}"#,
+            r#"{"api_keys":{"keys":[{"sha256":"sk-live-abcdef123456","consumer":"c"}]}}"#,
+        ] {
+            let configs = configs_in(text, plugin).unwrap();
+            let found = problems(plugin, &configs[0].1);
+            assert!(!found.is_empty(), "{text}");
+            for problem in &found {
+                assert!(!problem.reason.contains("sk-live"), "{text}: {problem:?}");
+                assert!(!problem.path.contains("sk-live"), "{text}: {problem:?}");
+            }
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ fn bad_configs() -> Vec<(&'static PluginInfo, &'static str, &'static str)> {
         (
             p("header-security"),
             r#"{"security_headers":{"preset":"paranoid"}}"#,
-            "security_headers.preset: unknown variant `paranoid`, expected one of `api`, `strict`, `none`",
+            "security_headers.preset: unknown variant, expected one of `api`, `strict`, `none`",
         ),
         (
             p("audit"),
@@ -154,7 +154,7 @@ fn a_bad_config_after_a_good_one_keeps_the_good_one_and_the_next_good_one_applie
     );
     let expected = rejection(
         hs,
-        "security_headers.preset: unknown variant `paranoid`, expected one of `api`, `strict`, `none`",
+        "security_headers.preset: unknown variant, expected one of `api`, `strict`, `none`",
     );
     assert!(
         test.wait_for_log(&expected, Duration::from_secs(10)),

@@ -566,7 +566,9 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems[0].path, "providers[0].algorithms[0]");
-        assert!(err.problems[0].reason.starts_with("unknown variant `none`"));
+        assert!(err.problems[0]
+            .reason
+            .starts_with("unknown variant, expected"));
     }
 
     #[test]

@@ -612,7 +612,7 @@ mod tests {
         assert_eq!(err.problems[0].path, "limits[0].key[0]");
         assert!(err.problems[0]
             .reason
-            .starts_with("unknown variant `tenant`"));
+            .starts_with("unknown variant, expected"));
     }
 
     #[test]

@@ -241,6 +241,56 @@ impl de::Error for TreeError {
             reason: reason.to_string(),
         }))
     }
+
+    // A string in the wrong place may be a secret (an API key written where its hash belongs,
+    // a client secret): the message names its kind, never its text, since it is logged.
+    fn invalid_type(unexpected: Unexpected<'_>, expected: &dyn de::Expected) -> TreeError {
+        TreeError::custom(format_args!(
+            "invalid type: {}, expected {expected}",
+            Redacted(unexpected)
+        ))
+    }
+
+    fn invalid_value(unexpected: Unexpected<'_>, expected: &dyn de::Expected) -> TreeError {
+        TreeError::custom(format_args!(
+            "invalid value: {}, expected {expected}",
+            Redacted(unexpected)
+        ))
+    }
+
+    fn unknown_variant(_variant: &str, expected: &'static [&'static str]) -> TreeError {
+        let listed = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+        };
+        match expected {
+            [] => TreeError::custom("unknown variant, there are none"),
+            [only] => TreeError::custom(format_args!("unknown variant, expected `{only}`")),
+            [first, second] => TreeError::custom(format_args!(
+                "unknown variant, expected `{first}` or `{second}`"
+            )),
+            names => TreeError::custom(format_args!(
+                "unknown variant, expected one of {}",
+                listed(names).join(", ")
+            )),
+        }
+    }
+}
+
+/// An [`Unexpected`] with any text left out.
+struct Redacted<'a>(Unexpected<'a>);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Unexpected::Str(_) => f.write_str("a string"),
+            Unexpected::Bytes(_) => f.write_str("bytes"),
+            Unexpected::Char(_) => f.write_str("a character"),
+            other => other.fmt(f),
+        }
+    }
 }
 
 /// Reads a type from a [`Tree`] as serde_json reads it from text, except that a struct must be
