@@ -168,6 +168,30 @@ pub enum TokenLocation {
     Cookie(String),
 }
 
+impl TokenLocation {
+    /// Whether both read the same token from a request: header names and prefixes compare
+    /// ignoring case (as [`crate::token_location::find`] matches them) and a prefix's trailing
+    /// space (the token is trimmed). A provider's `bearer ` and introspection's `Bearer ` are
+    /// one location, so an opaque token there is still introspected.
+    pub fn reads_same_as(&self, other: &TokenLocation) -> bool {
+        match (self, other) {
+            (
+                TokenLocation::Header { name, prefix },
+                TokenLocation::Header {
+                    name: other_name,
+                    prefix: other_prefix,
+                },
+            ) => {
+                name.eq_ignore_ascii_case(other_name)
+                    && prefix
+                        .trim_end()
+                        .eq_ignore_ascii_case(other_prefix.trim_end())
+            }
+            (this, other) => this == other,
+        }
+    }
+}
+
 /// A claim copied into a request header.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -292,7 +292,7 @@ impl Authenticator {
         let index_of =
             |locations: &mut Vec<TokenLocation>, location: &TokenLocation| match locations
                 .iter()
-                .position(|l| l == location)
+                .position(|l| l.reads_same_as(location))
             {
                 Some(index) => index,
                 None => {
@@ -1575,6 +1575,26 @@ mod policy_tests {
                 rejection: Rejection::SegmentCount(1)
             }
         );
+    }
+
+    /// A provider that spells the bearer prefix its own way shares introspection's location:
+    /// an opaque token there is introspected, not refused as a malformed JWT.
+    #[test]
+    fn a_bearer_prefix_in_any_spelling_still_reaches_introspection() {
+        for (name, prefix) in [("authorization", "bearer "), ("authorization", "Bearer")] {
+            let mut provider = json!({
+                "name": "idp", "issuer": ISS, "algorithms": ["RS256"],
+                "jwks": {"inline": serde_json::from_str::<Value>(JWKS).unwrap()},
+            });
+            provider["token_locations"] = json!([{"header": {"name": name, "prefix": prefix}}]);
+            let engine = engine(json!({ "providers": [provider] }));
+            let Verdict::Introspect(pending) =
+                run(&engine, &[("authorization", "Bearer opaque-1")])
+            else {
+                panic!("{name} {prefix:?}")
+            };
+            assert_eq!(pending.token(), b"opaque-1");
+        }
     }
 
     #[test]
