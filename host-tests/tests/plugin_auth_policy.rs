@@ -406,12 +406,17 @@ fn without_rules_api_keys_are_one_more_accepted_credential() -> Result<(), Failu
         let mut config: Value = serde_json::from_str(&auth_tokens::config(json!({}))).unwrap();
         config["api_keys"] = api_keys();
         let (_host, vms) = load(profile, Plugin::Auth, &config.to_string())?;
+        // A copy spelled `x_api_key` (CGI-style upstreams read it as X-Api-Key) goes too.
         let (outcome, upstream) = send(
             &vms,
-            Request::get("/anything").header("x-api-key", READER_KEY),
+            Request::get("/anything")
+                .header("x-api-key", READER_KEY)
+                .header("x_api_key", "k-other"),
         )?;
         assert_eq!(outcome, Outcome::Continue, "{profile:?}");
         assert_eq!(upstream.get("x-palisade-consumer"), Some("reader"));
+        assert_eq!(upstream.get("x-api-key"), None);
+        assert_eq!(upstream.get("x_api_key"), None, "{profile:?}");
         let (outcome, _) = send(
             &vms,
             Request::get("/anything")

@@ -534,7 +534,7 @@ impl Authenticator {
         let mut after = Vec::new();
         if !provider.forward_token {
             if let Some(location) = self.locations.get(location) {
-                after.extend(token_location::removal(location, headers));
+                after.extend(token_location::removals(location, headers));
             }
         }
         self.finish_path(&mut after, raw_path, rewrite, false);
@@ -633,9 +633,13 @@ impl Authenticator {
         set_identity(&mut edits, API_KEY_PROVIDER, Some(&key.consumer));
         if !api_keys.forward() {
             for name in api_keys.key_headers() {
-                let edit = Edit::Remove(Cow::Owned(name.to_owned()));
-                if !edits.contains(&edit) {
-                    edits.push(edit);
+                let spellings = palisade_kit::identity::other_spellings(headers, name);
+                for edit in
+                    std::iter::once(Edit::Remove(Cow::Owned(name.to_owned()))).chain(spellings)
+                {
+                    if !edits.contains(&edit) {
+                        edits.push(edit);
+                    }
                 }
             }
         }
@@ -668,7 +672,7 @@ impl Authenticator {
         let mut removal = Vec::new();
         if !self.introspection_forwards {
             if let Some(location) = self.locations.get(location) {
-                removal.extend(token_location::removal(location, headers));
+                removal.extend(token_location::removals(location, headers));
             }
         }
         self.finish_path(&mut strip, raw_path, rewrite, false);

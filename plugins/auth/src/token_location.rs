@@ -64,6 +64,16 @@ fn pair_value<'a>(pair: &'a [u8], name: &[u8], separator: u8) -> Option<&'a [u8]
         .flatten()
 }
 
+/// [`removal`], and for a header the copies an upstream would read as that header
+/// (`x_auth_token` for `x-auth-token`).
+pub fn removals(location: &TokenLocation, headers: &Fields<'_>) -> Vec<Edit<'static>> {
+    let mut edits: Vec<Edit<'static>> = removal(location, headers).into_iter().collect();
+    if let TokenLocation::Header { name, .. } = location {
+        edits.extend(palisade_kit::identity::other_spellings(headers, name));
+    }
+    edits
+}
+
 /// The edit that takes the token out of the request: the whole header (as `jwt_authn` does),
 /// the parameter from `:path`, the cookie from `cookie`.
 pub fn removal(location: &TokenLocation, headers: &Fields<'_>) -> Option<Edit<'static>> {

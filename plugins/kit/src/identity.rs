@@ -37,6 +37,24 @@ pub fn client_copies(
     edits
 }
 
+/// The removals of the headers in `headers` an upstream would read as `name` (lower case) but
+/// that are spelled otherwise (`x_api_key` for `x-api-key`, see [`spelled_alike`]), each once:
+/// removing a credential header must remove these too.
+pub fn other_spellings(headers: &[(&[u8], &[u8])], name: &str) -> Vec<Edit<'static>> {
+    let mut edits: Vec<Edit<'static>> = Vec::new();
+    for (sent, _) in headers {
+        if spelled_alike(sent, name.as_bytes()) && !sent.eq_ignore_ascii_case(name.as_bytes()) {
+            let edit = Edit::Remove(Cow::Owned(
+                String::from_utf8_lossy(sent).to_ascii_lowercase(),
+            ));
+            if !edits.contains(&edit) {
+                edits.push(edit);
+            }
+        }
+    }
+    edits
+}
+
 /// Does palisade-auth own this header (so a client must not send it)? Header names compare
 /// case-insensitively, and `_` counts as `-`: Envoy passes `x_palisade_subject` on by default
 /// (`headers_with_underscores_action: ALLOW`), and CGI-style upstreams (WSGI, Rack, PHP) read
@@ -102,5 +120,24 @@ mod tests {
                 remove("x_palisade_consumer")
             ]
         );
+    }
+
+    #[test]
+    fn other_spellings_of_a_credential_header_are_removed_once() {
+        let headers: Vec<(&[u8], &[u8])> = vec![
+            (b"x-api-key", b"k"),
+            (b"x_api_key", b"k2"),
+            (b"X_Api-Key", b"k3"),
+            (b"x_api_key", b"k4"),
+            (b"x-api-keys", b"no"),
+        ];
+        assert_eq!(
+            other_spellings(&headers, "x-api-key"),
+            [
+                Edit::Remove(Cow::Borrowed("x_api_key")),
+                Edit::Remove(Cow::Borrowed("x_api-key"))
+            ]
+        );
+        assert_eq!(other_spellings(&headers[..1], "x-api-key"), []);
     }
 }
