@@ -106,8 +106,9 @@ fn is_serialized_origin(origin: &str) -> bool {
         },
     };
     let host_ok = host.is_some_and(|host| {
+        // `_` is no DNS hostname character, but browsers send it (`my_app.example.com`).
         host.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
             && (!host.is_empty() || rest.starts_with('['))
     });
     let port_ok = port.is_empty()

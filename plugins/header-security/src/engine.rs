@@ -361,14 +361,11 @@ impl HeaderSecurity {
             None => state.request_id.clear(),
         }
 
-        if !complete && self.limits.needs_all_headers() {
-            return RequestVerdict::Reply(self.refusal(state, &LimitExceeded::TooManyHeaders));
-        }
-
         // The request's own limits (host allowlist, header count and size, control
         // characters) come before CORS: a preflight to a host that is not served is refused,
         // not answered. Only the method allowlist waits, since a preflight's `OPTIONS` need not
-        // be an allowed method.
+        // be an allowed method. An actual request's allowed origin is known first, so that a
+        // refusal carries the CORS headers a browser needs to show the page its error.
         let cors = self.cors.as_ref().map(|cors| {
             cors.on_request(
                 header(headers, ":method").unwrap_or_default(),
@@ -377,10 +374,16 @@ impl HeaderSecurity {
                 header(headers, "access-control-request-headers"),
             )
         });
+        if let Some(CorsDecision::Forward { allowed_origin }) = &cors {
+            state.cors_origin.clone_from(allowed_origin);
+        }
         let answering_preflight = matches!(
             cors,
             Some(CorsDecision::AnswerPreflight(_) | CorsDecision::RejectPreflight)
         );
+        if !complete && self.limits.needs_all_headers() {
+            return RequestVerdict::Reply(self.refusal(state, &LimitExceeded::TooManyHeaders));
+        }
         if let Err(exceeded) = self.limits.check_headers(headers, answering_preflight) {
             return RequestVerdict::Reply(self.refusal(state, &exceeded));
         }
@@ -401,8 +404,7 @@ impl HeaderSecurity {
                     self.error(state, &ErrorReply::new(403, "origin not allowed")),
                 );
             }
-            Some(CorsDecision::Forward { allowed_origin }) => state.cors_origin = allowed_origin,
-            Some(CorsDecision::NotCors) | None => {}
+            Some(CorsDecision::Forward { .. } | CorsDecision::NotCors) | None => {}
         }
 
         let state: &'a StreamState = state;
@@ -915,6 +917,33 @@ mod tests {
                     .headers
                     .contains(&(expected.0.into(), expected.1.into())),
                 "{expected:?} in {:?}",
+                reply.headers
+            );
+        }
+    }
+
+    /// A refusal of an allowed origin's request carries the CORS headers: without them the
+    /// browser hides the JSON error from the page behind an opaque network error.
+    #[test]
+    fn refusals_of_an_allowed_origin_carry_its_cors_headers() {
+        let e = engine(CORS);
+        for (method, extra, status) in [
+            ("DELETE", None, 405),
+            ("POST", Some(("content-length", "x")), 400),
+        ] {
+            let mut headers = vec![(":method", method), ("origin", "https://app.example.com")];
+            headers.extend(extra);
+            let (verdict, _) = run(&e, &request(&headers));
+            let RequestVerdict::Reply(reply) = verdict else {
+                panic!("{verdict:?}")
+            };
+            assert_eq!(reply.status, status);
+            assert!(
+                reply.headers.contains(&(
+                    "access-control-allow-origin".into(),
+                    "https://app.example.com".into()
+                )),
+                "{method}: {:?}",
                 reply.headers
             );
         }
