@@ -557,6 +557,7 @@ mod tests {
             "https://[::1]:8443",
             "https://xn--caf-dma.example",
             "chrome-extension://abcdef",
+            "https://my_app.example.com",
         ] {
             let config = format!(r#"{{"allow_origins":[{{"exact":{sent:?}}}]}}"#);
             let config: CorsConfig = serde_json::from_str(&config).unwrap();
