@@ -71,22 +71,16 @@ fn decoded_name(raw: &str) -> String {
     String::from_utf8_lossy(&out).to_ascii_lowercase()
 }
 
-/// The query's parameters, each with the separator before it (`&` for the first), empty ones
-/// skipped. `;` separates parameters as `&` does: some upstreams (Rack 2, Python's `parse_qs`
-/// before 3.10) split on both, so `q=1;access_token=x` is an `access_token` to them and must be
-/// one here too, not part of `q`'s value.
+/// The query's parameters, each with the separator before it: `;` separates as `&` does
+/// ([`palisade_kit::query::parameters`]), so `q=1;access_token=x` is an `access_token` here as
+/// it is to Rack 2 or Python's old `parse_qs`, not part of `q`'s value. Splitting a `str` on
+/// ASCII separators keeps it UTF-8.
 fn parameters(query: &str) -> impl Iterator<Item = (char, &str)> {
-    let mut next_separator = '&';
-    query.split_inclusive(['&', ';']).filter_map(move |piece| {
-        let separator = next_separator;
-        let pair = match piece.chars().next_back() {
-            Some(end @ ('&' | ';')) => {
-                next_separator = end;
-                piece.strip_suffix(end).unwrap_or(piece)
-            }
-            _ => piece,
-        };
-        (!pair.is_empty()).then_some((separator, pair))
+    palisade_kit::query::parameters(query.as_bytes()).map(|(separator, pair)| {
+        (
+            char::from(separator),
+            std::str::from_utf8(pair).unwrap_or_default(),
+        )
     })
 }
 

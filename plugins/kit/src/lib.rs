@@ -11,6 +11,7 @@ pub mod duration;
 pub mod header_pairs;
 pub mod hex;
 pub mod identity;
+pub mod query;
 pub mod random;
 pub mod reply;
 pub mod route_name;
