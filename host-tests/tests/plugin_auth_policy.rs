@@ -436,6 +436,28 @@ fn without_rules_api_keys_are_one_more_accepted_credential() -> Result<(), Failu
     Ok(())
 }
 
+/// A forwarded key goes on; a copy of its header spelled `x_api_key`, which nobody checked and
+/// CGI-style upstreams read as the same header, does not.
+#[test]
+fn a_forwarded_key_goes_on_without_its_unchecked_copies() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let mut config: Value = serde_json::from_str(&auth_tokens::config(json!({}))).unwrap();
+        config["api_keys"] = api_keys();
+        config["api_keys"]["forward"] = json!(true);
+        let (_host, vms) = load(profile, Plugin::Auth, &config.to_string())?;
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get("/anything")
+                .header("x-api-key", READER_KEY)
+                .header("x_api_key", "k-forged"),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert_eq!(upstream.get("x-api-key"), Some(READER_KEY), "{profile:?}");
+        assert_eq!(upstream.get("x_api_key"), None, "{profile:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn no_match_may_allow_anonymous_access() -> Result<(), Failure> {
     let mut config: Value = serde_json::from_str(&policy_config()).unwrap();

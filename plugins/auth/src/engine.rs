@@ -532,10 +532,12 @@ impl Authenticator {
             return deny(source, rejection);
         }
         let mut after = Vec::new();
-        if !provider.forward_token {
-            if let Some(location) = self.locations.get(location) {
-                after.extend(token_location::removals(location, headers));
-            }
+        if let Some(location) = self.locations.get(location) {
+            after.extend(token_location::removals(
+                location,
+                headers,
+                provider.forward_token,
+            ));
         }
         self.finish_path(&mut after, raw_path, rewrite, false);
         Verdict::Allow(Allowed {
@@ -631,15 +633,14 @@ impl Authenticator {
         }
         let mut edits = self.strip_identity(headers);
         set_identity(&mut edits, API_KEY_PROVIDER, Some(&key.consumer));
-        if !api_keys.forward() {
-            for name in api_keys.key_headers() {
-                let spellings = palisade_kit::identity::other_spellings(headers, name);
-                for edit in
-                    std::iter::once(Edit::Remove(Cow::Owned(name.to_owned()))).chain(spellings)
-                {
-                    if !edits.contains(&edit) {
-                        edits.push(edit);
-                    }
+        // The key's header goes unless forwarded; copies of it spelled otherwise, which nobody
+        // checked, always go.
+        for name in api_keys.key_headers() {
+            let own = (!api_keys.forward()).then(|| Edit::Remove(Cow::Owned(name.to_owned())));
+            let spellings = palisade_kit::identity::other_spellings(headers, name);
+            for edit in own.into_iter().chain(spellings) {
+                if !edits.contains(&edit) {
+                    edits.push(edit);
                 }
             }
         }
@@ -670,10 +671,12 @@ impl Authenticator {
         }
         let mut strip = self.strip_identity(headers);
         let mut removal = Vec::new();
-        if !self.introspection_forwards {
-            if let Some(location) = self.locations.get(location) {
-                removal.extend(token_location::removals(location, headers));
-            }
+        if let Some(location) = self.locations.get(location) {
+            removal.extend(token_location::removals(
+                location,
+                headers,
+                self.introspection_forwards,
+            ));
         }
         self.finish_path(&mut strip, raw_path, rewrite, false);
         Verdict::Introspect(PendingIntrospection {

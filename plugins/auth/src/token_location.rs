@@ -63,10 +63,18 @@ fn pair_value<'a>(pair: &'a [u8], name: &[u8], separator: u8) -> Option<&'a [u8]
         .flatten()
 }
 
-/// [`removal`], and for a header the copies an upstream would read as that header
-/// (`x_auth_token` for `x-auth-token`).
-pub fn removals(location: &TokenLocation, headers: &Fields<'_>) -> Vec<Edit<'static>> {
-    let mut edits: Vec<Edit<'static>> = removal(location, headers).into_iter().collect();
+/// The edits for a verified token's location: [`removal`] unless the token is forwarded, and
+/// for a header, always, the copies an upstream would read as that header (`x_auth_token` for
+/// `x-auth-token`), which nobody verified.
+pub fn removals(
+    location: &TokenLocation,
+    headers: &Fields<'_>,
+    forward: bool,
+) -> Vec<Edit<'static>> {
+    let mut edits: Vec<Edit<'static>> = Vec::new();
+    if !forward {
+        edits.extend(removal(location, headers));
+    }
     if let TokenLocation::Header { name, .. } = location {
         edits.extend(palisade_kit::identity::other_spellings(headers, name));
     }
