@@ -57,6 +57,20 @@ struct Builder {
     anchors: Vec<(usize, Tree)>,
     documents: Vec<Tree>,
     error: Option<String>,
+    /// Nodes copied by aliases so far: a few lines of nested aliases ("billion laughs") would
+    /// otherwise expand past any memory.
+    expanded: usize,
+}
+
+/// The most nodes aliases may copy in one text, far above any real manifest.
+const MAX_ALIAS_EXPANSION: usize = 100_000;
+
+fn node_count(tree: &Tree) -> usize {
+    match tree {
+        Tree::Array(items) => 1 + items.iter().map(node_count).sum::<usize>(),
+        Tree::Object(entries) => 1 + entries.iter().map(|(_, v)| node_count(v)).sum::<usize>(),
+        _ => 1,
+    }
 }
 
 impl Builder {
@@ -76,14 +90,14 @@ impl Builder {
             self.anchors.push((anchor, node.clone()));
         }
         match self.stack.last_mut() {
-            None => self.documents.push(node),
-            Some(Open::Sequence(_, items)) => items.push(node),
+            None => self.documents.push(json_value(node)),
+            Some(Open::Sequence(_, items)) => items.push(json_value(node)),
             Some(Open::Mapping(_, mapping)) => match mapping.key.take() {
                 None => match json_key(&node) {
                     Ok(name) => mapping.key = Some(name),
                     Err(why) => self.fail(mark, why),
                 },
-                Some(Key::Name(name)) => mapping.insert(name, node),
+                Some(Key::Name(name)) => mapping.insert(name, json_value(node)),
                 Some(Key::Merge) => {
                     if let Err(why) = mapping.merge(node) {
                         self.fail(mark, why);
@@ -133,7 +147,14 @@ impl MarkedEventReceiver for Builder {
                     .find(|(anchor, _)| *anchor == id)
                     .map(|(_, node)| node.clone());
                 match found {
-                    Some(node) => self.finish(node, 0, mark),
+                    Some(node) => {
+                        self.expanded = self.expanded.saturating_add(node_count(&node));
+                        if self.expanded > MAX_ALIAS_EXPANSION {
+                            self.fail(mark, "aliases expand to too many nodes");
+                            return;
+                        }
+                        self.finish(node, 0, mark)
+                    }
                     None => self.fail(mark, "alias of an unknown anchor"),
                 }
             }
@@ -156,8 +177,9 @@ impl Mapping {
         self.entries.push((name, value));
     }
 
-    /// `<<: *base` or `<<: [*a, *b]`: the keys the mapping does not give itself, the earlier
-    /// source first (YAML's merge key type).
+    /// `<<: *base` or `<<: [*a, *b]`, as go-yaml v2 applies it: in document order, so a merge
+    /// overrides the keys given before it and those after it override the merge; of several
+    /// sources the earlier wins.
     fn merge(&mut self, sources: Tree) -> Result<(), &'static str> {
         const NOT_MAPPINGS: &str = "a merge key `<<` needs a mapping or a list of mappings";
         let sources = match sources {
@@ -165,14 +187,22 @@ impl Mapping {
             Tree::Array(items) => items,
             _ => return Err(NOT_MAPPINGS),
         };
-        for source in sources {
+        for source in sources.into_iter().rev() {
             let Tree::Object(source) = source else {
                 return Err(NOT_MAPPINGS);
             };
             for (name, value) in source {
-                if !self.entries.iter().any(|(known, _)| *known == name) {
+                if !self.merged.contains(&name) {
                     self.merged.push(name.clone());
-                    self.entries.push((name, value));
+                }
+                match self
+                    .entries
+                    .iter_mut()
+                    .rev()
+                    .find(|(known, _)| *known == name)
+                {
+                    Some(entry) => entry.1 = value,
+                    None => self.entries.push((name, value)),
                 }
             }
         }
@@ -185,9 +215,15 @@ fn json_key(node: &Tree) -> Result<Key, &'static str> {
     Ok(Key::Name(match node {
         Tree::String(s) => s.clone(),
         Tree::Bool(b) => b.to_string(),
-        Tree::Unsigned(n) => n.to_string(),
+        // sigs.k8s.io/yaml takes int64 keys only, and writes float keys at 32-bit precision
+        // ("1.5e+07"): refused here rather than read differently.
+        Tree::Unsigned(n) if i64::try_from(*n).is_ok() => n.to_string(),
         Tree::Signed(n) => n.to_string(),
-        Tree::Float(f) => f.to_string(),
+        Tree::Unsigned(_) | Tree::Float(_) => {
+            return Err(
+                "a key that is a float or above 2^63 is read differently by Kubernetes: quote it",
+            )
+        }
         Tree::Null => return Err("a null mapping key cannot be written as JSON"),
         Tree::Array(_) | Tree::Object(_) => {
             return Err("a collection as a mapping key cannot be written as JSON")
@@ -258,7 +294,7 @@ fn resolve_plain(text: &str) -> Tree {
     }
     if is_yaml_float(&digits) {
         if let Ok(f) = digits.parse::<f64>() {
-            return json_number(f);
+            return Tree::Float(f);
         }
     }
     Tree::String(text.to_owned())
@@ -308,8 +344,15 @@ fn is_yaml_float(text: &str) -> bool {
     mantissa_ok && exponent_ok
 }
 
-/// A float as it reaches the plugin: Go's JSON writes an integral value below 1e21 without a
+/// A value as it reaches the plugin: Go's JSON writes an integral float below 1e21 without a
 /// fraction (`08` is the float 8 in YAML 1.1, and the plugin reads `8`).
+fn json_value(node: Tree) -> Tree {
+    match node {
+        Tree::Float(f) => json_number(f),
+        other => other,
+    }
+}
+
 fn json_number(f: f64) -> Tree {
     if f.fract() == 0.0 && f.abs() < 1e21 {
         if f >= 0.0 && f <= u64::MAX as f64 {
@@ -413,8 +456,15 @@ fn inline(tree: &Tree) -> String {
 /// single-quoted when it needs quoting, double-quoted (escaped) when it holds a character a
 /// single-quoted scalar cannot carry.
 fn string(s: &str) -> String {
-    let needs_escape =
-        |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}');
+    // Control characters, the line separators YAML 1.1 breaks lines at, the BOM, and the two
+    // non-characters outside YAML's printable set.
+    let needs_escape = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+            )
+    };
     if s.chars().any(needs_escape) {
         let mut out = String::from('"');
         for c in s.chars() {
@@ -502,8 +552,14 @@ mod tests {
             one("base: &b {rate: 5, period: 1s}\nlimit:\n  name: x\n  <<: *b\n  rate: 7\nlist: [*b]\n"),
             json!({"base": {"rate": 5, "period": "1s"}, "limit": {"name": "x", "rate": 7, "period": "1s"}, "list": [{"rate": 5, "period": "1s"}]})
         );
-        // The mapping's own keys win over merged ones, in any order; given twice, kept twice.
-        let docs = documents("a: &a {x: 1}\nb: {x: 2, <<: *a, x: 3}\n").unwrap();
+        // As go-yaml v2: in document order, a merge overrides the keys before it, the keys
+        // after it override the merge, and of several sources the earlier wins.
+        assert_eq!(
+            one("a: &a {x: 1}\nc: &c {x: 9, z: 9}\nb: {x: 2, <<: *a}\nd: {x: 2, <<: *a, x: 3}\ne: {<<: [*a, *c]}\n"),
+            json!({"a": {"x": 1}, "c": {"x": 9, "z": 9}, "b": {"x": 1}, "d": {"x": 3}, "e": {"x": 1, "z": 9}})
+        );
+        // The mapping's own key given twice is kept twice, for the plugin's refusal.
+        let docs = documents("b: {x: 2, x: 3}\n").unwrap();
         assert_eq!(
             docs[0].get("b"),
             Some(&Tree::Object(vec![
@@ -537,6 +593,24 @@ mod tests {
             );
         }
         assert!(documents("a: [1, 2\n").is_err());
+        for key in ["1.5e7: x\n", "18446744073709551615: x\n"] {
+            assert!(
+                documents(key).unwrap_err().to_string().contains("quote it"),
+                "{key}"
+            );
+        }
+        // Nested aliases that would expand a billion-fold stop at the cap.
+        let mut laughs = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..7 {
+            laughs.push_str(&format!(
+                "a{i}: &a{i} [{}]\n",
+                vec![format!("*a{}", i - 1); 10].join(", ")
+            ));
+        }
+        assert!(documents(&laughs)
+            .unwrap_err()
+            .to_string()
+            .contains("aliases expand to too many nodes"));
     }
 
     #[test]
@@ -547,7 +621,7 @@ mod tests {
             "ambiguous": ["1:20", "0.1.0", "5xx", "1e3", "yes", "on", "Off", "n", "~", "null", "", "0777", "1_000", "08", "1e3",
                 ".5", "+7", "-", "- a", "2001-12-14", "inf", "<<", "a: b", "a #b", "x:", " pad",
                 "it's", "{\"json\":true}", "*alias", "!tag", "%d", "@x", "`x`"],
-            "escaped": ["line\nbreak", "tab\there", "quote\"and\\back\u{7}", "sep\u{2028}"],
+            "escaped": ["line\nbreak", "tab\there", "quote\"and\\back\u{7}", "sep\u{2028}", "non\u{fffe}char"],
             "plain": ["oci://registry/palisade-auth:0.1.0", "api.example.com", "RS256", "a-b_c", "30s", "200ms"],
             "numbers": [0, -3, 1.5, 18446744073709551615u64],
             "empty": {"map": {}, "list": []},
