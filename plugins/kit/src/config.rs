@@ -278,6 +278,7 @@ mod tests {
             br#"{"limits":"sk-live-1234"}"#,
             br#"{"places":["sk-live-1234"]}"#,
             br#"{"limits":[{"name":"a","rate":1,"burst":"sk-live-1234"}]}"#,
+            br#"{"every":"sk-live-1234"}"#,
         ] {
             let err = load::<Nested>(doc).unwrap_err().to_string();
             assert!(!err.contains("sk-live"), "{err}");
