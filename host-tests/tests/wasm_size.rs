@@ -6,8 +6,9 @@
 //! instruction count), which costs them ~30% in size; auth stays at "z" but shares the kit and
 //! the SDK, built at 3 for everyone, which cost it ~29 KB.
 //!
-//! palisade-auth's budget in issue #11 is 700 KB; it is at ~680 KB since RSA and ECDSA moved
-//! from the RustCrypto crates to palisade-pubkey (811 KB before; `p384` alone was ~120 KB).
+//! palisade-auth's budget in issue #11 is 700 KB, now its ceiling; it is at ~690 KB (811 KB
+//! before RSA and ECDSA moved from the RustCrypto crates to palisade-pubkey; `p384` alone was
+//! ~120 KB).
 //! Where it goes (measured from the name section of an unstripped build, docs/auth.md "Wasm
 //! size"): core ~90 KB, serde_json and the derived config deserializers ~85 KB, our own code
 //! ~82 KB, alloc's collections ~68 KB, palisade-pubkey ~55 KB, regex-lite ~29 KB.
@@ -16,7 +17,7 @@ use palisade_host_tests::envoy_harness::wasm_dir;
 
 /// Bytes each plugin's release `.wasm` may take.
 const CEILINGS: [(&str, u64); 5] = [
-    ("palisade_auth.wasm", 690_000),
+    ("palisade_auth.wasm", 700_000),
     ("palisade_rate_limit.wasm", 455_000),
     ("palisade_resilience.wasm", 410_000),
     ("palisade_header_security.wasm", 495_000),

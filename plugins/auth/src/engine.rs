@@ -492,6 +492,13 @@ impl Authenticator {
                 deny(Source::None, Rejection::Missing)
             };
         };
+        if self
+            .locations
+            .get(location)
+            .is_some_and(|at| token_location::is_repeated(at, headers))
+        {
+            return deny(Source::None, Rejection::RepeatedToken);
+        }
         let jwt_provider_reads = self.providers.iter().any(|p| {
             p.locations.contains(&location)
                 && requirement.accepts(Credential::Jwt { provider: &p.name })
@@ -1582,6 +1589,44 @@ mod policy_tests {
                 rejection: Rejection::SegmentCount(1)
             }
         );
+    }
+
+    #[test]
+    fn a_token_given_twice_is_refused() {
+        let engine = engine(json!({}));
+        let token = jwt();
+        let bearer = format!("Bearer {token}");
+        assert_eq!(
+            run(
+                &engine,
+                &[
+                    ("authorization", &bearer),
+                    ("authorization", "Bearer forged")
+                ]
+            ),
+            Verdict::Deny {
+                source: Source::None,
+                rejection: Rejection::RepeatedToken
+            }
+        );
+        let path = format!("/a?access_token={token}&q=1;access_token=forged");
+        assert_eq!(
+            run(&engine, &[(":path", &path)]),
+            Verdict::Deny {
+                source: Source::None,
+                rejection: Rejection::RepeatedToken
+            }
+        );
+        assert!(matches!(
+            run(
+                &engine,
+                &[
+                    ("authorization", &bearer),
+                    ("authorization", "Basic dXNlcg==")
+                ]
+            ),
+            Verdict::Allow(_)
+        ));
     }
 
     /// A provider that spells the bearer prefix its own way shares introspection's location:

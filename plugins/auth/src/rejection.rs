@@ -76,6 +76,9 @@ pub enum Rejection {
     UnknownIssuer,
     /// The token was found in a location its issuer's provider does not read.
     WrongLocation,
+    /// The location holds more than one token (two `Authorization: Bearer` headers, two
+    /// `access_token` parameters): one would be checked and another might be forwarded.
+    RepeatedToken,
     /// The token names a `kid` the provider's key set does not hold.
     UnknownKid,
     /// No key of the provider can verify this `alg` (algorithm confusion: an RSA key asked to
@@ -128,6 +131,7 @@ impl Rejection {
             Rejection::BadClaim(_) => "bad_claim",
             Rejection::MissingIssuer | Rejection::UnknownIssuer => "unknown_issuer",
             Rejection::WrongLocation => "wrong_location",
+            Rejection::RepeatedToken => "repeated_token",
             Rejection::UnknownKid => "unknown_kid",
             Rejection::NoKeyForAlg => "no_key_for_alg",
             Rejection::KeysUnavailable => "keys_unavailable",
@@ -149,7 +153,7 @@ impl Rejection {
     }
 
     /// Every label, for defining metrics once.
-    pub const LABELS: [&'static str; 44] = [
+    pub const LABELS: [&'static str; 45] = [
         "missing",
         "too_large",
         "malformed",
@@ -162,6 +166,7 @@ impl Rejection {
         "bad_claim",
         "unknown_issuer",
         "wrong_location",
+        "repeated_token",
         "unknown_kid",
         "no_key_for_alg",
         "keys_unavailable",
@@ -222,6 +227,7 @@ impl Rejection {
             Rejection::WrongLocation => {
                 "token is not accepted in this location for its issuer".to_owned()
             }
+            Rejection::RepeatedToken => "token is given more than once".to_owned(),
             Rejection::UnknownKid => "token kid matches no key of its issuer".to_owned(),
             Rejection::NoKeyForAlg => "no key of the issuer can verify the token alg".to_owned(),
             Rejection::KeysUnavailable => "the issuer's keys are unavailable".to_owned(),
@@ -358,6 +364,7 @@ mod tests {
             Rejection::Path(PathRejection::InvalidPercentEncoding),
             Rejection::Path(PathRejection::EncodedNul),
             Rejection::Path(PathRejection::EscapedSlash),
+            Rejection::RepeatedToken,
             Rejection::Denied,
             Rejection::ClaimMismatch,
             Rejection::InsufficientScope("a b".to_owned()),

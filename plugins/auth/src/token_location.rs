@@ -50,6 +50,36 @@ pub fn find<'a>(location: &TokenLocation, headers: &'a Fields<'a>) -> Option<&'a
     }
 }
 
+/// Whether `location` holds more than one token: with the token forwarded, one copy would be
+/// verified and another could reach the upstream (Envoy's `jwt_authn` joins repeated headers,
+/// which then fail to parse; repeated API keys are refused the same way).
+pub fn is_repeated(location: &TokenLocation, headers: &Fields<'_>) -> bool {
+    match location {
+        TokenLocation::Header { name, prefix } => values(headers, name)
+            .filter(|value| {
+                value
+                    .get(..prefix.len())
+                    .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+            })
+            .nth(1)
+            .is_some(),
+        TokenLocation::Query(param) => values(headers, ":path")
+            .next()
+            .and_then(split_query)
+            .is_some_and(|(_, query)| {
+                palisade_kit::query::parameters(query)
+                    .filter(|(_, pair)| pair_value(pair, param.as_bytes(), b'=').is_some())
+                    .nth(1)
+                    .is_some()
+            }),
+        TokenLocation::Cookie(cookie) => values(headers, "cookie")
+            .flat_map(|header| header.split(|&b| b == b';'))
+            .filter(|pair| pair_value(pair.trim_ascii(), cookie.as_bytes(), b'=').is_some())
+            .nth(1)
+            .is_some(),
+    }
+}
+
 fn split_query(path: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = path.iter().position(|&b| b == b'?')?;
     Some((path.get(..at)?, path.get(at + 1..)?))
@@ -193,5 +223,31 @@ mod tests {
         let only: Vec<(&[u8], &[u8])> = vec![(b"cookie", b"session=\"q.q.q\"")];
         assert_eq!(find(&c, &only), Some(&b"q.q.q"[..]));
         assert_eq!(removal(&c, &only), Some(Edit::Remove("cookie".into())));
+    }
+
+    #[test]
+    fn a_token_given_twice_is_seen() {
+        let two: Vec<(&[u8], &[u8])> = vec![
+            (b"authorization", b"Bearer a.a.a"),
+            (b"Authorization", b"bearer b.b.b"),
+        ];
+        assert!(is_repeated(&bearer(), &two));
+        let other_scheme: Vec<(&[u8], &[u8])> = vec![
+            (b"authorization", b"Bearer a.a.a"),
+            (b"authorization", b"Basic dXNlcg=="),
+        ];
+        assert!(!is_repeated(&bearer(), &other_scheme));
+        let q = TokenLocation::Query("access_token".into());
+        let hidden: Vec<(&[u8], &[u8])> = vec![(b":path", b"/x?access_token=a&q=1;access_token=b")];
+        assert!(is_repeated(&q, &hidden));
+        let once: Vec<(&[u8], &[u8])> = vec![(b":path", b"/x?access_token=a&my_access_token=b")];
+        assert!(!is_repeated(&q, &once));
+        let c = TokenLocation::Cookie("session".into());
+        let cookies: Vec<(&[u8], &[u8])> = vec![
+            (b"cookie", b"session=a; theme=dark"),
+            (b"cookie", b"session=b"),
+        ];
+        assert!(is_repeated(&c, &cookies));
+        assert!(!is_repeated(&c, &cookies[..1]));
     }
 }
