@@ -173,7 +173,11 @@ impl KeyLocation {
                 }
             }
             Self::Query { name } => {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b'&') {
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"&;=%+".contains(&b))
+                {
                     problems.push_at("query.name", "must be a non-empty parameter name");
                 }
             }
@@ -321,9 +325,10 @@ impl ApiKeys {
     /// (nothing to rewrite). An empty result means the `?` goes too.
     pub fn query_without_keys(&self, query: &[u8]) -> Option<Vec<u8>> {
         let is_key = |pair: &[u8]| {
-            let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
+            let name = palisade_kit::query::name_of(pair);
             self.from.iter().any(|location| {
-                matches!(location, KeyLocation::Query { name: key } if key.as_bytes() == name)
+                matches!(location, KeyLocation::Query { name: key }
+                    if palisade_kit::query::name_is(name, key))
             })
         };
         let parameters = || palisade_kit::query::parameters(query).map(|(_, pair)| pair);
@@ -385,12 +390,11 @@ fn presented_key(
             let Some(query) = query else {
                 return Ok(None);
             };
+            // A name as upstreams decode it (`api%5Fkey`, `api.key`): no copy hides.
             let mut values = palisade_kit::query::parameters(query).filter_map(|(_, pair)| {
-                let (n, v) = match pair.iter().position(|&b| b == b'=') {
-                    Some(at) => (pair.get(..at)?, pair.get(at + 1..)?),
-                    None => (pair, &b""[..]),
-                };
-                (n == name.as_bytes()).then_some(v)
+                let n = palisade_kit::query::name_of(pair);
+                palisade_kit::query::name_is(n, name)
+                    .then(|| pair.get(n.len() + 1..).unwrap_or_default())
             });
             let Some(value) = values.next() else {
                 return Ok(None);
@@ -584,6 +588,11 @@ mod tests {
         );
         assert_eq!(
             keys.authenticate(&[], Some(b"api_key=a&api_key=b")),
+            ApiKeyOutcome::Invalid(InvalidApiKey::Ambiguous)
+        );
+        // A name spelled as upstreams decode it is the same parameter.
+        assert_eq!(
+            keys.authenticate(&[], Some(b"api%5Fkey=a%2Bb%2fc%3D&api.key=other")),
             ApiKeyOutcome::Invalid(InvalidApiKey::Ambiguous)
         );
         // `;` separates too (Rack 2, old parse_qs): a second key hidden behind it is seen.

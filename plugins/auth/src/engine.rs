@@ -28,7 +28,7 @@ use crate::rejection::Rejection;
 use crate::remote::RemoteJwks;
 use crate::rules::{Credential, Refusal, RequestFacts, Requirement, RuleDecision, Rules};
 use crate::signature::HmacSecret;
-use crate::token_location;
+use crate::token_location::{self, Repeated};
 use crate::token_memo::{TokenMemo, Verified};
 use crate::verified::{ProviderTag, TokenDigest, VerifiedCache};
 
@@ -485,20 +485,15 @@ impl Authenticator {
             });
         let Some((location, token)) = found else {
             return if self.allow_missing && self.policy.is_none() {
+                // Anonymous, so no credential goes on unchecked: not a copy spelled otherwise.
                 let mut edits = self.strip_identity(headers);
+                edits.extend(self.credential_spellings(headers));
                 self.finish_path(&mut edits, raw_path, rewrite, false);
                 Verdict::Anonymous(edits)
             } else {
                 deny(Source::None, Rejection::Missing)
             };
         };
-        if self
-            .locations
-            .get(location)
-            .is_some_and(|at| token_location::is_repeated(at, headers))
-        {
-            return deny(Source::None, Rejection::RepeatedToken);
-        }
         let jwt_provider_reads = self.providers.iter().any(|p| {
             p.locations.contains(&location)
                 && requirement.accepts(Credential::Jwt { provider: &p.name })
@@ -540,11 +535,10 @@ impl Authenticator {
         }
         let mut after = Vec::new();
         if let Some(location) = self.locations.get(location) {
-            after.extend(token_location::removals(
-                location,
-                headers,
-                provider.forward_token,
-            ));
+            match token_location::removals(location, headers, provider.forward_token) {
+                Ok(removals) => after.extend(removals),
+                Err(Repeated) => return deny(source, Rejection::RepeatedToken),
+            }
         }
         self.finish_path(&mut after, raw_path, rewrite, false);
         Verdict::Allow(Allowed {
@@ -679,11 +673,10 @@ impl Authenticator {
         let mut strip = self.strip_identity(headers);
         let mut removal = Vec::new();
         if let Some(location) = self.locations.get(location) {
-            removal.extend(token_location::removals(
-                location,
-                headers,
-                self.introspection_forwards,
-            ));
+            match token_location::removals(location, headers, self.introspection_forwards) {
+                Ok(removals) => removal.extend(removals),
+                Err(Repeated) => return deny(Source::Introspection, Rejection::RepeatedToken),
+            }
         }
         self.finish_path(&mut strip, raw_path, rewrite, false);
         Verdict::Introspect(PendingIntrospection {
@@ -740,6 +733,25 @@ impl Authenticator {
             .iter()
             .position(|p| p.issuer == iss)
             .ok_or(Rejection::UnknownIssuer)
+    }
+
+    /// Copies of the credential headers (token locations, API key headers) spelled otherwise
+    /// (`x_api_key`): nobody checks them, and CGI-style upstreams read them as the credential.
+    fn credential_spellings(&self, headers: &Fields<'_>) -> Vec<Edit<'static>> {
+        let token_headers = self.locations.iter().filter_map(|location| match location {
+            TokenLocation::Header { name, .. } => Some(name.as_str()),
+            _ => None,
+        });
+        let key_headers = self.api_keys.iter().flat_map(|keys| keys.key_headers());
+        let mut edits: Vec<Edit<'static>> = Vec::new();
+        for name in token_headers.chain(key_headers) {
+            for edit in identity::other_spellings(headers, name) {
+                if !edits.contains(&edit) {
+                    edits.push(edit);
+                }
+            }
+        }
+        edits
     }
 
     /// Removes every identity header and claim header the client sent.
@@ -1591,42 +1603,73 @@ mod policy_tests {
         );
     }
 
+    /// Two different tokens where one is forwarded: one would be checked and the other could
+    /// reach the upstream. Removed, every copy goes, so nothing is ambiguous.
     #[test]
-    fn a_token_given_twice_is_refused() {
-        let engine = engine(json!({}));
+    fn a_forwarded_token_given_twice_is_refused() {
+        let forwarding = engine(json!({"providers": [{
+            "name": "idp", "issuer": ISS, "algorithms": ["RS256"],
+            "jwks": {"inline": serde_json::from_str::<Value>(JWKS).unwrap()},
+            "token_locations": [{"header": {"name": "authorization", "prefix": "Bearer "}},
+                                {"query": "access_token"}],
+            "forward_token": true,
+        }]}));
         let token = jwt();
         let bearer = format!("Bearer {token}");
+        let refused = Verdict::Deny {
+            source: Source::Provider(0),
+            rejection: Rejection::RepeatedToken,
+        };
         assert_eq!(
             run(
-                &engine,
+                &forwarding,
                 &[
                     ("authorization", &bearer),
                     ("authorization", "Bearer forged")
                 ]
             ),
-            Verdict::Deny {
-                source: Source::None,
-                rejection: Rejection::RepeatedToken
-            }
+            refused
         );
-        let path = format!("/a?access_token={token}&q=1;access_token=forged");
-        assert_eq!(
-            run(&engine, &[(":path", &path)]),
-            Verdict::Deny {
-                source: Source::None,
-                rejection: Rejection::RepeatedToken
-            }
+        let path = format!("/a?access_token={token}&q=1;access%5Ftoken=forged");
+        assert_eq!(run(&forwarding, &[(":path", &path)]), refused);
+        // The same token twice, or another scheme beside it, is no ambiguity.
+        for other in [bearer.as_str(), "Basic dXNlcg=="] {
+            assert!(matches!(
+                run(
+                    &forwarding,
+                    &[("authorization", &bearer), ("authorization", other)]
+                ),
+                Verdict::Allow(_)
+            ));
+        }
+        // Not forwarded: allowed, and every copy removed.
+        let Verdict::Allow(allowed) = run(&engine(json!({})), &[(":path", &path)]) else {
+            panic!()
+        };
+        assert!(allowed
+            .edits()
+            .contains(&Edit::Set(":path".into(), b"/a?q=1".to_vec().into())));
+    }
+
+    /// Anonymous through allow_missing: a credential header spelled otherwise, which nobody
+    /// checks and CGI-style upstreams read as the credential, does not go on.
+    #[test]
+    fn an_anonymous_request_loses_credentials_spelled_otherwise() {
+        let engine = engine(json!({
+            "allow_missing": true,
+            "providers": [{
+                "name": "idp", "issuer": ISS, "algorithms": ["RS256"],
+                "jwks": {"inline": serde_json::from_str::<Value>(JWKS).unwrap()},
+                "token_locations": [{"header": {"name": "x-auth-token"}}],
+            }],
+        }));
+        let Verdict::Anonymous(edits) = run(&engine, &[("x_auth_token", "forged")]) else {
+            panic!()
+        };
+        assert!(
+            edits.contains(&Edit::Remove("x_auth_token".to_owned().into())),
+            "{edits:?}"
         );
-        assert!(matches!(
-            run(
-                &engine,
-                &[
-                    ("authorization", &bearer),
-                    ("authorization", "Basic dXNlcg==")
-                ]
-            ),
-            Verdict::Allow(_)
-        ));
     }
 
     /// A provider that spells the bearer prefix its own way shares introspection's location:

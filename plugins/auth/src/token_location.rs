@@ -19,65 +19,61 @@ fn values<'a, 'n>(
         .map(|(_, v)| *v)
 }
 
-/// The token at `location`, if the request carries one there. A header whose value does not
-/// start with the prefix (`Authorization: Basic ...`) holds no token for this location.
-pub fn find<'a>(location: &TokenLocation, headers: &'a Fields<'a>) -> Option<&'a [u8]> {
-    match location {
-        TokenLocation::Header { name, prefix } => values(headers, name).find_map(|value| {
+/// Every token `location` holds, in order, empty ones included: a header's values after the
+/// prefix (a value without it holds none: `Authorization: Basic ...`), the query parameters of
+/// that name (however an upstream would spell it, see [`palisade_kit::query::name_is`]), the
+/// cookies of that name (unquoted).
+fn candidates<'a>(
+    location: &'a TokenLocation,
+    headers: &'a Fields<'a>,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    let (header, query, cookie) = match location {
+        TokenLocation::Header { name, prefix } => (Some((name, prefix)), None, None),
+        TokenLocation::Query(param) => (None, Some(param), None),
+        TokenLocation::Cookie(cookie) => (None, None, Some(cookie)),
+    };
+    let in_header = header.into_iter().flat_map(move |(name, prefix)| {
+        values(headers, name).filter_map(move |value| {
             let head = value.get(..prefix.len())?;
-            if !head.eq_ignore_ascii_case(prefix.as_bytes()) {
-                return None;
-            }
-            let token = value.get(prefix.len()..)?.trim_ascii();
-            (!token.is_empty()).then_some(token)
-        }),
-        TokenLocation::Query(param) => {
-            let path = values(headers, ":path").next()?;
-            let (_, query) = split_query(path)?;
-            palisade_kit::query::parameters(query)
-                .find_map(|(_, pair)| pair_value(pair, param.as_bytes(), b'='))
-                .filter(|token| !token.is_empty())
-        }
-        TokenLocation::Cookie(cookie) => values(headers, "cookie")
+            head.eq_ignore_ascii_case(prefix.as_bytes())
+                .then(|| value.get(prefix.len()..).map(<[u8]>::trim_ascii))
+                .flatten()
+        })
+    });
+    let in_query = query.into_iter().flat_map(move |param| {
+        let query = values(headers, ":path")
+            .next()
+            .and_then(split_query)
+            .map(|(_, query)| query)
+            .unwrap_or_default();
+        palisade_kit::query::parameters(query).filter_map(move |(_, pair)| query_value(pair, param))
+    });
+    let in_cookie = cookie.into_iter().flat_map(move |cookie| {
+        values(headers, "cookie")
             .flat_map(|header| header.split(|&b| b == b';'))
-            .find_map(|pair| pair_value(pair.trim_ascii(), cookie.as_bytes(), b'='))
+            .filter_map(move |pair| pair_value(pair.trim_ascii(), cookie.as_bytes(), b'='))
             .map(|v| {
                 v.strip_prefix(b"\"")
                     .and_then(|v| v.strip_suffix(b"\""))
                     .unwrap_or(v)
             })
-            .filter(|token| !token.is_empty()),
-    }
+    });
+    in_header.chain(in_query).chain(in_cookie)
 }
 
-/// Whether `location` holds more than one token: with the token forwarded, one copy would be
-/// verified and another could reach the upstream (Envoy's `jwt_authn` joins repeated headers,
-/// which then fail to parse; repeated API keys are refused the same way).
+/// The token at `location`, if the request carries one there.
+pub fn find<'a>(location: &'a TokenLocation, headers: &'a Fields<'a>) -> Option<&'a [u8]> {
+    candidates(location, headers).find(|token| !token.is_empty())
+}
+
+/// Whether `location` holds two different tokens. With the token forwarded, one would be
+/// verified and the other could reach the upstream (Envoy's `jwt_authn` joins repeated
+/// headers, which then fail to parse; repeated API keys are refused the same way). The same
+/// token twice (one cookie set for two paths) is no ambiguity.
 pub fn is_repeated(location: &TokenLocation, headers: &Fields<'_>) -> bool {
-    match location {
-        TokenLocation::Header { name, prefix } => values(headers, name)
-            .filter(|value| {
-                value
-                    .get(..prefix.len())
-                    .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
-            })
-            .nth(1)
-            .is_some(),
-        TokenLocation::Query(param) => values(headers, ":path")
-            .next()
-            .and_then(split_query)
-            .is_some_and(|(_, query)| {
-                palisade_kit::query::parameters(query)
-                    .filter(|(_, pair)| pair_value(pair, param.as_bytes(), b'=').is_some())
-                    .nth(1)
-                    .is_some()
-            }),
-        TokenLocation::Cookie(cookie) => values(headers, "cookie")
-            .flat_map(|header| header.split(|&b| b == b';'))
-            .filter(|pair| pair_value(pair.trim_ascii(), cookie.as_bytes(), b'=').is_some())
-            .nth(1)
-            .is_some(),
-    }
+    let mut tokens = candidates(location, headers).filter(|token| !token.is_empty());
+    let first = tokens.next();
+    tokens.any(|token| Some(token) != first)
 }
 
 fn split_query(path: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -93,14 +89,29 @@ fn pair_value<'a>(pair: &'a [u8], name: &[u8], separator: u8) -> Option<&'a [u8]
         .flatten()
 }
 
+/// A query parameter's value when its name reads as `param` (a bare name has an empty value).
+fn query_value<'a>(pair: &'a [u8], param: &str) -> Option<&'a [u8]> {
+    let name = palisade_kit::query::name_of(pair);
+    palisade_kit::query::name_is(name, param)
+        .then(|| pair.get(name.len() + 1..).unwrap_or_default())
+}
+
+/// A token that appears twice, differently, where it would be forwarded.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Repeated;
+
 /// The edits for a verified token's location: [`removal`] unless the token is forwarded, and
 /// for a header, always, the copies an upstream would read as that header (`x_auth_token` for
-/// `x-auth-token`), which nobody verified.
+/// `x-auth-token`), which nobody verified. A forwarded token must be the only one there
+/// ([`is_repeated`]); a removed one takes every copy along.
 pub fn removals(
     location: &TokenLocation,
     headers: &Fields<'_>,
     forward: bool,
-) -> Vec<Edit<'static>> {
+) -> Result<Vec<Edit<'static>>, Repeated> {
+    if forward && is_repeated(location, headers) {
+        return Err(Repeated);
+    }
     let mut edits: Vec<Edit<'static>> = Vec::new();
     if !forward {
         edits.extend(removal(location, headers));
@@ -108,7 +119,7 @@ pub fn removals(
     if let TokenLocation::Header { name, .. } = location {
         edits.extend(palisade_kit::identity::other_spellings(headers, name));
     }
-    edits
+    Ok(edits)
 }
 
 /// The edit that takes the token out of the request: the whole header (as `jwt_authn` does),
@@ -120,9 +131,8 @@ pub fn removal(location: &TokenLocation, headers: &Fields<'_>) -> Option<Edit<'s
             let path = values(headers, ":path").next()?;
             let (base, query) = split_query(path)?;
             // Every copy goes, `;`-separated ones too (see `palisade_kit::query`).
-            let kept = palisade_kit::query::without(query, |pair| {
-                pair_value(pair, param.as_bytes(), b'=').is_some()
-            });
+            let kept =
+                palisade_kit::query::without(query, |pair| query_value(pair, param).is_some());
             let mut new_path = base.to_vec();
             if !kept.is_empty() {
                 new_path.push(b'?');
@@ -249,5 +259,17 @@ mod tests {
         ];
         assert!(is_repeated(&c, &cookies));
         assert!(!is_repeated(&c, &cookies[..1]));
+        // One cookie set for two paths arrives twice, the same.
+        let same: Vec<(&[u8], &[u8])> = vec![(b"cookie", b"session=a; session=a")];
+        assert!(!is_repeated(&c, &same));
+        // A name spelled as upstreams decode it is the same parameter.
+        let encoded: Vec<(&[u8], &[u8])> = vec![(b":path", b"/x?access_token=a&access%5Ftoken=b")];
+        assert!(is_repeated(&q, &encoded));
+        let only_encoded: Vec<(&[u8], &[u8])> = vec![(b":path", b"/x?q=1&access.token=t.t.t")];
+        assert_eq!(find(&q, &only_encoded), Some(&b"t.t.t"[..]));
+        assert_eq!(
+            removal(&q, &only_encoded),
+            Some(Edit::Set(":path".into(), b"/x?q=1".to_vec().into()))
+        );
     }
 }

@@ -21,17 +21,67 @@ pub fn parameters(query: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
         })
 }
 
-/// `query` without the parameters `drop` picks; the others keep the separators they had (the
-/// first kept one needs none). Empty parameters go too.
+/// `query` without the parameters `drop` picks, empty ones too. A kept parameter keeps the
+/// separator it had, unless an `&` came before it since the last kept one: an upstream that
+/// splits on `&` alone must still see it start a parameter of its own (`q=1&t=x;r=2` without
+/// `t` is `q=1&r=2`, not `q=1;r=2`, which would change `q`).
 pub fn without(query: &[u8], drop: impl Fn(&[u8]) -> bool) -> Vec<u8> {
     let mut kept = Vec::with_capacity(query.len());
-    for (separator, pair) in parameters(query).filter(|(_, pair)| !drop(pair)) {
+    let mut ampersand_since_kept = false;
+    for (separator, pair) in parameters(query) {
+        ampersand_since_kept |= separator == b'&';
+        if drop(pair) {
+            continue;
+        }
         if !kept.is_empty() {
-            kept.push(separator);
+            kept.push(if ampersand_since_kept {
+                b'&'
+            } else {
+                separator
+            });
         }
         kept.extend_from_slice(pair);
+        ampersand_since_kept = false;
     }
     kept
+}
+
+/// The name of a parameter (`name=value`, or a bare `name`).
+pub fn name_of(pair: &[u8]) -> &[u8] {
+    pair.split(|&b| b == b'=').next().unwrap_or(pair)
+}
+
+/// Whether a parameter's raw name reads as `name` to an upstream: percent-decoded (`+` a
+/// space), and with `.` and a space read as `_`, as PHP does. `access%5Ftoken` and
+/// `access.token` are `access_token`, so a copy cannot hide behind another spelling.
+pub fn name_is(raw: &[u8], name: &str) -> bool {
+    let fold = |b: u8| if b == b'.' || b == b' ' { b'_' } else { b };
+    let mut expected = name.bytes().map(fold);
+    let mut rest = raw;
+    loop {
+        let (byte, tail) = match rest {
+            [] => return expected.next().is_none(),
+            [b'%', high, low, tail @ ..] => match (hex(*high), hex(*low)) {
+                (Some(high), Some(low)) => (high << 4 | low, tail),
+                _ => (b'%', rest.get(1..).unwrap_or_default()),
+            },
+            [b'+', tail @ ..] => (b' ', tail),
+            [byte, tail @ ..] => (*byte, tail),
+        };
+        if expected.next() != Some(fold(byte)) {
+            return false;
+        }
+        rest = tail;
+    }
+}
+
+fn hex(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -59,5 +109,49 @@ mod tests {
         let no_a = without(b"a=1;b=2&c=3", |pair| pair.starts_with(b"a="));
         assert_eq!(no_a, b"b=2&c=3");
         assert_eq!(without(b"a=1", |_| true), b"");
+        // An `&`-only upstream must not see `r=2` glued onto `q`'s value.
+        assert_eq!(
+            without(b"q=1&t=x;r=2", |pair| pair.starts_with(b"t=")),
+            b"q=1&r=2"
+        );
+        assert_eq!(
+            without(b"q=1;t=x;r=2", |pair| pair.starts_with(b"t=")),
+            b"q=1;r=2"
+        );
+    }
+
+    #[test]
+    fn names_compare_as_upstreams_decode_them() {
+        for raw in [
+            &b"access_token"[..],
+            b"access%5Ftoken",
+            b"access%5ftoken",
+            b"access.token",
+            b"access+token",
+            b"access%20token",
+            b"%61ccess_token",
+        ] {
+            assert!(
+                name_is(raw, "access_token"),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        for raw in [
+            &b"access_tokens"[..],
+            b"access_toke",
+            b"access%5",
+            b"access%zztoken",
+            b"",
+        ] {
+            assert!(
+                !name_is(raw, "access_token"),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert!(name_is(b"100%", "100%"));
+        assert_eq!(name_of(b"a=b=c"), b"a");
+        assert_eq!(name_of(b"flag"), b"flag");
     }
 }
