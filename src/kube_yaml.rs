@@ -110,6 +110,10 @@ impl Builder {
 
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, event: Event, mark: Marker) {
+        // The first error is the answer: building on would only cost time.
+        if self.error.is_some() {
+            return;
+        }
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let tag = tag.map(|tag| tag.suffix);
@@ -140,23 +144,19 @@ impl MarkedEventReceiver for Builder {
                 None => self.fail(mark, "unbalanced collection"),
             },
             Event::Alias(id) => {
-                let found = self
-                    .anchors
-                    .iter()
-                    .rev()
-                    .find(|(anchor, _)| *anchor == id)
-                    .map(|(_, node)| node.clone());
-                match found {
-                    Some(node) => {
-                        self.expanded = self.expanded.saturating_add(node_count(&node));
-                        if self.expanded > MAX_ALIAS_EXPANSION {
-                            self.fail(mark, "aliases expand to too many nodes");
-                            return;
-                        }
-                        self.finish(node, 0, mark)
-                    }
-                    None => self.fail(mark, "alias of an unknown anchor"),
+                let Some((_, node)) = self.anchors.iter().rev().find(|(anchor, _)| *anchor == id)
+                else {
+                    self.fail(mark, "alias of an unknown anchor");
+                    return;
+                };
+                // Counted before it is copied.
+                self.expanded = self.expanded.saturating_add(node_count(node));
+                if self.expanded > MAX_ALIAS_EXPANSION {
+                    self.fail(mark, "aliases expand to too many nodes");
+                    return;
                 }
+                let node = node.clone();
+                self.finish(node, 0, mark)
             }
             Event::DocumentStart => self.anchors.clear(),
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}

@@ -38,7 +38,7 @@ fn native_policy() -> serde_json::Value {
             "allow_origin_string_match": [
                 {"exact": "https://app.example.com"},
                 // What the plugin's `https://*.example.org` means, as Envoy's full-match regex.
-                {"safe_regex": {"regex": "https://[a-z0-9-]+(\\.[a-z0-9-]+)*\\.example\\.org"}},
+                {"safe_regex": {"regex": "https://[a-z0-9_-]+(\\.[a-z0-9_-]+)*\\.example\\.org"}},
                 {"safe_regex": {"regex": "https://dev-[0-9]+\\.example\\.net"}}
             ],
             "allow_methods": "GET, POST, PUT",

@@ -63,7 +63,7 @@ pub enum OriginPattern {
     /// Exactly this origin, e.g. `https://app.example.com`; `*` allows every origin.
     Exact(String),
     /// `https://*.example.com`: the scheme and port as written, any subdomain (one or more
-    /// labels) of the domain, not the domain itself.
+    /// labels of lower-case letters, digits, `-` and `_`) of the domain, not the domain itself.
     Wildcard(String),
     /// A regular expression the whole origin must match.
     Regex(String),

@@ -45,13 +45,14 @@ impl OriginMatcher {
 }
 
 /// `a`, `a.b`, `x-1.y`: lower-case DNS labels separated by single dots.
+/// DNS labels in lower case; `_` too, which browsers send in origins (`my_app.example.com`).
 fn is_subdomain_labels(labels: &str) -> bool {
     !labels.is_empty()
         && labels.split('.').all(|label| {
             !label.is_empty()
                 && label
                     .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b))
         })
 }
 
@@ -372,6 +373,7 @@ mod tests {
             "https://app.example.com",
             "https://a.example.org",
             "https://a.b-c.example.org",
+            "https://my_app.example.org",
             "https://dev-42.example.net",
         ] {
             assert_eq!(forward(allowed).as_deref(), Some(allowed), "{allowed}");
