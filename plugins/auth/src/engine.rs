@@ -619,7 +619,7 @@ impl Authenticator {
         rewrite: bool,
     ) -> Option<Verdict> {
         let api_keys = self.api_keys.as_ref().filter(|_| requirement.api_keys)?;
-        let query = raw_path.and_then(|path| split_query(path).1);
+        let query = raw_path.and_then(|path| palisade_kit::query::split_target(path).1);
         let key = match api_keys.authenticate(headers, query) {
             ApiKeyOutcome::Missing => return None,
             ApiKeyOutcome::Invalid(invalid) => {
@@ -782,7 +782,7 @@ impl Authenticator {
             });
         if strip_api_key {
             if let (Some(api_keys), Some(path)) = (&self.api_keys, current.as_deref().or(raw)) {
-                if let (base, Some(query)) = split_query(path) {
+                if let (base, Some(query)) = palisade_kit::query::split_target(path) {
                     if let Some(kept) = api_keys.query_without_keys(query) {
                         let mut path = base.to_vec();
                         if !kept.is_empty() {
@@ -888,14 +888,6 @@ fn authorize(requirement: &Requirement, claims: &Value) -> Result<(), Rejection>
 }
 
 /// `(path, query)` of a request target, the fragment dropped.
-fn split_query(target: &[u8]) -> (&[u8], Option<&[u8]>) {
-    let target = target.split(|&b| b == b'#').next().unwrap_or_default();
-    match target.iter().position(|&b| b == b'?') {
-        Some(at) => (target.get(..at).unwrap_or_default(), target.get(at + 1..)),
-        None => (target, None),
-    }
-}
-
 /// What [`verify`] established about a token.
 struct Checked {
     times: TokenTimes,

@@ -43,8 +43,7 @@ fn candidates<'a>(
     let in_query = query.into_iter().flat_map(move |param| {
         let query = values(headers, ":path")
             .next()
-            .and_then(split_query)
-            .map(|(_, query)| query)
+            .and_then(|path| palisade_kit::query::split_target(path).1)
             .unwrap_or_default();
         palisade_kit::query::parameters(query).filter_map(move |(_, pair)| query_value(pair, param))
     });
@@ -74,11 +73,6 @@ pub fn is_repeated(location: &TokenLocation, headers: &Fields<'_>) -> bool {
     let mut tokens = candidates(location, headers).filter(|token| !token.is_empty());
     let first = tokens.next();
     tokens.any(|token| Some(token) != first)
-}
-
-fn split_query(path: &[u8]) -> Option<(&[u8], &[u8])> {
-    let at = path.iter().position(|&b| b == b'?')?;
-    Some((path.get(..at)?, path.get(at + 1..)?))
 }
 
 /// `name=value` → `value` when the name matches.
@@ -129,7 +123,8 @@ pub fn removal(location: &TokenLocation, headers: &Fields<'_>) -> Option<Edit<'s
         TokenLocation::Header { name, .. } => Some(Edit::Remove(Cow::Owned(name.clone()))),
         TokenLocation::Query(param) => {
             let path = values(headers, ":path").next()?;
-            let (base, query) = split_query(path)?;
+            let (base, query) = palisade_kit::query::split_target(path);
+            let query = query?;
             // Every copy goes, `;`-separated ones too (see `palisade_kit::query`).
             let kept =
                 palisade_kit::query::without(query, |pair| query_value(pair, param).is_some());

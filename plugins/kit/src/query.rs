@@ -1,5 +1,15 @@
 //! Query strings as upstreams split them.
 
+/// A request target (`:path`) as its path and its query (what follows `?`, `None` without a
+/// `?`); a `#fragment`, which clients do not send but a raw request may, is dropped.
+pub fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let target = target.split(|&b| b == b'#').next().unwrap_or_default();
+    match target.iter().position(|&b| b == b'?') {
+        Some(at) => (target.get(..at).unwrap_or_default(), target.get(at + 1..)),
+        None => (target, None),
+    }
+}
+
 /// The parameters of a query (what follows `?`), each with the separator before it (`&` for the
 /// first), empty ones skipped. `;` separates parameters as `&` does: some upstreams (Rack 2,
 /// Python's `parse_qs` before 3.10) split on both, so in `q=1;access_token=x` they see an
@@ -118,6 +128,16 @@ mod tests {
             without(b"q=1;t=x;r=2", |pair| pair.starts_with(b"t=")),
             b"q=1;r=2"
         );
+    }
+
+    #[test]
+    fn targets_split_at_the_first_question_mark_without_the_fragment() {
+        assert_eq!(
+            split_target(b"/a?b=1?c#f"),
+            (&b"/a"[..], Some(&b"b=1?c"[..]))
+        );
+        assert_eq!(split_target(b"/a#f?x"), (&b"/a"[..], None));
+        assert_eq!(split_target(b"/a?"), (&b"/a"[..], Some(&b""[..])));
     }
 
     #[test]
