@@ -42,7 +42,21 @@ impl CallgrindEnvoy {
         std::fs::write(&wrapper, script)
             .and_then(|()| std::fs::set_permissions(&wrapper, Permissions::from_mode(0o755)))
             .map_err(files)?;
-        let envoy = EnvoyProcess::start_within(&wrapper, bootstrap, dir, 1, READY_WITHIN)?;
+        // Setups start two at a time: the other thread may fork while this script is still
+        // open for writing, and its child holds that descriptor until it execs, so exec'ing the
+        // script fails with "Text file busy" for a moment. Retry for up to a second.
+        let mut attempts = 0;
+        let envoy = loop {
+            match EnvoyProcess::start_within(&wrapper, bootstrap, dir, 1, READY_WITHIN) {
+                Err(EnvoyError::Spawn(err))
+                    if err.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 20 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                started => break started?,
+            }
+        };
         Ok(Self {
             envoy,
             dir: dir.to_owned(),
