@@ -391,11 +391,8 @@ fn presented_key(
                 return Ok(None);
             };
             // A name as upstreams decode it (`api%5Fkey`, `api.key`): no copy hides.
-            let mut values = palisade_kit::query::parameters(query).filter_map(|(_, pair)| {
-                let n = palisade_kit::query::name_of(pair);
-                palisade_kit::query::name_is(n, name)
-                    .then(|| pair.get(n.len() + 1..).unwrap_or_default())
-            });
+            let mut values = palisade_kit::query::parameters(query)
+                .filter_map(|(_, pair)| palisade_kit::query::value_of(pair, name));
             let Some(value) = values.next() else {
                 return Ok(None);
             };

@@ -638,7 +638,7 @@ impl Authenticator {
         // checked, always go.
         for name in api_keys.key_headers() {
             let own = (!api_keys.forward()).then(|| Edit::Remove(Cow::Owned(name.to_owned())));
-            let spellings = palisade_kit::identity::other_spellings(headers, name);
+            let spellings = palisade_kit::identity::other_spellings(headers, &[name]);
             for edit in own.into_iter().chain(spellings) {
                 if !edits.contains(&edit) {
                     edits.push(edit);
@@ -743,15 +743,8 @@ impl Authenticator {
             _ => None,
         });
         let key_headers = self.api_keys.iter().flat_map(|keys| keys.key_headers());
-        let mut edits: Vec<Edit<'static>> = Vec::new();
-        for name in token_headers.chain(key_headers) {
-            for edit in identity::other_spellings(headers, name) {
-                if !edits.contains(&edit) {
-                    edits.push(edit);
-                }
-            }
-        }
-        edits
+        let names: Vec<&str> = token_headers.chain(key_headers).collect();
+        identity::other_spellings(headers, &names)
     }
 
     /// Removes every identity header and claim header the client sent.
@@ -887,7 +880,6 @@ fn authorize(requirement: &Requirement, claims: &Value) -> Result<(), Rejection>
         })
 }
 
-/// `(path, query)` of a request target, the fragment dropped.
 /// What [`verify`] established about a token.
 struct Checked {
     times: TokenTimes,

@@ -45,7 +45,8 @@ fn candidates<'a>(
             .next()
             .and_then(|path| palisade_kit::query::split_target(path).1)
             .unwrap_or_default();
-        palisade_kit::query::parameters(query).filter_map(move |(_, pair)| query_value(pair, param))
+        palisade_kit::query::parameters(query)
+            .filter_map(move |(_, pair)| palisade_kit::query::value_of(pair, param))
     });
     let in_cookie = cookie.into_iter().flat_map(move |cookie| {
         values(headers, "cookie")
@@ -83,13 +84,6 @@ fn pair_value<'a>(pair: &'a [u8], name: &[u8], separator: u8) -> Option<&'a [u8]
         .flatten()
 }
 
-/// A query parameter's value when its name reads as `param` (a bare name has an empty value).
-fn query_value<'a>(pair: &'a [u8], param: &str) -> Option<&'a [u8]> {
-    let name = palisade_kit::query::name_of(pair);
-    palisade_kit::query::name_is(name, param)
-        .then(|| pair.get(name.len() + 1..).unwrap_or_default())
-}
-
 /// A token that appears twice, differently, where it would be forwarded.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Repeated;
@@ -111,7 +105,7 @@ pub fn removals(
         edits.extend(removal(location, headers));
     }
     if let TokenLocation::Header { name, .. } = location {
-        edits.extend(palisade_kit::identity::other_spellings(headers, name));
+        edits.extend(palisade_kit::identity::other_spellings(headers, &[name]));
     }
     Ok(edits)
 }
@@ -126,8 +120,9 @@ pub fn removal(location: &TokenLocation, headers: &Fields<'_>) -> Option<Edit<'s
             let (base, query) = palisade_kit::query::split_target(path);
             let query = query?;
             // Every copy goes, `;`-separated ones too (see `palisade_kit::query`).
-            let kept =
-                palisade_kit::query::without(query, |pair| query_value(pair, param).is_some());
+            let kept = palisade_kit::query::without(query, |pair| {
+                palisade_kit::query::value_of(pair, param).is_some()
+            });
             let mut new_path = base.to_vec();
             if !kept.is_empty() {
                 new_path.push(b'?');

@@ -22,9 +22,25 @@ pub fn client_copies(
     headers: &[(&[u8], &[u8])],
     also: impl Fn(&[u8]) -> bool,
 ) -> Vec<Edit<'static>> {
+    removals_of(headers, |name| is_owned(name) || also(name))
+}
+
+/// The removals of the headers in `headers` an upstream would read as one of `names` (lower
+/// case) but that are spelled otherwise (`x_api_key` for `x-api-key`, see [`spelled_alike`]),
+/// each once: removing a credential header must remove these too.
+pub fn other_spellings(headers: &[(&[u8], &[u8])], names: &[&str]) -> Vec<Edit<'static>> {
+    removals_of(headers, |sent| {
+        names.iter().any(|name| {
+            spelled_alike(sent, name.as_bytes()) && !sent.eq_ignore_ascii_case(name.as_bytes())
+        })
+    })
+}
+
+/// The removal of each header of `headers` that `remove` picks, each name once, lower-cased.
+fn removals_of(headers: &[(&[u8], &[u8])], remove: impl Fn(&[u8]) -> bool) -> Vec<Edit<'static>> {
     let mut edits: Vec<Edit<'static>> = Vec::new();
     for (name, _) in headers {
-        if !is_owned(name) && !also(name) {
+        if !remove(name) {
             continue;
         }
         let edit = Edit::Remove(Cow::Owned(
@@ -32,24 +48,6 @@ pub fn client_copies(
         ));
         if !edits.contains(&edit) {
             edits.push(edit);
-        }
-    }
-    edits
-}
-
-/// The removals of the headers in `headers` an upstream would read as `name` (lower case) but
-/// that are spelled otherwise (`x_api_key` for `x-api-key`, see [`spelled_alike`]), each once:
-/// removing a credential header must remove these too.
-pub fn other_spellings(headers: &[(&[u8], &[u8])], name: &str) -> Vec<Edit<'static>> {
-    let mut edits: Vec<Edit<'static>> = Vec::new();
-    for (sent, _) in headers {
-        if spelled_alike(sent, name.as_bytes()) && !sent.eq_ignore_ascii_case(name.as_bytes()) {
-            let edit = Edit::Remove(Cow::Owned(
-                String::from_utf8_lossy(sent).to_ascii_lowercase(),
-            ));
-            if !edits.contains(&edit) {
-                edits.push(edit);
-            }
         }
     }
     edits
@@ -132,12 +130,21 @@ mod tests {
             (b"x-api-keys", b"no"),
         ];
         assert_eq!(
-            other_spellings(&headers, "x-api-key"),
+            other_spellings(&headers, &["x-api-key"]),
             [
                 Edit::Remove(Cow::Borrowed("x_api_key")),
                 Edit::Remove(Cow::Borrowed("x_api-key"))
             ]
         );
-        assert_eq!(other_spellings(&headers[..1], "x-api-key"), []);
+        assert_eq!(other_spellings(&headers[..1], &["x-api-key"]), []);
+        // Several names at once: each copy once, in the order sent.
+        let two: Vec<(&[u8], &[u8])> = vec![(b"x_auth_token", b"t"), (b"x_api_key", b"k")];
+        assert_eq!(
+            other_spellings(&two, &["x-api-key", "x-auth-token"]),
+            [
+                Edit::Remove(Cow::Borrowed("x_auth_token")),
+                Edit::Remove(Cow::Borrowed("x_api_key"))
+            ]
+        );
     }
 }

@@ -61,6 +61,13 @@ pub fn name_of(pair: &[u8]) -> &[u8] {
     pair.split(|&b| b == b'=').next().unwrap_or(pair)
 }
 
+/// A parameter's value when its name reads as `name` ([`name_is`]); a bare name has an empty
+/// value.
+pub fn value_of<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let raw = name_of(pair);
+    name_is(raw, name).then(|| pair.get(raw.len() + 1..).unwrap_or_default())
+}
+
 /// Whether a parameter's raw name reads as `name` to an upstream: percent-decoded (`+` a
 /// space), and with `.` and a space read as `_`, as PHP does. `access%5Ftoken` and
 /// `access.token` are `access_token`, so a copy cannot hide behind another spelling.
@@ -173,5 +180,11 @@ mod tests {
         assert!(name_is(b"100%", "100%"));
         assert_eq!(name_of(b"a=b=c"), b"a");
         assert_eq!(name_of(b"flag"), b"flag");
+        assert_eq!(
+            value_of(b"access%5Ftoken=t=x", "access_token"),
+            Some(&b"t=x"[..])
+        );
+        assert_eq!(value_of(b"access_token", "access_token"), Some(&b""[..]));
+        assert_eq!(value_of(b"other=t", "access_token"), None);
     }
 }
