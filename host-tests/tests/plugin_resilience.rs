@@ -608,6 +608,61 @@ fn an_expired_deadline_gets_504_without_the_upstream() -> Result<(), Failure> {
     Ok(())
 }
 
+/// Kong hands a plugin the first 100 pairs of a request's headers: what resilience reads by
+/// name past them is asked for one by one.
+#[test]
+fn on_kong_headers_past_the_first_100_pairs_still_count() -> Result<(), Failure> {
+    let (_host, vms) = start(
+        Profile::Kong(KongVersion::V3_10),
+        r#"{"proxy":"kong","circuit_breaker":{"key":"orders"},
+            "timeouts":{"deadline_header":"x-request-deadline-ms"},
+            "fault":{"abort":{"status":418,"percent":100},"only_with_header":"x-chaos"}}"#,
+    )?;
+    let crowded = |path: &str| {
+        let mut request = Request::get(path);
+        for i in 0..100 {
+            request = request.header(&format!("x-filler-{i}"), "1");
+        }
+        request
+    };
+    let now_ms = START_UNIX_SECS * 1000;
+    let mut late = vms
+        .worker(0)
+        .http_request(crowded("/orders").header("x-request-deadline-ms", now_ms.to_string()))?;
+    let Outcome::LocalReply(reply) = late.send_request_headers(true)? else {
+        panic!("an expired deadline past the cap is seen")
+    };
+    assert_eq!(reply.status, 504);
+    let mut chaos = vms
+        .worker(0)
+        .http_request(crowded("/orders").header("x-chaos", "1"))?;
+    let Outcome::LocalReply(reply) = chaos.send_request_headers(true)? else {
+        panic!("a fault header past the cap is seen")
+    };
+    assert_eq!(reply.status, 418);
+    // A gRPC request past the cap: its HTTP 200 with a failing grpc-status (trailers-only,
+    // which Kong shows) counts against the circuit.
+    for _ in 0..5 {
+        let mut call = vms.worker(1).http_request(
+            crowded("/orders.Orders/List").header("content-type", "application/grpc"),
+        )?;
+        assert_eq!(call.send_request_headers(true)?, Outcome::Continue);
+        call.send_response_headers(
+            Response::status(200)
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "14"),
+            true,
+        )?;
+        call.finish()?;
+    }
+    let mut refused = vms.worker(1).http_request(Request::get("/orders"))?;
+    let Outcome::LocalReply(reply) = refused.send_request_headers(true)? else {
+        panic!("five gRPC failures past the cap open the circuit")
+    };
+    assert_eq!(reply.status, 503);
+    Ok(())
+}
+
 #[test]
 fn an_injected_delay_pauses_the_request_until_the_timer_resumes_it() -> Result<(), Failure> {
     for profile in [Profile::Envoy, Profile::Kong(KongVersion::V3_10)] {

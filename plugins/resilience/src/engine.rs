@@ -296,6 +296,18 @@ impl Resilience {
         self.policy.unseen_router_header_removals()
     }
 
+    /// The headers [`Self::on_request_headers`] looks up by name (pseudo-headers aside). Kong
+    /// hands over the first 100 pairs of a request's map: past them, the adapter asks for
+    /// these one by one, so a deadline, a fault header or a gRPC content type is still seen.
+    pub fn headers_read_by_name(&self) -> impl Iterator<Item = &str> + '_ {
+        let grpc = self.circuit.as_ref().map(|_| "content-type");
+        self.policy
+            .deadline_header()
+            .into_iter()
+            .chain(self.faults.as_ref().and_then(|f| f.only_with_header()))
+            .chain(grpc)
+    }
+
     /// The upstream (or the proxy on its behalf: connect failure, reset, timeout) answered.
     /// `now` is read only when the outcome is reported.
     pub fn on_response_headers(

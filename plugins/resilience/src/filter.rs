@@ -366,7 +366,29 @@ impl HttpContext for Stream {
             log::warn!("[{NAME}] could not read request headers: {err}");
             Vec::new()
         });
-        let headers = fields(&raw);
+        let mut headers = fields(&raw);
+        let truncated = host::header_map_may_be_truncated(headers.len());
+        let unseen: Vec<(&str, Vec<u8>)> = if truncated {
+            worker
+                .engine
+                .headers_read_by_name()
+                .filter(|name| get(&headers, name).is_none())
+                .filter_map(|name| match host::header(Map::RequestHeaders, name) {
+                    Ok(value) => value.map(|value| (name, value)),
+                    Err(err) => {
+                        log::warn!("[{NAME}] could not read request header {name}: {err}");
+                        None
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        headers.extend(
+            unseen
+                .iter()
+                .map(|(name, value)| (name.as_bytes(), value.as_slice())),
+        );
         let now = HostClock.unix_millis();
         let mut events = Vec::new();
         let verdict = worker.engine.on_request_headers(
@@ -381,7 +403,7 @@ impl HttpContext for Stream {
         worker.report(&events);
         match verdict {
             RequestVerdict::Continue { mut edits, delay } => {
-                if host::header_map_may_be_truncated(headers.len()) {
+                if truncated {
                     for edit in worker.engine.unseen_header_edits() {
                         if !edits.contains(&edit) {
                             edits.push(edit);

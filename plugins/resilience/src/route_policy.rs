@@ -116,6 +116,11 @@ impl RoutePolicy {
         }
     }
 
+    /// The header the client's deadline comes in, if one is configured.
+    pub fn deadline_header(&self) -> Option<&str> {
+        self.deadline_header.as_deref()
+    }
+
     /// Removals of every router header, for a request whose header map the host may have cut
     /// short (Kong hands over 100 pairs): a client's copy past the cap goes unseen by
     /// [`Self::edits`], so each is removed blind. None when client headers are trusted.
