@@ -439,6 +439,44 @@ fn without_metrics_kong_3_4_still_ships() -> Result<(), Failure> {
     Ok(())
 }
 
+/// Kong hands a plugin the first 100 pairs of a request's headers, and the identity headers
+/// palisade-auth adds come last: past the cap, the event still names who called.
+#[test]
+fn on_kong_the_identity_past_the_first_100_pairs_is_recorded() -> Result<(), Failure> {
+    let profile = Profile::Kong(KongVersion::V3_10);
+    let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+    host.script_http_call(upstream(profile), produced(1));
+    let mut request = Request::get("/api/orders").authority("shop.example.com");
+    for i in 0..100 {
+        request = request.header(&format!("x-filler-{i}"), "1");
+    }
+    let mut stream = vms.http_request(
+        request
+            .header("user-agent", "curl/8.5.0")
+            .header("x-request-id", "req-1")
+            .header("x-tenant", "acme")
+            .header("x-palisade-subject", "alice")
+            .header("x-palisade-consumer", "shop-web"),
+    )?;
+    assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+    stream.send_response_headers(Response::status(200), true)?;
+    stream.finish()?;
+    host.advance_clock(Duration::from_secs(1))?;
+    let events = events(&host.http_calls()[0]);
+    assert_eq!(events.len(), 1);
+    let event = &events[0];
+    assert_eq!(event["subject"], "alice", "{event}");
+    assert_eq!(event["consumer"], "shop-web", "{event}");
+    assert_eq!(event["user_agent"], "curl/8.5.0", "{event}");
+    assert_eq!(event["request_id"], "req-1", "{event}");
+    assert_eq!(
+        event["headers"],
+        serde_json::json!({"x-tenant": "acme"}),
+        "{event}"
+    );
+    Ok(())
+}
+
 #[test]
 fn two_workers_batch_on_their_own_and_their_counts_add_up() -> Result<(), Failure> {
     let profile = Profile::Envoy;

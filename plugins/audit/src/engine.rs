@@ -154,6 +154,23 @@ impl Audit {
             .map_or(self.default_type, |rule| rule.event_type)
     }
 
+    /// The request headers [`Self::event`] reads by name (pseudo-headers aside, which hosts
+    /// hand over first). Kong hands over the first 100 pairs of a map, and the identity and
+    /// request id headers other plugins add come last: past the cap, the adapter asks for
+    /// these one by one.
+    pub fn headers_read_by_name(&self) -> impl Iterator<Item = &str> + '_ {
+        [
+            identity::SUBJECT,
+            identity::CONSUMER,
+            "host",
+            "user-agent",
+            "x-request-id",
+            "traceparent",
+        ]
+        .into_iter()
+        .chain(self.capture.iter().map(String::as_str))
+    }
+
     /// Decides and builds the event of a finished request.
     pub fn event(&self, facts: &Facts<'_>, rng: &mut Xoshiro256, now_ms: u64) -> Verdict {
         let text = |name: &str| {
