@@ -161,9 +161,18 @@ fn request_ids_traceparent_and_transforms() {
             "response":[{"add":{"name":"x-served-by","value":"palisade ${request_id}"}},{"remove":"x-powered-by"}]},
             "trace_context":{"sampling_rate":1.0}}"#,
     );
-    let reply = test.get("/orders", &[("x-legacy-user", "ada"), ("x-debug", "1")]);
+    let reply = test.get(
+        "/orders",
+        &[
+            ("x-legacy-user", "ada"),
+            ("x-debug", "1"),
+            ("tracestate", "vendor=stray"),
+        ],
+    );
     assert_eq!(reply.status, 200);
     let seen = &test.upstream.seen()[0];
+    // A tracestate without a traceparent belongs to no trace (W3C Trace Context, 4.2).
+    assert_eq!(seen.header("tracestate"), None);
     // Envoy generates x-request-id before any filter; the plugin keeps it and echoes it.
     let id = seen
         .header("x-request-id")
@@ -190,10 +199,15 @@ fn request_ids_traceparent_and_transforms() {
     let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
     test.get(
         "/",
-        &[("traceparent", given), ("x-request-id", "client-id-7")],
+        &[
+            ("traceparent", given),
+            ("tracestate", "vendor=kept"),
+            ("x-request-id", "client-id-7"),
+        ],
     );
     let seen = &test.upstream.seen()[1];
     assert_eq!(seen.header("traceparent"), Some(given));
+    assert_eq!(seen.header("tracestate"), Some("vendor=kept"));
     assert_eq!(seen.header("x-request-id"), Some("client-id-7"));
 }
 

@@ -418,7 +418,7 @@ impl HeaderSecurity {
         if self.trace.create {
             match header(headers, "traceparent") {
                 Some(value) if request_id::is_valid_traceparent(value) => {}
-                existing => {
+                _ => {
                     let mut random = [0u8; 24];
                     rng.fill(&mut random);
                     let sampled = request_id::is_sampled(rng.next_u32(), self.trace.sampling_rate);
@@ -427,8 +427,11 @@ impl HeaderSecurity {
                         Cow::Borrowed("traceparent"),
                         Cow::Owned(traceparent.to_vec()),
                     ));
-                    if existing.is_some() {
-                        // tracestate belongs to the trace being replaced.
+                    // A tracestate without a valid traceparent MUST be discarded (W3C Trace
+                    // Context, 4.2): it belongs to no trace, or to the one being replaced.
+                    // Removed blind unless the whole map was read.
+                    let whole_map = self.request_header_names.is_none() && complete;
+                    if !whole_map || header(headers, "tracestate").is_some() {
                         edits.others.push(Edit::Remove(Cow::Borrowed("tracestate")));
                     }
                 }
@@ -721,6 +724,38 @@ mod tests {
         assert!(set_value(&edits, "traceparent").is_some());
         assert!(edits.to_vec().contains(&Edit::Remove("tracestate".into())));
         assert_eq!(state.request_id().map(str::len), Some(36));
+    }
+
+    #[test]
+    fn a_tracestate_without_a_traceparent_is_discarded() {
+        let remove = Edit::Remove("tracestate".into());
+        // Headers looked up by name: removed blind, since its absence was not seen.
+        let looked_up = engine("{}");
+        let (verdict, _) = run(&looked_up, &request(&[("tracestate", "k=v")]));
+        let RequestVerdict::Continue(edits) = verdict else {
+            panic!()
+        };
+        assert!(edits.to_vec().contains(&remove));
+        // The whole map read: removed only when it is there.
+        let whole = engine(r#"{"limits":{"max_header_count":50}}"#);
+        for (headers, removed) in [(&[("tracestate", "k=v")][..], true), (&[][..], false)] {
+            let (verdict, _) = run(&whole, &request(headers));
+            let RequestVerdict::Continue(edits) = verdict else {
+                panic!()
+            };
+            assert_eq!(edits.to_vec().contains(&remove), removed, "{headers:?}");
+            assert!(set_value(&edits, "traceparent").is_some());
+        }
+        // A valid traceparent keeps its tracestate.
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let (verdict, _) = run(
+            &looked_up,
+            &request(&[("traceparent", tp), ("tracestate", "k=v")]),
+        );
+        let RequestVerdict::Continue(edits) = verdict else {
+            panic!()
+        };
+        assert!(!edits.to_vec().contains(&remove));
     }
 
     #[test]
