@@ -44,8 +44,8 @@ impl OriginMatcher {
     }
 }
 
-/// `a`, `a.b`, `x-1.y`: lower-case DNS labels separated by single dots.
-/// DNS labels in lower case; `_` too, which browsers send in origins (`my_app.example.com`).
+/// Dot-separated host labels as browsers serialise them: lower case, digits, `-`, and `_`
+/// (no DNS hostname character, but browsers send it: `my_app.example.com`); none empty.
 fn is_subdomain_labels(labels: &str) -> bool {
     !labels.is_empty()
         && labels.split('.').all(|label| {
@@ -56,26 +56,40 @@ fn is_subdomain_labels(labels: &str) -> bool {
         })
 }
 
-fn parse_wildcard(pattern: &str) -> Option<OriginMatcher> {
-    let (scheme, rest) = pattern.split_once("://*.")?;
-    let scheme_ok = !scheme.is_empty()
+/// A URL scheme as browsers serialise it (RFC 3986, lower case).
+fn is_scheme(scheme: &str) -> bool {
+    scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase())
         && scheme
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+}
+
+/// A port as it follows the host's `:`.
+fn is_port(port: &str) -> bool {
+    (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn parse_wildcard(pattern: &str) -> Option<OriginMatcher> {
+    let (scheme, rest) = pattern.split_once("://*.")?;
     let (domain, port) = match rest.split_once(':') {
         Some((domain, port)) => (domain, Some(port)),
         None => (rest, None),
     };
-    let port_ok = port.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    (scheme_ok && port_ok && is_subdomain_labels(domain)).then(|| OriginMatcher::Wildcard {
-        scheme: format!("{scheme}://"),
-        suffix: format!(".{rest}"),
+    (is_scheme(scheme) && port.is_none_or(is_port) && is_subdomain_labels(domain)).then(|| {
+        OriginMatcher::Wildcard {
+            scheme: format!("{scheme}://"),
+            suffix: format!(".{rest}"),
+        }
     })
 }
 
 /// An origin as a browser serialises it in `Origin`: `null`, or `scheme://host[:port]` with a
-/// lower-case scheme and host (IDNs in punycode, IPv6 in brackets) and nothing after. Anything
-/// else could never equal a request's `Origin`, so listing it is a mistake.
+/// lower-case scheme and host (IDNs in punycode, IPv6 in brackets, a fully qualified name's
+/// trailing dot kept) and nothing after. Anything else could never equal a request's `Origin`,
+/// so listing it is a mistake.
 fn is_serialized_origin(origin: &str) -> bool {
     if origin == "null" {
         return true;
@@ -83,40 +97,33 @@ fn is_serialized_origin(origin: &str) -> bool {
     let Some((scheme, rest)) = origin.split_once("://") else {
         return false;
     };
-    let scheme_ok = scheme
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase())
-        && scheme
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
-    let (host, port) = match rest.strip_prefix('[') {
+    let (host_ok, port) = match rest.strip_prefix('[') {
         Some(bracketed) => match bracketed.split_once(']') {
             Some((address, after)) => {
                 let address_ok = !address.is_empty()
                     && address
                         .bytes()
                         .all(|b| b.is_ascii_digit() || b"abcdef:.".contains(&b));
-                (address_ok.then_some(""), after)
+                (address_ok, after)
             }
-            None => (None, ""),
+            None => (false, ""),
         },
-        None => match rest.find(':') {
-            Some(at) => (rest.get(..at), rest.get(at..).unwrap_or_default()),
-            None => (Some(rest), ""),
-        },
+        None => {
+            let (host, port) = match rest.find(':') {
+                Some(at) => (
+                    rest.get(..at).unwrap_or_default(),
+                    rest.get(at..).unwrap_or_default(),
+                ),
+                None => (rest, ""),
+            };
+            (
+                is_subdomain_labels(host.strip_suffix('.').unwrap_or(host)),
+                port,
+            )
+        }
     };
-    let host_ok = host.is_some_and(|host| {
-        // `_` is no DNS hostname character, but browsers send it (`my_app.example.com`).
-        host.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
-            && (!host.is_empty() || rest.starts_with('['))
-    });
-    let port_ok = port.is_empty()
-        || port.strip_prefix(':').is_some_and(|p| {
-            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
-        });
-    scheme_ok && host_ok && port_ok
+    let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(is_port);
+    is_scheme(scheme) && host_ok && port_ok
 }
 
 fn compile_pattern(pattern: &OriginPattern, problems: &mut Problems) -> Option<OriginMatcher> {
@@ -544,6 +551,8 @@ mod tests {
             "https://a.com?x",
             " https://a.com",
             "https://café.example",
+            "https://a..com",
+            "https://.a.com",
         ] {
             let config = format!(r#"{{"allow_origins":[{{"exact":{never_sent:?}}}]}}"#);
             assert!(
@@ -560,12 +569,27 @@ mod tests {
             "https://xn--caf-dma.example",
             "chrome-extension://abcdef",
             "https://my_app.example.com",
+            "https://example.com.",
         ] {
             let config = format!(r#"{{"allow_origins":[{{"exact":{sent:?}}}]}}"#);
             let config: CorsConfig = serde_json::from_str(&config).unwrap();
             let mut problems = Problems::default();
             CorsPolicy::build(&config, &mut problems);
             assert!(problems.into_result().is_ok(), "{sent}");
+        }
+        // The wildcard form checks its scheme and port as the exact one does.
+        for bad in [
+            "1x://*.a.com",
+            "https://*.a.com:",
+            "https://*.a.com:123456",
+            "https://*.a..com",
+        ] {
+            let config = format!(r#"{{"allow_origins":[{{"wildcard":{bad:?}}}]}}"#);
+            assert!(
+                problems_of(&config).starts_with("allow_origins[0].wildcard: "),
+                "{bad}: {}",
+                problems_of(&config)
+            );
         }
         assert_eq!(
             problems_of(r#"{"allow_origins":[]}"#),
