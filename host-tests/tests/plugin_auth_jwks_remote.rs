@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use palisade_host_tests::auth_tokens::{self, claims, jwks, jwks_with, Signer, ISSUER};
 use palisade_host_tests::wasm_host::{
-    CalloutReply, Failure, Host, LogLevel, LogOrigin, MetricValue, Outcome, Plugin, PluginVms,
-    Profile, Request, START_UNIX_SECS,
+    CalloutReply, Failure, Host, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome, Plugin,
+    PluginVms, Profile, Request, START_UNIX_SECS,
 };
 use plugin_support::{assert_rejected, PROFILES};
 use serde_json::{json, Value};
@@ -256,6 +256,47 @@ fn an_unknown_kid_triggers_one_early_refresh_per_interval() -> Result<(), Failur
             30,
             "{profile:?}"
         );
+    }
+    Ok(())
+}
+
+/// A rotation that makes the JWKS longer replaces the cached document with a longer value. On
+/// Kong 3.4-3.7 that write, in place, would overrun shared memory (the host traps on it): it
+/// must go as a delete and an insert.
+#[test]
+fn a_longer_jwks_after_rotation_never_overruns_kongs_shared_memory() -> Result<(), Failure> {
+    for version in KongVersion::ALL {
+        let profile = Profile::Kong(version);
+        let host = Host::new(profile);
+        host.add_cluster(IDP);
+        let mut config: Value = serde_json::from_str(&config(json!({}))).unwrap();
+        config["metrics"] = json!(false);
+        let vms = host.load_workers(Plugin::Auth, &config.to_string(), 2)?;
+        assert!(vms.is_accepted(), "{profile:?}: {:?}", host.logs());
+        host.script_http_call(IDP, jwks_reply(&jwks_with(&["rsa-1"])));
+        assert_eq!(
+            send(&vms, 0, &token("RS256", Some("rsa-1"), NOW))?,
+            Outcome::Continue,
+            "Kong {version}"
+        );
+        host.script_http_call(IDP, jwks_reply(&jwks()));
+        assert_eq!(
+            send(&vms, 1, &token("ES256", Some("ec256-1"), NOW))?,
+            Outcome::Continue,
+            "Kong {version}: the longer set is stored"
+        );
+        // The other worker reads the new set from shared data, and the old key still works.
+        assert_eq!(
+            send(&vms, 0, &token("ES256", Some("ec256-1"), NOW))?,
+            Outcome::Continue,
+            "Kong {version}"
+        );
+        assert_eq!(
+            send(&vms, 1, &token("RS256", Some("rsa-1"), NOW))?,
+            Outcome::Continue,
+            "Kong {version}"
+        );
+        assert_eq!(jwks_calls(&host), 2, "Kong {version}");
     }
     Ok(())
 }

@@ -403,6 +403,39 @@ fn try_slot(vms: &PluginVms, worker: usize) -> Result<Option<HttpStream>, Failur
     }
 }
 
+/// The in-flight table grows by one share per worker. On Kong 3.4-3.7 a longer value written
+/// over a key no longer than the old value overruns shared memory (the host traps on it): the
+/// third worker's share must not be written in place.
+#[test]
+fn shares_of_many_workers_never_overrun_kongs_shared_memory() -> Result<(), Failure> {
+    for version in KongVersion::ALL {
+        let host = Host::new(Profile::Kong(version));
+        let vms = host.load_workers(
+            Plugin::Resilience,
+            r#"{"proxy":"kong","metrics":false,"circuit_breaker":{"key":"orders"},
+                "concurrency":{"max_requests":4,"lease":"30s"}}"#,
+            4,
+        )?;
+        assert!(vms.is_accepted(), "{:?}", vms.logs());
+        let mut held = Vec::new();
+        for worker in 0..4 {
+            held.push(try_slot(&vms, worker)?.expect("room"));
+        }
+        assert!(
+            try_slot(&vms, 0)?.is_none(),
+            "Kong {version}: every share counts"
+        );
+        for mut stream in held {
+            stream.send_response_headers(Response::status(200), true)?;
+            stream.finish()?;
+        }
+        let mut again = try_slot(&vms, 3)?.expect("every slot given back");
+        again.send_response_headers(Response::status(200), true)?;
+        again.finish()?;
+    }
+    Ok(())
+}
+
 /// A VM that traps with slots held never gives them back: they keep counting (the cap stays
 /// exact) until the VM's share is a lease old, then free. The live VM's own long request keeps
 /// its slot past the lease, renewed by its timer. Under Envoy and Kong.

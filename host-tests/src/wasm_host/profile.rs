@@ -285,6 +285,27 @@ impl Profile {
         ))
     }
 
+    /// `Some(message)` when a `proxy_set_shared_data` that would be written corrupts shared
+    /// memory: ngx_wasm_module before 0.4.0 (Kong 3.4-3.7) reallocates a node for a longer value
+    /// only when the *key* is longer than the old value (`if (n && key->len > n->value.len)` in
+    /// `ngx_wasm_shm_kv_set_locked`, prerelease-0.1.0 to 0.3.0; fixed by c0e09edd in 0.4.0),
+    /// else it copies the longer value into the old node, past its allocation. Nothing reports
+    /// it on Kong: here the call traps.
+    pub(crate) fn shared_data_overrun(
+        self,
+        key: &[u8],
+        old_len: usize,
+        new_len: usize,
+    ) -> Option<String> {
+        let version = self.kong_version()?;
+        (!version.at_least(8) && new_len > old_len && key.len() <= old_len).then(|| {
+            format!(
+                "kong profile (Kong {version}): proxy_set_shared_data on {:?} replaces a {old_len}-byte value with {new_len} bytes, and the key is no longer than the old value: ngx_wasm_module before 0.4.0 copies it in place, past the node's allocation (shared-memory corruption; delete the key and insert it instead, docs/kong-proxy-wasm.md)",
+                String::from_utf8_lossy(key)
+            )
+        })
+    }
+
     /// Whether the host links an import of this name (Kong lacks two spec functions outright).
     pub(crate) fn provides(self, hostcall: &str) -> bool {
         !(self.is_kong() && KONG_ABSENT.contains(&hostcall))

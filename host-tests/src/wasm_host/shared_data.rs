@@ -36,6 +36,17 @@ impl SharedData {
             .map(|entry| (entry.value.clone(), entry.cas))
     }
 
+    /// The length of the value a write with `cas` would replace: `None` when that write would
+    /// not replace one (no key, or a cas that does not match).
+    pub(crate) fn replaced_len(&self, key: &[u8], cas: u32) -> Option<usize> {
+        let entry = self.entries.get(key)?;
+        let matches = match self.rule {
+            CasRule::Envoy => cas == 0 || cas == entry.cas,
+            CasRule::Kong => cas == entry.cas,
+        };
+        matches.then_some(entry.value.len())
+    }
+
     /// A `proxy_set_shared_data`; `value: None` is a NULL value pointer. Returns the status.
     pub(crate) fn set(&mut self, key: &[u8], value: Option<&[u8]>, cas: u32) -> u32 {
         match self.rule {

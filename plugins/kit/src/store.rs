@@ -64,6 +64,13 @@ pub trait SharedStore {
     /// Writes `value` if the key is still at `expected` (from the last `get`); `None` means the
     /// `get` found no key.
     fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError>;
+
+    /// Writes `value` over `current`, this key's entry as the last `get` returned it: what
+    /// `set(key, value, Some(current.cas))` does, except where a host cannot grow a value in
+    /// place (Kong before 3.8, see the host store). Every read-modify-write goes through here.
+    fn replace(&self, key: &str, value: &[u8], current: &Entry) -> Result<Write, StoreError> {
+        self.set(key, value, Some(current.cas))
+    }
 }
 
 impl<S: SharedStore + ?Sized> SharedStore for &S {
@@ -73,6 +80,9 @@ impl<S: SharedStore + ?Sized> SharedStore for &S {
     fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
         (**self).set(key, value, expected)
     }
+    fn replace(&self, key: &str, value: &[u8], current: &Entry) -> Result<Write, StoreError> {
+        (**self).replace(key, value, current)
+    }
 }
 
 impl<S: SharedStore + ?Sized> SharedStore for std::rc::Rc<S> {
@@ -81,6 +91,9 @@ impl<S: SharedStore + ?Sized> SharedStore for std::rc::Rc<S> {
     }
     fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
         (**self).set(key, value, expected)
+    }
+    fn replace(&self, key: &str, value: &[u8], current: &Entry) -> Result<Write, StoreError> {
+        (**self).replace(key, value, current)
     }
 }
 
@@ -114,7 +127,11 @@ pub fn update<T>(
         match step(current.as_ref().map(|entry| entry.value.as_slice())) {
             Step::Keep(result) => return Ok(result),
             Step::Write(value, result) => {
-                match store.set(key, &value, current.map(|entry| entry.cas))? {
+                let written = match &current {
+                    Some(entry) => store.replace(key, &value, entry)?,
+                    None => store.set(key, &value, None)?,
+                };
+                match written {
                     Write::Stored => return Ok(result),
                     Write::Conflict => continue,
                 }

@@ -183,6 +183,23 @@ fn proxy_set_shared_data(
             None => return Ok(status::INVALID_MEMORY_ACCESS),
         }
     };
+    if let Some(value) = &value {
+        let replaced = caller
+            .data()
+            .world
+            .borrow()
+            .shared_data
+            .replaced_len(&key, cas);
+        let overrun = replaced.and_then(|old_len| {
+            caller
+                .data()
+                .profile
+                .shared_data_overrun(&key, old_len, value.len())
+        });
+        if let Some(overrun) = overrun {
+            return Err(trap(&mut caller, FailureKind::Refused, overrun));
+        }
+    }
     let result = caller
         .data()
         .world

@@ -12,6 +12,7 @@ pub const OK: u32 = 0;
 pub const NOT_FOUND: u32 = 1;
 pub const EMPTY: u32 = 7;
 pub const CAS_MISMATCH: u32 = 8;
+pub const INTERNAL_FAILURE: u32 = 10;
 
 #[link(wasm_import_module = "env")]
 extern "C" {

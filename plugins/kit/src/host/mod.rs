@@ -324,12 +324,18 @@ thread_local! {
     static ON_KONG: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
-/// Is the host Kong's ngx_wasm_module? Asked once per VM, from a stream: only Kong answers
-/// `ngx.*` properties (any nginx variable; `$hostname` always exists), Envoy has none.
+/// Is the host Kong's ngx_wasm_module? Asked once per VM: only Kong answers `ngx.*`
+/// properties (any nginx variable; `$hostname` always exists), Envoy answers NotFound. Outside
+/// a request (root context) Kong refuses every dotted property with InternalFailure ("cannot
+/// get scoped properties outside of a request", logged once), where Envoy still answers
+/// NotFound: that is Kong too.
 pub fn is_kong() -> bool {
     ON_KONG.with(|known| {
         known.get().unwrap_or_else(|| {
-            let kong = matches!(property(&["ngx", "hostname"]), Ok(Some(_)));
+            let kong = match property(&["ngx", "hostname"]) {
+                Ok(found) => found.is_some(),
+                Err(err) => err.status == abi::INTERNAL_FAILURE,
+            };
             known.set(Some(kong));
             kong
         })

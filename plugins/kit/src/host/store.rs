@@ -40,15 +40,42 @@ impl SharedStore for HostStore {
     }
 
     fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
-        let cas = expected.map_or(0, |Cas(cas)| cas.get());
-        // SAFETY: pointers to live slices.
-        let status = unsafe {
-            abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
-        };
-        match status {
-            abi::OK => Ok(Write::Stored),
-            abi::CAS_MISMATCH => Ok(Write::Conflict),
-            status => Err(StoreError::Host(status)),
+        write(key, value.as_ptr(), value.len(), expected)
+    }
+
+    /// ngx_wasm_module before 0.4.0 (Kong 3.4-3.7) gives a longer value a new node only when
+    /// the *key* is longer than the old value (`ngx_wasm_shm_kv_set_locked`, fixed in 0.4.0 by
+    /// c0e09edd); otherwise it copies the value into the old node, past its allocation, and
+    /// corrupts the shm zone. So on Kong such a write deletes the key (with the read's version)
+    /// and inserts it anew. A reader in between finds no key, as after a Kong eviction, which
+    /// every caller handles; a writer in between makes the insert a conflict, and the caller
+    /// reads again. Envoy, and Kong for a value no longer than the key or the old value, get
+    /// one ordinary write.
+    fn replace(&self, key: &str, value: &[u8], current: &Entry) -> Result<Write, StoreError> {
+        let grows_in_place = value.len() > current.value.len() && key.len() <= current.value.len();
+        if !(grows_in_place && super::is_kong()) {
+            return self.set(key, value, Some(current.cas));
         }
+        // A NULL value pointer (and size 0) is Kong's delete.
+        match write(key, std::ptr::null(), 0, Some(current.cas))? {
+            Write::Stored => self.set(key, value, None),
+            Write::Conflict => Ok(Write::Conflict),
+        }
+    }
+}
+
+fn write(
+    key: &str,
+    value: *const u8,
+    size: usize,
+    expected: Option<Cas>,
+) -> Result<Write, StoreError> {
+    let cas = expected.map_or(0, |Cas(cas)| cas.get());
+    // SAFETY: `value` points to `size` live bytes, or is null with size 0.
+    let status = unsafe { abi::proxy_set_shared_data(key.as_ptr(), key.len(), value, size, cas) };
+    match status {
+        abi::OK => Ok(Write::Stored),
+        abi::CAS_MISMATCH => Ok(Write::Conflict),
+        status => Err(StoreError::Host(status)),
     }
 }
