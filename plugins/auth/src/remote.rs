@@ -126,15 +126,12 @@ impl RemoteJwksConfig {
             hash.update(part.len().to_le_bytes());
             hash.update(part.as_bytes());
         }
-        let id: String = hash
-            .finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let source = crate::verified::short_hash(hash);
+        let id: String = source.iter().map(|b| format!("{b:02x}")).collect();
         RemoteJwks {
             provider: provider.to_owned(),
             key: format!("{}auth/jwks/{id}", palisade_kit::store::NAMESPACE),
+            source,
             upstream: self.upstream.clone(),
             authority: self.authority.clone(),
             path: self.path.clone(),
@@ -174,13 +171,15 @@ pub struct Record {
     pub document: Vec<u8>,
 }
 
-const MAGIC: &[u8; 2] = b"J1";
-const HEADER: usize = 2 + 4 * 8 + 8;
+const MAGIC: &[u8; 2] = b"J2";
+const HEADER: usize = 2 + 8 + 4 * 8 + 8;
 
 impl Record {
-    pub fn encode(&self) -> Vec<u8> {
+    /// The record as stored for the JWKS `source` ([`RemoteJwks`]'s).
+    pub fn encode(&self, source: &[u8; 8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + self.document.len());
         out.extend_from_slice(MAGIC);
+        out.extend_from_slice(source);
         for value in [
             self.fetched_ms,
             self.lease_until_ms,
@@ -194,10 +193,11 @@ impl Record {
         out
     }
 
-    /// `None` for bytes this version did not write (another plugin build, corruption): the
-    /// caller starts afresh and overwrites them through CAS.
-    pub fn decode(bytes: &[u8]) -> Option<Record> {
-        let rest = bytes.strip_prefix(MAGIC)?;
+    /// `None` for bytes this version did not write for `source` (another plugin build,
+    /// another key's value, corruption): the caller starts afresh and overwrites them through
+    /// CAS.
+    pub fn decode(bytes: &[u8], source: &[u8; 8]) -> Option<Record> {
+        let rest = bytes.strip_prefix(MAGIC)?.strip_prefix(source)?;
         let (numbers, rest) = rest.split_at_checked(32)?;
         let (digest, document) = rest.split_at_checked(8)?;
         let mut values = numbers
@@ -279,6 +279,9 @@ struct Local {
 pub struct RemoteJwks {
     provider: String,
     key: String,
+    /// Written into the record and checked on reading it: from Kong 3.8 a shared-data key is
+    /// found by its CRC32 alone, so another key's value may come back under this one.
+    source: [u8; 8],
     upstream: String,
     authority: String,
     path: String,
@@ -360,7 +363,7 @@ impl RemoteJwks {
     /// only when its digest differs from this worker's. Returns whether the keys changed.
     pub fn sync(&self, store: &impl SharedStore) -> bool {
         let record = match store.get(&self.key) {
-            Ok(Some(entry)) => Record::decode(&entry.value),
+            Ok(Some(entry)) => Record::decode(&entry.value, &self.source),
             Ok(None) => None,
             Err(err) => {
                 log::warn!("[palisade-auth] could not read the shared JWKS record: {err}");
@@ -408,7 +411,9 @@ impl RemoteJwks {
     pub fn claim(&self, store: &impl SharedStore, now_ms: u64, trigger: Trigger) -> bool {
         let lease_ms = millis(self.timeout).saturating_add(1000);
         let result = update(store, &self.key, 4, |current| {
-            let mut record = current.and_then(Record::decode).unwrap_or_default();
+            let mut record = current
+                .and_then(|bytes| Record::decode(bytes, &self.source))
+                .unwrap_or_default();
             if now_ms < record.retry_after_ms {
                 return Step::Keep(false);
             }
@@ -423,7 +428,7 @@ impl RemoteJwks {
                     // `async_fetch`): they cannot wait on another worker's call. The lease
                     // keeps the timers from fetching too meanwhile.
                     record.lease_until_ms = now_ms.saturating_add(lease_ms);
-                    Step::Write(record.encode(), true)
+                    Step::Write(record.encode(&self.source), true)
                 }
                 Trigger::Interval => {
                     if (has && now_ms < record.fetched_ms.saturating_add(self.refresh_ms))
@@ -432,7 +437,7 @@ impl RemoteJwks {
                         return Step::Keep(false);
                     }
                     record.lease_until_ms = now_ms.saturating_add(lease_ms);
-                    Step::Write(record.encode(), true)
+                    Step::Write(record.encode(&self.source), true)
                 }
                 Trigger::UnknownKid => {
                     if record.last_early_ms != 0
@@ -441,7 +446,7 @@ impl RemoteJwks {
                         return Step::Keep(false);
                     }
                     record.last_early_ms = now_ms;
-                    Step::Write(record.encode(), true)
+                    Step::Write(record.encode(&self.source), true)
                 }
             }
         });
@@ -492,10 +497,12 @@ impl RemoteJwks {
             Err(error) => {
                 let retry = now_ms.saturating_add(millis(RETRY_AFTER_FAILURE));
                 let _ = update(store, &self.key, 4, |current| {
-                    let mut record = current.and_then(Record::decode).unwrap_or_default();
+                    let mut record = current
+                        .and_then(|bytes| Record::decode(bytes, &self.source))
+                        .unwrap_or_default();
                     record.lease_until_ms = 0;
                     record.retry_after_ms = record.retry_after_ms.max(retry);
-                    Step::Write(record.encode(), ())
+                    Step::Write(record.encode(&self.source), ())
                 });
                 return Err(error);
             }
@@ -515,7 +522,9 @@ impl RemoteJwks {
         self.expired_logged.set(false);
         let count = self.local.borrow().as_ref().map_or(0, |l| l.keys.len());
         let shared = update(store, &self.key, 4, |current| {
-            let mut record = current.and_then(Record::decode).unwrap_or_default();
+            let mut record = current
+                .and_then(|bytes| Record::decode(bytes, &self.source))
+                .unwrap_or_default();
             if record.fetched_ms > now_ms {
                 return Step::Keep(());
             }
@@ -524,7 +533,7 @@ impl RemoteJwks {
             record.document = body.to_vec();
             record.lease_until_ms = 0;
             record.retry_after_ms = 0;
-            Step::Write(record.encode(), ())
+            Step::Write(record.encode(&self.source), ())
         });
         if let Err(err) = &shared {
             log::warn!(
@@ -662,9 +671,15 @@ mod tests {
             digest: [5; 8],
             document: b"{}".to_vec(),
         };
-        assert_eq!(Record::decode(&record.encode()), Some(record));
-        assert_eq!(Record::decode(b"J1short"), None);
-        assert_eq!(Record::decode(b"xx"), None);
+        let source = [9; 8];
+        assert_eq!(
+            Record::decode(&record.encode(&source), &source),
+            Some(record.clone())
+        );
+        // Another JWKS's record (a CRC32 twin on Kong 3.8+) is no record of this one.
+        assert_eq!(Record::decode(&record.encode(&[8; 8]), &source), None);
+        assert_eq!(Record::decode(b"J2short", &source), None);
+        assert_eq!(Record::decode(b"xx", &source), None);
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct CompiledLimit {
     key: Vec<KeyPart>,
     /// The key's fingerprint when every part is a constant (one budget for all requests).
     constant_fingerprint: Option<u64>,
+    /// Mixed into every fingerprint the slots hold, so one limit's slot never reads as
+    /// another's for the same client: from Kong 3.8 a shared-data key is found by its CRC32
+    /// alone, and two limits' slot keys may share a value.
+    salt: u64,
     when_missing: MissingKey,
     table: SlotTable,
     /// The local limit's `RateLimit-Policy` item, built once.
@@ -71,6 +75,7 @@ impl CompiledLimit {
         };
         let constant_fingerprint = key::constant_fingerprint(&limit.key);
         let table = SlotTable::new(&limit.name, limit.slots);
+        let salt = key::fingerprint(limit.name.as_bytes());
         Self {
             policy: gcra.map_or_else(String::new, |gcra| {
                 policy(&limit.name, gcra.quota(), Some(gcra.period()))
@@ -83,9 +88,10 @@ impl CompiledLimit {
             constant_fingerprint,
             when_missing: limit.when_key_missing,
             table: match constant_fingerprint {
-                Some(fingerprint) => table.with_prebuilt_keys(fingerprint),
+                Some(fingerprint) => table.with_prebuilt_keys(fingerprint ^ salt),
                 None => table,
             },
+            salt,
         }
     }
 }
@@ -391,7 +397,7 @@ impl RateLimiter {
                         }
                     },
                 },
-            };
+            } ^ limit.salt;
             if limit.global {
                 let check = ask.get_or_insert_with(GlobalCheck::default);
                 check.limits.push(index);
@@ -1035,6 +1041,55 @@ mod tests {
             .filter(|i| is_allowed(&workers[i % 3].decide(&mut get("/"), &store, at(0.0)).0))
             .count();
         assert_eq!(admitted, 10);
+    }
+
+    /// Kong 3.8+ finds a shared-data key by its CRC32 alone: here every key of limit `b` is
+    /// limit `a`'s key, as if each pair had the same CRC32.
+    struct Aliasing<'a>(&'a MemoryStore);
+
+    impl Aliasing<'_> {
+        fn alias(key: &str) -> String {
+            key.replace("/rate-limit/b/", "/rate-limit/a/")
+        }
+    }
+
+    impl SharedStore for Aliasing<'_> {
+        fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+            self.0.get(&Self::alias(key))
+        }
+        fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
+            self.0.set(&Self::alias(key), value, expected)
+        }
+    }
+
+    #[test]
+    fn a_slot_shared_with_another_limit_never_reads_as_this_limits() {
+        let store = MemoryStore::with(BlindWrite::Refused, usize::MAX);
+        let aliasing = Aliasing(&store);
+        // The same client key in both. Without the limit in the fingerprint, `b` would read
+        // `a`'s entry as its own client's (a TAT `a` moved, at `a`'s pace) and refuse a first
+        // request.
+        let limiter = prepared(
+            r#"{"limits":[
+                {"name":"a","rate":100,"period":"60s","burst":100,"key":[{"header":"x-tenant"}],"slots":1},
+                {"name":"b","rate":1,"period":"60s","key":[{"header":"x-tenant"}],"slots":1}]}"#,
+            &store,
+        );
+        for second in 0..3 {
+            let (decision, tallies) = limiter.decide(
+                &mut get("/").header("x-tenant", "acme"),
+                &aliasing,
+                at(f64::from(second)),
+            );
+            assert!(is_allowed(&decision), "{second}: {decision:?}");
+            // `b`'s one slot holds another key that is still limited: full, a store failure
+            // (allowed unchecked by default), never `a`'s budget.
+            let (_, b) = tallies.iter().find(|(i, _)| *i == 1).unwrap();
+            assert!(
+                !b.limited && (second == 0 || b.store_failure),
+                "{second}: {b:?}"
+            );
+        }
     }
 
     /// A store where another worker writes the same key between our read and our write, a
