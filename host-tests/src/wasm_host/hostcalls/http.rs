@@ -208,15 +208,56 @@ fn proxy_set_header_map_pairs(
     let Some(pairs) = header_pairs::decode(&bytes) else {
         return Ok(status::BAD_ARGUMENT);
     };
+    let kong = caller.data().profile.is_kong();
     let result = with_map(caller.data_mut(), map_type, true, |headers| {
-        let mut replaced = Headers::new();
+        if !kong {
+            let mut replaced = Headers::new();
+            for (name, value) in &pairs {
+                replaced = replaced.with(&String::from_utf8_lossy(name), value);
+            }
+            *headers = replaced;
+            return None;
+        }
+        // ngx_wasm_module (every pin): clear the map's ordinary headers (pseudo-headers are
+        // the request line and status, not in the list), then set each pair in order
+        // (`ngx_proxy_wasm_maps_set_all`, SET mode: a repeated name keeps its last value). A
+        // read-only pseudo-header (`:scheme`, `:authority`, `:status`: no setter) returns
+        // NGX_ABORT, which stops the loop with every later pair unset; the call still
+        // answers Ok.
+        let read_only: &[&[u8]] = match map_type {
+            map::REQUEST_HEADERS => &[b":scheme", b":authority"],
+            map::RESPONSE_HEADERS => &[b":status"],
+            _ => &[],
+        };
+        let mut replaced = Headers::from_pairs(
+            headers
+                .pairs()
+                .iter()
+                .filter(|(n, _)| n.starts_with(b":"))
+                .cloned()
+                .collect(),
+        );
         for (name, value) in &pairs {
-            replaced = replaced.with(&String::from_utf8_lossy(name), value);
+            if read_only.contains(&name.as_slice()) {
+                *headers = replaced;
+                return Some(format!(
+                    "cannot set read-only \"{}\" header",
+                    String::from_utf8_lossy(name)
+                ));
+            }
+            replaced.replace(name, value);
         }
         *headers = replaced;
+        None
     });
     match result {
-        Ok(()) => Ok(status::OK),
+        Ok(None) => Ok(status::OK),
+        Ok(Some(read_only)) => {
+            caller
+                .data()
+                .log(LogOrigin::Host, LogLevel::Error, read_only);
+            Ok(status::OK)
+        }
         Err(err) => map_error(&mut caller, "proxy_set_header_map_pairs", err),
     }
 }

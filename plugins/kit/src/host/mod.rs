@@ -93,7 +93,7 @@ pub fn headers_raw(map: Map) -> Result<Vec<u8>, HostError> {
 }
 
 /// Replaces a whole map in one host call: cheaper than one call per edit once there are more
-/// than a couple (each call crosses the Wasm boundary).
+/// than a couple (each call crosses the Wasm boundary). Envoy only: see [`apply_edits`].
 pub fn set_headers(map: Map, fields: &[(&[u8], &[u8])]) -> Result<(), HostError> {
     let encoded = crate::header_pairs::encode(fields);
     // SAFETY: pointer to a live buffer.
@@ -114,8 +114,11 @@ pub fn apply_edits<'a>(
     // request, three edits one by one cost Envoy 8,600 fewer instructions than the whole map
     // (auth's warm path, `just bench --instructions`); each edit costs ~3,000.
     const ONE_BY_ONE: usize = 6;
-    // A snapshot Kong cut short would drop the headers past its cap when written back whole.
-    if edits.len() > ONE_BY_ONE && !header_map_may_be_truncated(snapshot.len()) {
+    // Never on Kong. ngx_wasm_module clears the map, then sets the pairs in order and stops at
+    // the first read-only pseudo-header (`:scheme`, `:authority`, `:status` have no setter):
+    // every header after it is lost, and the call still answers Ok
+    // (`ngx_proxy_wasm_maps_set_all`). A snapshot Kong cut at 100 pairs would lose the rest.
+    if edits.len() > ONE_BY_ONE && !is_kong() {
         let mut fields = snapshot.to_vec();
         for edit in edits {
             edit.apply_to(&mut fields);
