@@ -250,12 +250,11 @@ fn kong_metrics_arrive_in_3_8() -> Result<(), Failure> {
     Ok(())
 }
 
+/// Envoy (`entry[0]`) and Kong (the first match) both read a repeated header's first value.
 #[test]
-fn a_repeated_header_reads_joined_on_envoy_and_first_on_kong() -> Result<(), Failure> {
-    for (profile, key) in [
-        (Profile::Envoy, "palisade/a,palisade/b"),
-        (Profile::kong(), "palisade/a"),
-    ] {
+fn a_repeated_header_reads_its_first_value_on_both_hosts() -> Result<(), Failure> {
+    for profile in [Profile::Envoy, Profile::kong()] {
+        let key = "palisade/a";
         let host = Host::new(profile);
         let plugin = host.load(Plugin::fixture("shared_data"), "")?;
         let seen = request(

@@ -274,16 +274,11 @@ fn proxy_get_header_map_value(
     let Some(key) = memory::read(&mut caller, key_ptr, key_size) else {
         return Ok(status::INVALID_MEMORY_ACCESS);
     };
-    // Envoy joins repeated values with ',' (getAllOfHeaderAsString); ngx_wasm_module returns the
-    // first match (ngx_wasm_get_list_elem, src/wasm/ngx_wasm_util.c:431).
-    let kong = caller.data().profile.is_kong();
-    let lookup = |headers: &mut Headers| {
-        if kong {
-            headers.first(&key)
-        } else {
-            headers.joined(&key)
-        }
-    };
+    // Both hosts return the first value of a repeated header: Envoy `entry[0]->value()`
+    // (Context::getHeaderMapValue, with a TODO on it), ngx_wasm_module the first match
+    // (ngx_wasm_get_list_elem, src/wasm/ngx_wasm_util.c:431). Only Envoy's `request.headers`
+    // property joins them.
+    let lookup = |headers: &mut Headers| headers.first(&key);
     match with_map(caller.data_mut(), map_type, false, lookup) {
         Ok(Some(value)) => memory::return_bytes(&mut caller, &value, ret_ptr, ret_size),
         Ok(None) => Ok(status::NOT_FOUND),

@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use wasmtime::{Caller, Linker};
 
-use super::enter;
+use super::{enter, trap};
 use crate::wasm_host::abi::{status, LogLevel};
+use crate::wasm_host::error::FailureKind;
 use crate::wasm_host::logs::LogOrigin;
 use crate::wasm_host::memory;
 use crate::wasm_host::vm::VmState;
@@ -72,6 +73,16 @@ fn proxy_get_current_time_nanoseconds(mut caller: Caller<'_, VmState>, ret: u32)
 fn proxy_set_tick_period_milliseconds(mut caller: Caller<'_, VmState>, period: u32) -> Ret {
     enter(&mut caller, "proxy_set_tick_period_milliseconds")?;
     let now = caller.data().world.borrow().clock.elapsed();
+    // ngx_wasm_module (`ngx_proxy_wasm_hfuncs_set_tick_period`, every pin) traps "tick_period
+    // already set" on a second non-zero period: a Kong filter cannot change its tick.
+    if caller.data().profile.is_kong() && period != 0 && caller.data().tick_period.is_some() {
+        let version = caller.data().profile.describe();
+        return Err(trap(
+            &mut caller,
+            FailureKind::Refused,
+            format!("{version} profile: proxy_set_tick_period_milliseconds traps \"tick_period already set\": Kong sets a root context's tick once"),
+        ));
+    }
     let state = caller.data_mut();
     if period == 0 {
         state.tick_period = None;
