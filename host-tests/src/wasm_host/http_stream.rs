@@ -177,10 +177,14 @@ impl HttpStream {
                 .borrow_mut()
                 .callouts
                 .cancel_context(worker, context);
+            // Envoy runs the access log (`Context::log`: on_log) before it destroys the filter
+            // (`Context::onDestroy`: on_done, then on_delete). ngx_wasm_module's log phase
+            // calls on_done then on_log for ABI 0.1.0-0.2.1 (`ngx_proxy_wasm_on_log`), and
+            // on_delete when the filter is freed.
             let order = if vm.store.data().profile.is_kong() {
-                [Callback::Log, Callback::Done, Callback::Delete]
-            } else {
                 [Callback::Done, Callback::Log, Callback::Delete]
+            } else {
+                [Callback::Log, Callback::Done, Callback::Delete]
             };
             for callback in order {
                 call(&mut vm, context, callback, &[context])?;

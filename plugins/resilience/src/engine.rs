@@ -716,8 +716,8 @@ mod tests {
                 ErrorReply::new(503, "overloaded").with_header("retry-after", "1")
             )
         );
-        // The client of the first goes away before any answer; the end fires twice (Envoy's
-        // on_done then on_log): the slot is given back once.
+        // The client of the first goes away before any answer; the end fires twice (on_log and
+        // on_done): the slot is given back once.
         engine.on_stream_end(&store, || 0, &mut first, &mut events);
         engine.on_stream_end(&store, || 0, &mut first, &mut events);
         let deltas: i64 = events

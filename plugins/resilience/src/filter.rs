@@ -351,8 +351,8 @@ impl Stream {
 }
 
 impl Context for Stream {
-    // on_done and on_log both fire once the stream ends, however it ends (Envoy: done then
-    // log; Kong: log then done): the first gives everything back, the second finds nothing.
+    // on_done and on_log both fire once the stream ends, however it ends (Envoy: log then
+    // done; Kong: done then log): the first gives everything back, the second finds nothing.
     fn on_done(&mut self) -> bool {
         self.end();
         true
