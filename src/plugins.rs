@@ -18,6 +18,11 @@ pub struct PluginInfo {
     pub envoy_unused: &'static [&'static str],
     /// Istio `WasmPlugin` phase (`None`: unspecified, just before the router).
     pub istio_phase: Option<&'static str>,
+    /// The side of a sidecar the plugin runs on (`match: [{mode: ...}]`): `SERVER`, the
+    /// workload's inbound traffic, or `CLIENT`, its calls to other services. Without it Istio
+    /// installs the filter on both, and every plugin also ran on the app's outbound calls.
+    /// Gateways are `CLIENT` to Istio: their manifests name no mode.
+    pub istio_sidecar_mode: &'static str,
     /// Keeps cross-worker state in proxy-wasm shared data whatever its configuration
     /// (rate-limit's counters, resilience's circuits): on Kong that needs the shm_kv zone
     /// `palisade` that kong.conf defines (see [`crate::render::kong_shm_kv_zone`]).
@@ -64,6 +69,7 @@ pub const ALL: [PluginInfo; 5] = [
             "proxy_on_done",
         ],
         istio_phase: Some("AUTHN"),
+        istio_sidecar_mode: "SERVER",
         shared_state: false,
         example_config: include_str!("../manifests/examples/header-security.json"),
         schema: config::schema::<palisade_header_security::config::HeaderSecurityConfig>,
@@ -76,6 +82,7 @@ pub const ALL: [PluginInfo; 5] = [
         // Every optional one: auth decides in the request headers and is done.
         envoy_unused: &crate::envoy_module::OPTIONAL_CALLBACKS,
         istio_phase: Some("AUTHN"),
+        istio_sidecar_mode: "SERVER",
         shared_state: false,
         example_config: include_str!("../manifests/examples/auth.json"),
         schema: config::schema::<palisade_auth::config::AuthConfig>,
@@ -94,6 +101,7 @@ pub const ALL: [PluginInfo; 5] = [
             "proxy_on_done",
         ],
         istio_phase: Some("AUTHZ"),
+        istio_sidecar_mode: "SERVER",
         shared_state: true,
         example_config: include_str!("../manifests/examples/rate-limit.json"),
         schema: config::schema::<palisade_rate_limit::config::RateLimitConfig>,
@@ -103,8 +111,8 @@ pub const ALL: [PluginInfo; 5] = [
         name: "resilience",
         full_name: "palisade-resilience",
         wasm_file: "palisade_resilience.wasm",
-        // Envoy calls on_done before on_log: the stream ends (slots back) in on_done. The
-        // response trailers carry a gRPC call's status.
+        // The stream ends (slots back) in on_done, which Envoy calls for every stream after
+        // the access log. The response trailers carry a gRPC call's status.
         envoy_unused: &[
             "proxy_on_request_body",
             "proxy_on_request_trailers",
@@ -112,6 +120,9 @@ pub const ALL: [PluginInfo; 5] = [
             "proxy_on_log",
         ],
         istio_phase: None,
+        // Circuits per upstream cluster, retries and timeouts for the router, client-side
+        // faults: the caller's side, as Istio's own retries and faults (VirtualService).
+        istio_sidecar_mode: "CLIENT",
         shared_state: true,
         example_config: include_str!("../manifests/examples/resilience.json"),
         schema: config::schema::<palisade_resilience::config::ResilienceConfig>,
@@ -128,6 +139,7 @@ pub const ALL: [PluginInfo; 5] = [
             "proxy_on_response_trailers",
         ],
         istio_phase: Some("STATS"),
+        istio_sidecar_mode: "SERVER",
         shared_state: false,
         example_config: include_str!("../manifests/examples/audit.json"),
         schema: config::schema::<palisade_audit::config::AuditConfig>,

@@ -126,7 +126,7 @@ pub fn render(options: &RenderOptions) -> Result<Vec<RenderedFile>, RenderError>
             &target,
             pin,
             plugin.full_name,
-            BTreeMap::from([(WORKLOAD_LABEL.to_owned(), "true".to_owned())]),
+            IstioWorkload::Sidecar,
         )?;
         files.push(file(
             format!("istio/{}.yaml", plugin.full_name),
@@ -144,7 +144,7 @@ pub fn render(options: &RenderOptions) -> Result<Vec<RenderedFile>, RenderError>
             &target,
             pin,
             &format!("{}-ingress", plugin.full_name),
-            BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())]),
+            IstioWorkload::Gateway,
         )?);
     }
     files.push(file(
@@ -310,7 +310,14 @@ struct WasmPluginSpec {
     fail_strategy: &'static str,
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    traffic: Vec<TrafficSelector>,
     plugin_config: Value,
+}
+
+#[derive(Serialize)]
+struct TrafficSelector {
+    mode: &'static str,
 }
 
 #[derive(Serialize)]
@@ -319,13 +326,27 @@ struct Selector {
     match_labels: BTreeMap<String, String>,
 }
 
+/// Where an Istio `WasmPlugin` goes: sidecars (one side of them, [`PluginInfo::istio_sidecar_mode`])
+/// or the ingress gateway.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum IstioWorkload {
+    Sidecar,
+    Gateway,
+}
+
 fn wasm_plugin(
     plugin: &PluginInfo,
     target: &Target,
     pin: Option<&Digest>,
     name: &str,
-    match_labels: BTreeMap<String, String>,
+    workload: IstioWorkload,
 ) -> Result<WasmPlugin, RenderError> {
+    let match_labels = match workload {
+        IstioWorkload::Sidecar => BTreeMap::from([(WORKLOAD_LABEL.to_owned(), "true".to_owned())]),
+        IstioWorkload::Gateway => {
+            BTreeMap::from([("istio".to_owned(), "ingressgateway".to_owned())])
+        }
+    };
     let (priority, fail_strategy) = istio_policy(plugin);
     Ok(WasmPlugin {
         api_version: "extensions.istio.io/v1alpha1",
@@ -361,6 +382,14 @@ fn wasm_plugin(
             priority,
             fail_strategy,
             kind: "HTTP",
+            // A gateway's listeners are all CLIENT to Istio: a mode there would only risk
+            // matching nothing.
+            traffic: match workload {
+                IstioWorkload::Sidecar => vec![TrafficSelector {
+                    mode: plugin.istio_sidecar_mode,
+                }],
+                IstioWorkload::Gateway => Vec::new(),
+            },
             plugin_config: {
                 let mut config = example_config(plugin)?;
                 sink_upstream_for(&mut config, Proxy::Istio);

@@ -130,6 +130,14 @@ fn every_wasm_plugin_config_validates_with_its_plugin() {
             let plugin = plugins::find(spec["pluginName"].as_str().unwrap()).unwrap();
             let context = format!("{file}: {}", document["metadata"]["name"]);
             assert_eq!(spec["phase"].as_str(), plugin.istio_phase, "{context}");
+            // Sidecars: one side only (Istio installs a filter without `match` on inbound and
+            // outbound both); the gateway: no mode, since all its listeners are CLIENT.
+            let expected_match = if file == "istio/ingress-gateway.yaml" {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!([{"mode": plugin.istio_sidecar_mode}])
+            };
+            assert_eq!(spec["match"], expected_match, "{context}");
             assert!(
                 spec["url"]
                     .as_str()
