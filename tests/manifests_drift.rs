@@ -356,3 +356,46 @@ fn kong_settings_define_the_zone_every_shared_data_key_lives_in() {
         "{conf}"
     );
 }
+
+/// The tests' keys sign tokens anyone with the repository can make: no deployable manifest may
+/// trust them, and the shipped auth example refuses a request without credentials.
+#[test]
+fn no_manifest_trusts_a_test_key_and_the_auth_example_fails_closed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let test_jwks: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("plugins/auth/testdata/jwks.json")).unwrap(),
+    )
+    .unwrap();
+    let public_parts: Vec<String> = test_jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|key| ["n", "x", "k"].map(|member| key[member].as_str().map(str::to_owned)))
+        .flatten()
+        .collect();
+    assert!(public_parts.len() >= 3, "{public_parts:?}");
+    let mut checked = 0;
+    let mut pending = vec![manifests()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            for part in &public_parts {
+                assert!(
+                    !text.contains(part.as_str()),
+                    "{} trusts a test key",
+                    path.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 15, "{checked} files");
+    let auth = plugins::find("palisade-auth").unwrap();
+    let example: Value = serde_json::from_str(auth.example_config).unwrap();
+    assert_eq!(example["allow_missing"], false);
+}
