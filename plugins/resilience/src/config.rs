@@ -165,10 +165,10 @@ pub struct RetryConfig {
     pub retry_on_non_idempotent: String,
     /// `x-envoy-upstream-rq-per-try-timeout-ms`; unset: each try may use the whole timeout.
     pub per_try_timeout: Option<ConfigDuration>,
-    /// Retry budget; unset (the default): every request may retry. Envoy's router already
-    /// caps concurrent retries per cluster (its `max_retries` circuit-breaker threshold, 3 by
-    /// default); the budget adds a cap relative to the traffic, across workers, at the cost
-    /// of two shared-data writes per request.
+    /// Retry budget; unset (the default): every request may retry. Costs two shared-data
+    /// writes per request. Set it under Istio: Envoy's own cap on concurrent retries (the
+    /// cluster's `max_retries` circuit-breaker threshold, 3) is lifted to the maximum on every
+    /// cluster Istio generates unless a DestinationRule sets one.
     pub budget: Option<RetryBudgetConfig>,
     /// Keep `x-envoy-*` retry and timeout headers the client sent (only behind a trusted
     /// hop); by default they are removed and the plugin's own are set.
