@@ -523,8 +523,16 @@ fn kong_config(plugin: &PluginInfo, form: ConfigForm) -> Result<Value, RenderErr
 /// palisade-resilience's config names its proxy: Kong's router reads no `x-envoy-*` header,
 /// and Kong before 3.9 has no `kong.service_name` to name the circuit (the chain serves one
 /// service: name it).
+///
+/// Kong's router reads neither retry nor timeout headers: the retry policy and the timeouts
+/// are Kong's service settings there ([`kong_service`]), so the rendered config leaves them
+/// out rather than look as if they applied. The deadline check works on Kong and stays.
 fn resilience_on_kong(config: &mut Value, _form: ConfigForm) {
     if let Some(fields) = config.as_object_mut() {
+        fields.remove("retry");
+        if let Some(timeouts) = fields.get_mut("timeouts").and_then(Value::as_object_mut) {
+            timeouts.retain(|name, _| name == "deadline_header");
+        }
         fields.insert("proxy".into(), Value::from("kong"));
         if let Some(breaker) = fields
             .get_mut("circuit_breaker")
@@ -545,6 +553,10 @@ struct KongDeclarative {
 struct KongService {
     name: &'static str,
     url: &'static str,
+    /// Kong's retries (its default is 5): the platform's at most 3, which palisade-resilience
+    /// sets through Envoy's router headers and cannot on Kong. Kong retries connection
+    /// failures and timeouts only.
+    retries: u32,
     routes: Vec<KongRoute>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     filter_chains: Vec<FilterChain>,
@@ -597,6 +609,7 @@ fn kong_service(filter_chains: Vec<FilterChain>, plugins: Vec<KongFilterPlugin>)
     KongService {
         name: "api",
         url: "http://api.internal:8080",
+        retries: 3,
         routes: vec![KongRoute {
             name: "api",
             paths: vec!["/"],
