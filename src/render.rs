@@ -446,8 +446,8 @@ nginx_wasm_shm_kv_{zone} = 32m
 # nginx_wasm_shm_{zone} = 32m
 
 # HTTP call-outs (JWKS, token introspection, global rate limits, audit delivery) name
-# host:port in Kong. Resolving names with Kong's resolver is on by default from Kong 3.8;
-# on 3.7 (where it is off by default) uncomment:
+# host:port in Kong. Kong injects its resolver for them (nginx_http_proxy_wasm_lua_resolver)
+# by default in every release but 3.7, whose conf_loader turns it off; on 3.7 uncomment:
 # nginx_http_proxy_wasm_lua_resolver = on
 # Optional: ngx_wasm_module's socket timeouts for call-outs (the plugins set their own too).
 # nginx_http_proxy_wasm_socket_connect_timeout = 2s
