@@ -91,6 +91,10 @@ enum Command {
         /// Read the password (or token) from the first line of stdin.
         #[arg(long, requires = "username")]
         password_stdin: bool,
+        /// Replace a tag that already names different content. Without it, such a tag stops
+        /// the push: nodes that cached the old image under the same tag would keep running it.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -126,7 +130,15 @@ fn main() -> ExitCode {
             dir,
             username,
             password_stdin,
-        } => push(&registry, plain_http, &dir, username, password_stdin),
+            overwrite,
+        } => push(
+            &registry,
+            plain_http,
+            &dir,
+            username,
+            password_stdin,
+            overwrite,
+        ),
     }
 }
 
@@ -209,6 +221,7 @@ fn push(
     dir: &std::path::Path,
     username: Option<String>,
     password_stdin: bool,
+    overwrite: bool,
 ) -> ExitCode {
     use palisade::oci::{layout, registry};
     let result = (|| -> Result<(), String> {
@@ -242,7 +255,7 @@ fn push(
             let repository = target.repository(name);
             for (tag, image) in &images {
                 let digest = client
-                    .push(&repository, tag, image)
+                    .push(&repository, tag, image, overwrite)
                     .map_err(|err| err.to_string())?;
                 println!("{}:{tag}@{digest}", target.image(name));
             }

@@ -266,6 +266,45 @@ fn every_image_pushed_to_a_registry_pulls_back_as_istio_expects() {
         let meta: Value = serde_json::from_slice(&untar_gz(&layer, &meta_name)).unwrap();
         assert!(meta["config_schema"].is_object(), "{}", plugin.name);
     }
+
+    // The same images again: nothing changes, the push succeeds.
+    run(Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["push", &target, "--plain-http", "--dir"])
+        .arg(&layouts));
+    // Another build under the same tag is refused, and leaves the tag alone...
+    let plugin = &ALL[0];
+    let other = work.path().join("other");
+    let images = palisade::package::images(plugin, b"\0asm\x01\0\0\0", "other").unwrap();
+    palisade::oci::layout::write(&other.join(plugin.full_name), &images.tagged()).unwrap();
+    let push_other = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["push", &target, "--plain-http"])
+            .args(extra)
+            .arg("--dir")
+            .arg(&other)
+            .output()
+            .unwrap()
+    };
+    let refused = push_other(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1));
+    let reference = format!("palisade/{}:{VERSION}", plugin.full_name);
+    assert!(
+        stderr.contains(&format!("{reference} already names sha256:"))
+            && stderr.contains(&format!("not this build's {}", images.oci.digest()))
+            && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    let image = format!("docker://{target}/{}:{VERSION}", plugin.full_name);
+    let (raw, _) = skopeo_raw(&image);
+    assert_ne!(Digest::of(&raw), *images.oci.digest());
+    // ...unless asked to: then it names the new build (the push stops at the next plugin,
+    // whose layout this directory lacks).
+    let replaced = push_other(&["--overwrite"]);
+    let stderr = String::from_utf8_lossy(&replaced.stderr);
+    assert!(!stderr.contains("already names"), "{stderr}");
+    let (raw, _) = skopeo_raw(&image);
+    assert_eq!(Digest::of(&raw), *images.oci.digest());
 }
 
 #[test]

@@ -33,6 +33,16 @@ pub enum PushError {
     Auth(String),
     #[error("{0}")]
     Protocol(String),
+    #[error(
+        "{reference} already names {existing}, not this build's {ours}: a node that cached \
+         the old image under this tag would keep running it. Bump the version, or pass \
+         --overwrite (and pin by digest, docs/deploying.md)"
+    )]
+    TagTaken {
+        reference: String,
+        existing: String,
+        ours: String,
+    },
 }
 
 /// Username and password (or identity token) for a registry.
@@ -153,13 +163,26 @@ impl Registry {
     }
 
     /// Pushes `image` to `repository` under `tag`; returns the manifest digest the registry
-    /// reports (checked against ours).
+    /// reports (checked against ours). A tag that already names other content is left alone
+    /// unless `overwrite`: pushing the same image again is fine.
     pub fn push(
         &mut self,
         repository: &str,
         tag: &str,
         image: &Image,
+        overwrite: bool,
     ) -> Result<Digest, PushError> {
+        if !overwrite {
+            if let Some(existing) = self.tag_digest(repository, tag, image)? {
+                if existing != image.digest().to_string() {
+                    return Err(PushError::TagTaken {
+                        reference: format!("{repository}:{tag}"),
+                        existing,
+                        ours: image.digest().to_string(),
+                    });
+                }
+            }
+        }
         for blob in image.blobs() {
             if !self.has_blob(repository, &blob.digest)? {
                 self.upload(repository, blob)?;
@@ -181,6 +204,33 @@ impl Registry {
                 )))
             }
             _ => Ok(image.digest().clone()),
+        }
+    }
+
+    /// The digest of the manifest `tag` names now, or `None` when the tag does not exist.
+    fn tag_digest(
+        &mut self,
+        repository: &str,
+        tag: &str,
+        image: &Image,
+    ) -> Result<Option<String>, PushError> {
+        let url = format!("{}/v2/{repository}/manifests/{tag}", self.base);
+        let response = self.send(
+            "HEAD",
+            &url,
+            &[("accept", image.manifest.media_type.as_str())],
+            None,
+        )?;
+        match response.status {
+            200 => header(&response, "docker-content-digest")
+                .map(|digest| Some(digest.to_owned()))
+                .ok_or_else(|| {
+                    PushError::Protocol(format!(
+                        "HEAD {url}: 200 without a Docker-Content-Digest header"
+                    ))
+                }),
+            404 => Ok(None),
+            _ => expect(&response, "HEAD", &url, &[]).map(|()| None),
         }
     }
 
