@@ -320,22 +320,6 @@ fn validate_file(plugin: &PluginInfo, file: &std::path::Path) -> ExitCode {
     }
 }
 
-/// A plugin's configuration in the demo: its example, except that auth lets a request without
-/// credentials through (the example refuses it, as a deployment should), so the demo's plain
-/// `curl`s reach the upstream.
-fn demo_config(plugin: &plugins::PluginInfo) -> String {
-    if plugin.name != "auth" {
-        return plugin.example_config.to_owned();
-    }
-    match serde_json::from_str::<serde_json::Value>(plugin.example_config) {
-        Ok(serde_json::Value::Object(mut config)) => {
-            config.insert("allow_missing".to_owned(), serde_json::Value::Bool(true));
-            serde_json::Value::Object(config).to_string()
-        }
-        _ => plugin.example_config.to_owned(),
-    }
-}
-
 fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) -> ExitCode {
     let result = (|| -> Result<(), String> {
         let binary = binary.unwrap_or_else(|| envoy::default_binary(std::path::Path::new(".")));
@@ -352,7 +336,7 @@ fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) 
             )?,
             filters: plugins::ALL
                 .iter()
-                .map(|plugin| Filter::new(plugin, demo_config(plugin)))
+                .map(|plugin| Filter::new(plugin, plugin.demo_config()))
                 .collect(),
             native_filters: Vec::new(),
             route_filter_configs: serde_json::json!({}),

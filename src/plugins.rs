@@ -34,6 +34,22 @@ pub struct PluginInfo {
 }
 
 impl PluginInfo {
+    /// The plugin's configuration in `palisade run`'s demo: its example, except that auth lets
+    /// a request without credentials through (the example refuses it, as a deployment should),
+    /// so the demo's plain `curl`s reach the upstream.
+    pub fn demo_config(&self) -> String {
+        if self.name != "auth" {
+            return self.example_config.to_owned();
+        }
+        match serde_json::from_str::<serde_json::Value>(self.example_config) {
+            Ok(serde_json::Value::Object(mut config)) => {
+                config.insert("allow_missing".to_owned(), serde_json::Value::Bool(true));
+                serde_json::Value::Object(config).to_string()
+            }
+            _ => self.example_config.to_owned(),
+        }
+    }
+
     /// The JSON Schema of the plugin's configuration.
     pub fn schema(&self) -> serde_json::Value {
         (self.schema)()

@@ -67,11 +67,12 @@ fn each_plugin_but_header_security_and_auth_passes_requests_and_responses_untouc
     }
 }
 
+/// The demo's chain (`palisade run`): the examples, auth letting anonymous requests through.
 #[test]
 fn all_five_plugins_chain_in_one_envoy() {
     let test = EnvoyTest::start(
         ALL.iter()
-            .map(|plugin| Filter::new(plugin, plugin.example_config))
+            .map(|plugin| Filter::new(plugin, plugin.demo_config()))
             .collect(),
     );
     for _ in 0..REQUESTS {
