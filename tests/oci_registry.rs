@@ -470,3 +470,67 @@ fn push_refuses_a_url_for_a_registry_and_a_missing_layout() {
         "{stderr}"
     );
 }
+
+/// A tag holding an OCI index (or any manifest kind) is seen as taken: a registry answers 404
+/// when the request does not accept the stored kind, which must not read as a free tag.
+#[test]
+fn push_sees_a_tag_held_by_another_kind_of_manifest() {
+    let registry = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let addr = registry.server_addr().to_ip().unwrap();
+    let layouts = tempfile::tempdir().unwrap();
+    let plugin = &ALL[0];
+    let images = palisade::package::images(plugin, b"\0asm\x01\0\0\0", "test").unwrap();
+    palisade::oci::layout::write(&layouts.path().join(plugin.full_name), &images.tagged()).unwrap();
+    let index_digest = format!("sha256:{}", "ab".repeat(32));
+    let held = index_digest.clone();
+    let server = std::thread::spawn(move || {
+        let mut puts = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let Ok(Some(request)) = registry.recv_timeout(Duration::from_millis(200)) else {
+                continue;
+            };
+            let url = request.url().to_owned();
+            let accepts_index = request
+                .headers()
+                .iter()
+                .any(|h| h.field.equiv("accept") && h.value.as_str().contains("image.index"));
+            if request.method().as_str() == "HEAD" && url.contains("/manifests/") {
+                // As Distribution does for a tag whose stored manifest is an index.
+                let response = if accepts_index {
+                    tiny_http::Response::empty(200).with_header(
+                        tiny_http::Header::from_bytes(
+                            &b"Docker-Content-Digest"[..],
+                            held.as_bytes(),
+                        )
+                        .unwrap(),
+                    )
+                } else {
+                    tiny_http::Response::empty(404)
+                };
+                let _ = request.respond(response);
+                return puts;
+            }
+            if request.method().as_str() == "PUT" {
+                puts += 1;
+            }
+            let _ = request.respond(tiny_http::Response::empty(404));
+        }
+        puts
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["push", &format!("{addr}/ns"), "--plain-http", "--dir"])
+        .arg(layouts.path())
+        .output()
+        .unwrap();
+    assert_eq!(server.join().unwrap(), 0, "nothing was written");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!(
+            "ns/{}:{VERSION} already names {index_digest}",
+            plugin.full_name
+        )),
+        "{stderr}"
+    );
+}

@@ -173,7 +173,7 @@ impl Registry {
         overwrite: bool,
     ) -> Result<Digest, PushError> {
         if !overwrite {
-            if let Some(existing) = self.tag_digest(repository, tag, image)? {
+            if let Some(existing) = self.tag_digest(repository, tag)? {
                 if existing != image.digest().to_string() {
                     return Err(PushError::TagTaken {
                         reference: format!("{repository}:{tag}"),
@@ -208,27 +208,27 @@ impl Registry {
     }
 
     /// The digest of the manifest `tag` names now, or `None` when the tag does not exist.
-    fn tag_digest(
-        &mut self,
-        repository: &str,
-        tag: &str,
-        image: &Image,
-    ) -> Result<Option<String>, PushError> {
+    /// Every manifest kind is accepted: a registry answers 404 for a tag whose manifest is of a
+    /// type the request does not accept (Distribution: "OCI index found, but accept header
+    /// does not support OCI indexes"), which would read as a free tag.
+    fn tag_digest(&mut self, repository: &str, tag: &str) -> Result<Option<String>, PushError> {
+        const ANY_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json, \
+            application/vnd.oci.image.index.v1+json, \
+            application/vnd.docker.distribution.manifest.v2+json, \
+            application/vnd.docker.distribution.manifest.list.v2+json";
         let url = format!("{}/v2/{repository}/manifests/{tag}", self.base);
-        let response = self.send(
-            "HEAD",
-            &url,
-            &[("accept", image.manifest.media_type.as_str())],
-            None,
-        )?;
+        let accept = [("accept", ANY_MANIFEST)];
+        let response = self.send("HEAD", &url, &accept, None)?;
         match response.status {
-            200 => header(&response, "docker-content-digest")
-                .map(|digest| Some(digest.to_owned()))
-                .ok_or_else(|| {
-                    PushError::Protocol(format!(
-                        "HEAD {url}: 200 without a Docker-Content-Digest header"
-                    ))
-                }),
+            200 => match header(&response, "docker-content-digest") {
+                Some(digest) => Ok(Some(digest)),
+                // No digest header: the manifest's own bytes say it.
+                None => {
+                    let response = self.send("GET", &url, &accept, None)?;
+                    expect(&response, "GET", &url, &[200])?;
+                    Ok(Some(Digest::of(&response.body).to_string()))
+                }
+            },
             404 => Ok(None),
             _ => expect(&response, "HEAD", &url, &[]).map(|()| None),
         }
