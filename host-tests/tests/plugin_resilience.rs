@@ -403,22 +403,23 @@ fn try_slot(vms: &PluginVms, worker: usize) -> Result<Option<HttpStream>, Failur
     }
 }
 
-/// The in-flight table grows by one share per worker. On Kong 3.4-3.7 a longer value written
-/// over a key no longer than the old value overruns shared memory (the host traps on it): the
-/// third worker's share must not be written in place.
+/// The in-flight table holds a share per worker, in 8 slots, then 16. On Kong 3.4-3.7 a longer
+/// value written over a key no longer than the old value overruns shared memory (the host traps
+/// on it): the ninth worker's share must not be written in place.
 #[test]
 fn shares_of_many_workers_never_overrun_kongs_shared_memory() -> Result<(), Failure> {
+    const WORKERS: usize = 10;
     for version in KongVersion::ALL {
         let host = Host::new(Profile::Kong(version));
         let vms = host.load_workers(
             Plugin::Resilience,
             r#"{"proxy":"kong","metrics":false,"circuit_breaker":{"key":"orders"},
-                "concurrency":{"max_requests":4,"lease":"30s"}}"#,
-            4,
+                "concurrency":{"max_requests":10,"lease":"30s"}}"#,
+            WORKERS,
         )?;
         assert!(vms.is_accepted(), "{:?}", vms.logs());
         let mut held = Vec::new();
-        for worker in 0..4 {
+        for worker in 0..WORKERS {
             held.push(try_slot(&vms, worker)?.expect("room"));
         }
         assert!(
@@ -429,7 +430,7 @@ fn shares_of_many_workers_never_overrun_kongs_shared_memory() -> Result<(), Fail
             stream.send_response_headers(Response::status(200), true)?;
             stream.finish()?;
         }
-        let mut again = try_slot(&vms, 3)?.expect("every slot given back");
+        let mut again = try_slot(&vms, 9)?.expect("every slot given back");
         again.send_response_headers(Response::status(200), true)?;
         again.finish()?;
     }
@@ -518,7 +519,17 @@ fn a_crashed_vms_slots_free_after_the_lease_and_a_live_vms_stay() -> Result<(), 
                 }
             ))
             .expect("the scope's table");
-        assert_eq!(value, [2], "{profile:?}: an empty table");
+        // The table format's version, then 8 share slots, all empty (zeros: padding).
+        assert_eq!(value.first(), Some(&2), "{profile:?}");
+        assert_eq!(
+            value.len(),
+            1 + 8 * 24,
+            "{profile:?}: the padded length stays"
+        );
+        assert!(
+            value.iter().skip(1).all(|b| *b == 0),
+            "{profile:?}: an empty table"
+        );
     }
     Ok(())
 }

@@ -26,6 +26,9 @@ const SHARE_LEN: usize = 8 + 8 + 4 + 4;
 /// Shares kept at most (one per live VM: Envoy's workers, Kong's nginx workers). Past that the
 /// least recently renewed share of another VM gives way.
 pub const MAX_SHARES: usize = 256;
+/// Share slots a stored table holds at least (empty ones are zeros: owner 0, never renewed,
+/// so never live).
+const PADDED_SHARES: usize = 8;
 
 /// Requests in flight, and of those the ones granted retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,6 +64,24 @@ pub struct Share {
 pub struct Table(pub Vec<Share>);
 
 impl Table {
+    /// The table as stored over `previous` (the bytes it replaces): padded with empty shares
+    /// to [`PADDED_SHARES`] or more, and never fewer than `previous` held, so the stored value
+    /// keeps its length as workers come and go. A value that grows costs Kong 3.4-3.7 two more
+    /// host calls (the kit's `SharedStore::replace`); this one grows only past 8 workers.
+    pub fn encode_over(&self, previous: Option<&[u8]>) -> Vec<u8> {
+        let before = previous.map_or(0, |bytes| bytes.len().saturating_sub(1) / SHARE_LEN);
+        let slots = self
+            .0
+            .len()
+            .next_power_of_two()
+            .max(PADDED_SHARES)
+            .max(before)
+            .min(MAX_SHARES);
+        let mut out = self.encode();
+        out.resize(1 + slots.max(self.0.len()) * SHARE_LEN, 0);
+        out
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + self.0.len() * SHARE_LEN);
         out.push(TABLE_VERSION);
@@ -93,14 +114,18 @@ impl Table {
             let Some((retrying, tail)) = tail.split_first_chunk::<4>() else {
                 break;
             };
-            shares.push(Share {
-                owner: u64::from_le_bytes(*owner),
-                renewed_ms: u64::from_le_bytes(*renewed),
-                counts: Inflight {
-                    active: u32::from_le_bytes(*active),
-                    retrying: u32::from_le_bytes(*retrying),
-                },
-            });
+            let counts = Inflight {
+                active: u32::from_le_bytes(*active),
+                retrying: u32::from_le_bytes(*retrying),
+            };
+            // An empty share is padding ([`Self::encode_over`]): no VM writes one.
+            if !counts.is_empty() {
+                shares.push(Share {
+                    owner: u64::from_le_bytes(*owner),
+                    renewed_ms: u64::from_le_bytes(*renewed),
+                    counts,
+                });
+            }
             rest = tail;
         }
         Self(shares)
@@ -257,7 +282,7 @@ impl InflightLimit {
             };
             table.rewrite(owner.id, mine.plus(taken), now_ms, self.lease_ms);
             Step::Write(
-                table.encode(),
+                table.encode_over(current),
                 Acquired::Slot(Slot { retry_granted }, active),
             )
         })?;
@@ -328,7 +353,7 @@ impl InflightLimit {
             let mut table = current.map(Table::decode).unwrap_or_default();
             let total = table.others(owner.id, now_ms, self.lease_ms).plus(mine);
             table.rewrite(owner.id, mine, now_ms, self.lease_ms);
-            Step::Write(table.encode(), total)
+            Step::Write(table.encode_over(current), total)
         })
     }
 }
@@ -547,6 +572,38 @@ mod tests {
         assert_eq!(Table::decode(&[]), Table::default());
         assert_eq!(Table::decode(&[TABLE_VERSION, 1, 2]), Table::default());
         assert_eq!(Table::decode(&[TABLE_VERSION]), Table::default());
+    }
+
+    /// A stored table keeps its length as VMs come and go (a longer value costs Kong 3.4-3.7
+    /// two more host calls): 8 share slots, doubling past them, never shrinking.
+    #[test]
+    fn a_stored_table_is_padded_and_never_shrinks() {
+        let table = |n: u64| {
+            Table(
+                (1..=n)
+                    .map(|owner| Share {
+                        owner,
+                        renewed_ms: 7,
+                        counts: Inflight {
+                            active: 1,
+                            retrying: 0,
+                        },
+                    })
+                    .collect(),
+            )
+        };
+        let eight = 1 + 8 * SHARE_LEN;
+        let mut stored: Option<Vec<u8>> = None;
+        for n in [1, 3, 8, 2] {
+            let bytes = table(n).encode_over(stored.as_deref());
+            assert_eq!(bytes.len(), eight, "{n} shares");
+            assert_eq!(Table::decode(&bytes), table(n), "padding reads as nothing");
+            stored = Some(bytes);
+        }
+        let nine = table(9).encode_over(stored.as_deref());
+        assert_eq!(nine.len(), 1 + 16 * SHARE_LEN);
+        assert_eq!(table(1).encode_over(Some(&nine)).len(), nine.len());
+        assert_eq!(table(1).encode_over(None).len(), eight);
     }
 }
 

@@ -40,42 +40,50 @@ impl SharedStore for HostStore {
     }
 
     fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
-        write(key, value.as_ptr(), value.len(), expected)
+        let cas = expected.map_or(0, |Cas(cas)| cas.get());
+        // SAFETY: pointers to live slices (an empty one is dangling but not null: Kong reads a
+        // null value pointer as a delete).
+        let status = unsafe {
+            abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+        };
+        match status {
+            abi::OK => Ok(Write::Stored),
+            abi::CAS_MISMATCH => Ok(Write::Conflict),
+            status => Err(StoreError::Host(status)),
+        }
     }
 
     /// ngx_wasm_module before 0.4.0 (Kong 3.4-3.7) gives a longer value a new node only when
     /// the *key* is longer than the old value (`ngx_wasm_shm_kv_set_locked`, fixed in 0.4.0 by
     /// c0e09edd); otherwise it copies the value into the old node, past its allocation, and
-    /// corrupts the shm zone. So on Kong such a write deletes the key (with the read's version)
-    /// and inserts it anew. A reader in between finds no key, as after a Kong eviction, which
-    /// every caller handles; a writer in between makes the insert a conflict, and the caller
-    /// reads again. Envoy, and Kong for a value no longer than the key or the old value, get
-    /// one ordinary write.
+    /// corrupts the shm zone. So on Kong such a write first empties the value in place (no
+    /// growth), then writes it: a node whose value is shorter than its key is always given a
+    /// new node for a longer value, and keeps its version (no delete, so versions only go up and
+    /// a writer holding an old one never matches again). A reader in between sees an empty
+    /// value, which every caller reads as no state; a writer in between turns the second write
+    /// into a conflict, and the caller reads again. Envoy, and Kong for a value that does not
+    /// grow past the old one or that sits under a longer key, get one ordinary write.
     fn replace(&self, key: &str, value: &[u8], current: &Entry) -> Result<Write, StoreError> {
         let grows_in_place = value.len() > current.value.len() && key.len() <= current.value.len();
         if !(grows_in_place && super::is_kong()) {
             return self.set(key, value, Some(current.cas));
         }
-        // A NULL value pointer (and size 0) is Kong's delete.
-        match write(key, std::ptr::null(), 0, Some(current.cas))? {
-            Write::Stored => self.set(key, value, None),
-            Write::Conflict => Ok(Write::Conflict),
-        }
+        self.empty_then_write(key, value, current.cas)
     }
 }
 
-fn write(
-    key: &str,
-    value: *const u8,
-    size: usize,
-    expected: Option<Cas>,
-) -> Result<Write, StoreError> {
-    let cas = expected.map_or(0, |Cas(cas)| cas.get());
-    // SAFETY: `value` points to `size` live bytes, or is null with size 0.
-    let status = unsafe { abi::proxy_set_shared_data(key.as_ptr(), key.len(), value, size, cas) };
-    match status {
-        abi::OK => Ok(Write::Stored),
-        abi::CAS_MISMATCH => Ok(Write::Conflict),
-        status => Err(StoreError::Host(status)),
+impl HostStore {
+    /// [`SharedStore::replace`]'s Kong path: rare (a value that outgrows its node), kept out of
+    /// line so the common write stays small.
+    #[cold]
+    #[inline(never)]
+    fn empty_then_write(&self, key: &str, value: &[u8], cas: Cas) -> Result<Write, StoreError> {
+        if self.set(key, &[], Some(cas))? == Write::Conflict {
+            return Ok(Write::Conflict);
+        }
+        match self.get(key)? {
+            Some(emptied) if emptied.value.is_empty() => self.set(key, value, Some(emptied.cas)),
+            _ => Ok(Write::Conflict),
+        }
     }
 }
