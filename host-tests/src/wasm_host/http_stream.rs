@@ -199,6 +199,16 @@ impl HttpStream {
         self.with_data(StreamData::outcome)
     }
 
+    /// The request's header map as the plugins have left it so far (what a later filter, or
+    /// the access log, would read), whether or not it went upstream.
+    pub fn request_headers(&self) -> Headers {
+        self.with_data(|data| {
+            data.request_headers
+                .clone()
+                .unwrap_or_else(|| data.request.headers.clone())
+        })
+    }
+
     /// The request headers as the upstream received them. Panics if they never left.
     pub fn upstream_request_headers(&self) -> Headers {
         self.with_data(|data| {

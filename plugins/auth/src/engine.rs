@@ -748,6 +748,18 @@ impl Authenticator {
     }
 
     /// Removes every identity header and claim header the client sent.
+    /// Every identity header this plugin owns, by name, for a request whose headers could not
+    /// all be seen (Kong's 100-pair cap): a copy past the cap is removed unseen, so
+    /// palisade-audit never records it.
+    pub fn for_each_identity_header(&self, mut f: impl FnMut(&str)) {
+        for name in [identity::SUBJECT, identity::CONSUMER, identity::PROVIDER] {
+            f(name);
+        }
+        for name in &self.claim_headers {
+            f(name);
+        }
+    }
+
     pub fn strip_identity(&self, headers: &Fields<'_>) -> Vec<Edit<'static>> {
         identity::client_copies(headers, |name| {
             self.claim_headers

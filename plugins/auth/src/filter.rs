@@ -552,6 +552,11 @@ impl Stream {
         // too (max_request_headers_count).
         if host::header_map_may_be_truncated(headers.len()) {
             log::debug!("[{NAME}] more request headers than the host hands over; refusing");
+            // Unseen copies go too: palisade-audit reads these headers by name past the cap.
+            self.worker.engine.for_each_identity_header(|name| {
+                // Best effort: the request is refused either way.
+                let _ = host::remove_header(Map::RequestHeaders, name);
+            });
             return refuse(
                 &ErrorReply::new(431, "request header fields too large"),
                 &headers,
