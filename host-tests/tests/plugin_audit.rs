@@ -543,3 +543,28 @@ fn envoy_explains_errors_and_missing_answers_but_not_successes() -> Result<(), F
     );
     Ok(())
 }
+
+/// A root context configured again keeps its timer: the same tick makes no host call (Kong
+/// traps on a second one), and on Kong a different one keeps the first, with a warning.
+#[test]
+fn a_reconfigured_root_keeps_its_tick_on_kong() -> Result<(), Failure> {
+    for version in [KongVersion::V3_8, KongVersion::V3_10] {
+        let profile = Profile::Kong(version);
+        let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+        let worker = vms.worker(0);
+        assert!(worker.reconfigure(&config(profile, ""))?, "Kong {version}");
+        let faster = config(profile, r#","batch":{"max_interval":"50ms"}"#);
+        assert!(worker.reconfigure(&faster)?, "Kong {version}");
+        let warned = host
+            .logs()
+            .iter()
+            .any(|entry| entry.message == "[palisade-audit] the timer keeps its first period");
+        assert!(warned, "Kong {version}: {:?}", host.logs());
+        // The worker still serves and ships.
+        host.script_http_call(upstream(profile), produced(1));
+        exchange(&vms, "GET", "/health", 200)?;
+        host.advance_clock(Duration::from_secs(1))?;
+        assert_eq!(events(&host.http_calls()[0]).len(), 1, "Kong {version}");
+    }
+    Ok(())
+}

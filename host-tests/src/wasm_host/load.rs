@@ -339,6 +339,19 @@ impl Worker {
         })
     }
 
+    /// Calls `proxy_on_configure` again on the same root context with a new configuration, as
+    /// a host may when the plugin's configuration changes. Returns whether it was accepted.
+    pub fn reconfigure(&self, configuration: &str) -> Result<bool> {
+        let vm = self.host.vm(self.vm)?;
+        let mut vm = vm.borrow_mut();
+        let state = vm.store.data_mut();
+        state.plugin.configuration = configuration.as_bytes().to_vec();
+        let root = state.root_context;
+        let size = u32::try_from(configuration.len()).unwrap_or(u32::MAX);
+        let (accepted, _) = vm.call(Callback::Configure, root, &[root, size])?;
+        Ok(accepted != Some(0))
+    }
+
     /// Tears the plugin down as Envoy does when its configuration is replaced or removed: the
     /// root context's `proxy_on_done`, and no more ticks. Returns the plugin's answer (true:
     /// done now; false: it would call `proxy_done` later, which this host does not model).

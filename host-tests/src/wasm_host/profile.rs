@@ -244,7 +244,7 @@ impl Profile {
         matches!(self, Self::Kong(_))
     }
 
-    fn kong_version(self) -> Option<KongVersion> {
+    pub(crate) fn kong_version(self) -> Option<KongVersion> {
         match self {
             Self::Kong(version) => Some(version),
             Self::Envoy => None,

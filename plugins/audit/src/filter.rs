@@ -318,6 +318,7 @@ struct AuditRoot {
     /// The current configuration's worker, and those of earlier ones still reachable: they
     /// keep delivering under the configuration they were taken with, then go.
     workers: Workers<Worker>,
+    tick: callout::RootTick,
 }
 
 impl Context for AuditRoot {
@@ -369,7 +370,7 @@ impl RootContext for AuditRoot {
                 if worker.collector.is_none() {
                     log::warn!("[{NAME}] no sink configured: events are counted as dropped");
                 }
-                if let Err(err) = callout::set_tick_period(period) {
+                if let Err(err) = self.tick.set(NAME, period) {
                     log::error!("[{NAME}] configuration rejected: cannot set the tick: {err}");
                     return false;
                 }
@@ -568,5 +569,6 @@ proxy_wasm::main! {{
     host::init_logging(NAME);
     proxy_wasm::set_root_context(|_| Box::new(AuditRoot {
         workers: Workers::default(),
+        tick: callout::RootTick::default(),
     }));
 }}

@@ -299,7 +299,7 @@ impl HeaderSecurity {
     }
 
     /// Reads the request headers [`Self::on_request_headers`] needs through `get` (one host
-    /// call per name; a header's values joined as the host joins them), or `None` when it needs
+    /// call per name; both hosts answer a repeated header's first value), or `None` when it needs
     /// the whole map. The CORS headers are asked for only when the request has an `Origin`.
     pub fn lookup_request_headers(
         &self,

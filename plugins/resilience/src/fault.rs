@@ -36,12 +36,12 @@ impl FaultInjection {
         })
     }
 
-    /// Picks this request's faults; `roll` gives a fresh uniform random number per draw.
     /// The header that makes a request eligible, if one is configured.
     pub fn only_with_header(&self) -> Option<&str> {
         self.only_with_header.as_deref()
     }
 
+    /// Picks this request's faults; `roll` gives a fresh uniform random number per draw.
     pub fn choose(&self, headers: &[(&[u8], &[u8])], mut roll: impl FnMut() -> u64) -> Faults {
         if let Some(name) = &self.only_with_header {
             if get(headers, name).is_none() {

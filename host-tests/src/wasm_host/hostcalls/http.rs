@@ -208,7 +208,9 @@ fn proxy_set_header_map_pairs(
     let Some(pairs) = header_pairs::decode(&bytes) else {
         return Ok(status::BAD_ARGUMENT);
     };
-    let kong = caller.data().profile.is_kong();
+    let profile = caller.data().profile;
+    let kong = profile.is_kong();
+    let status_settable = profile.kong_version().is_some_and(|v| v.minor() >= 8);
     let result = with_map(caller.data_mut(), map_type, true, |headers| {
         if !kong {
             let mut replaced = Headers::new();
@@ -224,9 +226,10 @@ fn proxy_set_header_map_pairs(
         // read-only pseudo-header (`:scheme`, `:authority`, `:status`: no setter) returns
         // NGX_ABORT, which stops the loop with every later pair unset; the call still
         // answers Ok.
+        // `:status` has a setter from 0.4.0 (Kong 3.8, `ngx_proxy_wasm_maps_set_response_status`).
         let read_only: &[&[u8]] = match map_type {
             map::REQUEST_HEADERS => &[b":scheme", b":authority"],
-            map::RESPONSE_HEADERS => &[b":status"],
+            map::RESPONSE_HEADERS if !status_settable => &[b":status"],
             _ => &[],
         };
         let mut replaced = Headers::from_pairs(

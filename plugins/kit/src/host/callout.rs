@@ -173,6 +173,27 @@ pub fn set_tick_period(period: Duration) -> Result<(), HostError> {
     })
 }
 
+/// A root context's tick, set once: Kong traps on a second tick period ("tick_period already
+/// set"; any second call up to 3.8, a second non-zero one after), so a root context configured
+/// again keeps its first period rather than kill the worker's VM. (Envoy gives a new
+/// configuration a new root context, with its own tick.)
+#[derive(Debug, Default)]
+pub struct RootTick {
+    set: bool,
+}
+
+impl RootTick {
+    pub fn set(&mut self, plugin: &str, period: Duration) -> Result<(), HostError> {
+        if self.set {
+            log::info!("[{plugin}] the timer keeps its first period");
+            return Ok(());
+        }
+        set_tick_period(period)?;
+        self.set = true;
+        Ok(())
+    }
+}
+
 /// Makes later host calls act on another context of this VM: how a root context's timer
 /// resumes an HTTP stream it holds paused. Fails when that stream is gone (the client left).
 pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {

@@ -40,11 +40,17 @@ pub trait Plugin: 'static {
 /// Sets up logging and registers the plugin's root context. Call from `proxy_wasm::main!`.
 pub fn start<P: Plugin>() {
     super::init_logging(P::NAME);
-    proxy_wasm::set_root_context(|_| Box::new(PluginRoot::<P> { engine: None }));
+    proxy_wasm::set_root_context(|_| {
+        Box::new(PluginRoot::<P> {
+            engine: None,
+            tick: super::callout::RootTick::default(),
+        })
+    });
 }
 
 struct PluginRoot<P: Plugin> {
     engine: Option<Rc<P::Engine>>,
+    tick: super::callout::RootTick,
 }
 
 impl<P: Plugin> Context for PluginRoot<P> {
@@ -80,7 +86,7 @@ impl<P: Plugin> RootContext for PluginRoot<P> {
         match compiled {
             Ok(engine) => {
                 if let Some(period) = P::tick_period(&engine) {
-                    if let Err(err) = super::callout::set_tick_period(period) {
+                    if let Err(err) = self.tick.set(P::NAME, period) {
                         log::error!("[{}] configuration rejected: no timer: {err}", P::NAME);
                         return false;
                     }
