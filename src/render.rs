@@ -671,6 +671,31 @@ fn kong_filter_plugins() -> Result<String, RenderError> {
     ))
 }
 
+/// A filter's config under KIC. Kong runs filters attached as plugins in no set order, so
+/// palisade-rate-limit may run before palisade-auth and see a consumer header the client sent:
+/// there a limit keyed on `consumer` is keyed on the client's address instead (docs/deploying.md).
+fn kic_config(plugin: &PluginInfo) -> Result<Value, RenderError> {
+    let mut config = kong_config(plugin, ConfigForm::Object)?;
+    if plugin.name == "rate-limit" {
+        let limits = config.get_mut("limits").and_then(Value::as_array_mut);
+        for limit in limits
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_object_mut)
+        {
+            let keyed_on_consumer = limit
+                .get("key")
+                .and_then(Value::as_array)
+                .is_some_and(|key| key.iter().any(|part| part == "consumer"));
+            if keyed_on_consumer {
+                limit.insert("name".into(), Value::from("per-client"));
+                limit.insert("key".into(), serde_json::json!(["client_ip"]));
+            }
+        }
+    }
+    Ok(config)
+}
+
 fn kic_plugins() -> Result<String, RenderError> {
     let mut kong_plugins = Vec::new();
     for plugin in &ALL {
@@ -683,7 +708,7 @@ fn kic_plugins() -> Result<String, RenderError> {
             },
             // The filter's name: Kong 3.9+ exposes every enabled filter as a plugin.
             plugin: kong_filter_name(plugin),
-            config: kong_config(plugin, ConfigForm::Object)?,
+            config: kic_config(plugin)?,
         });
     }
     let mut documents = Vec::new();
@@ -718,8 +743,8 @@ fn kic_values(target: &Target) -> String {
     format!(
         "# {GENERATED}
 #
-# Helm values for the kong/kong chart (Kong Gateway 3.9 or 3.10 with the Kong Ingress
-# Controller): Wasm on, the filters mounted at {KONG_FILTERS_PATH}. That path is our choice:
+# Helm values for the kong/kong chart (Kong Gateway 3.9 with the Kong Ingress Controller; 3.10
+# ships only as the Enterprise image kong/kong-gateway 3.10.0.x): Wasm on, the filters mounted at {KONG_FILTERS_PATH}. That path is our choice:
 # Kong documents the wasm_filters_path setting, not a location for it, nor how to bring filters
 # into its image. Here they come from the image volume of the `palisade-filters` image
 # (Kubernetes 1.33+ image volumes), built from target/wasm32-wasip1/release/*.wasm and

@@ -399,3 +399,21 @@ fn no_manifest_trusts_a_test_key_and_the_auth_example_fails_closed() {
     let example: Value = serde_json::from_str(auth.example_config).unwrap();
     assert_eq!(example["allow_missing"], false);
 }
+
+/// Under KIC Kong runs the filters in no set order: no rendered KIC limit may key on the
+/// consumer auth sets, which rate-limit could read before auth strips a client's copy.
+#[test]
+fn kic_limits_never_key_on_the_consumer() {
+    let mut limits_seen = 0;
+    for document in yaml_documents(&manifests().join("kong/kic/kong-plugins.yaml")) {
+        if document["plugin"] != "palisade_rate_limit" {
+            continue;
+        }
+        for limit in document["config"]["limits"].as_array().unwrap() {
+            limits_seen += 1;
+            let key = limit["key"].as_array().unwrap();
+            assert!(!key.iter().any(|part| part == "consumer"), "{limit}");
+        }
+    }
+    assert!(limits_seen > 0);
+}

@@ -22,8 +22,9 @@ use sha2::{Digest, Sha256};
 #[derive(Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
-    /// The introspection endpoint's upstream: an Envoy cluster name (Istio:
-    /// `outbound|443||idp.example.com`), or `host:port` on Kong.
+    /// The introspection endpoint's upstream: an Envoy cluster name, one that originates TLS
+    /// (Istio: `outbound|80||idp.example.com` with a ServiceEntry and DestinationRule,
+    /// docs/auth.md), or `host:port` on Kong.
     pub upstream: String,
     /// The `:authority` (Host, and TLS SNI on Kong) the endpoint expects, e.g. `idp.example.com`.
     pub authority: String,

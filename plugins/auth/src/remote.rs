@@ -31,8 +31,9 @@ pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteJwksConfig {
-    /// The JWKS server's upstream: an Envoy cluster name (Istio:
-    /// `outbound|443||idp.example.com`), or `host:port` on Kong.
+    /// The JWKS server's upstream: an Envoy cluster name, one that originates TLS (Istio:
+    /// `outbound|80||idp.example.com` with a ServiceEntry and DestinationRule, docs/auth.md),
+    /// or `host:port` on Kong.
     pub upstream: String,
     /// The `:authority` (Host, and TLS SNI on Kong) the server expects.
     pub authority: String,

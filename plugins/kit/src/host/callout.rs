@@ -7,8 +7,8 @@
 //! (BadArgument, InternalFailure, ParseFailure) and panic only on a status neither returns.
 //! Everything else here uses the kit's own imports and hands every status back.
 //!
-//! Both hosts, one upstream string: Envoy names a cluster (`outbound|443||idp.example.com` in
-//! Istio, or a static cluster), Kong names `host:port` (and resolves it with its own resolver).
+//! Both hosts, one upstream string: Envoy names a cluster (in Istio one that originates TLS,
+//! `outbound|80||idp.example.com` with a ServiceEntry and DestinationRule; or a static cluster), Kong names `host:port` (and resolves it with its own resolver).
 //! Configs therefore carry the upstream as an opaque string the operator writes for their host.
 
 use std::time::Duration;
