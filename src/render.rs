@@ -673,27 +673,62 @@ fn kong_filter_plugins() -> Result<String, RenderError> {
 
 /// A filter's config under KIC. Kong runs filters attached as plugins in no set order, so
 /// palisade-rate-limit may run before palisade-auth and see a consumer header the client sent:
-/// there a limit keyed on `consumer` is keyed on the client's address instead (docs/deploying.md).
+/// there a limit's `consumer` key part becomes the client's address (docs/deploying.md), in the
+/// top-level limits and every route's.
 fn kic_config(plugin: &PluginInfo) -> Result<Value, RenderError> {
     let mut config = kong_config(plugin, ConfigForm::Object)?;
     if plugin.name == "rate-limit" {
-        let limits = config.get_mut("limits").and_then(Value::as_array_mut);
-        for limit in limits
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_object_mut)
-        {
-            let keyed_on_consumer = limit
-                .get("key")
-                .and_then(Value::as_array)
-                .is_some_and(|key| key.iter().any(|part| part == "consumer"));
-            if keyed_on_consumer {
-                limit.insert("name".into(), Value::from("per-client"));
-                limit.insert("key".into(), serde_json::json!(["client_ip"]));
+        if let Some(limits) = config.get_mut("limits") {
+            key_on_client_not_consumer(limits);
+        }
+        let routes = config.get_mut("routes").and_then(Value::as_array_mut);
+        for route in routes.into_iter().flatten() {
+            if let Some(limits) = route.get_mut("limits") {
+                key_on_client_not_consumer(limits);
             }
         }
     }
     Ok(config)
+}
+
+/// In one list of limits: `consumer` key parts become `client_ip`, and a limit's name that says
+/// `consumer` says `client` instead when that name is free in the list.
+fn key_on_client_not_consumer(limits: &mut Value) {
+    let Some(limits) = limits.as_array_mut() else {
+        return;
+    };
+    let mut names: Vec<String> = limits
+        .iter()
+        .filter_map(|limit| limit.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    for limit in limits.iter_mut().filter_map(Value::as_object_mut) {
+        let Some(key) = limit.get_mut("key").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        if !key.iter().any(|part| part == "consumer") {
+            continue;
+        }
+        let has_client = key.iter().any(|part| part == "client_ip");
+        let mut rewritten = Vec::with_capacity(key.len());
+        for part in key.drain(..) {
+            match part.as_str() {
+                Some("consumer") if has_client => {}
+                Some("consumer") => rewritten.push(Value::from("client_ip")),
+                _ => rewritten.push(part),
+            }
+        }
+        *key = rewritten;
+        let renamed = limit
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|name| name.contains("consumer"))
+            .map(|name| name.replace("consumer", "client"))
+            .filter(|name| !names.contains(name));
+        if let Some(name) = renamed {
+            names.push(name.clone());
+            limit.insert("name".into(), Value::from(name));
+        }
+    }
 }
 
 fn kic_plugins() -> Result<String, RenderError> {
@@ -779,6 +814,27 @@ ingressController:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kic_limits_swap_the_consumer_part_for_the_client_address_only() {
+        let mut limits = serde_json::json!([
+            {"name": "per-consumer", "key": ["consumer", "path"]},
+            {"name": "per-client", "key": ["client_ip"]},
+            {"name": "consumer-and-ip", "key": ["consumer", "client_ip"]},
+            {"name": "per-route", "key": ["path"]}
+        ]);
+        key_on_client_not_consumer(&mut limits);
+        assert_eq!(
+            limits,
+            serde_json::json!([
+                // `per-client` is taken: the name stays.
+                {"name": "per-consumer", "key": ["client_ip", "path"]},
+                {"name": "per-client", "key": ["client_ip"]},
+                {"name": "client-and-ip", "key": ["client_ip"]},
+                {"name": "per-route", "key": ["path"]}
+            ])
+        );
+    }
 
     #[test]
     fn renders_a_file_per_plugin_and_the_shared_ones() {

@@ -409,7 +409,18 @@ fn kic_limits_never_key_on_the_consumer() {
         if document["plugin"] != "palisade_rate_limit" {
             continue;
         }
-        for limit in document["config"]["limits"].as_array().unwrap() {
+        let config = &document["config"];
+        let route_limits = config["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|route| route["limits"].as_array().into_iter().flatten());
+        for limit in config["limits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(route_limits)
+        {
             limits_seen += 1;
             let key = limit["key"].as_array().unwrap();
             assert!(!key.iter().any(|part| part == "consumer"), "{limit}");
