@@ -444,7 +444,12 @@ fn without_metrics_kong_3_4_still_ships() -> Result<(), Failure> {
 #[test]
 fn on_kong_the_identity_past_the_first_100_pairs_is_recorded() -> Result<(), Failure> {
     let profile = Profile::Kong(KongVersion::V3_10);
-    let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+    // A captured x-palisade-* header past the cap could only be the client's: not asked for.
+    let config = config(profile, "").replace(
+        r#""capture_headers":["x-tenant"]"#,
+        r#""capture_headers":["x-tenant","x-palisade-role"]"#,
+    );
+    let (host, vms) = load(profile, Plugin::Audit, &config)?;
     host.script_http_call(upstream(profile), produced(1));
     let mut request = Request::get("/api/orders").authority("shop.example.com");
     for i in 0..100 {
@@ -455,6 +460,7 @@ fn on_kong_the_identity_past_the_first_100_pairs_is_recorded() -> Result<(), Fai
             .header("user-agent", "curl/8.5.0")
             .header("x-request-id", "req-1")
             .header("x-tenant", "acme")
+            .header("x-palisade-role", "admin")
             .header("x-palisade-subject", "alice")
             .header("x-palisade-consumer", "shop-web"),
     )?;

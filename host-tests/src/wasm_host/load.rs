@@ -339,8 +339,9 @@ impl Worker {
         })
     }
 
-    /// Calls `proxy_on_configure` again on the same root context with a new configuration, as
-    /// a host may when the plugin's configuration changes. Returns whether it was accepted.
+    /// Calls `proxy_on_configure` again on the same root context with a new configuration.
+    /// Neither real host does (both make a new root context for a new configuration): this
+    /// checks a plugin would survive one that did. Returns whether it was accepted.
     pub fn reconfigure(&self, configuration: &str) -> Result<bool> {
         let vm = self.host.vm(self.vm)?;
         let mut vm = vm.borrow_mut();

@@ -300,7 +300,7 @@ impl Profile {
         let version = self.kong_version()?;
         (!version.at_least(8) && new_len > old_len && key.len() <= old_len).then(|| {
             format!(
-                "kong profile (Kong {version}): proxy_set_shared_data on {:?} replaces a {old_len}-byte value with {new_len} bytes, and the key is no longer than the old value: ngx_wasm_module before 0.4.0 copies it in place, past the node's allocation (shared-memory corruption; delete the key and insert it instead, docs/kong-proxy-wasm.md)",
+                "kong profile (Kong {version}): proxy_set_shared_data on {:?} replaces a {old_len}-byte value with {new_len} bytes, and the key is no longer than the old value: ngx_wasm_module before 0.4.0 copies it in place, past the node's allocation (shared-memory corruption; write an empty value first, then the value, docs/kong-proxy-wasm.md fact 12)",
                 String::from_utf8_lossy(key)
             )
         })

@@ -157,7 +157,9 @@ impl Audit {
     /// The request headers [`Self::event`] reads by name (pseudo-headers aside, which hosts
     /// hand over first). Kong hands over the first 100 pairs of a map, and the identity and
     /// request id headers other plugins add come last: past the cap, the adapter asks for
-    /// these one by one.
+    /// these one by one. A captured `x-palisade-*` header is not among them: past the cap only
+    /// a client could have put it there (palisade-auth refuses such a request, removing the
+    /// identity headers it knows by name).
     pub fn headers_read_by_name(&self) -> impl Iterator<Item = &str> + '_ {
         [
             identity::SUBJECT,
@@ -168,7 +170,12 @@ impl Audit {
             "traceparent",
         ]
         .into_iter()
-        .chain(self.capture.iter().map(String::as_str))
+        .chain(
+            self.capture
+                .iter()
+                .map(String::as_str)
+                .filter(|name| !identity::is_owned(name.as_bytes())),
+        )
     }
 
     /// Decides and builds the event of a finished request.

@@ -747,7 +747,6 @@ impl Authenticator {
         identity::other_spellings(headers, &names)
     }
 
-    /// Removes every identity header and claim header the client sent.
     /// Every identity header this plugin owns, by name, for a request whose headers could not
     /// all be seen (Kong's 100-pair cap): a copy past the cap is removed unseen, so
     /// palisade-audit never records it.
@@ -760,6 +759,7 @@ impl Authenticator {
         }
     }
 
+    /// Removes every identity header and claim header the client sent.
     pub fn strip_identity(&self, headers: &Fields<'_>) -> Vec<Edit<'static>> {
         identity::client_copies(headers, |name| {
             self.claim_headers

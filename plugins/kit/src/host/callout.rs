@@ -174,9 +174,10 @@ pub fn set_tick_period(period: Duration) -> Result<(), HostError> {
 }
 
 /// A root context's tick, set once: Kong traps on a second tick period ("tick_period already
-/// set"; any second call up to 3.8, a second non-zero one after), so a root context configured
-/// again keeps its first period rather than kill the worker's VM. (Envoy gives a new
-/// configuration a new root context, with its own tick.)
+/// set"; any second call up to 3.8, a second non-zero one after). Neither host configures one
+/// root context twice today (Envoy keys a root by its configuration, Kong makes a new one per
+/// filter plan), so this only guards against one that would: the root keeps its first period
+/// rather than kill the worker's VM.
 #[derive(Debug, Default)]
 pub struct RootTick {
     set: bool,
