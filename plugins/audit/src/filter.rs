@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use palisade_kit::clock::Clock;
-use palisade_kit::header_pairs::{decode_borrowed, get};
+use palisade_kit::header_pairs::decode_borrowed;
 use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::{Counter, Gauge, Histogram};
 use palisade_kit::host::{self, HostClock, Map};
@@ -469,21 +469,12 @@ impl Stream {
         // (method, path, host, identity, user agent, ids, captured headers).
         let raw_request = host::headers_raw(Map::RequestHeaders).unwrap_or_default();
         let mut request = decode_borrowed(&raw_request).unwrap_or_default();
-        let unseen: Vec<(&str, Vec<u8>)> = if host::header_map_may_be_truncated(request.len()) {
-            worker
-                .audit
-                .headers_read_by_name()
-                .filter(|name| get(&request, name).is_none())
-                .filter_map(|name| Some((name, host::header(Map::RequestHeaders, name).ok()??)))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        request.extend(
-            unseen
-                .iter()
-                .map(|(name, value)| (name.as_bytes(), value.as_slice())),
+        let unseen = host::unseen_headers(
+            Map::RequestHeaders,
+            &request,
+            worker.audit.headers_read_by_name(),
         );
+        request.extend(host::as_fields(&unseen));
         let status = self.status_and_flavor();
         let flavor = worker.flavor.get();
         // Kong: the refusing plugin's header, taken in our response phase (Kong runs it for

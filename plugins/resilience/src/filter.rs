@@ -368,27 +368,12 @@ impl HttpContext for Stream {
         });
         let mut headers = fields(&raw);
         let truncated = host::header_map_may_be_truncated(headers.len());
-        let unseen: Vec<(&str, Vec<u8>)> = if truncated {
-            worker
-                .engine
-                .headers_read_by_name()
-                .filter(|name| get(&headers, name).is_none())
-                .filter_map(|name| match host::header(Map::RequestHeaders, name) {
-                    Ok(value) => value.map(|value| (name, value)),
-                    Err(err) => {
-                        log::warn!("[{NAME}] could not read request header {name}: {err}");
-                        None
-                    }
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        headers.extend(
-            unseen
-                .iter()
-                .map(|(name, value)| (name.as_bytes(), value.as_slice())),
+        let unseen = host::unseen_headers(
+            Map::RequestHeaders,
+            &headers,
+            worker.engine.headers_read_by_name(),
         );
+        headers.extend(host::as_fields(&unseen));
         let now = HostClock.unix_millis();
         let mut events = Vec::new();
         let verdict = worker.engine.on_request_headers(

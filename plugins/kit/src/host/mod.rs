@@ -74,6 +74,32 @@ pub fn header_map_may_be_truncated(pairs: usize) -> bool {
     pairs >= KONG_MAX_HEADER_PAIRS && is_kong()
 }
 
+/// Past Kong's header cap ([`header_map_may_be_truncated`]): those of `names` a plugin reads that
+/// the cut `seen` map lacks, each asked for by name (the host finds a header wherever it sits).
+/// Empty when the map is whole. Add them to the map with [`as_fields`].
+pub fn unseen_headers<'n>(
+    map: Map,
+    seen: &[(&[u8], &[u8])],
+    names: impl Iterator<Item = &'n str>,
+) -> Vec<(&'n str, Vec<u8>)> {
+    if !header_map_may_be_truncated(seen.len()) {
+        return Vec::new();
+    }
+    names
+        .filter(|name| crate::header_pairs::get(seen, name).is_none())
+        .filter_map(|name| Some((name, header(map, name).ok()??)))
+        .collect()
+}
+
+/// [`unseen_headers`]' answer as header pairs.
+pub fn as_fields<'a>(
+    headers: &'a [(&'a str, Vec<u8>)],
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+    headers
+        .iter()
+        .map(|(name, value)| (name.as_bytes(), value.as_slice()))
+}
+
 /// Every header of a map, in order, as raw bytes: the host's encoded answer, to decode with
 /// [`crate::header_pairs::decode_borrowed`] (one buffer, no allocation per header). On Kong at
 /// most [`KONG_MAX_HEADER_PAIRS`] (see [`header_map_may_be_truncated`]).
