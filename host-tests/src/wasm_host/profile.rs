@@ -244,7 +244,7 @@ impl Profile {
         matches!(self, Self::Kong(_))
     }
 
-    pub(crate) fn kong_version(self) -> Option<KongVersion> {
+    fn kong_version(self) -> Option<KongVersion> {
         match self {
             Self::Kong(version) => Some(version),
             Self::Envoy => None,
@@ -329,6 +329,36 @@ impl Profile {
         } else {
             usize::MAX
         }
+    }
+
+    /// The pseudo-headers of a map that ngx_wasm_module cannot set: `:scheme` and `:authority`
+    /// have no setter, nor `:status` before 0.4.0 (Kong 3.8,
+    /// `ngx_proxy_wasm_maps_set_response_status`). A whole-map write stops at the first of them
+    /// (`ngx_proxy_wasm_maps_set_all`). `None` on Envoy, which sets them all.
+    pub(crate) fn read_only_pseudo_headers(
+        self,
+        map_type: u32,
+    ) -> Option<&'static [&'static [u8]]> {
+        let version = self.kong_version()?;
+        Some(match map_type {
+            super::abi::map::REQUEST_HEADERS => &[b":scheme", b":authority"],
+            super::abi::map::RESPONSE_HEADERS if !version.at_least(8) => &[b":status"],
+            _ => &[],
+        })
+    }
+
+    /// Whether setting a tick period, with one already set, traps: ngx_wasm_module
+    /// (`ngx_proxy_wasm_hfuncs_set_tick_period`) traps "tick_period already set" on any second
+    /// call up to 0.4.0 (Kong 3.8), on a second non-zero period from 0.5.0. Envoy resets it.
+    pub(crate) fn second_tick_traps(self, period: u32) -> bool {
+        self.kong_version()
+            .is_some_and(|version| period != 0 || !version.at_least(9))
+    }
+
+    /// ngx_wasm_module calls `on_request_body` once, after nginx has read the whole body, with
+    /// its full size and end of stream (`ngx_http_proxy_wasm_on_request_body`); Envoy per chunk.
+    pub(crate) fn delivers_request_body_whole(self) -> bool {
+        self.is_kong()
     }
 
     /// Kong never calls the trailer callbacks nor `on_queue_ready` (PROXY_WASM.md "Supported

@@ -469,13 +469,11 @@ pub(crate) fn deliver_request_body(
     chunk: Vec<u8>,
     eos: bool,
 ) -> Result<()> {
-    let kong = vm.store.data().profile.is_kong();
+    let whole = vm.store.data().profile.delivers_request_body_whole();
     let data = stream(vm, context)?;
     data.request_body.extend(chunk);
     data.request_eos = eos;
-    // ngx_wasm_module calls on_request_body once, after nginx has read the whole body, with
-    // its full size and eof 1 (`ngx_http_proxy_wasm_on_request_body`).
-    if kong && !eos {
+    if whole && !eos {
         return Ok(());
     }
     let size = num(data.request_body.len());

@@ -208,30 +208,21 @@ fn proxy_set_header_map_pairs(
     let Some(pairs) = header_pairs::decode(&bytes) else {
         return Ok(status::BAD_ARGUMENT);
     };
-    let profile = caller.data().profile;
-    let kong = profile.is_kong();
-    let status_settable = profile.kong_version().is_some_and(|v| v.minor() >= 8);
+    let read_only = caller.data().profile.read_only_pseudo_headers(map_type);
     let result = with_map(caller.data_mut(), map_type, true, |headers| {
-        if !kong {
+        let Some(read_only) = read_only else {
             let mut replaced = Headers::new();
             for (name, value) in &pairs {
                 replaced = replaced.with(&String::from_utf8_lossy(name), value);
             }
             *headers = replaced;
             return None;
-        }
+        };
         // ngx_wasm_module (every pin): clear the map's ordinary headers (pseudo-headers are
         // the request line and status, not in the list), then set each pair in order
         // (`ngx_proxy_wasm_maps_set_all`, SET mode: a repeated name keeps its last value). A
-        // read-only pseudo-header (`:scheme`, `:authority`, `:status`: no setter) returns
-        // NGX_ABORT, which stops the loop with every later pair unset; the call still
-        // answers Ok.
-        // `:status` has a setter from 0.4.0 (Kong 3.8, `ngx_proxy_wasm_maps_set_response_status`).
-        let read_only: &[&[u8]] = match map_type {
-            map::REQUEST_HEADERS => &[b":scheme", b":authority"],
-            map::RESPONSE_HEADERS if !status_settable => &[b":status"],
-            _ => &[],
-        };
+        // read-only pseudo-header returns NGX_ABORT, which stops the loop with every later
+        // pair unset; the call still answers Ok.
         let mut replaced = Headers::from_pairs(
             headers
                 .pairs()

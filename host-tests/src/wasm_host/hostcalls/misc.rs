@@ -73,12 +73,7 @@ fn proxy_get_current_time_nanoseconds(mut caller: Caller<'_, VmState>, ret: u32)
 fn proxy_set_tick_period_milliseconds(mut caller: Caller<'_, VmState>, period: u32) -> Ret {
     enter(&mut caller, "proxy_set_tick_period_milliseconds")?;
     let now = caller.data().world.borrow().clock.elapsed();
-    // ngx_wasm_module (`ngx_proxy_wasm_hfuncs_set_tick_period`) traps "tick_period already
-    // set" on any second call up to 0.4.0 (Kong 3.8), on a second non-zero period from 0.5.0:
-    // a Kong filter cannot change its tick.
-    let kong = caller.data().profile.kong_version();
-    let second = caller.data().tick_period.is_some();
-    if kong.is_some_and(|v| second && (period != 0 || v.minor() <= 8)) {
+    if caller.data().tick_period.is_some() && caller.data().profile.second_tick_traps(period) {
         let version = caller.data().profile.describe();
         return Err(trap(
             &mut caller,
