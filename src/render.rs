@@ -326,8 +326,8 @@ struct Selector {
     match_labels: BTreeMap<String, String>,
 }
 
-/// Where an Istio `WasmPlugin` goes: sidecars (one side of them, [`PluginInfo::istio_sidecar_mode`])
-/// or the ingress gateway.
+/// Where an Istio `WasmPlugin` goes: sidecars (one side of them,
+/// [`PluginInfo::istio_sidecar_mode`]) or the ingress gateway.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum IstioWorkload {
     Sidecar,
@@ -708,16 +708,13 @@ fn key_on_client_not_consumer(limits: &mut Value) {
         if !key.iter().any(|part| part == "consumer") {
             continue;
         }
-        let has_client = key.iter().any(|part| part == "client_ip");
-        let mut rewritten = Vec::with_capacity(key.len());
-        for part in key.drain(..) {
-            match part.as_str() {
-                Some("consumer") if has_client => {}
-                Some("consumer") => rewritten.push(Value::from("client_ip")),
-                _ => rewritten.push(part),
+        if key.iter().any(|part| part == "client_ip") {
+            key.retain(|part| part != "consumer");
+        } else {
+            for part in key.iter_mut().filter(|part| *part == "consumer") {
+                *part = Value::from("client_ip");
             }
         }
-        *key = rewritten;
         let renamed = limit
             .get("name")
             .and_then(Value::as_str)
@@ -779,7 +776,8 @@ fn kic_values(target: &Target) -> String {
         "# {GENERATED}
 #
 # Helm values for the kong/kong chart (Kong Gateway 3.9 with the Kong Ingress Controller; 3.10
-# ships only as the Enterprise image kong/kong-gateway 3.10.0.x): Wasm on, the filters mounted at {KONG_FILTERS_PATH}. That path is our choice:
+# ships only as the Enterprise image kong/kong-gateway 3.10.0.x): Wasm on, the filters mounted
+# at {KONG_FILTERS_PATH}. That path is our choice:
 # Kong documents the wasm_filters_path setting, not a location for it, nor how to bring filters
 # into its image. Here they come from the image volume of the `palisade-filters` image
 # (Kubernetes 1.33+ image volumes), built from target/wasm32-wasip1/release/*.wasm and

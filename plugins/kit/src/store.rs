@@ -67,9 +67,9 @@ pub trait SharedStore {
 
     /// Writes `value` over `current`, this key's entry as the last `get` returned it: what
     /// `set(key, value, Some(current.cas))` does, except where a host cannot grow a value in
-    /// place (Kong before 3.8; the host store takes the safe path on every Kong). [`update`] writes through here; a direct
-    /// `set` over an existing value is for fixed-size values only (a rate-limit slot, a
-    /// verified-token entry).
+    /// place (Kong before 3.8; the host store takes the safe path on every Kong). [`update`]
+    /// writes through here; a direct `set` over an existing value is for fixed-size values only
+    /// (a rate-limit slot, a verified-token entry).
     fn replace(&self, key: &str, value: &[u8], current: &Entry) -> Result<Write, StoreError> {
         self.set(key, value, Some(current.cas))
     }

@@ -8,7 +8,8 @@
 //! Everything else here uses the kit's own imports and hands every status back.
 //!
 //! Both hosts, one upstream string: Envoy names a cluster (in Istio one that originates TLS,
-//! `outbound|80||idp.example.com` with a ServiceEntry and DestinationRule; or a static cluster), Kong names `host:port` (and resolves it with its own resolver).
+//! `outbound|80||idp.example.com` with a ServiceEntry and DestinationRule; or a static
+//! cluster), Kong names `host:port` (and resolves it with its own resolver).
 //! Configs therefore carry the upstream as an opaque string the operator writes for their host.
 
 use std::time::Duration;
