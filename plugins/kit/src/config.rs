@@ -246,6 +246,19 @@ mod tests {
         assert!(sample.limits.is_empty());
     }
 
+    /// Kong hands an empty list over as `{}` (cjson); a non-empty object is still no list.
+    #[test]
+    fn an_empty_object_reads_as_an_empty_list() {
+        let sample: Sample = load(br#"{"limits":{}}"#).unwrap();
+        assert!(sample.limits.is_empty());
+        assert_eq!(
+            load::<Sample>(br#"{"limits":{"name":"a"}}"#)
+                .unwrap_err()
+                .to_string(),
+            "limits: invalid type: map, expected a sequence"
+        );
+    }
+
     #[test]
     fn misspelt_field_is_refused_with_its_path() {
         let err = load::<Sample>(br#"{"limits":[{"name":"a","rate":1,"burts":2}]}"#).unwrap_err();
@@ -325,7 +338,7 @@ mod tests {
             br#"{"limits":[{"name":"a","rate":1},{"name":"b","rate":"x"}]}"#,
             b"{\n  \"limits\": [\n    {\"name\": \"a\",\n     \"rate\": {\"x\": 1}}\n  ]\n}",
             br#"{"limits":[{"name":"a"}]}"#,
-            br#"{"limits":{}}"#,
+            br#"{"limits":{"name":"a"}}"#,
             br#"{"places":[{"query":"q"},{"header":{"name":"x","prefx":"B"}}]}"#,
             br#"{"places":[{"header":{"name":7}}]}"#,
             br#"{"places":[{"query":5}]}"#,

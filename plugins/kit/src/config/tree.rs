@@ -389,13 +389,27 @@ impl<'de> Deserializer<'de> for TreeDeserializer<'de> {
         }
     }
 
+    /// An empty object reads as an empty list. Kong 3.5+ keeps a filter's JSON config as Lua
+    /// tables and hands it over `cjson.encode`d (`kong/runloop/wasm.lua`); a table read back
+    /// from its database carries no array marker, and cjson writes an empty one as `{}`. An
+    /// empty object where a list belongs can only have been an empty list.
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TreeError> {
+        match self.0 {
+            Tree::Object(entries) if entries.is_empty() => visitor.visit_seq(&mut Elements {
+                items: [].iter(),
+                index: 0,
+            }),
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, TreeError> {
         visitor.visit_unit()
     }
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier
+        bytes byte_buf unit unit_struct tuple tuple_struct map identifier
     }
 }
 
