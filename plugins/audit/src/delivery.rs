@@ -416,8 +416,8 @@ fn describe(status: u16, body: &[u8]) -> String {
 }
 
 /// Records a v2 produce answer reports failed, by index, with whether each is retriable
-/// (`error_code` 2 is retriable, 1 and anything else is not). An answer without offsets (an
-/// NDJSON-style collector behind a Kafka sink) counts as all delivered.
+/// ([`retriable_record_error`]). An answer without offsets (an NDJSON-style collector behind a
+/// Kafka sink) counts as all delivered.
 fn record_errors(body: &[u8], records: usize) -> Vec<(usize, bool)> {
     #[derive(serde::Deserialize)]
     struct Offset {
@@ -435,8 +435,19 @@ fn record_errors(body: &[u8], records: usize) -> Vec<(usize, bool)> {
         .iter()
         .take(records)
         .enumerate()
-        .filter_map(|(i, o)| o.error_code.map(|code| (i, code == 2)))
+        .filter_map(|(i, o)| o.error_code.map(|code| (i, retriable_record_error(code))))
         .collect()
+}
+
+/// Whether a record's `error_code` is worth a retry. The v2 API reference names 1 (not
+/// retriable) and 2 (retriable), but Confluent's kafka-rest sends its own codes, an HTTP
+/// status times 100 plus a number (`KafkaExceptionMapper`: 50003 a retriable Kafka error, 50302
+/// broker not available, 42901 too many requests; 50002 a Kafka error a retry will not fix,
+/// 40101/40301 not authenticated/authorized), and Strimzi's bridge sends an HTTP status (500).
+/// Retried: 2, and codes whose status is 408, 429 or 5xx, except 50002.
+fn retriable_record_error(code: i64) -> bool {
+    let status = if code >= 10_000 { code / 100 } else { code };
+    code == 2 || (code != 50_002 && matches!(status, 408 | 429 | 500..=599))
 }
 
 /// `{"records":[{"key":"...","value":{...}}]}`
@@ -700,6 +711,20 @@ mod tests {
             r#"{"records":[{"key":"k1","value":{"event_id":"e1"}}]}"#
         );
         accounted(&q);
+    }
+
+    /// Codes as Confluent's kafka-rest (`KafkaExceptionMapper`) and Strimzi's bridge send them.
+    #[test]
+    fn record_errors_are_retried_when_the_rest_proxy_says_they_may_pass() {
+        for code in [2, 50_003, 50_302, 42_901, 40_801, 500, 503] {
+            assert!(retriable_record_error(code), "{code}");
+        }
+        for code in [1, 50_002, 40_101, 40_301, 40_401, 42_202, 404, 0] {
+            assert!(!retriable_record_error(code), "{code}");
+        }
+        // A real Confluent answer: two retriable failures and one that is not.
+        let body = br#"{"offsets":[{"partition":null,"offset":null,"error_code":50003,"error":"NOT_ENOUGH_REPLICAS"},{"partition":null,"offset":null,"error_code":50003,"error":"NOT_ENOUGH_REPLICAS"},{"partition":null,"offset":null,"error_code":50002,"error":"RecordTooLargeException"}],"key_schema_id":null,"value_schema_id":null}"#;
+        assert_eq!(record_errors(body, 3), [(0, true), (1, true), (2, false)]);
     }
 
     #[test]
