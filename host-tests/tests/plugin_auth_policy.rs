@@ -312,6 +312,20 @@ fn api_keys_name_their_consumer_and_are_checked_against_the_rule() -> Result<(),
             Request::get("/api/v1/things").header("x-api-key", READER_KEY),
         )?;
         assert_denied(&outcome, "other host");
+        // A Host that is not a host and port would pass every rule naming hosts: 400.
+        let (outcome, _) = send(
+            &vms,
+            Request::get("/api/v1/things")
+                .authority("api.example.com:x")
+                .header("x-api-key", READER_KEY),
+        )?;
+        assert_reply(
+            &outcome,
+            400,
+            None,
+            "the request's host is not a host name and port",
+            &format!("{profile:?} bad authority"),
+        );
 
         assert_eq!(count(&host, "palisade_auth.allowed.api_key"), 3);
         assert_eq!(count(&host, "palisade_auth.allowed.idp"), 1);
@@ -328,6 +342,7 @@ fn api_keys_name_their_consumer_and_are_checked_against_the_rule() -> Result<(),
             1
         );
         assert_eq!(count(&host, "palisade_auth.denied.none.missing"), 1);
+        assert_eq!(count(&host, "palisade_auth.denied.none.bad_authority"), 1);
         // No key in any log line, and no plugin line past start-up.
         for entry in host.logs() {
             for key in [BILLING_KEY, READER_KEY, "k-guess"] {

@@ -58,9 +58,10 @@ impl HttpStream {
             if data.request_headers.is_some() {
                 return Err(Failure::usage("request headers were already sent"));
             }
-            data.request_headers = Some(data.request.headers.clone());
+            let headers = profile.request_map(&data.request.headers);
+            let count = num(headers.len());
+            data.request_headers = Some(headers);
             data.request_eos = eos;
-            let count = num(data.request.headers.len());
             let result = call(
                 vm,
                 context,

@@ -11,6 +11,8 @@
 //! - a property Kong does not support returns NotFound, as Kong does, and is recorded
 //!   ([`super::Host::refused_properties`]) so tests can assert on it.
 
+use super::headers::Headers;
+
 /// Which proxy the host behaves like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
@@ -185,6 +187,10 @@ const KONG_PROPERTIES: &[&str] = &[
 /// The shm_kv zones the rendered kong.conf defines (manifests/kong/kong.conf): only `palisade`,
 /// on every release (`nginx_wasm_shm_kv_palisade`, `nginx_wasm_shm_palisade` on 3.4 and 3.5),
 /// and no default zone `*`, which Kong 3.4–3.6 cannot define.
+/// What Kong's filters read as `:authority`: the proxy server's `server_name` (`kong` in Kong's
+/// nginx template) and the local port.
+pub const KONG_AUTHORITY: &str = "kong:8000";
+
 pub const KONG_SHM_KV_ZONES: &[&str] = &["palisade"];
 
 /// Properties ngx_wasm_module lists as NYI (logged `NYI - "<path>" property`).
@@ -329,6 +335,33 @@ impl Profile {
         } else {
             usize::MAX
         }
+    }
+
+    /// The request map a filter sees for the client's `request`. ngx_wasm_module answers
+    /// `:authority` with the nginx server's `server_name` and local port, never the client's
+    /// Host (`ngx_proxy_wasm_maps_get_authority`, every pin; Kong's proxy server is
+    /// `server_name kong`); the client's Host is the `host` header, which comes first of the
+    /// ordinary headers. Envoy's `:authority` is the client's Host and it has no `host` header.
+    pub fn request_map(self, request: &Headers) -> Headers {
+        if !self.is_kong() {
+            return request.clone();
+        }
+        let mut pseudo = Vec::new();
+        let mut host = Vec::new();
+        let mut ordinary = Vec::new();
+        for (name, value) in request.pairs() {
+            match name.as_slice() {
+                b":authority" => {
+                    pseudo.push((name.clone(), KONG_AUTHORITY.as_bytes().to_vec()));
+                    host.push((b"host".to_vec(), value.clone()));
+                }
+                n if n.starts_with(b":") => pseudo.push((name.clone(), value.clone())),
+                _ => ordinary.push((name.clone(), value.clone())),
+            }
+        }
+        pseudo.extend(host);
+        pseudo.extend(ordinary);
+        Headers::from_pairs(pseudo)
     }
 
     /// The pseudo-headers of a map that ngx_wasm_module cannot set: `:scheme` and `:authority`

@@ -101,7 +101,7 @@ pub fn assert_pass_through(plugin: Plugin, config: &str) -> Result<(), Failure> 
         let stream = exchange(&vms)?;
         assert_eq!(
             stream.upstream_request_headers(),
-            request().headers().clone(),
+            profile.request_map(request().headers()),
             "{profile:?}"
         );
         assert_eq!(stream.upstream_request_body(), REQUEST_BODY, "{profile:?}");

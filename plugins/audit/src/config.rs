@@ -2,6 +2,7 @@
 
 use palisade_kit::config::{PluginConfig, Problems};
 use palisade_kit::duration::ConfigDuration;
+use palisade_kit::scheme::Scheme;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -171,6 +172,10 @@ pub struct Collector {
     /// How long a batch may take before it counts as failed and is retried.
     #[serde(default = "default_timeout")]
     pub timeout: ConfigDuration,
+    /// `http` (default) or `https`. On Kong `https` turns TLS on for the call (ngx_wasm_module
+    /// reads `:scheme`); under Envoy the cluster decides.
+    #[serde(default = "Scheme::http")]
+    pub scheme: Scheme,
 }
 
 fn default_path() -> String {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use palisade_kit::config::{ConfigError, Problems};
-use palisade_kit::header_pairs::get as header;
+use palisade_kit::header_pairs::{get as header, ClientHost};
 use palisade_kit::identity;
 use palisade_kit::random::Xoshiro256;
 use palisade_kit::reply::CIRCUIT_OPEN;
@@ -94,6 +94,8 @@ pub struct Audit {
     redaction: Redaction,
     capture: Vec<String>,
     topics: Topics,
+    /// Where the request map holds the client's Host (Kong: `host`).
+    client_host: ClientHost,
 }
 
 impl Audit {
@@ -132,6 +134,7 @@ impl Audit {
             redaction: config.redaction.clone(),
             capture: config.capture_headers.clone(),
             topics: config.topics.clone(),
+            client_host: ClientHost::default(),
         })
     }
 
@@ -144,6 +147,11 @@ impl Audit {
             EventType::UserAction | EventType::AdminOperation => &self.topics.audit,
             EventType::Security => &self.topics.security,
         }
+    }
+
+    /// Where the host's request maps hold the client's Host (`host::client_host`).
+    pub fn set_client_host(&mut self, client_host: ClientHost) {
+        self.client_host = client_host;
     }
 
     /// The event type by the rules (first match), before security outcomes are considered.
@@ -223,7 +231,7 @@ impl Audit {
             consumer: text(identity::CONSUMER),
             path: redact::redact_path(&raw_path, &self.redaction),
             method,
-            host: text(":authority").or_else(|| text("host")),
+            host: text(self.client_host.name()),
             route: facts.route.clone(),
             upstream_cluster: facts.cluster.clone(),
             upstream_address: facts.upstream_address.clone(),
@@ -396,6 +404,25 @@ mod tests {
         );
         let json = String::from_utf8(event.to_json()).unwrap();
         assert!(!json.contains("s3cr3t"), "{json}");
+
+        // Kong's `:authority` is nginx's server name: the client's Host is `host` there.
+        let mut kong = audit(RULES);
+        kong.set_client_host(ClientHost::HostHeader);
+        let mut pairs = headers.clone();
+        pairs.push((&b"Host"[..], &b"shop.example.com"[..]));
+        for pair in &mut pairs {
+            if pair.0 == &b":authority"[..] {
+                pair.1 = b"kong:8000";
+            }
+        }
+        let facts = Facts {
+            request_headers: &pairs,
+            ..facts
+        };
+        assert_eq!(
+            emit(&kong, &facts).host.as_deref(),
+            Some("shop.example.com")
+        );
     }
 
     #[test]

@@ -57,6 +57,10 @@ impl Metrics {
 struct Collector {
     upstream: String,
     authority: String,
+    scheme: &'static str,
+    /// The REST proxy's media type; none for a plain collector, which may refuse one it does
+    /// not serve (406).
+    accept: Option<&'static str>,
     timeout: Duration,
 }
 
@@ -151,15 +155,31 @@ impl Worker {
             self.record(answered);
         }
         for send in sends {
+            let with_accept;
+            let plain;
+            let headers: &[(&str, &str)] = match collector.accept {
+                Some(accept) => {
+                    with_accept = [
+                        (":scheme", collector.scheme),
+                        ("content-type", send.content_type),
+                        ("accept", accept),
+                    ];
+                    &with_accept
+                }
+                None => {
+                    plain = [
+                        (":scheme", collector.scheme),
+                        ("content-type", send.content_type),
+                    ];
+                    &plain
+                }
+            };
             let call = HttpCallout {
                 upstream: &collector.upstream,
                 method: "POST",
                 path: &send.path,
                 authority: &collector.authority,
-                headers: &[
-                    ("content-type", send.content_type),
-                    ("accept", delivery::KAFKA_V2_ACCEPT),
-                ],
+                headers,
                 body: Some(&send.body),
                 timeout: collector.timeout,
             };
@@ -256,7 +276,8 @@ impl Worker {
 }
 
 fn compile(config: AuditConfig) -> Result<Worker, String> {
-    let audit = Audit::build(&config).map_err(|e| e.to_string())?;
+    let mut audit = Audit::build(&config).map_err(|e| e.to_string())?;
+    audit.set_client_host(host::client_host());
     let (format, collector) = match &config.sink {
         Some(Sink::KafkaRest(c)) => (
             Format::KafkaRest {
@@ -292,6 +313,9 @@ fn compile(config: AuditConfig) -> Result<Worker, String> {
         collector: collector.map(|c| Collector {
             upstream: c.upstream.clone(),
             authority: c.authority.clone(),
+            scheme: c.scheme.as_str(),
+            accept: matches!(config.sink, Some(Sink::KafkaRest(_)))
+                .then_some(delivery::KAFKA_V2_ACCEPT),
             timeout,
         }),
         rng: RefCell::new(Xoshiro256::from_seed(host::random_seed())),

@@ -10,7 +10,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use palisade_kit::config::Problems;
-use palisade_kit::header_pairs::{get, Edit};
+use palisade_kit::header_pairs::{get, ClientHost, Edit};
 use palisade_kit::identity;
 use palisade_kit::store::SharedStore;
 use serde_json::Value;
@@ -281,6 +281,8 @@ pub struct Authenticator {
     verified: Option<VerifiedCache>,
     /// The worker's memo in front of it (on with it).
     memo: Option<TokenMemo>,
+    /// Where the request map holds the Host that `hosts` rules match (Kong: `host`).
+    client_host: ClientHost,
 }
 
 impl Authenticator {
@@ -386,7 +388,13 @@ impl Authenticator {
             default_requirement,
             verified: VerifiedCache::new(config.verified_token_cache_entries),
             memo: TokenMemo::new(config.verified_token_cache_entries),
+            client_host: ClientHost::default(),
         }
+    }
+
+    /// Where the host's request maps hold the client's Host (`host::client_host`).
+    pub fn set_client_host(&mut self, client_host: ClientHost) {
+        self.client_host = client_host;
     }
 
     /// The verified-token cache, when `verified_token_cache_entries` is not 0.
@@ -444,7 +452,7 @@ impl Authenticator {
         }
         let rewrite = normalized.disposition == PathDisposition::Rewrite;
         let facts = RequestFacts {
-            authority: get(headers, ":authority").or_else(|| get(headers, "host")),
+            authority: self.client_host.get(headers),
             path: &normalized.path,
             method: get(headers, ":method").unwrap_or_default(),
             peer_principal: peer,
@@ -456,6 +464,7 @@ impl Authenticator {
                 Verdict::Anonymous(edits)
             }
             RuleDecision::Deny { .. } => deny(Source::None, Rejection::Denied),
+            RuleDecision::BadAuthority => deny(Source::None, Rejection::BadAuthority),
             RuleDecision::Require { requirement, .. } => {
                 self.require(requirement, headers, raw_path, rewrite, now, keys)
             }

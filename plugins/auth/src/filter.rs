@@ -197,8 +197,9 @@ impl Plugin for AuthPlugin {
 
     fn compile(config: AuthConfig) -> Result<Worker, ConfigError> {
         let mut problems = Problems::default();
-        let engine = Authenticator::build(&config, &mut problems);
+        let mut engine = Authenticator::build(&config, &mut problems);
         problems.into_result()?;
+        engine.set_client_host(host::client_host());
         let metrics = config.metrics.then(|| Metrics::define(&engine));
         let cache = engine
             .introspector()

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use palisade_kit::config::{is_header_value, Problems};
 use palisade_kit::duration::ConfigDuration;
+use palisade_kit::scheme::Scheme;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;
@@ -104,14 +105,6 @@ fn default_max_response_bytes() -> u32 {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Scheme {
-    #[default]
-    Https,
-    Http,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
 pub enum FailMode {
     #[default]
     Closed,
@@ -168,10 +161,7 @@ impl IntrospectionConfig {
             upstream: self.upstream.clone(),
             authority: self.authority.clone(),
             path: self.path.clone(),
-            scheme: match self.scheme {
-                Scheme::Https => "https",
-                Scheme::Http => "http",
-            },
+            scheme: self.scheme.as_str(),
             authorization: format!("Basic {}", base64_encode(credentials.as_bytes())),
             timeout: self.timeout.get(),
             issuer: self.issuer.clone(),

@@ -102,6 +102,8 @@ pub enum Rejection {
     ApiKey(InvalidApiKey),
     /// The path cannot be normalised safely (400).
     Path(PathRejection),
+    /// The Host is not a host name with an optional port, and rules match on hosts (400).
+    BadAuthority,
     /// A `deny` rule, or no rule matched and `no_match` is `deny` (403).
     Denied,
     /// A claim the rule requires is missing or has another value (403).
@@ -144,6 +146,7 @@ impl Rejection {
             Rejection::ProviderNotAccepted => "provider_not_accepted",
             Rejection::ApiKey(invalid) => invalid.reason(),
             Rejection::Path(path) => path.reason(),
+            Rejection::BadAuthority => "bad_authority",
             Rejection::Denied => "denied",
             Rejection::ClaimMismatch => "claim_mismatch",
             Rejection::InsufficientScope(_) => "insufficient_scope",
@@ -153,7 +156,7 @@ impl Rejection {
     }
 
     /// Every label, for defining metrics once.
-    pub const LABELS: [&'static str; 45] = [
+    pub const LABELS: [&'static str; 46] = [
         "missing",
         "too_large",
         "malformed",
@@ -186,6 +189,7 @@ impl Rejection {
         "path_invalid_percent_encoding",
         "path_encoded_nul",
         "path_escaped_slash",
+        "bad_authority",
         "denied",
         "claim_mismatch",
         "insufficient_scope",
@@ -242,6 +246,7 @@ impl Rejection {
             }
             Rejection::ApiKey(invalid) => invalid.to_string(),
             Rejection::Path(path) => path.to_string(),
+            Rejection::BadAuthority => "the request's host is not a host name and port".to_owned(),
             Rejection::Denied => "access denied".to_owned(),
             Rejection::ClaimMismatch => {
                 "a required claim is missing or has another value".to_owned()
@@ -265,6 +270,7 @@ impl Rejection {
                 ErrorReply::new(503, description)
             }
             Rejection::Path(path) => ErrorReply::new(path.status(), description),
+            Rejection::BadAuthority => ErrorReply::new(400, description),
             Rejection::Denied | Rejection::ClaimMismatch => ErrorReply::new(403, description),
             Rejection::InsufficientScope(scopes) => insufficient_scope(scopes),
             _ => {
@@ -365,6 +371,7 @@ mod tests {
             Rejection::Path(PathRejection::EncodedNul),
             Rejection::Path(PathRejection::EscapedSlash),
             Rejection::RepeatedToken,
+            Rejection::BadAuthority,
             Rejection::Denied,
             Rejection::ClaimMismatch,
             Rejection::InsufficientScope("a b".to_owned()),
@@ -416,6 +423,7 @@ mod tests {
             (Rejection::Denied, 403),
             (Rejection::ClaimMismatch, 403),
             (Rejection::Path(PathRejection::EncodedNul), 400),
+            (Rejection::BadAuthority, 400),
             (
                 Rejection::Introspection(IntrospectionError::Unreachable),
                 503,

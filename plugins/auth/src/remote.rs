@@ -16,12 +16,13 @@ use std::time::Duration;
 
 use palisade_kit::config::Problems;
 use palisade_kit::duration::ConfigDuration;
+use palisade_kit::scheme::Scheme;
 use palisade_kit::store::{update, SharedStore, Step, UpdateError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::introspection::{validate_endpoint, Scheme};
+use crate::introspection::validate_endpoint;
 use crate::jwks::{JwksError, KeySet};
 
 /// After a failed fetch, no worker fetches again (on its timer or for a request) before this.
@@ -136,10 +137,7 @@ impl RemoteJwksConfig {
             upstream: self.upstream.clone(),
             authority: self.authority.clone(),
             path: self.path.clone(),
-            scheme: match self.scheme {
-                Scheme::Https => "https",
-                Scheme::Http => "http",
-            },
+            scheme: self.scheme.as_str(),
             timeout: self.timeout.get(),
             refresh_ms: millis(self.refresh_interval.get()),
             max_stale_ms: millis(self.max_stale.get()),

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use palisade_kit::authority;
 use palisade_kit::config::Problems;
 use regex_lite::{Regex, RegexBuilder};
 use schemars::JsonSchema;
@@ -376,28 +377,6 @@ impl HostPattern {
     }
 }
 
-/// The request's host from `:authority`: lower case, without port or trailing dot; `None` when
-/// it is not a host at all.
-fn request_host(authority: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(authority).ok()?;
-    let host = if text.starts_with('[') {
-        let end = text.find(']')?;
-        let (host, rest) = text.split_at(end + 1);
-        if !(rest.is_empty() || rest.starts_with(':')) {
-            return None;
-        }
-        host
-    } else {
-        match text.split_once(':') {
-            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-            Some(_) => return None,
-            None => text,
-        }
-    };
-    let host = host.trim_end_matches('.');
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
-}
-
 /// A compiled path condition.
 #[derive(Debug, Clone)]
 enum PathMatch {
@@ -635,6 +614,9 @@ pub enum RuleDecision<'r> {
         rule: &'r Rule,
         requirement: &'r Requirement,
     },
+    /// The request's Host is not a host name with an optional port, and rules match on hosts:
+    /// refuse it (400) rather than let it pass every rule that names a host.
+    BadAuthority,
 }
 
 impl<'r> RuleDecision<'r> {
@@ -645,6 +627,7 @@ impl<'r> RuleDecision<'r> {
                 rule.map_or("no_match", |r| r.name.as_str())
             }
             Self::Require { rule, .. } => rule.name.as_str(),
+            Self::BadAuthority => "bad_authority",
         }
     }
 }
@@ -652,7 +635,13 @@ impl<'r> RuleDecision<'r> {
 impl Rules {
     /// The first matching rule's decision, or the no-match default.
     pub fn decide(&self, request: &RequestFacts<'_>) -> RuleDecision<'_> {
-        let host = request.authority.and_then(request_host);
+        // A Host no rule could read would pass by every rule that names hosts (a deny among
+        // them) while the proxy still routes it, when it ignores what follows the host.
+        let host = match request.authority.map(authority::parse) {
+            Some(Some(authority)) => Some(authority.host),
+            Some(None) if self.uses_hosts() => return RuleDecision::BadAuthority,
+            Some(None) | None => None,
+        };
         let principal = request
             .peer_principal
             .and_then(|p| std::str::from_utf8(p).ok())
@@ -675,6 +664,11 @@ impl Rules {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Does any rule match on the request's host?
+    fn uses_hosts(&self) -> bool {
+        self.rules.iter().any(|rule| !rule.hosts.is_empty())
     }
 
     /// Does any rule match on the mTLS peer principal? (Only then is it read from the host.)
@@ -895,6 +889,7 @@ mod tests {
             RuleDecision::AllowAnonymous { .. } => "allow",
             RuleDecision::Deny { .. } => "deny",
             RuleDecision::Require { .. } => "require",
+            RuleDecision::BadAuthority => "bad_authority",
         };
         (decision.rule_name().to_owned(), kind)
     }
@@ -972,15 +967,26 @@ mod tests {
             "no_match"
         );
         assert_eq!(outcome(&r, &facts("[::1]:80", "GET", "/")).0, "v6");
-        assert_eq!(
-            outcome(&r, &facts("api.example.com:x", "GET", "/")).0,
-            "no_match"
-        );
+        for bad in [
+            "api.example.com:x",
+            "api.example.com:443:1",
+            "api.example.com:+443",
+            "evil.com@api.example.com",
+        ] {
+            assert_eq!(
+                outcome(&r, &facts(bad, "GET", "/")),
+                ("bad_authority".to_owned(), "bad_authority"),
+                "{bad}"
+            );
+        }
         let no_host = RequestFacts {
             authority: None,
             ..facts("", "GET", "/")
         };
         assert_eq!(outcome(&r, &no_host).0, "no_match");
+        // Without a rule on hosts, the Host is never read.
+        let r = rules(r#"{"rules":[{"name":"all","action":"allow_anonymous"}]}"#);
+        assert_eq!(outcome(&r, &facts("a.com:x", "GET", "/")).0, "all");
     }
 
     #[test]

@@ -103,8 +103,9 @@ pub struct LimitsConfig {
     /// Methods served (405 for others, with `Allow`). Empty: any method. A CORS preflight the
     /// plugin answers needs no `OPTIONS` here; every other limit applies to it first.
     pub allowed_methods: Vec<String>,
-    /// Hosts served (403 for others): `api.example.com`, `*.example.com`, optionally with
-    /// `:port`. Empty: any host.
+    /// Hosts served (403 for others, and for a Host that is not a host name or bracketed IPv6
+    /// address with an optional numeric port): `api.example.com`, `*.example.com`, optionally
+    /// with `:port`. Empty: any host.
     pub allowed_hosts: Vec<String>,
 }
 

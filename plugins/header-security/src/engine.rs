@@ -5,7 +5,7 @@ use palisade_kit::config::Problems;
 use std::borrow::Cow;
 use std::rc::Rc;
 
-use palisade_kit::header_pairs::{get as header, Edit};
+use palisade_kit::header_pairs::{get as header, ClientHost, Edit};
 use palisade_kit::random::Xoshiro256;
 use palisade_kit::reply::{ErrorReply, CONTENT_TYPE};
 
@@ -211,13 +211,24 @@ pub struct HeaderSecurity {
 }
 
 impl HeaderSecurity {
-    /// Compiles the configuration, recording every problem.
+    /// Compiles the configuration, recording every problem (for Envoy's request maps).
     pub fn build(config: &HeaderSecurityConfig, problems: &mut Problems) -> Self {
+        Self::build_for(config, ClientHost::Authority, problems)
+    }
+
+    /// [`Self::build`] for a host whose request maps hold the client's Host in `client_host`.
+    pub fn build_for(
+        config: &HeaderSecurityConfig,
+        client_host: ClientHost,
+        problems: &mut Problems,
+    ) -> Self {
         let cors = config
             .cors
             .as_ref()
             .map(|cors| problems.field("cors", |p| CorsPolicy::build(cors, p)));
-        let limits = problems.field("limits", |p| RequestLimits::build(&config.limits, p));
+        let limits = problems.field("limits", |p| {
+            RequestLimits::build(&config.limits, p).reading_host_from(client_host)
+        });
         let (request_transforms, response_transforms) = problems.field("transforms", |p| {
             (
                 p.field("request", |p| {

@@ -36,7 +36,7 @@ impl Plugin for HeaderSecurityPlugin {
 
     fn compile(config: HeaderSecurityConfig) -> Result<Worker, ConfigError> {
         let mut problems = Problems::default();
-        let engine = HeaderSecurity::build(&config, &mut problems);
+        let engine = HeaderSecurity::build_for(&config, host::client_host(), &mut problems);
         problems.into_result()?;
         Ok(Worker {
             engine,
@@ -122,11 +122,19 @@ fn fields(raw: &[u8]) -> Fields<'_> {
 /// Only on a local reply: the whole map is read for it.
 fn strip_client_identity() {
     let raw = read(Map::RequestHeaders);
-    let owned = identity::client_copies(&fields(&raw), |_| false);
+    let headers = fields(&raw);
+    let owned = identity::client_copies(&headers, |_| false);
     host::warn_if_refused(
         NAME,
         host::apply_edits_one_by_one(Map::RequestHeaders, &owned),
     );
+    // Past Kong's 100-pair cap the map hides the rest, and palisade-audit reads these by name.
+    if host::header_map_may_be_truncated(headers.len()) {
+        for name in identity::NAMES {
+            // Best effort: the request is refused either way.
+            let _ = host::remove_header(Map::RequestHeaders, name);
+        }
+    }
 }
 
 /// Where a local reply is sent from.

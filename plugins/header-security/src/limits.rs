@@ -2,7 +2,9 @@
 //! count and size (431), host allowlist (403), methods (405), declared body size (413); and the
 //! body size again while a body without `Content-Length` streams in.
 
+use palisade_kit::authority::{self, Authority};
 use palisade_kit::config::Problems;
+use palisade_kit::header_pairs::ClientHost;
 
 use crate::config::LimitsConfig;
 
@@ -17,65 +19,40 @@ pub fn is_method_token(method: &str) -> bool {
 /// One allowed host: exact, or any subdomain (`*.example.com`); with or without a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct HostPattern {
-    /// Lower case, without the `*.` of a wildcard.
+    /// Lower case, without the `*.` of a wildcard or a trailing dot.
     domain: String,
     wildcard: bool,
-    port: Option<String>,
+    port: Option<u16>,
 }
 
 impl HostPattern {
     fn parse(text: &str) -> Option<Self> {
-        let (host, port) = split_host_port(text)?;
-        if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-            return None;
-        }
-        let (domain, wildcard) = match host.strip_prefix("*.") {
-            Some(domain) => (domain, true),
-            None => (host, false),
+        let (rest, wildcard) = match text.strip_prefix("*.") {
+            Some(rest) => (rest, true),
+            None => (text, false),
         };
-        let valid = !domain.is_empty()
-            && domain
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
-        valid.then(|| Self {
-            domain: domain.to_ascii_lowercase(),
+        let Authority { host, port } = authority::parse(rest.as_bytes())?;
+        Some(Self {
+            domain: host,
             wildcard,
-            port: port.map(str::to_owned),
+            port,
         })
     }
 
-    fn matches(&self, host: &str, port: Option<&str>) -> bool {
-        if self.port.is_some() && self.port.as_deref() != port {
+    fn matches(&self, request: &Authority) -> bool {
+        if self.port.is_some() && self.port != request.port {
             return false;
         }
         if self.wildcard {
-            host.strip_suffix(self.domain.as_str())
+            request
+                .host
+                .strip_suffix(self.domain.as_str())
                 .and_then(|sub| sub.strip_suffix('.'))
                 .is_some_and(|sub| !sub.is_empty())
         } else {
-            host == self.domain
+            request.host == self.domain
         }
     }
-}
-
-/// `host[:port]` or `[v6]:port` into host and port; `None` if brackets do not close.
-fn split_host_port(text: &str) -> Option<(&str, Option<&str>)> {
-    let host_end = if text.starts_with('[') {
-        text.find(']')? + 1
-    } else {
-        text.find(':').unwrap_or(text.len())
-    };
-    let (host, rest) = text.split_at(host_end);
-    match rest {
-        "" => Some((host, None)),
-        _ => Some((host, Some(rest.strip_prefix(':')?))),
-    }
-}
-
-/// An authority's lower-case host (without a trailing dot) and port.
-fn split_authority(authority: &str) -> Option<(String, Option<&str>)> {
-    let (host, port) = split_host_port(authority)?;
-    Some((host.trim_end_matches('.').to_ascii_lowercase(), port))
 }
 
 /// Why a request was refused.
@@ -129,6 +106,8 @@ pub struct RequestLimits {
     methods: Vec<String>,
     allow_header: String,
     hosts: Vec<HostPattern>,
+    /// Where the request map holds the Host `hosts` checks (Kong: `host`).
+    client_host: ClientHost,
 }
 
 impl RequestLimits {
@@ -173,6 +152,7 @@ impl RequestLimits {
                 .max_header_bytes
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             reject_control_characters: config.reject_control_characters,
+            client_host: ClientHost::Authority,
             methods: config.allowed_methods.clone(),
             allow_header: config.allowed_methods.join(", "),
             hosts,
@@ -187,6 +167,12 @@ impl RequestLimits {
             || self.reject_control_characters
     }
 
+    /// Reads the client's Host from `client_host` (Envoy: `:authority`, Kong: `host`).
+    pub fn reading_host_from(mut self, client_host: ClientHost) -> Self {
+        self.client_host = client_host;
+        self
+    }
+
     /// The request headers the checks read when they do not need them all.
     pub fn header_names(&self) -> impl Iterator<Item = &'static str> {
         let method: &[&'static str] = if self.methods.is_empty() {
@@ -194,15 +180,11 @@ impl RequestLimits {
         } else {
             &[":method"]
         };
-        let host: &[&'static str] = if self.hosts.is_empty() {
-            &[]
-        } else {
-            &[":authority", "host"]
-        };
+        let host = (!self.hosts.is_empty()).then(|| self.client_host.name());
         ["content-length"]
             .into_iter()
             .chain(method.iter().copied())
-            .chain(host.iter().copied())
+            .chain(host)
     }
 
     /// Checks the request headers: every one when [`Self::needs_all_headers`], else at least
@@ -218,6 +200,7 @@ impl RequestLimits {
         let mut bytes = 0usize;
         let mut method: &[u8] = b"";
         let mut authority: Option<&[u8]> = None;
+        let host_name = self.client_host.name().as_bytes();
         let mut content_length: Option<&[u8]> = None;
         for &(name, value) in headers {
             if self.reject_control_characters
@@ -229,18 +212,17 @@ impl RequestLimits {
             }
             bytes = bytes.saturating_add(name.len() + value.len());
             // Kong (nginx) keeps the client's spelling of names; Envoy lower-cases them.
+            if authority.is_none() && name.eq_ignore_ascii_case(host_name) {
+                authority = Some(value);
+            }
             if name.starts_with(b":") {
-                match name {
-                    b":method" => method = value,
-                    b":authority" => authority = Some(value),
-                    _ => {}
+                if name == b":method" {
+                    method = value;
                 }
                 continue;
             }
             count += 1;
-            if name.eq_ignore_ascii_case(b"host") {
-                authority = authority.or(Some(value));
-            } else if name.eq_ignore_ascii_case(b"content-length") {
+            if name.eq_ignore_ascii_case(b"content-length") {
                 content_length = Some(value);
             }
         }
@@ -252,13 +234,8 @@ impl RequestLimits {
         }
         if !self.hosts.is_empty() {
             let allowed = authority
-                .and_then(|a| std::str::from_utf8(a).ok())
-                .and_then(split_authority)
-                .is_some_and(|(host, port)| {
-                    self.hosts
-                        .iter()
-                        .any(|pattern| pattern.matches(&host, port))
-                });
+                .and_then(authority::parse)
+                .is_some_and(|request| self.hosts.iter().any(|p| p.matches(&request)));
             if !allowed {
                 return Err(LimitExceeded::HostNotAllowed);
             }
@@ -400,7 +377,15 @@ mod tests {
         assert!(!routed.needs_all_headers());
         assert_eq!(
             routed.header_names().collect::<Vec<_>>(),
-            ["content-length", ":method", ":authority", "host"]
+            ["content-length", ":method", ":authority"]
+        );
+        assert_eq!(
+            routed
+                .clone()
+                .reading_host_from(ClientHost::HostHeader)
+                .header_names()
+                .collect::<Vec<_>>(),
+            ["content-length", ":method", "host"]
         );
         for strict in [
             r#"{"max_header_count":50}"#,
@@ -460,6 +445,23 @@ mod tests {
         );
     }
 
+    /// Kong's `:authority` is nginx's server name and port: the client's Host is `host`.
+    #[test]
+    fn on_kong_hosts_are_checked_on_the_host_header() {
+        let l = limits(r#"{"allowed_hosts":["api.example.com"]}"#)
+            .reading_host_from(ClientHost::HostHeader);
+        let kong = |host: &str| {
+            let mut headers = request(&[("Host", host)]);
+            headers[2].1 = b"kong:8000".to_vec();
+            l.check_pairs(&headers)
+        };
+        assert_eq!(kong("api.example.com"), Ok(()));
+        assert_eq!(kong("evil.com"), Err(LimitExceeded::HostNotAllowed));
+        let mut no_host = request(&[]);
+        no_host[2].1 = b"api.example.com".to_vec();
+        assert_eq!(l.check_pairs(&no_host), Err(LimitExceeded::HostNotAllowed));
+    }
+
     #[test]
     fn hosts() {
         let l = limits(
@@ -491,6 +493,12 @@ mod tests {
             "xexample.org",
             "[::1]:80",
             "[::1",
+            // Not a host and port: a prefix match would have passed them.
+            "api.example.com:evil",
+            "api.example.com:+443",
+            "api.example.com:443:1",
+            "evil.com@x.example.org",
+            "evil.com/.example.org",
         ] {
             assert_eq!(
                 with_authority(refused),

@@ -31,6 +31,32 @@ pub fn get<'a>(fields: &[(&'a [u8], &'a [u8])], name: &str) -> Option<&'a [u8]> 
     None
 }
 
+/// Which entry of a request map holds the client's Host. Envoy's `:authority` is the client's
+/// (it turns HTTP/1's `Host` into it). Kong's is nginx's `server_name` and local port, whatever
+/// the client asked for (`ngx_proxy_wasm_maps_get_authority`, every ngx_wasm_module release):
+/// there the client's Host is the `host` header (nginx refuses a request that repeats it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientHost {
+    #[default]
+    Authority,
+    HostHeader,
+}
+
+impl ClientHost {
+    /// The entry's name, to read it on its own.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ClientHost::Authority => ":authority",
+            ClientHost::HostHeader => "host",
+        }
+    }
+
+    /// The client's Host in `fields`.
+    pub fn get<'a>(self, fields: &[(&'a [u8], &'a [u8])]) -> Option<&'a [u8]> {
+        get(fields, self.name())
+    }
+}
+
 /// A change to a header map. Names and values borrow from the configuration when they can, so
 /// the same security headers on every response cost no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]

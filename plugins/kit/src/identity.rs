@@ -11,6 +11,8 @@ pub const SUBJECT: &str = "x-palisade-subject";
 pub const CONSUMER: &str = "x-palisade-consumer";
 /// The provider that authenticated the request.
 pub const PROVIDER: &str = "x-palisade-auth-provider";
+/// The identity headers every palisade-auth sets, which plugins after it read by name.
+pub const NAMES: [&str; 3] = [SUBJECT, CONSUMER, PROVIDER];
 
 use std::borrow::Cow;
 

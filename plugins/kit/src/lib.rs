@@ -4,6 +4,7 @@
 //! `wasm32-unknown-unknown`). [`host`] exists only in the `wasm32-wasip1` build; it is the one
 //! place that talks to the proxy-wasm host, and it never panics on a host's answer.
 
+pub mod authority;
 pub mod clock;
 pub mod config;
 pub mod decimal;
@@ -15,6 +16,7 @@ pub mod query;
 pub mod random;
 pub mod reply;
 pub mod route_name;
+pub mod scheme;
 pub mod store;
 pub mod traceparent;
 pub mod uuid;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use palisade_kit::config::{is_header_name, PluginConfig, Problems};
 use palisade_kit::duration::ConfigDuration;
+use palisade_kit::scheme::Scheme;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -92,6 +93,10 @@ pub struct GlobalService {
     /// The request path (`http` transport).
     #[serde(default = "default_json_path")]
     pub path: String,
+    /// `http` (default) or `https` (`http` transport). On Kong `https` turns TLS on for the
+    /// call (ngx_wasm_module reads `:scheme`); under Envoy the cluster decides.
+    #[serde(default = "Scheme::http")]
+    pub scheme: Scheme,
     /// How long the request waits for the answer before the failure mode applies (Envoy's
     /// rate-limit filter's default, 20ms, is the default).
     #[serde(default = "default_timeout")]

@@ -183,7 +183,10 @@ fn dispatch(service: &GlobalService, check: &GlobalCheck) -> Result<u32, String>
             method: "POST",
             path: &service.path,
             authority: &service.authority,
-            headers: &[("content-type", "application/json")],
+            headers: &[
+                (":scheme", service.scheme.as_str()),
+                ("content-type", "application/json"),
+            ],
             body: Some(&request.to_json()),
             timeout,
         }),

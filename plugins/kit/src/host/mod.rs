@@ -371,6 +371,18 @@ pub fn is_kong() -> bool {
     })
 }
 
+/// Where this host's request maps hold the client's Host (see [`ClientHost`]). Ask it when the
+/// plugin is configured: on Kong that is the one place the probe costs nothing per request.
+///
+/// [`ClientHost`]: crate::header_pairs::ClientHost
+pub fn client_host() -> crate::header_pairs::ClientHost {
+    if is_kong() {
+        crate::header_pairs::ClientHost::HostHeader
+    } else {
+        crate::header_pairs::ClientHost::Authority
+    }
+}
+
 /// Answers the request locally with this status, headers and body (not a refusal: a redirect,
 /// a preflight). The caller then returns `Action::Pause` from its callback.
 pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
