@@ -279,6 +279,30 @@ mod tests {
             err.to_string(),
             "limits[0].rate: invalid type: a string, expected u32"
         );
+        // Worded as serde words them, but a float's digits are not printed (see `Redacted`).
+        for (doc, reason) in [
+            (
+                &br#"{"limits":[{"name":"a","rate":1.5}]}"#[..],
+                "a floating point number",
+            ),
+            (
+                br#"{"limits":[{"name":"a","rate":true}]}"#,
+                "boolean `true`",
+            ),
+            (br#"{"limits":[{"name":"a","rate":null}]}"#, "unit value"),
+            (br#"{"limits":[{"name":"a","rate":[]}]}"#, "sequence"),
+        ] {
+            assert_eq!(
+                load::<Sample>(doc).unwrap_err().to_string(),
+                format!("limits[0].rate: invalid type: {reason}, expected u32")
+            );
+        }
+        assert_eq!(
+            load::<Sample>(br#"{"limits":[{"name":"a","rate":-1}]}"#)
+                .unwrap_err()
+                .to_string(),
+            "limits[0].rate: invalid value: integer `-1`, expected u32"
+        );
     }
 
     /// A string in the wrong place may be a secret (an API key where its hash belongs): a
