@@ -241,6 +241,10 @@ pub struct FaultConfig {
     pub delay: Option<DelayFault>,
     /// Only requests carrying this header are eligible.
     pub only_with_header: Option<String>,
+    /// With `only_with_header`: the value the header must have. Without one any client that
+    /// sends the header is eligible, and an injected delay holds its concurrency slot (and a
+    /// half-open trial) while it waits: set a value only the chaos tooling knows.
+    pub only_with_header_value: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -442,6 +446,13 @@ impl PluginConfig for ResilienceConfig {
                 }
             }
             check_header(p, "only_with_header", &self.fault.only_with_header);
+            if let Some(value) = &self.fault.only_with_header_value {
+                if self.fault.only_with_header.is_none() {
+                    p.push_at("only_with_header_value", "needs only_with_header");
+                } else if value.is_empty() || !palisade_kit::config::is_header_value(value) {
+                    p.push_at("only_with_header_value", "must be a non-empty header value");
+                }
+            }
         });
     }
 }

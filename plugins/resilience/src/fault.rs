@@ -12,6 +12,7 @@ pub struct FaultInjection {
     abort: Option<(u16, u32)>,
     delay: Option<(Duration, u32)>,
     only_with_header: Option<String>,
+    only_with_header_value: Option<String>,
 }
 
 /// The faults chosen for one request.
@@ -33,6 +34,7 @@ impl FaultInjection {
             abort,
             delay,
             only_with_header: config.only_with_header.clone(),
+            only_with_header_value: config.only_with_header_value.clone(),
         })
     }
 
@@ -44,7 +46,12 @@ impl FaultInjection {
     /// Picks this request's faults; `roll` gives a fresh uniform random number per draw.
     pub fn choose(&self, headers: &[(&[u8], &[u8])], mut roll: impl FnMut() -> u64) -> Faults {
         if let Some(name) = &self.only_with_header {
-            if get(headers, name).is_none() {
+            let eligible = match (get(headers, name), &self.only_with_header_value) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(sent), Some(value)) => sent == value.as_bytes(),
+            };
+            if !eligible {
                 return Faults::default();
             }
         }
@@ -99,5 +106,42 @@ mod tests {
         .unwrap();
         assert_eq!(faults.choose(&[], || 0), Faults::default());
         assert_eq!(faults.choose(&[(b"x-chaos", b"1")], || 0).abort, Some(500));
+    }
+
+    /// With a value, a client that only knows the header's name cannot pick faults.
+    #[test]
+    fn a_required_value_keeps_faults_to_whoever_knows_it() {
+        let faults = faults(
+            r#"{"fault":{"abort":{"status":500,"percent":100},"only_with_header":"x-chaos",
+                "only_with_header_value":"k7-chaos-run"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            faults.choose(&[(b"x-chaos", b"k7-chaos-run")], || 0).abort,
+            Some(500)
+        );
+        for sent in [&b"1"[..], b"", b"k7-chaos-run ", b"K7-CHAOS-RUN"] {
+            assert_eq!(
+                faults.choose(&[(b"x-chaos", sent)], || 0),
+                Faults::default()
+            );
+        }
+    }
+
+    #[test]
+    fn a_value_needs_its_header_and_must_be_a_header_value() {
+        for (doc, reason) in [
+            (
+                r#"{"fault":{"delay":{"duration":"1s","percent":1},"only_with_header_value":"k"}}"#,
+                "fault.only_with_header_value: needs only_with_header",
+            ),
+            (
+                r#"{"fault":{"delay":{"duration":"1s","percent":1},"only_with_header":"x-chaos","only_with_header_value":""}}"#,
+                "fault.only_with_header_value: must be a non-empty header value",
+            ),
+        ] {
+            let err = load::<ResilienceConfig>(doc.as_bytes()).unwrap_err();
+            assert_eq!(err.to_string(), reason);
+        }
     }
 }
