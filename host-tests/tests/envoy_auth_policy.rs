@@ -18,6 +18,7 @@ fn config() -> String {
         {"sha256": BILLING_SHA256, "consumer": "billing", "scopes": ["invoices:read"]}
     ]});
     config["rules"] = json!([
+        {"name": "internal", "hosts": ["internal.example.com"], "action": "deny"},
         {"name": "health", "paths": [{"exact": "/healthz"}], "action": "allow_anonymous"},
         {"name": "admin", "paths": [{"path_separated_prefix": "/admin"}], "action": "deny"},
         {"name": "invoices", "paths": [{"path_separated_prefix": "/invoices"}],
@@ -74,9 +75,26 @@ fn rules_and_api_keys_decide_in_envoy_under_two_workers() {
     assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
     // The default deny.
     assert_eq!(test.get("/elsewhere", &[]).status, 403);
+    // A rule on hosts: Envoy routes `internal.example.com:x` (its virtual host matches `*`),
+    // so read as "no host" it would have skipped the deny; it is refused instead.
+    let host = |host: &str| {
+        test.raw(
+            format!("GET /healthz HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    assert_eq!(host("internal.example.com").status, 403);
+    let bad = host("internal.example.com:x");
+    assert_eq!(bad.status, 400);
+    let body: Value = serde_json::from_slice(&bad.body).unwrap();
+    assert_eq!(
+        body["error"],
+        "the request's host is not a host name and port"
+    );
+    assert_eq!(host("localhost").status, 200);
 
     let seen = test.upstream.seen();
-    assert_eq!(seen.len(), 9, "4 keyed, 4 health, 1 scoped token");
+    assert_eq!(seen.len(), 10, "4 keyed, 5 health, 1 scoped token");
     let keyed: Vec<_> = seen
         .iter()
         .filter(|r| r.header("x-palisade-auth-provider") == Some("api_key"))
