@@ -56,6 +56,7 @@ fuzz_target!(|data: &[u8]| {
         route: text(3),
         cluster: None,
         denial: None,
+        client_host: Default::default(),
     };
     let mut rng = Xoshiro256::from_seed([7; 32]);
     if let Verdict::Emit(event) = audit().event(&facts, &mut rng, 1_796_083_200_000) {

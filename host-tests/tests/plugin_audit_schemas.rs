@@ -48,6 +48,7 @@ fn event(method: &str, path: &str, status: u16, full: bool) -> Value {
             plugin: "palisade-auth".into(),
             reason: "token expired".into(),
         }),
+        client_host: Default::default(),
     };
     match audit.event(
         &facts,

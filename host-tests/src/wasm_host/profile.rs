@@ -184,13 +184,13 @@ const KONG_PROPERTIES: &[&str] = &[
     "ngx.",
 ];
 
-/// The shm_kv zones the rendered kong.conf defines (manifests/kong/kong.conf): only `palisade`,
-/// on every release (`nginx_wasm_shm_kv_palisade`, `nginx_wasm_shm_palisade` on 3.4 and 3.5),
-/// and no default zone `*`, which Kong 3.4–3.6 cannot define.
 /// What Kong's filters read as `:authority`: the proxy server's `server_name` (`kong` in Kong's
 /// nginx template) and the local port.
 pub const KONG_AUTHORITY: &str = "kong:8000";
 
+/// The shm_kv zones the rendered kong.conf defines (manifests/kong/kong.conf): only `palisade`,
+/// on every release (`nginx_wasm_shm_kv_palisade`, `nginx_wasm_shm_palisade` on 3.4 and 3.5),
+/// and no default zone `*`, which Kong 3.4–3.6 cannot define.
 pub const KONG_SHM_KV_ZONES: &[&str] = &["palisade"];
 
 /// Properties ngx_wasm_module lists as NYI (logged `NYI - "<path>" property`).
@@ -341,12 +341,14 @@ impl Profile {
     /// `:authority` with the nginx server's `server_name` and local port, never the client's
     /// Host (`ngx_proxy_wasm_maps_get_authority`, every pin; Kong's proxy server is
     /// `server_name kong`); the client's Host is the `host` header, which comes first of the
-    /// ordinary headers. Envoy's `:authority` is the client's Host and it has no `host` header.
+    /// ordinary headers. Pseudo-headers come first in ngx_wasm_module's order
+    /// (`ngx_proxy_wasm_maps_special_keys`: `:path`, `:method`, `:scheme`, `:authority`).
+    /// Envoy's `:authority` is the client's Host and it has no `host` header.
     pub fn request_map(self, request: &Headers) -> Headers {
         if !self.is_kong() {
             return request.clone();
         }
-        let mut pseudo = Vec::new();
+        let mut pseudo: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut host = Vec::new();
         let mut ordinary = Vec::new();
         for (name, value) in request.pairs() {
@@ -359,6 +361,13 @@ impl Profile {
                 _ => ordinary.push((name.clone(), value.clone())),
             }
         }
+        const ORDER: [&[u8]; 4] = [b":path", b":method", b":scheme", b":authority"];
+        pseudo.sort_by_key(|(name, _)| {
+            ORDER
+                .iter()
+                .position(|known| *known == name.as_slice())
+                .unwrap_or(ORDER.len())
+        });
         pseudo.extend(host);
         pseudo.extend(ordinary);
         Headers::from_pairs(pseudo)

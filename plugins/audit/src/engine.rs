@@ -32,6 +32,8 @@ pub struct Facts<'a> {
     pub cluster: Option<String>,
     /// From the refusing plugin's `x-palisade-denied-by` header.
     pub denial: Option<Denial>,
+    /// Where `request_headers` hold the client's Host (Kong: `host`).
+    pub client_host: ClientHost,
 }
 
 #[derive(Debug, Clone)]
@@ -94,8 +96,6 @@ pub struct Audit {
     redaction: Redaction,
     capture: Vec<String>,
     topics: Topics,
-    /// Where the request map holds the client's Host (Kong: `host`).
-    client_host: ClientHost,
 }
 
 impl Audit {
@@ -134,7 +134,6 @@ impl Audit {
             redaction: config.redaction.clone(),
             capture: config.capture_headers.clone(),
             topics: config.topics.clone(),
-            client_host: ClientHost::default(),
         })
     }
 
@@ -147,11 +146,6 @@ impl Audit {
             EventType::UserAction | EventType::AdminOperation => &self.topics.audit,
             EventType::Security => &self.topics.security,
         }
-    }
-
-    /// Where the host's request maps hold the client's Host (`host::client_host`).
-    pub fn set_client_host(&mut self, client_host: ClientHost) {
-        self.client_host = client_host;
     }
 
     /// The event type by the rules (first match), before security outcomes are considered.
@@ -231,7 +225,7 @@ impl Audit {
             consumer: text(identity::CONSUMER),
             path: redact::redact_path(&raw_path, &self.redaction),
             method,
-            host: text(self.client_host.name()),
+            host: text(facts.client_host.name()),
             route: facts.route.clone(),
             upstream_cluster: facts.cluster.clone(),
             upstream_address: facts.upstream_address.clone(),
@@ -373,6 +367,7 @@ mod tests {
             route: Some("orders".into()),
             cluster: Some("orders-svc".into()),
             denial: None,
+            client_host: ClientHost::Authority,
         };
         let event = emit(&a, &facts);
         assert_eq!(event.event_type, EventType::DataAccess);
@@ -406,8 +401,6 @@ mod tests {
         assert!(!json.contains("s3cr3t"), "{json}");
 
         // Kong's `:authority` is nginx's server name: the client's Host is `host` there.
-        let mut kong = audit(RULES);
-        kong.set_client_host(ClientHost::HostHeader);
         let mut pairs = headers.clone();
         pairs.push((&b"Host"[..], &b"shop.example.com"[..]));
         for pair in &mut pairs {
@@ -417,12 +410,10 @@ mod tests {
         }
         let facts = Facts {
             request_headers: &pairs,
+            client_host: ClientHost::HostHeader,
             ..facts
         };
-        assert_eq!(
-            emit(&kong, &facts).host.as_deref(),
-            Some("shop.example.com")
-        );
+        assert_eq!(emit(&a, &facts).host.as_deref(), Some("shop.example.com"));
     }
 
     #[test]

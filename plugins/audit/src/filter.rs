@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use palisade_kit::clock::Clock;
-use palisade_kit::header_pairs::decode_borrowed;
+use palisade_kit::header_pairs::{decode_borrowed, ClientHost};
 use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::{Counter, Gauge, Histogram};
 use palisade_kit::host::{self, HostClock, Map};
@@ -276,8 +276,7 @@ impl Worker {
 }
 
 fn compile(config: AuditConfig) -> Result<Worker, String> {
-    let mut audit = Audit::build(&config).map_err(|e| e.to_string())?;
-    audit.set_client_host(host::client_host());
+    let audit = Audit::build(&config).map_err(|e| e.to_string())?;
     let (format, collector) = match &config.sink {
         Some(Sink::KafkaRest(c)) => (
             Format::KafkaRest {
@@ -515,6 +514,11 @@ impl Stream {
             client_address: text_property(&["source", "address"]),
             upstream_address: text_property(&["upstream", "address"]),
             denial,
+            // The flavor shows the host without asking it (Kong's `:authority` is its own).
+            client_host: match flavor {
+                Flavor::Kong => ClientHost::HostHeader,
+                Flavor::Envoy | Flavor::Unknown => ClientHost::Authority,
+            },
             ..Facts::default()
         };
         match flavor {

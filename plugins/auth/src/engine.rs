@@ -281,8 +281,9 @@ pub struct Authenticator {
     verified: Option<VerifiedCache>,
     /// The worker's memo in front of it (on with it).
     memo: Option<TokenMemo>,
-    /// Where the request map holds the Host that `hosts` rules match (Kong: `host`).
-    client_host: ClientHost,
+    /// Where the request map holds the Host that `hosts` rules match (Kong: `host`). Asked per
+    /// request: the host can tell cheaply only then (in the root context Kong logs an error).
+    client_host: fn() -> ClientHost,
 }
 
 impl Authenticator {
@@ -388,12 +389,12 @@ impl Authenticator {
             default_requirement,
             verified: VerifiedCache::new(config.verified_token_cache_entries),
             memo: TokenMemo::new(config.verified_token_cache_entries),
-            client_host: ClientHost::default(),
+            client_host: ClientHost::default,
         }
     }
 
     /// Where the host's request maps hold the client's Host (`host::client_host`).
-    pub fn set_client_host(&mut self, client_host: ClientHost) {
+    pub fn set_client_host(&mut self, client_host: fn() -> ClientHost) {
         self.client_host = client_host;
     }
 
@@ -452,7 +453,7 @@ impl Authenticator {
         }
         let rewrite = normalized.disposition == PathDisposition::Rewrite;
         let facts = RequestFacts {
-            authority: self.client_host.get(headers),
+            authority: (self.client_host)().get(headers),
             path: &normalized.path,
             method: get(headers, ":method").unwrap_or_default(),
             peer_principal: peer,

@@ -199,7 +199,7 @@ impl Plugin for AuthPlugin {
         let mut problems = Problems::default();
         let mut engine = Authenticator::build(&config, &mut problems);
         problems.into_result()?;
-        engine.set_client_host(host::client_host());
+        engine.set_client_host(host::client_host);
         let metrics = config.metrics.then(|| Metrics::define(&engine));
         let cache = engine
             .introspector()

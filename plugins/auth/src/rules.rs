@@ -578,7 +578,8 @@ impl Rule {
 /// What the rules look at in a request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
-    /// `:authority` (or `host`), raw; the port is ignored.
+    /// The client's Host, raw (`:authority` on Envoy, `host` on Kong); read with
+    /// `kit::authority`, the port ignored.
     pub authority: Option<&'a [u8]>,
     /// The normalised path ([`crate::path::NormalizedPath::path`]).
     pub path: &'a str,

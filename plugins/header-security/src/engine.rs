@@ -213,13 +213,14 @@ pub struct HeaderSecurity {
 impl HeaderSecurity {
     /// Compiles the configuration, recording every problem (for Envoy's request maps).
     pub fn build(config: &HeaderSecurityConfig, problems: &mut Problems) -> Self {
-        Self::build_for(config, ClientHost::Authority, problems)
+        Self::build_for(config, ClientHost::default, problems)
     }
 
-    /// [`Self::build`] for a host whose request maps hold the client's Host in `client_host`.
+    /// [`Self::build`] for a host whose request maps hold the client's Host where
+    /// `client_host` says, asked per request (`host::client_host`).
     pub fn build_for(
         config: &HeaderSecurityConfig,
-        client_host: ClientHost,
+        client_host: fn() -> ClientHost,
         problems: &mut Problems,
     ) -> Self {
         let cors = config
@@ -275,7 +276,10 @@ impl HeaderSecurity {
             unique
         })
         // The CORS request headers may come on top.
-        .filter(|names| names.len() + CORS_REQUEST_HEADERS.len() <= MAX_LOOKUPS);
+        .filter(|names| {
+            let host = usize::from(!config.limits.allowed_hosts.is_empty());
+            names.len() + host + CORS_REQUEST_HEADERS.len() <= MAX_LOOKUPS
+        });
         let security = SecurityHeaders::new(&config.security_headers);
         let security_edits = security
             .remove
@@ -321,6 +325,11 @@ impl HeaderSecurity {
         for name in names {
             if let Some(value) = get(name) {
                 found.push(name.as_str(), value);
+            }
+        }
+        if let Some(name) = self.limits.host_name() {
+            if let Some(value) = get(name) {
+                found.push(name, value);
             }
         }
         if self.cors.is_none() || found.value("origin").is_none() {

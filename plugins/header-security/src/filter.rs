@@ -36,7 +36,7 @@ impl Plugin for HeaderSecurityPlugin {
 
     fn compile(config: HeaderSecurityConfig) -> Result<Worker, ConfigError> {
         let mut problems = Problems::default();
-        let engine = HeaderSecurity::build_for(&config, host::client_host(), &mut problems);
+        let engine = HeaderSecurity::build_for(&config, host::client_host, &mut problems);
         problems.into_result()?;
         Ok(Worker {
             engine,

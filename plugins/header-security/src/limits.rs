@@ -106,8 +106,9 @@ pub struct RequestLimits {
     methods: Vec<String>,
     allow_header: String,
     hosts: Vec<HostPattern>,
-    /// Where the request map holds the Host `hosts` checks (Kong: `host`).
-    client_host: ClientHost,
+    /// Where the request map holds the Host `hosts` checks (Kong: `host`). Asked per request:
+    /// the host can tell cheaply only then (in the root context Kong logs an error for it).
+    client_host: fn() -> ClientHost,
 }
 
 impl RequestLimits {
@@ -152,7 +153,7 @@ impl RequestLimits {
                 .max_header_bytes
                 .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             reject_control_characters: config.reject_control_characters,
-            client_host: ClientHost::Authority,
+            client_host: ClientHost::default,
             methods: config.allowed_methods.clone(),
             allow_header: config.allowed_methods.join(", "),
             hosts,
@@ -167,24 +168,26 @@ impl RequestLimits {
             || self.reject_control_characters
     }
 
-    /// Reads the client's Host from `client_host` (Envoy: `:authority`, Kong: `host`).
-    pub fn reading_host_from(mut self, client_host: ClientHost) -> Self {
+    /// Reads the client's Host where `client_host` says (Envoy: `:authority`, Kong: `host`).
+    pub fn reading_host_from(mut self, client_host: fn() -> ClientHost) -> Self {
         self.client_host = client_host;
         self
     }
 
-    /// The request headers the checks read when they do not need them all.
+    /// The entry holding the client's Host, when `allowed_hosts` needs it.
+    pub fn host_name(&self) -> Option<&'static str> {
+        (!self.hosts.is_empty()).then(|| (self.client_host)().name())
+    }
+
+    /// The request headers the checks read when they do not need them all, but for the Host
+    /// ([`Self::host_name`]).
     pub fn header_names(&self) -> impl Iterator<Item = &'static str> {
         let method: &[&'static str] = if self.methods.is_empty() {
             &[]
         } else {
             &[":method"]
         };
-        let host = (!self.hosts.is_empty()).then(|| self.client_host.name());
-        ["content-length"]
-            .into_iter()
-            .chain(method.iter().copied())
-            .chain(host)
+        ["content-length"].into_iter().chain(method.iter().copied())
     }
 
     /// Checks the request headers: every one when [`Self::needs_all_headers`], else at least
@@ -200,7 +203,11 @@ impl RequestLimits {
         let mut bytes = 0usize;
         let mut method: &[u8] = b"";
         let mut authority: Option<&[u8]> = None;
-        let host_name = self.client_host.name().as_bytes();
+        // Asked only when needed: the first answer costs the host probe a call.
+        let host_name: &[u8] = match self.host_name() {
+            Some(name) => name.as_bytes(),
+            None => b"",
+        };
         let mut content_length: Option<&[u8]> = None;
         for &(name, value) in headers {
             if self.reject_control_characters
@@ -212,7 +219,8 @@ impl RequestLimits {
             }
             bytes = bytes.saturating_add(name.len() + value.len());
             // Kong (nginx) keeps the client's spelling of names; Envoy lower-cases them.
-            if authority.is_none() && name.eq_ignore_ascii_case(host_name) {
+            if authority.is_none() && !host_name.is_empty() && name.eq_ignore_ascii_case(host_name)
+            {
                 authority = Some(value);
             }
             if name.starts_with(b":") {
@@ -377,16 +385,17 @@ mod tests {
         assert!(!routed.needs_all_headers());
         assert_eq!(
             routed.header_names().collect::<Vec<_>>(),
-            ["content-length", ":method", ":authority"]
+            ["content-length", ":method"]
         );
+        assert_eq!(routed.host_name(), Some(":authority"));
         assert_eq!(
             routed
                 .clone()
-                .reading_host_from(ClientHost::HostHeader)
-                .header_names()
-                .collect::<Vec<_>>(),
-            ["content-length", ":method", "host"]
+                .reading_host_from(|| ClientHost::HostHeader)
+                .host_name(),
+            Some("host")
         );
+        assert_eq!(defaults.host_name(), None);
         for strict in [
             r#"{"max_header_count":50}"#,
             r#"{"max_header_bytes":8192}"#,
@@ -449,7 +458,7 @@ mod tests {
     #[test]
     fn on_kong_hosts_are_checked_on_the_host_header() {
         let l = limits(r#"{"allowed_hosts":["api.example.com"]}"#)
-            .reading_host_from(ClientHost::HostHeader);
+            .reading_host_from(|| ClientHost::HostHeader);
         let kong = |host: &str| {
             let mut headers = request(&[("Host", host)]);
             headers[2].1 = b"kong:8000".to_vec();

@@ -12,7 +12,8 @@ pub struct Authority {
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`. The host is a DNS name (letters, digits, `-`,
 /// `_`, dots between non-empty labels, one trailing dot allowed) or a bracketed IPv6 address;
-/// the port 1 to 5 digits up to 65535. `None` for anything else.
+/// the port up to 5 digits up to 65535, or empty. `None` for anything else, including IPv6
+/// zone ids and percent-encoded names, which clients do not send as a Host.
 pub fn parse(authority: &[u8]) -> Option<Authority> {
     let (host, port) = if authority.first() == Some(&b'[') {
         let end = authority.iter().position(|&b| b == b']')?;
@@ -49,12 +50,16 @@ pub fn parse(authority: &[u8]) -> Option<Authority> {
     Some(Authority { host, port })
 }
 
-/// `""` (no port) or `:digits`; `None` when it is neither.
+/// `""` or `":"` (no port: RFC 3986's `port = *DIGIT`, which nginx accepts) or `:digits`;
+/// `None` when it is neither.
 fn port_of(rest: &[u8]) -> Option<Option<u16>> {
     let Some(digits) = rest.strip_prefix(b":") else {
         return rest.is_empty().then_some(None);
     };
-    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() {
+        return Some(None);
+    }
+    if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
     let port = digits
@@ -91,6 +96,7 @@ mod tests {
         );
         assert_eq!(host_port("my_host:0"), some("my_host", Some(0)));
         assert_eq!(host_port("a:65535"), some("a", Some(65535)));
+        assert_eq!(host_port("api.example.com:"), some("api.example.com", None));
     }
 
     /// Each of these would let a prefix or suffix match pass a host the proxy does not route
@@ -103,7 +109,7 @@ mod tests {
             "api.example.com:x",
             "api.example.com:443:1",
             "api.example.com:+443",
-            "api.example.com:",
+            "api.example.com::",
             "api.example.com:65536",
             "api.example.com:000443",
             "evil.com@api.example.com",
@@ -115,7 +121,6 @@ mod tests {
             "[::1",
             "[]",
             "[::1]x",
-            "[::1]:",
             "[fe80::1%25eth0]",
             "ex\u{e4}mple.com",
             "*.example.com",

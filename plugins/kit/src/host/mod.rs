@@ -371,8 +371,9 @@ pub fn is_kong() -> bool {
     })
 }
 
-/// Where this host's request maps hold the client's Host (see [`ClientHost`]). Ask it when the
-/// plugin is configured: on Kong that is the one place the probe costs nothing per request.
+/// Where this host's request maps hold the client's Host (see [`ClientHost`]). Ask it in a
+/// request: in the root context Kong answers the probe with an `[error]` log line per VM (it
+/// still reads as Kong); after the first request it is a remembered answer.
 ///
 /// [`ClientHost`]: crate::header_pairs::ClientHost
 pub fn client_host() -> crate::header_pairs::ClientHost {
