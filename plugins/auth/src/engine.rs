@@ -453,7 +453,12 @@ impl Authenticator {
         }
         let rewrite = normalized.disposition == PathDisposition::Rewrite;
         let facts = RequestFacts {
-            authority: (self.client_host)().get(headers),
+            // Asked only when a rule needs it: the first answer costs the host probe a call.
+            authority: if policy.rules.uses_hosts() {
+                (self.client_host)().get(headers)
+            } else {
+                None
+            },
             path: &normalized.path,
             method: get(headers, ":method").unwrap_or_default(),
             peer_principal: peer,

@@ -668,7 +668,7 @@ impl Rules {
     }
 
     /// Does any rule match on the request's host?
-    fn uses_hosts(&self) -> bool {
+    pub fn uses_hosts(&self) -> bool {
         self.rules.iter().any(|rule| !rule.hosts.is_empty())
     }
 
