@@ -41,7 +41,10 @@ fn verified_tokens_reach_the_upstream_with_the_identity_and_without_the_token() 
     assert_eq!(seen.len(), REQUESTS);
     for request in &seen {
         assert_eq!(request.header("x-palisade-subject"), Some("alice"));
-        assert_eq!(request.header("x-palisade-consumer"), Some("alice"));
+        assert_eq!(
+            request.header("x-palisade-consumer"),
+            Some("https://idp.example/alice")
+        );
         assert_eq!(request.header("x-palisade-auth-provider"), Some("idp"));
         assert_eq!(
             request.header("x-palisade-claim-email"),

@@ -88,7 +88,7 @@ fn spoofed_identity_headers_never_reach_the_upstream() {
                 identity,
                 [
                     ("x-palisade-auth-provider", "idp"),
-                    ("x-palisade-consumer", "alice"),
+                    ("x-palisade-consumer", "https://idp.example/alice"),
                     ("x-palisade-subject", "alice"),
                 ],
                 "{}",

@@ -306,7 +306,10 @@ fn every_algorithm_is_accepted_and_identity_set_from_the_token() -> Result<(), F
             assert_eq!(outcome, Outcome::Continue, "{profile:?} {alg}");
             assert_eq!(upstream.get("x-palisade-subject"), Some("alice"));
             assert_eq!(upstream.all("x-palisade-subject").len(), 1);
-            assert_eq!(upstream.get("x-palisade-consumer"), Some("alice"));
+            assert_eq!(
+                upstream.get("x-palisade-consumer"),
+                Some("https://idp.example/alice")
+            );
             assert_eq!(upstream.all("x-palisade-consumer").len(), 1);
             assert_eq!(upstream.get("x-palisade-auth-provider"), Some("idp"));
             assert_eq!(

@@ -304,7 +304,10 @@ fn api_keys_name_their_consumer_and_are_checked_against_the_rule() -> Result<(),
             api().header("authorization", format!("Bearer {}", token(json!({})))),
         )?;
         assert_eq!(outcome, Outcome::Continue);
-        assert_eq!(upstream.get("x-palisade-consumer"), Some("alice"));
+        assert_eq!(
+            upstream.get("x-palisade-consumer"),
+            Some("https://idp.example/alice")
+        );
         assert_eq!(upstream.get("x-palisade-auth-provider"), Some("idp"));
         // The host condition: the same request to another host meets the default deny.
         let (outcome, _) = send(

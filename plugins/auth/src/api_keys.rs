@@ -114,6 +114,12 @@ impl ApiKeysConfig {
                     }
                     if key.consumer.trim().is_empty() {
                         p.push_at("consumer", "must not be empty");
+                    } else if key.consumer.contains('/') {
+                        // Token consumers are `<issuer>/<sub>`: a key's never collides with one.
+                        p.push_at(
+                            "consumer",
+                            "must not contain '/', which marks a token's consumer (<issuer>/<sub>)",
+                        );
                     }
                     p.field("scopes", |p| {
                         for (j, scope) in key.scopes.iter().enumerate() {
@@ -644,7 +650,7 @@ mod tests {
                 {{"sha256":"my-secret-key","consumer":""}},
                 {{"sha256":"{0}","consumer":"a","scopes":["has space"],"labels":{{"sub":"x"}}}},
                 {{"sha256":"{0}","consumer":"b"}},
-                {{"sha256":"{1}","consumer":"c"}}
+                {{"sha256":"{1}","consumer":"https://idp.example/alice"}}
             ]}}"#,
             sha256_hex(b"k"),
             "g".repeat(64)
@@ -674,6 +680,10 @@ mod tests {
                 ),
                 ("keys[2].sha256", "the same key is listed twice"),
                 ("keys[3].sha256", HASH_HINT),
+                (
+                    "keys[3].consumer",
+                    "must not contain '/', which marks a token's consumer (<issuer>/<sub>)"
+                ),
             ]
         );
         assert!(!err.to_string().contains("my-secret-key"));

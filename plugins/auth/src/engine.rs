@@ -648,7 +648,7 @@ impl Authenticator {
             }
         }
         let mut edits = self.strip_identity(headers);
-        set_identity(&mut edits, API_KEY_PROVIDER, Some(&key.consumer));
+        set_identity(&mut edits, API_KEY_PROVIDER, Some(&key.consumer), None);
         // The key's header goes unless forwarded; copies of it spelled otherwise, which nobody
         // checked, always go.
         for name in api_keys.key_headers() {
@@ -734,7 +734,13 @@ impl Authenticator {
         let mut edits = pending.strip;
         // The path edit (if any) goes last, after the token's removal from the query.
         let path_edit = take_path_edit(&mut edits);
-        set_identity(&mut edits, INTROSPECTION_PROVIDER, info.subject());
+        let issuer = info.iss.as_deref().unwrap_or(INTROSPECTION_PROVIDER);
+        set_identity(
+            &mut edits,
+            INTROSPECTION_PROVIDER,
+            info.subject(),
+            Some(issuer),
+        );
         edits.extend(pending.removal);
         edits.extend(path_edit);
         Verdict::Allow(Allowed::new(source, edits, info.exp))
@@ -828,7 +834,7 @@ impl Authenticator {
 
     fn identity_edits(&self, provider: &Provider, claims: &Claims, edits: &mut Vec<Edit<'static>>) {
         let sub = claims.get("sub").and_then(|s| s.as_str());
-        set_identity(edits, &provider.name, sub);
+        set_identity(edits, &provider.name, sub, Some(&provider.issuer));
         for mapping in &provider.claims_to_headers {
             if let Some(value) =
                 claims::lookup(claims, &mapping.claim).and_then(claims::header_value)
@@ -877,17 +883,33 @@ fn set(edits: &mut Vec<Edit<'static>>, name: &str, value: String) {
 }
 
 /// The provider header, and subject and consumer when the subject is safe in a header.
-fn set_identity(edits: &mut Vec<Edit<'static>>, provider: &str, subject: Option<&str>) {
-    let mut set_static = |name: &'static str, value: &str| {
-        edits.push(Edit::Set(
-            Cow::Borrowed(name),
-            Cow::Owned(value.as_bytes().to_vec()),
-        ));
+///
+/// A token's consumer is `<issuer>/<subject>`, as Istio's `request.auth.principal`: subjects
+/// are only unique within their issuer, and a bare `sub` would let a user whose IdP subject
+/// equals an API key's consumer (or another IdP's subject) share its rate-limit budget and
+/// audit identity. An API key's consumer (`issuer` `None`) is the name the operator gave it.
+fn set_identity(
+    edits: &mut Vec<Edit<'static>>,
+    provider: &str,
+    subject: Option<&str>,
+    issuer: Option<&str>,
+) {
+    let mut set_static = |name: &'static str, value: Vec<u8>| {
+        edits.push(Edit::Set(Cow::Borrowed(name), Cow::Owned(value)));
     };
-    set_static(identity::PROVIDER, provider);
-    if let Some(subject) = subject.filter(|s| claims::is_header_safe(s)) {
-        set_static(identity::SUBJECT, subject);
-        set_static(identity::CONSUMER, subject);
+    set_static(identity::PROVIDER, provider.as_bytes().to_vec());
+    let Some(subject) = subject.filter(|s| claims::is_header_safe(s)) else {
+        return;
+    };
+    set_static(identity::SUBJECT, subject.as_bytes().to_vec());
+    let consumer = match issuer {
+        Some(issuer) => format!("{issuer}/{subject}"),
+        None => subject.to_owned(),
+    };
+    // The issuer comes from the configuration or a trusted answer, but is checked as the
+    // subject is: a header value must not carry control characters.
+    if claims::is_header_safe(&consumer) {
+        set_static(identity::CONSUMER, consumer.into_bytes());
     }
 }
 
@@ -1180,6 +1202,30 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_is_namespaced_by_its_issuer_but_an_api_key_names_its_own() {
+        let consumer = |subject: &str, issuer: Option<&str>| {
+            let mut edits = Vec::new();
+            set_identity(&mut edits, "p", Some(subject), issuer);
+            edits.into_iter().find_map(|edit| match edit {
+                Edit::Set(name, value) if name == identity::CONSUMER => Some(value.into_owned()),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            consumer("alice", Some("https://idp.example")),
+            Some(b"https://idp.example/alice".to_vec())
+        );
+        // The same subject from an API key or another issuer is another consumer.
+        assert_eq!(consumer("alice", None), Some(b"alice".to_vec()));
+        assert_eq!(
+            consumer("alice", Some("https://other.example")),
+            Some(b"https://other.example/alice".to_vec())
+        );
+        // An issuer that cannot go in a header gives no consumer rather than a bad header.
+        assert_eq!(consumer("alice", Some("idp\r\nx: y")), None);
+    }
+
+    #[test]
     fn a_remembered_token_strips_a_spoofed_identity_before_setting_its_own() {
         let mut config = config(json!({}));
         config.verified_token_cache_entries = 16;
@@ -1202,7 +1248,7 @@ mod tests {
                     remove.clone(),
                     set(identity::PROVIDER, "idp"),
                     set(identity::SUBJECT, "alice"),
-                    set(identity::CONSUMER, "alice"),
+                    set(identity::CONSUMER, "https://idp.example/alice"),
                     set("x-user-email", "alice@example.com"),
                     Edit::Remove("authorization".into()),
                 ],
@@ -1410,7 +1456,7 @@ mod tests {
                 remove("x_user_email"),
                 set("x-palisade-auth-provider", "idp"),
                 set("x-palisade-subject", "alice"),
-                set("x-palisade-consumer", "alice"),
+                set("x-palisade-consumer", "https://idp.example/alice"),
                 set("x-user-email", "alice@example.com"),
                 remove("authorization"),
             ]
@@ -1720,6 +1766,7 @@ mod policy_tests {
         };
         let info = |scope: &str| TokenInfo {
             sub: Some("svc".into()),
+            iss: None,
             client_id: None,
             username: None,
             scope: Some(scope.into()),
@@ -1747,11 +1794,21 @@ mod policy_tests {
                 ),
                 Edit::Set(
                     "x-palisade-consumer".to_owned().into(),
-                    b"svc".to_vec().into()
+                    b"introspection/svc".to_vec().into()
                 ),
                 Edit::Remove("authorization".to_owned().into()),
             ]
         );
+        // An endpoint that names its issuer namespaces the consumer with it.
+        let mut named = info("orders:write");
+        named.iss = Some("https://idp.example".into());
+        let Verdict::Allow(allowed) = engine.introspected(pending(), Answer::Active(&named)) else {
+            panic!()
+        };
+        assert!(allowed.edits().contains(&Edit::Set(
+            "x-palisade-consumer".to_owned().into(),
+            b"https://idp.example/svc".to_vec().into()
+        )));
         assert_eq!(
             engine.introspected(pending(), Answer::Active(&info("orders:read"))),
             Verdict::Deny {

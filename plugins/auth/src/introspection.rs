@@ -417,6 +417,7 @@ impl Introspector {
         };
         let info = TokenInfo {
             sub: string("sub")?,
+            iss: iss.clone(),
             client_id: string("client_id")?,
             username: string("username")?,
             scope: string("scope")?,
@@ -482,6 +483,8 @@ impl Inactive {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenInfo {
     pub sub: Option<String>,
+    /// The issuer the endpoint names (checked against `issuer` when one is configured).
+    pub iss: Option<String>,
     pub client_id: Option<String>,
     pub username: Option<String>,
     /// Space-separated scopes.

@@ -7,7 +7,8 @@
 pub const PREFIX: &str = "x-palisade-";
 /// The authenticated subject (JWT `sub`, the API key's consumer, the introspected `sub`).
 pub const SUBJECT: &str = "x-palisade-subject";
-/// The consumer a rate limit or audit event is keyed by.
+/// The consumer a rate limit or audit event is keyed by: `<issuer>/<sub>` for a token, the
+/// configured name (never with a `/`) for an API key.
 pub const CONSUMER: &str = "x-palisade-consumer";
 /// The provider that authenticated the request.
 pub const PROVIDER: &str = "x-palisade-auth-provider";
