@@ -121,6 +121,10 @@ struct Case {
     config: &'static str,
     scenario: Scenario,
     max_calls: usize,
+    /// Calls Kong may make over `max_calls`: the VM's first insert into shared data learns
+    /// that Kong wants version 0 for it (`palisade_kit::store::insert`), a refused write and a
+    /// read more, once per VM.
+    kong_first_insert: usize,
     max_fuel: Option<u64>,
 }
 
@@ -136,6 +140,7 @@ fn cases() -> Vec<Case> {
         config,
         scenario,
         max_calls,
+        kong_first_insert: 0,
         max_fuel: None,
     };
     // header-security's fuel as measured (Rust 1.95, proxy-wasm 0.2, opt-level 3) plus ~3%: a
@@ -225,15 +230,19 @@ fn cases() -> Vec<Case> {
             // Clock, one slot read, one compare-and-swap write, one counter; two headers.
             6,
         ),
-        case(
-            Plugin::Resilience,
-            "bench",
-            bench_configs::RESILIENCE,
-            Scenario::Get,
-            // First request of a VM: its two gauges are defined on first use. A success on a
-            // circuit with nothing counted reports nothing (no clock, no shared read).
-            19,
-        ),
+        Case {
+            // The first request of the proxy inserts its concurrency share.
+            kong_first_insert: 2,
+            ..case(
+                Plugin::Resilience,
+                "bench",
+                bench_configs::RESILIENCE,
+                Scenario::Get,
+                // First request of a VM: its two gauges are defined on first use. A success on
+                // a circuit with nothing counted reports nothing (no clock, no shared read).
+                19,
+            )
+        },
         case(
             Plugin::Audit,
             "bench",
@@ -300,7 +309,12 @@ fn host_calls_per_request_stay_within_bounds() -> Result<(), Failure> {
                     "{line}: {whole_maps} whole-map reads, expected {expected}"
                 ));
             }
-            if count > case.max_calls {
+            let allowance = if profile == Profile::Envoy {
+                0
+            } else {
+                case.kong_first_insert
+            };
+            if count > case.max_calls + allowance {
                 over.push(line.clone());
             }
             if let Some(max_fuel) = case.max_fuel.filter(|max| stream.fuel() > *max) {

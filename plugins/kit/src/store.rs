@@ -5,12 +5,10 @@
 //! workers updating one key never lose an update silently: the second gets [`Write::Conflict`]
 //! and reads again ([`update`] does that loop).
 //!
-//! Hosts differ on a write that names no token (an insert after a read found nothing): Envoy
-//! overwrites whatever is there, Kong's ngx_wasm_module refuses if the key exists. So callers
-//! insert only after a read found the key absent, and this module never writes blind. On Envoy
-//! two workers inserting the same new key at once can still both succeed (last one wins): that
-//! race exists once per key lifetime, and callers that must be exact keep keys alive (an empty
-//! value is a tombstone, read back with a token) instead of recreating them.
+//! Hosts differ on a write that names no token: Envoy overwrites whatever is there, Kong's
+//! ngx_wasm_module refuses if the key exists. A write with `expected: None` is therefore an
+//! insert that never overwrites, on both hosts ([`insert`]): two workers inserting the same new
+//! key at once get one [`Write::Stored`] and one [`Write::Conflict`], and the loser reads again.
 //!
 //! Every key starts with [`NAMESPACE`]. Kong's ngx_wasm_module keeps a key `<zone>/<rest>` in the
 //! shm_kv zone named `<zone>` when one is defined, else in the default zone `*`, and traps when
@@ -99,6 +97,41 @@ impl<S: SharedStore + ?Sized> SharedStore for std::rc::Rc<S> {
     }
 }
 
+/// The version an insert names on a host that has not yet shown it wants 0 ([`insert`]). Envoy
+/// hands out versions from one counter for every key, starting at 1, so an existing key holds
+/// this one only right after that counter's 2^32nd write.
+pub const INSERT_VERSION: u32 = u32::MAX;
+
+/// Writes a key only if it does not exist, over a host's raw `proxy_set_shared_data`
+/// (`write(version)`), whichever host it is:
+///
+/// - Envoy inserts an absent key whatever version the write names, and checks a non-zero one
+///   against an existing key: a write naming [`INSERT_VERSION`] is an insert-if-absent. (One
+///   naming 0 would overwrite.)
+/// - Kong takes a write of an absent key only if it names 0, and refuses 0 for an existing key:
+///   its insert-if-absent names 0.
+///
+/// So the first insert names [`INSERT_VERSION`]. When that is refused and `exists()` finds no
+/// key, the host is one that wants 0 (Envoy never refuses an absent key, nor removes one): the
+/// write is made again with 0, and `names_zero` remembers it for every later insert of the VM.
+pub fn insert(
+    names_zero: &Cell<bool>,
+    mut write: impl FnMut(u32) -> Result<Write, StoreError>,
+    exists: impl FnOnce() -> Result<bool, StoreError>,
+) -> Result<Write, StoreError> {
+    if names_zero.get() {
+        return write(0);
+    }
+    match write(INSERT_VERSION)? {
+        Write::Stored => Ok(Write::Stored),
+        Write::Conflict if exists()? => Ok(Write::Conflict),
+        Write::Conflict => {
+            names_zero.set(true);
+            write(0)
+        }
+    }
+}
+
 /// What an [`update`] step decided.
 pub enum Step<T> {
     /// Write these bytes, then return the value (if the write wins).
@@ -143,23 +176,27 @@ pub fn update<T>(
     Err(UpdateError::Contended(attempts))
 }
 
-/// How a host treats a write that names no version on a key that exists.
+/// How a host's raw write treats versions: what a write naming version 0 does to a key that
+/// exists, and (the other side of it) what it takes to insert an absent key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlindWrite {
-    /// Envoy: the write overwrites.
+    /// Envoy: a write naming 0 overwrites; an absent key is inserted whatever version is named.
     Overwrites,
-    /// Kong's ngx_wasm_module: the write is refused.
+    /// Kong's ngx_wasm_module: a write naming 0 is refused; an absent key is inserted only by a
+    /// write naming 0.
     Refused,
 }
 
-/// An in-memory store with the hosts' CAS semantics, for unit tests. Share one between several
-/// engines (through `Rc` or references) to stand for several workers.
+/// An in-memory store with the hosts' raw CAS semantics under the same [`insert`] the host
+/// store uses, for unit tests. Share one between several engines (through `Rc` or references)
+/// to stand for several workers.
 #[derive(Debug)]
 pub struct MemoryStore {
     entries: RefCell<HashMap<String, (Vec<u8>, NonZeroU32)>>,
     next_cas: Cell<u32>,
     blind_write: BlindWrite,
     capacity_bytes: usize,
+    inserts_name_zero: Cell<bool>,
 }
 
 impl MemoryStore {
@@ -175,6 +212,7 @@ impl MemoryStore {
             next_cas: Cell::new(0),
             blind_write,
             capacity_bytes,
+            inserts_name_zero: Cell::new(false),
         }
     }
 
@@ -208,15 +246,33 @@ impl SharedStore for MemoryStore {
     }
 
     fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
+        match expected {
+            Some(Cas(cas)) => self.raw_set(key, value, cas.get()),
+            None => insert(
+                &self.inserts_name_zero,
+                |cas| self.raw_set(key, value, cas),
+                || Ok(self.entries.borrow().contains_key(key)),
+            ),
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A host's `proxy_set_shared_data` naming version `cas` (0: none).
+    fn raw_set(&self, key: &str, value: &[u8], cas: u32) -> Result<Write, StoreError> {
         let mut entries = self.entries.borrow_mut();
         let existing = entries.get(key).map(|(old, cas)| (old.len(), *cas));
-        match (existing, expected) {
-            (Some((_, current)), Some(Cas(seen))) if current != seen => return Ok(Write::Conflict),
-            (None, Some(_)) => return Ok(Write::Conflict),
-            (Some(_), None) if self.blind_write == BlindWrite::Refused => {
-                return Ok(Write::Conflict)
-            }
-            _ => {}
+        let refused = match (self.blind_write, existing) {
+            // cpp-host `SharedData::set`: a version is checked only when non-zero and the key
+            // exists.
+            (BlindWrite::Overwrites, Some((_, current))) => cas != 0 && cas != current.get(),
+            (BlindWrite::Overwrites, None) => false,
+            // ngx_wa_shm_kv.c: `cas != (n == NULL ? 0 : n->cas)` is not written.
+            (BlindWrite::Refused, Some((_, current))) => cas != current.get(),
+            (BlindWrite::Refused, None) => cas != 0,
+        };
+        if refused {
+            return Ok(Write::Conflict);
         }
         let used: usize = entries.iter().map(|(k, (v, _))| k.len() + v.len()).sum();
         let freed = existing.map_or(0, |(old_len, _)| key.len() + old_len);
@@ -248,14 +304,92 @@ mod tests {
     }
 
     #[test]
-    fn blind_write_follows_the_host() {
-        let envoy = MemoryStore::with(BlindWrite::Overwrites, usize::MAX);
-        let kong = MemoryStore::with(BlindWrite::Refused, usize::MAX);
-        for store in [&envoy, &kong] {
-            assert_eq!(store.set("k", b"1", None), Ok(Write::Stored));
+    fn an_insert_never_overwrites_on_either_host() {
+        for blind_write in [BlindWrite::Overwrites, BlindWrite::Refused] {
+            let store = MemoryStore::with(blind_write, usize::MAX);
+            for _ in 0..2 {
+                assert_eq!(store.set("k", b"1", None), Ok(Write::Stored));
+                assert_eq!(store.set("k", b"2", None), Ok(Write::Conflict));
+                assert_eq!(store.get("k").unwrap().unwrap().value, b"1");
+                store.entries.borrow_mut().clear();
+            }
+            // Only Kong's refusal of an absent key teaches the store to name 0.
+            assert_eq!(
+                store.inserts_name_zero.get(),
+                blind_write == BlindWrite::Refused
+            );
         }
-        assert_eq!(envoy.set("k", b"2", None), Ok(Write::Stored));
-        assert_eq!(kong.set("k", b"2", None), Ok(Write::Conflict));
+    }
+
+    #[test]
+    fn insert_names_a_version_envoy_checks_and_zero_where_kong_wants_it() {
+        // What each raw write named, and whether the key existed then.
+        let names_zero = Cell::new(false);
+        let mut named = Vec::new();
+        // Envoy, key absent: the first write inserts.
+        let written = insert(
+            &names_zero,
+            |cas| {
+                named.push(cas);
+                Ok(Write::Stored)
+            },
+            || unreachable!(),
+        );
+        assert_eq!(
+            (written, named.as_slice()),
+            (Ok(Write::Stored), &[INSERT_VERSION][..])
+        );
+        // Envoy, key present: refused, and it exists: a conflict, no write naming 0.
+        named.clear();
+        let written = insert(
+            &names_zero,
+            |cas| {
+                named.push(cas);
+                Ok(Write::Conflict)
+            },
+            || Ok(true),
+        );
+        assert_eq!(
+            (written, named.as_slice()),
+            (Ok(Write::Conflict), &[INSERT_VERSION][..])
+        );
+        assert!(!names_zero.get());
+        // Kong, key absent: refused, yet absent: written again naming 0, remembered.
+        named.clear();
+        let written = insert(
+            &names_zero,
+            |cas| {
+                named.push(cas);
+                Ok(if cas == 0 {
+                    Write::Stored
+                } else {
+                    Write::Conflict
+                })
+            },
+            || Ok(false),
+        );
+        assert_eq!(
+            (written, named.as_slice()),
+            (Ok(Write::Stored), &[INSERT_VERSION, 0][..])
+        );
+        assert!(names_zero.get());
+        named.clear();
+        let written = insert(
+            &names_zero,
+            |cas| {
+                named.push(cas);
+                Ok(Write::Conflict)
+            },
+            || unreachable!(),
+        );
+        assert_eq!((written, named.as_slice()), (Ok(Write::Conflict), &[0][..]));
+        // A store error is passed on, not read as a conflict.
+        let failed = insert(
+            &Cell::new(false),
+            |_| Err(StoreError::Full),
+            || unreachable!(),
+        );
+        assert_eq!(failed, Err(StoreError::Full));
     }
 
     #[test]
@@ -311,10 +445,10 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_first_inserts_race_on_envoy_but_not_on_kong() {
-        // Both workers read "absent", the other inserts, then we insert. Envoy lets the blind
-        // write through (the documented once-per-key race); Kong refuses it and we retry on top.
-        for (blind_write, expected) in [(BlindWrite::Overwrites, 1), (BlindWrite::Refused, 11)] {
+    fn concurrent_first_inserts_lose_no_update_on_either_host() {
+        // Both workers read "absent", the other inserts, then we insert: refused on both hosts
+        // (Envoy would have overwritten a write naming 0), so we read again and count on top.
+        for (blind_write, expected) in [(BlindWrite::Overwrites, 11), (BlindWrite::Refused, 11)] {
             let store = MemoryStore::with(blind_write, usize::MAX);
             let mut runs = 0;
             let result = update(&store, "n", 3, |current| {

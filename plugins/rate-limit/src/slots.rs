@@ -7,11 +7,10 @@
 //! the key's TAT (16 bytes); a slot whose TAT is in the past is idle and may be taken over by
 //! another key, so memory stays at `slots` values per limit whatever the traffic.
 //!
-//! Keys are created before traffic because Envoy's shared data has no insert-if-absent: two
-//! workers creating the same key at once would both succeed, and one admission would be lost.
-//! Kong refuses such an insert (and may evict keys under memory pressure): a slot that vanished
-//! is free and re-created with "must not exist", which is exact; the probe goes on past it, since
-//! the key may sit in a later slot.
+//! Keys are created before traffic, so a request only ever rewrites a slot it read. Kong may
+//! evict keys under memory pressure: a slot that vanished is free and re-created with the kit's
+//! insert-if-absent, which is exact (two workers re-creating it get one write and one conflict);
+//! the probe goes on past it, since the key may sit in a later slot.
 
 use std::borrow::Cow;
 

@@ -1,9 +1,30 @@
 //! [`SharedStore`] over proxy-wasm shared data.
 
+use std::cell::Cell;
 use std::num::NonZeroU32;
 
 use super::abi;
-use crate::store::{Cas, Entry, SharedStore, StoreError, Write};
+use crate::store::{self, Cas, Entry, SharedStore, StoreError, Write};
+
+thread_local! {
+    /// Whether this host wants version 0 for an insert (Kong), learned from the VM's first
+    /// insert ([`store::insert`]).
+    static INSERTS_NAME_ZERO: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One `proxy_set_shared_data` naming `cas`.
+fn write(key: &str, value: &[u8], cas: u32) -> Result<Write, StoreError> {
+    // SAFETY: pointers to live slices (an empty one is dangling but not null: Kong reads a
+    // null value pointer as a delete).
+    let status = unsafe {
+        abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+    };
+    match status {
+        abi::OK => Ok(Write::Stored),
+        abi::CAS_MISMATCH => Ok(Write::Conflict),
+        status => Err(StoreError::Host(status)),
+    }
+}
 
 /// The host's shared data: one store for every worker's VM of this plugin (Envoy scopes it by
 /// `vm_id`; Kong by its shm zone). Keys are `palisade/<plugin>/...` ([`crate::store::NAMESPACE`]).
@@ -40,16 +61,15 @@ impl SharedStore for HostStore {
     }
 
     fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
-        let cas = expected.map_or(0, |Cas(cas)| cas.get());
-        // SAFETY: pointers to live slices (an empty one is dangling but not null: Kong reads a
-        // null value pointer as a delete).
-        let status = unsafe {
-            abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
-        };
-        match status {
-            abi::OK => Ok(Write::Stored),
-            abi::CAS_MISMATCH => Ok(Write::Conflict),
-            status => Err(StoreError::Host(status)),
+        match expected {
+            Some(Cas(cas)) => write(key, value, cas.get()),
+            None => INSERTS_NAME_ZERO.with(|names_zero| {
+                store::insert(
+                    names_zero,
+                    |cas| write(key, value, cas),
+                    || Ok(self.get(key)?.is_some()),
+                )
+            }),
         }
     }
 
