@@ -51,6 +51,10 @@ pub struct CircuitState {
     /// When `trials_in_flight` last started from zero (half-opening, or the lease running
     /// out): a trial granted before it is not counted, so giving it back frees nothing.
     pub trials_since_ms: u64,
+    /// When the circuit last half-opened: a trial granted since then decides the circuit when
+    /// it reports, however long it took (a lease that ran out freed its place, not its say;
+    /// an upstream slower than the open time must still be able to close the circuit).
+    pub half_open_since_ms: u64,
     /// When the circuit last closed after an opening: a request admitted before it (before
     /// the opening, or a trial of the period that closed) says nothing about the upstream now.
     pub closed_since_ms: u64,
@@ -60,7 +64,7 @@ pub struct CircuitState {
     pub buckets: [(u32, u32); BUCKETS],
 }
 
-const ENCODED_LEN: usize = 1 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 8 + BUCKETS * 8;
+const ENCODED_LEN: usize = 1 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 8 + 8 + BUCKETS * 8;
 
 impl CircuitState {
     pub fn encode(&self) -> Vec<u8> {
@@ -76,6 +80,7 @@ impl CircuitState {
         out.extend_from_slice(&self.trials_in_flight.to_le_bytes());
         out.extend_from_slice(&self.trial_lease_until_ms.to_le_bytes());
         out.extend_from_slice(&self.trials_since_ms.to_le_bytes());
+        out.extend_from_slice(&self.half_open_since_ms.to_le_bytes());
         out.extend_from_slice(&self.closed_since_ms.to_le_bytes());
         out.extend_from_slice(&self.window_epoch.to_le_bytes());
         for (requests, failures) in self.buckets {
@@ -102,6 +107,7 @@ impl CircuitState {
             trials_in_flight: reader.u32()?,
             trial_lease_until_ms: reader.u64()?,
             trials_since_ms: reader.u64()?,
+            half_open_since_ms: reader.u64()?,
             closed_since_ms: reader.u64()?,
             window_epoch: reader.u64()?,
             buckets: [(0, 0); BUCKETS],
@@ -254,7 +260,12 @@ impl CircuitBreaker {
                 Step::Keep((Admission::Quiet, None))
             }
             Phase::Closed => Step::Keep((Admission::Normal, None)),
-            Phase::Open if now_ms < state.open_until_ms => {
+            // An opening that ends further off than the longest one can last was stamped by a
+            // clock that has since stepped back: it has ended.
+            Phase::Open
+                if now_ms < state.open_until_ms
+                    && state.open_until_ms - now_ms <= self.open_time_ms(state.openings) =>
+            {
                 let retry_after = Duration::from_millis(state.open_until_ms - now_ms);
                 Step::Keep((Admission::Rejected { retry_after }, None))
             }
@@ -262,6 +273,7 @@ impl CircuitBreaker {
                 state.phase = Phase::HalfOpen;
                 state.trials_in_flight = 0;
                 state.trials_since_ms = now_ms;
+                state.half_open_since_ms = now_ms;
                 self.grant_trial(&mut state, now_ms);
                 Step::Write(
                     state.encode(),
@@ -329,10 +341,10 @@ impl CircuitBreaker {
         now_ms: u64,
     ) -> Step<Option<Transition>> {
         match (state.phase, admission) {
-            // Only a trial of the current half-open period decides it: one granted earlier
-            // (its lease ran out, or a period before the last opening; a request on a
-            // long-query route can outlive the open time) was presumed lost.
-            (Phase::HalfOpen, Admission::Trial) if granted_ms >= state.trials_since_ms => {
+            // Only a trial of the current half-open period decides it; one of a period before
+            // the last opening says nothing about the upstream now. A trial whose lease ran out
+            // still does: its place went to another trial, but its answer is news.
+            (Phase::HalfOpen, Admission::Trial) if granted_ms >= state.half_open_since_ms => {
                 match outcome {
                     Outcome::Success => {
                         state = CircuitState {
@@ -349,7 +361,14 @@ impl CircuitBreaker {
             }
             // Admitted before the circuit last closed: requests that hung while it was failing
             // must not reopen it once it has recovered.
-            (Phase::Closed, _) if granted_ms < state.closed_since_ms => Step::Keep(None),
+            // (A closing stamped in the future was stamped before the clock stepped back: then
+            // everything counts, or the breaker would ignore every failure until the clock
+            // caught up.)
+            (Phase::Closed, _)
+                if granted_ms < state.closed_since_ms && state.closed_since_ms <= now_ms =>
+            {
+                Step::Keep(None)
+            }
             (Phase::Closed, _) => {
                 let before = state;
                 self.count(&mut state, outcome, now_ms);
@@ -544,6 +563,7 @@ mod tests {
             trials_in_flight: 1,
             trial_lease_until_ms: 7,
             trials_since_ms: 5,
+            half_open_since_ms: 4,
             window_epoch: 12,
             ..CircuitState::default()
         };
@@ -784,6 +804,97 @@ mod tests {
     }
 
     #[test]
+    fn a_healthy_upstream_slower_than_the_open_time_closes_the_circuit() {
+        // base_ejection 30 s; the upstream is back but answers in 40 s, past each trial's
+        // lease. A request arrives every half second.
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 0);
+        let mut trials: Vec<u64> = Vec::new();
+        let mut now = 30_000;
+        let closed_at = loop {
+            assert!(
+                now < 3_600_000,
+                "an hour of successful trials, still half-open"
+            );
+            if let Some(&granted) = trials.iter().find(|&&g| g + 40_000 == now) {
+                let recorded = cb.record(
+                    &store,
+                    KEY,
+                    Admission::Trial,
+                    granted,
+                    Outcome::Success,
+                    now,
+                );
+                if recorded == Ok(Some(Transition::Closed)) {
+                    break now;
+                }
+            }
+            match cb.admit(&store, KEY, now).0 {
+                Admission::Trial => trials.push(now),
+                Admission::Rejected { .. } => {}
+                other => panic!("{other:?}"),
+            }
+            now += 500;
+        };
+        // The first trial's answer closes it, though a second trial took its place.
+        assert_eq!(closed_at, 70_000);
+        assert_eq!(trials, [30_000, 60_000]);
+        assert_eq!(state(&store).phase, Phase::Closed);
+        // A trial of a half-open period before a reopening still says nothing.
+        open_circuit(&cb, &store, 80_000);
+        assert_eq!(cb.admit(&store, KEY, 140_000).0, Admission::Trial);
+        assert_eq!(
+            cb.record(
+                &store,
+                KEY,
+                Admission::Trial,
+                60_000,
+                Outcome::Success,
+                140_001
+            ),
+            Ok(None)
+        );
+        assert_eq!(state(&store).phase, Phase::HalfOpen);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_neither_blinds_a_closed_circuit_nor_stretches_an_opening() {
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        // Closed at 4,000 s; then the clock steps back an hour.
+        open_circuit(&cb, &store, 3_970_000);
+        assert_eq!(cb.admit(&store, KEY, 4_000_000).0, Admission::Trial);
+        assert_eq!(
+            cb.record(
+                &store,
+                KEY,
+                Admission::Trial,
+                4_000_000,
+                Outcome::Success,
+                4_000_001
+            ),
+            Ok(Some(Transition::Closed))
+        );
+        let back = 400_000;
+        for i in 0..4 {
+            assert_eq!(fail(&cb, &store, back + i), None);
+        }
+        assert!(matches!(
+            fail(&cb, &store, back + 4),
+            Some(Transition::Opened {
+                consecutive_failures: 5,
+                ..
+            })
+        ));
+        // Opened for 30 s at `back + 4`; the clock steps back again, by a day's worth: the
+        // opening cannot last more than its 30 s from now.
+        assert_eq!(state(&store).open_until_ms, back + 4 + 30_000);
+        let earlier = 10;
+        assert_eq!(cb.admit(&store, KEY, earlier).0, Admission::Trial);
+    }
+
+    #[test]
     fn a_trial_no_longer_counted_frees_no_other_trials_place() {
         let cb = breaker("");
         let store = MemoryStore::new();
@@ -983,6 +1094,7 @@ mod proptests {
         last_grant: u64,
         /// Trials granted before this are no longer counted.
         trials_since: u64,
+        half_open_since: u64,
         /// When a trial last closed the circuit.
         closed_since: u64,
     }
@@ -1050,6 +1162,7 @@ mod proptests {
             held: Vec::new(),
             last_grant: 0,
             trials_since: 0,
+            half_open_since: 0,
             closed_since: 0,
         };
         let mut now = 1_000_000u64;
@@ -1081,6 +1194,7 @@ mod proptests {
                             m.held = vec![now];
                             m.last_grant = now;
                             m.trials_since = now;
+                            m.half_open_since = now;
                         }
                         ModelPhase::HalfOpen => {
                             let lease_until = m.last_grant + m.open_time(m.openings);
@@ -1119,8 +1233,11 @@ mod proptests {
                         .record(&store, KEY, admission, granted, outcome, now)
                         .map_err(|e| TestCaseError::fail(e.to_string()))?;
                     match (m.phase, admission) {
-                        // Only a trial still counted decides the half-open period.
-                        (ModelPhase::HalfOpen, Admission::Trial) if granted >= m.trials_since => {
+                        // Any trial of this half-open period decides it, its lease run out or
+                        // not.
+                        (ModelPhase::HalfOpen, Admission::Trial)
+                            if granted >= m.half_open_since =>
+                        {
                             if failed {
                                 m.openings += 1;
                                 let open_for = m.open_time(m.openings);
