@@ -109,9 +109,10 @@ struct Worker {
     /// Introspection answers, per worker (keyed by the token's SHA-256).
     cache: Option<RefCell<IntrospectionCache>>,
     /// JWKS refreshes the root timer has in flight: call-out token → (provider index, when to
-    /// give up on its answer, Unix ms). Kong 3.4–3.8 never call back a failed dispatch: such
-    /// an entry is dropped at its deadline, or it would hold the provider's refreshes forever.
-    refreshing: RefCell<HashMap<u32, (usize, u64)>>,
+    /// give up on its answer, when it was made; Unix ms). Kong 3.4–3.8 never call back a failed
+    /// dispatch: such an entry is dropped at its deadline, or it would hold the provider's
+    /// refreshes forever.
+    refreshing: RefCell<HashMap<u32, (usize, u64, u64)>>,
 }
 
 /// How often the root timer looks at the shared JWKS records (and refreshes those due).
@@ -139,9 +140,15 @@ impl Worker {
         self.engine.providers().get(provider)?.remote()
     }
 
-    /// Takes a JWKS call-out's answer (`None`: the dispatch itself failed): new keys for every
-    /// worker, or one warning line and the last good keys kept.
-    fn jwks_answer(&self, provider: usize, trigger: Trigger, body_size: Option<usize>) {
+    /// Takes the answer to a JWKS call-out made at `called_ms` (`None`: the dispatch itself
+    /// failed): new keys for every worker, or one warning line and the last good keys kept.
+    fn jwks_answer(
+        &self,
+        provider: usize,
+        trigger: Trigger,
+        called_ms: u64,
+        body_size: Option<usize>,
+    ) {
         let Some(remote) = self.remote(provider) else {
             return;
         };
@@ -153,7 +160,7 @@ impl Worker {
             }
             None => (None, Vec::new(), 0),
         };
-        let result = remote.fetched(&HostStore, now_ms, status, &body, size);
+        let result = remote.fetched_at(&HostStore, called_ms, now_ms, status, &body, size);
         let counters = self
             .metrics
             .as_ref()
@@ -230,7 +237,7 @@ impl Plugin for AuthPlugin {
         worker
             .refreshing
             .borrow_mut()
-            .retain(|_, (_, deadline)| now_ms <= *deadline);
+            .retain(|_, (_, deadline, _)| now_ms <= *deadline);
         for (index, provider) in worker.engine.providers().iter().enumerate() {
             let Some(remote) = provider.remote() else {
                 continue;
@@ -241,7 +248,7 @@ impl Plugin for AuthPlugin {
                     .refreshing
                     .borrow()
                     .values()
-                    .any(|(p, _)| *p == index)
+                    .any(|(p, _, _)| *p == index)
                 || !remote.claim(&HostStore, now_ms, Trigger::Interval)
             {
                 continue;
@@ -254,11 +261,11 @@ impl Plugin for AuthPlugin {
                     worker
                         .refreshing
                         .borrow_mut()
-                        .insert(token, (index, deadline));
+                        .insert(token, (index, deadline, now_ms));
                 }
                 Err(err) => {
                     log::error!("[{NAME}] could not call the JWKS server: {err}");
-                    worker.jwks_answer(index, Trigger::Interval, None);
+                    worker.jwks_answer(index, Trigger::Interval, now_ms, None);
                 }
             }
         }
@@ -266,8 +273,8 @@ impl Plugin for AuthPlugin {
 
     fn on_root_http_call_response(worker: &Worker, token: u32, body_size: usize) {
         let provider = worker.refreshing.borrow_mut().remove(&token);
-        if let Some((provider, _)) = provider {
-            worker.jwks_answer(provider, Trigger::Interval, Some(body_size));
+        if let Some((provider, _, called_ms)) = provider {
+            worker.jwks_answer(provider, Trigger::Interval, called_ms, Some(body_size));
         }
     }
 
@@ -292,6 +299,8 @@ enum Pending {
     Jwks {
         provider: usize,
         trigger: Trigger,
+        /// When the call was made (Unix ms).
+        called_ms: u64,
         raw: Vec<u8>,
         peer: Option<Vec<u8>>,
     },
@@ -471,10 +480,12 @@ impl Context for Stream {
             Some(Pending::Jwks {
                 provider,
                 trigger,
+                called_ms,
                 raw,
                 peer,
             }) => {
-                self.worker.jwks_answer(provider, trigger, Some(body_size));
+                self.worker
+                    .jwks_answer(provider, trigger, called_ms, Some(body_size));
                 self.decide(raw, peer, false, true);
                 return;
             }
@@ -611,6 +622,7 @@ impl Stream {
                             self.pending = Some(Pending::Jwks {
                                 provider,
                                 trigger,
+                                called_ms: now_ms,
                                 raw,
                                 peer,
                             });
@@ -618,7 +630,7 @@ impl Stream {
                         }
                         Err(err) => {
                             log::error!("[{NAME}] could not call the JWKS server: {err}");
-                            worker.jwks_answer(provider, trigger, None);
+                            worker.jwks_answer(provider, trigger, now_ms, None);
                         }
                     }
                 }

@@ -251,7 +251,8 @@ pub struct Fetched {
     pub skipped: usize,
     /// The document differs from the one this worker had.
     pub changed: bool,
-    /// Whether the shared record could be written (else only this worker has the keys).
+    /// Whether the shared record now holds this answer (else only this worker has its keys:
+    /// the store failed, or a document asked for later is there).
     pub shared: bool,
 }
 
@@ -351,11 +352,12 @@ impl RemoteJwks {
     }
 
     /// Is this worker's copy due for a refresh (none yet, or older than `refresh_interval`)?
+    /// A copy stamped in the future (the clock stepped back) is due too, or refreshes would
+    /// stop until the clock caught up.
     pub fn due(&self, now_ms: u64) -> bool {
-        self.local
-            .borrow()
-            .as_ref()
-            .is_none_or(|local| now_ms >= local.fetched_ms.saturating_add(self.refresh_ms))
+        self.local.borrow().as_ref().is_none_or(|local| {
+            now_ms >= local.fetched_ms.saturating_add(self.refresh_ms) || now_ms < local.fetched_ms
+        })
     }
 
     /// Takes in what the shared record holds (another worker's fetch). Parses the document
@@ -430,9 +432,10 @@ impl RemoteJwks {
                     Step::Write(record.encode(&self.source), true)
                 }
                 Trigger::Interval => {
-                    if (has && now_ms < record.fetched_ms.saturating_add(self.refresh_ms))
-                        || now_ms < record.lease_until_ms
-                    {
+                    let fresh = has
+                        && now_ms < record.fetched_ms.saturating_add(self.refresh_ms)
+                        && now_ms >= record.fetched_ms;
+                    if fresh || now_ms < record.lease_until_ms {
                         return Step::Keep(false);
                     }
                     record.lease_until_ms = now_ms.saturating_add(lease_ms);
@@ -461,10 +464,8 @@ impl RemoteJwks {
         }
     }
 
-    /// Takes a call-out's answer: `status` (`None` when the call failed), the body read (at
-    /// most `max_response_bytes + 1`), and the size the host announced. A good document
-    /// becomes this worker's keys and the shared record's; a bad one changes no keys, and
-    /// holds every worker off fetching for [`RETRY_AFTER_FAILURE`].
+    /// [`Self::fetched_at`] for a call answered as soon as it was made.
+    #[cfg(test)]
     pub fn fetched(
         &self,
         store: &impl SharedStore,
@@ -473,6 +474,26 @@ impl RemoteJwks {
         body: &[u8],
         body_size: usize,
     ) -> Result<Fetched, FetchError> {
+        self.fetched_at(store, now_ms, now_ms, status, body, body_size)
+    }
+
+    /// Takes the answer, at `now_ms`, to a call made at `called_ms`: `status` (`None` when the
+    /// call failed), the body read (at most `max_response_bytes + 1`), and the size the host
+    /// announced. A good document becomes this worker's keys and the shared record's, stamped
+    /// with when it was asked for, unless a document asked for later is there already: a slow
+    /// answer to an earlier call must not bring back keys the IdP has since removed. A bad one
+    /// changes no keys, and holds every worker off fetching for [`RETRY_AFTER_FAILURE`].
+    pub fn fetched_at(
+        &self,
+        store: &impl SharedStore,
+        called_ms: u64,
+        now_ms: u64,
+        status: Option<u16>,
+        body: &[u8],
+        body_size: usize,
+    ) -> Result<Fetched, FetchError> {
+        // A stamp later than now was made before the clock stepped back: not newer.
+        let newer = |stamp: u64| stamp > called_ms && stamp <= now_ms;
         let version = digest(body);
         // The same document again (the usual refresh): its keys are this worker's already.
         // Parsing it anew would re-prepare every EC key (~9M fuel each) and empty the token
@@ -480,12 +501,20 @@ impl RemoteJwks {
         let parsed = match self.check_answer(status, body, body_size) {
             Ok(()) => {
                 let mut local = self.local.borrow_mut();
-                match local.as_mut().filter(|l| l.digest == version) {
-                    Some(current) => {
-                        current.fetched_ms = current.fetched_ms.max(now_ms);
+                match local.as_mut() {
+                    Some(current) if current.digest == version => {
+                        current.fetched_ms = current.fetched_ms.max(called_ms);
                         Ok(None)
                     }
-                    None => Self::parse(body).map(Some),
+                    Some(current) if newer(current.fetched_ms) => {
+                        return Ok(Fetched {
+                            keys: current.keys.len(),
+                            skipped: 0,
+                            changed: false,
+                            shared: false,
+                        });
+                    }
+                    _ => Self::parse(body).map(Some),
                 }
             }
             Err(error) => Err(error),
@@ -514,7 +543,7 @@ impl RemoteJwks {
         if changed {
             *self.local.borrow_mut() = Some(Local {
                 digest: version,
-                fetched_ms: now_ms,
+                fetched_ms: called_ms,
                 keys: Rc::new(keys),
             });
         }
@@ -524,15 +553,15 @@ impl RemoteJwks {
             let mut record = current
                 .and_then(|bytes| Record::decode(bytes, &self.source))
                 .unwrap_or_default();
-            if record.fetched_ms > now_ms {
-                return Step::Keep(());
+            if newer(record.fetched_ms) {
+                return Step::Keep(false);
             }
-            record.fetched_ms = now_ms;
+            record.fetched_ms = called_ms;
             record.digest = version;
             record.document = body.to_vec();
             record.lease_until_ms = 0;
             record.retry_after_ms = 0;
-            Step::Write(record.encode(&self.source), ())
+            Step::Write(record.encode(&self.source), true)
         });
         if let Err(err) = &shared {
             log::warn!(
@@ -544,7 +573,7 @@ impl RemoteJwks {
             keys: count,
             skipped,
             changed,
-            shared: shared.is_ok(),
+            shared: shared.unwrap_or(false),
         })
     }
 
@@ -801,5 +830,52 @@ mod tests {
         a.fetched(&store, T0, Some(200), JWKS, JWKS.len()).unwrap();
         let b = remote("");
         assert_eq!(b.keys(&store, T0).map(|k| k.len()), Some(5));
+    }
+
+    #[test]
+    fn a_late_answer_to_an_earlier_call_never_replaces_a_newer_document() {
+        // The IdP rotates: the new document drops the first key of the old one.
+        let mut doc: serde_json::Value = serde_json::from_slice(JWKS).unwrap();
+        doc["keys"].as_array_mut().unwrap().remove(0);
+        let rotated = serde_json::to_vec(&doc).unwrap();
+        let store = MemoryStore::new();
+        let (a, b) = (remote(""), remote(""));
+        a.fetched(&store, T0, Some(200), JWKS, JWKS.len()).unwrap();
+        b.sync(&store);
+        let due = T0 + 600_000;
+        // a's timer calls at `due` and is answered the old document, handled 2 s later; b
+        // calls 500 ms after a (a token with the new kid) and is answered at once.
+        assert!(a.claim(&store, due, Trigger::Interval));
+        assert!(b.claim(&store, due + 500, Trigger::UnknownKid));
+        let f = b
+            .fetched_at(
+                &store,
+                due + 500,
+                due + 1_000,
+                Some(200),
+                &rotated,
+                rotated.len(),
+            )
+            .unwrap();
+        assert!(f.changed && f.shared);
+        let late = a
+            .fetched_at(&store, due, due + 2_000, Some(200), JWKS, JWKS.len())
+            .unwrap();
+        assert!(!late.changed && !late.shared);
+        // Neither the record nor a worker goes back to the old keys.
+        assert!(!b.sync(&store));
+        assert_eq!(b.cached(due + 2_001).unwrap().len(), 4);
+        assert!(a.sync(&store));
+        assert_eq!(a.cached(due + 2_001).unwrap().len(), 4);
+        // A stamp in the future (the clock stepped back) is not newer: the answer is taken.
+        let back = T0 - 3_600_000;
+        assert!(a.due(back));
+        let again = a
+            .fetched_at(&store, back, back + 10, Some(200), JWKS, JWKS.len())
+            .unwrap();
+        assert!(again.changed && again.shared, "{again:?}");
+        let c = remote("");
+        assert!(c.sync(&store));
+        assert_eq!(c.cached(back + 20).unwrap().len(), 5);
     }
 }
