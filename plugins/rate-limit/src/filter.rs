@@ -258,7 +258,7 @@ impl Stream {
             }
             _ => {}
         }
-        let (decision, tallies) = worker.limiter.conclude(check, answer);
+        let (decision, tallies) = worker.limiter.conclude(check, answer, &HostStore);
         record(&worker.metrics, &tallies);
         self.apply(decision, resume)
     }

@@ -238,6 +238,10 @@ pub struct GlobalCheck {
     pub descriptors: Vec<Descriptor>,
     /// The local limits that admitted: (limit, remaining, reset).
     local: Vec<(usize, u64, Nanos)>,
+    /// The admissions local-mode limits wrote, (limit, slot key, fingerprint): given back if
+    /// the service refuses, as a refused request costs no budget. A global limit's pre-limit
+    /// keeps what it counted: it sheds a key's calls to the service, refused ones included.
+    written: Vec<(usize, String, u64)>,
 }
 
 /// Why the rate-limit service gave no decision.
@@ -506,6 +510,11 @@ impl RateLimiter {
             // A global limit is allowed once the service says so.
             tally.allowed = !check.limits.contains(index);
         }
+        check.written = written
+            .into_iter()
+            .filter(|(index, _, _)| !check.limits.contains(index))
+            .map(|(index, key, fingerprint)| (index, key.into_owned(), fingerprint))
+            .collect();
         check.local = pending
             .iter()
             .filter(|p| !check.limits.contains(&p.limit))
@@ -519,8 +528,35 @@ impl RateLimiter {
 
     /// The decision for a request held by [`Decision::Ask`], given the service's answer.
     /// Like Envoy's rate-limit filter: only an `OVER_LIMIT` overall code refuses (429); an
-    /// error lets the request through, or refuses it with 500 under `failure_mode_deny`.
+    /// error lets the request through, or refuses it with 500 under `failure_mode_deny`. A
+    /// refusal gives back what the request's local limits counted.
     pub fn conclude(
+        &self,
+        check: &GlobalCheck,
+        answer: Result<RateLimitResponse, CalloutError>,
+        store: &impl SharedStore,
+    ) -> (Decision, Tallies) {
+        let (decision, mut tallies) = self.conclude_answer(check, answer);
+        if matches!(decision, Decision::Deny(_)) && !check.written.is_empty() {
+            let written: Vec<(usize, Cow<'_, str>, u64)> = check
+                .written
+                .iter()
+                .map(|(index, key, fingerprint)| {
+                    (*index, Cow::Borrowed(key.as_str()), *fingerprint)
+                })
+                .collect();
+            // Failures to give back are counted against the local limits' tallies.
+            let mut local: Tallies = written
+                .iter()
+                .map(|(index, _, _)| (*index, Tally::default()))
+                .collect();
+            self.give_back(&written, store, &mut local);
+            tallies.extend(local.into_iter().filter(|(_, t)| t.store_failure));
+        }
+        (decision, tallies)
+    }
+
+    fn conclude_answer(
         &self,
         check: &GlobalCheck,
         answer: Result<RateLimitResponse, CalloutError>,
@@ -1475,7 +1511,7 @@ mod tests {
                 status(Code::Ok, 1000, 999, 59),
             ],
         };
-        let (decision, tallies) = limiter.conclude(&check, Ok(answer));
+        let (decision, tallies) = limiter.conclude(&check, Ok(answer), &store);
         assert_eq!(
             headers(&decision),
             [
@@ -1502,7 +1538,7 @@ mod tests {
                 status(Code::Ok, 1000, 5, 59),
             ],
         };
-        let (decision, tallies) = limiter.conclude(&check, Ok(answer));
+        let (decision, tallies) = limiter.conclude(&check, Ok(answer), &store);
         let Decision::Deny(reply) = decision else {
             panic!("{decision:?}")
         };
@@ -1534,7 +1570,7 @@ mod tests {
         let store = MemoryStore::new();
         let open = prepared(GLOBAL, &store);
         let check = ask(&open, &store, &mut get("/").header("x-tenant", "acme"));
-        let (decision, tallies) = open.conclude(&check, Err(CalloutError::NoAnswer));
+        let (decision, tallies) = open.conclude(&check, Err(CalloutError::NoAnswer), &store);
         assert_eq!(
             headers(&decision),
             [
@@ -1548,7 +1584,8 @@ mod tests {
             r#""upstream":"rls""#,
             r#""upstream":"rls","failure_mode_deny":true"#,
         ));
-        let (decision, tallies) = closed.conclude(&check, Err(CalloutError::GrpcStatus(14)));
+        let (decision, tallies) =
+            closed.conclude(&check, Err(CalloutError::GrpcStatus(14)), &store);
         let Decision::Deny(reply) = decision else {
             panic!("{decision:?}")
         };
@@ -1557,6 +1594,73 @@ mod tests {
             (500, "rate limit service unavailable")
         );
         assert!(tallies.iter().all(|(_, t)| !t.allowed && t.callout_failure));
+    }
+
+    #[test]
+    fn a_global_refusal_gives_back_local_admissions_but_not_the_pre_limits() {
+        // Room for every tenant's pre-limit slot.
+        let config = GLOBAL.replace(r#""burst":2},"slots":16"#, r#""burst":2},"slots":256"#);
+        let store = MemoryStore::new();
+        let limiter = prepared(&config, &store);
+        let refused = || RateLimitResponse {
+            overall_code: Code::OverLimit,
+            statuses: vec![
+                status(Code::OverLimit, 100, 0, 41),
+                status(Code::Ok, 1000, 5, 59),
+            ],
+        };
+        // "local" admits 10 at once; twenty requests the service refuses spend none of it.
+        for i in 0..20 {
+            let tenant = format!("t{i}");
+            let check = ask(&limiter, &store, &mut get("/").header("x-tenant", &tenant));
+            let (decision, _) = limiter.conclude(&check, Ok(refused()), &store);
+            assert!(matches!(decision, Decision::Deny(_)), "{i}");
+        }
+        // So do requests refused because the service failed, under failure_mode_deny.
+        let closed_store = MemoryStore::new();
+        let closed = prepared(
+            &config.replace(
+                r#""upstream":"rls"}"#,
+                r#""upstream":"rls","failure_mode_deny":true}"#,
+            ),
+            &closed_store,
+        );
+        for i in 0..20 {
+            let tenant = format!("t{i}");
+            let check = ask(
+                &closed,
+                &closed_store,
+                &mut get("/").header("x-tenant", &tenant),
+            );
+            let (decision, _) = closed.conclude(&check, Err(CalloutError::NoAnswer), &closed_store);
+            assert!(matches!(decision, Decision::Deny(_)), "{i}");
+        }
+        // The pre-limit (3 per tenant at once) keeps counting what the service refused: it
+        // sheds a key's calls, and the fourth refused call never reaches the service.
+        for _ in 0..3 {
+            let check = ask(&limiter, &store, &mut get("/").header("x-tenant", "acme"));
+            let (decision, _) = limiter.conclude(&check, Ok(refused()), &store);
+            assert!(matches!(decision, Decision::Deny(_)));
+        }
+        let (decision, _) =
+            limiter.decide(&mut get("/").header("x-tenant", "acme"), &store, at(0.0));
+        assert!(matches!(decision, Decision::Deny(_)), "{decision:?}");
+        // An admitted request still counts: 10 of them exhaust "local".
+        let ok = || RateLimitResponse {
+            overall_code: Code::Ok,
+            statuses: vec![status(Code::Ok, 100, 5, 41), status(Code::Ok, 1000, 5, 59)],
+        };
+        for i in 0..10 {
+            let check = ask(
+                &limiter,
+                &store,
+                &mut get("/").header("x-tenant", &format!("u{i}")),
+            );
+            let (decision, _) = limiter.conclude(&check, Ok(ok()), &store);
+            assert!(matches!(decision, Decision::Allow { .. }), "{i}");
+        }
+        let (decision, _) = limiter.decide(&mut get("/").header("x-tenant", "v"), &store, at(0.0));
+        assert!(matches!(decision, Decision::Deny(_)), "{decision:?}");
     }
 
     #[test]
