@@ -42,6 +42,10 @@ pub enum Verdict {
     },
 }
 
+/// How far back the host clock must step before a stored TAT is read as written before the
+/// step ([`Gcra::check`]): far more than workers' readings of one clock differ by.
+pub const CLOCK_STEP: Nanos = 1_000_000_000;
+
 impl Gcra {
     /// `rate` >= 1 and `period` >= 1 µs * rate (the config checks both).
     pub fn new(rate: u32, period: Duration, burst: u32) -> Self {
@@ -72,9 +76,31 @@ impl Gcra {
         self.period
     }
 
+    /// The TAT a request at `now` decides on. An admission leaves the TAT at most
+    /// `tolerance + interval` past the clock it read. One further ahead by more than
+    /// [`CLOCK_STEP`] was written before the host clock stepped back, and would refuse the key
+    /// for as long as the step: it is read as a budget just spent (`now + tolerance`), so the
+    /// key is limited at once, but for no more than one interval. (Less than that is a worker
+    /// that read the clock a little before another wrote: an ordinary limited key, or two
+    /// workers racing for a key's last unit would both get it.)
+    fn effective_tat(&self, stored: Option<Nanos>, now: Nanos) -> Nanos {
+        let Some(stored) = stored else {
+            return now;
+        };
+        let furthest = now
+            .saturating_add(self.tolerance)
+            .saturating_add(self.interval)
+            .saturating_add(CLOCK_STEP);
+        if stored > furthest {
+            now.saturating_add(self.tolerance)
+        } else {
+            stored.max(now)
+        }
+    }
+
     /// Decides one request at `now` given the stored TAT (`None`: a fresh key).
     pub fn check(&self, stored: Option<Nanos>, now: Nanos) -> Verdict {
-        let tat = stored.map_or(now, |tat| tat.max(now));
+        let tat = self.effective_tat(stored, now);
         let ahead = tat - now;
         if ahead > self.tolerance {
             return Verdict::Refuse {
@@ -98,7 +124,7 @@ impl Gcra {
 
     /// The remaining budget of a key at `now` without admitting anything.
     pub fn remaining(&self, stored: Option<Nanos>, now: Nanos) -> u64 {
-        let tat = stored.map_or(now, |tat| tat.max(now));
+        let tat = self.effective_tat(stored, now);
         let ahead = tat - now;
         if ahead > self.tolerance {
             0
@@ -151,6 +177,41 @@ mod tests {
         assert!(matches!(
             gcra.check(tat, T0 + SEC / 10),
             Verdict::Admit { remaining: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_limits_a_key_for_one_interval_not_for_the_step() {
+        let gcra = Gcra::new(10, Duration::from_secs(1), 4);
+        let mut tat = None;
+        for _ in 0..5 {
+            let Verdict::Admit { tat: next, .. } = gcra.check(tat, T0) else {
+                panic!()
+            };
+            tat = Some(next);
+        }
+        // The clock steps back an hour: the next request is admitted (its budget read as
+        // just spent), the one after waits one interval (100 ms), not an hour.
+        let back = T0 - 3600 * SEC;
+        assert_eq!(gcra.remaining(tat, back), 1);
+        let Verdict::Admit { tat: next, .. } = gcra.check(tat, back) else {
+            panic!()
+        };
+        assert_eq!(
+            gcra.check(Some(next), back),
+            Verdict::Refuse {
+                retry_after: 100_000_000,
+                reset_after: 500_000_000
+            }
+        );
+        // A TAT up to tolerance + interval ahead, and a second more (another worker's later
+        // reading of the clock), is an ordinary limited key.
+        assert!(matches!(
+            gcra.check(Some(T0 + 1_500_000_000), T0),
+            Verdict::Refuse {
+                retry_after: 1_100_000_000,
+                ..
+            }
         ));
     }
 
