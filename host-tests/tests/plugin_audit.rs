@@ -133,7 +133,7 @@ fn bad_configurations_are_refused_with_one_line() -> Result<(), Failure> {
     assert_rejected(
         Plugin::Audit,
         r#"{"batch":{"max_events":0}}"#,
-        "[palisade-audit] configuration rejected: batch.max_events: must be at least 1",
+        "[palisade-audit] configuration rejected: batch.max_events: must be between 1 and 10000",
     )?;
     assert_rejected(
         Plugin::Audit,

@@ -1,5 +1,7 @@
 //! palisade-audit's configuration.
 
+use std::time::Duration;
+
 use palisade_kit::config::{PluginConfig, Problems};
 use palisade_kit::duration::ConfigDuration;
 use palisade_kit::scheme::Scheme;
@@ -120,6 +122,9 @@ pub enum QueryMode {
     /// The query as sent, less secret parameters (removed whole).
     Keep,
 }
+
+/// The longest wait between two tries of a batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// How batches are retried.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -280,14 +285,17 @@ impl PluginConfig for AuditConfig {
             if d.backoff_base.get().is_zero() {
                 p.push_at("backoff_base", "must be longer than 0s");
             }
+            if d.backoff_max.get() > MAX_BACKOFF {
+                p.push_at("backoff_max", "must be at most 5m");
+            }
             if d.backoff_max < d.backoff_base {
                 p.push_at(
                     "backoff_max",
                     format!("must be at least backoff_base ({})", d.backoff_base),
                 );
             }
-            if d.max_in_flight == 0 {
-                p.push_at("max_in_flight", "must be at least 1");
+            if !(1..=64).contains(&d.max_in_flight) {
+                p.push_at("max_in_flight", "must be between 1 and 64");
             }
         });
         problems.field("classification", |p| {
@@ -347,13 +355,19 @@ impl PluginConfig for AuditConfig {
         });
         problems.field("batch", |p| {
             let b = &self.batch;
-            if b.max_events == 0 {
-                p.push_at("max_events", "must be at least 1");
+            if !(1..=10_000).contains(&b.max_events) {
+                p.push_at("max_events", "must be between 1 and 10000");
             }
             if b.max_interval.get().is_zero() {
                 p.push_at("max_interval", "must be longer than 0s");
+            } else if b.max_interval.get() > Duration::from_secs(60) {
+                p.push_at("max_interval", "must be at most 1m");
             }
-            if b.max_buffered_events < b.max_events {
+            // Every buffered event is held in the worker's VM: past what its memory can take,
+            // an allocation failure would end the VM, not drop and count events.
+            if b.max_buffered_events > 100_000 {
+                p.push_at("max_buffered_events", "must be at most 100000");
+            } else if b.max_buffered_events < b.max_events {
                 p.push_at(
                     "max_buffered_events",
                     format!("must be at least max_events ({})", b.max_events),
@@ -407,6 +421,27 @@ mod tests {
              topics.audit: \"bad topic\" is not a Kafka topic name (letters, digits, '.', '_', '-'; at most 249); \
              batch.max_buffered_events: must be at least max_events (500)"
         );
+    }
+
+    #[test]
+    fn batch_and_delivery_bounds_are_refused_past_what_a_vm_can_hold() {
+        let err = load::<AuditConfig>(
+            br#"{"batch":{"max_events":20000,"max_interval":"2m","max_buffered_events":4294967295},
+                 "delivery":{"backoff_max":"18446744073709551615ms","max_in_flight":0}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "delivery.backoff_max: must be at most 5m; \
+             delivery.max_in_flight: must be between 1 and 64; \
+             batch.max_events: must be between 1 and 10000; \
+             batch.max_interval: must be at most 1m; \
+             batch.max_buffered_events: must be at most 100000"
+        );
+        let edge =
+            br#"{"batch":{"max_events":10000,"max_interval":"1m","max_buffered_events":100000},
+                        "delivery":{"backoff_base":"5m","backoff_max":"5m","max_in_flight":64}}"#;
+        assert!(load::<AuditConfig>(edge).is_ok());
     }
 
     #[test]

@@ -362,7 +362,7 @@ impl DeliveryQueue {
         let n = batch.events.len() as u64;
         if retry_all && batch.attempt < self.settings.max_retries {
             batch.attempt += 1;
-            let due = now_ms + self.backoff_ms(batch.attempt, rng);
+            let due = now_ms.saturating_add(self.backoff_ms(batch.attempt, rng));
             result.retried += n;
             self.totals.retried += n;
             self.retrying.push((due, batch));
