@@ -76,8 +76,14 @@ fn per_ip(on_store_failure: &str) -> String {
     )
 }
 
+/// The limit's slot keys, checking that nothing else is stored but the proxy's one
+/// fingerprint key.
 fn slot_keys(host: &Host) -> Vec<String> {
-    let keys = host.shared_data_keys();
+    let (hash_key, keys): (Vec<String>, Vec<String>) = host
+        .shared_data_keys()
+        .into_iter()
+        .partition(|key| key == "palisade/rate-limit/hash-key");
+    assert!(hash_key.len() <= 1);
     for key in &keys {
         let n: usize = key
             .strip_prefix("palisade/rate-limit/per-ip/")

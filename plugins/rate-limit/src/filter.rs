@@ -15,7 +15,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::{GlobalService, RateLimitConfig, Transport};
-use crate::key::RequestView;
+use crate::key::{HashKey, RequestView};
 use crate::limiter::{
     CalloutError, Decision, GlobalCheck, RateLimitHeaders, RateLimiter, Tallies, RATE_LIMIT_MAX_LEN,
 };
@@ -48,13 +48,30 @@ struct Worker {
     failing: Cell<bool>,
 }
 
+/// 16 bytes of the host's entropy for a new fingerprint key.
+fn fresh_hash_key() -> [u8; 16] {
+    let seed = host::random_seed();
+    let mut key = [0u8; 16];
+    for (byte, from) in key.iter_mut().zip(seed.iter()) {
+        *byte = *from;
+    }
+    key
+}
+
 impl Plugin for RateLimitPlugin {
     const NAME: &'static str = NAME;
     type Config = RateLimitConfig;
     type Engine = Worker;
 
     fn compile(config: RateLimitConfig) -> Result<Worker, ConfigError> {
-        let limiter = RateLimiter::new(&config);
+        // One secret keys every worker's fingerprints (see `key::HashKey`). A store that
+        // cannot give it now leaves this VM unkeyed: its keys then land in other slots than the
+        // other workers', and each such key gets one budget per group of workers.
+        let hash_key = HashKey::load_or_create(&HostStore, fresh_hash_key).unwrap_or_else(|err| {
+            log::warn!("[{NAME}] could not read or store the fingerprint key: {err}");
+            HashKey::default()
+        });
+        let limiter = RateLimiter::new(&config, hash_key);
         // Slots are created before traffic (see `slots`); a store that refuses now will be
         // asked again per request, where the failure mode applies.
         match limiter.prepare(&HostStore) {

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
+use palisade_kit::store::{SharedStore, UpdateError, Write};
+
 use crate::config::{ClientIpConfig, KeyPart};
 
 /// What the engine may read from a request. The adapter answers from the host, tests from a
@@ -165,10 +167,11 @@ pub fn client_ip(trusted_hops: u32, source: Option<&[u8]>, xff: Option<&[u8]>) -
 /// length-prefixed so that no two different part lists join to the same bytes; it is hashed as
 /// the parts are read, never built. `Err` when a part has no value (see [`Missing`]).
 pub fn fingerprint_of<'n, V: RequestView>(
+    hash_key: &HashKey,
     parts: &'n [KeyPart],
     request: &mut RequestParts<'_, 'n, V>,
 ) -> Result<u64, Missing> {
-    let mut key = KeyHasher::new();
+    let mut key = KeyHasher::new(hash_key);
     let mut missing = false;
     for part in parts {
         match request.part(part) {
@@ -188,8 +191,8 @@ pub fn fingerprint_of<'n, V: RequestView>(
 
 /// The fingerprint of a key made of constant parts only (known from the configuration alone),
 /// or `None` when a part comes from the request.
-pub fn constant_fingerprint(parts: &[KeyPart]) -> Option<u64> {
-    let mut key = KeyHasher::new();
+pub fn constant_fingerprint(hash_key: &HashKey, parts: &[KeyPart]) -> Option<u64> {
+    let mut key = KeyHasher::new(hash_key);
     for part in parts {
         let KeyPart::Constant(value) = part else {
             return None;
@@ -242,21 +245,133 @@ pub fn descriptor<'n, V: RequestView>(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Missing(pub u64);
 
-/// A 64-bit fingerprint of a key, fed in pieces: FNV-1a, then a multiply-xorshift finaliser so
-/// that the low bits (the slot index) depend on every input byte. Slots in shared data outlive
-/// a plugin reload, so the same key must keep its fingerprint across versions.
-#[derive(Debug, Clone, Copy)]
-pub struct KeyHasher(u64);
+/// The secret every fingerprint of a proxy is keyed with, one for all its workers (kept in
+/// shared data, [`HashKey::load_or_create`]). Unkeyed, a client that chooses a key part (a
+/// header) could compute which keys land in a victim's slots, or collide with the victim's
+/// key outright and spend its budget; keyed with a secret it cannot.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct HashKey([u64; 2]);
 
-impl KeyHasher {
-    pub fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKey(..)")
+    }
+}
+
+/// Where the proxy's [`HashKey`] lives in shared data.
+pub const HASH_KEY: &str = "palisade/rate-limit/hash-key";
+
+impl HashKey {
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        let (k0, k1) = bytes.split_at(8);
+        let word = |half: &[u8]| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(half);
+            u64::from_le_bytes(word)
+        };
+        HashKey([word(k0), word(k1)])
+    }
+
+    fn to_bytes(self) -> [u8; 16] {
+        let mut bytes = [0u8; 16];
+        let (k0, k1) = bytes.split_at_mut(8);
+        k0.copy_from_slice(&self.0[0].to_le_bytes());
+        k1.copy_from_slice(&self.0[1].to_le_bytes());
+        bytes
+    }
+
+    /// The key every worker uses: the one in shared data, or `fresh` stored there first. The
+    /// insert never overwrites (the kit's `store::insert`), so workers starting together agree
+    /// on the one that landed; the key survives reconfiguration with the slots it keys.
+    pub fn load_or_create(
+        store: &impl SharedStore,
+        fresh: impl FnOnce() -> [u8; 16],
+    ) -> Result<HashKey, UpdateError> {
+        let mut fresh = Some(HashKey::from_bytes(fresh()));
+        for _ in 0..4 {
+            match store.get(HASH_KEY)? {
+                Some(entry) => match <[u8; 16]>::try_from(entry.value.as_slice()) {
+                    Ok(bytes) => return Ok(HashKey::from_bytes(bytes)),
+                    // Not ours (another version's, or emptied): ours replaces it.
+                    Err(_) => {
+                        let key = fresh.take().unwrap_or_default();
+                        if store.replace(HASH_KEY, &key.to_bytes(), &entry)? == Write::Stored {
+                            return Ok(key);
+                        }
+                        fresh = Some(key);
+                    }
+                },
+                None => {
+                    let key = fresh.take().unwrap_or_default();
+                    if store.set(HASH_KEY, &key.to_bytes(), None)? == Write::Stored {
+                        return Ok(key);
+                    }
+                    fresh = Some(key);
+                }
+            }
+        }
+        Err(UpdateError::Contended(4))
+    }
+}
+
+/// A 64-bit fingerprint of a key, fed in pieces: SipHash-1-3 (the hash Rust's `HashMap` uses
+/// against flooding) keyed with the proxy's [`HashKey`]. Slots in shared data outlive a plugin
+/// reload, and the key with them, so a key keeps its fingerprint across reconfiguration.
+pub type KeyHasher = SipHasher<1, 3>;
+
+/// SipHash-c-d (Aumasson and Bernstein), fed byte by byte: keys are tens of bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct SipHasher<const C: usize, const D: usize> {
+    v: [u64; 4],
+    tail: u64,
+    length: u64,
+}
+
+impl<const C: usize, const D: usize> SipHasher<C, D> {
+    pub fn new(key: &HashKey) -> Self {
+        let [k0, k1] = key.0;
+        Self {
+            v: [
+                k0 ^ 0x736f_6d65_7073_6575,
+                k1 ^ 0x646f_7261_6e64_6f6d,
+                k0 ^ 0x6c79_6765_6e65_7261,
+                k1 ^ 0x7465_6462_7974_6573,
+            ],
+            tail: 0,
+            length: 0,
+        }
+    }
+
+    fn rounds(&mut self, n: usize) {
+        let [v0, v1, v2, v3] = &mut self.v;
+        for _ in 0..n {
+            *v0 = v0.wrapping_add(*v1);
+            *v1 = v1.rotate_left(13) ^ *v0;
+            *v0 = v0.rotate_left(32);
+            *v2 = v2.wrapping_add(*v3);
+            *v3 = v3.rotate_left(16) ^ *v2;
+            *v0 = v0.wrapping_add(*v3);
+            *v3 = v3.rotate_left(21) ^ *v0;
+            *v2 = v2.wrapping_add(*v1);
+            *v1 = v1.rotate_left(17) ^ *v2;
+            *v2 = v2.rotate_left(32);
+        }
+    }
+
+    fn compress(&mut self, word: u64) {
+        self.v[3] ^= word;
+        self.rounds(C);
+        self.v[0] ^= word;
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
         for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+            self.tail |= u64::from(*byte) << (8 * (self.length % 8));
+            self.length = self.length.wrapping_add(1);
+            if self.length.is_multiple_of(8) {
+                let word = std::mem::take(&mut self.tail);
+                self.compress(word);
+            }
         }
     }
 
@@ -273,25 +388,19 @@ impl KeyHasher {
         self.write(&[0]);
     }
 
-    pub fn finish(self) -> u64 {
-        let mut hash = self.0;
-        hash ^= hash >> 33;
-        hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        hash ^= hash >> 33;
-        hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        hash ^ (hash >> 33)
-    }
-}
-
-impl Default for KeyHasher {
-    fn default() -> Self {
-        Self::new()
+    pub fn finish(mut self) -> u64 {
+        let last = (self.length << 56) | self.tail;
+        self.compress(last);
+        self.v[2] ^= 0xff;
+        self.rounds(D);
+        let [v0, v1, v2, v3] = self.v;
+        v0 ^ v1 ^ v2 ^ v3
     }
 }
 
 /// The fingerprint of a whole key.
-pub fn fingerprint(key: &[u8]) -> u64 {
-    let mut hasher = KeyHasher::new();
+pub fn fingerprint(hash_key: &HashKey, key: &[u8]) -> u64 {
+    let mut hasher = KeyHasher::new(hash_key);
     hasher.write(key);
     hasher.finish()
 }
@@ -302,6 +411,60 @@ pub(crate) mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use palisade_kit::store::{BlindWrite, MemoryStore};
+
+    const KEY: HashKey = HashKey([0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908]);
+
+    #[test]
+    fn siphash_matches_its_reference() {
+        // The paper's example: SipHash-2-4, key 00..0f, message 00..0e.
+        let mut sip = SipHasher::<2, 4>::new(&KEY);
+        sip.write(&(0u8..15).collect::<Vec<_>>());
+        assert_eq!(sip.finish(), 0xa129_ca61_49be_45e5);
+        // Fed in pieces, the same.
+        let mut pieces = SipHasher::<2, 4>::new(&KEY);
+        for chunk in (0u8..15).collect::<Vec<_>>().chunks(4) {
+            pieces.write(chunk);
+        }
+        assert_eq!(pieces.finish(), 0xa129_ca61_49be_45e5);
+        // SipHash-1-3 as Rust's `DefaultHasher` computes it (key 0, bytes written raw).
+        #[allow(deprecated)]
+        let std_13 = {
+            use std::hash::Hasher;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            h.write(b"palisade");
+            h.finish()
+        };
+        assert_eq!(fingerprint(&HashKey::default(), b"palisade"), std_13);
+    }
+
+    #[test]
+    fn a_fingerprint_depends_on_the_proxys_key() {
+        let other = HashKey([1, 2]);
+        assert_ne!(fingerprint(&KEY, b"acme"), fingerprint(&other, b"acme"));
+        assert_eq!(format!("{KEY:?}"), "HashKey(..)");
+    }
+
+    #[test]
+    fn every_worker_loads_the_key_the_first_one_stored() {
+        for blind_write in [BlindWrite::Overwrites, BlindWrite::Refused] {
+            let store = MemoryStore::with(blind_write, usize::MAX);
+            let first = HashKey::load_or_create(&store, || [7; 16]).unwrap();
+            assert_eq!(first, HashKey::from_bytes([7; 16]));
+            // A later worker's fresh key is not used, nor stored.
+            assert_eq!(HashKey::load_or_create(&store, || [9; 16]), Ok(first));
+            assert_eq!(store.get(HASH_KEY).unwrap().unwrap().value, [7; 16]);
+            // A value that is not a key (another version's) is replaced once.
+            let entry = store.get(HASH_KEY).unwrap().unwrap();
+            assert_eq!(
+                store.set(HASH_KEY, b"junk", Some(entry.cas)),
+                Ok(Write::Stored)
+            );
+            let replaced = HashKey::load_or_create(&store, || [3; 16]).unwrap();
+            assert_eq!(replaced, HashKey::from_bytes([3; 16]));
+            assert_eq!(HashKey::load_or_create(&store, || [4; 16]), Ok(replaced));
+        }
+    }
 
     /// A request for unit tests: headers (with `:path` and `:method`), an address, a route.
     #[derive(Debug, Default, Clone)]
@@ -422,6 +585,7 @@ pub(crate) mod tests {
                 ..ClientIpConfig::default()
             };
             fingerprint_of(
+                &KEY,
                 &[KeyPart::ClientIp],
                 &mut RequestParts::new(&mut fake, config),
             )
@@ -459,6 +623,7 @@ pub(crate) mod tests {
     fn keys_are_unambiguous_and_missing_parts_are_marked() {
         let key = |fake: &mut FakeRequest, parts: &[KeyPart]| {
             fingerprint_of(
+                &KEY,
                 parts,
                 &mut RequestParts::new(fake, ClientIpConfig::default()),
             )
@@ -487,8 +652,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_key_hashes_as_its_length_prefixed_bytes() {
-        // Slots written by an earlier version (which built these bytes, then hashed them) are
-        // found again after a reload.
+        // A key is the bytes it streams: no part list is another's in disguise.
         let parts = [
             KeyPart::Method,
             KeyPart::Header("x-absent".into()),
@@ -496,38 +660,40 @@ pub(crate) mod tests {
         ];
         let mut request = FakeRequest::new("GET", "/");
         let streamed = fingerprint_of(
+            &KEY,
             &parts,
             &mut RequestParts::new(&mut request, ClientIpConfig::default()),
         );
         let bytes = [&[1, 3, 0, 0, 0][..], b"GET", &[0], &[1, 3, 0, 0, 0], b"all"].concat();
-        assert_eq!(streamed, Err(Missing(fingerprint(&bytes))));
+        assert_eq!(streamed, Err(Missing(fingerprint(&KEY, &bytes))));
 
         let constant = [KeyPart::Constant("all".into())];
         assert_eq!(
-            constant_fingerprint(&constant),
-            Some(fingerprint(&[&[1, 3, 0, 0, 0][..], b"all"].concat()))
+            constant_fingerprint(&KEY, &constant),
+            Some(fingerprint(&KEY, &[&[1, 3, 0, 0, 0][..], b"all"].concat()))
         );
         assert_eq!(
-            constant_fingerprint(&constant).ok_or(Missing(0)),
+            constant_fingerprint(&KEY, &constant).ok_or(Missing(0)),
             fingerprint_of(
+                &KEY,
                 &constant,
                 &mut RequestParts::new(&mut request, ClientIpConfig::default())
             )
         );
-        assert_eq!(constant_fingerprint(&parts), None);
+        assert_eq!(constant_fingerprint(&KEY, &parts), None);
     }
 
     #[test]
     fn fingerprints_spread_over_slots() {
         let mut buckets = [0u32; 16];
         for i in 0..16_000u32 {
-            let slot = fingerprint(format!("client-{i}").as_bytes()) % 16;
+            let slot = fingerprint(&KEY, format!("client-{i}").as_bytes()) % 16;
             buckets[slot as usize] += 1;
         }
         assert!(
             buckets.iter().all(|n| (800..1200).contains(n)),
             "{buckets:?}"
         );
-        assert_ne!(fingerprint(b"a"), fingerprint(b"b"));
+        assert_ne!(fingerprint(&KEY, b"a"), fingerprint(&KEY, b"b"));
     }
 }

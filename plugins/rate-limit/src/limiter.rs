@@ -29,7 +29,7 @@ use crate::config::{
     RouteMatch, MAX_NAME_LEN,
 };
 use crate::gcra::{Gcra, Nanos, Verdict};
-use crate::key::{self, Descriptor, RequestParts, RequestView};
+use crate::key::{self, Descriptor, HashKey, RequestParts, RequestView};
 use crate::proto::{Code, RateLimitResponse};
 use crate::slots::{self, Located, SlotTable};
 
@@ -63,7 +63,7 @@ pub struct CompiledLimit {
 }
 
 impl CompiledLimit {
-    fn new(limit: &Limit) -> Self {
+    fn new(limit: &Limit, hash_key: &HashKey) -> Self {
         let (rate, period, burst) = match (&limit.mode, &limit.pre_limit) {
             (Mode::Local, _) => (limit.rate, limit.period.map(|p| p.get()), limit.burst),
             (Mode::Global, Some(pre)) => (Some(pre.rate), Some(pre.period.get()), pre.burst),
@@ -73,9 +73,9 @@ impl CompiledLimit {
             (Some(rate), Some(period)) => Some(Gcra::new(rate, period, burst)),
             _ => None,
         };
-        let constant_fingerprint = key::constant_fingerprint(&limit.key);
+        let constant_fingerprint = key::constant_fingerprint(hash_key, &limit.key);
         let table = SlotTable::new(&limit.name, limit.slots);
-        let salt = key::fingerprint(limit.name.as_bytes());
+        let salt = key::fingerprint(hash_key, limit.name.as_bytes());
         Self {
             policy: gcra.map_or_else(String::new, |gcra| {
                 policy(&limit.name, gcra.quota(), Some(gcra.period()))
@@ -265,6 +265,8 @@ pub type Tallies = SmallVec<[(usize, Tally); INLINE_LIMITS]>;
 /// Every limit of the configuration, compiled, and the rules choosing them.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
+    /// The proxy's secret for fingerprints.
+    hash_key: HashKey,
     limits: Vec<CompiledLimit>,
     default: LimitSet,
     routes: Vec<Route>,
@@ -287,12 +289,13 @@ fn ceil_secs(nanos: Nanos) -> u64 {
 }
 
 impl RateLimiter {
-    pub fn new(config: &RateLimitConfig) -> Self {
+    /// Compiles `config`; `hash_key` is the proxy's ([`HashKey::load_or_create`]).
+    pub fn new(config: &RateLimitConfig, hash_key: HashKey) -> Self {
         let mut limits = Vec::new();
         let mut add = |list: &[Limit]| {
             list.iter()
                 .map(|limit| {
-                    limits.push(CompiledLimit::new(limit));
+                    limits.push(CompiledLimit::new(limit, &hash_key));
                     limits.len() - 1
                 })
                 .collect::<Vec<_>>()
@@ -304,6 +307,7 @@ impl RateLimiter {
             .map(|route| (route.matches.clone(), add(&route.limits)))
             .collect();
         Self {
+            hash_key,
             default: LimitSet::new(default, &limits),
             routes: routes
                 .into_iter()
@@ -388,7 +392,7 @@ impl RateLimiter {
             let mut tally = Tally::default();
             let fingerprint = match limit.constant_fingerprint {
                 Some(fingerprint) => fingerprint,
-                None => match key::fingerprint_of(&limit.key, &mut request) {
+                None => match key::fingerprint_of(&self.hash_key, &limit.key, &mut request) {
                     Ok(fingerprint) => fingerprint,
                     Err(missing) => match limit.when_missing {
                         MissingKey::Skip => continue,
@@ -904,7 +908,10 @@ mod tests {
     }
 
     fn limiter(config: &str) -> RateLimiter {
-        RateLimiter::new(&load::<RateLimitConfig>(config.as_bytes()).unwrap())
+        RateLimiter::new(
+            &load::<RateLimitConfig>(config.as_bytes()).unwrap(),
+            HashKey::from_bytes([5; 16]),
+        )
     }
 
     fn prepared(config: &str, store: &MemoryStore) -> RateLimiter {
