@@ -51,20 +51,23 @@ pub struct CircuitState {
     /// When `trials_in_flight` last started from zero (half-opening, or the lease running
     /// out): a trial granted before it is not counted, so giving it back frees nothing.
     pub trials_since_ms: u64,
-    /// When the circuit last half-opened: a trial granted since then decides the circuit when
-    /// it reports, however long it took (a lease that ran out freed its place, not its say;
-    /// an upstream slower than the open time must still be able to close the circuit).
-    pub half_open_since_ms: u64,
-    /// When the circuit last closed after an opening: a request admitted before it (before
-    /// the opening, or a trial of the period that closed) says nothing about the upstream now.
-    pub closed_since_ms: u64,
+    /// When the current phase began, in two phases:
+    /// - Closed (after an opening): a request admitted before it (before the opening, or a
+    ///   trial of the period that closed) says nothing about the upstream now.
+    /// - HalfOpen: a trial granted since then decides the circuit when it reports, however long
+    ///   it took (a lease that ran out freed its place, not its say: an upstream slower than
+    ///   the open time must still be able to close the circuit).
+    ///
+    /// One field for both keeps the record's layout, so VMs of the previous version, which
+    /// read it only in Closed, share circuits with this one during a rollout.
+    pub phase_since_ms: u64,
     /// The newest bucket's index (`now_ms / bucket_ms`).
     pub window_epoch: u64,
     /// (requests, failures) per bucket, indexed by epoch modulo [`BUCKETS`].
     pub buckets: [(u32, u32); BUCKETS],
 }
 
-const ENCODED_LEN: usize = 1 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 8 + 8 + BUCKETS * 8;
+const ENCODED_LEN: usize = 1 + 4 + 4 + 8 + 4 + 8 + 8 + 8 + 8 + BUCKETS * 8;
 
 impl CircuitState {
     pub fn encode(&self) -> Vec<u8> {
@@ -80,8 +83,7 @@ impl CircuitState {
         out.extend_from_slice(&self.trials_in_flight.to_le_bytes());
         out.extend_from_slice(&self.trial_lease_until_ms.to_le_bytes());
         out.extend_from_slice(&self.trials_since_ms.to_le_bytes());
-        out.extend_from_slice(&self.half_open_since_ms.to_le_bytes());
-        out.extend_from_slice(&self.closed_since_ms.to_le_bytes());
+        out.extend_from_slice(&self.phase_since_ms.to_le_bytes());
         out.extend_from_slice(&self.window_epoch.to_le_bytes());
         for (requests, failures) in self.buckets {
             out.extend_from_slice(&requests.to_le_bytes());
@@ -107,8 +109,7 @@ impl CircuitState {
             trials_in_flight: reader.u32()?,
             trial_lease_until_ms: reader.u64()?,
             trials_since_ms: reader.u64()?,
-            half_open_since_ms: reader.u64()?,
-            closed_since_ms: reader.u64()?,
+            phase_since_ms: reader.u64()?,
             window_epoch: reader.u64()?,
             buckets: [(0, 0); BUCKETS],
         };
@@ -273,7 +274,7 @@ impl CircuitBreaker {
                 state.phase = Phase::HalfOpen;
                 state.trials_in_flight = 0;
                 state.trials_since_ms = now_ms;
-                state.half_open_since_ms = now_ms;
+                state.phase_since_ms = now_ms;
                 self.grant_trial(&mut state, now_ms);
                 Step::Write(
                     state.encode(),
@@ -344,11 +345,15 @@ impl CircuitBreaker {
             // Only a trial of the current half-open period decides it; one of a period before
             // the last opening says nothing about the upstream now. A trial whose lease ran out
             // still does: its place went to another trial, but its answer is news.
-            (Phase::HalfOpen, Admission::Trial) if granted_ms >= state.half_open_since_ms => {
+            // (A half-opening stamped in the future was stamped before the clock stepped back:
+            // every trial then counts.)
+            (Phase::HalfOpen, Admission::Trial)
+                if granted_ms >= state.phase_since_ms || state.phase_since_ms > now_ms =>
+            {
                 match outcome {
                     Outcome::Success => {
                         state = CircuitState {
-                            closed_since_ms: now_ms,
+                            phase_since_ms: now_ms,
                             ..CircuitState::default()
                         };
                         Step::Write(state.encode(), Some(Transition::Closed))
@@ -365,7 +370,7 @@ impl CircuitBreaker {
             // everything counts, or the breaker would ignore every failure until the clock
             // caught up.)
             (Phase::Closed, _)
-                if granted_ms < state.closed_since_ms && state.closed_since_ms <= now_ms =>
+                if granted_ms < state.phase_since_ms && state.phase_since_ms <= now_ms =>
             {
                 Step::Keep(None)
             }
@@ -563,12 +568,15 @@ mod tests {
             trials_in_flight: 1,
             trial_lease_until_ms: 7,
             trials_since_ms: 5,
-            half_open_since_ms: 4,
+            phase_since_ms: 4,
             window_epoch: 12,
             ..CircuitState::default()
         };
         state.buckets[3] = (10, 4);
         assert_eq!(CircuitState::decode(&state.encode()), Some(state));
+        // The layout the previous version wrote and reads: VMs of both share circuits while a
+        // new configuration rolls in (a record of another length reads as a fresh circuit).
+        assert_eq!(state.encode().len(), 133);
         assert_eq!(CircuitState::decode(b"closed"), None);
         let mut long = state.encode();
         long.push(0);
@@ -667,7 +675,7 @@ mod tests {
         assert_eq!(
             state(&store),
             CircuitState {
-                closed_since_ms: 30_050,
+                phase_since_ms: 30_050,
                 ..CircuitState::default()
             }
         );
@@ -892,6 +900,24 @@ mod tests {
         assert_eq!(state(&store).open_until_ms, back + 4 + 30_000);
         let earlier = 10;
         assert_eq!(cb.admit(&store, KEY, earlier).0, Admission::Trial);
+        // Half-opened at 30 s; the clock steps back to 5 s: a trial granted after the
+        // step still decides the circuit.
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 0);
+        assert_eq!(cb.admit(&store, KEY, 30_000).0, Admission::Trial);
+        cb.release_trial(&store, KEY, 30_000).unwrap();
+        assert_eq!(cb.admit(&store, KEY, 5_000).0, Admission::Trial);
+        assert_eq!(
+            cb.record(
+                &store,
+                KEY,
+                Admission::Trial,
+                5_000,
+                Outcome::Success,
+                5_100
+            ),
+            Ok(Some(Transition::Closed))
+        );
     }
 
     #[test]
