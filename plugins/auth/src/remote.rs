@@ -503,7 +503,12 @@ impl RemoteJwks {
                 let mut local = self.local.borrow_mut();
                 match local.as_mut() {
                     Some(current) if current.digest == version => {
-                        current.fetched_ms = current.fetched_ms.max(called_ms);
+                        // A stamp in the future came before a clock step: this one replaces it.
+                        current.fetched_ms = if current.fetched_ms > now_ms {
+                            called_ms
+                        } else {
+                            current.fetched_ms.max(called_ms)
+                        };
                         Ok(None)
                     }
                     Some(current) if newer(current.fetched_ms) => {
@@ -535,20 +540,8 @@ impl RemoteJwks {
                 return Err(error);
             }
         };
-        let changed = self
-            .local
-            .borrow()
-            .as_ref()
-            .is_none_or(|l| l.digest != version);
-        if changed {
-            *self.local.borrow_mut() = Some(Local {
-                digest: version,
-                fetched_ms: called_ms,
-                keys: Rc::new(keys),
-            });
-        }
-        self.expired_logged.set(false);
-        let count = self.local.borrow().as_ref().map_or(0, |l| l.keys.len());
+        // The shared record first: if a document asked for later is there, it is the one to
+        // use, and this answer is dropped (the worker takes the record's instead).
         let shared = update(store, &self.key, 4, |current| {
             let mut record = current
                 .and_then(|bytes| Record::decode(bytes, &self.source))
@@ -569,11 +562,31 @@ impl RemoteJwks {
                 self.provider
             );
         }
+        let superseded = matches!(shared, Ok(false));
+        let changed = if superseded {
+            self.sync(store)
+        } else {
+            let changed = self
+                .local
+                .borrow()
+                .as_ref()
+                .is_none_or(|l| l.digest != version);
+            if changed {
+                *self.local.borrow_mut() = Some(Local {
+                    digest: version,
+                    fetched_ms: called_ms,
+                    keys: Rc::new(keys),
+                });
+            }
+            changed
+        };
+        self.expired_logged.set(false);
+        let count = self.local.borrow().as_ref().map_or(0, |l| l.keys.len());
         Ok(Fetched {
             keys: count,
             skipped,
             changed,
-            shared: shared.unwrap_or(false),
+            shared: !superseded && shared.is_ok(),
         })
     }
 
@@ -858,15 +871,24 @@ mod tests {
             )
             .unwrap();
         assert!(f.changed && f.shared);
+        // a's late answer is another document still (3 keys): a takes the record's instead.
+        doc["keys"].as_array_mut().unwrap().remove(0);
+        let between = serde_json::to_vec(&doc).unwrap();
         let late = a
-            .fetched_at(&store, due, due + 2_000, Some(200), JWKS, JWKS.len())
+            .fetched_at(&store, due, due + 2_000, Some(200), &between, between.len())
             .unwrap();
-        assert!(!late.changed && !late.shared);
-        // Neither the record nor a worker goes back to the old keys.
+        assert!(late.changed && !late.shared);
+        assert_eq!(late.keys, 4);
+        // Neither the record nor a worker goes back to older keys.
         assert!(!b.sync(&store));
         assert_eq!(b.cached(due + 2_001).unwrap().len(), 4);
-        assert!(a.sync(&store));
+        assert!(!a.sync(&store));
         assert_eq!(a.cached(due + 2_001).unwrap().len(), 4);
+        // A late answer that is a's own document changes nothing either.
+        let same = a
+            .fetched_at(&store, due, due + 2_500, Some(200), &rotated, rotated.len())
+            .unwrap();
+        assert!(!same.changed && !same.shared);
         // A stamp in the future (the clock stepped back) is not newer: the answer is taken.
         let back = T0 - 3_600_000;
         assert!(a.due(back));
