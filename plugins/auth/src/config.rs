@@ -299,8 +299,30 @@ impl PluginConfig for AuthConfig {
                             format!("duplicate provider name {:?}", provider.name),
                         );
                     }
+                    let nested = self.providers.iter().find(|other| {
+                        other
+                            .issuer
+                            .strip_prefix(provider.issuer.as_str())
+                            .is_some_and(|rest| rest.starts_with('/'))
+                    });
                     if provider.issuer.trim().is_empty() {
                         p.push_at("issuer", "must not be empty");
+                    } else if provider.issuer == "introspection"
+                        || provider.issuer.starts_with("introspection/")
+                    {
+                        // Consumers are `<issuer>/<sub>`; introspection's are
+                        // `introspection/<sub>` when its answers name no issuer.
+                        p.push_at("issuer", "must not be \"introspection\" or start with \"introspection/\"");
+                    } else if let Some(other) = nested {
+                        // `https://a` with sub `x/alice` and `https://a/x` with sub `alice`
+                        // would name one consumer.
+                        p.push_at(
+                            "issuer",
+                            format!(
+                                "is a path prefix of issuer {:?}: their consumers (<issuer>/<sub>) could collide",
+                                other.issuer
+                            ),
+                        );
                     } else if !issuers.insert(provider.issuer.as_str()) {
                         p.push_at(
                             "issuer",
@@ -614,6 +636,31 @@ mod tests {
                 "providers[1].audiences",
                 "providers[1].clock_leeway",
                 "providers[1].jwks"
+            ]
+        );
+    }
+
+    #[test]
+    fn issuers_whose_consumers_could_collide_are_refused() {
+        let provider = |name: &str, issuer: &str| {
+            format!(
+                r#"{{"name":"{name}","issuer":"{issuer}","algorithms":["HS256"],
+                    "hmac_secret":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}}"#
+            )
+        };
+        let json = format!(
+            r#"{{"providers":[{},{},{},{}]}}"#,
+            provider("a", "https://a"),
+            provider("b", "https://a/x"),
+            provider("c", "https://ab"),
+            provider("d", "introspection"),
+        );
+        assert_eq!(
+            problems(&json),
+            [
+                "providers[0].issuer: is a path prefix of issuer \"https://a/x\": their consumers \
+                 (<issuer>/<sub>) could collide",
+                "providers[3].issuer: must not be \"introspection\" or start with \"introspection/\"",
             ]
         );
     }
