@@ -34,7 +34,7 @@ fn bad_configs() -> Vec<(&'static PluginInfo, &'static str, &'static str)> {
         (
             p("audit"),
             r#"{"batch":{"max_event":5}}"#,
-            "batch.max_event: unknown field `max_event`, expected one of `max_events`, `max_interval`, `max_buffered_events`",
+            "batch.max_event: unknown field `max_event`, expected one of `max_events`, `max_interval`, `max_buffered_events`, `max_buffered_bytes`",
         ),
         (p("audit"), "{not json", ".: key must be a string at line 1 column 2"),
         (p("rate-limit"), "[]", ".: the configuration must be a JSON object"),

@@ -222,6 +222,9 @@ pub struct BatchConfig {
     pub max_interval: ConfigDuration,
     /// Events held while the collector is slow or down; beyond this they are dropped and counted.
     pub max_buffered_events: u32,
+    /// Bytes those events may take (their JSON, topic and key) per worker: an event's size
+    /// follows the request's path and headers, so a count alone does not bound memory.
+    pub max_buffered_bytes: u64,
 }
 
 impl Default for BatchConfig {
@@ -230,6 +233,7 @@ impl Default for BatchConfig {
             max_events: 100,
             max_interval: ConfigDuration::from_secs(1),
             max_buffered_events: 10_000,
+            max_buffered_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -355,6 +359,12 @@ impl PluginConfig for AuditConfig {
         });
         problems.field("batch", |p| {
             let b = &self.batch;
+            if !(1 << 20..=256 << 20).contains(&b.max_buffered_bytes) {
+                p.push_at(
+                    "max_buffered_bytes",
+                    "must be between 1048576 (1 MiB) and 268435456 (256 MiB)",
+                );
+            }
             if !(1..=10_000).contains(&b.max_events) {
                 p.push_at("max_events", "must be between 1 and 10000");
             }
@@ -426,7 +436,8 @@ mod tests {
     #[test]
     fn batch_and_delivery_bounds_are_refused_past_what_a_vm_can_hold() {
         let err = load::<AuditConfig>(
-            br#"{"batch":{"max_events":20000,"max_interval":"2m","max_buffered_events":4294967295},
+            br#"{"batch":{"max_events":20000,"max_interval":"2m","max_buffered_events":4294967295,
+                          "max_buffered_bytes":1000},
                  "delivery":{"backoff_max":"18446744073709551615ms","max_in_flight":0}}"#,
         )
         .unwrap_err();
@@ -434,6 +445,7 @@ mod tests {
             err.to_string(),
             "delivery.backoff_max: must be at most 5m; \
              delivery.max_in_flight: must be between 1 and 64; \
+             batch.max_buffered_bytes: must be between 1048576 (1 MiB) and 268435456 (256 MiB); \
              batch.max_events: must be between 1 and 10000; \
              batch.max_interval: must be at most 1m; \
              batch.max_buffered_events: must be at most 100000"

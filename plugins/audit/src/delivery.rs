@@ -33,6 +33,7 @@ pub struct Settings {
     pub max_events: usize,
     pub max_interval_ms: u64,
     pub max_buffered: usize,
+    pub max_buffered_bytes: usize,
     pub max_in_flight: usize,
     pub max_retries: u32,
     pub backoff_base_ms: u64,
@@ -117,6 +118,17 @@ pub struct DeliveryQueue {
     retrying: Vec<(u64, Batch)>,
     next_batch_id: u64,
     totals: Totals,
+    /// What the held events weigh ([`weight`]): waiting, in flight and waiting for a retry.
+    held_bytes: usize,
+}
+
+/// What an event costs the worker's memory while held.
+fn weight(event: &QueuedEvent) -> usize {
+    std::mem::size_of::<QueuedEvent>() + event.json.len() + event.topic.len() + event.key.len()
+}
+
+fn batch_weight(batch: &Batch) -> usize {
+    batch.events.iter().map(weight).sum()
 }
 
 impl DeliveryQueue {
@@ -128,6 +140,7 @@ impl DeliveryQueue {
             retrying: Vec::new(),
             next_batch_id: 1,
             totals: Totals::default(),
+            held_bytes: 0,
         }
     }
 
@@ -170,6 +183,11 @@ impl DeliveryQueue {
                 .sum::<usize>();
         self.pending.clear();
         self.retrying.clear();
+        self.held_bytes = self
+            .in_flight
+            .values()
+            .map(|f| batch_weight(&f.batch))
+            .sum();
         let dropped = waiting as u64;
         self.totals.dropped += dropped;
         Abandoned {
@@ -181,10 +199,14 @@ impl DeliveryQueue {
     /// Takes an event; when the buffer is full it is dropped (and counted): `false`.
     pub fn push(&mut self, event: QueuedEvent) -> bool {
         self.totals.emitted += 1;
-        if self.buffered() >= self.settings.max_buffered {
+        let weight = weight(&event);
+        if self.buffered() >= self.settings.max_buffered
+            || self.held_bytes.saturating_add(weight) > self.settings.max_buffered_bytes
+        {
             self.totals.dropped += 1;
             return false;
         }
+        self.held_bytes += weight;
         self.pending.push_back(event);
         true
     }
@@ -298,6 +320,8 @@ impl DeliveryQueue {
         rng: &mut Xoshiro256,
     ) -> Option<Answered> {
         let flight = self.in_flight.remove(&batch_id)?;
+        // What goes back to a retry is added again below.
+        self.held_bytes = self.held_bytes.saturating_sub(batch_weight(&flight.batch));
         let latency_ms = now_ms.saturating_sub(flight.sent_ms);
         let mut batch = flight.batch;
         let n = batch.events.len() as u64;
@@ -365,6 +389,7 @@ impl DeliveryQueue {
             let due = now_ms.saturating_add(self.backoff_ms(batch.attempt, rng));
             result.retried += n;
             self.totals.retried += n;
+            self.held_bytes += batch_weight(&batch);
             self.retrying.push((due, batch));
         } else {
             result.dropped += n;
@@ -505,6 +530,7 @@ mod tests {
             max_events: 3,
             max_interval_ms: 1000,
             max_buffered: 10,
+            max_buffered_bytes: usize::MAX,
             max_in_flight: 2,
             max_retries: 2,
             backoff_base_ms: 100,
@@ -541,6 +567,44 @@ mod tests {
             "{t:?} buffered {}",
             q.buffered()
         );
+    }
+
+    #[test]
+    fn held_bytes_bound_the_buffer_and_come_back_when_batches_end() {
+        let mut small = settings(Format::Ndjson { path: "/".into() });
+        small.max_buffered = 100;
+        small.max_events = 2;
+        let big = |id: u32| QueuedEvent {
+            json: vec![b'x'; 10_000],
+            ..event("audit", id, 0)
+        };
+        let per_event = weight(&big(1));
+        small.max_buffered_bytes = 3 * per_event;
+        let mut q = DeliveryQueue::new(small);
+        let mut rng = rng();
+        // Three fit; the fourth would pass the bytes though not the count: dropped, counted.
+        for id in 0..3 {
+            assert!(q.push(big(id)));
+        }
+        assert!(!q.push(big(3)));
+        assert_eq!((q.held_bytes, q.totals().dropped), (3 * per_event, 1));
+        accounted(&q);
+        // A failed batch waiting for its retry still weighs; a delivered one no longer does.
+        let (sends, _) = q.poll(1000, &mut rng);
+        assert_eq!(sends.iter().map(|s| s.events).collect::<Vec<_>>(), [2, 1]);
+        q.on_answer(sends[0].batch_id, None, 1010, &mut rng)
+            .unwrap();
+        assert_eq!(q.held_bytes, 3 * per_event);
+        assert!(!q.push(big(4)));
+        q.on_answer(sends[1].batch_id, Some((200, b"")), 1010, &mut rng)
+            .unwrap();
+        assert_eq!(q.held_bytes, 2 * per_event);
+        assert!(q.push(big(5)));
+        accounted(&q);
+        // Given up on: nothing waiting or retrying weighs any more.
+        q.abandon();
+        assert_eq!(q.held_bytes, 0);
+        accounted(&q);
     }
 
     #[test]

@@ -299,6 +299,7 @@ fn compile(config: AuditConfig) -> Result<Worker, String> {
         max_events: config.batch.max_events as usize,
         max_interval_ms: millis(config.batch.max_interval.get()),
         max_buffered: config.batch.max_buffered_events as usize,
+        max_buffered_bytes: usize::try_from(config.batch.max_buffered_bytes).unwrap_or(usize::MAX),
         max_in_flight: config.delivery.max_in_flight as usize,
         max_retries: config.delivery.max_retries,
         backoff_base_ms: millis(config.delivery.backoff_base.get()),
