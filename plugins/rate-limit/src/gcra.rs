@@ -87,10 +87,7 @@ impl Gcra {
         let Some(stored) = stored else {
             return now;
         };
-        let furthest = now
-            .saturating_add(self.tolerance)
-            .saturating_add(self.interval)
-            .saturating_add(CLOCK_STEP);
+        let furthest = now.saturating_add(self.horizon());
         if stored > furthest {
             now.saturating_add(self.tolerance)
         } else {
@@ -116,10 +113,20 @@ impl Gcra {
         }
     }
 
+    /// How far past the clock an admission can leave a TAT, give or take workers' readings
+    /// of the clock ([`CLOCK_STEP`]): one further ahead was written before the clock stepped
+    /// back.
+    pub fn horizon(&self) -> Nanos {
+        self.tolerance
+            .saturating_add(self.interval)
+            .saturating_add(CLOCK_STEP)
+    }
+
     /// Whether a stored TAT no longer limits anything at `now` (the key is as good as fresh,
-    /// so its slot may go to another key).
-    pub fn is_idle(stored: Nanos, now: Nanos) -> bool {
-        stored <= now
+    /// so its slot may go to another key): in the past, or past `horizon` ahead (see
+    /// [`Gcra::horizon`]), when it limits for one more interval at most.
+    pub fn is_idle(stored: Nanos, now: Nanos, horizon: Nanos) -> bool {
+        stored <= now || stored > now.saturating_add(horizon)
     }
 
     /// The remaining budget of a key at `now` without admitting anything.
@@ -248,8 +255,11 @@ mod tests {
 
     #[test]
     fn an_idle_tat_frees_its_key() {
-        assert!(Gcra::is_idle(T0, T0));
-        assert!(!Gcra::is_idle(T0 + 1, T0));
+        assert!(Gcra::is_idle(T0, T0, SEC));
+        assert!(!Gcra::is_idle(T0 + 1, T0, SEC));
+        assert!(!Gcra::is_idle(T0 + SEC, T0, SEC));
+        // Written before the clock stepped back further than any admission reaches.
+        assert!(Gcra::is_idle(T0 + SEC + 1, T0, SEC));
     }
 
     #[test]

@@ -74,7 +74,8 @@ impl CompiledLimit {
             _ => None,
         };
         let constant_fingerprint = key::constant_fingerprint(hash_key, &limit.key);
-        let table = SlotTable::new(&limit.name, limit.slots);
+        let table = SlotTable::new(&limit.name, limit.slots)
+            .with_horizon(gcra.map_or(Nanos::MAX, |gcra| gcra.horizon()));
         let salt = key::fingerprint(hash_key, limit.name.as_bytes());
         Self {
             policy: gcra.map_or_else(String::new, |gcra| {

@@ -29,6 +29,9 @@ pub struct SlotTable {
     /// Keys built once, `(index, key)`: the probe sequence of a limit's constant key, the only
     /// slots such a limit reads and writes.
     prebuilt: Vec<(u32, String)>,
+    /// How far ahead of the clock a held TAT can be ([`Gcra::horizon`]); one further ahead is
+    /// idle (written before the clock stepped back).
+    horizon: Nanos,
 }
 
 /// The slot a key lives in (or will), as read.
@@ -86,7 +89,14 @@ impl SlotTable {
             prefix: format!("{}rate-limit/{limit}/", palisade_kit::store::NAMESPACE),
             slots: slots.max(1),
             prebuilt: Vec::new(),
+            horizon: Nanos::MAX,
         }
+    }
+
+    /// The limit's [`Gcra::horizon`].
+    pub fn with_horizon(mut self, horizon: Nanos) -> Self {
+        self.horizon = horizon;
+        self
     }
 
     /// Builds the keys `fingerprint` may use once, for a limit whose key is always that one.
@@ -166,7 +176,7 @@ impl SlotTable {
                         tat: Some(tat),
                     }))
                 }
-                Some((_, tat)) if Gcra::is_idle(tat, now) => {
+                Some((_, tat)) if Gcra::is_idle(tat, now, self.horizon) => {
                     if free.is_none() {
                         free = Some(Slot {
                             key,
@@ -223,6 +233,18 @@ mod tests {
             Ok(Write::Stored)
         );
         slot.key.into_owned()
+    }
+
+    #[test]
+    fn a_slot_stamped_before_the_clock_stepped_back_is_free() {
+        for (tat, expected_free) in [(NOW + 1_000, false), (NOW + 1_001, true)] {
+            let store = MemoryStore::new();
+            let table = SlotTable::new("l", 1).with_horizon(1_000);
+            table.prepare(&store).unwrap();
+            take(&store, &table, 3, tat);
+            let located = table.locate(&store, 4, NOW).unwrap();
+            assert_eq!(matches!(located, Located::Slot(_)), expected_free, "{tat}");
+        }
     }
 
     #[test]
