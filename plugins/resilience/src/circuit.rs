@@ -282,7 +282,12 @@ impl CircuitBreaker {
                 )
             }
             Phase::HalfOpen => {
-                if now_ms >= state.trial_lease_until_ms {
+                // A lease further off than one open time was granted before the clock stepped
+                // back: it has ended too.
+                let lease_left = state.trial_lease_until_ms.saturating_sub(now_ms);
+                if now_ms >= state.trial_lease_until_ms
+                    || lease_left > self.open_time_ms(state.openings)
+                {
                     // Every earlier trial had its chance to report: none holds a place now.
                     state.trials_in_flight = 0;
                     state.trials_since_ms = now_ms;
@@ -347,8 +352,13 @@ impl CircuitBreaker {
             // still does: its place went to another trial, but its answer is news.
             // (A half-opening stamped in the future was stamped before the clock stepped back:
             // every trial then counts.)
+            // A record half-opened by the previous version has no stamp (0): its trials'
+            // stamp decides, as that version did.
             (Phase::HalfOpen, Admission::Trial)
-                if granted_ms >= state.phase_since_ms || state.phase_since_ms > now_ms =>
+                if (state.phase_since_ms == 0 && granted_ms >= state.trials_since_ms)
+                    || (state.phase_since_ms != 0
+                        && (granted_ms >= state.phase_since_ms
+                            || state.phase_since_ms > now_ms)) =>
             {
                 match outcome {
                     Outcome::Success => {
@@ -488,7 +498,7 @@ fn bucket_index(epoch: u64) -> usize {
 mod tests {
     use super::*;
     use palisade_kit::config::load;
-    use palisade_kit::store::MemoryStore;
+    use palisade_kit::store::{MemoryStore, Write};
 
     use crate::config::ResilienceConfig;
 
@@ -907,17 +917,56 @@ mod tests {
         assert_eq!(cb.admit(&store, KEY, 30_000).0, Admission::Trial);
         cb.release_trial(&store, KEY, 30_000).unwrap();
         assert_eq!(cb.admit(&store, KEY, 5_000).0, Admission::Trial);
+        // Given back after the step, its place is free again: the step ended the old lease,
+        // and the count of places restarted with this trial.
+        cb.release_trial(&store, KEY, 5_000).unwrap();
+        assert_eq!(cb.admit(&store, KEY, 5_060).0, Admission::Trial);
         assert_eq!(
             cb.record(
                 &store,
                 KEY,
                 Admission::Trial,
-                5_000,
+                5_060,
                 Outcome::Success,
                 5_100
             ),
             Ok(Some(Transition::Closed))
         );
+        // A trial lost before a step of an hour: its lease ends with the open time, not the
+        // step.
+        let store = MemoryStore::new();
+        open_circuit(&cb, &store, 3_600_000);
+        assert_eq!(cb.admit(&store, KEY, 3_630_000).0, Admission::Trial);
+        assert_eq!(cb.admit(&store, KEY, 1_000).0, Admission::Trial);
+    }
+
+    #[test]
+    fn a_half_opening_by_the_previous_version_is_judged_by_its_trials_stamp() {
+        // That version never stamps the half-opening (the field reads 0 in HalfOpen).
+        let cb = breaker("");
+        let store = MemoryStore::new();
+        let record = CircuitState {
+            phase: Phase::HalfOpen,
+            openings: 2,
+            trials_in_flight: 1,
+            trial_lease_until_ms: 120_000,
+            trials_since_ms: 60_000,
+            ..CircuitState::default()
+        };
+        assert_eq!(store.set(KEY, &record.encode(), None), Ok(Write::Stored));
+        // A trial of an earlier period says nothing; one of this period decides.
+        let report = |granted| {
+            cb.record(
+                &store,
+                KEY,
+                Admission::Trial,
+                granted,
+                Outcome::Success,
+                70_000,
+            )
+        };
+        assert_eq!(report(30_000), Ok(None));
+        assert_eq!(report(60_000), Ok(Some(Transition::Closed)));
     }
 
     #[test]
