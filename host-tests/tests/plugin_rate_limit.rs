@@ -36,6 +36,19 @@ fn load(profile: Profile, config: &str, workers: usize) -> Result<(Host, PluginV
     let host = Host::new(profile);
     let vms = host.load_workers(Plugin::RateLimit, config, workers)?;
     assert!(vms.is_accepted(), "{profile:?}: {:?}", vms.logs());
+    // Every worker found or stored the proxy's fingerprint key, none fell back to its own.
+    assert!(
+        !vms.logs()
+            .iter()
+            .any(|l| l.message.contains("fingerprint key")),
+        "{:?}",
+        vms.logs()
+    );
+    let keys = host.shared_data_keys();
+    assert!(
+        keys.iter().any(|k| k == "palisade/rate-limit/hash-key"),
+        "{keys:?}"
+    );
     Ok((host, vms))
 }
 

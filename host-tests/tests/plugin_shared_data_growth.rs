@@ -83,7 +83,7 @@ fn slot_keys(host: &Host) -> Vec<String> {
         .shared_data_keys()
         .into_iter()
         .partition(|key| key == "palisade/rate-limit/hash-key");
-    assert!(hash_key.len() <= 1);
+    assert_eq!(hash_key.len(), 1, "the proxy's one fingerprint key");
     for key in &keys {
         let n: usize = key
             .strip_prefix("palisade/rate-limit/per-ip/")

@@ -584,7 +584,8 @@ impl RemoteJwks {
         let count = self.local.borrow().as_ref().map_or(0, |l| l.keys.len());
         Ok(Fetched {
             keys: count,
-            skipped,
+            // What this answer's document skipped says nothing of the record's.
+            skipped: if superseded { 0 } else { skipped },
             changed,
             shared: !superseded && shared.is_ok(),
         })

@@ -65,11 +65,12 @@ impl Plugin for RateLimitPlugin {
 
     fn compile(config: RateLimitConfig) -> Result<Worker, ConfigError> {
         // One secret keys every worker's fingerprints (see `key::HashKey`). A store that
-        // cannot give it now leaves this VM unkeyed: its keys then land in other slots than the
-        // other workers', and each such key gets one budget per group of workers.
+        // cannot give it now leaves this VM with a key of its own (never a known one): its keys
+        // then land in other slots than the other workers', and each such key gets one budget
+        // per group of workers.
         let hash_key = HashKey::load_or_create(&HostStore, fresh_hash_key).unwrap_or_else(|err| {
             log::warn!("[{NAME}] could not read or store the fingerprint key: {err}");
-            HashKey::default()
+            HashKey::from_bytes(fresh_hash_key())
         });
         let limiter = RateLimiter::new(&config, hash_key);
         // Slots are created before traffic (see `slots`); a store that refuses now will be
