@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use palisade_kit::store::{SharedStore, UpdateError, Write};
+use palisade_kit::store::{update, SharedStore, Step, UpdateError};
 
 use crate::config::{ClientIpConfig, KeyPart};
 
@@ -287,30 +287,14 @@ impl HashKey {
         store: &impl SharedStore,
         fresh: impl FnOnce() -> [u8; 16],
     ) -> Result<HashKey, UpdateError> {
-        let mut fresh = Some(HashKey::from_bytes(fresh()));
-        for _ in 0..4 {
-            match store.get(HASH_KEY)? {
-                Some(entry) => match <[u8; 16]>::try_from(entry.value.as_slice()) {
-                    Ok(bytes) => return Ok(HashKey::from_bytes(bytes)),
-                    // Not ours (another version's, or emptied): ours replaces it.
-                    Err(_) => {
-                        let key = fresh.take().unwrap_or_default();
-                        if store.replace(HASH_KEY, &key.to_bytes(), &entry)? == Write::Stored {
-                            return Ok(key);
-                        }
-                        fresh = Some(key);
-                    }
-                },
-                None => {
-                    let key = fresh.take().unwrap_or_default();
-                    if store.set(HASH_KEY, &key.to_bytes(), None)? == Write::Stored {
-                        return Ok(key);
-                    }
-                    fresh = Some(key);
-                }
+        let fresh = HashKey::from_bytes(fresh());
+        update(store, HASH_KEY, 4, |current| {
+            match current.and_then(|value| <[u8; 16]>::try_from(value).ok()) {
+                Some(stored) => Step::Keep(HashKey::from_bytes(stored)),
+                // Absent, or not a key (another version's value): ours goes in.
+                None => Step::Write(fresh.to_bytes().to_vec(), fresh),
             }
-        }
-        Err(UpdateError::Contended(4))
+        })
     }
 }
 
@@ -411,7 +395,7 @@ pub(crate) mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use palisade_kit::store::{BlindWrite, MemoryStore};
+    use palisade_kit::store::{BlindWrite, MemoryStore, Write};
 
     const KEY: HashKey = HashKey([0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908]);
 

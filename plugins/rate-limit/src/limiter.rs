@@ -543,19 +543,13 @@ impl RateLimiter {
     ) -> (Decision, Tallies) {
         let (decision, mut tallies) = self.conclude_answer(check, answer);
         if matches!(decision, Decision::Deny(_)) && !check.written.is_empty() {
-            let written: Vec<(usize, Cow<'_, str>, u64)> = check
-                .written
-                .iter()
-                .map(|(index, key, fingerprint)| {
-                    (*index, Cow::Borrowed(key.as_str()), *fingerprint)
-                })
-                .collect();
             // Failures to give back are counted against the local limits' tallies.
-            let mut local: Tallies = written
+            let mut local: Tallies = check
+                .written
                 .iter()
                 .map(|(index, _, _)| (*index, Tally::default()))
                 .collect();
-            self.give_back(&written, store, &mut local);
+            self.give_back(&check.written, store, &mut local);
             tallies.extend(local.into_iter().filter(|(_, t)| t.store_failure));
         }
         (decision, tallies)
@@ -690,9 +684,9 @@ impl RateLimiter {
 
     /// Moves each written limit's stored time back one interval (unless its slot went to
     /// another key meanwhile); a failed give-back counts as a store failure of that limit.
-    fn give_back(
+    fn give_back<K: AsRef<str>>(
         &self,
-        written: &[(usize, Cow<'_, str>, u64)],
+        written: &[(usize, K, u64)],
         store: &impl SharedStore,
         tallies: &mut Tallies,
     ) {
@@ -700,7 +694,8 @@ impl RateLimiter {
             let Some(gcra) = self.limits.get(*index).and_then(|l| l.gcra) else {
                 continue;
             };
-            let given = slots::give_back(store, key, *fingerprint, gcra.interval(), ATTEMPTS);
+            let given =
+                slots::give_back(store, key.as_ref(), *fingerprint, gcra.interval(), ATTEMPTS);
             if let (Err(_), Some((_, t))) = (given, tallies.iter_mut().find(|(j, _)| j == index)) {
                 t.store_failure = true;
             }
