@@ -98,8 +98,8 @@ impl<S: SharedStore + ?Sized> SharedStore for std::rc::Rc<S> {
 }
 
 /// The version an insert names on a host that has not yet shown it wants 0 ([`insert`]). Envoy
-/// hands out versions from one counter for every key, starting at 1, so an existing key holds
-/// this one only right after that counter's 2^32nd write.
+/// hands out versions from one counter for every key, starting at 1 and skipping 0, so an
+/// existing key holds this one only if its last write drew it, once per 2^32 - 1 writes.
 pub const INSERT_VERSION: u32 = u32::MAX;
 
 /// Writes a key only if it does not exist, over a host's raw `proxy_set_shared_data`
@@ -321,68 +321,57 @@ mod tests {
         }
     }
 
+    /// One [`insert`] against a host that answers a write naming a version with
+    /// `answer(version)` and, when asked, says whether the key `exists` (`None`: it must not be
+    /// asked). What the insert returned, and the versions its writes named.
+    fn insert_with(
+        names_zero: &Cell<bool>,
+        answer: impl Fn(u32) -> Write,
+        exists: Option<bool>,
+    ) -> (Result<Write, StoreError>, Vec<u32>) {
+        let mut named = Vec::new();
+        let written = insert(
+            names_zero,
+            |cas| {
+                named.push(cas);
+                Ok(answer(cas))
+            },
+            || Ok(exists.expect("exists() asked")),
+        );
+        (written, named)
+    }
+
     #[test]
     fn insert_names_a_version_envoy_checks_and_zero_where_kong_wants_it() {
-        // What each raw write named, and whether the key existed then.
         let names_zero = Cell::new(false);
-        let mut named = Vec::new();
         // Envoy, key absent: the first write inserts.
-        let written = insert(
-            &names_zero,
-            |cas| {
-                named.push(cas);
-                Ok(Write::Stored)
-            },
-            || unreachable!(),
-        );
         assert_eq!(
-            (written, named.as_slice()),
-            (Ok(Write::Stored), &[INSERT_VERSION][..])
+            insert_with(&names_zero, |_| Write::Stored, None),
+            (Ok(Write::Stored), vec![INSERT_VERSION])
         );
         // Envoy, key present: refused, and it exists: a conflict, no write naming 0.
-        named.clear();
-        let written = insert(
-            &names_zero,
-            |cas| {
-                named.push(cas);
-                Ok(Write::Conflict)
-            },
-            || Ok(true),
-        );
         assert_eq!(
-            (written, named.as_slice()),
-            (Ok(Write::Conflict), &[INSERT_VERSION][..])
+            insert_with(&names_zero, |_| Write::Conflict, Some(true)),
+            (Ok(Write::Conflict), vec![INSERT_VERSION])
         );
         assert!(!names_zero.get());
         // Kong, key absent: refused, yet absent: written again naming 0, remembered.
-        named.clear();
-        let written = insert(
-            &names_zero,
-            |cas| {
-                named.push(cas);
-                Ok(if cas == 0 {
-                    Write::Stored
-                } else {
-                    Write::Conflict
-                })
-            },
-            || Ok(false),
-        );
+        let kong_absent = |cas| {
+            if cas == 0 {
+                Write::Stored
+            } else {
+                Write::Conflict
+            }
+        };
         assert_eq!(
-            (written, named.as_slice()),
-            (Ok(Write::Stored), &[INSERT_VERSION, 0][..])
+            insert_with(&names_zero, kong_absent, Some(false)),
+            (Ok(Write::Stored), vec![INSERT_VERSION, 0])
         );
         assert!(names_zero.get());
-        named.clear();
-        let written = insert(
-            &names_zero,
-            |cas| {
-                named.push(cas);
-                Ok(Write::Conflict)
-            },
-            || unreachable!(),
+        assert_eq!(
+            insert_with(&names_zero, |_| Write::Conflict, None),
+            (Ok(Write::Conflict), vec![0])
         );
-        assert_eq!((written, named.as_slice()), (Ok(Write::Conflict), &[0][..]));
         // A store error is passed on, not read as a conflict.
         let failed = insert(
             &Cell::new(false),
