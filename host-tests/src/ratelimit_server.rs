@@ -348,7 +348,8 @@ impl Service {
             return (500, "text/plain", b"Internal Server Error\n".to_vec());
         };
         let over = statuses.iter().any(|s| s.over);
-        let statuses: Vec<Value> = statuses
+        let decided = statuses;
+        let statuses: Vec<Value> = decided
             .iter()
             .map(|s| {
                 let mut v = json!({"code": if s.over { "OVER_LIMIT" } else { "OK" }});
@@ -366,10 +367,13 @@ impl Service {
             transport: "http",
             ..asked
         });
-        let reply = json!({
+        let mut reply = json!({
             "overallCode": if over { "OVER_LIMIT" } else { "OK" },
             "statuses": statuses,
         });
+        if let Some((key, value)) = remaining_header(&decided) {
+            reply["responseHeadersToAdd"] = json!([{"key": key, "value": value}]);
+        }
         (
             if over { 429 } else { 200 },
             "application/json",
@@ -404,6 +408,12 @@ impl Service {
                 bytes_field(&mut status, 4, &reset);
             }
             bytes_field(&mut out, 2, &status);
+        }
+        if let Some((key, value)) = remaining_header(&statuses) {
+            let mut header = Vec::new();
+            bytes_field(&mut header, 1, key.as_bytes());
+            bytes_field(&mut header, 2, value.as_bytes());
+            bytes_field(&mut out, 3, &header);
         }
         lock(&self.state).asked.push(Asked {
             transport: "grpc",
@@ -526,6 +536,17 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
         n >>= 7;
     }
     out.push(n as u8);
+}
+
+/// lyft/ratelimit with `LIMIT_RESPONSE_HEADERS_ENABLED`: `RateLimit-Remaining` (its default
+/// name) for the descriptor with the least left, in `response_headers_to_add`.
+fn remaining_header(statuses: &[Status]) -> Option<(&'static str, String)> {
+    statuses
+        .iter()
+        .filter(|s| s.limit.is_some())
+        .map(|s| s.remaining)
+        .min()
+        .map(|remaining| ("RateLimit-Remaining", remaining.to_string()))
 }
 
 fn varint_field(out: &mut Vec<u8>, field: u64, n: u64) {

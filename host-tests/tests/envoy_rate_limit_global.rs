@@ -297,9 +297,13 @@ fn exactly_n_admitted(transport: Transport) {
     let policy = format!("\"all\";q={N};w=86400");
     for reply in &admitted {
         assert_eq!(reply.header("ratelimit-policy"), Some(policy.as_str()));
-        assert!(reply
+        let remaining = reply
             .header("ratelimit")
-            .is_some_and(|v| v.starts_with("\"all\";r=")));
+            .and_then(|v| v.strip_prefix("\"all\";r="))
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_else(|| panic!("{:?}", reply.header("ratelimit")));
+        // The service's own header (its `response_headers_to_add`), as Envoy's filter adds it.
+        assert_eq!(reply.header("ratelimit-remaining"), Some(remaining));
     }
     for reply in &refused {
         let retry: u64 = reply
@@ -312,6 +316,7 @@ fn exactly_n_admitted(transport: Transport) {
             reply.header("ratelimit"),
             Some(format!("\"all\";r=0;t={retry}").as_str())
         );
+        assert_eq!(reply.header("ratelimit-remaining"), Some("0"));
         let body: Value = serde_json::from_str(&reply.body).expect("JSON body");
         assert_eq!(body["error"], "rate limit exceeded");
         assert_eq!(body["status"], 429);

@@ -321,6 +321,98 @@ fn http_server_errors_follow_the_failure_mode() -> Result<(), Failure> {
                 3,
                 "{profile:?}"
             );
+            // One warning for the three failures (per worker VM), naming the first; the
+            // collector's body is never logged.
+            assert_eq!(
+                rate_limit_lines(&host),
+                ["[palisade-rate-limit] the rate-limit service failed: HTTP status 500"],
+                "{profile:?} {extra}"
+            );
+            if refused {
+                host.script_http_call("ratelimit:8080", CalloutReply::status(500));
+                let reply = send(&host, &vms, 0, tenant("acme"), Duration::from_millis(1))?
+                    .expect("refused");
+                assert_eq!(
+                    String::from_utf8(reply.body).unwrap().trim_end(),
+                    r#"{"error":"rate limit service unavailable","status":500,"request_id":"req-1"}"#
+                );
+            }
+            // The first answer after failures is logged once.
+            host.script_http_call(
+                "ratelimit:8080",
+                CalloutReply::status(200).body(r#"{"overallCode":"OK"}"#),
+            );
+            assert_eq!(
+                send(&host, &vms, 0, tenant("acme"), Duration::from_millis(1))?,
+                None
+            );
+            assert_eq!(
+                rate_limit_lines(&host).last().map(String::as_str),
+                Some("[palisade-rate-limit] the rate-limit service answers again"),
+                "{profile:?} {extra}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The plugin's log lines about the rate-limit service, in order.
+fn rate_limit_lines(host: &Host) -> Vec<String> {
+    host.logs()
+        .into_iter()
+        .map(|l| l.message)
+        .filter(|m| m.contains("the rate-limit service"))
+        .collect()
+}
+
+#[test]
+fn a_global_refusal_gives_back_what_the_local_limit_counted() -> Result<(), Failure> {
+    for profile in PROFILES {
+        for deny_on_failure in [false, true] {
+            let extra = if deny_on_failure {
+                r#","failure_mode_deny":true"#
+            } else {
+                ""
+            };
+            let config = format!(
+                r#"{{"proxy":"{}","global":{{"domain":"edge","transport":"http","upstream":"ratelimit:8080",
+                "authority":"ratelimit.internal","timeout":"50ms"{extra}}},
+                "limits":[{{"name":"l","rate":1,"period":"1h","burst":1,"key":[{{"constant":"l"}}]}},
+                          {{"name":"per-tenant","mode":"global","key":[{{"header":"x-tenant"}}]}}]}}"#,
+                proxy_of(profile)
+            );
+            let (host, vms) = load(profile, &config)?;
+            let wait = Duration::from_millis(1);
+            // Three refusals by the service (or, denying on failure, three failures): 429 or
+            // 500, and none of them spends the local limit.
+            for i in 0..3 {
+                let (answer, status) = if deny_on_failure {
+                    (CalloutReply::status(503), 500)
+                } else {
+                    (
+                        CalloutReply::status(429).body(r#"{"overallCode":"OVER_LIMIT"}"#),
+                        429,
+                    )
+                };
+                host.script_http_call("ratelimit:8080", answer);
+                let reply = send(&host, &vms, i % 2, tenant("acme"), wait)?;
+                assert_eq!(reply.map(|r| r.status), Some(status), "{profile:?} {i}");
+            }
+            // The local limit's whole budget is left: two admitted, on either worker.
+            for i in 0..2 {
+                host.script_http_call(
+                    "ratelimit:8080",
+                    CalloutReply::status(200).body(r#"{"overallCode":"OK"}"#),
+                );
+                let reply = send(&host, &vms, i % 2, tenant("acme"), wait)?;
+                assert_eq!(reply, None, "{profile:?} {deny_on_failure} admitted {i}");
+            }
+            let asked = host.http_calls().len();
+            assert_eq!(asked, 5);
+            let reply = send(&host, &vms, 0, tenant("acme"), wait)?.expect("local refusal");
+            assert_eq!(reply.status, 429);
+            assert_eq!(host.http_calls().len(), asked, "refused before asking");
+            assert_eq!(counter(&host, "palisade_rate_limit.l.limited"), 1);
         }
     }
     Ok(())
@@ -341,5 +433,201 @@ fn kong_before_3_9_resumes_a_failed_dispatch_itself() -> Result<(), Failure> {
     );
     let reply = send(&host, &vms, 0, tenant("acme"), Duration::from_millis(1))?;
     assert_eq!(reply, None);
+    Ok(())
+}
+
+/// A `config.core.v3.HeaderValue` as field `field` of a `RateLimitResponse`.
+fn header_field(out: &mut Vec<u8>, field: u64, key: &str, value: &str) {
+    let mut header = Vec::new();
+    bytes_field(&mut header, 1, key.as_bytes());
+    bytes_field(&mut header, 2, value.as_bytes());
+    bytes_field(out, field, &header);
+}
+
+fn proxy_of(profile: Profile) -> &'static str {
+    if profile == Profile::Envoy {
+        "envoy"
+    } else {
+        "kong"
+    }
+}
+
+#[test]
+fn the_services_headers_reach_the_upstream_request_and_the_response() -> Result<(), Failure> {
+    let (host, vms) = load(Profile::Envoy, &grpc_config(""))?;
+    let mut ok = answer(1, 10, 9, 42);
+    header_field(&mut ok, 3, "RateLimit-Limit", "10");
+    header_field(&mut ok, 3, "x-palisade-consumer", "forged");
+    header_field(&mut ok, 4, "x-ratelimit-tier", "gold");
+    header_field(&mut ok, 4, "x-palisade-subject", "forged");
+    host.script_grpc_call("ratelimit", GrpcReply::message(ok));
+    let mut refused = answer(2, 10, 0, 17);
+    header_field(&mut refused, 3, "x-ratelimit-reset", "17");
+    header_field(&mut refused, 3, "content-type", "text/plain");
+    host.script_grpc_call("ratelimit", GrpcReply::message(refused));
+
+    let mut stream = vms.worker(0).http_request(tenant("acme"))?;
+    assert_eq!(stream.send_request_headers(true)?, Outcome::Pause);
+    host.advance_clock(Duration::from_millis(1))?;
+    assert_eq!(stream.outcome(), Outcome::Continue);
+    let upstream = stream.upstream_request_headers();
+    assert_eq!(upstream.get("x-ratelimit-tier"), Some("gold"));
+    assert_eq!(upstream.get("x-palisade-subject"), None);
+    stream.send_response_headers(Response::status(200), true)?;
+    assert_eq!(
+        stream.response_headers().without(":status"),
+        headers(&[
+            ("ratelimit-policy", "\"per-tenant\";q=10;w=60"),
+            ("ratelimit", "\"per-tenant\";r=9;t=42"),
+            ("ratelimit-limit", "10"),
+        ])
+    );
+    stream.finish()?;
+
+    let reply = send(&host, &vms, 1, tenant("acme"), Duration::from_millis(1))?.expect("refused");
+    assert_eq!(reply.status, 429);
+    assert_eq!(
+        reply.headers,
+        headers(&[
+            ("content-type", "application/json"),
+            ("retry-after", "17"),
+            ("ratelimit-policy", "\"per-tenant\";q=10;w=60"),
+            ("ratelimit", "\"per-tenant\";r=0;t=17"),
+            ("x-ratelimit-reset", "17"),
+        ])
+    );
+    assert_eq!(
+        String::from_utf8(reply.body).unwrap().trim_end(),
+        r#"{"error":"rate limit exceeded","status":429,"request_id":"req-1"}"#
+    );
+    Ok(())
+}
+
+#[test]
+fn json_answers_headers_apply_on_envoy_and_kong() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (host, vms) = load(profile, &http_config(proxy_of(profile), ""))?;
+        host.script_http_call(
+            "ratelimit:8080",
+            CalloutReply::status(200).body(
+                r#"{"overallCode":"OK","responseHeadersToAdd":[{"key":"RateLimit-Remaining","value":"4"}],
+                "requestHeadersToAdd":[{"key":"x-ratelimit-tier","value":"gold"}]}"#,
+            ),
+        );
+        let mut stream = vms.worker(0).http_request(tenant("acme"))?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Pause);
+        host.advance_clock(Duration::from_millis(1))?;
+        assert_eq!(stream.outcome(), Outcome::Continue, "{profile:?}");
+        assert_eq!(
+            stream.upstream_request_headers().get("x-ratelimit-tier"),
+            Some("gold"),
+            "{profile:?}"
+        );
+        stream.send_response_headers(Response::status(200), true)?;
+        assert_eq!(
+            stream.response_headers().get("ratelimit-remaining"),
+            Some("4"),
+            "{profile:?}"
+        );
+        stream.finish()?;
+    }
+    Ok(())
+}
+
+/// Two global limits: `per-tenant` (the tenant header) and `everyone` (a constant).
+fn two_limits(transport: &str, upstream: &str, proxy: &str, extra: &str) -> String {
+    format!(
+        r#"{{"proxy":"{proxy}","global":{{"domain":"edge","transport":"{transport}","upstream":"{upstream}",
+        "authority":"ratelimit.internal","timeout":"50ms","call_per_limit":true{extra}}},
+        "limits":[{{"name":"per-tenant","mode":"global","key":[{{"header":"x-tenant"}}]}},
+                  {{"name":"everyone","mode":"global","key":[{{"constant":"all"}}]}}]}}"#
+    )
+}
+
+#[test]
+fn call_per_limit_asks_once_per_limit_and_any_refusal_refuses() -> Result<(), Failure> {
+    // gRPC on Envoy.
+    let (host, vms) = load(
+        Profile::Envoy,
+        &two_limits("grpc", "ratelimit", "envoy", ""),
+    )?;
+    host.script_grpc_call("ratelimit", GrpcReply::message(answer(1, 10, 9, 42)));
+    host.script_grpc_call(
+        "ratelimit",
+        GrpcReply::message(answer(2, 100, 0, 7)).after(Duration::from_millis(3)),
+    );
+    let mut stream = vms.worker(0).http_request(tenant("acme"))?;
+    assert_eq!(stream.send_request_headers(true)?, Outcome::Pause);
+    host.advance_clock(Duration::from_millis(1))?;
+    assert_eq!(stream.outcome(), Outcome::Pause, "held until both answer");
+    host.advance_clock(Duration::from_millis(2))?;
+    let Outcome::LocalReply(reply) = stream.outcome() else {
+        panic!("{:?}", stream.outcome())
+    };
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.headers.get("retry-after"), Some("7"));
+    assert_eq!(
+        reply.headers.get("ratelimit-policy"),
+        Some("\"per-tenant\";q=10;w=60, \"everyone\";q=100;w=60")
+    );
+    let calls = host.grpc_calls();
+    assert_eq!(calls.len(), 2);
+    // One descriptor each: {limit: per-tenant, x-tenant: acme}, then {limit: everyone,
+    // generic_key: all}.
+    assert_eq!(
+        calls[0].message,
+        b"\x0a\x04edge\x12\x27\x0a\x13\x0a\x05limit\x12\x0aper-tenant\
+          \x0a\x10\x0a\x08x-tenant\x12\x04acme\x18\x01"
+    );
+    assert_eq!(
+        calls[1].message,
+        b"\x0a\x04edge\x12\x27\x0a\x11\x0a\x05limit\x12\x08everyone\
+          \x0a\x12\x0a\x0bgeneric_key\x12\x03all\x18\x01"
+    );
+    assert_eq!(counter(&host, "palisade_rate_limit.everyone.limited"), 1);
+    assert_eq!(counter(&host, "palisade_rate_limit.per-tenant.limited"), 0);
+    assert_eq!(counter(&host, "palisade_rate_limit.per-tenant.allowed"), 0);
+
+    // HTTP on both hosts: both OK admits; one failed call follows the failure mode.
+    for profile in PROFILES {
+        for (extra, refused) in [("", None), (r#","failure_mode_deny":true"#, Some(500))] {
+            let config = two_limits("http", "ratelimit:8080", proxy_of(profile), extra);
+            let (host, vms) = load(profile, &config)?;
+            let ok = || {
+                CalloutReply::status(200).body(r#"{"overallCode":"OK","statuses":[{"code":"OK"}]}"#)
+            };
+            host.script_http_call("ratelimit:8080", ok());
+            host.script_http_call("ratelimit:8080", ok());
+            let wait = Duration::from_millis(1);
+            assert_eq!(
+                send(&host, &vms, 0, tenant("acme"), wait)?,
+                None,
+                "{profile:?}"
+            );
+            let bodies: Vec<String> = host
+                .http_calls()
+                .iter()
+                .map(|c| String::from_utf8(c.body.clone()).unwrap())
+                .collect();
+            assert_eq!(
+                bodies,
+                [
+                    r#"{"descriptors":[{"entries":[{"key":"limit","value":"per-tenant"},{"key":"x-tenant","value":"acme"}]}],"domain":"edge","hitsAddend":1}"#,
+                    r#"{"descriptors":[{"entries":[{"key":"limit","value":"everyone"},{"key":"generic_key","value":"all"}]}],"domain":"edge","hitsAddend":1}"#,
+                ],
+                "{profile:?}"
+            );
+
+            host.script_http_call("ratelimit:8080", ok());
+            host.script_http_call("ratelimit:8080", CalloutReply::status(503).body("down"));
+            let reply = send(&host, &vms, 1, tenant("acme"), wait)?;
+            assert_eq!(reply.map(|r| r.status), refused, "{profile:?} {extra}");
+            assert_eq!(
+                counter(&host, "palisade_rate_limit.everyone.callout_failures"),
+                1,
+                "{profile:?}"
+            );
+        }
+    }
     Ok(())
 }

@@ -105,6 +105,11 @@ pub struct GlobalService {
     /// asked or answers with an error; by default they are let through.
     #[serde(default)]
     pub failure_mode_deny: bool,
+    /// Ask once per global limit (one descriptor per call, all sent at once) rather than once
+    /// per request with every limit's descriptor. Limitador counts only one descriptor of a
+    /// call: set this to give a request several global limits there.
+    #[serde(default)]
+    pub call_per_limit: bool,
 }
 
 fn default_json_path() -> String {

@@ -15,11 +15,13 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::{GlobalService, RateLimitConfig, Transport};
+use crate::key::Descriptor;
 use crate::key::{HashKey, RequestView};
 use crate::limiter::{
-    CalloutError, Decision, GlobalCheck, RateLimitHeaders, RateLimiter, Tallies, RATE_LIMIT_MAX_LEN,
+    merge_answers, CalloutError, Decision, GlobalCheck, RateLimitHeaders, RateLimiter, Tallies,
+    RATE_LIMIT_MAX_LEN,
 };
-use crate::proto::{RateLimitRequest, RateLimitResponse};
+use crate::proto::{HeaderToAdd, RateLimitRequest, RateLimitResponse};
 
 const NAME: &str = "palisade-rate-limit";
 const GRPC_SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -110,6 +112,7 @@ impl Plugin for RateLimitPlugin {
         Box::new(Stream {
             worker,
             response_headers: None,
+            service_response_headers: Vec::new(),
             waiting: None,
         })
     }
@@ -119,8 +122,60 @@ struct Stream {
     worker: Rc<Worker>,
     /// `RateLimit-Policy` and `RateLimit` for the response of an admitted request.
     response_headers: Option<RateLimitHeaders>,
-    /// The call-out this request waits for, and what it is waiting to decide.
-    waiting: Option<(u32, GlobalCheck)>,
+    /// What the rate-limit service asked to add to the response of the request it admitted.
+    service_response_headers: Vec<HeaderToAdd>,
+    /// The call-outs this request waits for, and what it is waiting to decide.
+    waiting: Option<Waiting>,
+}
+
+/// A request held for the rate-limit service.
+struct Waiting {
+    check: GlobalCheck,
+    /// Each call's token (`None`: it could not be sent) and, once it came, its answer: one
+    /// call in all, or one per descriptor with `call_per_limit`.
+    calls: Vec<(Option<u32>, Option<Answer>)>,
+}
+
+type Answer = Result<RateLimitResponse, CalloutError>;
+
+impl Waiting {
+    /// Whether `token` is one of this request's calls, still unanswered.
+    fn expects(&self, token: u32) -> bool {
+        self.calls
+            .iter()
+            .any(|(t, a)| *t == Some(token) && a.is_none())
+    }
+
+    /// Records `token`'s answer; `false` if it is not one of this request's calls.
+    fn record(&mut self, token: u32, answer: Answer) -> bool {
+        match self
+            .calls
+            .iter_mut()
+            .find(|(t, a)| *t == Some(token) && a.is_none())
+        {
+            Some((_, slot)) => {
+                *slot = Some(answer);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every call's answer, once all have come.
+    fn answer(&mut self) -> Option<Answer> {
+        if self.calls.iter().any(|(_, a)| a.is_none()) {
+            return None;
+        }
+        let mut answers: Vec<Answer> = self
+            .calls
+            .drain(..)
+            .filter_map(|(_, answer)| answer)
+            .collect();
+        if answers.len() == 1 {
+            return answers.pop();
+        }
+        Some(merge_answers(answers))
+    }
 }
 
 /// Request values straight from the host, each asked only when the limiter needs it.
@@ -179,11 +234,11 @@ fn set_response_header(name: &str, value: &[u8]) {
     }
 }
 
-/// Sends the check to the rate-limit service; the answer comes to this stream's context.
-fn dispatch(service: &GlobalService, check: &GlobalCheck) -> Result<u32, String> {
+/// Asks the rate-limit service about `descriptors`; the answer comes to this stream's context.
+fn dispatch(service: &GlobalService, descriptors: &[Descriptor]) -> Result<u32, String> {
     let request = RateLimitRequest {
         domain: &service.domain,
-        descriptors: &check.descriptors,
+        descriptors,
         hits_addend: 1,
     };
     let timeout = service.timeout.get();
@@ -216,8 +271,18 @@ impl Stream {
     /// Applies a decision; `resume` when the request is held for a call-out.
     fn apply(&mut self, decision: Decision, resume: bool) -> Action {
         match decision {
-            Decision::Allow { response_headers } => {
+            Decision::Allow {
+                response_headers,
+                service,
+            } => {
                 self.response_headers = response_headers;
+                self.service_response_headers = service.response;
+                for (name, value) in &service.request {
+                    if let Err(err) = host::add_header(Map::RequestHeaders, name, value.as_bytes())
+                    {
+                        log::warn!("[{NAME}] could not add {name} to the request: {err}");
+                    }
+                }
                 if resume {
                     if let Err(err) = callout::resume_request() {
                         log::warn!("[{NAME}] could not resume the request: {err}");
@@ -251,12 +316,23 @@ impl Stream {
             // The configuration requires `global` for global limits: unreachable.
             return Action::Continue;
         };
-        match dispatch(service, &check) {
-            Ok(token) => {
-                self.waiting = Some((token, check));
+        let sent = |descriptors: &[Descriptor]| match dispatch(service, descriptors) {
+            Ok(token) => (Some(token), None),
+            Err(err) => (None, Some(Err(CalloutError::Dispatch(err)))),
+        };
+        let calls: Vec<_> = if service.call_per_limit {
+            check.descriptors.chunks(1).map(&sent).collect()
+        } else {
+            vec![sent(&check.descriptors)]
+        };
+        let mut waiting = Waiting { check, calls };
+        match waiting.answer() {
+            // Nothing could be sent: decide now.
+            Some(answer) => self.conclude(&waiting.check, answer, false),
+            None => {
+                self.waiting = Some(waiting);
                 Action::Pause
             }
-            Err(err) => self.conclude(&check, Err(CalloutError::Dispatch(err)), false),
         }
     }
 
@@ -281,14 +357,23 @@ impl Stream {
         self.apply(decision, resume)
     }
 
-    /// The held request's check, if `token` is its call-out.
-    fn take_waiting(&mut self, token: u32) -> Option<GlobalCheck> {
-        match self.waiting.take() {
-            Some((t, check)) if t == token => Some(check),
-            other => {
-                self.waiting = other;
-                None
-            }
+    fn expects(&self, token: u32) -> bool {
+        self.waiting.as_ref().is_some_and(|w| w.expects(token))
+    }
+
+    /// Takes `token`'s answer; once every call of the held request has answered, decides it.
+    fn answered(&mut self, token: u32, answer: Answer) {
+        let Some(waiting) = self.waiting.as_mut() else {
+            return;
+        };
+        if !waiting.record(token, answer) {
+            return;
+        }
+        let Some(answer) = waiting.answer() else {
+            return;
+        };
+        if let Some(waiting) = self.waiting.take() {
+            self.conclude(&waiting.check, answer, true);
         }
     }
 }
@@ -301,9 +386,9 @@ impl Context for Stream {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some(check) = self.take_waiting(token_id) else {
+        if !self.expects(token_id) {
             return;
-        };
+        }
         let response = callout::http_call_response(body_size, MAX_ANSWER);
         // lyft/ratelimit answers 200 for OK and 429 for OVER_LIMIT, both with the JSON body.
         let answer = match response.status {
@@ -312,13 +397,13 @@ impl Context for Stream {
             Some(status) => Err(CalloutError::HttpStatus(status)),
             None => Err(CalloutError::NoAnswer),
         };
-        self.conclude(&check, answer, true);
+        self.answered(token_id, answer);
     }
 
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let Some(check) = self.take_waiting(token_id) else {
+        if !self.expects(token_id) {
             return;
-        };
+        }
         let answer = if status_code != 0 {
             Err(CalloutError::GrpcStatus(status_code))
         } else {
@@ -329,7 +414,7 @@ impl Context for Stream {
                         .map_err(|err| CalloutError::Decode(err.to_string()))
                 })
         };
-        self.conclude(&check, answer, true);
+        self.answered(token_id, answer);
     }
 }
 
@@ -361,6 +446,11 @@ impl HttpContext for Stream {
             };
             set_response_header(RateLimitHeaders::POLICY, headers.policy.as_bytes());
             set_response_header(RateLimitHeaders::RATE_LIMIT, rate_limit);
+        }
+        for (name, value) in std::mem::take(&mut self.service_response_headers) {
+            if let Err(err) = host::add_header(Map::ResponseHeaders, &name, value.as_bytes()) {
+                log::warn!("[{NAME}] could not add {name}: {err}");
+            }
         }
         Action::Continue
     }

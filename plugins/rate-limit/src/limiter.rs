@@ -30,7 +30,7 @@ use crate::config::{
 };
 use crate::gcra::{Gcra, Nanos, Verdict};
 use crate::key::{self, Descriptor, HashKey, RequestParts, RequestView};
-use crate::proto::{Code, RateLimitResponse};
+use crate::proto::{Code, DescriptorStatus, HeaderToAdd, RateLimitResponse};
 use crate::slots::{self, Located, SlotTable};
 
 /// Reads and writes one admission may take before the limiter gives up on a contended key.
@@ -221,6 +221,8 @@ pub enum Decision {
     /// or no local limit applied).
     Allow {
         response_headers: Option<RateLimitHeaders>,
+        /// What the rate-limit service asked to add (empty for a local decision).
+        service: ServiceHeaders,
     },
     /// Answer locally.
     Deny(ErrorReply),
@@ -228,6 +230,32 @@ pub enum Decision {
     /// until it answers, then [`RateLimiter::conclude`].
     Ask(GlobalCheck),
 }
+
+/// The headers a rate-limit service's answer asks for, applied as Envoy's rate-limit filter
+/// applies them: `response` to the client's response (the 429 included), `request` to the
+/// request it lets through. Envoy appends them; so do we.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceHeaders {
+    pub response: Vec<HeaderToAdd>,
+    pub request: Vec<HeaderToAdd>,
+}
+
+/// Headers the service may not add to a request or a response: hop-by-hop and framing
+/// fields, which the proxy owns.
+const PROXY_OWNED: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// palisade's own headers (palisade-auth's identity headers, the kit's refusal record) are set
+/// only by the plugin that owns them, never on a service's word.
+const PALISADE_PREFIX: &str = "x-palisade-";
 
 /// A request waiting for the rate-limit service: what to send, and what the local limits
 /// decided (for the response headers).
@@ -243,6 +271,52 @@ pub struct GlobalCheck {
     /// the service refuses, as a refused request costs no budget. A global limit's pre-limit
     /// keeps what it counted: it sheds a key's calls to the service, refused ones included.
     written: Vec<(usize, String, u64)>,
+}
+
+/// The answers to a request asked with one call per global limit (`call_per_limit`), in
+/// the order of its descriptors, read as the one answer a call with every descriptor would
+/// have given: an `OVER_LIMIT` from any call refuses; otherwise a failed call is the answer
+/// (the failure mode applies); otherwise `OK`. Each call's first status (or, as Limitador
+/// sends none, its overall code) is its descriptor's status, and the headers each call asked
+/// for are kept in order.
+pub fn merge_answers(
+    answers: Vec<Result<RateLimitResponse, CalloutError>>,
+) -> Result<RateLimitResponse, CalloutError> {
+    let mut merged = RateLimitResponse {
+        overall_code: Code::Ok,
+        ..RateLimitResponse::default()
+    };
+    let mut failure = None;
+    for answer in answers {
+        match answer {
+            Ok(mut response) => {
+                if response.overall_code == Code::OverLimit {
+                    merged.overall_code = Code::OverLimit;
+                }
+                let status = response
+                    .statuses
+                    .first()
+                    .copied()
+                    .unwrap_or(DescriptorStatus {
+                        code: response.overall_code,
+                        ..DescriptorStatus::default()
+                    });
+                merged.statuses.push(status);
+                merged
+                    .response_headers
+                    .append(&mut response.response_headers);
+                merged.request_headers.append(&mut response.request_headers);
+            }
+            Err(err) => {
+                merged.statuses.push(DescriptorStatus::default());
+                failure.get_or_insert(err);
+            }
+        }
+    }
+    match failure {
+        Some(err) if merged.overall_code != Code::OverLimit => Err(err),
+        _ => Ok(merged),
+    }
 }
 
 /// Why the rate-limit service gave no decision.
@@ -509,7 +583,14 @@ impl RateLimiter {
                 tally.allowed = true;
             }
             let response_headers = self.rate_limit_headers(&pending, applicable);
-            return (Decision::Allow { response_headers }, tallies);
+            let service = ServiceHeaders::default();
+            return (
+                Decision::Allow {
+                    response_headers,
+                    service,
+                },
+                tallies,
+            );
         };
         for (index, tally) in &mut tallies {
             // A global limit is allowed once the service says so.
@@ -565,7 +646,7 @@ impl RateLimiter {
             .iter()
             .map(|&index| (index, Tally::default()))
             .collect();
-        let response = match answer {
+        let mut response = match answer {
             Ok(response) => response,
             Err(_) => {
                 for (_, tally) in &mut tallies {
@@ -577,9 +658,17 @@ impl RateLimiter {
                     return (Decision::Deny(reply), tallies);
                 }
                 let response_headers = self.header_items(self.local_items(check));
-                return (Decision::Allow { response_headers }, tallies);
+                let service = ServiceHeaders::default();
+                return (
+                    Decision::Allow {
+                        response_headers,
+                        service,
+                    },
+                    tallies,
+                );
             }
         };
+        let service = self.service_headers(&mut response);
         // Statuses answer the descriptors in order; one missing counts as the overall code.
         let status_code = |i: usize| {
             response
@@ -629,7 +718,13 @@ impl RateLimiter {
         }
         if !over {
             let response_headers = self.header_items(items);
-            return (Decision::Allow { response_headers }, tallies);
+            return (
+                Decision::Allow {
+                    response_headers,
+                    service,
+                },
+                tallies,
+            );
         }
         let retry_after = response
             .statuses
@@ -638,12 +733,41 @@ impl RateLimiter {
             .filter_map(|s| s.duration_until_reset)
             .max()
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        let reply = with_headers(
+        let mut reply = with_headers(
             ErrorReply::new(429, "rate limit exceeded")
                 .with_header("retry-after", ceil_secs(retry_after).max(1).to_string()),
             self.header_items(items),
         );
+        // The refusal's own fields stay ours: its JSON body's type, and when to retry.
+        reply.headers.extend(
+            service
+                .response
+                .into_iter()
+                .filter(|(name, _)| name != "content-type" && name != "retry-after"),
+        );
         (Decision::Deny(reply), tallies)
+    }
+
+    /// Takes the headers the service asked for out of its answer, less those it may not set:
+    /// the proxy's hop-by-hop and framing fields, palisade's own headers, and the two
+    /// rate-limit headers this plugin writes itself when they are on.
+    fn service_headers(&self, response: &mut RateLimitResponse) -> ServiceHeaders {
+        let allowed = |(name, _): &HeaderToAdd| {
+            !PROXY_OWNED.contains(&name.as_str())
+                && !name.starts_with(PALISADE_PREFIX)
+                && !(self.headers
+                    && (name == RateLimitHeaders::POLICY || name == RateLimitHeaders::RATE_LIMIT))
+        };
+        let mut response_headers = std::mem::take(&mut response.response_headers);
+        response_headers.retain(allowed);
+        let mut request_headers = std::mem::take(&mut response.request_headers);
+        request_headers.retain(|(name, _)| {
+            !PROXY_OWNED.contains(&name.as_str()) && !name.starts_with(PALISADE_PREFIX)
+        });
+        ServiceHeaders {
+            response: response_headers,
+            request: request_headers,
+        }
     }
 
     fn local_items<'s>(&'s self, check: &GlobalCheck) -> Vec<HeaderItem<'s>> {
@@ -895,7 +1019,9 @@ mod tests {
     /// The response headers an admitted request gets, as (name, value).
     fn headers(decision: &Decision) -> Vec<(String, String)> {
         match decision {
-            Decision::Allow { response_headers } => response_headers
+            Decision::Allow {
+                response_headers, ..
+            } => response_headers
                 .iter()
                 .flat_map(RateLimitHeaders::pairs)
                 .collect(),
@@ -1059,7 +1185,8 @@ mod tests {
         assert_eq!(
             limiter.decide(&mut request, &store, at(0.0)).0,
             Decision::Allow {
-                response_headers: None
+                response_headers: None,
+                service: ServiceHeaders::default(),
             }
         );
         limiter.decide(&mut request, &store, at(0.0));
@@ -1370,7 +1497,8 @@ mod tests {
             assert_eq!(
                 decision,
                 Decision::Allow {
-                    response_headers: None
+                    response_headers: None,
+                    service: ServiceHeaders::default(),
                 }
             );
             assert!(tallies.is_empty());
@@ -1513,6 +1641,7 @@ mod tests {
                 status(Code::Ok, 100, 7, 30),
                 status(Code::Ok, 1000, 999, 59),
             ],
+            ..RateLimitResponse::default()
         };
         let (decision, tallies) = limiter.conclude(&check, Ok(answer), &store);
         assert_eq!(
@@ -1540,6 +1669,7 @@ mod tests {
                 status(Code::OverLimit, 100, 0, 41),
                 status(Code::Ok, 1000, 5, 59),
             ],
+            ..RateLimitResponse::default()
         };
         let (decision, tallies) = limiter.conclude(&check, Ok(answer), &store);
         let Decision::Deny(reply) = decision else {
@@ -1565,6 +1695,181 @@ mod tests {
                 .map(|(i, t)| (*i, t.allowed, t.limited))
                 .collect::<Vec<_>>(),
             [(1, false, true), (2, false, false)]
+        );
+    }
+
+    fn service_asks(response: &[(&str, &str)], request: &[(&str, &str)]) -> RateLimitResponse {
+        let own = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        RateLimitResponse {
+            overall_code: Code::Ok,
+            statuses: vec![status(Code::Ok, 100, 7, 30), status(Code::Ok, 1000, 9, 59)],
+            response_headers: own(response),
+            request_headers: own(request),
+        }
+    }
+
+    #[test]
+    fn an_admitting_answer_carries_the_headers_the_service_asked_for() {
+        let store = MemoryStore::new();
+        let limiter = prepared(GLOBAL, &store);
+        let check = ask(&limiter, &store, &mut get("/").header("x-tenant", "acme"));
+        let answer = service_asks(
+            &[
+                ("ratelimit-remaining", "7"),
+                ("x-palisade-consumer", "admin"),
+                ("ratelimit", "\"svc\";r=1"),
+                ("connection", "close"),
+                ("ratelimit-remaining", "9"),
+            ],
+            &[
+                ("x-ratelimit-tier", "gold"),
+                ("x-palisade-subject", "admin"),
+                ("transfer-encoding", "chunked"),
+            ],
+        );
+        let (decision, _) = limiter.conclude(&check, Ok(answer), &store);
+        let Decision::Allow { service, .. } = decision else {
+            panic!("{decision:?}")
+        };
+        // Repeats kept, in order (Envoy appends them); palisade's own, hop-by-hop, and the
+        // rate-limit headers this plugin writes itself are not the service's to set.
+        assert_eq!(
+            service,
+            ServiceHeaders {
+                response: vec![
+                    ("ratelimit-remaining".into(), "7".into()),
+                    ("ratelimit-remaining".into(), "9".into()),
+                ],
+                request: vec![("x-ratelimit-tier".into(), "gold".into())],
+            }
+        );
+
+        // With this plugin's rate-limit headers off, the service's `ratelimit` goes through.
+        let quiet = self::limiter(&GLOBAL.replacen('{', r#"{"rate_limit_headers":false,"#, 1));
+        let answer = service_asks(&[("ratelimit", "\"svc\";r=1")], &[]);
+        let (decision, _) = quiet.conclude(&check, Ok(answer), &store);
+        let Decision::Allow { service, .. } = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(
+            service.response,
+            [("ratelimit".into(), "\"svc\";r=1".into())]
+        );
+    }
+
+    #[test]
+    fn a_refusal_carries_the_services_response_headers_but_keeps_its_own_fields() {
+        let store = MemoryStore::new();
+        let limiter = prepared(GLOBAL, &store);
+        let check = ask(&limiter, &store, &mut get("/").header("x-tenant", "acme"));
+        let mut answer = service_asks(
+            &[
+                ("content-type", "text/plain"),
+                ("retry-after", "3600"),
+                ("x-ratelimit-reset", "41"),
+            ],
+            &[("x-ratelimit-tier", "gold")],
+        );
+        answer.overall_code = Code::OverLimit;
+        answer.statuses = vec![status(Code::OverLimit, 100, 0, 41)];
+        let (decision, _) = limiter.conclude(&check, Ok(answer), &store);
+        let Decision::Deny(reply) = decision else {
+            panic!("{decision:?}")
+        };
+        assert_eq!(reply.status, 429);
+        assert_eq!(
+            reply.headers,
+            [
+                ("retry-after".to_owned(), "41".to_owned()),
+                (
+                    "ratelimit-policy".to_owned(),
+                    "\"local\";q=10;w=3600, \"per-tenant\";q=100;w=60".to_owned()
+                ),
+                ("ratelimit".to_owned(), "\"per-tenant\";r=0;t=41".to_owned()),
+                ("x-ratelimit-reset".to_owned(), "41".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn answers_to_one_call_per_limit_read_as_one_answer() {
+        let over = RateLimitResponse {
+            overall_code: Code::OverLimit,
+            // Limitador sends no statuses: the overall code stands for its one descriptor.
+            statuses: vec![],
+            response_headers: vec![("x-limit".into(), "b".into())],
+            ..RateLimitResponse::default()
+        };
+        let ok = RateLimitResponse {
+            overall_code: Code::Ok,
+            statuses: vec![status(Code::Ok, 100, 7, 30)],
+            response_headers: vec![("x-limit".into(), "a".into())],
+            request_headers: vec![("x-tier".into(), "gold".into())],
+        };
+
+        // All OK: OK, a status per call, every call's headers in order.
+        let merged = merge_answers(vec![Ok(ok.clone()), Ok(ok.clone())]).unwrap();
+        assert_eq!(merged.overall_code, Code::Ok);
+        assert_eq!(merged.statuses, [ok.statuses[0], ok.statuses[0]]);
+        assert_eq!(merged.request_headers.len(), 2);
+
+        // One over limit refuses, failures or not, and says which.
+        let merged = merge_answers(vec![
+            Ok(ok.clone()),
+            Err(CalloutError::NoAnswer),
+            Ok(over.clone()),
+        ])
+        .unwrap();
+        assert_eq!(merged.overall_code, Code::OverLimit);
+        assert_eq!(
+            merged.statuses.iter().map(|s| s.code).collect::<Vec<_>>(),
+            [Code::Ok, Code::Unknown, Code::OverLimit]
+        );
+        assert_eq!(
+            merged.response_headers,
+            [
+                ("x-limit".into(), "a".into()),
+                ("x-limit".into(), "b".into())
+            ]
+        );
+
+        // Otherwise a failed call is the answer: the failure mode decides.
+        assert_eq!(
+            merge_answers(vec![
+                Ok(ok),
+                Err(CalloutError::GrpcStatus(14)),
+                Err(CalloutError::NoAnswer)
+            ]),
+            Err(CalloutError::GrpcStatus(14))
+        );
+    }
+
+    #[test]
+    fn a_merged_refusal_limits_only_the_limit_whose_call_refused() {
+        let store = MemoryStore::new();
+        let limiter = prepared(GLOBAL, &store);
+        let check = ask(&limiter, &store, &mut get("/").header("x-tenant", "acme"));
+        let over = RateLimitResponse {
+            overall_code: Code::OverLimit,
+            ..RateLimitResponse::default()
+        };
+        let ok = RateLimitResponse {
+            overall_code: Code::Ok,
+            ..RateLimitResponse::default()
+        };
+        let answer = merge_answers(vec![Ok(ok), Ok(over)]);
+        let (decision, tallies) = limiter.conclude(&check, answer, &store);
+        assert!(matches!(decision, Decision::Deny(ref reply) if reply.status == 429));
+        assert_eq!(
+            tallies
+                .iter()
+                .map(|(i, t)| (*i, t.allowed, t.limited))
+                .collect::<Vec<_>>(),
+            [(1, false, false), (2, false, true)]
         );
     }
 
@@ -1611,6 +1916,7 @@ mod tests {
                 status(Code::OverLimit, 100, 0, 41),
                 status(Code::Ok, 1000, 5, 59),
             ],
+            ..RateLimitResponse::default()
         };
         // "local" admits 10 at once; twenty requests the service refuses spend none of it.
         for i in 0..20 {
@@ -1652,6 +1958,7 @@ mod tests {
         let ok = || RateLimitResponse {
             overall_code: Code::Ok,
             statuses: vec![status(Code::Ok, 100, 5, 41), status(Code::Ok, 1000, 5, 59)],
+            ..RateLimitResponse::default()
         };
         for i in 0..10 {
             let check = ask(

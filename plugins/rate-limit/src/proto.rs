@@ -67,6 +67,31 @@ pub struct DescriptorStatus {
 pub struct RateLimitResponse {
     pub overall_code: Code,
     pub statuses: Vec<DescriptorStatus>,
+    /// `response_headers_to_add`: for the client's response (lyft/ratelimit's
+    /// `RateLimit-Limit`/`-Remaining`/`-Reset` when enabled, Limitador's rate-limit headers).
+    pub response_headers: Vec<HeaderToAdd>,
+    /// `request_headers_to_add`: for the request sent upstream, when it is let through.
+    pub request_headers: Vec<HeaderToAdd>,
+}
+
+/// One `config.core.v3.HeaderValue` the service asked to add: a lower-case field name and a
+/// value that is a valid field value. Entries that are not (an empty or invalid name, a value
+/// with CR, LF or another control character, or longer than [`MAX_HEADER_VALUE`]) are dropped
+/// when the answer is read, so nothing the service says can split or smuggle a header.
+pub type HeaderToAdd = (String, String);
+
+/// Most headers read from each of an answer's two header lists.
+pub const MAX_HEADERS: usize = 32;
+/// Longest header value read from an answer.
+pub const MAX_HEADER_VALUE: usize = 4096;
+
+/// The header `key: value` as it may be added, or `None` if it may not.
+fn header_to_add(key: &str, value: &str) -> Option<HeaderToAdd> {
+    let name = key.to_ascii_lowercase();
+    let valid = palisade_kit::config::is_header_name(&name)
+        && value.len() <= MAX_HEADER_VALUE
+        && palisade_kit::config::is_header_value(value);
+    valid.then(|| (name, value.to_owned()))
 }
 
 /// Why an answer could not be read.
@@ -305,6 +330,28 @@ fn decode_status(bytes: &[u8]) -> Result<DescriptorStatus, DecodeError> {
     Ok(status)
 }
 
+/// `config.core.v3.HeaderValue`: `key` (1), `value` (2), or `raw_value` (3) when `value` is
+/// empty.
+fn decode_header(bytes: &[u8]) -> Result<Option<HeaderToAdd>, DecodeError> {
+    let (mut key, mut value, mut raw): (&[u8], &[u8], &[u8]) = (b"", b"", b"");
+    let mut r = Reader::new(bytes);
+    while let Some((field, item)) = r.field()? {
+        match (field, item) {
+            (1, Value::Bytes(b)) => key = b,
+            (2, Value::Bytes(b)) => value = b,
+            (3, Value::Bytes(b)) => raw = b,
+            _ => {}
+        }
+    }
+    let value = if value.is_empty() { raw } else { value };
+    Ok(
+        match (std::str::from_utf8(key), std::str::from_utf8(value)) {
+            (Ok(key), Ok(value)) => header_to_add(key, value),
+            _ => None,
+        },
+    )
+}
+
 /// Most descriptor statuses read from one answer: more than any request sends.
 pub const MAX_STATUSES: usize = 64;
 
@@ -318,6 +365,12 @@ impl RateLimitResponse {
                 (1, Value::Varint(n)) => response.overall_code = Code::from_number(n),
                 (2, Value::Bytes(b)) if response.statuses.len() < MAX_STATUSES => {
                     response.statuses.push(decode_status(b)?);
+                }
+                (3, Value::Bytes(b)) if response.response_headers.len() < MAX_HEADERS => {
+                    response.response_headers.extend(decode_header(b)?);
+                }
+                (4, Value::Bytes(b)) if response.request_headers.len() < MAX_HEADERS => {
+                    response.request_headers.extend(decode_header(b)?);
                 }
                 _ => {}
             }
@@ -335,7 +388,13 @@ impl RateLimitResponse {
             .ok_or(DecodeError::Shape("not an object"))?;
         let mut response = Self {
             overall_code: json_code(field(object, "overallCode", "overall_code")),
-            statuses: Vec::new(),
+            response_headers: json_headers(
+                object,
+                "responseHeadersToAdd",
+                "response_headers_to_add",
+            )?,
+            request_headers: json_headers(object, "requestHeadersToAdd", "request_headers_to_add")?,
+            ..Self::default()
         };
         if let Some(statuses) = field(object, "statuses", "statuses") {
             let statuses = statuses
@@ -381,6 +440,31 @@ fn field<'v>(
     snake: &str,
 ) -> Option<&'v serde_json::Value> {
     object.get(camel).or_else(|| object.get(snake))
+}
+
+/// A list of protojson `HeaderValue`s (`{"key": ..., "value": ...}`); `rawValue` (base64) is
+/// not read: lyft/ratelimit and Limitador send `value`.
+fn json_headers(
+    object: &serde_json::Map<String, serde_json::Value>,
+    camel: &str,
+    snake: &str,
+) -> Result<Vec<HeaderToAdd>, DecodeError> {
+    let Some(list) = field(object, camel, snake) else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or(DecodeError::Shape("a header list is not a list"))?;
+    Ok(list
+        .iter()
+        .take(MAX_HEADERS)
+        .filter_map(|header| {
+            let header = header.as_object()?;
+            let key = header.get("key")?.as_str()?;
+            let value = header.get("value")?.as_str()?;
+            header_to_add(key, value)
+        })
+        .collect())
 }
 
 fn json_code(value: Option<&serde_json::Value>) -> Code {
@@ -496,7 +580,7 @@ mod tests {
         put_varint(&mut out, 2);
         put_bytes(&mut out, 2, &status);
         put_bytes(&mut out, 2, &ok);
-        put_bytes(&mut out, 3, b"\x0a\x01x"); // response_headers_to_add, skipped
+        put_bytes(&mut out, 3, b"\x0a\x01x"); // response_headers_to_add: `x`, empty
         put_tag(&mut out, 9, 1); // a fixed64 field from the future
         out.extend_from_slice(&[0; 8]);
         out
@@ -528,6 +612,83 @@ mod tests {
         );
     }
 
+    fn header_value(key: &[u8], value: &[u8], raw: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_bytes(&mut out, 1, key);
+        if !value.is_empty() {
+            put_bytes(&mut out, 2, value);
+        }
+        if !raw.is_empty() {
+            put_bytes(&mut out, 3, raw);
+        }
+        out
+    }
+
+    #[test]
+    fn headers_to_add_decode_and_unsafe_ones_are_dropped() {
+        let mut out = Vec::new();
+        put_tag(&mut out, 1, 0);
+        put_varint(&mut out, 1);
+        for (key, value, raw) in [
+            (&b"RateLimit-Remaining"[..], &b"7"[..], &b""[..]),
+            (b"x-raw", b"", b"raw value"),
+            (b"x-split", b"a\r\nset-cookie: s=1", b""),
+            (b"bad name", b"v", b""),
+            (b"", b"v", b""),
+            (b"x-not-utf8", b"\xff", b""),
+        ] {
+            put_bytes(&mut out, 3, &header_value(key, value, raw));
+        }
+        put_bytes(&mut out, 4, &header_value(b"X-Tier", b"gold", b""));
+        let response = RateLimitResponse::from_protobuf(&out).unwrap();
+        assert_eq!(
+            response.response_headers,
+            [
+                ("ratelimit-remaining".to_owned(), "7".to_owned()),
+                ("x-raw".to_owned(), "raw value".to_owned()),
+            ]
+        );
+        assert_eq!(
+            response.request_headers,
+            [("x-tier".to_owned(), "gold".to_owned())]
+        );
+
+        // At most MAX_HEADERS per list, and no value longer than MAX_HEADER_VALUE.
+        let mut many = Vec::new();
+        for _ in 0..MAX_HEADERS + 5 {
+            put_bytes(&mut many, 3, &header_value(b"x-n", b"1", b""));
+        }
+        put_bytes(
+            &mut many,
+            4,
+            &header_value(b"x-long", &[b'a'; MAX_HEADER_VALUE + 1], b""),
+        );
+        let response = RateLimitResponse::from_protobuf(&many).unwrap();
+        assert_eq!(response.response_headers.len(), MAX_HEADERS);
+        assert!(response.request_headers.is_empty());
+    }
+
+    #[test]
+    fn json_headers_to_add_decode() {
+        let body = br#"{"overallCode":"OK",
+            "responseHeadersToAdd":[{"key":"RateLimit-Limit","value":"10"},
+                                    {"key":"x-bad","value":"a\nb"},{"value":"no key"}],
+            "request_headers_to_add":[{"key":"x-tier","value":"gold"}]}"#;
+        let response = RateLimitResponse::from_json(body).unwrap();
+        assert_eq!(
+            response.response_headers,
+            [("ratelimit-limit".to_owned(), "10".to_owned())]
+        );
+        assert_eq!(
+            response.request_headers,
+            [("x-tier".to_owned(), "gold".to_owned())]
+        );
+        assert_eq!(
+            RateLimitResponse::from_json(br#"{"responseHeadersToAdd":{}}"#),
+            Err(DecodeError::Shape("a header list is not a list"))
+        );
+    }
+
     #[test]
     fn an_empty_answer_is_unknown() {
         assert_eq!(
@@ -539,9 +700,20 @@ mod tests {
     #[test]
     fn every_truncation_of_an_answer_is_an_error_or_a_prefix() {
         let bytes = over_limit_bytes();
+        // Where each top-level field ends: a cut there is a shorter valid message.
+        let mut boundaries = vec![0];
+        let mut reader = Reader::new(&bytes);
+        while reader.field().unwrap().is_some() {
+            boundaries.push(bytes.len() - reader.bytes.len());
+        }
+        assert_eq!(boundaries, [0, 2, 36, 42, 47, 56]);
         for cut in 0..bytes.len() {
-            // A cut on a field boundary is a shorter valid message; any other is an error.
-            let _ = RateLimitResponse::from_protobuf(&bytes[..cut]);
+            let decoded = RateLimitResponse::from_protobuf(&bytes[..cut]);
+            if boundaries.contains(&cut) {
+                assert!(decoded.is_ok(), "{cut}: {decoded:?}");
+            } else {
+                assert!(decoded.is_err(), "{cut}: {decoded:?}");
+            }
         }
         assert_eq!(
             RateLimitResponse::from_protobuf(&bytes[..3]),
