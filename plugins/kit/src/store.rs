@@ -224,6 +224,12 @@ impl MemoryStore {
         self.entries.borrow().is_empty()
     }
 
+    /// Drops `key`, as Kong's shm zone evicts one under memory pressure (Envoy never removes a
+    /// key). Whether it was there.
+    pub fn evict(&self, key: &str) -> bool {
+        self.entries.borrow_mut().remove(key).is_some()
+    }
+
     fn bump(&self) -> NonZeroU32 {
         let next = self.next_cas.get().wrapping_add(1).max(1);
         self.next_cas.set(next);
@@ -379,6 +385,19 @@ mod tests {
             || unreachable!(),
         );
         assert_eq!(failed, Err(StoreError::Full));
+    }
+
+    #[test]
+    fn an_evicted_key_takes_an_insert_and_refuses_a_write_based_on_an_old_read() {
+        let store = MemoryStore::with(BlindWrite::Refused, usize::MAX);
+        assert_eq!(store.set("k", b"1", None), Ok(Write::Stored));
+        let before = store.get("k").unwrap().unwrap();
+        assert!(store.evict("k"));
+        assert!(!store.evict("k"));
+        assert_eq!(store.get("k"), Ok(None));
+        assert_eq!(store.set("k", b"2", Some(before.cas)), Ok(Write::Conflict));
+        assert_eq!(store.set("k", b"3", None), Ok(Write::Stored));
+        assert_eq!(store.get("k").unwrap().unwrap().value, b"3");
     }
 
     #[test]
