@@ -122,6 +122,13 @@ impl Gcra {
             .saturating_add(CLOCK_STEP)
     }
 
+    /// The TAT of a key whose whole budget is spent at `now`: the furthest ahead of the clock
+    /// an admission leaves one (further, past [`Gcra::horizon`], reads as a clock step).
+    pub fn spent(&self, now: Nanos) -> Nanos {
+        now.saturating_add(self.tolerance)
+            .saturating_add(self.interval)
+    }
+
     /// Whether a stored TAT no longer limits anything at `now` (the key is as good as fresh,
     /// so its slot may go to another key): in the past, or past `horizon` ahead (see
     /// [`Gcra::horizon`]), when it limits for one more interval at most.

@@ -21,7 +21,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use palisade_kit::reply::ErrorReply;
-use palisade_kit::store::{SharedStore, StoreError, Write};
+use palisade_kit::store::{SharedStore, StoreError, UpdateError, Write};
 use smallvec::SmallVec;
 
 use crate::config::{
@@ -826,7 +826,11 @@ impl RateLimiter {
         }
     }
 
-    /// Writes one admission; on a lost compare-and-swap, locates and decides again.
+    /// Writes one admission; on a lost compare-and-swap, locates and decides again. A new key
+    /// placed past other keys' slots is then sealed ([`SlotTable::seal`]), which may move the
+    /// admission to a copy another worker placed first and turn it into a refusal: the verdict
+    /// and key returned are the ones that stand (for the headers and for a give-back). A seal
+    /// that fails leaves the admission written and reports the failure.
     #[allow(clippy::too_many_arguments)]
     fn commit<'s>(
         &self,
@@ -843,7 +847,31 @@ impl RateLimiter {
                 return Ok((verdict, slot.key));
             };
             match store.set(&slot.key, &slots::encode(fingerprint, tat), slot.cas)? {
-                Write::Stored => return Ok((verdict, slot.key)),
+                // Found, or placed first in its probe sequence: nothing to seal.
+                Write::Stored if slot.passed.is_none() => return Ok((verdict, slot.key)),
+                Write::Stored => {
+                    // Placed past slots other keys held: another worker may be placing the key
+                    // in one of them (see `slots`).
+                    let Some(gcra) = limit.gcra else {
+                        return Ok((verdict, slot.key));
+                    };
+                    let sealed = limit.table.seal(
+                        store,
+                        fingerprint,
+                        &slot,
+                        tat,
+                        &gcra,
+                        now,
+                        ATTEMPTS,
+                        &mut tally.conflicts,
+                    );
+                    return match sealed {
+                        Ok(None) => Ok((verdict, slot.key)),
+                        Ok(Some(moved)) => Ok((moved.verdict, moved.key)),
+                        Err(UpdateError::Store(err)) => Err(CommitError::Store(err)),
+                        Err(UpdateError::Contended(_)) => Err(CommitError::Contended),
+                    };
+                }
                 Write::Conflict => {
                     tally.conflicts += 1;
                     match limit.table.locate(store, fingerprint, now)? {
@@ -992,9 +1020,10 @@ mod tests {
     use super::*;
     use crate::key::tests::FakeRequest;
     use crate::proto::Code;
+    use crate::slots::tests::Scripted;
     use palisade_kit::config::load;
     use palisade_kit::store::{BlindWrite, Cas, Entry, MemoryStore};
-    use std::cell::Cell;
+    use std::cell::{Cell, RefCell};
     use std::time::Duration;
 
     #[test]
@@ -1397,6 +1426,533 @@ mod tests {
         assert!(!is_allowed(
             &only_a.decide(&mut get("/"), &store, at(0.0)).0
         ));
+    }
+
+    const MINUTE: Nanos = 60_000_000_000;
+
+    /// One a minute and `burst` more at once, per tenant, in 4 slots.
+    fn per_tenant(burst: u32) -> String {
+        format!(
+            r#"{{"limits":[{{"name":"t","rate":1,"period":"60s","burst":{burst},"key":[{{"header":"x-tenant"}}],"slots":4}}]}}"#
+        )
+    }
+
+    fn tenant(name: &str) -> FakeRequest {
+        get("/").header("x-tenant", name)
+    }
+
+    /// The setting of docs/rate-limit.md's race: tenant "x" is admitted at 0 s into its home
+    /// slot `q`, where it stays limited until 60 s; `tenant` (fingerprint `fingerprint`) has
+    /// the same home, so before 60 s it is placed in the next slot, `p`. With more `blockers`
+    /// (the times they are admitted at, "x" first), tenants of that home fill the slots after
+    /// `q`, each limited until 60 s after its time, and `p` is the slot after them.
+    struct Race {
+        tenant: String,
+        fingerprint: u64,
+        q: String,
+        p: String,
+    }
+
+    impl Race {
+        fn new(limiter: &RateLimiter, store: &impl SharedStore) -> Self {
+            Self::with_blockers(limiter, store, &[0.0])
+        }
+
+        fn with_blockers(
+            limiter: &RateLimiter,
+            store: &impl SharedStore,
+            blockers: &[f64],
+        ) -> Self {
+            let limit = &limiter.limits[0];
+            let fingerprint = |name: &str| {
+                let mut request = tenant(name);
+                let mut parts = RequestParts::new(&mut request, limiter.client_ip);
+                key::fingerprint_of(&limiter.hash_key, &limit.key, &mut parts).unwrap() ^ limit.salt
+            };
+            let home = fingerprint("x") % 4;
+            let mut names = (0..)
+                .map(|i| format!("k{i}"))
+                .filter(|name| fingerprint(name) % 4 == home);
+            for (i, admitted_at) in blockers.iter().enumerate() {
+                let name = if i == 0 {
+                    "x".to_owned()
+                } else {
+                    names.next().unwrap()
+                };
+                let (decision, _) = limiter.decide(&mut tenant(&name), store, at(*admitted_at));
+                assert!(is_allowed(&decision));
+            }
+            let name = names.next().unwrap();
+            let slot = |index: u64| format!("palisade/rate-limit/t/{index}");
+            Self {
+                fingerprint: fingerprint(&name),
+                tenant: name,
+                q: slot(home),
+                p: slot((home + blockers.len() as u64) % 4),
+            }
+        }
+
+        /// `op`s of slots `q` and `p` as [`Scripted`] logs them: `("get", "q")`.
+        fn calls(&self, calls: &[(&str, &str)]) -> Vec<String> {
+            let index = |key: &str| key.rsplit('/').next().unwrap().to_owned();
+            calls
+                .iter()
+                .map(|(op, slot)| {
+                    let (op, lost) = op
+                        .split_once(' ')
+                        .map_or((*op, ""), |(op, _)| (op, " lost"));
+                    let slot = if *slot == "q" {
+                        index(&self.q)
+                    } else {
+                        index(&self.p)
+                    };
+                    format!("{op} {slot}{lost}")
+                })
+                .collect()
+        }
+
+        fn held(&self, store: &MemoryStore, key: &str) -> Option<(u64, Nanos)> {
+            slots::decode(&store.get(key).unwrap()?.value)
+        }
+
+        /// Another worker admits a request in `p` (it found the key there).
+        fn admit_at_p(&self, store: &MemoryStore) {
+            let entry = store.get(&self.p).unwrap().unwrap();
+            let (held, tat) = slots::decode(&entry.value).unwrap();
+            assert_eq!(held, self.fingerprint);
+            let value = slots::encode(held, tat + MINUTE);
+            assert_eq!(
+                store.set(&self.p, &value, Some(entry.cas)),
+                Ok(Write::Stored)
+            );
+        }
+    }
+
+    #[test]
+    fn two_workers_placing_a_new_key_in_two_slots_admit_only_its_budget() {
+        // docs/rate-limit.md's race: worker A reads `q` at 59.9 s ("x" limited) and places the
+        // key in `p`; before A writes, worker B reads at 60 s ("x" idle) and places it in `q`.
+        // Both writes land. A's seal then finds B's copy in `q`, the one every lookup finds,
+        // and decides A's request again there.
+        for (burst, a_admitted) in [(0, false), (2, true)] {
+            let store = MemoryStore::new();
+            let a = prepared(&per_tenant(burst), &store);
+            let b = limiter(&per_tenant(burst));
+            let race = Race::new(&a, &store);
+            let scripted = Scripted::new(&store).before(3, || {
+                let (decision, _) = b.decide(&mut tenant(&race.tenant), &store, at(60.0));
+                assert!(is_allowed(&decision));
+            });
+            let (decision, tallies) = a.decide(&mut tenant(&race.tenant), &scripted, at(59.9));
+            assert_eq!(is_allowed(&decision), a_admitted, "{burst}: {decision:?}");
+            assert_eq!(tallies[0].1.conflicts, 1);
+            let mut calls = vec![
+                ("get", "q"),
+                ("get", "p"),
+                ("set", "p"),
+                ("set lost", "q"),
+                ("get", "q"),
+                ("get", "p"),
+            ];
+            let mut in_q = at(60.0) + MINUTE;
+            if a_admitted {
+                calls.push(("set", "q"));
+                in_q += MINUTE;
+            }
+            calls.push(("set", "p"));
+            assert_eq!(scripted.log(), race.calls(&calls), "{burst}");
+            assert_eq!(race.held(&store, &race.q), Some((race.fingerprint, in_q)));
+            assert_eq!(
+                race.held(&store, &race.p),
+                Some((race.fingerprint, slots::MOVED))
+            );
+            // What is left of the budget: all of it counted, in one place.
+            let later = (0..5)
+                .filter(|_| is_allowed(&a.decide(&mut tenant(&race.tenant), &store, at(60.0)).0))
+                .count();
+            assert_eq!(
+                1 + usize::from(a_admitted) + later,
+                burst as usize + 1,
+                "{burst}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sealed_slot_makes_the_other_placement_read_again_and_find_the_key() {
+        // The same race, the seal first: B (60 s) has read `q` idle and `p` empty when A
+        // (59.9 s) places the key in `p` and seals `q`, at one more write. B's write to `q`
+        // loses; B reads again and finds the key in `p`, its budget spent.
+        let store = MemoryStore::new();
+        let a = prepared(&per_tenant(0), &store);
+        let b = limiter(&per_tenant(0));
+        let race = Race::new(&a, &store);
+        let x = store.get(&race.q).unwrap().unwrap();
+        let a_calls = RefCell::new(Vec::new());
+        let scripted = Scripted::new(&store).before(3, || {
+            let a_store = Scripted::new(&store);
+            let (decision, _) = a.decide(&mut tenant(&race.tenant), &a_store, at(59.9));
+            assert!(is_allowed(&decision));
+            *a_calls.borrow_mut() = a_store.log();
+        });
+        let (decision, tallies) = b.decide(&mut tenant(&race.tenant), &scripted, at(60.0));
+        assert!(!is_allowed(&decision), "{decision:?}");
+        assert_eq!(
+            tallies[0].1,
+            Tally {
+                limited: true,
+                conflicts: 1,
+                ..Tally::default()
+            }
+        );
+        assert_eq!(
+            *a_calls.borrow(),
+            race.calls(&[("get", "q"), ("get", "p"), ("set", "p"), ("set", "q")])
+        );
+        assert_eq!(
+            scripted.log(),
+            race.calls(&[
+                ("get", "q"),
+                ("get", "p"),
+                ("set lost", "q"),
+                ("get", "q"),
+                ("get", "p")
+            ])
+        );
+        assert_eq!(store.get(&race.q).unwrap().unwrap().value, x.value);
+        assert_eq!(
+            race.held(&store, &race.p),
+            Some((race.fingerprint, at(59.9) + MINUTE))
+        );
+    }
+
+    #[test]
+    fn a_moved_admission_takes_along_what_others_admitted_where_it_was_placed() {
+        // Workers whose read of `q` came before B's write find the key in `p` until A marks it
+        // moved. What they admit there is added to `q`: once before A's mark (A reads it with
+        // the move) and once after (A's mark loses; A adds it and marks again). B's, A's and
+        // the two made in `p` fit a budget of 5; with one of 3, `q` ends all spent (at A's
+        // clock), no further: a TAT further ahead would read as a clock stepped back.
+        for (burst, in_q) in [(4, at(60.0) + 4 * MINUTE), (2, at(59.9) + 3 * MINUTE)] {
+            let store = MemoryStore::new();
+            let a = prepared(&per_tenant(burst), &store);
+            let b = limiter(&per_tenant(burst));
+            let race = Race::new(&a, &store);
+            let scripted = Scripted::new(&store)
+                .before(3, || {
+                    let (decision, _) = b.decide(&mut tenant(&race.tenant), &store, at(60.0));
+                    assert!(is_allowed(&decision));
+                })
+                .before(6, || race.admit_at_p(&store))
+                .before(8, || race.admit_at_p(&store));
+            let (decision, tallies) = a.decide(&mut tenant(&race.tenant), &scripted, at(59.9));
+            assert!(is_allowed(&decision), "{burst}: {decision:?}");
+            assert_eq!(tallies[0].1.conflicts, 2);
+            assert_eq!(
+                scripted.log(),
+                race.calls(&[
+                    ("get", "q"),
+                    ("get", "p"),
+                    ("set", "p"),
+                    ("set lost", "q"),
+                    ("get", "q"),
+                    ("get", "p"),
+                    ("set", "q"),
+                    ("set lost", "p"),
+                    ("get", "p"),
+                    ("get", "q"),
+                    ("set", "q"),
+                    ("set", "p"),
+                ]),
+                "{burst}"
+            );
+            assert_eq!(
+                race.held(&store, &race.q),
+                Some((race.fingerprint, in_q)),
+                "{burst}"
+            );
+            assert_eq!(
+                race.held(&store, &race.p),
+                Some((race.fingerprint, slots::MOVED))
+            );
+        }
+    }
+
+    #[test]
+    fn a_lookup_that_meets_the_moved_copy_reads_again_and_finds_the_key_where_it_moved() {
+        // D (60 s) reads `q` ("x" idle) before B places the key there; by its read of `p`, A
+        // has moved its admission to B's copy and marked `p` moved. Read as the key's state,
+        // that mark would take D's admission where no lookup finds it; read as free, D would
+        // place the key anew and leave the seals to catch it. D reads again instead.
+        let store = MemoryStore::new();
+        let a = prepared(&per_tenant(2), &store);
+        let b = limiter(&per_tenant(2));
+        let d = limiter(&per_tenant(2));
+        let race = Race::new(&a, &store);
+        let scripted = Scripted::new(&store).before(2, || {
+            let a_store = Scripted::new(&store).before(3, || {
+                let (decision, _) = b.decide(&mut tenant(&race.tenant), &store, at(60.0));
+                assert!(is_allowed(&decision));
+            });
+            let (decision, _) = a.decide(&mut tenant(&race.tenant), &a_store, at(59.9));
+            assert!(is_allowed(&decision));
+            assert_eq!(
+                race.held(&store, &race.p),
+                Some((race.fingerprint, slots::MOVED))
+            );
+        });
+        let (decision, tallies) = d.decide(&mut tenant(&race.tenant), &scripted, at(60.0));
+        assert!(is_allowed(&decision), "{decision:?}");
+        assert_eq!(tallies[0].1.conflicts, 0);
+        assert_eq!(
+            scripted.log(),
+            race.calls(&[("get", "q"), ("get", "p"), ("get", "q"), ("set", "q")])
+        );
+        // B's, A's and D's, all in `q`.
+        assert_eq!(
+            race.held(&store, &race.q),
+            Some((race.fingerprint, at(60.0) + 3 * MINUTE))
+        );
+    }
+
+    #[test]
+    fn a_slot_kong_evicts_during_the_seal_is_filled_so_no_one_places_the_key_there() {
+        let store = MemoryStore::with(BlindWrite::Refused, usize::MAX);
+        let a = prepared(&per_tenant(0), &store);
+        let race = Race::new(&a, &store);
+        let scripted = Scripted::new(&store).before(4, || assert!(store.evict(&race.q)));
+        let (decision, _) = a.decide(&mut tenant(&race.tenant), &scripted, at(59.9));
+        assert!(is_allowed(&decision), "{decision:?}");
+        assert_eq!(
+            scripted.log(),
+            race.calls(&[
+                ("get", "q"),
+                ("get", "p"),
+                ("set", "p"),
+                ("set lost", "q"),
+                ("get", "q"),
+                ("set", "q"),
+            ])
+        );
+        // Idle, not the key's, and not empty (which would end a probe before `p`).
+        let (held, tat) = race.held(&store, &race.q).unwrap();
+        assert_ne!(held, race.fingerprint);
+        assert_eq!(tat, slots::MOVED);
+        // A worker that read `q` gone before cannot place the key there...
+        let stale = slots::encode(race.fingerprint, at(60.0) + MINUTE);
+        assert_eq!(store.set(&race.q, &stale, None), Ok(Write::Conflict));
+        // ...and one reading it now finds the key in `p`, its budget spent.
+        let (decision, _) = a.decide(&mut tenant(&race.tenant), &store, at(60.0));
+        assert!(!is_allowed(&decision), "{decision:?}");
+    }
+
+    /// Workers as threads that take turns at each store call, in an order a schedule picks:
+    /// any interleaving of their host calls can be played.
+    #[cfg(not(target_arch = "wasm32"))]
+    mod interleavings {
+        use super::*;
+        use proptest::prelude::*;
+        use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+        struct Board {
+            waiting: Vec<bool>,
+            done: Vec<bool>,
+            turn: Option<usize>,
+        }
+
+        struct Turns {
+            board: Mutex<Board>,
+            changed: Condvar,
+        }
+
+        impl Turns {
+            fn new(workers: usize) -> Self {
+                Self {
+                    board: Mutex::new(Board {
+                        waiting: vec![false; workers],
+                        done: vec![false; workers],
+                        turn: None,
+                    }),
+                    changed: Condvar::new(),
+                }
+            }
+
+            fn board(&self) -> MutexGuard<'_, Board> {
+                self.board.lock().unwrap_or_else(PoisonError::into_inner)
+            }
+
+            /// Worker `id` waits for its turn to make one call.
+            fn take_turn(&self, id: usize) {
+                let mut board = self.board();
+                board.waiting[id] = true;
+                self.changed.notify_all();
+                let mut board = self
+                    .changed
+                    .wait_while(board, |b| b.turn != Some(id))
+                    .unwrap_or_else(PoisonError::into_inner);
+                board.turn = None;
+                board.waiting[id] = false;
+            }
+
+            fn finish(&self, id: usize) {
+                let mut board = self.board();
+                board.done[id] = true;
+                self.changed.notify_all();
+            }
+
+            /// Gives turns until every worker is done: each time all are waiting (or done),
+            /// the next pick chooses among those waiting.
+            fn play(&self, picks: &[u8]) {
+                let mut picks = picks.iter().cycle();
+                loop {
+                    let mut board = self
+                        .changed
+                        .wait_while(self.board(), |b| {
+                            b.turn.is_some() || b.waiting.iter().zip(&b.done).any(|(w, d)| !w && !d)
+                        })
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let waiting: Vec<usize> = (0..board.waiting.len())
+                        .filter(|&i| board.waiting[i])
+                        .collect();
+                    if waiting.is_empty() {
+                        return;
+                    }
+                    let pick = usize::from(picks.next().copied().unwrap_or(0));
+                    board.turn = Some(waiting[pick % waiting.len()]);
+                    self.changed.notify_all();
+                }
+            }
+        }
+
+        /// One worker's view of the store: each call waits for the worker's turn.
+        struct Turn<'a> {
+            id: usize,
+            turns: &'a Turns,
+            store: &'a Mutex<MemoryStore>,
+        }
+
+        impl Turn<'_> {
+            fn store(&self) -> MutexGuard<'_, MemoryStore> {
+                self.turns.take_turn(self.id);
+                self.store.lock().unwrap_or_else(PoisonError::into_inner)
+            }
+        }
+
+        impl SharedStore for Turn<'_> {
+            fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+                self.store().get(key)
+            }
+            fn set(
+                &self,
+                key: &str,
+                value: &[u8],
+                expected: Option<Cas>,
+            ) -> Result<Write, StoreError> {
+                self.store().set(key, value, expected)
+            }
+        }
+
+        /// Marks a worker done however its thread ends, so that the turns go on.
+        struct Finish<'a>(&'a Turns, usize);
+
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                self.0.finish(self.1);
+            }
+        }
+
+        /// The clocks a worker may read: every tenant before the key limited; the one
+        /// admitted at 0 s idle; all idle.
+        const CLOCKS: [f64; 3] = [59.9, 60.0, 60.05];
+
+        /// The tenants before the key ([`Race::with_blockers`]): one; two, the first going
+        /// idle first; two, the second going idle first (so that the key may be placed between
+        /// them).
+        const LAYOUTS: [&[f64]; 3] = [&[0.0], &[0.0, 0.05], &[0.05, 0.0]];
+
+        /// Plays the race's setting with a [`LAYOUTS`] of tenants before the key: each worker
+        /// sends its requests for the key at the [`CLOCKS`] its list picks, its calls
+        /// interleaved as `picks` says. How many were admitted, and the TAT where the key is
+        /// found afterwards.
+        fn play(burst: u32, layout: usize, workers: &[Vec<u8>], picks: &[u8]) -> (usize, Nanos) {
+            let config = per_tenant(burst);
+            let store = MemoryStore::new();
+            let blockers = LAYOUTS[layout % LAYOUTS.len()];
+            let race = Race::with_blockers(&prepared(&config, &store), &store, blockers);
+            let store = Mutex::new(store);
+            let turns = Turns::new(workers.len());
+            let admitted = std::thread::scope(|scope| {
+                let handles: Vec<_> = workers
+                    .iter()
+                    .enumerate()
+                    .map(|(id, clocks)| {
+                        let (turns, store, config, name) = (&turns, &store, &config, &race.tenant);
+                        scope.spawn(move || {
+                            let _finish = Finish(turns, id);
+                            let limiter = limiter(config);
+                            let store = Turn { id, turns, store };
+                            clocks
+                                .iter()
+                                .filter(|clock| {
+                                    let now = at(CLOCKS[usize::from(**clock) % CLOCKS.len()]);
+                                    is_allowed(&limiter.decide(&mut tenant(name), &store, now).0)
+                                })
+                                .count()
+                        })
+                    })
+                    .collect();
+                turns.play(picks);
+                handles
+                    .into_iter()
+                    .map(|handle| handle.join().unwrap())
+                    .sum::<usize>()
+            });
+            let store = store.into_inner().unwrap();
+            let limiter = limiter(&config);
+            let located = limiter.limits[0]
+                .table
+                .locate(&store, race.fingerprint, at(60.0))
+                .unwrap();
+            let Located::Slot(slot) = located else {
+                panic!("full")
+            };
+            (admitted, slot.tat.unwrap_or(0))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Two workers, any interleaving of their calls: never more admitted than the
+            /// GCRA allows, and each admission counted where the key is found afterwards.
+            #[test]
+            fn two_workers_admit_at_most_the_budget_however_their_calls_interleave(
+                burst in 0u32..3,
+                layout in 0..LAYOUTS.len(),
+                plan in proptest::collection::vec(proptest::collection::vec(0u8..3, 1..3), 2),
+                picks in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let (admitted, tat) = play(burst, layout, &plan, &picks);
+                prop_assert!(admitted <= burst as usize + 1, "{admitted} admitted");
+                prop_assert!(tat >= at(59.9) + admitted as u64 * MINUTE, "TAT {tat}");
+            }
+
+            /// Three workers: one whose lookup reads `q` before one placement and `p` after
+            /// the other finds the key in `p`, and what it admits there reaches `q` only with
+            /// the seal, a few calls later; meanwhile `q` may admit one request too many
+            /// (docs/rate-limit.md). Every admission is still charged to the key afterwards,
+            /// up to its whole budget.
+            #[test]
+            fn three_workers_charge_every_admission_to_the_key(
+                burst in 0u32..3,
+                layout in 0..LAYOUTS.len(),
+                plan in proptest::collection::vec(proptest::collection::vec(0u8..3, 1..3), 3),
+                picks in proptest::collection::vec(any::<u8>(), 0..96),
+            ) {
+                let (admitted, tat) = play(burst, layout, &plan, &picks);
+                let charged = admitted.min(burst as usize + 1) as u64;
+                prop_assert!(tat >= at(59.9) + charged * MINUTE, "{admitted} admitted, TAT {tat}");
+            }
+        }
     }
 
     #[test]
