@@ -460,7 +460,10 @@ fn the_services_headers_reach_the_upstream_request_and_the_response() -> Result<
     header_field(&mut ok, 3, "x-palisade-consumer", "forged");
     header_field(&mut ok, 4, "x-ratelimit-tier", "gold");
     header_field(&mut ok, 4, "x-palisade-subject", "forged");
-    host.script_grpc_call("ratelimit", GrpcReply::message(ok));
+    host.script_grpc_call(
+        "ratelimit",
+        GrpcReply::message(ok).after(Duration::from_millis(1)),
+    );
     let mut refused = answer(2, 10, 0, 17);
     header_field(&mut refused, 3, "x-ratelimit-reset", "17");
     header_field(&mut refused, 3, "content-type", "text/plain");
@@ -512,7 +515,7 @@ fn json_answers_headers_apply_on_envoy_and_kong() -> Result<(), Failure> {
             CalloutReply::status(200).body(
                 r#"{"overallCode":"OK","responseHeadersToAdd":[{"key":"RateLimit-Remaining","value":"4"}],
                 "requestHeadersToAdd":[{"key":"x-ratelimit-tier","value":"gold"}]}"#,
-            ),
+            ).after(Duration::from_millis(1)),
         );
         let mut stream = vms.worker(0).http_request(tenant("acme"))?;
         assert_eq!(stream.send_request_headers(true)?, Outcome::Pause);

@@ -276,12 +276,15 @@ impl Stream {
                 service,
             } => {
                 self.response_headers = response_headers;
-                self.service_response_headers = service.response;
-                for (name, value) in &service.request {
-                    if let Err(err) = host::add_header(Map::RequestHeaders, name, value.as_bytes())
-                    {
-                        log::warn!("[{NAME}] could not add {name} to the request: {err}");
+                if let Some(service) = service {
+                    for (name, value) in &service.request {
+                        if let Err(err) =
+                            host::add_header(Map::RequestHeaders, name, value.as_bytes())
+                        {
+                            log::warn!("[{NAME}] could not add {name} to the request: {err}");
+                        }
                     }
+                    self.service_response_headers = service.response;
                 }
                 if resume {
                     if let Err(err) = callout::resume_request() {
@@ -447,9 +450,11 @@ impl HttpContext for Stream {
             set_response_header(RateLimitHeaders::POLICY, headers.policy.as_bytes());
             set_response_header(RateLimitHeaders::RATE_LIMIT, rate_limit);
         }
-        for (name, value) in std::mem::take(&mut self.service_response_headers) {
-            if let Err(err) = host::add_header(Map::ResponseHeaders, &name, value.as_bytes()) {
-                log::warn!("[{NAME}] could not add {name}: {err}");
+        if !self.service_response_headers.is_empty() {
+            for (name, value) in std::mem::take(&mut self.service_response_headers) {
+                if let Err(err) = host::add_header(Map::ResponseHeaders, &name, value.as_bytes()) {
+                    log::warn!("[{NAME}] could not add {name}: {err}");
+                }
             }
         }
         Action::Continue

@@ -221,8 +221,9 @@ pub enum Decision {
     /// or no local limit applied).
     Allow {
         response_headers: Option<RateLimitHeaders>,
-        /// What the rate-limit service asked to add (empty for a local decision).
-        service: ServiceHeaders,
+        /// What the rate-limit service asked to add (`None` for a local decision, and when it
+        /// asked for nothing; boxed, as most requests carry none).
+        service: Option<Box<ServiceHeaders>>,
     },
     /// Answer locally.
     Deny(ErrorReply),
@@ -583,7 +584,7 @@ impl RateLimiter {
                 tally.allowed = true;
             }
             let response_headers = self.rate_limit_headers(&pending, applicable);
-            let service = ServiceHeaders::default();
+            let service = None;
             return (
                 Decision::Allow {
                     response_headers,
@@ -658,7 +659,7 @@ impl RateLimiter {
                     return (Decision::Deny(reply), tallies);
                 }
                 let response_headers = self.header_items(self.local_items(check));
-                let service = ServiceHeaders::default();
+                let service = None;
                 return (
                     Decision::Allow {
                         response_headers,
@@ -739,19 +740,21 @@ impl RateLimiter {
             self.header_items(items),
         );
         // The refusal's own fields stay ours: its JSON body's type, and when to retry.
-        reply.headers.extend(
-            service
-                .response
-                .into_iter()
-                .filter(|(name, _)| name != "content-type" && name != "retry-after"),
-        );
+        if let Some(service) = service {
+            reply.headers.extend(
+                service
+                    .response
+                    .into_iter()
+                    .filter(|(name, _)| name != "content-type" && name != "retry-after"),
+            );
+        }
         (Decision::Deny(reply), tallies)
     }
 
     /// Takes the headers the service asked for out of its answer, less those it may not set:
     /// the proxy's hop-by-hop and framing fields, palisade's own headers, and the two
     /// rate-limit headers this plugin writes itself when they are on.
-    fn service_headers(&self, response: &mut RateLimitResponse) -> ServiceHeaders {
+    fn service_headers(&self, response: &mut RateLimitResponse) -> Option<Box<ServiceHeaders>> {
         let allowed = |(name, _): &HeaderToAdd| {
             !PROXY_OWNED.contains(&name.as_str())
                 && !name.starts_with(PALISADE_PREFIX)
@@ -764,10 +767,13 @@ impl RateLimiter {
         request_headers.retain(|(name, _)| {
             !PROXY_OWNED.contains(&name.as_str()) && !name.starts_with(PALISADE_PREFIX)
         });
-        ServiceHeaders {
+        if response_headers.is_empty() && request_headers.is_empty() {
+            return None;
+        }
+        Some(Box::new(ServiceHeaders {
             response: response_headers,
             request: request_headers,
-        }
+        }))
     }
 
     fn local_items<'s>(&'s self, check: &GlobalCheck) -> Vec<HeaderItem<'s>> {
@@ -1215,7 +1221,7 @@ mod tests {
             limiter.decide(&mut request, &store, at(0.0)).0,
             Decision::Allow {
                 response_headers: None,
-                service: ServiceHeaders::default(),
+                service: None,
             }
         );
         limiter.decide(&mut request, &store, at(0.0));
@@ -2054,7 +2060,7 @@ mod tests {
                 decision,
                 Decision::Allow {
                     response_headers: None,
-                    service: ServiceHeaders::default(),
+                    service: None,
                 }
             );
             assert!(tallies.is_empty());
@@ -2294,14 +2300,14 @@ mod tests {
         // Repeats kept, in order (Envoy appends them); palisade's own, hop-by-hop, and the
         // rate-limit headers this plugin writes itself are not the service's to set.
         assert_eq!(
-            service,
-            ServiceHeaders {
+            service.as_deref(),
+            Some(&ServiceHeaders {
                 response: vec![
                     ("ratelimit-remaining".into(), "7".into()),
                     ("ratelimit-remaining".into(), "9".into()),
                 ],
                 request: vec![("x-ratelimit-tier".into(), "gold".into())],
-            }
+            })
         );
 
         // With this plugin's rate-limit headers off, the service's `ratelimit` goes through.
@@ -2312,8 +2318,8 @@ mod tests {
             panic!("{decision:?}")
         };
         assert_eq!(
-            service.response,
-            [("ratelimit".into(), "\"svc\";r=1".into())]
+            service.map(|s| s.response),
+            Some(vec![("ratelimit".into(), "\"svc\";r=1".into())])
         );
     }
 
