@@ -243,12 +243,23 @@ impl SlotTable {
             .map(move |probe| u32::try_from((home + u64::from(probe)) % slots).unwrap_or(0))
     }
 
-    /// Creates every slot that does not exist yet, empty. Returns how many were created.
+    /// Creates every slot that does not exist yet. Returns how many were created. A new
+    /// table's slots are created empty: never used, so a lookup stops there. A slot missing
+    /// from a table that has others was evicted (Kong): keys may sit in the slots after it,
+    /// which an empty slot would hide (their budgets would start over), so it is created idle
+    /// and not empty ([`vacant`]), and lookups read past it.
     pub fn prepare(&self, store: &impl SharedStore) -> Result<u32, StoreError> {
-        let mut created = 0;
+        let mut missing = Vec::new();
         for index in 0..self.slots {
-            let key = self.key(index);
-            if store.get(&key)?.is_none() && store.set(&key, &[], None)? == Write::Stored {
+            if store.get(&self.key(index))?.is_none() {
+                missing.push(index);
+            }
+        }
+        let evicted = missing.len() < self.slots as usize;
+        let value: &[u8] = if evicted { &vacant(0) } else { &[] };
+        let mut created = 0;
+        for index in missing {
+            if store.set(&self.key(index), value, None)? == Write::Stored {
                 created += 1;
             }
         }
@@ -616,6 +627,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_slot_evicted_before_a_reconfiguration_does_not_hide_the_keys_after_it() {
+        let store = MemoryStore::new();
+        let table = SlotTable::new("l", 4).with_horizon(1_000_000);
+        assert_eq!(table.prepare(&store), Ok(4));
+        // Two keys with home slot 0: the second lands in slot 1.
+        assert!(take(&store, &table, 0, NOW + 500).ends_with("/0"));
+        assert!(take(&store, &table, 4, NOW + 500).ends_with("/1"));
+        // Kong evicts slot 0; the next configuration re-creates it.
+        assert!(store.evict(&table.key(0)));
+        assert_eq!(table.prepare(&store), Ok(1));
+        let Located::Slot(slot) = table.locate(&store, 4, NOW).unwrap() else {
+            panic!("full")
+        };
+        assert_eq!(
+            (slot.key.as_ref(), slot.tat),
+            (table.key(1).as_ref(), Some(NOW + 500))
+        );
+        // The re-created slot is free for a new key.
+        let Located::Slot(slot) = table.locate(&store, 8, NOW).unwrap() else {
+            panic!("full")
+        };
+        assert_eq!((slot.key.as_ref(), slot.tat), (table.key(0).as_ref(), None));
+        // A table with no slot at all is new: its slots are created empty.
+        let fresh = MemoryStore::new();
+        assert_eq!(table.prepare(&fresh), Ok(4));
+        assert_eq!(fresh.get(&table.key(2)).unwrap().unwrap().value, b"");
+    }
+
+    #[test]
     fn a_slot_stamped_before_the_clock_stepped_back_is_free() {
         for (tat, expected_free) in [(NOW + 1_000, false), (NOW + 1_001, true)] {
             let store = MemoryStore::new();
@@ -967,14 +1007,18 @@ pub(crate) mod tests {
 
     #[test]
     fn a_passed_slot_made_empty_again_is_sealed_with_a_value_that_does_not_end_the_probe() {
-        // Kong evicts slot 5, and a configuration applied meanwhile creates it again, empty.
+        // Kong evicts slot 5 and the rest of the table, and a configuration applied meanwhile
+        // creates it again, empty (as `prepare` does for a table with no slot left).
         let store = MemoryStore::with(BlindWrite::Refused, usize::MAX);
         let table = SlotTable::new("l", 8);
         table.prepare(&store).unwrap();
         let (slot, tat) = place_past_another(&store, &table);
         let scripted = Scripted::new(&store).before(1, || {
             assert!(store.evict("palisade/rate-limit/l/5"));
-            assert_eq!(table.prepare(&store), Ok(1));
+            assert_eq!(
+                store.set("palisade/rate-limit/l/5", &[], None),
+                Ok(Write::Stored)
+            );
         });
         let mut conflicts = 0;
         let sealed = table.seal(&scripted, 13, &slot, tat, &gcra(), NOW, 8, &mut conflicts);
