@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use palisade_host_tests::audit_events;
 use palisade_host_tests::wasm_host::{
-    CalloutReply, Failure, Host, HttpCall, KongVersion, MetricValue, Outcome, Plugin, PluginVms,
-    Profile, Request, Response,
+    CalloutReply, Failure, Host, HttpCall, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome,
+    Plugin, PluginVms, Profile, Request, Response,
 };
 use plugin_support::{assert_rejected, load};
 use serde_json::Value;
@@ -89,7 +89,8 @@ fn exchange(vms: &PluginVms, method: &str, path: &str, status: u16) -> Result<()
     stream.finish()
 }
 
-/// The events of one dispatched batch, each checked against its Avro schema.
+/// The events of one dispatched batch, each checked against its Avro schema, and each record
+/// keyed as docs/audit.md says: by the subject, or by the event id when there is none.
 fn events(call: &HttpCall) -> Vec<Value> {
     let body: Value = serde_json::from_slice(&call.body).unwrap();
     body["records"]
@@ -99,8 +100,23 @@ fn events(call: &HttpCall) -> Vec<Value> {
         .map(|record| {
             let value = record["value"].clone();
             audit_events::validate(&value).unwrap();
+            let key = match &value["subject"] {
+                Value::Null => &value["event_id"],
+                subject => subject,
+            };
+            assert!(key.is_string(), "{record}");
+            assert_eq!(&record["key"], key, "the record key: {record}");
             value
         })
+        .collect()
+}
+
+/// The plugin's own lines at `warn` or above.
+fn warnings(vms: &PluginVms) -> Vec<String> {
+    vms.logs()
+        .into_iter()
+        .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
+        .map(|e| e.message)
         .collect()
 }
 
@@ -163,6 +179,7 @@ fn each_scenario_ships_its_event_to_its_topic_without_a_secret_byte() -> Result<
         host.advance_clock(Duration::from_secs(1))?;
         let calls = host.http_calls();
         let mut by_topic = BTreeMap::new();
+        let mut shipped = Vec::new();
         for call in &calls {
             assert_eq!(call.upstream, upstream(profile));
             assert_eq!(call.headers.get(":method"), Some("POST"));
@@ -174,6 +191,11 @@ fn each_scenario_ships_its_event_to_its_topic_without_a_secret_byte() -> Result<
                 call.headers.get("content-type"),
                 Some("application/vnd.kafka.json.v2+json")
             );
+            assert_eq!(
+                call.headers.get("accept"),
+                Some("application/vnd.kafka.v2+json"),
+                "{profile:?}: a REST proxy is asked for its v2 answer"
+            );
             assert_eq!(call.timeout, Duration::from_secs(2));
             let everything = format!("{:?}{}", call.headers, String::from_utf8_lossy(&call.body));
             assert!(!everything.contains(SECRET), "{profile:?}: {everything}");
@@ -181,10 +203,40 @@ fn each_scenario_ships_its_event_to_its_topic_without_a_secret_byte() -> Result<
                 !everything.contains("abc"),
                 "{profile:?}: the token in the query"
             );
+            let topic = call.headers.get(":path").unwrap().to_owned();
             for event in events(call) {
-                by_topic.insert(call.headers.get(":path").unwrap().to_owned(), event);
+                shipped.push((
+                    event["method"].as_str().unwrap().to_owned(),
+                    event["path"].as_str().unwrap().to_owned(),
+                    event["event_type"].as_str().unwrap().to_owned(),
+                    topic.clone(),
+                ));
+                by_topic.insert(topic.clone(), event);
             }
         }
+        // Every exchange's event, once, on its topic (by_topic keeps one per topic).
+        shipped.sort();
+        let expected = [
+            ("DELETE", "/admin/users/7", "admin_operation", "audit"),
+            ("GET", "/api/orders", "security", "security"),
+            (
+                "GET",
+                "/api/orders?page=REDACTED&access_token=REDACTED",
+                "data_access",
+                "data",
+            ),
+            ("GET", "/health", "api_call", "system"),
+            ("POST", "/api/orders", "user_action", "audit"),
+        ]
+        .map(|(method, path, event_type, topic)| {
+            (
+                method.to_owned(),
+                path.to_owned(),
+                event_type.to_owned(),
+                format!("/topics/palisade.events.{topic}"),
+            )
+        });
+        assert_eq!(shipped, expected, "{profile:?}");
         let topics: Vec<&str> = by_topic.keys().map(String::as_str).collect();
         assert_eq!(
             topics,
@@ -350,6 +402,73 @@ fn refused_batches_are_dropped_at_once() -> Result<(), Failure> {
     host.advance_clock(Duration::from_secs(5))?;
     assert_eq!(host.http_calls().len(), 1);
     assert_eq!(totals(&host), [1, 0, 0, 1]);
+    assert_eq!(
+        warnings(&vms),
+        ["[palisade-audit] batch not delivered: status 404 (error_code 40401: Topic not found.); 0 events to retry, 1 dropped (further failures are counted, not logged)"]
+    );
+    assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+    Ok(())
+}
+
+/// A REST proxy answers 200 and reports errors per record: a retriable one (50003) is sent
+/// again on its own, a non-retriable one (40101) is dropped and counted, the rest count as sent.
+#[test]
+fn records_failing_inside_a_200_are_retried_or_dropped_by_their_error_code() -> Result<(), Failure>
+{
+    let profile = Profile::Envoy;
+    let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+    host.script_http_call(
+        "kafka-rest",
+        CalloutReply::status(200)
+            .header("content-type", "application/vnd.kafka.v2+json")
+            .body(
+                r#"{"key_schema_id":null,"value_schema_id":null,"offsets":[
+                    {"partition":0,"offset":0,"error_code":null,"error":null},
+                    {"partition":null,"offset":null,"error_code":50003,"error":"Kafka retriable error"},
+                    {"partition":null,"offset":null,"error_code":40101,"error":"Not authenticated"}]}"#,
+            ),
+    );
+    host.script_http_call("kafka-rest", produced(1));
+    for _ in 0..3 {
+        exchange(&vms, "GET", "/health", 200)?;
+    }
+    host.advance_clock(Duration::from_secs(1))?;
+    let calls = host.http_calls();
+    assert_eq!(calls.len(), 1, "one batch of three");
+    let first: Vec<Value> = events(&calls[0]);
+    assert_eq!(first.len(), 3);
+    assert_eq!(
+        totals(&host),
+        [3, 1, 1, 1],
+        "one sent, one to retry, one dropped"
+    );
+    assert_eq!(
+        warnings(&vms),
+        ["[palisade-audit] batch not delivered: status 200: 2 of 3 records failed; 1 events to retry, 1 dropped (further failures are counted, not logged)"]
+    );
+    assert_eq!(
+        gauge(&host, "palisade_audit_queue_depth"),
+        1,
+        "the one to retry"
+    );
+    // The retry, 100..=200 ms later, carries only the retriable record.
+    host.advance_clock(Duration::from_millis(300))?;
+    let calls = host.http_calls();
+    assert_eq!(calls.len(), 2);
+    let retried: Vec<Value> = events(&calls[1]);
+    assert_eq!(retried, [first[1].clone()], "the same event, id and all");
+    assert_eq!(calls[1].headers.get(":path"), calls[0].headers.get(":path"));
+    assert_eq!(totals(&host), [3, 2, 1, 1], "sent + dropped == emitted");
+    assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+    assert_eq!(warnings(&vms).len(), 1, "recovery is not a warning");
+    assert!(
+        vms.logs()
+            .iter()
+            .any(|l| l.message
+                == "[palisade-audit] collector answering again after 1 failed batches"),
+        "{:?}",
+        vms.logs()
+    );
     Ok(())
 }
 
@@ -571,6 +690,240 @@ fn a_reconfigured_root_keeps_its_tick_on_kong() -> Result<(), Failure> {
         exchange(&vms, "GET", "/health", 200)?;
         host.advance_clock(Duration::from_secs(1))?;
         assert_eq!(events(&host.http_calls()[0]).len(), 1, "Kong {version}");
+    }
+    Ok(())
+}
+
+/// `sink.http`: every event type in one NDJSON body, one valid event per line, POSTed to the
+/// configured path, with no Kafka `Accept` header (a plain collector may refuse it with 406).
+#[test]
+fn an_http_sink_gets_one_ndjson_body_of_every_event() -> Result<(), Failure> {
+    for profile in [Profile::Envoy, Profile::Kong(KongVersion::V3_10)] {
+        let sink = format!(
+            r#""sink":{{"http":{{"upstream":"{}","authority":"collector.example:8080","path":"/events","timeout":"2s"}}}}"#,
+            upstream(profile)
+        );
+        let config = config(profile, "").replacen(
+            &format!(
+                r#""sink":{{"kafka_rest":{{"upstream":"{}","authority":"kafka-rest.kafka:8082","timeout":"2s"}}}}"#,
+                upstream(profile)
+            ),
+            &sink,
+            1,
+        );
+        assert!(config.contains(r#""http":"#), "{config}");
+        let (host, vms) = load(profile, Plugin::Audit, &config)?;
+        host.script_http_call(upstream(profile), CalloutReply::status(204));
+        exchange(&vms, "GET", "/api/orders", 200)?;
+        exchange(&vms, "POST", "/api/orders", 201)?;
+        exchange(&vms, "DELETE", "/admin/users/7", 204)?;
+        exchange(&vms, "GET", "/health", 401)?;
+        host.advance_clock(Duration::from_secs(1))?;
+        let calls = host.http_calls();
+        assert_eq!(calls.len(), 1, "{profile:?}: one body for every topic");
+        let call = &calls[0];
+        assert_eq!(call.upstream, upstream(profile));
+        assert_eq!(call.headers.get(":method"), Some("POST"));
+        assert_eq!(call.headers.get(":path"), Some("/events"));
+        assert_eq!(
+            call.headers.get(":authority"),
+            Some("collector.example:8080")
+        );
+        assert_eq!(
+            call.headers.get("content-type"),
+            Some("application/x-ndjson")
+        );
+        assert_eq!(call.headers.get("accept"), None, "{profile:?}");
+        assert_eq!(call.timeout, Duration::from_secs(2));
+        let body = String::from_utf8(call.body.clone()).unwrap();
+        assert!(body.ends_with('\n'), "{profile:?}: {body}");
+        let lines: Vec<&str> = body.split_terminator('\n').collect();
+        let shipped: Vec<(String, String)> = lines
+            .iter()
+            .map(|line| {
+                let event: Value = serde_json::from_str(line).unwrap();
+                audit_events::validate(&event).unwrap();
+                (
+                    event["event_type"].as_str().unwrap().to_owned(),
+                    event["path"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let expected = [
+            ("data_access", "/api/orders"),
+            ("user_action", "/api/orders"),
+            ("admin_operation", "/admin/users/7"),
+            ("security", "/health"),
+        ]
+        .map(|(t, p)| (t.to_owned(), p.to_owned()));
+        assert_eq!(shipped, expected, "{profile:?}: in order, one a line");
+        assert!(!body.contains(SECRET), "{profile:?}");
+        assert_eq!(totals(&host), [4, 4, 0, 0], "{profile:?}");
+        assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+        assert_eq!(warnings(&vms), Vec::<String>::new(), "{profile:?}");
+    }
+    Ok(())
+}
+
+/// Without a sink every event is counted as dropped, the configuration says so once, and
+/// nothing is dispatched.
+#[test]
+fn without_a_sink_events_are_counted_dropped_and_nothing_is_sent() -> Result<(), Failure> {
+    for profile in [Profile::Envoy, Profile::Kong(KongVersion::V3_10)] {
+        let config = r#"{"capture_headers":["x-tenant"]}"#;
+        let (host, vms) = load(profile, Plugin::Audit, config)?;
+        host.add_cluster(upstream(profile));
+        for _ in 0..3 {
+            exchange(&vms, "GET", "/health", 200)?;
+        }
+        exchange(&vms, "GET", "/api/orders", 401)?;
+        host.advance_clock(Duration::from_secs(5))?;
+        assert!(host.http_calls().is_empty(), "{profile:?}");
+        assert_eq!(totals(&host), [4, 0, 0, 4], "{profile:?}");
+        assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+        assert_eq!(
+            warnings(&vms),
+            ["[palisade-audit] no sink configured: events are counted as dropped"],
+            "{profile:?}: once, at configuration, not per event"
+        );
+    }
+    Ok(())
+}
+
+/// A configuration delivered again to the same root context while events wait: the previous
+/// buffer, and the event of a stream that started under it, still go to the previous
+/// collector; what comes after goes to the new one (docs/audit.md, Teardown).
+#[test]
+fn events_buffered_before_a_reconfiguration_go_to_the_previous_collector() -> Result<(), Failure> {
+    for profile in [Profile::Envoy, Profile::Kong(KongVersion::V3_10)] {
+        let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+        // Three batches: the previous buffer's two topics, and the new one's.
+        for _ in 0..3 {
+            host.script_http_call(upstream(profile), produced(3));
+        }
+        exchange(&vms, "GET", "/health", 200)?;
+        exchange(&vms, "GET", "/api/orders", 200)?;
+        // Started under the first configuration, finished under the second.
+        let mut straddling = vms.http_request(
+            Request::get("/health")
+                .authority("shop.example.com")
+                .header("x-request-id", "straddling"),
+        )?;
+        assert_eq!(straddling.send_request_headers(true)?, Outcome::Continue);
+        assert_eq!(totals(&host), [2, 0, 0, 0], "{profile:?}: buffered");
+        let moved = config(profile, "").replace("kafka-rest.kafka:8082", "kafka-rest-b.kafka:8082");
+        assert!(vms.worker(0).reconfigure(&moved)?, "{profile:?}");
+        straddling.send_response_headers(Response::status(200), true)?;
+        straddling.finish()?;
+        let mut after = vms.http_request(
+            Request::get("/health")
+                .authority("shop.example.com")
+                .header("x-request-id", "after"),
+        )?;
+        after.send_request_headers(true)?;
+        after.send_response_headers(Response::status(200), true)?;
+        after.finish()?;
+        host.advance_clock(Duration::from_secs(1))?;
+        let mut by_authority: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for call in host.http_calls() {
+            by_authority
+                .entry(call.headers.get(":authority").unwrap().to_owned())
+                .or_default()
+                .extend(events(&call));
+        }
+        let summary: BTreeMap<String, Vec<(Value, Value)>> = by_authority
+            .iter()
+            .map(|(authority, events)| {
+                let mut seen: Vec<(Value, Value)> = events
+                    .iter()
+                    .map(|e| (e["path"].clone(), e["request_id"].clone()))
+                    .collect();
+                seen.sort_by_key(|(p, r)| (p.to_string(), r.to_string()));
+                (authority.clone(), seen)
+            })
+            .collect();
+        let expected: BTreeMap<String, Vec<(Value, Value)>> = [
+            (
+                "kafka-rest.kafka:8082".to_owned(),
+                vec![
+                    (Value::from("/api/orders"), Value::from("req-1")),
+                    (Value::from("/health"), Value::from("req-1")),
+                    (Value::from("/health"), Value::from("straddling")),
+                ],
+            ),
+            (
+                "kafka-rest-b.kafka:8082".to_owned(),
+                vec![(Value::from("/health"), Value::from("after"))],
+            ),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(summary, expected, "{profile:?}");
+        assert_eq!(totals(&host), [4, 4, 0, 0], "{profile:?}");
+        assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0, "{profile:?}");
+        // The previous buffer is empty and nothing holds it: no more calls.
+        host.advance_clock(Duration::from_secs(5))?;
+        assert_eq!(host.http_calls().len(), 3, "{profile:?}");
+    }
+    Ok(())
+}
+
+/// The previous configuration's worker holds nothing when the configuration changes, but a
+/// stream that started under it is still in flight: the worker stays (ticks and answers do not
+/// let it go) until that stream's event is delivered to the previous collector.
+#[test]
+fn a_stream_in_flight_across_a_reconfiguration_reports_to_the_previous_collector(
+) -> Result<(), Failure> {
+    for profile in [Profile::Envoy, Profile::Kong(KongVersion::V3_10)] {
+        let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+        host.script_http_call(upstream(profile), produced(1));
+        host.script_http_call(upstream(profile), produced(1));
+        let mut straddling = vms.http_request(
+            Request::get("/health")
+                .authority("shop.example.com")
+                .header("x-request-id", "straddling"),
+        )?;
+        assert_eq!(straddling.send_request_headers(true)?, Outcome::Continue);
+        let moved = config(profile, "").replace("kafka-rest.kafka:8082", "kafka-rest-b.kafka:8082");
+        assert!(vms.worker(0).reconfigure(&moved)?, "{profile:?}");
+        // Ticks while the stream is still open: nothing to send, nothing let go.
+        host.advance_clock(Duration::from_secs(2))?;
+        assert!(host.http_calls().is_empty(), "{profile:?}");
+        straddling.send_response_headers(Response::status(200), true)?;
+        straddling.finish()?;
+        let mut after = vms.http_request(
+            Request::get("/health")
+                .authority("shop.example.com")
+                .header("x-request-id", "after"),
+        )?;
+        after.send_request_headers(true)?;
+        after.send_response_headers(Response::status(200), true)?;
+        after.finish()?;
+        host.advance_clock(Duration::from_secs(1))?;
+        let mut shipped: Vec<(String, Value)> = host
+            .http_calls()
+            .iter()
+            .flat_map(|call| {
+                let authority = call.headers.get(":authority").unwrap().to_owned();
+                events(call)
+                    .into_iter()
+                    .map(move |e| (authority.clone(), e["request_id"].clone()))
+            })
+            .collect();
+        shipped.sort_by_key(|(a, r)| (a.clone(), r.to_string()));
+        assert_eq!(
+            shipped,
+            [
+                ("kafka-rest-b.kafka:8082".to_owned(), Value::from("after")),
+                (
+                    "kafka-rest.kafka:8082".to_owned(),
+                    Value::from("straddling")
+                ),
+            ],
+            "{profile:?}"
+        );
+        assert_eq!(totals(&host), [2, 2, 0, 0], "{profile:?}");
+        assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0, "{profile:?}");
     }
     Ok(())
 }
