@@ -222,6 +222,11 @@ impl HttpStream {
         })
     }
 
+    /// Whether the request headers went upstream (nothing does before them).
+    pub fn reached_upstream(&self) -> bool {
+        self.with_data(|data| data.to_upstream.headers.is_some())
+    }
+
     /// The request body bytes the upstream received so far.
     pub fn upstream_request_body(&self) -> Vec<u8> {
         self.with_data(|data| data.to_upstream.body.clone())

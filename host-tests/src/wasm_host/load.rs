@@ -291,6 +291,11 @@ impl PluginVms {
         self.worker(0).http_request(request)
     }
 
+    /// A request on worker 0 even if its configuration was refused ([`Worker::forced_request`]).
+    pub fn forced_request(&self, request: Request) -> Result<HttpStream> {
+        self.worker(0).forced_request(request)
+    }
+
     /// The log lines of this plugin's workers.
     pub fn logs(&self) -> Vec<LogEntry> {
         self.host
@@ -322,6 +327,14 @@ impl Worker {
                 log.as_deref().unwrap_or("no log line")
             )));
         }
+        self.forced_request(request)
+    }
+
+    /// A new HTTP stream whether or not `on_configure` accepted the configuration. Neither real
+    /// host sends a request to a plugin that refused its configuration ([`Self::http_request`]
+    /// fails then); this checks what the plugin would do if one did (fail closed, or for
+    /// palisade-audit, stay out of the way).
+    pub fn forced_request(&self, request: Request) -> Result<HttpStream> {
         let context = {
             let vm = self.host.vm(self.vm)?;
             let mut vm = vm.borrow_mut();

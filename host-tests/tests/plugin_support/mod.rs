@@ -38,7 +38,84 @@ pub fn assert_rejected(plugin: Plugin, config: &str, line: &str) -> Result<(), F
             vms.http_request(Request::get("/")).is_err(),
             "no request reaches it"
         );
+        assert_unconfigured_behaviour(&plugin, profile, &vms)?;
     }
+    Ok(())
+}
+
+/// The plugin's `NAME`, as its log lines and refusals say it.
+pub fn plugin_name(plugin: &Plugin) -> &'static str {
+    match plugin {
+        Plugin::Auth => "palisade-auth",
+        Plugin::RateLimit => "palisade-rate-limit",
+        Plugin::Resilience => "palisade-resilience",
+        Plugin::HeaderSecurity => "palisade-header-security",
+        Plugin::Audit => "palisade-audit",
+        other => panic!("not a Palisade plugin: {other:?}"),
+    }
+}
+
+/// Were a host to send a request to a plugin whose configuration it refused anyway, the
+/// enforcing plugins fail closed (kit `Unconfigured`: 503 "<plugin> is not configured", the
+/// request held) and palisade-audit, which never fails a request, lets it through.
+pub fn assert_unconfigured_behaviour(
+    plugin: &Plugin,
+    profile: Profile,
+    vms: &PluginVms,
+) -> Result<(), Failure> {
+    let name = plugin_name(plugin);
+    let mut stream = vms.forced_request(
+        Request::get("/orders?page=2")
+            .header("x-palisade-subject", "mallory")
+            .header("x-request-id", "req-9"),
+    )?;
+    let outcome = stream.send_request_headers(true)?;
+    if *plugin == Plugin::Audit {
+        assert_eq!(
+            outcome,
+            Outcome::Continue,
+            "{profile:?}: audit never fails a request"
+        );
+        assert!(stream.reached_upstream(), "{profile:?}");
+        return Ok(());
+    }
+    let Outcome::LocalReply(reply) = outcome else {
+        panic!("{profile:?}: {name} unconfigured let the request on: {outcome:?}");
+    };
+    let error = format!("{name} is not configured");
+    assert_eq!(reply.status, 503, "{profile:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&reply.body),
+        // Kong appends a newline to local response bodies (ngx_http_wasm_local_response.c).
+        format!(
+            r#"{{"error":"{error}","status":503,"request_id":null}}{}"#,
+            if profile.is_kong() { "\n" } else { "" }
+        ),
+        "{profile:?}"
+    );
+    assert_eq!(reply.headers.get("content-type"), Some("application/json"));
+    let denied_by = palisade_kit::reply::denied_by(name, &error);
+    let expected_headers = if profile.is_kong() {
+        vec![
+            ("content-type", "application/json"),
+            ("x-palisade-denied-by", denied_by.as_str()),
+        ]
+    } else {
+        vec![("content-type", "application/json")]
+    };
+    assert_eq!(reply.headers, headers(&expected_headers), "{profile:?}");
+    if !profile.is_kong() {
+        assert_eq!(
+            reply.details,
+            palisade_kit::reply::denial_details(name, &error),
+            "{profile:?}"
+        );
+    }
+    assert!(
+        !stream.reached_upstream(),
+        "{profile:?}: nothing went upstream"
+    );
+    assert!(stream.upstream_request_body().is_empty(), "{profile:?}");
     Ok(())
 }
 
