@@ -722,9 +722,21 @@ fn fail_open_lets_requests_through_anonymous_when_the_endpoint_is_down() -> Resu
         let host = Host::new(profile);
         let vms = host.load(Plugin::Auth, &introspection_config("open"))?;
         host.script_http_call(INTROSPECT, CalloutReply::failure("connection refused"));
-        let (outcome, upstream) = send(&vms, opaque("opaque-1").header("x-palisade-subject", "m"))?;
+        let request = opaque("opaque-1")
+            .header("x-palisade-subject", "m")
+            .header("x-tenant", "acme");
+        let (outcome, upstream) = send(&vms, request.clone())?;
         assert_eq!(outcome, Outcome::Continue, "{profile:?}");
-        assert!(!upstream.contains("x-palisade-subject"));
+        // Anonymous: the client's identity claim gone, no identity set, and the token no
+        // further than forward_token (off) says; everything else as the client sent it.
+        assert_eq!(
+            upstream,
+            profile
+                .request_map(request.headers())
+                .without("authorization")
+                .without("x-palisade-subject"),
+            "{profile:?}"
+        );
         assert_eq!(count(&host, "palisade_auth.anonymous"), 1);
     }
     Ok(())
@@ -746,5 +758,50 @@ fn kong_3_8_resuming_a_failed_introspection_forwards_no_client_identity() -> Res
     let upstream = stream.upstream_request_headers();
     assert!(!upstream.contains("x-palisade-subject"), "{upstream:?}");
     assert!(!upstream.contains("x-palisade-consumer"));
+    Ok(())
+}
+
+/// `escaped_slashes: unescape_and_redirect`: a path with `%2F` is answered 307 to its decoded
+/// form, with no body, before anything goes upstream, and the client's identity claim is gone
+/// from the request the proxy keeps (what the access log and later filters read).
+#[test]
+fn escaped_slashes_are_redirected_to_the_decoded_path() -> Result<(), Failure> {
+    let mut config: Value = serde_json::from_str(&auth_tokens::config(json!({}))).unwrap();
+    config["rules"] = json!([{"action": "allow_anonymous"}]);
+    config["path_normalization"] = json!({"escaped_slashes": "unescape_and_redirect"});
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, Plugin::Auth, &config.to_string())?;
+        let mut stream = vms.http_request(
+            Request::get("/a%2Fb?q=1")
+                .header("x-palisade-subject", "mallory")
+                .header("x-palisade-consumer", "mallory-app"),
+        )?;
+        let outcome = stream.send_request_headers(true)?;
+        let Outcome::LocalReply(reply) = outcome else {
+            panic!("{profile:?}: expected a 307, got {outcome:?}");
+        };
+        assert_eq!(reply.status, 307, "{profile:?}");
+        assert_eq!(
+            reply.headers,
+            Headers::new().with("location", "/a/b?q=1"),
+            "{profile:?}"
+        );
+        // No body; Kong's local replies always end with a newline (ngx_http_wasm_local_response.c).
+        let body: &[u8] = if profile.is_kong() { b"\n" } else { b"" };
+        assert_eq!(reply.body, body, "{profile:?}");
+        if !profile.is_kong() {
+            assert_eq!(reply.details, "palisade_local_reply");
+        }
+        let kept = stream.request_headers();
+        assert!(
+            !kept.contains("x-palisade-subject"),
+            "{profile:?}: {kept:?}"
+        );
+        assert!(
+            !kept.contains("x-palisade-consumer"),
+            "{profile:?}: {kept:?}"
+        );
+        assert!(!stream.reached_upstream(), "{profile:?}: nothing upstream");
+    }
     Ok(())
 }
