@@ -5,7 +5,7 @@
 mod plugin_support;
 
 use palisade_host_tests::wasm_host::{
-    Callback, Failure, Host, Outcome, Plugin, Profile, Request, Response,
+    Callback, Failure, Host, HttpStream, Outcome, Plugin, Profile, Request, Response,
 };
 use plugin_support::{assert_pass_through, assert_rejected, exchange, load, request, PROFILES};
 
@@ -19,6 +19,29 @@ fn a_bad_header_name_is_refused_with_one_line() -> Result<(), Failure> {
         r#"{"security_headers":{"remove":["Bad Name"]}}"#,
         r#"[palisade-header-security] configuration rejected: security_headers.remove[0]: "Bad Name" is not a lower-case HTTP header name"#,
     )
+}
+
+/// The refusal the client got: this status and exactly the kit's JSON body, whose request id
+/// is the one echoed in `x-request-id` (Kong appends a newline to local response bodies,
+/// ngx_http_wasm_local_response.c).
+fn assert_refusal(stream: &HttpStream, profile: Profile, status: u16, error: &str) {
+    assert_eq!(stream.response_status(), status, "{profile:?}");
+    let client = stream.response_headers();
+    assert_eq!(
+        client.get("content-type"),
+        Some("application/json"),
+        "{profile:?}"
+    );
+    let id = client.get("x-request-id").unwrap_or("<none>");
+    let mut expected = format!(r#"{{"error":"{error}","status":{status},"request_id":"{id}"}}"#);
+    if profile.is_kong() {
+        expected.push('\n');
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&stream.response_body()),
+        expected,
+        "{profile:?}"
+    );
 }
 
 #[test]
@@ -137,9 +160,13 @@ fn a_body_over_the_limit_gets_a_local_413_through_the_response_callbacks() -> Re
             panic!("{profile:?}: expected a local reply");
         };
         assert_eq!(reply.status, 413);
-        assert_eq!(stream.response_status(), 413);
+        assert_refusal(&stream, profile, 413, "request body too large");
         let client = stream.response_headers();
-        assert_eq!(client.get("content-type"), Some("application/json"));
+        assert_eq!(
+            client.get("x-request-id").map(str::len),
+            Some(36),
+            "{profile:?}: the generated id"
+        );
         assert_eq!(client.get("x-content-type-options"), Some("nosniff"));
         assert!(
             stream.upstream_request_body().is_empty(),
@@ -156,9 +183,6 @@ fn a_body_over_the_limit_gets_a_local_413_through_the_response_callbacks() -> Re
             !at_body.iter().any(|call| call.contains("header_map")),
             "{profile:?}: {at_body:?}"
         );
-        // Kong appends a newline to local response bodies (ngx_http_wasm_local_response.c).
-        let body = stream.response_body();
-        assert_eq!(body.ends_with(b"\n"), profile.is_kong(), "{profile:?}");
         stream.finish()?;
     }
     Ok(())
@@ -197,10 +221,8 @@ fn a_check_of_every_header_refuses_a_map_kong_may_have_cut_short() -> Result<(),
             (400, "request header value has control characters")
         };
         assert_eq!(reply.status, status, "{profile:?}");
-        let body: serde_json::Value =
-            serde_json::from_slice(stream.response_body().trim_ascii_end())
-                .unwrap_or_else(|err| panic!("{profile:?}: {err}"));
-        assert_eq!(body["error"], error, "{profile:?}");
+        assert_refusal(&stream, profile, status, error);
+        assert!(!stream.reached_upstream(), "{profile:?}");
         stream.finish()?;
 
         // Below the cap, Kong's map is whole and the check reads it.
@@ -238,6 +260,8 @@ fn allowed_hosts_check_the_host_the_client_asked_for() -> Result<(), Failure> {
                 panic!("{profile:?} {refused}: expected a local reply");
             };
             assert_eq!(reply.status, 403, "{profile:?} {refused}");
+            assert_refusal(&stream, profile, 403, "host not allowed");
+            assert!(!stream.reached_upstream(), "{profile:?} {refused}");
             stream.finish()?;
         }
     }
@@ -268,6 +292,31 @@ fn a_cors_preflight_is_answered_locally() -> Result<(), Failure> {
             client.get("access-control-allow-methods"),
             Some("GET, POST")
         );
+        assert!(!stream.reached_upstream(), "{profile:?}");
+    }
+    Ok(())
+}
+
+/// A method outside `allowed_methods` is refused 405 with `Allow` naming the allowed ones.
+#[test]
+fn a_method_not_allowed_gets_405_with_allow() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (_host, vms) = load(
+            profile,
+            Plugin::HeaderSecurity,
+            r#"{"limits":{"allowed_methods":["GET","POST"]}}"#,
+        )?;
+        let mut stream =
+            vms.http_request(Request::new("DELETE", "/orders/7").header("x-request-id", "del-1"))?;
+        let Outcome::LocalReply(reply) = stream.send_request_headers(true)? else {
+            panic!("{profile:?}: expected a local reply");
+        };
+        assert_eq!(reply.status, 405, "{profile:?}");
+        assert_eq!(reply.headers.get("allow"), Some("GET, POST"), "{profile:?}");
+        assert_eq!(stream.response_headers().get("x-request-id"), Some("del-1"));
+        assert_refusal(&stream, profile, 405, "method not allowed");
+        assert!(!stream.reached_upstream(), "{profile:?}");
+        stream.finish()?;
     }
     Ok(())
 }
