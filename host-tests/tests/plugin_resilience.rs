@@ -32,8 +32,13 @@ fn get(path: &str) -> Request {
 /// A request on `worker` answered with `status`, start to end.
 fn exchange(vms: &PluginVms, worker: usize, status: u16) -> Result<HttpStream, Failure> {
     let mut stream = vms.worker(worker).http_request(get("/orders"))?;
-    if stream.send_request_headers(true)? == Outcome::Continue {
-        stream.send_response_headers(Response::status(status), true)?;
+    match stream.send_request_headers(true)? {
+        Outcome::Continue => {
+            stream.send_response_headers(Response::status(status), true)?;
+        }
+        // Refused here: the caller checks the reply.
+        Outcome::LocalReply(_) => {}
+        other => panic!("worker {worker}: the request neither went on nor was answered: {other:?}"),
     }
     stream.finish()?;
     Ok(stream)
@@ -78,6 +83,7 @@ fn the_circuit_opens_after_exactly_five_failures_across_workers_and_fast_fails(
     for i in 0..4 {
         let stream = exchange(&vms, i % 2, 503)?;
         assert_eq!(stream.response_status(), 503, "the upstream's own answer");
+        assert_eq!(stream.local_reply(), None, "the upstream's own answer");
     }
     assert_eq!(
         metric(&host, "palisade_resilience.circuit_opened"),
@@ -624,7 +630,7 @@ fn kong_ignores_router_headers_so_none_are_sent_and_the_breaker_still_works() ->
 
 #[test]
 fn an_expired_deadline_gets_504_without_the_upstream() -> Result<(), Failure> {
-    let (_host, vms) = start(
+    let (host, vms) = start(
         Profile::Envoy,
         r#"{"timeouts":{"deadline_header":"x-request-deadline-ms"}}"#,
     )?;
@@ -640,6 +646,11 @@ fn an_expired_deadline_gets_504_without_the_upstream() -> Result<(), Failure> {
         String::from_utf8(reply.body).unwrap(),
         r#"{"error":"deadline exceeded","status":504,"request_id":"req-1"}"#
     );
+    assert!(!late.reached_upstream());
+    assert_eq!(
+        metric(&host, "palisade_resilience.deadline_exceeded"),
+        Some(MetricValue::Counter(1))
+    );
     let mut soon = vms.worker(1).http_request(
         get("/orders").header("x-request-deadline-ms", (now_ms + 1500).to_string()),
     )?;
@@ -648,6 +659,11 @@ fn an_expired_deadline_gets_504_without_the_upstream() -> Result<(), Failure> {
         soon.upstream_request_headers()
             .get("x-envoy-upstream-rq-timeout-ms"),
         Some("1500")
+    );
+    assert_eq!(
+        metric(&host, "palisade_resilience.deadline_exceeded"),
+        Some(MetricValue::Counter(1)),
+        "a deadline still ahead is not counted"
     );
     Ok(())
 }
@@ -873,5 +889,59 @@ fn kong_3_4_with_metrics_off_and_a_fixed_key() -> Result<(), Failure> {
             .map(String::as_str),
         Some("[palisade-resilience] circuit orders closed: the trial succeeded")
     );
+    Ok(())
+}
+
+/// The retry budget (20% of the requests in flight, at least 3) over 20 requests held at once
+/// on two workers: a request is granted retries while fewer than max(20% of those in flight,
+/// itself included, 3) hold a grant. So the first three, then none until the twentieth
+/// (20% of 20 = 4). Each goes upstream with `x-envoy-max-retries` 3 or 0; once all have ended
+/// nothing is held, and the next request is granted again.
+#[test]
+fn the_retry_budget_grants_retries_to_a_share_of_the_requests_in_flight() -> Result<(), Failure> {
+    const INFLIGHT: &str =
+        "palisade_resilience.inflight.outbound_8080__orders.shop.svc.cluster.local";
+    let (host, vms) = start(
+        Profile::Envoy,
+        r#"{"retry":{"budget":{"percent":20,"min_concurrency":3}}}"#,
+    )?;
+    let mut held = Vec::new();
+    let mut retries = Vec::new();
+    for i in 0..20 {
+        let mut stream = vms.worker(i % 2).http_request(get("/orders"))?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue, "{i}");
+        let upstream = stream.upstream_request_headers();
+        retries.push(
+            upstream
+                .get("x-envoy-max-retries")
+                .unwrap_or("none")
+                .to_owned(),
+        );
+        held.push(stream);
+    }
+    let expected: Vec<&str> = (1..=20)
+        .map(|n| if n <= 3 || n == 20 { "3" } else { "0" })
+        .collect();
+    assert_eq!(retries, expected);
+    assert_eq!(metric(&host, INFLIGHT), Some(MetricValue::Gauge(20)));
+    for (i, mut stream) in held.into_iter().enumerate() {
+        stream.send_response_headers(Response::status(200), true)?;
+        stream.finish()?;
+        assert_eq!(
+            metric(&host, INFLIGHT),
+            Some(MetricValue::Gauge(19 - i as i64)),
+            "each end gives its slot back"
+        );
+    }
+    let mut next = vms.worker(1).http_request(get("/orders"))?;
+    assert_eq!(next.send_request_headers(true)?, Outcome::Continue);
+    assert_eq!(
+        next.upstream_request_headers().get("x-envoy-max-retries"),
+        Some("3"),
+        "the budget is free again"
+    );
+    next.send_response_headers(Response::status(200), true)?;
+    next.finish()?;
+    assert_eq!(metric(&host, INFLIGHT), Some(MetricValue::Gauge(0)));
     Ok(())
 }
