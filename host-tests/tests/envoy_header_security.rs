@@ -95,8 +95,17 @@ fn body_limit_from_content_length_and_from_streamed_bytes() {
         r#"{"error":"request body too large","status":413,"request_id":"big-1"}"#
     );
     assert_eq!(declared.header("content-type"), Some("application/json"));
-    let streamed = test.send("POST", "/upload", &[], Body::Chunked(vec![b'a'; 64 * 1024]));
+    let streamed = test.send(
+        "POST",
+        "/upload",
+        &[("x-request-id", "big-2")],
+        Body::Chunked(vec![b'a'; 64 * 1024]),
+    );
     assert_eq!(streamed.status, 413, "{}", streamed.body);
+    assert_eq!(
+        streamed.body,
+        r#"{"error":"request body too large","status":413,"request_id":"big-2"}"#
+    );
     let small_stream = test.send("POST", "/upload", &[], Body::Chunked(vec![b'a'; 512]));
     assert_eq!(small_stream.status, 200);
     // The declared oversize body never reached the upstream. The streamed one may have started
@@ -125,17 +134,29 @@ fn header_limits_methods_and_hosts() {
     assert_eq!(test.get("/", &[host]).status, 200);
     assert_eq!(test.get("/", &[("host", "a.example.org:8080")]).status, 200);
 
-    let refused = test.get("/", &[("host", "evil.example.com")]);
-    assert_eq!(refused.status, 403);
-    assert!(
-        refused.body.contains(r#""error":"host not allowed""#),
-        "{}",
-        refused.body
+    let refused = test.get(
+        "/",
+        &[("host", "evil.example.com"), ("x-request-id", "host-1")],
     );
+    assert_eq!(refused.status, 403);
+    assert_eq!(
+        refused.body,
+        r#"{"error":"host not allowed","status":403,"request_id":"host-1"}"#
+    );
+    assert_eq!(refused.header("content-type"), Some("application/json"));
 
-    let delete = test.send("DELETE", "/", &[host], Body::None);
+    let delete = test.send(
+        "DELETE",
+        "/",
+        &[host, ("x-request-id", "method-1")],
+        Body::None,
+    );
     assert_eq!(delete.status, 405);
     assert_eq!(delete.header("allow"), Some("GET, POST"));
+    assert_eq!(
+        delete.body,
+        r#"{"error":"method not allowed","status":405,"request_id":"method-1"}"#
+    );
 
     let many: Vec<(String, String)> = (0..25)
         .map(|i| (format!("x-h{i}"), "v".to_owned()))
@@ -143,12 +164,21 @@ fn header_limits_methods_and_hosts() {
     let mut headers: Vec<(&str, &str)> =
         many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     headers.push(host);
-    assert_eq!(test.get("/", &headers).status, 431);
+    headers.push(("x-request-id", "many-1"));
+    let too_many = test.get("/", &headers);
+    assert_eq!(too_many.status, 431);
+    assert_eq!(
+        too_many.body,
+        r#"{"error":"too many request headers","status":431,"request_id":"many-1"}"#
+    );
 
     let big = "v".repeat(3000);
-    let too_large = test.get("/", &[host, ("x-big", &big)]);
+    let too_large = test.get("/", &[host, ("x-big", &big), ("x-request-id", "large-1")]);
     assert_eq!(too_large.status, 431);
-    assert!(too_large.body.contains("request headers too large"));
+    assert_eq!(
+        too_large.body,
+        r#"{"error":"request headers too large","status":431,"request_id":"large-1"}"#
+    );
     assert_eq!(test.upstream.seen().len(), 2);
 }
 
@@ -244,11 +274,16 @@ fn cors_preflight_and_actual_requests() {
         &[
             ("origin", "https://evil.com"),
             ("access-control-request-method", "PUT"),
+            ("x-request-id", "cors-1"),
         ],
         Body::None,
     );
     assert_eq!(refused.status, 403);
     assert_eq!(refused.header("access-control-allow-origin"), None);
+    assert_eq!(
+        refused.body,
+        r#"{"error":"origin not allowed","status":403,"request_id":"cors-1"}"#
+    );
 
     let actual = test.get("/orders", &[("origin", "https://app.example.com")]);
     assert_eq!(actual.status, 200);
