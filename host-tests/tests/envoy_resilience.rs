@@ -240,6 +240,11 @@ fn envoy_retries_and_times_out_as_the_plugin_says() {
     );
     assert_eq!(status, 504, "{response}");
     assert!(response.contains("upstream request timeout"), "{response}");
+    assert_eq!(
+        stat(&test, "palisade_resilience.deadline_exceeded"),
+        Some(0),
+        "Envoy's own timeout is not the plugin's refusal"
+    );
     // A deadline already passed never reaches the upstream.
     let before = test.upstream.seen().len();
     let (status, response) = request(&test, &[("x-request-deadline-ms", "1000")]);
@@ -249,4 +254,14 @@ fn envoy_retries_and_times_out_as_the_plugin_says() {
         "{response}"
     );
     assert_eq!(test.upstream.seen().len(), before);
+    assert!(
+        stat_reaches(
+            &test,
+            "palisade_resilience.deadline_exceeded",
+            1,
+            Duration::from_secs(2)
+        ),
+        "{:?}",
+        stat(&test, "palisade_resilience.deadline_exceeded")
+    );
 }
