@@ -46,13 +46,19 @@ pub struct Signer {
 impl Signer {
     /// The key the test JWKS (or the HMAC secret) pairs with `alg` ("RS256", "ES384" ...).
     pub fn for_alg(alg: &str) -> Signer {
-        let parsed: jsonwebtoken::Algorithm = alg.parse().unwrap_or(jsonwebtoken::Algorithm::RS256);
+        // A misspelt algorithm is the test's mistake: it must not silently sign RS256.
+        let parsed: jsonwebtoken::Algorithm = alg
+            .parse()
+            .unwrap_or_else(|err| panic!("no such algorithm {alg:?}: {err}"));
         let (key, kid) = match alg {
             "ES256" => (EncodingKey::from_ec_der(EC256), Some("ec256-1")),
             "ES384" => (EncodingKey::from_ec_der(EC384), Some("ec384-1")),
             "EdDSA" => (EncodingKey::from_ed_der(ED25519), Some("ed-1")),
             "HS256" | "HS384" | "HS512" => (EncodingKey::from_secret(HMAC_SECRET_BYTES), None),
-            _ => (EncodingKey::from_rsa_der(RSA), Some("rsa-1")),
+            "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => {
+                (EncodingKey::from_rsa_der(RSA), Some("rsa-1"))
+            }
+            other => panic!("the test JWKS has no key for {other}"),
         };
         Signer {
             alg: parsed,
@@ -74,7 +80,9 @@ impl Signer {
     pub fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.alg);
         header.kid = self.kid.clone();
-        encode(&header, claims, &self.key).unwrap_or_default()
+        // An empty token would be refused as missing, passing a test meant for a bad signature.
+        encode(&header, claims, &self.key)
+            .unwrap_or_else(|err| panic!("cannot sign {:?} with this key: {err}", self.alg))
     }
 }
 
