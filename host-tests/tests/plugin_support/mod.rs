@@ -88,7 +88,7 @@ pub fn assert_unconfigured_behaviour(
         String::from_utf8_lossy(&reply.body),
         // Kong appends a newline to local response bodies (ngx_http_wasm_local_response.c).
         format!(
-            r#"{{"error":"{error}","status":503,"request_id":null}}{}"#,
+            r#"{{"error":"{error}","status":503,"request_id":"req-9"}}{}"#,
             if profile.is_kong() { "\n" } else { "" }
         ),
         "{profile:?}"
