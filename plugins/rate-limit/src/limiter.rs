@@ -30,7 +30,7 @@ use crate::config::{
 };
 use crate::gcra::{Gcra, Nanos, Verdict};
 use crate::key::{self, Descriptor, HashKey, RequestParts, RequestView};
-use crate::proto::{Code, DescriptorStatus, HeaderToAdd, RateLimitResponse};
+use crate::proto::{Code, DescriptorStatus, HeaderToAdd, RateLimitResponse, MAX_HEADERS};
 use crate::slots::{self, Located, SlotTable};
 
 /// Reads and writes one admission may take before the limiter gives up on a contended key.
@@ -258,6 +258,13 @@ const PROXY_OWNED: [&str; 8] = [
 /// only by the plugin that owns them, never on a service's word.
 const PALISADE_PREFIX: &str = "x-palisade-";
 
+/// Request headers a service may not add either: where the request goes (`host`, and
+/// `expect`), the proxy's record of the client (`x-forwarded-*`, which hosts join into one
+/// value differently), Envoy's routing controls (`x-envoy-*`, palisade-resilience's retry
+/// and timeout policy), and palisade's own.
+const REQUEST_OWNED: [&str; 2] = ["host", "expect"];
+const REQUEST_OWNED_PREFIXES: [&str; 3] = [PALISADE_PREFIX, "x-forwarded-", "x-envoy-"];
+
 /// A request waiting for the rate-limit service: what to send, and what the local limits
 /// decided (for the response headers).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -288,10 +295,12 @@ pub fn merge_answers(
         ..RateLimitResponse::default()
     };
     let mut failure = None;
+    let mut headers = Vec::new();
     for answer in answers {
         match answer {
-            Ok(mut response) => {
-                if response.overall_code == Code::OverLimit {
+            Ok(response) => {
+                let over = response.overall_code == Code::OverLimit;
+                if over {
                     merged.overall_code = Code::OverLimit;
                 }
                 let status = response
@@ -303,10 +312,7 @@ pub fn merge_answers(
                         ..DescriptorStatus::default()
                     });
                 merged.statuses.push(status);
-                merged
-                    .response_headers
-                    .append(&mut response.response_headers);
-                merged.request_headers.append(&mut response.request_headers);
+                headers.push((over, response.response_headers, response.request_headers));
             }
             Err(err) => {
                 merged.statuses.push(DescriptorStatus::default());
@@ -314,9 +320,29 @@ pub fn merge_answers(
             }
         }
     }
+    // Each call sends its own set of the same headers (Limitador's `X-RateLimit-*`): one of
+    // each name, a refusing call's first, as one answer would carry.
+    headers.sort_by_key(|(over, _, _)| !*over);
+    for (_, response_headers, request_headers) in headers {
+        merge_headers(&mut merged.response_headers, response_headers);
+        merge_headers(&mut merged.request_headers, request_headers);
+    }
     match failure {
         Some(err) if merged.overall_code != Code::OverLimit => Err(err),
         _ => Ok(merged),
+    }
+}
+
+/// Adds the headers of `more` whose name `into` does not have yet, up to [`MAX_HEADERS`].
+fn merge_headers(into: &mut Vec<HeaderToAdd>, more: Vec<HeaderToAdd>) {
+    let known = into.len();
+    for (name, value) in more {
+        if into.len() >= MAX_HEADERS {
+            return;
+        }
+        if !into.iter().take(known).any(|(n, _)| *n == name) {
+            into.push((name, value));
+        }
     }
 }
 
@@ -765,7 +791,9 @@ impl RateLimiter {
         response_headers.retain(allowed);
         let mut request_headers = std::mem::take(&mut response.request_headers);
         request_headers.retain(|(name, _)| {
-            !PROXY_OWNED.contains(&name.as_str()) && !name.starts_with(PALISADE_PREFIX)
+            !PROXY_OWNED.contains(&name.as_str())
+                && !REQUEST_OWNED.contains(&name.as_str())
+                && !REQUEST_OWNED_PREFIXES.iter().any(|p| name.starts_with(p))
         });
         if response_headers.is_empty() && request_headers.is_empty() {
             return None;
@@ -1636,10 +1664,16 @@ mod tests {
     fn a_moved_admission_takes_along_what_others_admitted_where_it_was_placed() {
         // Workers whose read of `q` came before B's write find the key in `p` until A marks it
         // moved. What they admit there is added to `q`: once before A's mark (A reads it with
-        // the move) and once after (A's mark loses; A adds it and marks again). B's, A's and
-        // the two made in `p` fit a budget of 5; with one of 3, `q` ends all spent (at A's
-        // clock), no further: a TAT further ahead would read as a clock stepped back.
-        for (burst, in_q) in [(4, at(60.0) + 4 * MINUTE), (2, at(59.9) + 3 * MINUTE)] {
+        // the move, and decides with it counted) and once after (A's mark loses; A adds it and
+        // marks again). B's, A's and the two made in `p` fit a budget of 5. With one of 3, B's
+        // (its clock 0.1 s ahead) and the first made in `p` leave A less than one admission's
+        // room: A is refused (decided on `q` alone, it was admitted: four in a budget of 3),
+        // and `q` ends all spent (at A's clock), no further: a TAT further ahead would read as
+        // a clock stepped back.
+        for (burst, a_admitted, in_q) in [
+            (4, true, at(60.0) + 4 * MINUTE),
+            (2, false, at(59.9) + 3 * MINUTE),
+        ] {
             let store = MemoryStore::new();
             let a = prepared(&per_tenant(burst), &store);
             let b = limiter(&per_tenant(burst));
@@ -1652,7 +1686,7 @@ mod tests {
                 .before(6, || race.admit_at_p(&store))
                 .before(8, || race.admit_at_p(&store));
             let (decision, tallies) = a.decide(&mut tenant(&race.tenant), &scripted, at(59.9));
-            assert!(is_allowed(&decision), "{burst}: {decision:?}");
+            assert_eq!(is_allowed(&decision), a_admitted, "{burst}: {decision:?}");
             assert_eq!(tallies[0].1.conflicts, 2);
             assert_eq!(
                 scripted.log(),
@@ -2291,14 +2325,19 @@ mod tests {
                 ("x-ratelimit-tier", "gold"),
                 ("x-palisade-subject", "admin"),
                 ("transfer-encoding", "chunked"),
+                ("host", "evil.example"),
+                ("expect", "100-continue"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-envoy-max-retries", "10"),
             ],
         );
         let (decision, _) = limiter.conclude(&check, Ok(answer), &store);
         let Decision::Allow { service, .. } = decision else {
             panic!("{decision:?}")
         };
-        // Repeats kept, in order (Envoy appends them); palisade's own, hop-by-hop, and the
-        // rate-limit headers this plugin writes itself are not the service's to set.
+        // Repeats kept, in order (Envoy appends them); palisade's own, hop-by-hop, the
+        // rate-limit headers this plugin writes itself, and (upstream) where the request goes,
+        // the client's forwarding record and Envoy's routing controls are not the service's.
         assert_eq!(
             service.as_deref(),
             Some(&ServiceHeaders {
@@ -2373,11 +2412,23 @@ mod tests {
             request_headers: vec![("x-tier".into(), "gold".into())],
         };
 
-        // All OK: OK, a status per call, every call's headers in order.
-        let merged = merge_answers(vec![Ok(ok.clone()), Ok(ok.clone())]).unwrap();
+        // All OK: OK, a status per call, one of each header (each call sends its own set).
+        let mut other = ok.clone();
+        other.response_headers = vec![
+            ("x-limit".into(), "c".into()),
+            ("x-other".into(), "d".into()),
+        ];
+        let merged = merge_answers(vec![Ok(ok.clone()), Ok(other)]).unwrap();
         assert_eq!(merged.overall_code, Code::Ok);
         assert_eq!(merged.statuses, [ok.statuses[0], ok.statuses[0]]);
-        assert_eq!(merged.request_headers.len(), 2);
+        assert_eq!(
+            merged.response_headers,
+            [
+                ("x-limit".into(), "a".into()),
+                ("x-other".into(), "d".into())
+            ]
+        );
+        assert_eq!(merged.request_headers, [("x-tier".into(), "gold".into())]);
 
         // One over limit refuses, failures or not, and says which.
         let merged = merge_answers(vec![
@@ -2391,13 +2442,8 @@ mod tests {
             merged.statuses.iter().map(|s| s.code).collect::<Vec<_>>(),
             [Code::Ok, Code::Unknown, Code::OverLimit]
         );
-        assert_eq!(
-            merged.response_headers,
-            [
-                ("x-limit".into(), "a".into()),
-                ("x-limit".into(), "b".into())
-            ]
-        );
+        // One of each header, the refusing call's.
+        assert_eq!(merged.response_headers, [("x-limit".into(), "b".into())]);
 
         // Otherwise a failed call is the answer: the failure mode decides.
         assert_eq!(

@@ -450,10 +450,12 @@ impl SlotTable {
                     None => return Ok(None),
                 }
             }
-            let decided = gcra.check(Some(tat), now);
+            // Decided with what others admitted at `placed` already counted in the copy.
+            let owed = owe(tat, debt, gcra, now);
+            let decided = gcra.check(Some(owed), now);
             let write = match decided {
-                Verdict::Admit { tat, .. } => Some(owe(tat, debt, gcra, now)),
-                Verdict::Refuse { .. } => (debt > 0).then(|| owe(tat, debt, gcra, now)),
+                Verdict::Admit { tat, .. } => Some(tat),
+                Verdict::Refuse { .. } => (debt > 0).then_some(owed),
             };
             let Some(write) = write else {
                 verdict = Some(decided);
