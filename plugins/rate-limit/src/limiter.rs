@@ -322,10 +322,16 @@ pub fn merge_answers(
     }
     // Each call sends its own set of the same headers (Limitador's `X-RateLimit-*`): one of
     // each name, a refusing call's first, as one answer would carry.
-    headers.sort_by_key(|(over, _, _)| !*over);
-    for (_, response_headers, request_headers) in headers {
-        merge_headers(&mut merged.response_headers, response_headers);
-        merge_headers(&mut merged.request_headers, request_headers);
+    for refusing in [true, false] {
+        for (over, response_headers, request_headers) in &mut headers {
+            if *over == refusing {
+                merge_headers(
+                    &mut merged.response_headers,
+                    std::mem::take(response_headers),
+                );
+                merge_headers(&mut merged.request_headers, std::mem::take(request_headers));
+            }
+        }
     }
     match failure {
         Some(err) if merged.overall_code != Code::OverLimit => Err(err),
