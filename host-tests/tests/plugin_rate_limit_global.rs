@@ -630,6 +630,12 @@ fn call_per_limit_asks_once_per_limit_and_any_refusal_refuses() -> Result<(), Fa
                 1,
                 "{profile:?}"
             );
+            // Only the limit whose own call failed counts it.
+            assert_eq!(
+                counter(&host, "palisade_rate_limit.per-tenant.callout_failures"),
+                0,
+                "{profile:?}"
+            );
         }
     }
     Ok(())

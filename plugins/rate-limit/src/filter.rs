@@ -15,11 +15,9 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::{GlobalService, RateLimitConfig, Transport};
-use crate::key::Descriptor;
-use crate::key::{HashKey, RequestView};
+use crate::key::{Descriptor, HashKey, RequestView};
 use crate::limiter::{
-    merge_answers, CalloutError, Decision, GlobalCheck, RateLimitHeaders, RateLimiter, Tallies,
-    RATE_LIMIT_MAX_LEN,
+    CalloutError, Decision, GlobalCheck, RateLimitHeaders, RateLimiter, Tallies, RATE_LIMIT_MAX_LEN,
 };
 use crate::proto::{HeaderToAdd, RateLimitRequest, RateLimitResponse};
 
@@ -161,20 +159,17 @@ impl Waiting {
         }
     }
 
-    /// Every call's answer, once all have come.
-    fn answer(&mut self) -> Option<Answer> {
+    /// Every call's answer, in descriptor order, once all have come.
+    fn answers(&mut self) -> Option<Vec<Answer>> {
         if self.calls.iter().any(|(_, a)| a.is_none()) {
             return None;
         }
-        let mut answers: Vec<Answer> = self
-            .calls
-            .drain(..)
-            .filter_map(|(_, answer)| answer)
-            .collect();
-        if answers.len() == 1 {
-            return answers.pop();
-        }
-        Some(merge_answers(answers))
+        Some(
+            self.calls
+                .drain(..)
+                .filter_map(|(_, answer)| answer)
+                .collect(),
+        )
     }
 }
 
@@ -329,9 +324,9 @@ impl Stream {
             vec![sent(&check.descriptors)]
         };
         let mut waiting = Waiting { check, calls };
-        match waiting.answer() {
+        match waiting.answers() {
             // Nothing could be sent: decide now.
-            Some(answer) => self.conclude(&waiting.check, answer, false),
+            Some(answers) => self.conclude(&waiting.check, answers, false),
             None => {
                 self.waiting = Some(waiting);
                 Action::Pause
@@ -339,23 +334,18 @@ impl Stream {
         }
     }
 
-    fn conclude(
-        &mut self,
-        check: &GlobalCheck,
-        answer: Result<RateLimitResponse, CalloutError>,
-        resume: bool,
-    ) -> Action {
+    fn conclude(&mut self, check: &GlobalCheck, answers: Vec<Answer>, resume: bool) -> Action {
         let worker = Rc::clone(&self.worker);
-        match &answer {
-            Err(err) if !worker.failing.replace(true) => {
+        match answers.iter().find_map(|answer| answer.as_ref().err()) {
+            Some(err) if !worker.failing.replace(true) => {
                 log::warn!("[{NAME}] the rate-limit service failed: {err}");
             }
-            Ok(_) if worker.failing.replace(false) => {
+            None if worker.failing.replace(false) => {
                 log::info!("[{NAME}] the rate-limit service answers again");
             }
             _ => {}
         }
-        let (decision, tallies) = worker.limiter.conclude(check, answer, &HostStore);
+        let (decision, tallies) = worker.limiter.conclude_calls(check, answers, &HostStore);
         record(&worker.metrics, &tallies);
         self.apply(decision, resume)
     }
@@ -372,11 +362,11 @@ impl Stream {
         if !waiting.record(token, answer) {
             return;
         }
-        let Some(answer) = waiting.answer() else {
+        let Some(answers) = waiting.answers() else {
             return;
         };
         if let Some(waiting) = self.waiting.take() {
-            self.conclude(&waiting.check, answer, true);
+            self.conclude(&waiting.check, answers, true);
         }
     }
 }

@@ -669,6 +669,30 @@ impl RateLimiter {
         (decision, tallies)
     }
 
+    /// [`Self::conclude`] for a request asked with one call per global limit
+    /// (`call_per_limit`): the calls' answers, in descriptor order, read as one
+    /// ([`merge_answers`]), except that only a limit whose own call failed counts a call-out
+    /// failure. One answer is simply concluded.
+    pub fn conclude_calls(
+        &self,
+        check: &GlobalCheck,
+        mut answers: Vec<Result<RateLimitResponse, CalloutError>>,
+        store: &impl SharedStore,
+    ) -> (Decision, Tallies) {
+        if answers.len() == 1 {
+            if let Some(answer) = answers.pop() {
+                return self.conclude(check, answer, store);
+            }
+        }
+        let failed: SmallVec<[bool; INLINE_LIMITS]> = answers.iter().map(Result::is_err).collect();
+        let (decision, mut tallies) = self.conclude(check, merge_answers(answers), store);
+        // The global limits' tallies come first, in descriptor order.
+        for ((_, tally), failed) in tallies.iter_mut().zip(failed) {
+            tally.callout_failure = failed;
+        }
+        (decision, tallies)
+    }
+
     fn conclude_answer(
         &self,
         check: &GlobalCheck,
@@ -2459,6 +2483,56 @@ mod tests {
                 Err(CalloutError::NoAnswer)
             ]),
             Err(CalloutError::GrpcStatus(14))
+        );
+    }
+
+    #[test]
+    fn only_a_limit_whose_own_call_failed_counts_a_callout_failure() {
+        let store = MemoryStore::new();
+        let limiter = prepared(GLOBAL, &store);
+        let check = ask(&limiter, &store, &mut get("/").header("x-tenant", "acme"));
+        let answer = |code| {
+            Ok(RateLimitResponse {
+                overall_code: code,
+                ..RateLimitResponse::default()
+            })
+        };
+        let summary = |tallies: &Tallies| {
+            tallies
+                .iter()
+                .map(|(i, t)| (*i, t.allowed, t.limited, t.callout_failure))
+                .collect::<Vec<_>>()
+        };
+        // One call failed, the other admitted: fail-open lets it through; only "everyone"'s
+        // call failed.
+        let (decision, tallies) = limiter.conclude_calls(
+            &check,
+            vec![answer(Code::Ok), Err(CalloutError::NoAnswer)],
+            &store,
+        );
+        assert!(is_allowed(&decision));
+        assert_eq!(
+            summary(&tallies),
+            [(1, true, false, false), (2, true, false, true)]
+        );
+        // One call failed, the other refused: 429, the failure still counted where it was.
+        let (decision, tallies) = limiter.conclude_calls(
+            &check,
+            vec![Err(CalloutError::NoAnswer), answer(Code::OverLimit)],
+            &store,
+        );
+        assert!(matches!(decision, Decision::Deny(ref reply) if reply.status == 429));
+        assert_eq!(
+            summary(&tallies),
+            [(1, false, false, true), (2, false, true, false)]
+        );
+        // One answer is concluded as it is.
+        let (decision, tallies) =
+            limiter.conclude_calls(&check, vec![Err(CalloutError::NoAnswer)], &store);
+        assert!(is_allowed(&decision));
+        assert_eq!(
+            summary(&tallies),
+            [(1, true, false, true), (2, true, false, true)]
         );
     }
 
