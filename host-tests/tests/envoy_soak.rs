@@ -171,6 +171,7 @@ fn cases(round: usize, good_token: &str) -> Vec<Case> {
         Case {
             name: "64 KB bearer token",
             request: request("GET", "/api/items", &[("authorization", bearer(&big_token).as_slice())], b""),
+            // Refused every time: never let through on the first value alone.
             expect: &[401],
         },
         Case {
@@ -191,7 +192,7 @@ fn cases(round: usize, good_token: &str) -> Vec<Case> {
                 &[("authorization", bearer(good_token).as_slice()), ("authorization", &b"Bearer x.y.z"[..])],
                 b"",
             ),
-            expect: &[200, 401],
+            expect: &[401],
         },
         Case {
             name: "invalid UTF-8 header values",
@@ -279,27 +280,27 @@ fn cases(round: usize, good_token: &str) -> Vec<Case> {
 
 /// Sends a POST announcing `length` bytes, writes a tenth of them, and hangs up.
 fn abort_mid_body(port: u16, path: &str, length: usize) {
-    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: api.example.com\r\ncontent-type: application/json\r\n\
-             content-length: {length}\r\n\r\n"
-        );
-        let _ = stream.write_all(head.as_bytes());
-        let _ = stream.write_all(&vec![b'{'; length / 10]);
-        let _ = stream.flush();
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to Envoy");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: api.example.com\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("send the head");
+    let _ = stream.write_all(&vec![b'{'; length / 10]);
+    let _ = stream.flush();
+    std::thread::sleep(Duration::from_millis(50));
 }
 
 /// Sends a GET the upstream answers slowly and hangs up before the answer: the stream ends with
 /// no response while resilience holds its slot.
 fn abort_while_upstream_answers(port: u16) {
-    if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
-        let _ = stream.write_all(
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to Envoy");
+    stream
+        .write_all(
             b"GET /api/slow HTTP/1.1\r\nhost: api.example.com\r\nx-upstream-delay-ms: 1500\r\n\r\n",
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        )
+        .expect("send the request");
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 /// A POST whose 2 KB body arrives in 8 pieces 100 ms apart.
