@@ -289,11 +289,7 @@ impl Stream {
                 Action::Continue
             }
             Decision::Deny(reply) => {
-                let request_id = host::header(Map::RequestHeaders, "x-request-id")
-                    .ok()
-                    .flatten()
-                    .and_then(|id| String::from_utf8(id).ok());
-                match host::send_error(NAME, &reply, request_id.as_deref()) {
+                match host::send_error(NAME, &reply, host::request_id().as_deref()) {
                     Ok(()) => Action::Pause,
                     Err(err) => {
                         log::error!("[{NAME}] could not send a {} reply: {err}", reply.status);

@@ -285,8 +285,8 @@ pub struct GlobalCheck {
 /// the order of its descriptors, read as the one answer a call with every descriptor would
 /// have given: an `OVER_LIMIT` from any call refuses; otherwise a failed call is the answer
 /// (the failure mode applies); otherwise `OK`. Each call's first status (or, as Limitador
-/// sends none, its overall code) is its descriptor's status, and the headers each call asked
-/// for are kept in order.
+/// sends none, its overall code) is its descriptor's status; the calls' headers are merged
+/// into one of each name, a refusing call's first.
 pub fn merge_answers(
     answers: Vec<Result<RateLimitResponse, CalloutError>>,
 ) -> Result<RateLimitResponse, CalloutError> {
@@ -616,11 +616,10 @@ impl RateLimiter {
                 tally.allowed = true;
             }
             let response_headers = self.rate_limit_headers(&pending, applicable);
-            let service = None;
             return (
                 Decision::Allow {
                     response_headers,
-                    service,
+                    service: None,
                 },
                 tallies,
             );
@@ -715,11 +714,10 @@ impl RateLimiter {
                     return (Decision::Deny(reply), tallies);
                 }
                 let response_headers = self.header_items(self.local_items(check));
-                let service = None;
                 return (
                     Decision::Allow {
                         response_headers,
-                        service,
+                        service: None,
                     },
                     tallies,
                 );

@@ -44,6 +44,15 @@ pub enum Map {
     HttpCallResponseHeaders = 6,
 }
 
+/// The request's `x-request-id`, for a refusal's body to quote; `None` when absent, unreadable
+/// or not UTF-8.
+pub fn request_id() -> Option<String> {
+    header(Map::RequestHeaders, "x-request-id")
+        .ok()
+        .flatten()
+        .and_then(|id| String::from_utf8(id).ok())
+}
+
 /// One header value, as raw bytes (never assumed UTF-8), or `None` when absent.
 pub fn header(map: Map, name: &str) -> Result<Option<Vec<u8>>, HostError> {
     let mut data = std::ptr::null_mut();

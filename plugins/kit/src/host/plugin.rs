@@ -134,11 +134,7 @@ impl HttpContext for Unconfigured {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let reply = ErrorReply::new(503, format!("{} is not configured", self.plugin));
         // Like every other refusal, quote the request's id so the client can report it.
-        let request_id = super::header(super::Map::RequestHeaders, "x-request-id")
-            .ok()
-            .flatten()
-            .and_then(|id| String::from_utf8(id).ok());
-        match super::send_error(self.plugin, &reply, request_id.as_deref()) {
+        match super::send_error(self.plugin, &reply, super::request_id().as_deref()) {
             Ok(()) => Action::Pause,
             // Still fail closed: the request stays paused rather than pass unenforced.
             Err(err) => {
