@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use palisade_host_tests::wasm_host::{
     Failure, Headers, Host, HttpStream, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome,
-    Plugin, PluginVms, Profile, Request, Response, START_UNIX_SECS,
+    Plugin, PluginVms, Profile, Request, Response, SharedDataFault, START_UNIX_SECS,
 };
 use plugin_support::assert_rejected;
 
@@ -386,6 +386,112 @@ fn client_aborts_give_every_slot_back() -> Result<(), Failure> {
     assert_eq!(
         metric(&host, "palisade_resilience.shed"),
         Some(MetricValue::Counter(1))
+    );
+    Ok(())
+}
+
+/// Shared data that fails (every write lost to contention, or a host error on every call) must
+/// not fail traffic: requests go on unjudged (never shed, never fast-failed), one warning says
+/// so, a counter counts each, and nothing is left behind: once the store is back, the cap and
+/// the circuit count exactly from where they were.
+#[test]
+fn a_failing_store_lets_requests_through_unjudged_and_leaves_nothing_behind() -> Result<(), Failure>
+{
+    const WARNING: &str =
+        "[palisade-resilience] shared data unavailable or contended: requests go on unjudged";
+    let inflight = "palisade_resilience.inflight.outbound_8080__orders.shop.svc.cluster.local";
+    for fault in [
+        SharedDataFault::LoseEveryWrite,
+        SharedDataFault::Status(10), // InternalFailure
+    ] {
+        let (host, vms) = start(Profile::Envoy, r#"{"concurrency":{"max_requests":1}}"#)?;
+        host.fail_shared_data(Some(fault));
+        // Over the cap of one, and failing more than five times in a row: all go through.
+        let mut held = Vec::new();
+        for i in 0..6 {
+            let mut stream = vms.worker(i % 2).http_request(get("/orders"))?;
+            assert_eq!(
+                stream.send_request_headers(true)?,
+                Outcome::Continue,
+                "{fault:?}: request {i} goes on"
+            );
+            held.push(stream);
+        }
+        for mut stream in held {
+            stream.send_response_headers(Response::status(503), true)?;
+            stream.finish()?;
+            assert_eq!(stream.response_status(), 503, "the upstream's own answer");
+        }
+        assert_eq!(
+            plugin_lines(&vms, LogLevel::Warn),
+            [WARNING, WARNING],
+            "{fault:?}: once per worker"
+        );
+        // Each request could neither take a slot nor have its failure counted.
+        assert_eq!(
+            metric(&host, "palisade_resilience.store_unavailable"),
+            Some(MetricValue::Counter(12)),
+            "{fault:?}"
+        );
+        assert_eq!(
+            metric(&host, "palisade_resilience.circuit_opened"),
+            Some(MetricValue::Counter(0)),
+            "{fault:?}: unjudged failures do not count"
+        );
+
+        host.fail_shared_data(None);
+        // The cap holds from zero: no slot was left taken by the failed writes.
+        let mut first = try_slot(&vms, 0)?.expect("{fault:?}: the cap's one slot is free");
+        assert!(try_slot(&vms, 1)?.is_none(), "{fault:?}: and exact");
+        first.send_response_headers(Response::status(503), true)?;
+        first.finish()?;
+        assert_eq!(
+            metric(&host, inflight),
+            Some(MetricValue::Gauge(0)),
+            "{fault:?}"
+        );
+        // The circuit counts failures afresh: four more keep it closed, the fifth opens it.
+        for i in 0..4 {
+            exchange(&vms, i % 2, 503)?;
+        }
+        assert_eq!(
+            metric(&host, "palisade_resilience.circuit_opened"),
+            Some(MetricValue::Counter(1)),
+            "{fault:?}: five counted failures since the store came back"
+        );
+    }
+    Ok(())
+}
+
+/// A slot whose release could not be written still counts in the shared table. It must not
+/// keep shedding other workers' requests for a whole lease: the VM's timer writes its true
+/// count at the next renewal, a third of the lease later.
+#[test]
+fn a_release_that_failed_is_written_at_the_next_renewal() -> Result<(), Failure> {
+    let (host, vms) = start(
+        Profile::Envoy,
+        r#"{"concurrency":{"max_requests":1,"lease":"30s"}}"#,
+    )?;
+    let mut held = try_slot(&vms, 0)?.expect("the one slot");
+    host.fail_shared_data(Some(SharedDataFault::LoseEveryWrite));
+    held.send_response_headers(Response::status(200), true)?;
+    held.finish()?;
+    host.fail_shared_data(None);
+    assert!(
+        try_slot(&vms, 1)?.is_none(),
+        "the stale share still counts on the other worker"
+    );
+    host.advance_clock(Duration::from_secs(11))?;
+    let mut next =
+        try_slot(&vms, 1)?.expect("renewed: the stale share is gone well within the lease");
+    next.send_response_headers(Response::status(200), true)?;
+    next.finish()?;
+    let (value, _) = host
+        .shared_data(&format!("palisade/resilience/inflight/{CLUSTER}"))
+        .expect("the scope's table");
+    assert!(
+        value.iter().skip(1).all(|b| *b == 0),
+        "an empty table once both are done"
     );
     Ok(())
 }

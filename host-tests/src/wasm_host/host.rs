@@ -23,7 +23,7 @@ use super::metrics::MetricValue;
 use super::profile::Profile;
 use super::stream;
 use super::vm::{CallResponse, Callback, Vm, VmState};
-use super::world::{Event, RefusedProperty, World};
+use super::world::{Event, RefusedProperty, SharedDataFault, World};
 
 /// The default seed of WASI `random_get`.
 pub const DEFAULT_SEED: u64 = 0x005E_ED0F_BA1E;
@@ -400,6 +400,12 @@ impl Host {
     /// INTERNAL_FAILURE (local replies still go out).
     pub fn refuse_header_writes(&self, refuse: bool) {
         self.world().refuse_header_writes = refuse;
+    }
+
+    /// Fault injection: while `Some`, shared data misbehaves as [`SharedDataFault`] says, for
+    /// every VM of this host; `None` restores it (what it held before is untouched).
+    pub fn fail_shared_data(&self, fault: Option<SharedDataFault>) {
+        self.world().shared_data_fault = fault;
     }
 
     /// Evicts a shared-data key as Kong's shm zone does under memory pressure (its default

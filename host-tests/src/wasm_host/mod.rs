@@ -24,6 +24,10 @@
 //! callback that caused them returns, in a fixed order. Several workers ([`Host::load_workers`])
 //! share shared data, queues, metrics and the clock, as a proxy's worker VMs do.
 //!
+//! Faults on demand: [`Host::fail_shared_data`] (every write lost to contention, or a status on
+//! every call), [`Host::refuse_header_writes`], [`Host::evict_shared_data`] (Kong), and
+//! crashing a worker.
+//!
 //! Failures ([`Failure`]) name what went wrong: a plugin panic (its panic hook's log line), a
 //! host call the profile's proxy does not implement, a host call during `_initialize`, a missing
 //! `.wasm` ("run `just build` first").
@@ -69,4 +73,4 @@ pub use metrics::{MetricKind, MetricValue};
 pub use profile::{KongVersion, Profile, KONG_SHM_KV_ZONES};
 pub use stream::{LocalReply, Outcome};
 pub use vm::Callback;
-pub use world::RefusedProperty;
+pub use world::{RefusedProperty, SharedDataFault};

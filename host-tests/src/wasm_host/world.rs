@@ -47,6 +47,19 @@ pub(crate) struct World {
     pub properties: BTreeMap<String, PropertyValue>,
     /// Fault injection: every header map write answers INTERNAL_FAILURE.
     pub refuse_header_writes: bool,
+    /// Fault injection on shared data, while set.
+    pub shared_data_fault: Option<SharedDataFault>,
+}
+
+/// How shared data misbehaves while a test says so ([`crate::wasm_host::Host::fail_shared_data`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedDataFault {
+    /// Every write reports CasMismatch and stores nothing, as if another worker always wrote
+    /// first: contention no retry outlasts. Reads still answer.
+    LoseEveryWrite,
+    /// Every read and write answers this status and stores nothing: a host error no Palisade
+    /// plugin can recover from inside the request.
+    Status(u32),
 }
 
 impl World {
@@ -61,6 +74,7 @@ impl World {
             clusters: BTreeSet::new(),
             logs: Vec::new(),
             refuse_header_writes: false,
+            shared_data_fault: None,
             refused_properties: Vec::new(),
             events: VecDeque::new(),
             properties: BTreeMap::new(),

@@ -389,7 +389,7 @@ impl Resilience {
     /// [`crate::inflight`]). Reports a failed write as [`Event::StoreUnavailable`].
     pub fn renew(&self, store: &impl SharedStore, now_ms: u64, events: &mut Vec<Event>) {
         if let Some(inflight) = &self.inflight {
-            if !self.owner.holds_any() {
+            if !self.owner.needs_renewal() {
                 return;
             }
             if !inflight.renew(store, &self.owner, now_ms).is_empty() {

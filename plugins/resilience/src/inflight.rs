@@ -170,7 +170,15 @@ fn live(share: &Share, now_ms: u64, lease_ms: u64) -> bool {
 #[derive(Debug)]
 pub struct Owner {
     id: u64,
-    held: RefCell<BTreeMap<String, Inflight>>,
+    held: RefCell<BTreeMap<String, Held>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Held {
+    counts: Inflight,
+    /// The stored share may not say `counts`: the last write of it failed. Renewal rewrites it,
+    /// so a release that could not be written stops counting within a third of the lease.
+    stale: bool,
 }
 
 impl Owner {
@@ -187,25 +195,33 @@ impl Owner {
 
     /// What this VM's streams hold in a scope.
     pub fn held(&self, key: &str) -> Inflight {
-        self.held.borrow().get(key).copied().unwrap_or_default()
+        self.held
+            .borrow()
+            .get(key)
+            .map(|held| held.counts)
+            .unwrap_or_default()
     }
 
     /// An emptied scope keeps its entry (scopes are the operator's names, few): the next
     /// request in it allocates nothing.
-    fn set_held(&self, key: &str, counts: Inflight) {
+    fn set_held(&self, key: &str, counts: Inflight, stale: bool) {
         let mut held = self.held.borrow_mut();
         match held.get_mut(key) {
-            Some(entry) => *entry = counts,
-            None if counts.is_empty() => {}
+            Some(entry) => *entry = Held { counts, stale },
+            None if counts.is_empty() && !stale => {}
             None => {
-                held.insert(key.to_owned(), counts);
+                held.insert(key.to_owned(), Held { counts, stale });
             }
         }
     }
 
-    /// Whether any stream of this VM holds a slot.
-    pub fn holds_any(&self) -> bool {
-        self.held.borrow().values().any(|counts| !counts.is_empty())
+    /// Whether the timer has a share to renew: a stream of this VM holds a slot, or a share's
+    /// last write failed.
+    pub fn needs_renewal(&self) -> bool {
+        self.held
+            .borrow()
+            .values()
+            .any(|held| held.stale || !held.counts.is_empty())
     }
 }
 
@@ -287,19 +303,18 @@ impl InflightLimit {
             )
         })?;
         if let Acquired::Slot(slot, _) = acquired {
-            owner.set_held(
-                key,
-                mine.plus(Inflight {
-                    active: 1,
-                    retrying: u32::from(slot.retry_granted),
-                }),
-            );
+            let taken = Inflight {
+                active: 1,
+                retrying: u32::from(slot.retry_granted),
+            };
+            owner.set_held(key, mine.plus(taken), false);
         }
         Ok(acquired)
     }
 
     /// Gives a slot back. This VM's count drops at once; a failed write leaves the stored share
-    /// high until the VM's next write or renewal, which writes the exact count.
+    /// high until the VM's next write or renewal (a third of the lease at most), which writes
+    /// the exact count.
     pub fn release(
         &self,
         store: &impl SharedStore,
@@ -317,24 +332,29 @@ impl InflightLimit {
                 held.retrying
             },
         };
-        owner.set_held(key, mine);
-        self.write_share(store, key, owner, mine, now_ms)
+        let written = self.write_share(store, key, owner, mine, now_ms);
+        owner.set_held(key, mine, written.is_err());
+        written
     }
 
-    /// Renews this VM's share of every scope it holds slots in, so they keep counting; returns
-    /// the scopes whose write failed. Call well within the lease (the filter: every third).
+    /// Renews this VM's share of every scope it holds slots in, so they keep counting, and
+    /// rewrites every share whose last write failed; returns the scopes whose write failed.
+    /// Call well within the lease (the filter: every third).
     pub fn renew(&self, store: &impl SharedStore, owner: &Owner, now_ms: u64) -> Vec<String> {
         let held: Vec<(String, Inflight)> = owner
             .held
             .borrow()
             .iter()
-            .filter(|(_, counts)| !counts.is_empty())
-            .map(|(key, counts)| (key.clone(), *counts))
+            .filter(|(_, held)| held.stale || !held.counts.is_empty())
+            .map(|(key, held)| (key.clone(), held.counts))
             .collect();
         held.into_iter()
             .filter(|(key, counts)| {
-                self.write_share(store, key, owner, *counts, now_ms)
-                    .is_err()
+                let failed = self
+                    .write_share(store, key, owner, *counts, now_ms)
+                    .is_err();
+                owner.set_held(key, *counts, failed);
+                failed
             })
             .map(|(key, _)| key)
             .collect()
@@ -362,7 +382,7 @@ impl InflightLimit {
 mod tests {
     use super::*;
     use palisade_kit::config::load;
-    use palisade_kit::store::MemoryStore;
+    use palisade_kit::store::{MemoryStore, StoreError};
 
     use crate::config::ResilienceConfig;
 
@@ -402,6 +422,64 @@ mod tests {
         );
     }
 
+    /// A store whose writes fail while `failing` is set.
+    #[derive(Default)]
+    struct FlakyStore {
+        inner: MemoryStore,
+        failing: std::cell::Cell<bool>,
+    }
+
+    impl SharedStore for FlakyStore {
+        fn get(&self, key: &str) -> Result<Option<palisade_kit::store::Entry>, StoreError> {
+            self.inner.get(key)
+        }
+        fn set(
+            &self,
+            key: &str,
+            value: &[u8],
+            expected: Option<palisade_kit::store::Cas>,
+        ) -> Result<palisade_kit::store::Write, StoreError> {
+            if self.failing.get() {
+                return Err(StoreError::Host(10));
+            }
+            self.inner.set(key, value, expected)
+        }
+    }
+
+    #[test]
+    fn a_release_that_could_not_be_written_is_written_at_the_next_renewal() {
+        let limit = limit(r#"{"concurrency":{"max_requests":1},"retry":{"budget":null}}"#).unwrap();
+        let store = FlakyStore::default();
+        let (vm1, vm2) = (Owner::new(1), Owner::new(2));
+        let a = slot(limit.acquire(&store, KEY, &vm1, 0).unwrap());
+        store.failing.set(true);
+        assert!(limit.release(&store, KEY, &vm1, a, 1).is_err());
+        store.failing.set(false);
+        assert_eq!(vm1.held(KEY).active, 0, "this VM's own count drops at once");
+        assert_eq!(
+            limit.acquire(&store, KEY, &vm2, 2),
+            Ok(Acquired::Shed),
+            "the stored share still counts"
+        );
+        assert!(vm1.needs_renewal(), "holding nothing, but stale");
+        assert!(limit.renew(&store, &vm1, 3).is_empty());
+        assert!(!vm1.needs_renewal());
+        assert!(matches!(
+            limit.acquire(&store, KEY, &vm2, 4),
+            Ok(Acquired::Slot(..))
+        ));
+        // A renewal that fails too stays due.
+        let stale = Owner::new(3);
+        let held = slot(limit.acquire(&store, "other", &stale, 0).unwrap());
+        store.failing.set(true);
+        assert!(limit.release(&store, "other", &stale, held, 1).is_err());
+        assert_eq!(limit.renew(&store, &stale, 2), ["other"]);
+        assert!(stale.needs_renewal());
+        store.failing.set(false);
+        assert!(limit.renew(&store, &stale, 3).is_empty());
+        assert!(!stale.needs_renewal());
+    }
+
     #[test]
     fn sheds_over_the_limit_across_vms_and_every_release_gives_a_slot_back() {
         let limit = limit(r#"{"concurrency":{"max_requests":2},"retry":{"budget":null}}"#).unwrap();
@@ -414,7 +492,7 @@ mod tests {
         assert_eq!(total(&store, 0).active, 2);
         assert_eq!(vm1.held(KEY).active, 1);
         limit.release(&store, KEY, &vm1, a, 1).unwrap();
-        assert!(!vm1.holds_any());
+        assert!(!vm1.needs_renewal());
         assert_eq!(
             limit.acquire(&store, KEY, &vm2, 2),
             Ok(Acquired::Slot(
@@ -713,7 +791,7 @@ mod proptests {
                         while now < target {
                             now = (now + LEASE / 3).min(target);
                             for vm in &mut vms {
-                                if vm.owner.holds_any() {
+                                if vm.owner.needs_renewal() {
                                     prop_assert!(limit.renew(&store, &vm.owner, now).is_empty());
                                     vm.last_write = now;
                                 }

@@ -11,7 +11,7 @@ use crate::wasm_host::memory;
 use crate::wasm_host::properties::{self, Lookup};
 use crate::wasm_host::queues::QueueOwner;
 use crate::wasm_host::vm::VmState;
-use crate::wasm_host::world::{Event, RefusedProperty};
+use crate::wasm_host::world::{Event, RefusedProperty, SharedDataFault};
 
 type Ret = wasmtime::Result<u32>;
 
@@ -142,6 +142,9 @@ fn proxy_get_shared_data(
     {
         return Err(trap(&mut caller, FailureKind::Refused, refusal));
     }
+    if let Some(SharedDataFault::Status(status)) = caller.data().world.borrow().shared_data_fault {
+        return Ok(status);
+    }
     let entry = caller.data().world.borrow().shared_data.get(&key);
     match entry {
         None => Ok(status::NOT_FOUND),
@@ -174,6 +177,11 @@ fn proxy_set_shared_data(
         .shared_data_refusal("proxy_set_shared_data", &key)
     {
         return Err(trap(&mut caller, FailureKind::Refused, refusal));
+    }
+    match caller.data().world.borrow().shared_data_fault {
+        Some(SharedDataFault::LoseEveryWrite) => return Ok(status::CAS_MISMATCH),
+        Some(SharedDataFault::Status(status)) => return Ok(status),
+        None => {}
     }
     let value = if value_ptr == 0 && value_size == 0 {
         None
