@@ -8,7 +8,8 @@ mod plugin_support;
 use std::time::Duration;
 
 use palisade_host_tests::wasm_host::{
-    Failure, Host, KongVersion, MetricValue, Outcome, Plugin, PluginVms, Profile, Request, Response,
+    Failure, Host, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome, Plugin, PluginVms,
+    Profile, Request, Response, SharedDataFault,
 };
 use plugin_support::{assert_pass_through, assert_rejected, headers, send, PROFILES};
 
@@ -249,6 +250,71 @@ fn a_full_slot_table_follows_the_failure_mode() -> Result<(), Failure> {
             host.advance_clock(Duration::from_secs(3600))?;
             assert_eq!(send(&vms, 1, other())?, None, "{profile:?} {mode}");
             assert_eq!(send(&vms, 0, other())?.map(|r| r.status), Some(429));
+        }
+    }
+    Ok(())
+}
+
+/// Shared data that fails (every write lost to contention, or a host error on every call)
+/// follows `on_store_failure`: `allow` lets requests through unchecked, `deny` answers 503.
+/// Either way one warning per worker says so, `store_failures` counts each, and nothing is
+/// charged: once the store is back, the budget is what it was before.
+#[test]
+fn a_failing_store_follows_the_failure_mode_and_charges_nothing() -> Result<(), Failure> {
+    const WARNING: &str = "[palisade-rate-limit] a limit could not be checked (its slots are \
+        full, or shared data failed): on_store_failure applies; store_failures counts each";
+    for (mode, status) in [("allow", None), ("deny", Some(503))] {
+        let config = ONE_BUDGET.replacen('{', &format!(r#"{{"on_store_failure":"{mode}","#), 1);
+        for fault in [
+            SharedDataFault::LoseEveryWrite,
+            SharedDataFault::Status(10), // InternalFailure
+        ] {
+            for profile in PROFILES {
+                let case = format!("{profile:?} {mode} {fault:?}");
+                let (host, vms) = load(profile, &config, 2)?;
+                assert_eq!(admitted(&vms, 2, 3, |_| Request::get("/"))?, 3, "{case}");
+                host.fail_shared_data(Some(fault));
+                for i in 0..4 {
+                    let reply = send(&vms, i % 2, Request::get("/").header("x-request-id", "r-1"))?;
+                    assert_eq!(reply.as_ref().map(|r| r.status), status, "{case}");
+                    if let Some(reply) = reply {
+                        assert_eq!(
+                            String::from_utf8_lossy(&reply.body).trim_end(),
+                            r#"{"error":"rate limiter unavailable","status":503,"request_id":"r-1"}"#,
+                            "{case}"
+                        );
+                        assert_eq!(
+                            reply.headers.get("content-type"),
+                            Some("application/json"),
+                            "{case}"
+                        );
+                        assert_eq!(reply.headers.get("retry-after"), None, "{case}");
+                    }
+                }
+                let warnings: Vec<String> = vms
+                    .logs()
+                    .into_iter()
+                    .filter(|l| l.origin == LogOrigin::Plugin && l.level == LogLevel::Warn)
+                    .map(|l| l.message)
+                    .collect();
+                assert_eq!(warnings, [WARNING, WARNING], "{case}: once per worker");
+                assert_eq!(
+                    counter(&host, "palisade_rate_limit.all.store_failures"),
+                    4,
+                    "{case}"
+                );
+                assert_eq!(
+                    counter(&host, "palisade_rate_limit.all.allowed"),
+                    3 + 4 * u64::from(status.is_none()),
+                    "{case}"
+                );
+                host.fail_shared_data(None);
+                assert_eq!(
+                    admitted(&vms, 2, 12, |_| Request::get("/"))?,
+                    7,
+                    "{case}: the budget left before the fault, no more, no less"
+                );
+            }
         }
     }
     Ok(())

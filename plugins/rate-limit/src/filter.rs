@@ -46,6 +46,8 @@ struct Worker {
     global: Option<GlobalService>,
     /// The service is failing: logged once when it starts and once when it recovers.
     failing: Cell<bool>,
+    /// A limit could not be checked in shared data: logged once per VM (metrics may be off).
+    store_warned: Cell<bool>,
 }
 
 /// 16 bytes of the host's entropy for a new fingerprint key.
@@ -103,6 +105,7 @@ impl Plugin for RateLimitPlugin {
             route_name: RouteName::default(),
             global: config.global,
             failing: Cell::new(false),
+            store_warned: Cell::new(false),
         })
     }
 
@@ -196,7 +199,15 @@ impl RequestView for HostRequest<'_> {
     }
 }
 
-fn record(metrics: &[LimitMetrics], tallies: &Tallies) {
+fn record(worker: &Worker, tallies: &Tallies) {
+    if !worker.store_warned.get() && tallies.iter().any(|(_, t)| t.store_failure) {
+        worker.store_warned.set(true);
+        log::warn!(
+            "[{NAME}] a limit could not be checked (its slots are full, or shared data failed): \
+             on_store_failure applies; store_failures counts each"
+        );
+    }
+    let metrics = &worker.metrics;
     // With metrics off there are none to look up.
     if metrics.is_empty() {
         return;
@@ -342,7 +353,7 @@ impl Stream {
             _ => {}
         }
         let (decision, tallies) = worker.limiter.conclude_calls(check, answers, &HostStore);
-        record(&worker.metrics, &tallies);
+        record(&worker, &tallies);
         self.apply(decision, resume)
     }
 
@@ -418,7 +429,7 @@ impl HttpContext for Stream {
             worker
                 .limiter
                 .decide(&mut request, &HostStore, host::unix_nanos());
-        record(&worker.metrics, &tallies);
+        record(worker, &tallies);
         self.apply(decision, false)
     }
 
