@@ -10,7 +10,7 @@ use std::time::Duration;
 use palisade_host_tests::auth_tokens::{self, claims, jwks, jwks_with, Signer, ISSUER};
 use palisade_host_tests::wasm_host::{
     CalloutReply, Failure, Host, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome, Plugin,
-    PluginVms, Profile, Request, START_UNIX_SECS,
+    PluginVms, Profile, Request, SharedDataFault, START_UNIX_SECS,
 };
 use plugin_support::{assert_rejected, PROFILES};
 use serde_json::{json, Value};
@@ -579,5 +579,75 @@ fn kong_3_8_resuming_a_failed_cold_fetch_forwards_no_client_identity() -> Result
     assert!(!upstream.contains("x-palisade-subject"), "{upstream:?}");
     assert!(!upstream.contains("x-palisade-claim-email"));
     assert!(!upstream.contains("x-palisade-auth-provider"));
+    Ok(())
+}
+
+/// Shared data that fails must not take the keys away: a request without keys fetches them
+/// for its own worker, later requests use them, and the failure is logged once per worker,
+/// not on every tick. Once the store answers again, the timer refreshes through the shared
+/// record as before. Contention that outlasts every retry still lets a cold request fetch.
+#[test]
+fn a_failing_store_still_serves_each_worker_from_its_own_fetch() -> Result<(), Failure> {
+    for fault in [SharedDataFault::Status(10), SharedDataFault::LoseEveryWrite] {
+        for profile in PROFILES {
+            let case = format!("{profile:?} {fault:?}");
+            let (host, vms) = start(profile, json!({"scheme": "http"}))?;
+            host.fail_shared_data(Some(fault));
+            let rs = token("RS256", Some("rsa-1"), NOW);
+            for worker in [0, 1] {
+                host.script_http_call(IDP, jwks_reply(&jwks()));
+                assert_eq!(send(&vms, worker, &rs)?, Outcome::Continue, "{case}");
+            }
+            for i in 0..4 {
+                assert_eq!(send(&vms, i % 2, &rs)?, Outcome::Continue, "{case}");
+            }
+            assert_eq!(jwks_calls(&host), 2, "{case}: one fetch per worker");
+            // Past the refresh interval, the store still failing: no tick logs again.
+            host.advance_clock(Duration::from_secs(11 * 60))?;
+            assert_eq!(
+                send(&vms, 0, &rs)?,
+                Outcome::Continue,
+                "{case}: stale keys serve"
+            );
+            let expected = match fault {
+                SharedDataFault::Status(_) => vec![
+                    "[palisade-auth] provider \"idp\": could not read the shared JWKS record: the host refused the shared-data call with status 10 (workers fetch and keep keys on their own until shared data answers)";
+                    2
+                ],
+                SharedDataFault::LoseEveryWrite => vec![
+                    "[palisade-auth] provider \"idp\": JWKS fetched but not shared with other workers: gave up after 4 conflicting writes (workers fetch and keep keys on their own until shared data answers)";
+                    2
+                ],
+            };
+            assert_eq!(warnings(&host), expected, "{case}: once per worker");
+
+            host.fail_shared_data(None);
+            host.script_http_call(IDP, jwks_reply(&jwks()));
+            host.advance_clock(Duration::from_secs(2))?;
+            assert_eq!(
+                jwks_calls(&host),
+                3,
+                "{case}: one refresh, under the shared lease"
+            );
+            assert!(
+                host.shared_data_keys()
+                    .iter()
+                    .any(|k| k.starts_with("palisade/auth/jwks/")),
+                "{case}: shared again"
+            );
+            assert_eq!(warnings(&host), expected, "{case}: nothing more to warn of");
+            let recovered: Vec<String> = host
+                .logs()
+                .into_iter()
+                .filter(|e| e.origin == LogOrigin::Plugin && e.message.contains("answers again"))
+                .map(|e| e.message)
+                .collect();
+            assert_eq!(
+                recovered,
+                ["[palisade-auth] provider \"idp\": the shared JWKS record answers again"; 2],
+                "{case}: once per worker, by the one that refreshed and the one that read it"
+            );
+        }
+    }
     Ok(())
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use palisade_host_tests::auth_tokens::{claims, config, Signer};
 use palisade_host_tests::wasm_host::{
-    Callback, Failure, Host, Outcome, Plugin, PluginVms, Profile, Request, START_UNIX_SECS,
+    Callback, Failure, Host, LogLevel, LogOrigin, Outcome, Plugin, PluginVms, Profile, Request,
+    SharedDataFault, START_UNIX_SECS,
 };
 use plugin_support::{assert_rejected, PROFILES};
 use serde_json::{json, Value};
@@ -110,6 +111,47 @@ fn claims_are_still_checked_and_signatures_are_per_token() -> Result<(), Failure
                 String::from_utf8_lossy(&reply.body).trim_end(), // Kong ends bodies with a newline
                 r#"{"error":"token is expired","status":401,"request_id":null}"#
             );
+        }
+    }
+    Ok(())
+}
+
+/// The cache only saves work: with shared data failing, every token is verified for itself,
+/// a forged one is refused as before, nothing is stored and nothing warns (a cache miss is
+/// not an operator's problem). Once the store is back, tokens are cached again.
+#[test]
+fn a_failing_store_costs_verifications_not_answers() -> Result<(), Failure> {
+    for profile in PROFILES {
+        for fault in [SharedDataFault::Status(10), SharedDataFault::LoseEveryWrite] {
+            let case = format!("{profile:?} {fault:?}");
+            let (host, vms) = start(profile, 1024)?;
+            host.fail_shared_data(Some(fault));
+            let token = Signer::for_alg("ES256").sign(&claims(NOW));
+            let (outcome, cold) = send(&vms, 0, &token)?;
+            assert_eq!(outcome, Outcome::Continue, "{case}");
+            let (outcome, other) = send(&vms, 1, &token)?;
+            assert_eq!(outcome, Outcome::Continue, "{case}");
+            assert!(
+                other * 2 > cold,
+                "{case}: verified again ({other} vs {cold})"
+            );
+            let (head, _) = token.rsplit_once('.').unwrap();
+            let forged = format!("{head}.{}", "A".repeat(86));
+            let Outcome::LocalReply(reply) = send(&vms, 1, &forged)?.0 else {
+                panic!("{case}: forged signature accepted");
+            };
+            assert_eq!(reply.status, 401, "{case}");
+            assert_eq!(cache_keys(&host), 0, "{case}");
+            let warnings: Vec<_> = host
+                .logs()
+                .into_iter()
+                .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
+                .collect();
+            assert!(warnings.is_empty(), "{case}: {warnings:?}");
+            host.fail_shared_data(None);
+            let fresh = Signer::for_alg("ES256").sign(&claims(NOW + 1));
+            assert_eq!(send(&vms, 0, &fresh)?.0, Outcome::Continue, "{case}");
+            assert_eq!(cache_keys(&host), 1, "{case}: cached again");
         }
     }
     Ok(())

@@ -145,6 +145,7 @@ impl RemoteJwksConfig {
             max_response_bytes: usize::try_from(self.max_response_bytes).unwrap_or(usize::MAX),
             local: RefCell::new(None),
             expired_logged: Cell::new(false),
+            store_failing: Cell::new(false),
         }
     }
 }
@@ -294,6 +295,8 @@ pub struct RemoteJwks {
     local: RefCell<Option<Local>>,
     /// The "keys too stale" line is logged once per worker per outage.
     expired_logged: Cell<bool>,
+    /// Shared data failed and it was logged: once per worker per outage, not on every tick.
+    store_failing: Cell<bool>,
 }
 
 impl RemoteJwks {
@@ -364,16 +367,17 @@ impl RemoteJwks {
     /// only when its digest differs from this worker's. Returns whether the keys changed.
     pub fn sync(&self, store: &impl SharedStore) -> bool {
         let record = match store.get(&self.key) {
-            Ok(Some(entry)) => Record::decode(&entry.value, &self.source),
-            Ok(None) => None,
+            Ok(entry) => entry.and_then(|entry| Record::decode(&entry.value, &self.source)),
             Err(err) => {
-                log::warn!("[palisade-auth] could not read the shared JWKS record: {err}");
+                self.store_failed("could not read the shared JWKS record", &err);
                 None
             }
         };
         let Some(record) = record.filter(|r| !r.document.is_empty()) else {
             return false;
         };
+        // Another worker's write landed: shared data works again.
+        self.store_recovered();
         self.adopt(&record.document, record.digest, record.fetched_ms)
     }
 
@@ -453,14 +457,42 @@ impl RemoteJwks {
             }
         });
         match result {
-            Ok(granted) => granted,
-            Err(UpdateError::Contended(_)) => false,
+            Ok(granted) => {
+                self.store_recovered();
+                granted
+            }
+            // Other workers keep writing the record: for an early refresh or the timer, one of
+            // them has the claim. A request without keys fetches anyway (it cannot wait on
+            // theirs), or it would be refused with nothing tried.
+            Err(UpdateError::Contended(_)) => trigger == Trigger::Cold,
             Err(UpdateError::Store(err)) => {
                 // No coordination possible: fetch anyway for a request that needs keys, never
                 // for the timer (which would make every worker fetch).
-                log::warn!("[palisade-auth] shared JWKS record unavailable: {err}");
+                self.store_failed("could not claim the shared JWKS record", &err);
                 trigger != Trigger::Interval
             }
+        }
+    }
+
+    /// Logs a shared-data failure once per worker until the store answers again.
+    #[cold]
+    fn store_failed(&self, what: &str, err: &dyn std::fmt::Display) {
+        if !self.store_failing.replace(true) {
+            log::warn!(
+                "[palisade-auth] provider {:?}: {what}: {err} (workers fetch and keep keys on \
+                 their own until shared data answers)",
+                self.provider
+            );
+        }
+    }
+
+    /// A write of the shared record went through (or was not needed after a read).
+    fn store_recovered(&self) {
+        if self.store_failing.replace(false) {
+            log::info!(
+                "[palisade-auth] provider {:?}: the shared JWKS record answers again",
+                self.provider
+            );
         }
     }
 
@@ -556,11 +588,9 @@ impl RemoteJwks {
             record.retry_after_ms = 0;
             Step::Write(record.encode(&self.source), true)
         });
-        if let Err(err) = &shared {
-            log::warn!(
-                "[palisade-auth] JWKS of provider {:?} fetched but not shared with other workers: {err}",
-                self.provider
-            );
+        match &shared {
+            Ok(_) => self.store_recovered(),
+            Err(err) => self.store_failed("JWKS fetched but not shared with other workers", err),
         }
         let superseded = matches!(shared, Ok(false));
         let changed = if superseded {
