@@ -119,6 +119,26 @@ impl SharedData {
         self.entries.keys().cloned().collect()
     }
 
+    /// A write that another worker's beat: that worker's write lands instead (an existing key
+    /// keeps its value at a new version; an absent key is inserted empty, which every Palisade
+    /// reader takes as no state), and this one gets CasMismatch. So a host never reports a
+    /// conflict on a key that then does not exist, which Envoy never does.
+    pub(crate) fn lose_write(&mut self, key: &[u8]) -> u32 {
+        let cas = match (self.rule, self.entries.get(key)) {
+            (CasRule::Envoy, _) => self.next_envoy_cas(),
+            (CasRule::Kong, Some(entry)) => entry.cas.wrapping_add(1),
+            (CasRule::Kong, None) => 1,
+        };
+        self.entries
+            .entry(key.to_vec())
+            .and_modify(|entry| entry.cas = cas)
+            .or_insert(Entry {
+                value: Vec::new(),
+                cas,
+            });
+        status::CAS_MISMATCH
+    }
+
     /// Drops a key, as Kong's shm zone does when it evicts under memory pressure (`slru`).
     /// Returns whether it was there.
     pub(crate) fn evict(&mut self, key: &[u8]) -> bool {
@@ -145,6 +165,26 @@ mod tests {
         assert_eq!(data.set(b"k", Some(b"c"), first), status::CAS_MISMATCH);
         assert_eq!(data.set(b"missing", Some(b"x"), 99), status::OK);
         assert_eq!(data.get(b"k").unwrap().0, b"b");
+    }
+
+    #[test]
+    fn a_lost_write_is_another_workers_write() {
+        for rule in [CasRule::Envoy, CasRule::Kong] {
+            let mut data = SharedData::new(rule);
+            assert_eq!(data.set(b"k", Some(b"a"), 0), status::OK);
+            let (_, before) = data.get(b"k").unwrap();
+            assert_eq!(data.lose_write(b"k"), status::CAS_MISMATCH);
+            let (value, after) = data.get(b"k").unwrap();
+            assert_eq!(value, b"a", "{rule:?}: the value stays");
+            assert_ne!(after, before, "{rule:?}: a new version");
+            assert_eq!(data.set(b"k", Some(b"b"), before), status::CAS_MISMATCH);
+            assert_eq!(data.lose_write(b"new"), status::CAS_MISMATCH);
+            assert_eq!(
+                data.get(b"new").map(|(v, _)| v),
+                Some(Vec::new()),
+                "{rule:?}"
+            );
+        }
     }
 
     #[test]

@@ -54,8 +54,9 @@ pub(crate) struct World {
 /// How shared data misbehaves while a test says so ([`crate::wasm_host::Host::fail_shared_data`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedDataFault {
-    /// Every write reports CasMismatch and stores nothing, as if another worker always wrote
-    /// first: contention no retry outlasts. Reads still answer.
+    /// Every write loses to another worker's, which lands just before it: the key gets a new
+    /// version (an absent one is inserted empty) and the write reports CasMismatch. Contention
+    /// no retry outlasts; reads still answer.
     LoseEveryWrite,
     /// Every read and write answers this status and stores nothing: a host error no Palisade
     /// plugin can recover from inside the request.

@@ -178,8 +178,16 @@ fn proxy_set_shared_data(
     {
         return Err(trap(&mut caller, FailureKind::Refused, refusal));
     }
-    match caller.data().world.borrow().shared_data_fault {
-        Some(SharedDataFault::LoseEveryWrite) => return Ok(status::CAS_MISMATCH),
+    let fault = caller.data().world.borrow().shared_data_fault;
+    match fault {
+        Some(SharedDataFault::LoseEveryWrite) => {
+            return Ok(caller
+                .data()
+                .world
+                .borrow_mut()
+                .shared_data
+                .lose_write(&key));
+        }
         Some(SharedDataFault::Status(status)) => return Ok(status),
         None => {}
     }
