@@ -582,6 +582,37 @@ fn kong_3_8_resuming_a_failed_cold_fetch_forwards_no_client_identity() -> Result
     Ok(())
 }
 
+/// Writes that keep losing while a good record is stored: the timer cannot claim a refresh,
+/// so none happens, and nothing is logged on any tick (the record it reads is no news).
+#[test]
+fn writes_that_keep_losing_over_a_stored_record_log_nothing_per_tick() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (host, vms) = start(profile, json!({"scheme": "http"}))?;
+        host.script_http_call(IDP, jwks_reply(&jwks()));
+        let rs = token("RS256", Some("rsa-1"), NOW);
+        assert_eq!(send(&vms, 0, &rs)?, Outcome::Continue, "{profile:?}");
+        assert_eq!(send(&vms, 1, &rs)?, Outcome::Continue, "{profile:?}");
+        let before = host.logs().len();
+        host.fail_shared_data(Some(SharedDataFault::LoseEveryWrite));
+        host.advance_clock(Duration::from_secs(11 * 60))?;
+        assert_eq!(send(&vms, 1, &rs)?, Outcome::Continue, "{profile:?}");
+        assert_eq!(
+            jwks_calls(&host),
+            1,
+            "{profile:?}: the timer never won the lease"
+        );
+        let plugin_lines: Vec<String> = host
+            .logs()
+            .into_iter()
+            .skip(before)
+            .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Info)
+            .map(|e| e.message)
+            .collect();
+        assert!(plugin_lines.is_empty(), "{profile:?}: {plugin_lines:?}");
+    }
+    Ok(())
+}
+
 /// Shared data that fails must not take the keys away: a request without keys fetches them
 /// for its own worker, later requests use them, and the failure is logged once per worker,
 /// not on every tick. Once the store answers again, the timer refreshes through the shared

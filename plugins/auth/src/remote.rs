@@ -376,8 +376,16 @@ impl RemoteJwks {
         let Some(record) = record.filter(|r| !r.document.is_empty()) else {
             return false;
         };
-        // Another worker's write landed: shared data works again.
-        self.store_recovered();
+        // A record newer than this worker's keys is another worker's write landing: shared data
+        // works again (an older one may predate the failure).
+        if self
+            .local
+            .borrow()
+            .as_ref()
+            .is_none_or(|local| record.fetched_ms > local.fetched_ms)
+        {
+            self.store_recovered();
+        }
         self.adopt(&record.document, record.digest, record.fetched_ms)
     }
 
@@ -415,50 +423,57 @@ impl RemoteJwks {
     /// refresh slot (unknown `kid`) through CAS, so one worker fetches, not all.
     pub fn claim(&self, store: &impl SharedStore, now_ms: u64, trigger: Trigger) -> bool {
         let lease_ms = millis(self.timeout).saturating_add(1000);
+        // (may fetch, wrote the record)
         let result = update(store, &self.key, 4, |current| {
             let mut record = current
                 .and_then(|bytes| Record::decode(bytes, &self.source))
                 .unwrap_or_default();
             if now_ms < record.retry_after_ms {
-                return Step::Keep(false);
+                return Step::Keep((false, false));
             }
             let has = !record.document.is_empty();
             match trigger {
                 Trigger::Cold => {
                     if has && self.usable(record.fetched_ms, now_ms) {
                         // Another worker fetched meanwhile: no call needed (the caller syncs).
-                        return Step::Keep(false);
+                        return Step::Keep((false, false));
                     }
                     // Requests without keys may each fetch (as Envoy's jwt_authn does without
                     // `async_fetch`): they cannot wait on another worker's call. The lease
-                    // keeps the timers from fetching too meanwhile.
+                    // keeps the timers from fetching too meanwhile; one already running needs
+                    // no write (a write per cold request is what would contend).
+                    if now_ms < record.lease_until_ms {
+                        return Step::Keep((true, false));
+                    }
                     record.lease_until_ms = now_ms.saturating_add(lease_ms);
-                    Step::Write(record.encode(&self.source), true)
+                    Step::Write(record.encode(&self.source), (true, true))
                 }
                 Trigger::Interval => {
                     let fresh = has
                         && now_ms < record.fetched_ms.saturating_add(self.refresh_ms)
                         && now_ms >= record.fetched_ms;
                     if fresh || now_ms < record.lease_until_ms {
-                        return Step::Keep(false);
+                        return Step::Keep((false, false));
                     }
                     record.lease_until_ms = now_ms.saturating_add(lease_ms);
-                    Step::Write(record.encode(&self.source), true)
+                    Step::Write(record.encode(&self.source), (true, true))
                 }
                 Trigger::UnknownKid => {
                     if record.last_early_ms != 0
                         && now_ms < record.last_early_ms.saturating_add(self.kid_refresh_ms)
                     {
-                        return Step::Keep(false);
+                        return Step::Keep((false, false));
                     }
                     record.last_early_ms = now_ms;
-                    Step::Write(record.encode(&self.source), true)
+                    Step::Write(record.encode(&self.source), (true, true))
                 }
             }
         });
         match result {
-            Ok(granted) => {
-                self.store_recovered();
+            Ok((granted, wrote)) => {
+                if wrote {
+                    self.store_recovered();
+                }
                 granted
             }
             // Other workers keep writing the record: for an early refresh or the timer, one of
@@ -486,7 +501,7 @@ impl RemoteJwks {
         }
     }
 
-    /// A write of the shared record went through (or was not needed after a read).
+    /// A write of the shared record went through, this worker's or another's.
     fn store_recovered(&self) {
         if self.store_failing.replace(false) {
             log::info!(
@@ -589,7 +604,8 @@ impl RemoteJwks {
             Step::Write(record.encode(&self.source), true)
         });
         match &shared {
-            Ok(_) => self.store_recovered(),
+            Ok(true) => self.store_recovered(),
+            Ok(false) => {}
             Err(err) => self.store_failed("JWKS fetched but not shared with other workers", err),
         }
         let superseded = matches!(shared, Ok(false));
