@@ -262,7 +262,8 @@ fn a_full_slot_table_follows_the_failure_mode() -> Result<(), Failure> {
 #[test]
 fn a_failing_store_follows_the_failure_mode_and_charges_nothing() -> Result<(), Failure> {
     const WARNING: &str = "[palisade-rate-limit] a limit could not be checked (its slots are \
-        full, or shared data failed): on_store_failure applies; store_failures counts each";
+        full, or shared data failed): on_store_failure applies; store_failures counts each \
+        (logged at most once a minute)";
     for (mode, status) in [("allow", None), ("deny", Some(503))] {
         let config = ONE_BUDGET.replacen('{', &format!(r#"{{"on_store_failure":"{mode}","#), 1);
         for fault in [
@@ -298,14 +299,25 @@ fn a_failing_store_follows_the_failure_mode_and_charges_nothing() -> Result<(), 
                     .map(|l| l.message)
                     .collect();
                 assert_eq!(warnings, [WARNING, WARNING], "{case}: once per worker");
+                // A minute later, still failing: each worker says so again, once.
+                host.advance_clock(Duration::from_secs(60))?;
+                for i in 0..4 {
+                    send(&vms, i % 2, Request::get("/"))?;
+                }
+                let again = vms
+                    .logs()
+                    .into_iter()
+                    .filter(|l| l.origin == LogOrigin::Plugin && l.level == LogLevel::Warn)
+                    .count();
+                assert_eq!(again, 4, "{case}");
                 assert_eq!(
                     counter(&host, "palisade_rate_limit.all.store_failures"),
-                    4,
+                    8,
                     "{case}"
                 );
                 assert_eq!(
                     counter(&host, "palisade_rate_limit.all.allowed"),
-                    3 + 4 * u64::from(status.is_none()),
+                    3 + 8 * u64::from(status.is_none()),
                     "{case}"
                 );
                 host.fail_shared_data(None);

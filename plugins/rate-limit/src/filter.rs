@@ -46,8 +46,8 @@ struct Worker {
     global: Option<GlobalService>,
     /// The service is failing: logged once when it starts and once when it recovers.
     failing: Cell<bool>,
-    /// A limit could not be checked in shared data: logged once per VM (metrics may be off).
-    store_warned: Cell<bool>,
+    /// When a limit last could not be checked in shared data and it was logged (Unix ns).
+    store_warned_at: Cell<Option<u64>>,
 }
 
 /// 16 bytes of the host's entropy for a new fingerprint key.
@@ -105,7 +105,7 @@ impl Plugin for RateLimitPlugin {
             route_name: RouteName::default(),
             global: config.global,
             failing: Cell::new(false),
-            store_warned: Cell::new(false),
+            store_warned_at: Cell::new(None),
         })
     }
 
@@ -200,12 +200,8 @@ impl RequestView for HostRequest<'_> {
 }
 
 fn record(worker: &Worker, tallies: &Tallies) {
-    if !worker.store_warned.get() && tallies.iter().any(|(_, t)| t.store_failure) {
-        worker.store_warned.set(true);
-        log::warn!(
-            "[{NAME}] a limit could not be checked (its slots are full, or shared data failed): \
-             on_store_failure applies; store_failures counts each"
-        );
+    if tallies.iter().any(|(_, t)| t.store_failure) {
+        warn_store_failure(worker);
     }
     let metrics = &worker.metrics;
     // With metrics off there are none to look up.
@@ -232,6 +228,26 @@ fn record(worker: &Worker, tallies: &Tallies) {
             m.callout_failures.inc();
         }
     }
+}
+
+/// Logged because metrics may be off (Kong 3.4-3.7); at most once a minute per VM, since a full
+/// slot table fails every request of some keys for as long as it stays full.
+#[cold]
+fn warn_store_failure(worker: &Worker) {
+    const EVERY_NANOS: u64 = 60_000_000_000;
+    let now = host::unix_nanos();
+    let recent = worker
+        .store_warned_at
+        .get()
+        .is_some_and(|at| now >= at && now - at < EVERY_NANOS);
+    if recent {
+        return;
+    }
+    worker.store_warned_at.set(Some(now));
+    log::warn!(
+        "[{NAME}] a limit could not be checked (its slots are full, or shared data failed): \
+         on_store_failure applies; store_failures counts each (logged at most once a minute)"
+    );
 }
 
 fn set_response_header(name: &str, value: &[u8]) {
