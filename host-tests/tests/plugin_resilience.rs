@@ -441,7 +441,8 @@ fn a_failing_store_lets_requests_through_unjudged_and_leaves_nothing_behind() ->
 
         host.fail_shared_data(None);
         // The cap holds from zero: no slot was left taken by the failed writes.
-        let mut first = try_slot(&vms, 0)?.expect("{fault:?}: the cap's one slot is free");
+        let mut first =
+            try_slot(&vms, 0)?.unwrap_or_else(|| panic!("{fault:?}: the cap's one slot is free"));
         assert!(try_slot(&vms, 1)?.is_none(), "{fault:?}: and exact");
         first.send_response_headers(Response::status(503), true)?;
         first.finish()?;

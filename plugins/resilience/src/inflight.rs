@@ -176,8 +176,11 @@ pub struct Owner {
 #[derive(Debug, Clone, Copy, Default)]
 struct Held {
     counts: Inflight,
+    /// When this VM last wrote its share (Unix ms).
+    written_ms: u64,
     /// The stored share may not say `counts`: the last write of it failed. Renewal rewrites it,
-    /// so a release that could not be written stops counting within a third of the lease.
+    /// so a release that could not be written stops counting within a third of the lease
+    /// (or when the share expires, a lease after `written_ms`, if the store stays down).
     stale: bool,
 }
 
@@ -203,14 +206,26 @@ impl Owner {
     }
 
     /// An emptied scope keeps its entry (scopes are the operator's names, few): the next
-    /// request in it allocates nothing.
-    fn set_held(&self, key: &str, counts: Inflight, stale: bool) {
+    /// request in it allocates nothing. `written`: when the share was written, `None` if that
+    /// write failed.
+    fn set_held(&self, key: &str, counts: Inflight, written: Option<u64>) {
         let mut held = self.held.borrow_mut();
         match held.get_mut(key) {
-            Some(entry) => *entry = Held { counts, stale },
-            None if counts.is_empty() && !stale => {}
+            Some(entry) => {
+                entry.counts = counts;
+                entry.stale = written.is_none();
+                entry.written_ms = written.unwrap_or(entry.written_ms);
+            }
+            None if counts.is_empty() && written.is_some() => {}
             None => {
-                held.insert(key.to_owned(), Held { counts, stale });
+                held.insert(
+                    key.to_owned(),
+                    Held {
+                        counts,
+                        written_ms: written.unwrap_or(0),
+                        stale: written.is_none(),
+                    },
+                );
             }
         }
     }
@@ -307,7 +322,7 @@ impl InflightLimit {
                 active: 1,
                 retrying: u32::from(slot.retry_granted),
             };
-            owner.set_held(key, mine.plus(taken), false);
+            owner.set_held(key, mine.plus(taken), Some(now_ms));
         }
         Ok(acquired)
     }
@@ -333,7 +348,7 @@ impl InflightLimit {
             },
         };
         let written = self.write_share(store, key, owner, mine, now_ms);
-        owner.set_held(key, mine, written.is_err());
+        owner.set_held(key, mine, written.is_ok().then_some(now_ms));
         written
     }
 
@@ -341,20 +356,27 @@ impl InflightLimit {
     /// rewrites every share whose last write failed; returns the scopes whose write failed.
     /// Call well within the lease (the filter: every third).
     pub fn renew(&self, store: &impl SharedStore, owner: &Owner, now_ms: u64) -> Vec<String> {
-        let held: Vec<(String, Inflight)> = owner
-            .held
-            .borrow()
+        let mut held = owner.held.borrow_mut();
+        for entry in held.values_mut() {
+            // A stale share with no slot that has expired meanwhile counts no more: done.
+            if entry.stale
+                && entry.counts.is_empty()
+                && now_ms >= entry.written_ms.saturating_add(self.lease_ms)
+            {
+                entry.stale = false;
+            }
+        }
+        let due: Vec<(String, Inflight)> = held
             .iter()
             .filter(|(_, held)| held.stale || !held.counts.is_empty())
             .map(|(key, held)| (key.clone(), held.counts))
             .collect();
-        held.into_iter()
+        drop(held);
+        due.into_iter()
             .filter(|(key, counts)| {
-                let failed = self
-                    .write_share(store, key, owner, *counts, now_ms)
-                    .is_err();
-                owner.set_held(key, *counts, failed);
-                failed
+                let written = self.write_share(store, key, owner, *counts, now_ms);
+                owner.set_held(key, *counts, written.is_ok().then_some(now_ms));
+                written.is_err()
             })
             .map(|(key, _)| key)
             .collect()
@@ -372,6 +394,11 @@ impl InflightLimit {
         update(store, key, CAS_ATTEMPTS, |current| {
             let mut table = current.map(Table::decode).unwrap_or_default();
             let total = table.others(owner.id, now_ms, self.lease_ms).plus(mine);
+            // Nothing of ours to take out (pruned, expired, or evicted with the key): no write,
+            // and an absent key is not created just to hold nothing.
+            if mine.is_empty() && !table.0.iter().any(|share| share.owner == owner.id) {
+                return Step::Keep(total);
+            }
             table.rewrite(owner.id, mine, now_ms, self.lease_ms);
             Step::Write(table.encode_over(current), total)
         })
@@ -478,6 +505,25 @@ mod tests {
         store.failing.set(false);
         assert!(limit.renew(&store, &stale, 3).is_empty());
         assert!(!stale.needs_renewal());
+        // A store down past the lease: the stale share has expired by itself, so renewal
+        // stops trying (and stops reporting failures) then, and writes nothing after.
+        let held = slot(limit.acquire(&store, "third", &stale, 10).unwrap());
+        store.failing.set(true);
+        assert!(limit.release(&store, "third", &stale, held, 11).is_err());
+        let lease = limit.lease_ms();
+        assert_eq!(limit.renew(&store, &stale, 10 + lease - 1), ["third"]);
+        assert!(limit.renew(&store, &stale, 10 + lease).is_empty());
+        assert!(!stale.needs_renewal());
+        // Nothing of this VM's left in a key (Kong evicted it): the release writes nothing,
+        // and does not create the key again just to hold nothing.
+        store.failing.set(false);
+        let held = slot(limit.acquire(&store, "evicted", &stale, 20).unwrap());
+        assert!(store.inner.evict("evicted"));
+        assert_eq!(
+            limit.release(&store, "evicted", &stale, held, 21),
+            Ok(Inflight::default())
+        );
+        assert_eq!(store.get("evicted").unwrap(), None);
     }
 
     #[test]
