@@ -317,6 +317,11 @@ impl CorsPolicy {
         CorsDecision::AnswerPreflight(headers)
     }
 
+    /// Whether credentialed requests are allowed (`allow_credentials`).
+    pub fn allows_credentials(&self) -> bool {
+        self.allow_credentials
+    }
+
     /// Headers set on the response to an actual request from an allowed origin.
     pub fn response_headers(&self, allowed_origin: &str) -> Vec<(&'static str, String)> {
         let mut headers = vec![("access-control-allow-origin", allowed_origin.to_owned())];

@@ -45,6 +45,9 @@ pub struct StreamState {
     request_id: RequestId,
     /// The allowed origin of a CORS request, echoed on the response.
     cors_origin: Option<Rc<str>>,
+    /// A CORS request from an origin that is not allowed: the upstream's own CORS headers are
+    /// taken off its response.
+    cors_refused: bool,
     body_bytes: u64,
     /// This plugin answered the request itself, with every header already on the reply.
     replied: bool,
@@ -178,6 +181,13 @@ const CORS_REQUEST_HEADERS: [&str; 3] = [
 
 /// CORS adds `Origin` to `Vary` wherever the answer depends on the origin.
 const VARY_ORIGIN: Edit<'static> = Edit::Add(Cow::Borrowed("vary"), Cow::Borrowed(b"Origin"));
+/// The CORS headers a browser grants access by. The plugin owns them when CORS is configured:
+/// an upstream's own (Express `cors({credentials: true})`, a framework's `*`) would otherwise
+/// grant what the policy does not, such as credentials to an origin allowed without them.
+const REMOVE_ALLOW_ORIGIN: Edit<'static> =
+    Edit::Remove(Cow::Borrowed("access-control-allow-origin"));
+const REMOVE_ALLOW_CREDENTIALS: Edit<'static> =
+    Edit::Remove(Cow::Borrowed("access-control-allow-credentials"));
 
 /// Which response headers [`HeaderSecurity::on_response_headers`] looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +308,11 @@ impl HeaderSecurity {
             .map(|(name, value)| {
                 Edit::Set(Cow::Borrowed(name), Cow::Owned(value.as_bytes().to_vec()))
             })
+            .chain(
+                cors.as_ref()
+                    .filter(|cors| !cors.allows_credentials())
+                    .map(|_| REMOVE_ALLOW_CREDENTIALS),
+            )
             .collect();
         Self {
             request_header_names,
@@ -372,9 +387,12 @@ impl HeaderSecurity {
         state: &'a mut StreamState,
     ) -> RequestVerdict<'a> {
         // The id comes first: every reply, including refusals, carries it.
-        let incoming =
-            header(headers, &self.request_id.header).filter(|id| request_id::is_acceptable_id(id));
+        let sent = header(headers, &self.request_id.header);
+        let incoming = sent.filter(|id| request_id::is_acceptable_id(id));
         let generated = incoming.is_none() && self.request_id.generate;
+        // An id refused and not replaced is not passed on either (spaces, 8-bit bytes or 200+
+        // bytes would reach every log line of the upstream's).
+        let refused_id = sent.is_some() && incoming.is_none() && !generated;
         match incoming {
             Some(id) => state.request_id.set(id),
             None if generated => state.request_id.generate(rng),
@@ -396,6 +414,7 @@ impl HeaderSecurity {
         });
         if let Some(CorsDecision::Forward { allowed_origin }) = &cors {
             state.cors_origin.clone_from(allowed_origin);
+            state.cors_refused = allowed_origin.is_none();
         }
         let answering_preflight = matches!(
             cors,
@@ -434,6 +453,10 @@ impl HeaderSecurity {
                 Cow::Borrowed(self.request_id.header.as_str()),
                 Cow::Borrowed(id),
             ));
+        } else if refused_id {
+            edits
+                .others
+                .push(Edit::Remove(Cow::Borrowed(self.request_id.header.as_str())));
         }
         if self.trace.create {
             match header(headers, "traceparent") {
@@ -518,6 +541,9 @@ impl HeaderSecurity {
             if let Some(origin) = &state.cors_origin {
                 apply(&set("access-control-allow-origin", origin.as_bytes()));
                 self.cors_edits.iter().for_each(&mut apply);
+            } else if state.cors_refused {
+                apply(&REMOVE_ALLOW_ORIGIN);
+                apply(&REMOVE_ALLOW_CREDENTIALS);
             }
             if !varies_by_origin(headers) {
                 apply(&VARY_ORIGIN);
@@ -744,6 +770,28 @@ mod tests {
         assert!(set_value(&edits, "traceparent").is_some());
         assert!(edits.to_vec().contains(&Edit::Remove("tracestate".into())));
         assert_eq!(state.request_id().map(str::len), Some(36));
+    }
+
+    #[test]
+    fn a_refused_request_id_is_not_passed_on_when_none_is_generated() {
+        let e = engine(r#"{"request_id":{"generate":false}}"#);
+        let (verdict, state) = run(&e, &request(&[("x-request-id", "a b")]));
+        let RequestVerdict::Continue(edits) = verdict else {
+            panic!()
+        };
+        assert!(edits
+            .to_vec()
+            .contains(&Edit::Remove("x-request-id".into())));
+        assert_eq!(state.request_id(), None);
+        // A good one stays, untouched.
+        let (verdict, _) = run(&e, &request(&[("x-request-id", "a-b")]));
+        let RequestVerdict::Continue(edits) = verdict else {
+            panic!()
+        };
+        assert!(!edits
+            .to_vec()
+            .iter()
+            .any(|e| matches!(e, Edit::Remove(n) | Edit::Set(n, _) if n == "x-request-id")));
     }
 
     #[test]
@@ -1075,6 +1123,35 @@ mod tests {
             .on_response_headers(&state, &varying, &mut NoHost)
             .iter()
             .any(|e| matches!(e, Edit::Add(n, _) if n == "vary")));
+    }
+
+    fn is_cors_removal(edit: &Edit<'_>) -> bool {
+        matches!(edit, Edit::Remove(name) if name.starts_with("access-control"))
+    }
+
+    /// The plugin owns the CORS headers: an upstream's own cannot grant credentials the policy
+    /// does not, nor any access to an origin it refuses.
+    #[test]
+    fn the_upstreams_cors_headers_never_grant_more_than_the_policy() {
+        let remove = |name: &'static str| Edit::Remove(name.into());
+        let e = engine(r#"{"cors":{"allow_origins":[{"exact":"*"}]}}"#);
+        let (_, state) = run(&e, &request(&[("origin", "https://evil.com")]));
+        let edits = e.on_response_headers(&state, &[], &mut NoHost);
+        assert!(edits.contains(&remove("access-control-allow-credentials")));
+
+        let e = engine(CORS);
+        let (_, state) = run(&e, &request(&[("origin", "https://evil.com")]));
+        let edits = e.on_response_headers(&state, &[], &mut NoHost);
+        assert!(edits.contains(&remove("access-control-allow-origin")));
+        assert!(edits.contains(&remove("access-control-allow-credentials")));
+        // Allowed with credentials: the plugin's own `true` is set, nothing removed.
+        let (_, state) = run(&e, &request(&[("origin", "https://app.example.com")]));
+        let edits = e.on_response_headers(&state, &[], &mut NoHost);
+        assert!(!edits.iter().any(is_cors_removal), "{edits:?}");
+        // Not a CORS request: the upstream's headers are its business.
+        let (_, state) = run(&e, &request(&[]));
+        let edits = e.on_response_headers(&state, &[], &mut NoHost);
+        assert!(!edits.iter().any(is_cors_removal), "{edits:?}");
     }
 
     #[test]

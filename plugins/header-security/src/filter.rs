@@ -73,7 +73,7 @@ impl HostValues for Host<'_> {
     fn route(&mut self) -> Option<String> {
         let route = self
             .route_name
-            .read(|path| host::property(path).ok().flatten())?;
+            .read(host::is_kong, |path| host::property(path).ok().flatten())?;
         String::from_utf8(route)
             .ok()
             .filter(|route| !route.is_empty())

@@ -195,7 +195,7 @@ impl RequestView for HostRequest<'_> {
     }
 
     fn route_name(&mut self) -> Option<Vec<u8>> {
-        self.route_name.read(property)
+        self.route_name.read(host::is_kong, property)
     }
 }
 
