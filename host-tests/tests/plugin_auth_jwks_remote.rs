@@ -582,10 +582,13 @@ fn kong_3_8_resuming_a_failed_cold_fetch_forwards_no_client_identity() -> Result
     Ok(())
 }
 
-/// Writes that keep losing while a good record is stored: the timer cannot claim a refresh,
-/// so none happens, and nothing is logged on any tick (the record it reads is no news).
+/// Reading the old record again is no sign that shared data works: after a failure, a worker
+/// says the record answers again only when a write has landed (its own, or one it reads as a
+/// record newer than its keys). Reads failing, then writes losing over the stored record for
+/// eleven minutes of ticks: one warning per worker and nothing else; then the store back: one
+/// recovery line per worker.
 #[test]
-fn writes_that_keep_losing_over_a_stored_record_log_nothing_per_tick() -> Result<(), Failure> {
+fn recovery_is_logged_when_a_write_lands_not_when_an_old_record_reads() -> Result<(), Failure> {
     for profile in PROFILES {
         let (host, vms) = start(profile, json!({"scheme": "http"}))?;
         host.script_http_call(IDP, jwks_reply(&jwks()));
@@ -593,22 +596,39 @@ fn writes_that_keep_losing_over_a_stored_record_log_nothing_per_tick() -> Result
         assert_eq!(send(&vms, 0, &rs)?, Outcome::Continue, "{profile:?}");
         assert_eq!(send(&vms, 1, &rs)?, Outcome::Continue, "{profile:?}");
         let before = host.logs().len();
+        let since = |host: &Host| -> Vec<String> {
+            host.logs()
+                .into_iter()
+                .skip(before)
+                .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Info)
+                .map(|e| e.message)
+                .collect()
+        };
+        host.fail_shared_data(Some(SharedDataFault::Status(10)));
+        host.advance_clock(Duration::from_secs(5))?;
         host.fail_shared_data(Some(SharedDataFault::LoseEveryWrite));
         host.advance_clock(Duration::from_secs(11 * 60))?;
-        assert_eq!(send(&vms, 1, &rs)?, Outcome::Continue, "{profile:?}");
+        let fresh = token("RS256", Some("rsa-1"), now(&host));
+        assert_eq!(send(&vms, 1, &fresh)?, Outcome::Continue, "{profile:?}");
         assert_eq!(
             jwks_calls(&host),
             1,
             "{profile:?}: the timer never won the lease"
         );
-        let plugin_lines: Vec<String> = host
-            .logs()
-            .into_iter()
-            .skip(before)
-            .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Info)
-            .map(|e| e.message)
-            .collect();
-        assert!(plugin_lines.is_empty(), "{profile:?}: {plugin_lines:?}");
+        let warning = "[palisade-auth] provider \"idp\": could not read the shared JWKS record: the host refused the shared-data call with status 10 (workers fetch and keep keys on their own until shared data answers)";
+        assert_eq!(since(&host), [warning, warning], "{profile:?}");
+
+        host.fail_shared_data(None);
+        host.script_http_call(IDP, jwks_reply(&jwks()));
+        host.advance_clock(Duration::from_secs(2))?;
+        assert_eq!(jwks_calls(&host), 2, "{profile:?}");
+        let recovered = "[palisade-auth] provider \"idp\": the shared JWKS record answers again";
+        let lines = since(&host);
+        assert_eq!(
+            lines.iter().filter(|l| *l == recovered).count(),
+            2,
+            "{profile:?}: {lines:?}"
+        );
     }
     Ok(())
 }

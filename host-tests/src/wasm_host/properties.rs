@@ -138,6 +138,12 @@ fn default(state: &VmState, in_request: bool, path: &str) -> Option<Vec<u8>> {
         "connection.mtls" => profile.encode_bool(false),
         // Any nginx variable; `$hostname` always exists.
         "ngx.hostname" if profile.is_kong() => b"kong-node-1".to_vec(),
+        // Kong's own version (kong/meta.lua), a `kong.*` getter from 3.6 (access is checked
+        // before this).
+        "kong.version" => match profile {
+            Profile::Kong(version) => format!("{version}.0").into_bytes(),
+            Profile::Envoy => return None,
+        },
         _ => return None,
     };
     Some(value)

@@ -387,12 +387,12 @@ impl HeaderSecurity {
         state: &'a mut StreamState,
     ) -> RequestVerdict<'a> {
         // The id comes first: every reply, including refusals, carries it.
-        let sent = header(headers, &self.request_id.header);
-        let incoming = sent.filter(|id| request_id::is_acceptable_id(id));
+        // An id refused with `generate` off stays on the request: on Envoy the connection
+        // manager chose to keep it (an internal caller, `preserve_external_request_id`), and
+        // its access log and tracing read it there. This stream just does not echo it.
+        let incoming =
+            header(headers, &self.request_id.header).filter(|id| request_id::is_acceptable_id(id));
         let generated = incoming.is_none() && self.request_id.generate;
-        // An id refused and not replaced is not passed on either (spaces, 8-bit bytes or 200+
-        // bytes would reach every log line of the upstream's).
-        let refused_id = sent.is_some() && incoming.is_none() && !generated;
         match incoming {
             Some(id) => state.request_id.set(id),
             None if generated => state.request_id.generate(rng),
@@ -453,10 +453,6 @@ impl HeaderSecurity {
                 Cow::Borrowed(self.request_id.header.as_str()),
                 Cow::Borrowed(id),
             ));
-        } else if refused_id {
-            edits
-                .others
-                .push(Edit::Remove(Cow::Borrowed(self.request_id.header.as_str())));
         }
         if self.trace.create {
             match header(headers, "traceparent") {
@@ -770,28 +766,6 @@ mod tests {
         assert!(set_value(&edits, "traceparent").is_some());
         assert!(edits.to_vec().contains(&Edit::Remove("tracestate".into())));
         assert_eq!(state.request_id().map(str::len), Some(36));
-    }
-
-    #[test]
-    fn a_refused_request_id_is_not_passed_on_when_none_is_generated() {
-        let e = engine(r#"{"request_id":{"generate":false}}"#);
-        let (verdict, state) = run(&e, &request(&[("x-request-id", "a b")]));
-        let RequestVerdict::Continue(edits) = verdict else {
-            panic!()
-        };
-        assert!(edits
-            .to_vec()
-            .contains(&Edit::Remove("x-request-id".into())));
-        assert_eq!(state.request_id(), None);
-        // A good one stays, untouched.
-        let (verdict, _) = run(&e, &request(&[("x-request-id", "a-b")]));
-        let RequestVerdict::Continue(edits) = verdict else {
-            panic!()
-        };
-        assert!(!edits
-            .to_vec()
-            .iter()
-            .any(|e| matches!(e, Edit::Remove(n) | Edit::Set(n, _) if n == "x-request-id")));
     }
 
     #[test]
