@@ -21,6 +21,23 @@ fn a_bad_header_name_is_refused_with_one_line() -> Result<(), Failure> {
     )
 }
 
+/// CORS entries that cannot match, or that would let any site send credentials, are refused
+/// with the field named and why.
+#[test]
+fn cors_origins_that_never_match_or_grant_any_site_credentials_are_refused() -> Result<(), Failure>
+{
+    assert_rejected(
+        Plugin::HeaderSecurity,
+        r#"{"cors":{"allow_origins":[{"exact":"https://app.example.com:443"}]}}"#,
+        r#"[palisade-header-security] configuration rejected: cors.allow_origins[0].exact: "https://app.example.com:443" can never match: browsers leave out the default port :443"#,
+    )?;
+    assert_rejected(
+        Plugin::HeaderSecurity,
+        r#"{"cors":{"allow_origins":[{"exact":"null"}],"allow_credentials":true}}"#,
+        r#"[palisade-header-security] configuration rejected: cors.allow_credentials: cannot be true when the origin "null" is allowed: sandboxed iframes and files of any site send it"#,
+    )
+}
+
 /// The refusal the client got: this status and exactly the kit's JSON body, whose request id
 /// is the one echoed in `x-request-id` (Kong appends a newline to local response bodies,
 /// ngx_http_wasm_local_response.c).

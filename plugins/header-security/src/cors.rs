@@ -86,6 +86,15 @@ fn parse_wildcard(pattern: &str) -> Option<OriginMatcher> {
     })
 }
 
+/// The port of an `http://...:80` or `https://...:443` origin: a browser's `Origin` never
+/// carries it (the URL standard drops a scheme's default port), so such an entry never matches.
+fn default_port(origin: &str) -> Option<&'static str> {
+    [("http://", ":80"), ("https://", ":443")]
+        .into_iter()
+        .find(|(scheme, port)| origin.starts_with(scheme) && origin.ends_with(port))
+        .map(|(_, port)| port)
+}
+
 /// An origin as a browser serialises it in `Origin`: `null`, or `scheme://host[:port]` with a
 /// lower-case scheme and host (IDNs in punycode, IPv6 in brackets, a fully qualified name's
 /// trailing dot kept) and nothing after. Anything else could never equal a request's `Origin`,
@@ -140,9 +149,27 @@ fn compile_pattern(pattern: &OriginPattern, problems: &mut Problems) -> Option<O
                 );
                 return None;
             }
+            if let Some(port) = default_port(origin) {
+                problems.push_at(
+                    "exact",
+                    format!(
+                        "{origin:?} can never match: browsers leave out the default port {port}"
+                    ),
+                );
+                return None;
+            }
             Some(OriginMatcher::Exact(origin.as_str().into()))
         }
         OriginPattern::Wildcard(pattern) => {
+            if let Some(port) = default_port(pattern) {
+                problems.push_at(
+                    "wildcard",
+                    format!(
+                        "{pattern:?} can never match: browsers leave out the default port {port}"
+                    ),
+                );
+                return None;
+            }
             let parsed = parse_wildcard(pattern);
             if parsed.is_none() {
                 problems.push_at(
@@ -199,6 +226,16 @@ impl CorsPolicy {
                 p.index(i, |p| origins.extend(compile_pattern(pattern, p)));
             }
         });
+        let allows_null = config
+            .allow_origins
+            .iter()
+            .any(|o| matches!(o, OriginPattern::Exact(origin) if origin == "null"));
+        if config.allow_credentials && allows_null {
+            problems.push_at(
+                "allow_credentials",
+                "cannot be true when the origin \"null\" is allowed: sandboxed iframes and files of any site send it",
+            );
+        }
         if config.allow_credentials && origins.iter().any(|o| matches!(o, OriginMatcher::Any)) {
             problems.push_at(
                 "allow_credentials",
@@ -537,6 +574,18 @@ mod tests {
         assert_eq!(
             problems_of(r#"{"allow_origins":[{"exact":"*"}],"allow_credentials":true}"#),
             "allow_credentials: cannot be true when every origin is allowed (\"*\"): any site could make credentialed requests"
+        );
+        assert_eq!(
+            problems_of(r#"{"allow_origins":[{"exact":"null"}],"allow_credentials":true}"#),
+            "allow_credentials: cannot be true when the origin \"null\" is allowed: sandboxed iframes and files of any site send it"
+        );
+        assert_eq!(
+            problems_of(
+                r#"{"allow_origins":[{"exact":"https://a.com:443"},{"wildcard":"http://*.a.com:80"},
+                    {"exact":"https://a.com:8443"},{"exact":"http://a.com:8080"}]}"#
+            ),
+            "allow_origins[0].exact: \"https://a.com:443\" can never match: browsers leave out the default port :443; \
+             allow_origins[1].wildcard: \"http://*.a.com:80\" can never match: browsers leave out the default port :80"
         );
         assert_eq!(
             problems_of(r#"{"allow_origins":[{"wildcard":"https://example.com"},{"exact":"https://a.com/"}]}"#),
