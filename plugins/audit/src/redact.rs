@@ -28,6 +28,10 @@ const SECRET_WORDS: &[&str] = &[
     "auth",
     "signature",
     "credential",
+    "access_key",
+    "accesskey",
+    "jwt",
+    "assertion",
 ];
 
 /// Query parameter names that are secrets though no word above says so.
@@ -46,8 +50,23 @@ fn is_secret_param(name: &str, configured: &[String]) -> bool {
         || configured.iter().any(|c| c.eq_ignore_ascii_case(name))
 }
 
-/// `%5F` -> `_`, lower-cased; invalid escapes kept as they are.
+/// A parameter's name as an upstream reads it: percent-decoded (`+` a space), lower-cased, a
+/// trailing `[...]` (array syntax: `key[]`, `key[0]`) dropped, and `.`, a space and a lone `[`
+/// read as `_`, as PHP does ([`palisade_kit::query::name_is`]). So `api.key`, `api+key`,
+/// `API%5FKEY` and `key[]` are the names they stand for. Invalid escapes stay as they are.
 fn decoded_name(raw: &str) -> String {
+    let decoded = percent_decoded(raw);
+    let name = match decoded.find('[') {
+        Some(at) if decoded.ends_with(']') => decoded.get(..at).unwrap_or_default(),
+        _ => &decoded,
+    };
+    name.chars()
+        .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
+        .collect()
+}
+
+/// `%5F` -> `_`, `+` -> space, lower-cased; invalid escapes kept as they are.
+fn percent_decoded(raw: &str) -> String {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -95,7 +114,16 @@ pub fn redact_path(path: &str, redaction: &Redaction) -> String {
     let mut out = String::with_capacity(path.len());
     out.push_str(base);
     let mut first = true;
-    for (separator, pair) in parameters(query) {
+    // A `?` inside the query separates too: on Kong `:path` is the *decoded* path, then `?`,
+    // then the raw query, so `/x%3Fq=1?api_key=S` arrives as `/x?q=1?api_key=S`, and `api_key`
+    // must not hide in `q`'s value.
+    let pairs = parameters(query).flat_map(|(separator, pair)| {
+        pair.split('?')
+            .enumerate()
+            .map(move |(i, part)| (if i == 0 { separator } else { '?' }, part))
+            .filter(|(_, part)| !part.is_empty())
+    });
+    for (separator, pair) in pairs {
         let (raw_name, value) = match pair.split_once('=') {
             Some((n, v)) => (n, Some(v)),
             None => (pair, None),
@@ -111,6 +139,13 @@ pub fn redact_path(path: &str, redaction: &Redaction) -> String {
                 && !is_secret_param(&name, &redaction.redact_query_params) =>
             {
                 value
+            }
+            // A bare name (`?eyJhbGciOi...`, a magic link's token) is a value too.
+            _ if value.is_none() => {
+                out.push(if first { '?' } else { separator });
+                first = false;
+                out.push_str(REDACTED);
+                continue;
             }
             _ => value.map(|_| REDACTED),
         };
@@ -146,7 +181,12 @@ mod tests {
         let r = redaction(QueryMode::RedactValues);
         assert_eq!(
             redact_path("/o?page=2&q=alice%40x.com&flag", &r),
-            "/o?page=2&q=REDACTED&flag"
+            "/o?page=2&q=REDACTED&REDACTED"
+        );
+        // A bare name may be the secret (a magic link's token); a kept one stays.
+        assert_eq!(
+            redact_path("/login?eyJhbGciOiJIUzI1NiJ9.e30.sig&page", &r),
+            "/login?REDACTED&page"
         );
         // A kept name that names a secret is still redacted.
         assert_eq!(redact_path("/o?token=abc", &r), "/o?token=REDACTED");
@@ -194,6 +234,31 @@ mod tests {
         assert_eq!(
             redact_path("/x?page=1;access_token=SECRET&q=2", &values),
             "/x?page=1;access_token=REDACTED&q=REDACTED"
+        );
+    }
+
+    #[test]
+    fn names_read_as_upstreams_read_them() {
+        let keep = redaction(QueryMode::Keep);
+        assert_eq!(
+            redact_path(
+                "/o?api.key=1&api+key=2&api[key=3&key[]=4&sig[0]=5&code%5B%5D=6&q=7&jwt=8&x_assertion=9",
+                &keep
+            ),
+            "/o?q=7"
+        );
+    }
+
+    /// Kong's `:path` is the decoded path, `?`, then the raw query: an encoded `?` in the
+    /// path puts a second `?` before the query's parameters.
+    #[test]
+    fn a_question_mark_inside_the_query_separates() {
+        let keep = redaction(QueryMode::Keep);
+        assert_eq!(redact_path("/x?q=1?api_key=SECRET", &keep), "/x?q=1");
+        let values = redaction(QueryMode::RedactValues);
+        assert_eq!(
+            redact_path("/x?page=1?api_key=SECRET", &values),
+            "/x?page=1?api_key=REDACTED"
         );
     }
 
