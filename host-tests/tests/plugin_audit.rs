@@ -927,3 +927,55 @@ fn a_stream_in_flight_across_a_reconfiguration_reports_to_the_previous_collector
     }
     Ok(())
 }
+
+/// Kong 3.9+ names the route and service (`kong.route_name`, `kong.service_name`); either may be
+/// unnamed. An unnamed one leaves that event's fields null, and the next request's names are
+/// still read. Kong 3.8 has neither property: never asked (Kong would log an error per ask).
+#[test]
+fn kong_route_and_service_names_are_read_per_request_where_kong_has_them() -> Result<(), Failure> {
+    for (version, named) in [(KongVersion::V3_10, true), (KongVersion::V3_8, false)] {
+        let profile = Profile::Kong(version);
+        let (host, vms) = load(
+            profile,
+            Plugin::Audit,
+            &config(profile, r#","batch":{"max_events":2}"#),
+        )?;
+        host.script_http_call(upstream(profile), produced(2));
+        for names in [false, true] {
+            let mut request = Request::get("/api/orders").authority("shop.example.com");
+            if names {
+                request = request
+                    .property("kong.route_name", "orders-route")
+                    .property("kong.service_name", "orders");
+            }
+            let mut stream = vms.http_request(request)?;
+            stream.send_request_headers(true)?;
+            stream.send_response_headers(Response::status(200), true)?;
+            stream.finish()?;
+        }
+        host.advance_clock(Duration::from_millis(100))?;
+        let calls = host.http_calls();
+        let sent = events(calls.first().expect("one batch"));
+        let names: Vec<(Value, Value)> = sent
+            .iter()
+            .map(|e| (e["route"].clone(), e["upstream_cluster"].clone()))
+            .collect();
+        let expected = if named {
+            vec![
+                (Value::Null, Value::Null),
+                (Value::from("orders-route"), Value::from("orders")),
+            ]
+        } else {
+            vec![(Value::Null, Value::Null); 2]
+        };
+        assert_eq!(names, expected, "Kong {version}");
+        let refused: Vec<String> = host
+            .refused_properties()
+            .into_iter()
+            .map(|r| r.path)
+            .filter(|p| p.contains("_name"))
+            .collect();
+        assert!(refused.is_empty(), "Kong {version}: {refused:?}");
+    }
+    Ok(())
+}

@@ -125,6 +125,10 @@ struct Case {
     /// that Kong wants version 0 for it (`palisade_kit::store::insert`), a refused write and a
     /// read more, once per VM.
     kong_first_insert: usize,
+    /// Calls Kong makes beyond Envoy's bound: audit's event on Kong 3.9+ reads
+    /// `kong.route_name` and `kong.service_name` on every request, one call more in all than
+    /// Envoy makes for the same facts.
+    kong_extra: usize,
     max_fuel: Option<u64>,
 }
 
@@ -141,6 +145,7 @@ fn cases() -> Vec<Case> {
         scenario,
         max_calls,
         kong_first_insert: 0,
+        kong_extra: 0,
         max_fuel: None,
     };
     // header-security's fuel as measured (Rust 1.95, proxy-wasm 0.2, opt-level 3) plus ~3%: a
@@ -207,22 +212,28 @@ fn cases() -> Vec<Case> {
             ),
             8_200,
         ),
-        case(
-            Plugin::Audit,
-            "example",
-            example("audit"),
-            Scenario::Get,
-            // A success: no `response.code_details` (read for errors only).
-            17,
-        ),
-        case(
-            Plugin::Audit,
-            "example",
-            example("audit"),
-            Scenario::Post1k,
-            // A success: no `response.code_details` (read for errors only).
-            17,
-        ),
+        Case {
+            kong_extra: 1,
+            ..case(
+                Plugin::Audit,
+                "example",
+                example("audit"),
+                Scenario::Get,
+                // A success: no `response.code_details` (read for errors only).
+                17,
+            )
+        },
+        Case {
+            kong_extra: 1,
+            ..case(
+                Plugin::Audit,
+                "example",
+                example("audit"),
+                Scenario::Post1k,
+                // A success: no `response.code_details` (read for errors only).
+                17,
+            )
+        },
         case(
             Plugin::RateLimit,
             "bench",
@@ -244,14 +255,17 @@ fn cases() -> Vec<Case> {
                 19,
             )
         },
-        case(
-            Plugin::Audit,
-            "bench",
-            bench_configs::AUDIT,
-            Scenario::Get,
-            // A success: no `response.code_details` (read for errors only).
-            17,
-        ),
+        Case {
+            kong_extra: 1,
+            ..case(
+                Plugin::Audit,
+                "bench",
+                bench_configs::AUDIT,
+                Scenario::Get,
+                // A success: no `response.code_details` (read for errors only).
+                17,
+            )
+        },
     ]
 }
 
@@ -313,7 +327,7 @@ fn host_calls_per_request_stay_within_bounds() -> Result<(), Failure> {
             let allowance = if profile == Profile::Envoy {
                 0
             } else {
-                case.kong_first_insert
+                case.kong_first_insert + case.kong_extra
             };
             if count > case.max_calls + allowance {
                 over.push(line.clone());

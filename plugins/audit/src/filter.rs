@@ -74,8 +74,9 @@ struct Worker {
     /// Call-out token -> batch id.
     calls: RefCell<BTreeMap<u32, u64>>,
     flavor: Cell<Flavor>,
-    /// Kong before 3.9 lacks `kong.route_name`/`kong.service_name`: asked until one misses.
-    kong_names: Cell<bool>,
+    /// Whether this Kong has `kong.route_name`/`kong.service_name` (3.9+), from `kong.version`
+    /// read once. (A route or service without a name misses for its own requests only.)
+    kong_names: Cell<Option<bool>>,
     /// The queue depth last added to the cross-worker gauge.
     reported_depth: Cell<u64>,
     /// Failed batches since the last success: only the first is logged.
@@ -322,7 +323,7 @@ fn compile(config: AuditConfig) -> Result<Worker, String> {
         metrics: config.metrics.then(Metrics::define),
         calls: RefCell::new(BTreeMap::new()),
         flavor: Cell::new(Flavor::Unknown),
-        kong_names: Cell::new(true),
+        kong_names: Cell::new(None),
         reported_depth: Cell::new(0),
         failing: Cell::new(0),
     })
@@ -524,12 +525,15 @@ impl Stream {
         };
         match flavor {
             Flavor::Kong => {
-                if worker.kong_names.get() {
+                let names = worker.kong_names.get().unwrap_or_else(|| {
+                    let names = property(&["kong", "version"])
+                        .is_some_and(|v| palisade_kit::route_name::has_route_name(&v));
+                    worker.kong_names.set(Some(names));
+                    names
+                });
+                if names {
                     facts.route = text_property(&["kong", "route_name"]);
                     facts.cluster = text_property(&["kong", "service_name"]);
-                    if facts.route.is_none() && facts.cluster.is_none() {
-                        worker.kong_names.set(false);
-                    }
                 }
             }
             _ => {

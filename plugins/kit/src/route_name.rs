@@ -57,8 +57,9 @@ impl RouteName {
     }
 }
 
-/// Whether a Kong `version` ("3.9.1", "3.10.0.2-enterprise") has `kong.route_name` (3.9+).
-fn has_route_name(version: &[u8]) -> bool {
+/// Whether a Kong `version` ("3.9.1", "3.10.0.2-enterprise") has `kong.route_name` and
+/// `kong.service_name` (3.9+).
+pub fn has_route_name(version: &[u8]) -> bool {
     let mut parts = version.split(|&b| b == b'.').map(|part| {
         let digits = part.iter().take_while(|b| b.is_ascii_digit()).count();
         std::str::from_utf8(part.get(..digits).unwrap_or_default())
