@@ -86,6 +86,19 @@ fn parse_wildcard(pattern: &str) -> Option<OriginMatcher> {
     })
 }
 
+/// Records a problem at `field` when `origin` names its scheme's default port, which no
+/// browser's `Origin` carries ([`default_port`]); returns whether it did.
+fn refuse_default_port(field: &str, origin: &str, problems: &mut Problems) -> bool {
+    let Some(port) = default_port(origin) else {
+        return false;
+    };
+    problems.push_at(
+        field,
+        format!("{origin:?} can never match: browsers leave out the default port {port}"),
+    );
+    true
+}
+
 /// The port of an `http://...:80` or `https://...:443` origin: a browser's `Origin` never
 /// carries it (the URL standard drops a scheme's default port), so such an entry never matches.
 fn default_port(origin: &str) -> Option<&'static str> {
@@ -149,25 +162,13 @@ fn compile_pattern(pattern: &OriginPattern, problems: &mut Problems) -> Option<O
                 );
                 return None;
             }
-            if let Some(port) = default_port(origin) {
-                problems.push_at(
-                    "exact",
-                    format!(
-                        "{origin:?} can never match: browsers leave out the default port {port}"
-                    ),
-                );
+            if refuse_default_port("exact", origin, problems) {
                 return None;
             }
             Some(OriginMatcher::Exact(origin.as_str().into()))
         }
         OriginPattern::Wildcard(pattern) => {
-            if let Some(port) = default_port(pattern) {
-                problems.push_at(
-                    "wildcard",
-                    format!(
-                        "{pattern:?} can never match: browsers leave out the default port {port}"
-                    ),
-                );
+            if refuse_default_port("wildcard", pattern, problems) {
                 return None;
             }
             let parsed = parse_wildcard(pattern);

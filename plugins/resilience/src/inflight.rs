@@ -356,22 +356,21 @@ impl InflightLimit {
     /// rewrites every share whose last write failed; returns the scopes whose write failed.
     /// Call well within the lease (the filter: every third).
     pub fn renew(&self, store: &impl SharedStore, owner: &Owner, now_ms: u64) -> Vec<String> {
-        let mut held = owner.held.borrow_mut();
-        for entry in held.values_mut() {
-            // A stale share with no slot that has expired meanwhile counts no more: done.
-            if entry.stale
-                && entry.counts.is_empty()
-                && now_ms >= entry.written_ms.saturating_add(self.lease_ms)
-            {
-                entry.stale = false;
-            }
-        }
-        let due: Vec<(String, Inflight)> = held
-            .iter()
-            .filter(|(_, held)| held.stale || !held.counts.is_empty())
-            .map(|(key, held)| (key.clone(), held.counts))
+        let due: Vec<(String, Inflight)> = owner
+            .held
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|(key, held)| {
+                // A stale share with no slot that has expired meanwhile counts no more: done.
+                if held.stale
+                    && held.counts.is_empty()
+                    && now_ms >= held.written_ms.saturating_add(self.lease_ms)
+                {
+                    held.stale = false;
+                }
+                (held.stale || !held.counts.is_empty()).then(|| (key.clone(), held.counts))
+            })
             .collect();
-        drop(held);
         due.into_iter()
             .filter(|(key, counts)| {
                 let written = self.write_share(store, key, owner, *counts, now_ms);
