@@ -390,6 +390,45 @@ fn failed_batches_are_retried_with_backoff_then_dropped_and_counted() -> Result<
     Ok(())
 }
 
+/// A collector (or the proxy in front of it) refusing a batch as too large: the halves go at
+/// once, and every event arrives, none dropped.
+#[test]
+fn a_batch_too_large_is_split_and_every_event_arrives() -> Result<(), Failure> {
+    for profile in [Profile::Envoy, Profile::Kong(KongVersion::V3_10)] {
+        let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+        let collector = upstream(profile);
+        host.script_http_call(
+            collector,
+            CalloutReply::status(413).body("<html>413 Request Entity Too Large</html>"),
+        );
+        host.script_http_call(collector, produced(1));
+        host.script_http_call(collector, produced(2));
+        for _ in 0..3 {
+            exchange(&vms, "GET", "/health", 200)?;
+        }
+        host.advance_clock(Duration::from_secs(1))?;
+        let calls = host.http_calls();
+        let sizes: Vec<usize> = calls.iter().map(|call| events(call).len()).collect();
+        assert_eq!(sizes, [3, 1, 2], "{profile:?}");
+        let ids = |call: &HttpCall| -> Vec<Value> {
+            events(call).iter().map(|e| e["event_id"].clone()).collect()
+        };
+        assert_eq!(
+            [ids(&calls[1]), ids(&calls[2])].concat(),
+            ids(&calls[0]),
+            "{profile:?}: the halves carry the same events, in order"
+        );
+        assert_eq!(totals(&host), [3, 3, 3, 0], "{profile:?}");
+        assert_eq!(
+            warnings(&vms),
+            ["[palisade-audit] batch not delivered: status 413: batch of 3 split in two and sent again; 3 events to retry, 0 dropped (further failures are counted, not logged)"],
+            "{profile:?}"
+        );
+        assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0, "{profile:?}");
+    }
+    Ok(())
+}
+
 #[test]
 fn refused_batches_are_dropped_at_once() -> Result<(), Failure> {
     let profile = Profile::Envoy;

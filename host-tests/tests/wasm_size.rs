@@ -25,8 +25,10 @@ const CEILINGS: [(&str, u64); 5] = [
     // renewal (a failed release had other workers shed against it for a whole lease).
     ("palisade_resilience.wasm", 415_000),
     ("palisade_header_security.wasm", 470_000),
-    // 460,244 with the byte budget for buffered events.
-    ("palisade_audit.wasm", 465_000),
+    // 460,244 with the byte budget for buffered events; 467,320: +2.2 KB to redact URLs in
+    // captured headers (a Referer's query), +1.1 KB to split a batch a collector refuses as
+    // too large (413) instead of dropping it.
+    ("palisade_audit.wasm", 470_000),
 ];
 
 #[test]

@@ -378,6 +378,27 @@ impl DeliveryQueue {
                 }
                 true
             }
+            // Too large for the collector (a proxy's `client_max_body_size`, a REST proxy's
+            // request limit): the halves may pass, so both go again at once, the attempt
+            // unchanged. Halving ends at one event, which is dropped if still too large.
+            Some((413, body)) if batch.events.len() > 1 => {
+                let second = batch.events.split_off(batch.events.len() / 2);
+                result.problem = Some(format!(
+                    "{}: batch of {n} split in two and sent again",
+                    describe(413, body)
+                ));
+                for events in [std::mem::take(&mut batch.events), second] {
+                    let half = Batch {
+                        events,
+                        attempt: batch.attempt,
+                    };
+                    self.held_bytes += batch_weight(&half);
+                    self.retrying.push((now_ms, half));
+                }
+                result.retried += n;
+                self.totals.retried += n;
+                return Some(result);
+            }
             Some((status, body)) => {
                 result.problem = Some(describe(status, body));
                 retriable_status(status)
@@ -746,6 +767,54 @@ mod tests {
             Some("status 404 (error_code 40401: Topic audit not found.)")
         );
         assert!(q.on_answer(sends[0].batch_id, None, 6, &mut rng).is_none());
+        accounted(&q);
+    }
+
+    #[test]
+    fn a_batch_too_large_is_split_until_its_halves_pass() {
+        let mut q = kafka();
+        let mut rng = rng();
+        for i in 0..3 {
+            q.push(event("audit", i, 0));
+        }
+        let (sends, _) = q.poll(0, &mut rng);
+        assert_eq!(sends[0].events, 3);
+        let a = q
+            .on_answer(sends[0].batch_id, Some((413, b"")), 5, &mut rng)
+            .unwrap();
+        assert_eq!((a.sent, a.retried, a.dropped), (0, 3, 0));
+        assert_eq!(
+            a.problem.as_deref(),
+            Some("status 413: batch of 3 split in two and sent again")
+        );
+        accounted(&q);
+        // Both halves go at once, no backoff: event 0, then events 1-2.
+        let (halves, _) = q.poll(5, &mut rng);
+        let body = |s: &Send| String::from_utf8(s.body.clone()).unwrap();
+        assert_eq!(
+            halves.iter().map(body).collect::<Vec<_>>(),
+            [
+                r#"{"records":[{"key":"k0","value":{"event_id":"e0"}}]}"#,
+                r#"{"records":[{"key":"k1","value":{"event_id":"e1"}},{"key":"k2","value":{"event_id":"e2"}}]}"#,
+            ]
+        );
+        // The first half passes; the second is split again into single events: one passes,
+        // the other, too large alone, is dropped (a 413 on one event is not retried).
+        q.on_answer(halves[0].batch_id, Some((200, b"")), 6, &mut rng);
+        q.on_answer(halves[1].batch_id, Some((413, b"")), 6, &mut rng);
+        let (singles, _) = q.poll(6, &mut rng);
+        assert_eq!(singles.iter().map(|s| s.events).collect::<Vec<_>>(), [1, 1]);
+        q.on_answer(singles[0].batch_id, Some((200, b"")), 7, &mut rng);
+        let last = q
+            .on_answer(singles[1].batch_id, Some((413, b"")), 7, &mut rng)
+            .unwrap();
+        assert_eq!((last.retried, last.dropped), (0, 1));
+        assert_eq!(last.problem.as_deref(), Some("status 413"));
+        assert_eq!(
+            (q.totals().sent, q.totals().retried, q.totals().dropped),
+            (2, 5, 1)
+        );
+        assert_eq!(q.buffered(), 0);
         accounted(&q);
     }
 

@@ -210,7 +210,9 @@ impl Audit {
                 .request_headers
                 .iter()
                 .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .map(|(_, v)| {
+                    redact::redact_header_value(&String::from_utf8_lossy(v), &self.redaction)
+                })
                 .collect();
             if !values.is_empty() {
                 headers.insert(name.clone(), values.join(","));
@@ -297,7 +299,7 @@ mod tests {
         {"event_type":"admin_operation","paths":["/admin/**"]},
         {"event_type":"data_access","methods":["GET","HEAD"],"paths":["/api/**"]},
         {"event_type":"user_action","methods":["POST","PUT","PATCH","DELETE"],"paths":["/api/**"]}
-    ],"capture_headers":["x-tenant"]}"#;
+    ],"capture_headers":["x-tenant","referer"]}"#;
 
     fn request<'a>(pairs: &'a [(&'a str, &'a str)]) -> Vec<(&'a [u8], &'a [u8])> {
         pairs
@@ -354,6 +356,10 @@ mod tests {
             ("x-palisade-consumer", "shop-web"),
             ("x-tenant", "acme"),
             ("x-tenant", "acme-eu"),
+            (
+                "referer",
+                "https://shop.example.com/cb?code=s3cr3t#access_token=s3cr3t",
+            ),
         ]);
         let facts = Facts {
             request_headers: &headers,
@@ -395,7 +401,14 @@ mod tests {
         );
         assert_eq!(
             event.headers,
-            BTreeMap::from([("x-tenant".to_owned(), "acme,acme-eu".to_owned())])
+            BTreeMap::from([
+                ("x-tenant".to_owned(), "acme,acme-eu".to_owned()),
+                // A URL's query is a path's: redacted the same way, its fragment dropped.
+                (
+                    "referer".to_owned(),
+                    "https://shop.example.com/cb?code=REDACTED".to_owned()
+                ),
+            ])
         );
         let json = String::from_utf8(event.to_json()).unwrap();
         assert!(!json.contains("s3cr3t"), "{json}");

@@ -103,10 +103,50 @@ fn parameters(query: &str) -> impl Iterator<Item = (char, &str)> {
     })
 }
 
-/// The path as an event carries it: the query redacted per `redaction`.
+/// A captured header's value as an event carries it. A value naming a URL (`referer`,
+/// `origin`, `x-original-url`, `x-forwarded-uri`...) carries the same secrets a path does: its
+/// query is redacted as the path's is, its fragment dropped (an implicit-flow `access_token`
+/// lives there) and the password of a `user:password@` removed. Any value with a `?` is read
+/// that way: over-redacting is the safe side.
+pub fn redact_header_value(value: &str, redaction: &Redaction) -> String {
+    let scheme_end = value.find("://").map(|at| at + 3);
+    let mut value = value;
+    if scheme_end.is_some() || value.starts_with('/') {
+        if let Some(at) = value.find('#') {
+            value = value.get(..at).unwrap_or_default();
+        }
+    }
+    // `https://u:p@host/x`: the authority ends at the first `/`, `?` or `#` after the scheme.
+    let userinfo_end = scheme_end.and_then(|start| {
+        let rest = value.get(start..)?;
+        let end = rest
+            .bytes()
+            .position(|b| matches!(b, b'/' | b'?' | b'#'))
+            .unwrap_or(rest.len());
+        Some((start, start + rest.get(..end)?.rfind('@')?))
+    });
+    match userinfo_end {
+        Some((start, at)) => {
+            let mut url = String::with_capacity(value.len());
+            url.push_str(value.get(..start).unwrap_or_default());
+            url.push_str(REDACTED);
+            url.push_str(value.get(at..).unwrap_or_default());
+            redact_path(&url, redaction)
+        }
+        None => redact_path(value, redaction),
+    }
+}
+
+/// The path as an event carries it: the query redacted per `redaction`, a fragment dropped.
 pub fn redact_path(path: &str, redaction: &Redaction) -> String {
     let Some((base, query)) = path.split_once('?') else {
         return path.to_owned();
+    };
+    // What follows a `#` in the query is a fragment: no upstream reads it as a parameter, and
+    // it is where a client that sends one puts tokens.
+    let query = match query.find('#') {
+        Some(at) => query.get(..at).unwrap_or_default(),
+        None => query,
     };
     if redaction.query == QueryMode::Drop || query.is_empty() {
         return base.to_owned();
@@ -259,6 +299,55 @@ mod tests {
         assert_eq!(
             redact_path("/x?page=1?api_key=SECRET", &values),
             "/x?page=1?api_key=REDACTED"
+        );
+    }
+
+    #[test]
+    fn fragments_in_the_query_are_dropped() {
+        let values = redaction(QueryMode::RedactValues);
+        assert_eq!(
+            redact_path("/x?page=1#access_token=SECRET", &values),
+            "/x?page=1"
+        );
+        let keep = redaction(QueryMode::Keep);
+        assert_eq!(redact_path("/x?q=1#frag", &keep), "/x?q=1");
+        assert_eq!(redact_path("/x?#frag", &keep), "/x");
+    }
+
+    #[test]
+    fn url_valued_headers_are_redacted_like_the_path() {
+        let values = redaction(QueryMode::RedactValues);
+        assert_eq!(
+            redact_header_value("https://app.example/cb?code=abc&page=2", &values),
+            "https://app.example/cb?code=REDACTED&page=2"
+        );
+        assert_eq!(
+            redact_header_value("https://app.example/cb#access_token=SECRET", &values),
+            "https://app.example/cb"
+        );
+        assert_eq!(
+            redact_header_value("/orig?api_key=SECRET", &redaction(QueryMode::Keep)),
+            "/orig"
+        );
+        assert_eq!(
+            redact_header_value("https://bob:hunter2@db.example:8443/x?y", &values),
+            "https://REDACTED@db.example:8443/x?REDACTED"
+        );
+        // An `@` past the authority is not userinfo.
+        assert_eq!(
+            redact_header_value("https://a.example/u@b", &values),
+            "https://a.example/u@b"
+        );
+        // Values that name no URL stay as they are, `#` included; a `?` is read as a query.
+        assert_eq!(redact_header_value("tenant-7", &values), "tenant-7");
+        assert_eq!(redact_header_value("#ff0000", &values), "#ff0000");
+        assert_eq!(
+            redact_header_value("a?token=x", &values),
+            "a?token=REDACTED"
+        );
+        assert_eq!(
+            redact_header_value("https://a.example", &redaction(QueryMode::Drop)),
+            "https://a.example"
         );
     }
 
