@@ -10,7 +10,7 @@ use std::time::Duration;
 use palisade_host_tests::auth_tokens::{self, claims, jwks, jwks_with, Signer, ISSUER};
 use palisade_host_tests::wasm_host::{
     CalloutReply, Failure, Host, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome, Plugin,
-    PluginVms, Profile, Request, SharedDataFault, START_UNIX_SECS,
+    PluginVms, Profile, Request, Response, SharedDataFault, START_UNIX_SECS,
 };
 use plugin_support::{assert_rejected, PROFILES};
 use serde_json::{json, Value};
@@ -561,24 +561,46 @@ fn kong_3_8_never_answering_a_failed_refresh_does_not_stop_later_refreshes() -> 
 }
 
 #[test]
-fn kong_3_8_resuming_a_failed_cold_fetch_forwards_no_client_identity() -> Result<(), Failure> {
+fn kong_3_8_resuming_a_failed_cold_fetch_refuses_its_response() -> Result<(), Failure> {
     // Kong 3.4-3.8 resume the request when its call-out fails, without calling the plugin
     // back (docs/auth.md "Kong"): the request goes on unauthenticated, but the identity
     // headers were stripped before the call, so a spoofed identity never reaches upstream.
+    // Its response is replaced by the 503 Kong 3.9+ give the request, and while the fetch's
+    // lease runs (timeout + 1 s) the next requests get that 503 before the upstream.
     let profile = Profile::Kong(palisade_host_tests::wasm_host::KongVersion::V3_8);
     let host = Host::new(profile);
     let vms = host.load(Plugin::Auth, &config(json!({})))?;
     host.script_http_call(IDP, CalloutReply::failure("connection refused"));
+    let rs = token("RS256", Some("rsa-1"), NOW);
     let mut stream = vms.http_request(
-        bearer(&token("RS256", Some("rsa-1"), NOW))
+        bearer(&rs)
             .header("x-palisade-subject", "mallory")
             .header("x-palisade-claim-email", "mallory@evil.example"),
     )?;
-    stream.send_request_headers(true)?;
+    assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
     let upstream = stream.upstream_request_headers();
+    assert!(
+        upstream.contains("authorization"),
+        "it went on: {upstream:?}"
+    );
     assert!(!upstream.contains("x-palisade-subject"), "{upstream:?}");
     assert!(!upstream.contains("x-palisade-claim-email"));
     assert!(!upstream.contains("x-palisade-auth-provider"));
+    let outcome = stream.send_response_headers(Response::status(200), false)?;
+    assert_status(&outcome, 503, UNAVAILABLE, "the resumed request's response");
+    assert_eq!(
+        warnings(&host),
+        ["[palisade-auth] the JWKS call-out failed and the host sent the request upstream without calling the plugin back (Kong before 3.9): the request went without identity, and its response is replaced by this plugin's refusal"]
+    );
+    host.advance_clock(Duration::from_millis(5900))?;
+    assert_status(&send(&vms, 0, &rs)?, 503, UNAVAILABLE, "held");
+    assert_eq!(jwks_calls(&host), 1, "no call while held (timeout 5s + 1s)");
+    // Then the fetch's lease has run out too: the timer fetches the keys.
+    host.script_http_call(IDP, jwks_reply(&jwks()));
+    host.advance_clock(Duration::from_millis(1100))?;
+    assert_eq!(jwks_calls(&host), 2);
+    assert_eq!(send(&vms, 0, &rs)?, Outcome::Continue);
+    assert_eq!(jwks_calls(&host), 2);
     Ok(())
 }
 

@@ -7,8 +7,8 @@ mod plugin_support;
 
 use palisade_host_tests::auth_tokens::{self, claims, Signer};
 use palisade_host_tests::wasm_host::{
-    CalloutReply, Failure, Headers, Host, KongVersion, LogOrigin, MetricValue, Outcome, Plugin,
-    PluginVms, Profile, Request, START_UNIX_SECS,
+    CalloutReply, Failure, Headers, Host, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome,
+    Plugin, PluginVms, Profile, Request, Response, START_UNIX_SECS,
 };
 use plugin_support::{assert_rejected, load, PROFILES};
 use serde_json::{json, Value};
@@ -742,22 +742,81 @@ fn fail_open_lets_requests_through_anonymous_when_the_endpoint_is_down() -> Resu
     Ok(())
 }
 
+/// Kong 3.4-3.8 resume the request when its call-out fails, without calling the plugin back
+/// (docs/auth.md "Kong"): the request reaches the upstream, with the identity headers stripped
+/// before the call. Its response is then refused as Kong 3.9+ refuse the request (3.7 and 3.8:
+/// the same 503; before 3.7 Kong can only answer 500), and for the call's timeout and a second
+/// introspection counts as down: the next requests are refused before the upstream.
 #[test]
-fn kong_3_8_resuming_a_failed_introspection_forwards_no_client_identity() -> Result<(), Failure> {
-    // Kong 3.4-3.8 resume the request when its call-out fails, without calling the plugin
-    // back: the identity headers were stripped before the call (docs/auth.md "Kong").
-    let host = Host::new(Profile::Kong(KongVersion::V3_8));
-    let vms = host.load(Plugin::Auth, &introspection_config("closed"))?;
-    host.script_http_call(INTROSPECT, CalloutReply::failure("connection refused"));
-    let mut stream = vms.http_request(
-        opaque("opaque-1")
-            .header("x-palisade-subject", "mallory")
-            .header("x-palisade-consumer", "mallory"),
-    )?;
-    stream.send_request_headers(true)?;
-    let upstream = stream.upstream_request_headers();
-    assert!(!upstream.contains("x-palisade-subject"), "{upstream:?}");
-    assert!(!upstream.contains("x-palisade-consumer"));
+fn kong_before_3_9_resuming_a_failed_introspection_refuses_its_response() -> Result<(), Failure> {
+    for version in [KongVersion::V3_6, KongVersion::V3_8] {
+        let host = Host::new(Profile::Kong(version));
+        let mut config: Value = serde_json::from_str(&introspection_config("closed")).unwrap();
+        // Metrics arrived in Kong 3.8.
+        config["metrics"] = json!(version == KongVersion::V3_8);
+        let vms = host.load(Plugin::Auth, &config.to_string())?;
+        host.script_http_call(INTROSPECT, CalloutReply::failure("connection refused"));
+        let mut stream = vms.http_request(
+            opaque("opaque-1")
+                .header("x-palisade-subject", "mallory")
+                .header("x-palisade-consumer", "mallory"),
+        )?;
+        stream.send_request_headers(true)?;
+        let upstream = stream.upstream_request_headers();
+        assert!(!upstream.contains("x-palisade-subject"), "{upstream:?}");
+        assert!(!upstream.contains("x-palisade-consumer"));
+        let outcome = stream.send_response_headers(
+            Response::status(200).header("content-type", "text/plain"),
+            false,
+        )?;
+        let errors: Vec<String> = host
+            .logs()
+            .into_iter()
+            .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
+            .map(|e| e.message)
+            .collect();
+        if version == KongVersion::V3_8 {
+            assert_reply(
+                &outcome,
+                503,
+                None,
+                "introspection endpoint unreachable",
+                "3.8",
+            );
+            assert_eq!(
+                count(
+                    &host,
+                    "palisade_auth.denied.introspection.introspection_unreachable"
+                ),
+                1
+            );
+            assert_eq!(errors, ["[palisade-auth] the introspection call-out failed and the host sent the request upstream without calling the plugin back (Kong before 3.9): the request went without identity, and its response is replaced by this plugin's refusal"]);
+        } else {
+            stream.send_response_body("protected", true)?;
+            assert_eq!(stream.response_status(), 500, "{version:?}");
+            assert!(host.logs().iter().any(|e| e.origin == LogOrigin::Host
+                && e.message == "bad \"on_response_headers\" return action: \"PAUSE\""));
+            assert_eq!(errors, ["[palisade-auth] the introspection call-out failed and the host sent the request upstream without calling the plugin back (Kong before 3.9): the request went without identity, and its response is replaced by Kong's 500"]);
+        }
+        // Until the call's timeout (2s) and a second have passed, no call: refused at once.
+        host.advance_clock(std::time::Duration::from_millis(2900))?;
+        let (outcome, _) = send(&vms, opaque("opaque-2"))?;
+        assert_reply(
+            &outcome,
+            503,
+            None,
+            "introspection endpoint unreachable",
+            "held",
+        );
+        assert_eq!(host.http_calls().len(), 1, "{version:?}");
+        // Then introspection is asked again.
+        host.advance_clock(std::time::Duration::from_millis(200))?;
+        host.script_http_call(INTROSPECT, active("reports:read"));
+        let (outcome, upstream) = send(&vms, opaque("opaque-2"))?;
+        assert_eq!(outcome, Outcome::Continue, "{version:?}");
+        assert_eq!(upstream.get("x-palisade-subject"), Some("svc-reports"));
+        assert_eq!(host.http_calls().len(), 2, "{version:?}");
+    }
     Ok(())
 }
 

@@ -113,6 +113,37 @@ struct Worker {
     /// dispatch: such an entry is dropped at its deadline, or it would hold the provider's
     /// refreshes forever.
     refreshing: RefCell<HashMap<u32, (usize, u64, u64)>>,
+    /// Until when (Unix ms) a call-out is taken as failed without being made: set when Kong
+    /// 3.4-3.8 let a request go on after its call-out failed, so that until then requests are
+    /// refused before the upstream instead of reaching it unauthenticated.
+    held_until_ms: RefCell<HashMap<Callee, u64>>,
+}
+
+/// Whom a request's call-out goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Callee {
+    Introspection,
+    /// A provider's JWKS server.
+    Jwks(usize),
+}
+
+impl Worker {
+    fn held(&self, callee: Callee, now_ms: u64) -> bool {
+        self.held_until_ms
+            .borrow()
+            .get(&callee)
+            .is_some_and(|until| now_ms < *until)
+    }
+
+    /// Holds `callee`'s call-outs for `timeout` and a second from now.
+    fn hold(&self, callee: Callee, timeout: Duration) {
+        let Some(now_ms) = now_ms() else {
+            return;
+        };
+        let hold = timeout.saturating_add(Duration::from_secs(1));
+        let until = now_ms.saturating_add(u64::try_from(hold.as_millis()).unwrap_or(u64::MAX));
+        self.held_until_ms.borrow_mut().insert(callee, until);
+    }
 }
 
 /// How often the root timer looks at the shared JWKS records (and refreshes those due).
@@ -216,6 +247,7 @@ impl Plugin for AuthPlugin {
             metrics,
             cache,
             refreshing: RefCell::default(),
+            held_until_ms: RefCell::default(),
         })
     }
 
@@ -432,6 +464,12 @@ impl Stream {
                 return self.apply(verdict, headers, false);
             }
         }
+        if worker.held(Callee::Introspection, now_ms) {
+            let verdict = worker
+                .engine
+                .introspected(pending, Answer::Failed(IntrospectionError::Unreachable));
+            return self.apply(verdict, headers, false);
+        }
         // Kong 3.4-3.8 resume a request whose call-out fails without calling the plugin back:
         // such a request must at least not carry a client's identity.
         let strip = worker.engine.strip_identity(headers);
@@ -544,9 +582,75 @@ impl HttpContext for Stream {
         };
         self.decide(raw, peer, true, false)
     }
+
+    /// A response to a request still waiting for its call-out: only Kong 3.4-3.8 get here,
+    /// which let the request go on when the call-out fails, without calling the plugin back.
+    /// It reached the upstream without identity; its response must not reach the client.
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Envoy always answers a call-out; a response reaching a request still paused on one
+        // there is Envoy's own local reply (a stream timeout), left as it is.
+        if self.pending.is_none() || !host::is_kong() {
+            return Action::Continue;
+        }
+        match self.pending.take() {
+            Some(pending) => self.refuse_unanswered(pending),
+            None => Action::Continue,
+        }
+    }
 }
 
 impl Stream {
+    /// The response of a request whose call-out was never answered (see
+    /// `on_http_response_headers`): replaced by the refusal the failed call-out gets on Kong
+    /// 3.9+ (Kong 3.7 and 3.8 send it from here; before 3.7 they cannot, and pausing makes Kong
+    /// answer 500), unless introspection fails open. The callee is then taken as unreachable
+    /// for its timeout and a second, so the next requests are refused before the upstream.
+    fn refuse_unanswered(&mut self, pending: Pending) -> Action {
+        let worker = Rc::clone(&self.worker);
+        let (what, verdict) = match pending {
+            Pending::Introspection(pending) => {
+                if let Some(introspector) = worker.engine.introspector() {
+                    worker.hold(Callee::Introspection, introspector.timeout());
+                }
+                let verdict = worker
+                    .engine
+                    .introspected(pending, Answer::Failed(IntrospectionError::Unreachable));
+                ("introspection", verdict)
+            }
+            Pending::Jwks { provider, .. } => {
+                if let Some(remote) = worker.remote(provider) {
+                    worker.hold(Callee::Jwks(provider), remote.request().timeout);
+                }
+                (
+                    "JWKS",
+                    Verdict::Deny {
+                        source: Source::Provider(provider),
+                        rejection: Rejection::KeysUnavailable,
+                    },
+                )
+            }
+        };
+        let Verdict::Deny { source, rejection } = verdict else {
+            // `fail_mode: open`: the request went on anonymous, as that mode lets it.
+            return Action::Continue;
+        };
+        if let Some(metrics) = worker.metrics.as_ref() {
+            metrics.denied(source, &rejection);
+        }
+        let can_reply = host::property(&["kong", "version"])
+            .ok()
+            .flatten()
+            .is_some_and(|v| palisade_kit::route_name::kong_version_at_least(&v, 3, 7));
+        log::error!(
+            "[{NAME}] the {what} call-out failed and the host sent the request upstream without calling the plugin back (Kong before 3.9): the request went without identity, and its response is replaced by {}",
+            if can_reply { "this plugin's refusal" } else { "Kong's 500" }
+        );
+        if can_reply {
+            return refuse(&rejection.reply(), &Fields::new());
+        }
+        Action::Pause
+    }
+
     /// Decides for the request's headers `raw` and applies the verdict. `may_fetch`: a verdict
     /// that needs a provider's remote keys (none usable yet, or an unknown `kid` whose early
     /// refresh is allowed) pauses the request on a JWKS fetch instead, once. `resume`: the
@@ -601,7 +705,9 @@ impl Stream {
             } => Some((*index, Trigger::Cold)),
             _ => None,
         };
-        if let Some((provider, trigger)) = wants_keys.filter(|_| may_fetch) {
+        let wants_keys = wants_keys
+            .filter(|(provider, _)| may_fetch && !worker.held(Callee::Jwks(*provider), now_ms));
+        if let Some((provider, trigger)) = wants_keys {
             if let Some(remote) = worker.remote(provider) {
                 // Another worker may hold newer keys already: take them, decide again.
                 if remote.sync(&HostStore) {

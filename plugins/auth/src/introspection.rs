@@ -352,6 +352,11 @@ impl Introspector {
         self.fail_mode
     }
 
+    /// How long a call may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// An empty cache sized by this configuration.
     pub fn new_cache(&self) -> IntrospectionCache {
         IntrospectionCache::new(self.cache_limits)

@@ -60,6 +60,12 @@ impl RouteName {
 /// Whether a Kong `version` ("3.9.1", "3.10.0.2-enterprise") has `kong.route_name` and
 /// `kong.service_name` (3.9+).
 pub fn has_route_name(version: &[u8]) -> bool {
+    kong_version_at_least(version, 3, 9)
+}
+
+/// Whether a Kong `version` ("3.9.1", "3.10.0.2-enterprise") is `major.minor` or later; a
+/// version that does not read as one is not.
+pub fn kong_version_at_least(version: &[u8], major: u32, minor: u32) -> bool {
     let mut parts = version.split(|&b| b == b'.').map(|part| {
         let digits = part.iter().take_while(|b| b.is_ascii_digit()).count();
         std::str::from_utf8(part.get(..digits).unwrap_or_default())
@@ -67,7 +73,7 @@ pub fn has_route_name(version: &[u8]) -> bool {
             .and_then(|n| n.parse::<u32>().ok())
     });
     match (parts.next().flatten(), parts.next().flatten()) {
-        (Some(major), Some(minor)) => major > 3 || (major == 3 && minor >= 9),
+        (Some(have_major), Some(have_minor)) => (have_major, have_minor) >= (major, minor),
         _ => false,
     }
 }
@@ -165,6 +171,11 @@ mod tests {
         ] {
             assert_eq!(has_route_name(version), has, "{version:?}");
         }
+        assert!(kong_version_at_least(b"3.7.1", 3, 7));
+        assert!(kong_version_at_least(b"3.10.0", 3, 7));
+        assert!(!kong_version_at_least(b"3.6.1", 3, 7));
+        assert!(!kong_version_at_least(b"2.8.4", 3, 7));
+        assert!(kong_version_at_least(b"4.0", 3, 7));
     }
 
     #[test]
