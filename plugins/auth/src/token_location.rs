@@ -51,7 +51,7 @@ fn candidates<'a>(
     let in_cookie = cookie.into_iter().flat_map(move |cookie| {
         values(headers, "cookie")
             .flat_map(|header| header.split(|&b| b == b';'))
-            .filter_map(move |pair| pair_value(pair.trim_ascii(), cookie.as_bytes(), b'='))
+            .filter_map(move |pair| cookie_value(pair, cookie.as_bytes()))
             .map(|v| {
                 v.strip_prefix(b"\"")
                     .and_then(|v| v.strip_suffix(b"\""))
@@ -76,12 +76,15 @@ pub fn is_repeated(location: &TokenLocation, headers: &Fields<'_>) -> bool {
     tokens.any(|token| Some(token) != first)
 }
 
-/// `name=value` → `value` when the name matches.
-fn pair_value<'a>(pair: &'a [u8], name: &[u8], separator: u8) -> Option<&'a [u8]> {
-    let at = pair.iter().position(|&b| b == separator)?;
-    (pair.get(..at)? == name)
+/// The value of a cookie pair named `name`. Names are compared with the spaces around them
+/// trimmed, as Go's `net/http`, Node's `cookie` and Python's `SimpleCookie` read them: `session
+/// =x` is a `session` cookie to them, so it must be one here too, or it would survive removal.
+fn cookie_value<'a>(pair: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let at = pair.iter().position(|&b| b == b'=')?;
+    (pair.get(..at)?.trim_ascii() == name)
         .then(|| pair.get(at + 1..))
         .flatten()
+        .map(<[u8]>::trim_ascii)
 }
 
 /// A token that appears twice, differently, where it would be forwarded.
@@ -135,7 +138,7 @@ pub fn removal(location: &TokenLocation, headers: &Fields<'_>) -> Option<Edit<'s
                 .flat_map(|header| header.split(|&b| b == b';'))
                 .map(<[u8]>::trim_ascii)
                 .filter(|pair| !pair.is_empty())
-                .filter(|pair| pair_value(pair, cookie.as_bytes(), b'=').is_none())
+                .filter(|pair| cookie_value(pair, cookie.as_bytes()).is_none())
                 .collect();
             Some(if kept.is_empty() {
                 Edit::Remove(Cow::Borrowed("cookie"))
@@ -223,6 +226,14 @@ mod tests {
         let only: Vec<(&[u8], &[u8])> = vec![(b"cookie", b"session=\"q.q.q\"")];
         assert_eq!(find(&c, &only), Some(&b"q.q.q"[..]));
         assert_eq!(removal(&c, &only), Some(Edit::Remove("cookie".into())));
+        // Every copy goes, however spaced: Go, Node and Python read `session =x` as `session`.
+        let spaced: Vec<(&[u8], &[u8])> =
+            vec![(b"cookie", b"session =forged; theme=dark;  session\t= t.t.t")];
+        assert_eq!(find(&c, &spaced), Some(&b"forged"[..]));
+        assert_eq!(
+            removal(&c, &spaced),
+            Some(Edit::Set("cookie".into(), b"theme=dark".to_vec().into()))
+        );
     }
 
     #[test]
@@ -252,6 +263,9 @@ mod tests {
         // One cookie set for two paths arrives twice, the same.
         let same: Vec<(&[u8], &[u8])> = vec![(b"cookie", b"session=a; session=a")];
         assert!(!is_repeated(&c, &same));
+        // Spaces around a name do not make it another cookie to upstreams.
+        let spaced: Vec<(&[u8], &[u8])> = vec![(b"cookie", b"session =forged; session=a")];
+        assert!(is_repeated(&c, &spaced));
         // A name spelled as upstreams decode it is the same parameter.
         let encoded: Vec<(&[u8], &[u8])> = vec![(b":path", b"/x?access_token=a&access%5Ftoken=b")];
         assert!(is_repeated(&q, &encoded));
