@@ -1052,3 +1052,202 @@ fn the_retry_budget_grants_retries_to_a_share_of_the_requests_in_flight() -> Res
     assert_eq!(metric(&host, INFLIGHT), Some(MetricValue::Gauge(0)));
     Ok(())
 }
+
+/// Envoy's own overflow 503 (a connection-pool limit, e.g. a DestinationRule's
+/// `connectionPool`, refused the request: `x-envoy-overloaded: true`) tried no upstream: it
+/// never counts, also as a gRPC trailers-only UNAVAILABLE. On Kong the header means nothing.
+#[test]
+fn envoys_own_overflow_503_never_opens_the_circuit() -> Result<(), Failure> {
+    let overloaded = |vms: &PluginVms, worker: usize, grpc: bool| {
+        let request = if grpc {
+            get("/orders.Orders/Get").header("content-type", "application/grpc")
+        } else {
+            get("/orders")
+        };
+        let response = if grpc {
+            Response::status(200)
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "14")
+        } else {
+            Response::status(503)
+        };
+        let mut stream = vms.worker(worker).http_request(request)?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        stream.send_response_headers(response.header("x-envoy-overloaded", "true"), true)?;
+        stream.finish()?;
+        Ok::<_, Failure>(())
+    };
+    let (host, vms) = start(Profile::Envoy, "")?;
+    for i in 0..10 {
+        overloaded(&vms, i % 2, i >= 5)?;
+    }
+    assert_eq!(
+        metric(&host, "palisade_resilience.circuit_opened"),
+        Some(MetricValue::Counter(0))
+    );
+    assert_eq!(
+        host.shared_data(&format!("palisade/resilience/cb/{CLUSTER}")),
+        None
+    );
+    // The upstream's own 503s still count.
+    for i in 0..5 {
+        exchange(&vms, i % 2, 503)?;
+    }
+    assert_eq!(
+        metric(&host, "palisade_resilience.circuit_opened"),
+        Some(MetricValue::Counter(1))
+    );
+    let config = r#"{"proxy":"kong","metrics":false,"circuit_breaker":{"key":"orders"}}"#;
+    let (_, vms) = start(Profile::kong(), config)?;
+    for i in 0..5 {
+        let mut stream = vms.worker(i % 2).http_request(Request::get("/orders"))?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        stream.send_response_headers(
+            Response::status(503).header("x-envoy-overloaded", "true"),
+            true,
+        )?;
+        stream.finish()?;
+    }
+    assert_eq!(
+        plugin_lines(&vms, LogLevel::Warn),
+        ["[palisade-resilience] circuit orders opened for 30s (5 consecutive failures)"]
+    );
+    Ok(())
+}
+
+/// A client's deadline shortens the timeout the router gets: the router's 504 on such a stream
+/// is the client's haste, not the upstream's failure. Ten 1 ms deadlines (HTTP and gRPC) open
+/// nothing; a trial with one neither reopens the circuit nor keeps its place, and goes out
+/// without retries.
+#[test]
+fn a_client_deadline_cannot_open_the_circuit() -> Result<(), Failure> {
+    let (host, vms) = start(
+        Profile::Envoy,
+        r#"{"timeouts":{"deadline_header":"x-request-deadline-ms"}}"#,
+    )?;
+    let hasty = |host: &Host, vms: &PluginVms, worker: usize, grpc: bool| {
+        let now_ms = host
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let deadline = (now_ms + 1).to_string();
+        let request = get(if grpc {
+            "/orders.Orders/Get"
+        } else {
+            "/orders"
+        })
+        .header("x-request-deadline-ms", deadline);
+        let request = if grpc {
+            request.header("content-type", "application/grpc")
+        } else {
+            request
+        };
+        let mut stream = vms.worker(worker).http_request(request)?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        let upstream = stream.upstream_request_headers();
+        assert_eq!(upstream.get("x-envoy-upstream-rq-timeout-ms"), Some("1"));
+        let max_retries = upstream.get("x-envoy-max-retries").map(str::to_owned);
+        // The router's timeout, as Envoy answers it (a gRPC call gets it trailers-only).
+        let response = if grpc {
+            Response::status(200)
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "14")
+                .header("grpc-message", "upstream request timeout")
+        } else {
+            Response::status(504)
+        };
+        stream.send_response_headers(response, true)?;
+        stream.finish()?;
+        Ok::<_, Failure>(max_retries)
+    };
+    for i in 0..10 {
+        hasty(&host, &vms, i % 2, i >= 5)?;
+    }
+    assert_eq!(
+        metric(&host, "palisade_resilience.circuit_opened"),
+        Some(MetricValue::Counter(0))
+    );
+    // The upstream's own timeouts (no deadline) still count.
+    for i in 0..5 {
+        exchange(&vms, i % 2, 504)?;
+    }
+    assert_eq!(metric(&host, GAUGE), Some(MetricValue::Gauge(1)));
+    host.advance_clock(Duration::from_secs(30))?;
+    let max_retries = hasty(&host, &vms, 0, false)?;
+    assert_eq!(max_retries.as_deref(), Some("0"), "a trial is one attempt");
+    assert_eq!(
+        metric(&host, GAUGE),
+        Some(MetricValue::Gauge(2)),
+        "still half-open"
+    );
+    let next = exchange(&vms, 1, 200)?;
+    assert!(
+        next.local_reply().is_none(),
+        "the trial's place was given back"
+    );
+    assert_eq!(metric(&host, GAUGE), Some(MetricValue::Gauge(0)), "closed");
+    Ok(())
+}
+
+/// 501 (gRPC UNIMPLEMENTED) is the caller asking for a method the upstream does not have: a
+/// client calling it over and over must not open the circuit for everyone.
+#[test]
+fn unimplemented_never_opens_the_circuit() -> Result<(), Failure> {
+    let (host, vms) = start(Profile::Envoy, "")?;
+    for i in 0..5 {
+        exchange(&vms, i % 2, 501)?;
+    }
+    for i in 0..5 {
+        let request = get("/orders.Orders/Missing").header("content-type", "application/grpc");
+        let mut stream = vms.worker(i % 2).http_request(request)?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        stream.send_response_headers(
+            Response::status(200)
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "12"),
+            true,
+        )?;
+        stream.finish()?;
+    }
+    assert_eq!(
+        metric(&host, "palisade_resilience.circuit_opened"),
+        Some(MetricValue::Counter(0))
+    );
+    assert_eq!(exchange(&vms, 0, 200)?.local_reply(), None);
+    Ok(())
+}
+
+/// A long-running route keeps its whole timeout for one try: no per-try timeout is sent there.
+#[test]
+fn a_long_running_route_gets_no_per_try_timeout() -> Result<(), Failure> {
+    let (_host, vms) = start(
+        Profile::Envoy,
+        r#"{"retry":{"per_try_timeout":"15s"},"timeouts":{"long_running_prefixes":["/reports/"]}}"#,
+    )?;
+    let mut report = vms.worker(0).http_request(get("/reports/q3"))?;
+    assert_eq!(report.send_request_headers(true)?, Outcome::Continue);
+    let upstream = report.upstream_request_headers();
+    assert_eq!(
+        upstream.get("x-envoy-upstream-rq-timeout-ms"),
+        Some("3600000")
+    );
+    assert_eq!(upstream.get("x-envoy-upstream-rq-per-try-timeout-ms"), None);
+    let mut order = vms.worker(1).http_request(get("/orders"))?;
+    assert_eq!(order.send_request_headers(true)?, Outcome::Continue);
+    assert_eq!(
+        order
+            .upstream_request_headers()
+            .get("x-envoy-upstream-rq-per-try-timeout-ms"),
+        Some("15000")
+    );
+    Ok(())
+}
+
+#[test]
+fn a_per_try_timeout_envoy_would_ignore_is_refused_with_one_line() -> Result<(), Failure> {
+    assert_rejected(
+        Plugin::Resilience,
+        r#"{"retry":{"per_try_timeout":"90s"}}"#,
+        "[palisade-resilience] configuration rejected: retry.per_try_timeout: must be shorter than timeouts.default (1m), or Envoy ignores it",
+    )
+}

@@ -216,10 +216,12 @@ impl CircuitBreaker {
         }
     }
 
-    /// Whether an upstream status is a failure for this circuit.
+    /// Whether an upstream status is a failure for this circuit. 501 (gRPC `UNIMPLEMENTED`)
+    /// is the caller asking for what the upstream never had: counting it would let a client
+    /// open the circuit for everyone by calling a missing method.
     pub fn classify(&self, status: u16) -> Outcome {
         let failed = match self.failure_on {
-            FailureOn::ServerErrors => (500..=599).contains(&status),
+            FailureOn::ServerErrors => (500..=599).contains(&status) && status != 501,
             FailureOn::GatewayErrors => matches!(status, 502..=504),
         };
         if failed {
@@ -1015,6 +1017,23 @@ mod tests {
             Ok(None)
         );
         assert_eq!(state(&store), before);
+    }
+
+    #[test]
+    fn unimplemented_is_never_a_failure() {
+        for json in ["", r#"{"circuit_breaker":{"failure_on":"gateway_errors"}}"#] {
+            let cb = breaker(json);
+            assert_eq!(cb.classify(501), Outcome::Success, "{json}");
+            assert_eq!(cb.classify(502), Outcome::Failure, "{json}");
+        }
+        let all = breaker("");
+        assert_eq!(all.classify(500), Outcome::Failure);
+        assert_eq!(all.classify(599), Outcome::Failure);
+        assert_eq!(
+            all.classify(crate::grpc::http_status(b"12")),
+            Outcome::Success,
+            "gRPC UNIMPLEMENTED"
+        );
     }
 
     #[test]

@@ -161,7 +161,8 @@ pub struct RetryConfig {
     /// `x-envoy-retry-on` for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE).
     pub retry_on: String,
     /// `x-envoy-retry-on` for other methods: only conditions where the upstream never saw the
-    /// request, so a POST is never applied twice.
+    /// request. Envoy adds these to the route's own retry policy, never narrows it
+    /// (docs/resilience.md); `""` sends no retries for them.
     pub retry_on_non_idempotent: String,
     /// `x-envoy-upstream-rq-per-try-timeout-ms`; unset: each try may use the whole timeout.
     pub per_try_timeout: Option<ConfigDuration>,
@@ -407,6 +408,18 @@ impl PluginConfig for ResilienceConfig {
             check_retry_on(p, "retry_on_non_idempotent", &retry.retry_on_non_idempotent);
             if retry.per_try_timeout.is_some_and(|t| t.get().is_zero()) {
                 p.push_at("per_try_timeout", "must be longer than 0s");
+            } else if retry
+                .per_try_timeout
+                .is_some_and(|t| t.get() >= self.timeouts.default.get())
+            {
+                // Envoy's router drops a per-try timeout not shorter than the request's.
+                p.push_at(
+                    "per_try_timeout",
+                    format!(
+                        "must be shorter than timeouts.default ({}), or Envoy ignores it",
+                        self.timeouts.default
+                    ),
+                );
             }
             if let Some(budget) = &retry.budget {
                 if budget.percent > 100 {
@@ -526,6 +539,21 @@ mod tests {
         let err = load::<ResilienceConfig>(br#"{"circuit_breaker":{"consecutive_failure":3}}"#)
             .unwrap_err();
         assert!(err.to_string().contains("consecutive_failure"), "{err}");
+    }
+
+    #[test]
+    fn a_per_try_timeout_envoy_would_ignore_is_refused() {
+        let err = load::<ResilienceConfig>(
+            br#"{"retry":{"per_try_timeout":"60s"},"timeouts":{"default":"60s"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "retry.per_try_timeout: must be shorter than timeouts.default (1m), or Envoy ignores it"
+        );
+        let config: ResilienceConfig =
+            load(br#"{"retry":{"per_try_timeout":"59s"},"timeouts":{"default":"1m"}}"#).unwrap();
+        assert!(config.retry.per_try_timeout.is_some());
     }
 
     #[test]

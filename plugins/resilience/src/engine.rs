@@ -16,7 +16,7 @@ use palisade_kit::reply::{ErrorReply, CIRCUIT_OPEN};
 use palisade_kit::store::SharedStore;
 
 use crate::circuit::{Admission, CircuitBreaker, Outcome, Phase, Transition};
-use crate::config::{ConcurrencyScope, ResilienceConfig};
+use crate::config::{ConcurrencyScope, Proxy, ResilienceConfig};
 use crate::fault::FaultInjection;
 use crate::inflight::{Acquired, InflightLimit, Owner, Slot};
 use crate::route_policy::{Deadline, RoutePolicy};
@@ -85,6 +85,9 @@ pub struct StreamState {
     failure_epoch: u64,
     /// A gRPC request: its outcome may be in `grpc-status` ([`crate::grpc`]).
     grpc: bool,
+    /// The timeout sent was lowered to fit the client's deadline: the router's timeout on it
+    /// says nothing about the upstream.
+    deadline_capped: bool,
     slot: Option<(String, String, Slot)>,
 }
 
@@ -115,6 +118,7 @@ impl StreamState {
 
 pub struct Resilience {
     policy: RoutePolicy,
+    proxy: Proxy,
     circuit: Option<CircuitBreaker>,
     circuit_key: Option<String>,
     inflight: Option<InflightLimit>,
@@ -155,6 +159,7 @@ impl Resilience {
         let cb = &config.circuit_breaker;
         Self {
             policy: RoutePolicy::new(config.proxy, &config.retry, &config.timeouts),
+            proxy: config.proxy,
             circuit: cb.enabled.then(|| CircuitBreaker::new(cb)),
             circuit_key: cb.key.clone(),
             inflight: InflightLimit::new(&config.concurrency, &config.retry),
@@ -280,7 +285,10 @@ impl Resilience {
                 Err(_) => events.push(Event::StoreUnavailable),
             }
         }
-        let edits = self.policy.edits(headers, deadline, retry_granted);
+        // A half-open trial is one attempt: retries would hit a recovering upstream again.
+        let retry_granted = retry_granted && !state.is_trial();
+        let (edits, deadline_capped) = self.policy.edits(headers, deadline, retry_granted);
+        state.deadline_capped = deadline_capped;
         if faults.delay.is_some() {
             events.push(Event::FaultDelayed);
         }
@@ -306,6 +314,33 @@ impl Resilience {
             .into_iter()
             .chain(self.faults.as_ref().and_then(|f| f.only_with_header()))
             .chain(grpc)
+    }
+
+    /// The status an answer counts as for the circuit, or `None` when it says nothing about
+    /// the upstream: Envoy's own overflow 503 (`x-envoy-overloaded`: a connection-pool limit
+    /// refused it before any upstream was tried; Envoy neither retries it nor counts it in
+    /// outlier detection), or the router's timeout on a stream whose timeout the client's
+    /// deadline shortened (else a client could open the circuit with a 1 ms deadline).
+    /// `header` reads a response header; it is called only for a 503 or a 504.
+    pub fn counted_status(
+        &self,
+        status: u16,
+        state: &StreamState,
+        mut header: impl FnMut(&str) -> Option<Vec<u8>>,
+    ) -> Option<u16> {
+        match status {
+            503 if self.proxy == Proxy::Envoy && header("x-envoy-overloaded").is_some() => None,
+            504 if state.deadline_capped => None,
+            // A gRPC request's router timeout is a trailers-only UNAVAILABLE (Envoy maps its
+            // local 504 so), told by the router's message.
+            503 if state.deadline_capped
+                && state.grpc
+                && header("grpc-message").as_deref() == Some(b"upstream request timeout") =>
+            {
+                None
+            }
+            _ => Some(status),
+        }
     }
 
     /// The upstream (or the proxy on its behalf: connect failure, reset, timeout) answered.
@@ -430,7 +465,7 @@ pub fn owned_edits(edits: Vec<Edit<'_>>) -> Vec<Edit<'static>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::circuit::CircuitState;
+    use crate::circuit::{CircuitState, Phase};
     use palisade_kit::config::load;
     use palisade_kit::store::{MemoryStore, SharedStore};
 
@@ -824,6 +859,172 @@ mod tests {
         };
         assert_eq!(delay, Some(Duration::from_secs(2)));
         assert!(events.contains(&Event::FaultDelayed));
+    }
+
+    /// A request carrying the client's deadline, `left` ms after `now`.
+    fn with_deadline(
+        engine: &Resilience,
+        store: &MemoryStore,
+        now: u64,
+        left: u64,
+        state: &mut StreamState,
+        events: &mut Vec<Event>,
+    ) -> Vec<Edit<'static>> {
+        let deadline = (now + left).to_string();
+        let headers: &[(&[u8], &[u8])] = &[
+            (b":method", b"GET"),
+            (b":path", b"/orders"),
+            (b"x-deadline-ms", deadline.as_bytes()),
+        ];
+        match engine.on_request_headers(headers, now, store, &mut Names, || 0, state, events) {
+            RequestVerdict::Continue { edits, .. } => owned_edits(edits),
+            RequestVerdict::Reply(reply) => panic!("refused: {reply:?}"),
+        }
+    }
+
+    /// What the adapter does with an answer: its status as counted, then the stream's end.
+    fn answer(
+        engine: &Resilience,
+        store: &MemoryStore,
+        now: u64,
+        status: u16,
+        state: &mut StreamState,
+        events: &mut Vec<Event>,
+    ) {
+        let counted = engine.counted_status(status, state, |_| None);
+        engine.on_response_headers(counted, || now, store, state, events);
+        engine.on_stream_end(store, || now, state, events);
+    }
+
+    #[test]
+    fn the_routers_timeout_on_a_deadline_the_client_shortened_never_opens_the_circuit() {
+        let engine = engine(r#"{"timeouts":{"deadline_header":"x-deadline-ms"}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        for _ in 0..10 {
+            let mut state = StreamState::default();
+            let edits = with_deadline(&engine, &store, 0, 1, &mut state, &mut events);
+            assert!(edits.contains(&Edit::Set(
+                Cow::Borrowed("x-envoy-upstream-rq-timeout-ms"),
+                Cow::Borrowed(b"1")
+            )));
+            answer(&engine, &store, 1, 504, &mut state, &mut events);
+        }
+        assert_eq!(events, []);
+        assert!(store.is_empty(), "nothing counted");
+        // A deadline beyond the timeout lowers nothing: its 504 is the upstream's.
+        for _ in 0..5 {
+            let mut state = StreamState::default();
+            with_deadline(&engine, &store, 0, 120_000, &mut state, &mut events);
+            answer(&engine, &store, 1, 504, &mut state, &mut events);
+        }
+        assert!(matches!(
+            events.as_slice(),
+            [Event::Circuit {
+                transition: Transition::Opened { .. },
+                ..
+            }]
+        ));
+        events.clear();
+        // Half-open: a trial with a 1 ms deadline gives its place back and reopens nothing.
+        let mut trial = StreamState::default();
+        with_deadline(&engine, &store, 31_000, 1, &mut trial, &mut events);
+        assert!(trial.is_trial());
+        answer(&engine, &store, 31_001, 504, &mut trial, &mut events);
+        assert_eq!(circuit_state(&store).phase, Phase::HalfOpen);
+        assert_eq!(circuit_state(&store).trials_in_flight, 0);
+        let mut next = StreamState::default();
+        with_deadline(&engine, &store, 31_002, 120_000, &mut next, &mut events);
+        assert!(next.is_trial(), "the place was given back");
+        answer(&engine, &store, 31_003, 200, &mut next, &mut events);
+        assert_eq!(circuit_state(&store).phase, Phase::Closed);
+    }
+
+    #[test]
+    fn a_grpc_router_timeout_on_a_shortened_deadline_counts_as_neither() {
+        let engine = engine(r#"{"timeouts":{"deadline_header":"x-deadline-ms"}}"#);
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        let deadline = "1".to_owned();
+        let headers: &[(&[u8], &[u8])] = &[
+            (b":path", b"/orders.Orders/Get"),
+            (b"content-type", b"application/grpc"),
+            (b"x-deadline-ms", deadline.as_bytes()),
+        ];
+        let mut state = StreamState::default();
+        engine.on_request_headers(
+            headers,
+            0,
+            &store,
+            &mut Names,
+            || 0,
+            &mut state,
+            &mut events,
+        );
+        let message =
+            |name: &str| (name == "grpc-message").then(|| b"upstream request timeout".to_vec());
+        assert_eq!(engine.counted_status(503, &state, message), None);
+        assert_eq!(engine.counted_status(503, &state, |_| None), Some(503));
+        // The same answer on a stream whose timeout the deadline did not lower counts.
+        let mut plain = StreamState::default();
+        request(&engine, &store, 0, &mut plain, &mut events);
+        assert_eq!(engine.counted_status(503, &plain, message), Some(503));
+        assert_eq!(engine.counted_status(504, &plain, message), Some(504));
+    }
+
+    #[test]
+    fn envoys_own_overflow_503_counts_as_neither_on_envoy_only() {
+        let overloaded = |name: &str| (name == "x-envoy-overloaded").then(|| b"true".to_vec());
+        let state = StreamState::default();
+        let envoy = engine("{}");
+        assert_eq!(envoy.counted_status(503, &state, overloaded), None);
+        assert_eq!(envoy.counted_status(503, &state, |_| None), Some(503));
+        assert_eq!(envoy.counted_status(502, &state, overloaded), Some(502));
+        // On Kong the header is only the upstream's.
+        let kong = engine(r#"{"proxy":"kong"}"#);
+        assert_eq!(kong.counted_status(503, &state, overloaded), Some(503));
+    }
+
+    #[test]
+    fn a_half_open_trial_goes_out_without_retries() {
+        let engine = engine("{}");
+        let store = MemoryStore::new();
+        let mut events = Vec::new();
+        for _ in 0..5 {
+            exchange(&engine, &store, 0, 503, &mut events);
+        }
+        let mut trial = StreamState::default();
+        let RequestVerdict::Continue { edits, .. } =
+            request(&engine, &store, 30_000, &mut trial, &mut events)
+        else {
+            panic!("a trial")
+        };
+        assert!(trial.is_trial());
+        assert!(edits.contains(&Edit::Set(
+            Cow::Borrowed("x-envoy-max-retries"),
+            Cow::Borrowed(b"0")
+        )));
+        assert!(
+            !edits
+                .iter()
+                .any(|e| matches!(e, Edit::Set(n, _) if n == "x-envoy-retry-on")),
+            "{edits:?}"
+        );
+        // Once closed, requests get their retries again.
+        engine.on_response_headers(Some(200), || 30_001, &store, &mut trial, &mut events);
+        let RequestVerdict::Continue { edits, .. } = request(
+            &engine,
+            &store,
+            30_002,
+            &mut StreamState::default(),
+            &mut events,
+        ) else {
+            panic!()
+        };
+        assert!(edits.contains(&Edit::Set(
+            Cow::Borrowed("x-envoy-max-retries"),
+            Cow::Borrowed(b"3")
+        )));
     }
 
     #[test]

@@ -334,6 +334,19 @@ impl Stream {
         worker.report(&events);
     }
 
+    /// Judges an answer that may be the proxy's own (its overflow or the router's timeout),
+    /// from its response headers.
+    fn judge_headers(&mut self, status: Option<u16>) {
+        let status = status.and_then(|status| {
+            self.worker
+                .engine
+                .counted_status(status, &self.state, |name| {
+                    host::header(Map::ResponseHeaders, name).ok().flatten()
+                })
+        });
+        self.judge(status);
+    }
+
     fn end(&mut self) {
         // A call that ended without its status (reset, or the client left) counts as neither.
         self.grpc_in_trailers = false;
@@ -437,7 +450,7 @@ impl HttpContext for Stream {
         if status == Some(200) && self.state.is_grpc() {
             match host::header(Map::ResponseHeaders, "grpc-status") {
                 // Trailers-only: the call failed (or ended) before any message.
-                Ok(Some(grpc_status)) => self.judge(Some(grpc::http_status(&grpc_status))),
+                Ok(Some(grpc_status)) => self.judge_headers(Some(grpc::http_status(&grpc_status))),
                 // A half-open trial is judged by its answer starting: a stream may outlive the
                 // trial's lease. Kong calls no trailer callback: the 200 is all it will see.
                 _ if self.state.is_trial() || self.worker.proxy == Proxy::Kong => {
@@ -447,7 +460,7 @@ impl HttpContext for Stream {
             }
             return Action::Continue;
         }
-        self.judge(status);
+        self.judge_headers(status);
         Action::Continue
     }
 

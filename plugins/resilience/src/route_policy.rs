@@ -100,7 +100,7 @@ impl RoutePolicy {
     ) -> RouteDecision<'a> {
         match self.deadline(headers, now_ms) {
             Deadline::Expired => RouteDecision::DeadlineExceeded,
-            deadline => RouteDecision::Forward(self.edits(headers, deadline, retry_granted)),
+            deadline => RouteDecision::Forward(self.edits(headers, deadline, retry_granted).0),
         }
     }
 
@@ -133,13 +133,15 @@ impl RoutePolicy {
 
     /// The header edits: client router headers removed (unless trusted), then the retry
     /// policy and the timeout (capped by the deadline). `retry_granted`: false when the retry
-    /// budget is spent (the request goes out with no retries).
+    /// budget is spent or the request is a half-open trial (it goes out with no retries).
+    /// The flag: the timeout sent was lowered to fit the client's deadline, so the router's
+    /// 504 on it is the client's haste, not the upstream's failure.
     pub fn edits<'a>(
         &'a self,
         headers: &[(&[u8], &[u8])],
         deadline: Deadline,
         retry_granted: bool,
-    ) -> Vec<Edit<'a>> {
+    ) -> (Vec<Edit<'a>>, bool) {
         let path = get(headers, ":path").unwrap_or_default();
         let long_running = self
             .long_running_prefixes
@@ -150,9 +152,9 @@ impl RoutePolicy {
         } else {
             (self.default_timeout, &self.default_timeout_ms)
         };
-        let timeout_ms: Cow<'a, [u8]> = match deadline {
-            Deadline::In(left) if left < timeout => Cow::Owned(timeout_value(left)),
-            _ => Cow::Borrowed(formatted.as_slice()),
+        let (timeout_ms, capped): (Cow<'a, [u8]>, bool) = match deadline {
+            Deadline::In(left) if left < timeout => (Cow::Owned(timeout_value(left)), true),
+            _ => (Cow::Borrowed(formatted.as_slice()), false),
         };
         let mut edits = Vec::new();
         if !self.trust_client_headers {
@@ -177,7 +179,7 @@ impl RoutePolicy {
         }
         // Kong's router reads none of these: sending them would only tell the upstream.
         if self.proxy == Proxy::Kong {
-            return edits;
+            return (edits, false);
         }
         let trusted = |name: &str| self.trust_client_headers && get(headers, name).is_some();
         let method = get(headers, ":method").unwrap_or_default();
@@ -197,10 +199,13 @@ impl RoutePolicy {
         if !trusted(RETRY_ON) && !retry_on.is_empty() && retry_granted {
             edits.push(Edit::Set(Cow::Borrowed(RETRY_ON), Cow::Borrowed(retry_on)));
         }
+        let capped = capped && !trusted(TIMEOUT);
         if !trusted(TIMEOUT) {
             edits.push(Edit::Set(Cow::Borrowed(TIMEOUT), timeout_ms));
         }
-        if let Some(per_try) = &self.per_try_timeout_ms {
+        // A long-running route keeps its whole timeout for one try: a per-try timeout would
+        // cut a 1-hour report at 15 s and run it again.
+        if let Some(per_try) = self.per_try_timeout_ms.as_ref().filter(|_| !long_running) {
             if !trusted(PER_TRY_TIMEOUT) {
                 edits.push(Edit::Set(
                     Cow::Borrowed(PER_TRY_TIMEOUT),
@@ -208,7 +213,7 @@ impl RoutePolicy {
                 ));
             }
         }
-        edits
+        (edits, capped)
     }
 }
 
@@ -310,6 +315,45 @@ mod tests {
             panic!()
         };
         assert!(edits.contains(&set("x-envoy-upstream-rq-timeout-ms", "3600000")));
+    }
+
+    #[test]
+    fn a_long_running_route_gets_no_per_try_timeout() {
+        let policy = policy(
+            r#"{"retry":{"per_try_timeout":"15s"},"timeouts":{"long_running_prefixes":["/reports/"]}}"#,
+        );
+        let report: &[(&[u8], &[u8])] = &[(b":method", b"GET"), (b":path", b"/reports/q1")];
+        let RouteDecision::Forward(edits) = policy.decide(report, 0, true) else {
+            panic!()
+        };
+        assert!(edits.contains(&set("x-envoy-upstream-rq-timeout-ms", "3600000")));
+        assert!(
+            !edits
+                .iter()
+                .any(|e| matches!(e, Edit::Set(n, _) if n == PER_TRY_TIMEOUT)),
+            "{edits:?}"
+        );
+        let RouteDecision::Forward(edits) = policy.decide(GET, 0, true) else {
+            panic!()
+        };
+        assert!(edits.contains(&set("x-envoy-upstream-rq-per-try-timeout-ms", "15000")));
+    }
+
+    #[test]
+    fn only_a_timeout_the_deadline_lowered_is_flagged() {
+        let json = r#"{"timeouts":{"deadline_header":"x-d"}}"#;
+        let in_ms = |ms| Deadline::In(Duration::from_millis(ms));
+        let envoy = policy(json);
+        assert!(envoy.edits(GET, in_ms(1), true).1);
+        assert!(!envoy.edits(GET, in_ms(60_000), true).1);
+        assert!(!envoy.edits(GET, Deadline::None, true).1);
+        // Kong's router reads no timeout header: nothing was lowered.
+        let kong = policy(r#"{"proxy":"kong","timeouts":{"deadline_header":"x-d"}}"#);
+        assert!(!kong.edits(GET, in_ms(1), true).1);
+        // A trusted hop's own timeout is kept: the plugin lowered nothing.
+        let trusting = policy(r#"{"retry":{"trust_client_headers":true}}"#);
+        let sent: &[(&[u8], &[u8])] = &[(b":path", b"/"), (TIMEOUT.as_bytes(), b"5")];
+        assert!(!trusting.edits(sent, in_ms(1), true).1);
     }
 
     #[test]
