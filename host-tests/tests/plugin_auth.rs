@@ -9,7 +9,8 @@ use base64::Engine;
 use jsonwebtoken::EncodingKey;
 use palisade_host_tests::auth_tokens::{self, claims, config, Signer, ISSUER, RSA2};
 use palisade_host_tests::wasm_host::{
-    Failure, Headers, LogOrigin, MetricValue, Outcome, Plugin, PluginVms, Request, START_UNIX_SECS,
+    Failure, Headers, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome, Plugin, PluginVms,
+    Profile, Request, START_UNIX_SECS,
 };
 use plugin_support::{assert_rejected, load, PROFILES};
 use serde_json::{json, Value};
@@ -424,6 +425,11 @@ fn tokens_are_read_from_query_and_cookie_and_removed_unless_forwarded() -> Resul
         )?;
         assert_eq!(outcome, Outcome::Continue, "{profile:?}");
         assert_eq!(upstream.get(":path"), Some("/orders?page=2"));
+        // The token alone: no query left (on Kong the query is cleared, not kept).
+        let (outcome, upstream) =
+            send(&vms, Request::get(&format!("/orders?access_token={token}")))?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert_eq!(upstream.get(":path"), Some("/orders"), "{profile:?}");
         let (outcome, upstream) = send(
             &vms,
             Request::get("/orders").header("cookie", format!("theme=dark; session={token}")),
@@ -441,6 +447,57 @@ fn tokens_are_read_from_query_and_cookie_and_removed_unless_forwarded() -> Resul
         assert_eq!(outcome, Outcome::Continue);
         assert_eq!(upstream.get(":path"), Some(path.as_str()));
     }
+    Ok(())
+}
+
+/// Kong before 3.9 cannot take a parameter out of the query (a `:path` with a `?` traps
+/// there): a credential in the query is refused rather than forwarded, with one warning per
+/// worker; a forwarded one goes on. A path that rules would rewrite is left to Kong's router,
+/// which proxies its own normalised path, so no `:path` is written (it would trap too).
+#[test]
+fn kong_before_3_9_refuses_a_credential_it_cannot_take_out_of_the_query() -> Result<(), Failure> {
+    let locations = json!([{"query": "access_token"}]);
+    let profile = Profile::Kong(KongVersion::V3_8);
+    let token = Signer::for_alg("ES256").sign(&claims(NOW));
+    let (host, vms) = load(
+        profile,
+        Plugin::Auth,
+        &config(json!({"token_locations": locations})),
+    )?;
+    for _ in 0..2 {
+        let (outcome, _) = send(
+            &vms,
+            Request::get(&format!("/orders?page=2&access_token={token}")),
+        )?;
+        let Outcome::LocalReply(reply) = &outcome else {
+            panic!("expected a local reply, got {outcome:?}");
+        };
+        assert_eq!(reply.status, 400);
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "credentials in the query string are not accepted", "status": 400, "request_id": null})
+        );
+    }
+    let warnings: Vec<String> = host
+        .logs()
+        .into_iter()
+        .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(
+        warnings,
+        ["[palisade-auth] Kong before 3.9 cannot take a parameter out of the query: requests with their credential in the query are refused with 400 (send it in a header, or forward it: forward_token / api_keys.forward)"]
+    );
+    let (_host, forwarding) = load(
+        profile,
+        Plugin::Auth,
+        &config(json!({"token_locations": locations, "forward_token": true})),
+    )?;
+    let path = format!("/orders?access_token={token}");
+    let (outcome, upstream) = send(&forwarding, Request::get(&path))?;
+    assert_eq!(outcome, Outcome::Continue);
+    assert_eq!(upstream.get(":path"), Some(path.as_str()));
     Ok(())
 }
 

@@ -59,6 +59,12 @@ impl HttpStream {
                 return Err(Failure::usage("request headers were already sent"));
             }
             let headers = profile.request_map(&data.request.headers);
+            if profile.is_kong() {
+                let target = data.request.headers.first(b":path").unwrap_or_default();
+                if let Some(at) = target.iter().position(|&b| b == b'?') {
+                    data.kong_args = target.get(at + 1..).unwrap_or_default().to_vec();
+                }
+            }
             let count = num(headers.len());
             data.request_headers = Some(headers);
             data.request_eos = eos;

@@ -357,6 +357,7 @@ impl Profile {
                     pseudo.push((name.clone(), KONG_AUTHORITY.as_bytes().to_vec()));
                     host.push((b"host".to_vec(), value.clone()));
                 }
+                b":path" => pseudo.push((name.clone(), kong_path(value))),
                 n if n.starts_with(b":") => pseudo.push((name.clone(), value.clone())),
                 _ => ordinary.push((name.clone(), value.clone())),
             }
@@ -445,6 +446,14 @@ impl Profile {
 
     /// Kong ≥ 3.9 calls `on_http_call_response(token, 0, 0, 0)` on a failed dispatch (commit
     /// 4c610b49); before, the failure is only logged and the request resumes.
+    /// Whether setting `:path` to a value with a `?` sets the query: from ngx_wasm_module
+    /// d6ac8f84 (first pinned by Kong 3.9) such a value replaces `r->args` (and only such a
+    /// value); before, it traps "NYI - cannot set request path with querystring"
+    /// (`ngx_proxy_wasm_maps_set_path`).
+    pub(crate) fn sets_path_query(self) -> bool {
+        self.kong_version().is_none_or(|v| v.at_least(9))
+    }
+
     pub(crate) fn calls_back_failed_dispatch(self) -> bool {
         self.kong_version().is_none_or(|v| v.at_least(9))
     }
@@ -542,6 +551,136 @@ impl Profile {
         match self {
             Self::Envoy => "envoy".to_owned(),
             Self::Kong(version) => format!("kong {version}"),
+        }
+    }
+}
+
+/// What ngx_wasm_module hands over as `:path`: nginx's `r->uri` (the request target's path,
+/// percent-decoded, slashes merged, dot segments resolved: `ngx_http_parse_complex_uri`), then
+/// `?` and `r->args` (the raw query) when there is one (`ngx_proxy_wasm_maps_get_path`). A
+/// decoded `%3F` is a `?` in the path: nothing tells it from the query's.
+pub(crate) fn kong_path(target: &[u8]) -> Vec<u8> {
+    let (path, query) = match target.iter().position(|&b| b == b'?') {
+        Some(at) => (target.get(..at).unwrap_or_default(), target.get(at + 1..)),
+        None => (target, None),
+    };
+    let mut out = nginx_uri(path);
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        out.push(b'?');
+        out.extend_from_slice(query);
+    }
+    out
+}
+
+/// `r->uri` of a request path: every valid `%XX` decoded (`%2F` too), `//` merged, `.` and
+/// `..` segments resolved (never above the root).
+fn nginx_uri(path: &[u8]) -> Vec<u8> {
+    resolve_segments(&percent_decode(path, |_| true))
+}
+
+/// The path Kong's router passes upstream (`$upstream_uri`, no `strip_path`): the request
+/// target's path normalised as kong/tools/uri.lua `normalize(uri, true)` does: escapes of
+/// unreserved characters decoded, other escapes upper-cased, `//` merged, dot segments
+/// resolved. A filter's `:path` never changes it.
+pub(crate) fn kong_upstream_path(path: &[u8]) -> Vec<u8> {
+    resolve_segments(&percent_decode(path, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+    }))
+}
+
+/// Valid `%XX` escapes decoded where `decode(byte)`, else kept with upper-case hex.
+fn percent_decode(path: &[u8], decode: impl Fn(u8) -> bool) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut decoded = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while let Some(&byte) = path.get(i) {
+        match (
+            byte,
+            path.get(i + 1).copied().and_then(hex),
+            path.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                let byte = (hi * 16 + lo) as u8;
+                if decode(byte) {
+                    decoded.push(byte);
+                } else {
+                    decoded.extend_from_slice(format!("%{byte:02X}").as_bytes());
+                }
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    decoded
+}
+
+/// `//` merged and `.`/`..` segments resolved, never above the root.
+fn resolve_segments(decoded: &[u8]) -> Vec<u8> {
+    let mut segments: Vec<&[u8]> = Vec::new();
+    let trailing = decoded.ends_with(b"/") || decoded.ends_with(b"/.") || decoded.ends_with(b"/..");
+    for segment in decoded.split(|&b| b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut out = Vec::with_capacity(decoded.len());
+    for segment in &segments {
+        out.push(b'/');
+        out.extend_from_slice(segment);
+    }
+    if out.is_empty() || (trailing && !segments.is_empty()) {
+        out.push(b'/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod kong_path_tests {
+    use super::kong_path;
+
+    #[test]
+    fn kong_hands_over_the_decoded_normalised_path_and_the_raw_query() {
+        for (target, path) in [
+            (&b"/orders?page=2"[..], &b"/orders?page=2"[..]),
+            (b"/files/a%20b.pdf", b"/files/a b.pdf"),
+            (b"//a/./b/../c/", b"/a/c/"),
+            (b"/a%2Fb?x=%2F", b"/a/b?x=%2F"),
+            (b"/admin/x/%252e%252e/p", b"/admin/x/%2e%2e/p"),
+            (b"/x%3Fq=1?api_key=k", b"/x?q=1?api_key=k"),
+            (b"/..", b"/"),
+            (b"/a?", b"/a"),
+        ] {
+            assert_eq!(
+                kong_path(target),
+                path,
+                "{}",
+                String::from_utf8_lossy(target)
+            );
+        }
+    }
+
+    #[test]
+    fn kong_sends_upstream_the_normalised_target() {
+        for (target, path) in [
+            (&b"/%68ealthz"[..], &b"/healthz"[..]),
+            (b"//a/./b/../c", b"/a/c"),
+            (b"/a%2fb", b"/a%2Fb"),
+            (b"/admin/x/%252e%252e/p", b"/admin/x/%252e%252e/p"),
+            (b"/public/%2e%2e/admin", b"/admin"),
+        ] {
+            assert_eq!(
+                super::kong_upstream_path(target),
+                path,
+                "{}",
+                String::from_utf8_lossy(target)
+            );
         }
     }
 }

@@ -97,6 +97,17 @@ fn from_stream(profile: Profile, stream: &StreamData, path: &str) -> Option<Vec<
             .as_ref()
             .and_then(|headers| header(headers, name));
     }
+    if profile.is_kong() {
+        // ngx_wasm_module: `request.path` is `$request_uri` (the target as sent, whatever a
+        // filter wrote), `request.url_path` `$uri` (the decoded `r->uri`), `request.query`
+        // `$args`.
+        match path {
+            "request.path" => return stream.request.headers.first(b":path"),
+            "request.url_path" => return split(0),
+            "request.query" => return Some(stream.kong_args.clone()),
+            _ => {}
+        }
+    }
     match path {
         "request.path" => full_path,
         "request.url_path" => split(0),

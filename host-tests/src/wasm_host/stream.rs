@@ -91,6 +91,9 @@ pub(crate) struct StreamData {
     pub reset: bool,
     /// Kong buffers a response body once; a second Pause is ignored.
     pub kong_response_buffered: bool,
+    /// Kong: nginx's `r->args`, the query Kong appends to the upstream's path (empty: none).
+    /// Only a `:path` write with a `?` changes it (Kong 3.9+).
+    pub kong_args: Vec<u8>,
     pub properties_set: BTreeMap<String, Vec<u8>>,
     pub fuel: Vec<(Callback, u64)>,
     /// Host calls made from this stream's callbacks, in order, with
@@ -362,8 +365,25 @@ pub(crate) fn resume_after_dispatch(vm: &mut Vm, context: u32) -> Result<()> {
 }
 
 fn forward_request_headers(vm: &mut Vm, context: u32) -> Result<()> {
+    let kong = vm.store.data().profile.is_kong();
     let data = stream(vm, context)?;
     data.to_upstream.headers = data.request_headers.clone();
+    if kong {
+        // Kong proxies `$upstream_uri`: its router's path, the request target's normalised
+        // before any filter ran (kong/runloop/handler.lua, access.before), then `?` and
+        // `r->args` (access.after). A filter's `:path` reaches the upstream only through
+        // `r->args`.
+        let target = data.request.headers.first(b":path").unwrap_or_default();
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        let mut upstream = super::profile::kong_upstream_path(path);
+        if !data.kong_args.is_empty() || target.ends_with(b"?") {
+            upstream.push(b'?');
+            upstream.extend_from_slice(&data.kong_args);
+        }
+        if let Some(headers) = data.to_upstream.headers.as_mut() {
+            headers.replace(b":path", &upstream);
+        }
+    }
     if let Some(held) = data.held_request.take() {
         if held.body_seen {
             deliver_request_body(vm, context, held.body, held.eos)?;

@@ -2,13 +2,14 @@
 //! [`Authenticator`] decides, and its edits or refusal are applied here; metrics are counted
 //! here too. Nothing of the token or the headers is ever logged.
 
-use std::cell::RefCell;
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use palisade_kit::config::{ConfigError, Problems};
-use palisade_kit::header_pairs::{decode_borrowed, get, Fields};
+use palisade_kit::header_pairs::{decode_borrowed, get, Edit, Fields};
 use palisade_kit::host::callout::{self, HttpCallout};
 use palisade_kit::host::metrics::Counter;
 use palisade_kit::host::store::HostStore;
@@ -117,6 +118,8 @@ struct Worker {
     /// 3.4-3.8 let a request go on after its call-out failed, so that until then requests are
     /// refused before the upstream instead of reaching it unauthenticated.
     held_until_ms: RefCell<HashMap<Callee, u64>>,
+    /// The one warning for Kong before 3.9 refusing a credential in the query was logged.
+    warned_query_kept: Cell<bool>,
 }
 
 /// Whom a request's call-out goes to.
@@ -248,6 +251,7 @@ impl Plugin for AuthPlugin {
             cache,
             refreshing: RefCell::default(),
             held_until_ms: RefCell::default(),
+            warned_query_kept: Cell::new(false),
         })
     }
 
@@ -314,6 +318,7 @@ impl Plugin for AuthPlugin {
         Box::new(Stream {
             worker,
             pending: None,
+            kong_target: None,
         })
     }
 }
@@ -322,6 +327,8 @@ struct Stream {
     worker: Rc<Worker>,
     /// What the paused request waits for.
     pending: Option<Pending>,
+    /// Kong: the request target as the client sent it, read once (see [`KongTarget`]).
+    kong_target: Option<Rc<KongTarget>>,
 }
 
 enum Pending {
@@ -353,6 +360,97 @@ fn strip_before_reply(engine: &Authenticator, headers: &Fields<'_>) {
     if let Err(err) = host::apply_edits(Map::RequestHeaders, headers, &strip) {
         log::warn!("[{NAME}] could not remove the client's identity headers: {err}");
     }
+}
+
+/// Kong's `:path` is not the request target. ngx_wasm_module hands over nginx's `r->uri` (the
+/// path percent-decoded, slashes merged, dot segments resolved), `?` and the raw query; and
+/// Kong proxies its router's path, fixed before any filter ran, with `r->args` appended
+/// (kong/runloop/handler.lua). So on Kong the plugin judges `request.path` (nginx's
+/// `$request_uri`, the target as sent, as Envoy's `:path` is: judging the decoded path would
+/// decode `%252e` twice), and a `:path` edit can only change the query.
+struct KongTarget {
+    /// The target as the client sent it.
+    raw: Vec<u8>,
+    /// nginx's `r->uri`: Kong's `:path` without its `?` and raw query.
+    uri: Vec<u8>,
+}
+
+impl KongTarget {
+    /// Reads the target on Kong; `None` on Envoy (or when Kong will not say).
+    fn read(headers: &Fields<'_>) -> Option<Self> {
+        if !host::is_kong() {
+            return None;
+        }
+        let raw = host::property(&["request", "path"]).ok().flatten()?;
+        let decoded = get(headers, ":path").unwrap_or_default();
+        let query = raw
+            .iter()
+            .position(|&b| b == b'?')
+            .and_then(|at| raw.get(at + 1..));
+        let uri = match query.filter(|q| !q.is_empty()) {
+            Some(query) => decoded
+                .strip_suffix(query)
+                .and_then(|rest| rest.strip_suffix(b"?"))
+                .unwrap_or(decoded),
+            None => decoded,
+        };
+        Some(Self {
+            uri: uri.to_vec(),
+            raw,
+        })
+    }
+
+    /// `headers` with `:path` read as `target`, the target the client sent.
+    fn patch<'a>(target: &'a [u8], headers: &mut Fields<'a>) {
+        for (name, value) in headers.iter_mut() {
+            if *name == b":path" {
+                *value = target;
+            }
+        }
+    }
+
+    /// The edits as Kong can apply them: a `:path` edit that keeps the query is dropped (Kong's
+    /// router passes its own normalised path upstream whatever `r->uri` says); one that
+    /// changes the query (a credential taken out) is written as `r->uri?query`, which Kong 3.9+
+    /// take as the new `r->args`. `None` when the query must change and this Kong cannot
+    /// (before 3.9 a `:path` with a `?` traps).
+    fn edits<'e>(&self, edits: &[Edit<'e>]) -> Option<Vec<Edit<'e>>> {
+        let query_of = |target: &[u8]| -> Vec<u8> {
+            let at = target.iter().position(|&b| b == b'?');
+            at.and_then(|at| target.get(at + 1..))
+                .unwrap_or_default()
+                .to_vec()
+        };
+        let mut out = Vec::with_capacity(edits.len());
+        for edit in edits {
+            match edit {
+                Edit::Set(name, value) if name == ":path" => {
+                    let query = query_of(value);
+                    if query == query_of(&self.raw) {
+                        continue;
+                    }
+                    if !kong_sets_query() {
+                        return None;
+                    }
+                    let mut path = self.uri.clone();
+                    path.push(b'?');
+                    path.extend_from_slice(&query);
+                    out.push(Edit::Set(name.clone(), Cow::Owned(path)));
+                }
+                other => out.push(other.clone()),
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Whether this Kong sets the query from a `:path` with a `?` (ngx_wasm_module d6ac8f84, Kong
+/// 3.9); asked only when a credential must leave the query.
+fn kong_sets_query() -> bool {
+    host::property(&["kong", "version"])
+        .ok()
+        .flatten()
+        .is_some_and(|v| palisade_kit::route_name::kong_version_at_least(&v, 3, 9))
 }
 
 fn refuse(reply: &ErrorReply, headers: &Fields<'_>) -> Action {
@@ -392,7 +490,27 @@ impl Stream {
     fn apply(&mut self, verdict: Verdict, headers: &Fields<'_>, resume: bool) -> Action {
         let worker = Rc::clone(&self.worker);
         let metrics = worker.metrics.as_ref();
+        let kong_target = self.kong_target.clone();
         let go_on = |edits: &[palisade_kit::header_pairs::Edit<'_>]| {
+            let kong_edits;
+            let edits = match kong_target.as_ref().map(|target| target.edits(edits)) {
+                None => edits,
+                Some(Some(edits)) => {
+                    kong_edits = edits;
+                    kong_edits.as_slice()
+                }
+                Some(None) => {
+                    // The upstream would get the credential: refuse rather than forward it.
+                    if !worker.warned_query_kept.replace(true) {
+                        log::warn!("[{NAME}] Kong before 3.9 cannot take a parameter out of the query: requests with their credential in the query are refused with 400 (send it in a header, or forward it: forward_token / api_keys.forward)");
+                    }
+                    strip_before_reply(&worker.engine, headers);
+                    return refuse(
+                        &ErrorReply::new(400, "credentials in the query string are not accepted"),
+                        headers,
+                    );
+                }
+            };
             // The edits strip the client's identity headers: a request they did not reach must
             // not go upstream, where a spoofed identity would be trusted.
             if let Err(err) = host::apply_edits(Map::RequestHeaders, headers, edits) {
@@ -558,7 +676,11 @@ impl Context for Stream {
             Err(error) => worker.engine.introspected(pending, Answer::Failed(*error)),
         };
         let raw = host::headers_raw(Map::RequestHeaders).unwrap_or_default();
-        let headers = fields(&raw);
+        let mut headers = fields(&raw);
+        let kong_raw = self.kong_target.as_ref().map(|target| target.raw.clone());
+        if let Some(target) = &kong_raw {
+            KongTarget::patch(target, &mut headers);
+        }
         self.apply(verdict, &headers, true);
     }
 }
@@ -662,7 +784,14 @@ impl Stream {
         may_fetch: bool,
         resume: bool,
     ) -> Action {
-        let headers = fields(&raw);
+        let mut headers = fields(&raw);
+        if self.kong_target.is_none() {
+            self.kong_target = KongTarget::read(&headers).map(Rc::new);
+        }
+        let kong_raw = self.kong_target.as_ref().map(|target| target.raw.clone());
+        if let Some(target) = &kong_raw {
+            KongTarget::patch(target, &mut headers);
+        }
         // Kong hands over at most 100 header pairs: a client could hide an identity header
         // past them, where stripping cannot see it. Envoy refuses over 100 headers by default
         // too (max_request_headers_count).

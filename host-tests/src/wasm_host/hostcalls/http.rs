@@ -299,11 +299,70 @@ fn edit(
         },
         None => Vec::new(),
     };
+    if map_type == map::REQUEST_HEADERS && key == b":path" && value_given(name) {
+        let profile = caller.data().profile;
+        if profile.is_kong() {
+            return set_kong_path(caller, name, profile, &value);
+        }
+    }
     match with_map(caller.data_mut(), map_type, true, |headers| {
         apply(headers, &key, &value)
     }) {
         Ok(()) => Ok(status::OK),
         Err(err) => map_error(&mut caller, name, err),
+    }
+}
+
+fn value_given(name: &str) -> bool {
+    name != "proxy_remove_header_map_value"
+}
+
+/// ngx_wasm_module's `:path` setter (`ngx_proxy_wasm_maps_set_path`): the value before a `?`
+/// becomes `r->uri`; from Kong 3.9 the value after it replaces `r->args`, and a value without
+/// one leaves `r->args` as it was; before 3.9 a value with a `?` traps.
+fn set_kong_path(
+    mut caller: Caller<'_, VmState>,
+    name: &'static str,
+    profile: Profile,
+    value: &[u8],
+) -> Ret {
+    let (uri, args) = match value.iter().position(|&b| b == b'?') {
+        Some(at) => (
+            value.get(..at).unwrap_or_default(),
+            Some(value.get(at + 1..).unwrap_or_default()),
+        ),
+        None => (value, None),
+    };
+    if args.is_some() && !profile.sets_path_query() {
+        let version = profile.describe();
+        return Err(trap(
+            &mut caller,
+            FailureKind::Trap,
+            format!("{version} profile: {name}(\":path\") traps: \"NYI - cannot set request path with querystring\" (ngx_proxy_wasm_maps_set_path before ngx_wasm_module d6ac8f84, first in Kong 3.9)"),
+        ));
+    }
+    let state = caller.data_mut();
+    if state.world.borrow().refuse_header_writes {
+        return Ok(status::INTERNAL_FAILURE);
+    }
+    let context = state.active_context;
+    let Some(stream) = state.streams.get_mut(&context) else {
+        return Ok(status::BAD_ARGUMENT);
+    };
+    if let Some(args) = args {
+        stream.kong_args = args.to_vec();
+    }
+    let mut path = uri.to_vec();
+    if !stream.kong_args.is_empty() {
+        path.push(b'?');
+        path.extend_from_slice(&stream.kong_args);
+    }
+    match stream.request_headers.as_mut() {
+        Some(headers) => {
+            headers.replace(b":path", &path);
+            Ok(status::OK)
+        }
+        None => Ok(status::BAD_ARGUMENT),
     }
 }
 
