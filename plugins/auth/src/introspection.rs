@@ -4,7 +4,8 @@
 //! The call goes to one upstream string that works on both hosts (an Envoy cluster name, or
 //! `host:port` on Kong), authenticated with HTTP Basic client credentials (RFC 6749 §2.3.1). An
 //! active answer is cached until the earlier of the configured TTL and the token's `exp`; an
-//! inactive one for a short TTL, so a flood of bad tokens does not become a flood of call-outs.
+//! inactive one for a short TTL, so the same bad token sent again costs no call-out (distinct
+//! tokens each cost one: docs/auth-policy.md).
 //! Cache keys are SHA-256 digests of the token: the cache never holds a token.
 
 use std::collections::{HashMap, VecDeque};
