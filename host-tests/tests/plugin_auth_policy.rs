@@ -159,6 +159,9 @@ fn anonymous_and_deny_rules_match_the_normalised_path() -> Result<(), Failure> {
             "/%61dmin/users",
             "//admin",
             "/public/%2e%2e/admin",
+            // Path parameters, which servlet containers strip before mapping the path.
+            "/admin;jsessionid=x/users",
+            "/public/..;/admin",
         ] {
             let (outcome, _) = send(
                 &vms,
@@ -179,7 +182,7 @@ fn anonymous_and_deny_rules_match_the_normalised_path() -> Result<(), Failure> {
         let (outcome, _) = send(&vms, Request::get("/elsewhere"))?;
         assert_denied(&outcome, &format!("{profile:?} no match"));
         assert_eq!(count(&host, "palisade_auth.anonymous"), 5);
-        assert_eq!(count(&host, "palisade_auth.denied.none.denied"), 8);
+        assert_eq!(count(&host, "palisade_auth.denied.none.denied"), 10);
         assert_eq!(
             count(&host, "palisade_auth.denied.none.path_escaped_slash"),
             1
@@ -217,6 +220,46 @@ fn rules_judge_the_target_as_sent_on_every_host() -> Result<(), Failure> {
         assert_eq!(
             upstream.get(":path"),
             Some("/healthz?probe=1"),
+            "{profile:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A deny rule before a catch-all that asks for a token: a path parameter
+/// (`/admin;jsessionid=x`) must not turn the denied path into one any token opens, as Tomcat,
+/// Jetty and Spring map it to `/admin/...`.
+#[test]
+fn path_parameters_do_not_get_past_a_deny_rule() -> Result<(), Failure> {
+    let mut config: Value = serde_json::from_str(&auth_tokens::config(json!({}))).unwrap();
+    config["rules"] = json!([
+        {"name": "admin-block", "paths": [{"path_separated_prefix": "/admin"}], "action": "deny"},
+        {"name": "rest", "paths": [{"prefix": "/"}], "action": {"require": {"providers": ["idp"]}}}
+    ]);
+    let good = token(json!({}));
+    for profile in PROFILES {
+        let (_host, vms) = load(profile, Plugin::Auth, &config.to_string())?;
+        for path in [
+            "/admin;jsessionid=x/users",
+            "/x/..;/admin/users",
+            "/admin;/users",
+        ] {
+            let (outcome, _) = send(
+                &vms,
+                Request::get(path).header("authorization", format!("Bearer {good}")),
+            )?;
+            assert_denied(&outcome, &format!("{profile:?} {path}"));
+        }
+        // Elsewhere the parameters go upstream as sent.
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get("/shop;jsessionid=x/cart")
+                .header("authorization", format!("Bearer {good}")),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert_eq!(
+            upstream.get(":path"),
+            Some("/shop;jsessionid=x/cart"),
             "{profile:?}"
         );
     }

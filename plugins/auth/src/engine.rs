@@ -459,7 +459,7 @@ impl Authenticator {
             } else {
                 None
             },
-            path: &normalized.path,
+            path: normalized.rule_path(),
             method: get(headers, ":method").unwrap_or_default(),
             peer_principal: peer,
         };

@@ -26,6 +26,25 @@ pub struct PathNormalizationConfig {
     /// What to do with `%2F`, `%2f`, `%5C` and `%5c`, as Envoy's
     /// `path_with_escaped_slashes_action`. Default: `reject_request`.
     pub escaped_slashes: EscapedSlashesAction,
+    /// How rules read path parameters (`/a;jsessionid=x/b`, `/..;/admin`), which Tomcat, Jetty
+    /// and Spring strip from each segment before mapping the path and Envoy leaves alone.
+    /// Default: `strip`.
+    pub path_parameters: PathParameters,
+}
+
+/// How rules read a segment's `;` parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// Rules match each segment without its parameters, as Java servlet containers map it
+    /// (`/admin;x=1/users` is `/admin/users`, `/public/..;/admin` is `/admin`). The request goes
+    /// on with them.
+    Strip,
+    /// `;` is an ordinary byte, as for Envoy's route matching; a `.` or `..` segment with
+    /// parameters (`..;x`), which upstreams disagree on, is refused with 400.
+    Keep,
+    /// Any `;` in the path is refused with 400.
+    Reject,
 }
 
 impl Default for PathNormalizationConfig {
@@ -34,6 +53,7 @@ impl Default for PathNormalizationConfig {
             normalize: true,
             merge_slashes: true,
             escaped_slashes: EscapedSlashesAction::RejectRequest,
+            path_parameters: PathParameters::Strip,
         }
     }
 }
@@ -88,6 +108,10 @@ pub enum PathRejection {
     EncodedNul,
     #[error("path has an encoded slash")]
     EscapedSlash,
+    #[error("path has parameters")]
+    Parameters,
+    #[error("path has a dot segment with parameters")]
+    DotSegmentParameters,
 }
 
 impl PathRejection {
@@ -104,6 +128,8 @@ impl PathRejection {
             Self::InvalidPercentEncoding => "path_invalid_percent_encoding",
             Self::EncodedNul => "path_encoded_nul",
             Self::EscapedSlash => "path_escaped_slash",
+            Self::Parameters => "path_parameters",
+            Self::DotSegmentParameters => "path_dot_segment_parameters",
         }
     }
 }
@@ -124,15 +150,23 @@ pub enum PathDisposition {
 /// A normalised request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalizedPath<'a> {
-    /// The path rules match on: ASCII, starting with `/` (or exactly `*`), without query or
-    /// fragment.
+    /// The normalised path to forward: ASCII, starting with `/` (or exactly `*`), without query
+    /// or fragment.
     pub path: String,
+    /// The path rules match on when it differs from `path`: without path parameters
+    /// ([`PathParameters::Strip`]).
+    pub stripped: Option<String>,
     /// The raw query after `?` (without the fragment), untouched.
     pub query: Option<&'a [u8]>,
     pub disposition: PathDisposition,
 }
 
 impl NormalizedPath<'_> {
+    /// The path rules match on.
+    pub fn rule_path(&self) -> &str {
+        self.stripped.as_deref().unwrap_or(&self.path)
+    }
+
     /// The `:path` to forward or redirect to: the normalised path and the original query.
     pub fn request_path(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.path.len() + self.query.map_or(0, |q| q.len() + 1));
@@ -159,6 +193,7 @@ impl PathNormalizer {
             // `OPTIONS *`: no path to normalise; only a rule for exactly `*` matches it.
             return Ok(NormalizedPath {
                 path: "*".to_owned(),
+                stripped: None,
                 query,
                 disposition: PathDisposition::Unchanged,
             });
@@ -167,16 +202,32 @@ impl PathNormalizer {
             return Err(PathRejection::NotOriginForm);
         }
         let (decoded, unescaped_slash) = self.decode(path)?;
-        let resolved = if self.config.normalize {
-            remove_dot_segments(&decoded)
+        let stripped = if decoded.contains(&b';') {
+            match self.config.path_parameters {
+                PathParameters::Reject => return Err(PathRejection::Parameters),
+                PathParameters::Keep => {
+                    if decoded
+                        .split(|&b| b == b'/')
+                        .any(|segment| matches!(without_parameters(segment), b"." | b".."))
+                    {
+                        return Err(PathRejection::DotSegmentParameters);
+                    }
+                    None
+                }
+                PathParameters::Strip => {
+                    let bare: Vec<u8> = decoded
+                        .split(|&b| b == b'/')
+                        .map(without_parameters)
+                        .collect::<Vec<_>>()
+                        .join(&b'/');
+                    let bare = self.resolve(bare);
+                    Some(String::from_utf8(bare).map_err(|_| PathRejection::UnencodedByte)?)
+                }
+            }
         } else {
-            decoded
+            None
         };
-        let merged = if self.config.merge_slashes {
-            merge_slashes(resolved)
-        } else {
-            resolved
-        };
+        let merged = self.resolve(decoded);
         let redirect = unescaped_slash
             && self.config.escaped_slashes == EscapedSlashesAction::UnescapeAndRedirect;
         let mut merged = merged;
@@ -201,9 +252,24 @@ impl PathNormalizer {
         let path = String::from_utf8(merged).map_err(|_| PathRejection::UnencodedByte)?;
         Ok(NormalizedPath {
             path,
+            stripped,
             query,
             disposition,
         })
+    }
+
+    /// Dot segments removed and slashes merged, as configured.
+    fn resolve(&self, decoded: Vec<u8>) -> Vec<u8> {
+        let resolved = if self.config.normalize {
+            remove_dot_segments(&decoded)
+        } else {
+            decoded
+        };
+        if self.config.merge_slashes {
+            merge_slashes(resolved)
+        } else {
+            resolved
+        }
     }
 
     /// Checks every byte and resolves percent-encoding; returns the bytes and whether an escaped
@@ -290,6 +356,14 @@ pub(crate) fn hex_digit(byte: u8) -> Option<u8> {
         b'a'..=b'f' => Some(byte - b'a' + 10),
         b'A'..=b'F' => Some(byte - b'A' + 10),
         _ => None,
+    }
+}
+
+/// A path segment without its `;` parameters.
+fn without_parameters(segment: &[u8]) -> &[u8] {
+    match segment.iter().position(|&b| b == b';') {
+        Some(at) => segment.get(..at).unwrap_or_default(),
+        None => segment,
     }
 }
 
@@ -590,6 +664,49 @@ mod tests {
         );
     }
 
+    #[test]
+    fn rules_read_paths_without_parameters_as_servlet_containers_map_them() {
+        let n = normalizer("{}");
+        for (raw, rule_path, forwarded) in [
+            (
+                "/admin;jsessionid=x/users",
+                "/admin/users",
+                "/admin;jsessionid=x/users",
+            ),
+            ("/public/..;/admin", "/admin", "/public/..;/admin"),
+            ("/public/.;x/a", "/public/a", "/public/.;x/a"),
+            ("/;/admin", "/admin", "/;/admin"),
+            ("/a%3Bb/c", "/a%3Bb/c", "/a%3Bb/c"),
+        ] {
+            let out = n.normalize(raw.as_bytes()).unwrap();
+            assert_eq!(out.rule_path(), rule_path, "{raw}");
+            assert_eq!(out.path, forwarded, "{raw}");
+        }
+        let plain = n.normalize(b"/orders").unwrap();
+        assert_eq!(plain.stripped, None);
+        assert_eq!(plain.rule_path(), "/orders");
+    }
+
+    #[test]
+    fn kept_parameters_refuse_dot_segments_and_reject_refuses_all() {
+        let keep = normalizer(r#"{"path_parameters":"keep"}"#);
+        let out = keep.normalize(b"/admin;jsessionid=x/users").unwrap();
+        assert_eq!(out.rule_path(), "/admin;jsessionid=x/users");
+        for raw in ["/public/..;/admin", "/a/.;x/b", "/a/%2e%2e;/b"] {
+            assert_eq!(
+                keep.normalize(raw.as_bytes()),
+                Err(PathRejection::DotSegmentParameters),
+                "{raw}"
+            );
+        }
+        let reject = normalizer(r#"{"path_parameters":"reject"}"#);
+        assert_eq!(reject.normalize(b"/a;b"), Err(PathRejection::Parameters));
+        assert!(
+            reject.normalize(b"/a%3Bb?x=;").is_ok(),
+            "encoded, or in the query"
+        );
+    }
+
     #[cfg(not(target_arch = "wasm32"))]
     mod properties {
         use super::*;
@@ -604,11 +721,19 @@ mod tests {
                     Just(EscapedSlashesAction::UnescapeAndRedirect),
                     Just(EscapedSlashesAction::UnescapeAndForward),
                 ],
+                prop_oneof![
+                    Just(PathParameters::Strip),
+                    Just(PathParameters::Keep),
+                    Just(PathParameters::Reject),
+                ],
             )
-                .prop_map(|(merge_slashes, escaped_slashes)| PathNormalizationConfig {
-                    normalize: true,
-                    merge_slashes,
-                    escaped_slashes,
+                .prop_map(|(merge_slashes, escaped_slashes, path_parameters)| {
+                    PathNormalizationConfig {
+                        normalize: true,
+                        merge_slashes,
+                        escaped_slashes,
+                        path_parameters,
+                    }
                 })
         }
 
@@ -629,6 +754,8 @@ mod tests {
                 Just(&b"%3a"[..]),
                 Just(&b"?"[..]),
                 Just(&b"#"[..]),
+                Just(&b";"[..]),
+                Just(&b";x=1"[..]),
             ];
             proptest::collection::vec(piece, 0..24).prop_map(|pieces| {
                 let mut path = b"/".to_vec();
@@ -656,6 +783,18 @@ mod tests {
                     once.path.split('/').all(|s| s != ".." && s != "."),
                     "{:?} -> {:?}", String::from_utf8_lossy(&raw), once.path
                 );
+                // What rules match has no dot segment either, parameters stripped or not, and
+                // no parameter left when they are stripped.
+                prop_assert!(
+                    once.rule_path().split('/').all(|s| {
+                        let bare = s.split(';').next().unwrap_or_default();
+                        bare != ".." && bare != "."
+                    }),
+                    "{:?} -> {:?}", String::from_utf8_lossy(&raw), once.rule_path()
+                );
+                if config.path_parameters == PathParameters::Strip {
+                    prop_assert!(!once.rule_path().contains(';'));
+                }
                 let twice = normalizer.normalize(once.path.as_bytes()).unwrap();
                 prop_assert_eq!(&twice.path, &once.path);
                 prop_assert_eq!(twice.disposition, PathDisposition::Unchanged);

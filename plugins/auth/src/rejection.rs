@@ -156,7 +156,7 @@ impl Rejection {
     }
 
     /// Every label, for defining metrics once.
-    pub const LABELS: [&'static str; 46] = [
+    pub const LABELS: [&'static str; 48] = [
         "missing",
         "too_large",
         "malformed",
@@ -189,6 +189,8 @@ impl Rejection {
         "path_invalid_percent_encoding",
         "path_encoded_nul",
         "path_escaped_slash",
+        "path_parameters",
+        "path_dot_segment_parameters",
         "bad_authority",
         "denied",
         "claim_mismatch",
@@ -370,6 +372,8 @@ mod tests {
             Rejection::Path(PathRejection::InvalidPercentEncoding),
             Rejection::Path(PathRejection::EncodedNul),
             Rejection::Path(PathRejection::EscapedSlash),
+            Rejection::Path(PathRejection::Parameters),
+            Rejection::Path(PathRejection::DotSegmentParameters),
             Rejection::RepeatedToken,
             Rejection::BadAuthority,
             Rejection::Denied,
