@@ -325,7 +325,8 @@ fn check_retry_on(p: &mut Problems, field: &str, value: &str) {
     if value.is_empty() {
         return;
     }
-    for condition in value.split(',') {
+    // Envoy trims the spaces around each condition.
+    for condition in value.split(',').map(str::trim) {
         if !RETRY_CONDITIONS.contains(&condition) {
             p.push_at(
                 field,
@@ -424,6 +425,13 @@ impl PluginConfig for ResilienceConfig {
             if let Some(budget) = &retry.budget {
                 if budget.percent > 100 {
                     p.push_at("budget.percent", "must be between 0 and 100");
+                } else if self.proxy == Proxy::Kong {
+                    // It would count every request in shared data for retries Kong never makes
+                    // on the plugin's word.
+                    p.push_at(
+                        "budget",
+                        "does not apply on Kong, whose router reads no retry header: leave it unset (Kong retries per its service's `retries`)",
+                    );
                 }
             }
         });
@@ -554,6 +562,24 @@ mod tests {
         let config: ResilienceConfig =
             load(br#"{"retry":{"per_try_timeout":"59s"},"timeouts":{"default":"1m"}}"#).unwrap();
         assert!(config.retry.per_try_timeout.is_some());
+    }
+
+    #[test]
+    fn retry_conditions_may_be_spaced_as_envoy_reads_them() {
+        let config: ResilienceConfig =
+            load(br#"{"retry":{"retry_on":"connect-failure, refused-stream"}}"#).unwrap();
+        assert_eq!(config.retry.retry_on, "connect-failure, refused-stream");
+    }
+
+    #[test]
+    fn a_retry_budget_on_kong_is_refused() {
+        let err =
+            load::<ResilienceConfig>(br#"{"proxy":"kong","retry":{"budget":{}}}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "retry.budget: does not apply on Kong, whose router reads no retry header: leave it unset (Kong retries per its service's `retries`)"
+        );
+        load::<ResilienceConfig>(br#"{"retry":{"budget":{}}}"#).unwrap();
     }
 
     #[test]
