@@ -8,8 +8,8 @@ mod plugin_support;
 use std::time::Duration;
 
 use palisade_host_tests::wasm_host::{
-    CallState, CalloutReply, Failure, GrpcReply, Host, LocalReply, MetricValue, Outcome, Plugin,
-    PluginVms, Profile, Request, Response,
+    CallState, CalloutReply, Failure, GrpcReply, Host, LocalReply, LogLevel, LogOrigin,
+    MetricValue, Outcome, Plugin, PluginVms, Profile, Request, Response,
 };
 use plugin_support::{assert_rejected, finish_at_upstream, headers, PROFILES};
 
@@ -421,7 +421,9 @@ fn a_global_refusal_gives_back_what_the_local_limit_counted() -> Result<(), Fail
 #[test]
 fn kong_before_3_9_resumes_a_failed_dispatch_itself() -> Result<(), Failure> {
     // Kong ≤ 3.8 never calls back a failed dispatch and resumes the request: fail-open whatever
-    // the failure mode (documented).
+    // the failure mode (documented). The worker then takes the service as failing for the
+    // call's timeout (50ms) and a second: its requests get the failure mode without a call,
+    // which would leave one more token in the SDK for good.
     let profile = Profile::Kong(palisade_host_tests::wasm_host::KongVersion::V3_8);
     let (host, vms) = load(
         profile,
@@ -433,6 +435,32 @@ fn kong_before_3_9_resumes_a_failed_dispatch_itself() -> Result<(), Failure> {
     );
     let reply = send(&host, &vms, 0, tenant("acme"), Duration::from_millis(1))?;
     assert_eq!(reply, None);
+    assert_eq!(host.http_calls().len(), 1);
+    let warnings: Vec<String> = vms
+        .logs()
+        .into_iter()
+        .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(
+        warnings,
+        ["[palisade-rate-limit] the rate-limit service failed: no answer (timeout, reset or refused connection); requests get the failure mode without a call for 1050ms"]
+    );
+    let reply = send(&host, &vms, 0, tenant("acme"), Duration::from_millis(1))?;
+    assert_eq!(reply.map(|r| r.status), Some(500), "held: the failure mode");
+    assert_eq!(host.http_calls().len(), 1, "no call while held");
+    assert_eq!(
+        counter(&host, "palisade_rate_limit.per-tenant.callout_failures"),
+        1
+    );
+    host.advance_clock(Duration::from_millis(1100))?;
+    host.script_http_call(
+        "ratelimit:8080",
+        CalloutReply::status(200).body(r#"{"overallCode":"OK","statuses":[{"code":"OK"}]}"#),
+    );
+    let reply = send(&host, &vms, 0, tenant("acme"), Duration::from_millis(1))?;
+    assert_eq!(reply, None);
+    assert_eq!(host.http_calls().len(), 2, "asked again after the hold");
     Ok(())
 }
 

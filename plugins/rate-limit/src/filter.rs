@@ -5,6 +5,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use palisade_kit::config::ConfigError;
 use palisade_kit::host::callout::{self, HttpCallout};
@@ -48,6 +49,11 @@ struct Worker {
     failing: Cell<bool>,
     /// When a limit last could not be checked in shared data and it was logged (Unix ns).
     store_warned_at: Cell<Option<u64>>,
+    /// Until when (Unix ns) the service is taken as failing without a call: Kong 3.4-3.8 let
+    /// a request go on when its call fails, never calling the plugin back, and the SDK keeps
+    /// such a call's token for good. So after one, requests get the failure mode at once for
+    /// the call's timeout and a second, rather than each leaving a call behind.
+    held_until_ns: Cell<u64>,
 }
 
 /// 16 bytes of the host's entropy for a new fingerprint key.
@@ -106,6 +112,7 @@ impl Plugin for RateLimitPlugin {
             global: config.global,
             failing: Cell::new(false),
             store_warned_at: Cell::new(None),
+            held_until_ns: Cell::new(0),
         })
     }
 
@@ -337,6 +344,15 @@ impl Stream {
             // The configuration requires `global` for global limits: unreachable.
             return Action::Continue;
         };
+        if host::unix_nanos() < worker.held_until_ns.get() {
+            let calls = if service.call_per_limit {
+                check.descriptors.len()
+            } else {
+                1
+            };
+            let answers = (0..calls).map(|_| Err(CalloutError::Held)).collect();
+            return self.conclude(&check, answers, false);
+        }
         let sent = |descriptors: &[Descriptor]| match dispatch(service, descriptors) {
             Ok(token) => (Some(token), None),
             Err(err) => (None, Some(Err(CalloutError::Dispatch(err)))),
@@ -450,6 +466,21 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // A response while calls are pending: Kong 3.4-3.8 let the request go on after a call
+        // failed (fail-open, as documented). Envoy always answers; a response there is its own
+        // local reply, and the calls' answers, if they come, find nothing waiting.
+        if self.waiting.take().is_some() && host::is_kong() {
+            if let Some(service) = &self.worker.global {
+                let hold = service.timeout.get().saturating_add(Duration::from_secs(1));
+                let hold_ns = u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX);
+                self.worker
+                    .held_until_ns
+                    .set(host::unix_nanos().saturating_add(hold_ns));
+                if !self.worker.failing.replace(true) {
+                    log::warn!("[{NAME}] the rate-limit service failed: {}; requests get the failure mode without a call for {}ms", CalloutError::NoAnswer, hold_ns / 1_000_000);
+                }
+            }
+        }
         if let Some(headers) = self.response_headers.take() {
             let mut buf = [0; RATE_LIMIT_MAX_LEN];
             let long;

@@ -365,6 +365,9 @@ pub enum CalloutError {
     HttpStatus(u16),
     #[error("unreadable answer: {0}")]
     Decode(String),
+    /// Not asked: a call made shortly before failed without an answer (Kong before 3.9).
+    #[error("not asked: a call failed shortly before and Kong did not say (Kong before 3.9)")]
+    Held,
 }
 
 /// What one request did to each limit: (index into [`RateLimiter::limits`], tally).
