@@ -501,6 +501,31 @@ fn kong_before_3_9_refuses_a_credential_it_cannot_take_out_of_the_query() -> Res
     Ok(())
 }
 
+/// On Kong a decoded `%3F` is a `?` in `:path`: a query credential's removal must not turn the
+/// path's `?` into the query's, or the upstream would get a second, forged token.
+#[test]
+fn kong_takes_a_query_token_out_without_splitting_the_path_at_a_decoded_question_mark(
+) -> Result<(), Failure> {
+    let token = Signer::for_alg("ES256").sign(&claims(NOW));
+    let (_host, vms) = load(
+        Profile::kong(),
+        Plugin::Auth,
+        &config(json!({"token_locations": [{"query": "access_token"}]})),
+    )?;
+    let (outcome, upstream) = send(
+        &vms,
+        Request::get(&format!(
+            "/orders%3Faccess_token=EVIL?access_token={token}&page=2"
+        )),
+    )?;
+    assert_eq!(outcome, Outcome::Continue);
+    assert_eq!(
+        upstream.get(":path"),
+        Some("/orders%3Faccess_token=EVIL?page=2")
+    );
+    Ok(())
+}
+
 #[test]
 fn a_refused_identity_strip_fails_closed() -> Result<(), Failure> {
     for profile in PROFILES {

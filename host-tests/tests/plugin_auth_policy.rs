@@ -213,6 +213,21 @@ fn rules_judge_the_target_as_sent_on_every_host() -> Result<(), Failure> {
         )?;
         assert_eq!(outcome, Outcome::Continue, "{profile:?} encoded space");
         assert_eq!(upstream.get(":path"), Some("/invoices/a%20b.pdf"));
+        // A `\` the rules read as `/`: Envoy forwards the path they judged; Kong's router would
+        // forward the `\`, so the request is refused there.
+        let (outcome, upstream) = send(&vms, Request::get("/admin/x\\..\\..\\healthz"))?;
+        if profile.is_kong() {
+            assert_reply(
+                &outcome,
+                400,
+                None,
+                "path has a backslash or an escaped slash",
+                &format!("{profile:?} backslash"),
+            );
+        } else {
+            assert_eq!(outcome, Outcome::Continue, "{profile:?} backslash");
+            assert_eq!(upstream.get(":path"), Some("/healthz"));
+        }
         // A path the rules normalise, with a query: no trap on Kong 3.8, the upstream gets the
         // normalised path and the query.
         let (outcome, upstream) = send(&vms, Request::get("//healthz?probe=1"))?;
@@ -874,6 +889,10 @@ fn kong_before_3_9_resuming_a_failed_introspection_refuses_its_response() -> Res
         } else {
             stream.send_response_body("protected", true)?;
             assert_eq!(stream.response_status(), 500, "{version:?}");
+            assert!(
+                !String::from_utf8_lossy(&stream.response_body()).contains("protected"),
+                "the upstream's body stays away from the client"
+            );
             assert!(host.logs().iter().any(|e| e.origin == LogOrigin::Host
                 && e.message == "bad \"on_response_headers\" return action: \"PAUSE\""));
             assert_eq!(errors, ["[palisade-auth] the introspection call-out failed and the host sent the request upstream without calling the plugin back (Kong before 3.9): the request went without identity, and its response is replaced by Kong's 500"]);

@@ -139,6 +139,9 @@ impl HttpStream {
         let chunk = chunk.as_ref().to_vec();
         self.drive(|vm, context| {
             let data = stream(vm, context)?;
+            if data.response_discarded {
+                return Ok(());
+            }
             check_response_open(data)?;
             if data.paused == Some(Step::ResponseHeaders) {
                 let held = data.held_response.get_or_insert_with(Held::default);

@@ -94,6 +94,9 @@ pub(crate) struct StreamData {
     /// Kong: nginx's `r->args`, the query Kong appends to the upstream's path (empty: none).
     /// Only a `:path` write with a `?` changes it (Kong 3.9+).
     pub kong_args: Vec<u8>,
+    /// Kong answered 500 from the header filter: nginx finalises the request, and the
+    /// upstream's body never reaches the client (or the filter).
+    pub response_discarded: bool,
     pub properties_set: BTreeMap<String, Vec<u8>>,
     pub fuel: Vec<(Callback, u64)>,
     /// Host calls made from this stream's callbacks, in order, with
@@ -229,6 +232,7 @@ pub(crate) fn after_callback(
                 data.response_headers = Some(Headers::new().with(":status", "500"));
                 data.response_body.clear();
                 data.to_client.headers = data.response_headers.clone();
+                data.response_discarded = true;
             }
             ResponseHeadersPause::LocalResponseExpected => {
                 host_log(

@@ -371,8 +371,44 @@ fn strip_before_reply(engine: &Authenticator, headers: &Fields<'_>) {
 struct KongTarget {
     /// The target as the client sent it.
     raw: Vec<u8>,
-    /// nginx's `r->uri`: Kong's `:path` without its `?` and raw query.
-    uri: Vec<u8>,
+    /// Kong's `:path`: `r->uri`, then `?` and `r->args` when there are any.
+    decoded: Vec<u8>,
+}
+
+/// Why Kong cannot forward a request as the rules judged it.
+enum KongRefusal {
+    /// A credential must leave the query, and this Kong cannot change it.
+    QueryKept,
+    /// A credential must leave the query, and `r->args` is no longer the query the rules read
+    /// (a Lua plugin before the filter chain changed it).
+    QueryChanged,
+    /// The rules judged a path Kong's router will not forward: a `\` read as `/`, or an escaped
+    /// slash decoded (Kong's router normalises neither).
+    PathKept,
+}
+
+/// The path and the query of a target.
+fn split_query(target: &[u8]) -> (&[u8], &[u8]) {
+    match target.iter().position(|&b| b == b'?') {
+        Some(at) => (
+            target.get(..at).unwrap_or_default(),
+            target.get(at + 1..).unwrap_or_default(),
+        ),
+        None => (target, &[]),
+    }
+}
+
+/// How many escaped slashes (`%2F`, `%5C`, any case) a path holds.
+fn escaped_slashes(path: &[u8]) -> usize {
+    path.windows(3)
+        .filter(|w| match w {
+            [b'%', hi, lo] => matches!(
+                (hi.to_ascii_uppercase(), lo.to_ascii_uppercase()),
+                (b'2', b'F') | (b'5', b'C')
+            ),
+            _ => false,
+        })
+        .count()
 }
 
 impl KongTarget {
@@ -382,22 +418,8 @@ impl KongTarget {
             return None;
         }
         let raw = host::property(&["request", "path"]).ok().flatten()?;
-        let decoded = get(headers, ":path").unwrap_or_default();
-        let query = raw
-            .iter()
-            .position(|&b| b == b'?')
-            .and_then(|at| raw.get(at + 1..));
-        let uri = match query.filter(|q| !q.is_empty()) {
-            Some(query) => decoded
-                .strip_suffix(query)
-                .and_then(|rest| rest.strip_suffix(b"?"))
-                .unwrap_or(decoded),
-            None => decoded,
-        };
-        Some(Self {
-            uri: uri.to_vec(),
-            raw,
-        })
+        let decoded = get(headers, ":path").unwrap_or_default().to_vec();
+        Some(Self { raw, decoded })
     }
 
     /// `headers` with `:path` read as `target`, the target the client sent.
@@ -409,38 +431,67 @@ impl KongTarget {
         }
     }
 
-    /// The edits as Kong can apply them: a `:path` edit that keeps the query is dropped (Kong's
-    /// router passes its own normalised path upstream whatever `r->uri` says); one that
-    /// changes the query (a credential taken out) is written as `r->uri?query`, which Kong 3.9+
-    /// take as the new `r->args`. `None` when the query must change and this Kong cannot
-    /// (before 3.9 a `:path` with a `?` traps).
-    fn edits<'e>(&self, edits: &[Edit<'e>]) -> Option<Vec<Edit<'e>>> {
-        let query_of = |target: &[u8]| -> Vec<u8> {
-            let at = target.iter().position(|&b| b == b'?');
-            at.and_then(|at| target.get(at + 1..))
-                .unwrap_or_default()
-                .to_vec()
-        };
+    /// The edits as Kong can apply them. A `:path` edit's path is never written: Kong's router
+    /// forwards its own normalisation of the target, which is the rules' but for a `\` and a
+    /// decoded escaped slash (refused). A changed query (a credential taken out) is written as
+    /// `r->uri?query`, which Kong 3.9+ take as the new `r->args` (before 3.9 a `:path` with a `?`
+    /// traps), and only when `r->args` is still the query the rules read (a Lua plugin may have
+    /// changed it); a `?` in `r->uri` (a decoded `%3F`) is written `%3F`, or Kong would split
+    /// there.
+    fn edits<'e>(&self, edits: &[Edit<'e>]) -> Result<Vec<Edit<'e>>, KongRefusal> {
+        let (raw_path, raw_query) = split_query(&self.raw);
         let mut out = Vec::with_capacity(edits.len());
         for edit in edits {
-            match edit {
-                Edit::Set(name, value) if name == ":path" => {
-                    let query = query_of(value);
-                    if query == query_of(&self.raw) {
-                        continue;
-                    }
-                    if !kong_sets_query() {
-                        return None;
-                    }
-                    let mut path = self.uri.clone();
-                    path.push(b'?');
-                    path.extend_from_slice(&query);
-                    out.push(Edit::Set(name.clone(), Cow::Owned(path)));
-                }
-                other => out.push(other.clone()),
+            let Edit::Set(name, value) = edit else {
+                out.push(edit.clone());
+                continue;
+            };
+            if name != ":path" {
+                out.push(edit.clone());
+                continue;
             }
+            let (path, query) = split_query(value);
+            if path != raw_path
+                && (raw_path.contains(&b'\\') || escaped_slashes(path) < escaped_slashes(raw_path))
+            {
+                return Err(KongRefusal::PathKept);
+            }
+            if query == raw_query {
+                continue;
+            }
+            if !kong_sets_query() {
+                return Err(KongRefusal::QueryKept);
+            }
+            let args = host::property(&["request", "query"])
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            if args != raw_query {
+                return Err(KongRefusal::QueryChanged);
+            }
+            let uri = if args.is_empty() {
+                Some(self.decoded.as_slice())
+            } else {
+                self.decoded
+                    .strip_suffix(args.as_slice())
+                    .and_then(|rest| rest.strip_suffix(b"?"))
+            };
+            let Some(uri) = uri else {
+                return Err(KongRefusal::QueryChanged);
+            };
+            let mut written = Vec::with_capacity(uri.len() + query.len() + 4);
+            for &byte in uri {
+                if byte == b'?' {
+                    written.extend_from_slice(b"%3F");
+                } else {
+                    written.push(byte);
+                }
+            }
+            written.push(b'?');
+            written.extend_from_slice(query);
+            out.push(Edit::Set(name.clone(), Cow::Owned(written)));
         }
-        Some(out)
+        Ok(out)
     }
 }
 
@@ -495,18 +546,34 @@ impl Stream {
             let kong_edits;
             let edits = match kong_target.as_ref().map(|target| target.edits(edits)) {
                 None => edits,
-                Some(Some(edits)) => {
+                Some(Ok(edits)) => {
                     kong_edits = edits;
                     kong_edits.as_slice()
                 }
-                Some(None) => {
-                    // The upstream would get the credential: refuse rather than forward it.
+                // The upstream would get the credential, or another path than the rules
+                // judged: refuse rather than forward it.
+                Some(Err(KongRefusal::QueryKept)) => {
                     if !worker.warned_query_kept.replace(true) {
                         log::warn!("[{NAME}] Kong before 3.9 cannot take a parameter out of the query: requests with their credential in the query are refused with 400 (send it in a header, or forward it: forward_token / api_keys.forward)");
                     }
                     strip_before_reply(&worker.engine, headers);
                     return refuse(
                         &ErrorReply::new(400, "credentials in the query string are not accepted"),
+                        headers,
+                    );
+                }
+                Some(Err(KongRefusal::QueryChanged)) => {
+                    log::debug!("[{NAME}] the query changed before this filter; refusing");
+                    strip_before_reply(&worker.engine, headers);
+                    return refuse(
+                        &ErrorReply::new(400, "credentials in the query string are not accepted"),
+                        headers,
+                    );
+                }
+                Some(Err(KongRefusal::PathKept)) => {
+                    strip_before_reply(&worker.engine, headers);
+                    return refuse(
+                        &ErrorReply::new(400, "path has a backslash or an escaped slash"),
                         headers,
                     );
                 }
