@@ -1054,8 +1054,9 @@ fn the_retry_budget_grants_retries_to_a_share_of_the_requests_in_flight() -> Res
 }
 
 /// Envoy's own overflow 503 (a connection-pool limit, e.g. a DestinationRule's
-/// `connectionPool`, refused the request: `x-envoy-overloaded: true`) tried no upstream: it
-/// never counts, also as a gRPC trailers-only UNAVAILABLE. On Kong the header means nothing.
+/// `connectionPool`, refused the request; its code details say `{overflow}`) tried no
+/// upstream: it never counts, also as a gRPC trailers-only UNAVAILABLE. An upstream's 503 with
+/// `x-envoy-overloaded` counts: the header is not proof. On Kong nothing is exempt.
 #[test]
 fn envoys_own_overflow_503_never_opens_the_circuit() -> Result<(), Failure> {
     let overloaded = |vms: &PluginVms, worker: usize, grpc: bool| {
@@ -1078,6 +1079,10 @@ fn envoys_own_overflow_503_never_opens_the_circuit() -> Result<(), Failure> {
         Ok::<_, Failure>(())
     };
     let (host, vms) = start(Profile::Envoy, "")?;
+    host.set_property(
+        "response.code_details",
+        "upstream_reset_before_response_started{overflow}",
+    );
     for i in 0..10 {
         overloaded(&vms, i % 2, i >= 5)?;
     }
@@ -1089,9 +1094,10 @@ fn envoys_own_overflow_503_never_opens_the_circuit() -> Result<(), Failure> {
         host.shared_data(&format!("palisade/resilience/cb/{CLUSTER}")),
         None
     );
-    // The upstream's own 503s still count.
+    // The upstream's own 503s still count, `x-envoy-overloaded` or not.
+    host.set_property("response.code_details", "via_upstream");
     for i in 0..5 {
-        exchange(&vms, i % 2, 503)?;
+        overloaded(&vms, i % 2, false)?;
     }
     assert_eq!(
         metric(&host, "palisade_resilience.circuit_opened"),
@@ -1167,8 +1173,23 @@ fn a_client_deadline_cannot_open_the_circuit() -> Result<(), Failure> {
         metric(&host, "palisade_resilience.circuit_opened"),
         Some(MetricValue::Counter(0))
     );
-    // The upstream's own timeouts (no deadline) still count.
-    for i in 0..5 {
+    // A deadline of `deadline_counted_from` (1s) or more is the upstream's to meet: a hung
+    // upstream still opens the circuit for callers that pass their deadlines on.
+    for i in 0..4 {
+        let now_ms = host
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let request = get("/orders").header("x-request-deadline-ms", (now_ms + 2_000).to_string());
+        let mut stream = vms.worker(i % 2).http_request(request)?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        let upstream = stream.upstream_request_headers();
+        assert_eq!(upstream.get("x-envoy-upstream-rq-timeout-ms"), Some("2000"));
+        stream.send_response_headers(Response::status(504), true)?;
+        stream.finish()?;
+    }
+    // The upstream's own timeouts (no deadline) count too: the fifth in a row opens it.
+    for i in 0..1 {
         exchange(&vms, i % 2, 504)?;
     }
     assert_eq!(metric(&host, GAUGE), Some(MetricValue::Gauge(1)));

@@ -221,6 +221,11 @@ pub struct TimeoutConfig {
     /// A request header carrying the client's deadline as Unix epoch milliseconds. A deadline
     /// already passed gets 504 without reaching the upstream; a later one caps the timeout.
     pub deadline_header: Option<String>,
+    /// The router's timeout on a request whose deadline capped its timeout below this counts
+    /// as neither success nor failure for the circuit: a client's haste, not the upstream's
+    /// failure (else a 1 ms deadline would open the circuit for everyone). From this on, it
+    /// counts, so a hung upstream still opens the circuit for callers that pass deadlines on.
+    pub deadline_counted_from: ConfigDuration,
 }
 
 impl Default for TimeoutConfig {
@@ -230,6 +235,7 @@ impl Default for TimeoutConfig {
             long_running: ConfigDuration::from_secs(3600),
             long_running_prefixes: Vec::new(),
             deadline_header: None,
+            deadline_counted_from: ConfigDuration::from_secs(1),
         }
     }
 }
@@ -409,9 +415,10 @@ impl PluginConfig for ResilienceConfig {
             check_retry_on(p, "retry_on_non_idempotent", &retry.retry_on_non_idempotent);
             if retry.per_try_timeout.is_some_and(|t| t.get().is_zero()) {
                 p.push_at("per_try_timeout", "must be longer than 0s");
-            } else if retry
-                .per_try_timeout
-                .is_some_and(|t| t.get() >= self.timeouts.default.get())
+            } else if self.proxy == Proxy::Envoy
+                && retry
+                    .per_try_timeout
+                    .is_some_and(|t| t.get() >= self.timeouts.default.get())
             {
                 // Envoy's router drops a per-try timeout not shorter than the request's.
                 p.push_at(
@@ -444,6 +451,9 @@ impl PluginConfig for ResilienceConfig {
                 if timeout.get().is_zero() || timeout.get() > day {
                     p.push_at(name, "must be between 1ms and 24h");
                 }
+            }
+            if self.timeouts.deadline_counted_from.get() > Duration::from_secs(3600) {
+                p.push_at("deadline_counted_from", "must be at most 1h");
             }
             for (i, prefix) in self.timeouts.long_running_prefixes.iter().enumerate() {
                 if !prefix.starts_with('/') {
@@ -569,6 +579,14 @@ mod tests {
         let config: ResilienceConfig =
             load(br#"{"retry":{"retry_on":"connect-failure, refused-stream"}}"#).unwrap();
         assert_eq!(config.retry.retry_on, "connect-failure, refused-stream");
+    }
+
+    #[test]
+    fn a_per_try_timeout_is_checked_against_envoys_timeout_only_on_envoy() {
+        load::<ResilienceConfig>(
+            br#"{"proxy":"kong","retry":{"per_try_timeout":"60s"},"timeouts":{"default":"60s"}}"#,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -116,6 +116,15 @@ impl StreamState {
     }
 }
 
+/// What [`Resilience::counted_status`] may ask about an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerFact<'a> {
+    /// A response header.
+    Header(&'a str),
+    /// Envoy's `response.code_details`.
+    CodeDetails,
+}
+
 pub struct Resilience {
     policy: RoutePolicy,
     proxy: Proxy,
@@ -317,25 +326,31 @@ impl Resilience {
     }
 
     /// The status an answer counts as for the circuit, or `None` when it says nothing about
-    /// the upstream: Envoy's own overflow 503 (`x-envoy-overloaded`: a connection-pool limit
-    /// refused it before any upstream was tried; Envoy neither retries it nor counts it in
-    /// outlier detection), or the router's timeout on a stream whose timeout the client's
-    /// deadline shortened (else a client could open the circuit with a 1 ms deadline).
-    /// `header` reads a response header; it is called only for a 503 or a 504.
+    /// the upstream: Envoy's own overflow 503 (a connection-pool or cluster limit refused the
+    /// request before any upstream answered; Envoy does not retry it), or the router's timeout
+    /// on a stream whose timeout the client's deadline shortened below
+    /// `deadline_counted_from` (else a client could open the circuit with a 1 ms deadline).
+    /// Envoy's overflow is told by its response code details (`...{overflow}`), which an
+    /// upstream cannot write, not by `x-envoy-overloaded`, which it can. `fact` reads a
+    /// response header or the code details; it is called only for a 503 or a 504.
     pub fn counted_status(
         &self,
         status: u16,
         state: &StreamState,
-        mut header: impl FnMut(&str) -> Option<Vec<u8>>,
+        mut fact: impl FnMut(AnswerFact<'_>) -> Option<Vec<u8>>,
     ) -> Option<u16> {
+        let overflow = |details: Option<Vec<u8>>| {
+            details.is_some_and(|d| d.windows(8).any(|w| w == b"overflow"))
+        };
         match status {
-            503 if self.proxy == Proxy::Envoy && header("x-envoy-overloaded").is_some() => None,
+            503 if self.proxy == Proxy::Envoy && overflow(fact(AnswerFact::CodeDetails)) => None,
             504 if state.deadline_capped => None,
             // A gRPC request's router timeout is a trailers-only UNAVAILABLE (Envoy maps its
             // local 504 so), told by the router's message.
             503 if state.deadline_capped
                 && state.grpc
-                && header("grpc-message").as_deref() == Some(b"upstream request timeout") =>
+                && fact(AnswerFact::Header("grpc-message")).as_deref()
+                    == Some(b"upstream request timeout") =>
             {
                 None
             }
@@ -961,8 +976,10 @@ mod tests {
             &mut state,
             &mut events,
         );
-        let message =
-            |name: &str| (name == "grpc-message").then(|| b"upstream request timeout".to_vec());
+        let message = |fact: AnswerFact<'_>| {
+            (fact == AnswerFact::Header("grpc-message"))
+                .then(|| b"upstream request timeout".to_vec())
+        };
         assert_eq!(engine.counted_status(503, &state, message), None);
         assert_eq!(engine.counted_status(503, &state, |_| None), Some(503));
         // The same answer on a stream whose timeout the deadline did not lower counts.
@@ -974,15 +991,25 @@ mod tests {
 
     #[test]
     fn envoys_own_overflow_503_counts_as_neither_on_envoy_only() {
-        let overloaded = |name: &str| (name == "x-envoy-overloaded").then(|| b"true".to_vec());
+        let details = |text: &'static [u8]| {
+            move |fact: AnswerFact<'_>| (fact == AnswerFact::CodeDetails).then(|| text.to_vec())
+        };
+        let overflow = details(b"upstream_reset_before_response_started{overflow}");
         let state = StreamState::default();
         let envoy = engine("{}");
-        assert_eq!(envoy.counted_status(503, &state, overloaded), None);
+        assert_eq!(envoy.counted_status(503, &state, overflow), None);
         assert_eq!(envoy.counted_status(503, &state, |_| None), Some(503));
-        assert_eq!(envoy.counted_status(502, &state, overloaded), Some(502));
-        // On Kong the header is only the upstream's.
+        assert_eq!(envoy.counted_status(502, &state, overflow), Some(502));
+        // An upstream's 503 is `via_upstream`, whatever headers it sends (`x-envoy-overloaded`
+        // included: it cannot keep its circuit closed with it).
+        let upstream = |fact: AnswerFact<'_>| match fact {
+            AnswerFact::CodeDetails => Some(b"via_upstream".to_vec()),
+            AnswerFact::Header(_) => Some(b"true".to_vec()),
+        };
+        assert_eq!(envoy.counted_status(503, &state, upstream), Some(503));
+        // On Kong there are no code details to trust.
         let kong = engine(r#"{"proxy":"kong"}"#);
-        assert_eq!(kong.counted_status(503, &state, overloaded), Some(503));
+        assert_eq!(kong.counted_status(503, &state, overflow), Some(503));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use proxy_wasm::types::Action;
 
 use crate::circuit::Transition;
 use crate::config::{Proxy, ResilienceConfig};
-use crate::engine::{Event, RequestVerdict, Resilience, StreamState, UpstreamNames};
+use crate::engine::{AnswerFact, Event, RequestVerdict, Resilience, StreamState, UpstreamNames};
 use crate::grpc;
 use crate::inflight::Owner;
 
@@ -340,8 +340,13 @@ impl Stream {
         let status = status.and_then(|status| {
             self.worker
                 .engine
-                .counted_status(status, &self.state, |name| {
-                    host::header(Map::ResponseHeaders, name).ok().flatten()
+                .counted_status(status, &self.state, |fact| match fact {
+                    AnswerFact::Header(name) => {
+                        host::header(Map::ResponseHeaders, name).ok().flatten()
+                    }
+                    AnswerFact::CodeDetails => {
+                        host::property(&["response", "code_details"]).ok().flatten()
+                    }
                 })
         });
         self.judge(status);

@@ -45,6 +45,8 @@ pub struct RoutePolicy {
     long_running_timeout_ms: Vec<u8>,
     long_running_prefixes: Vec<String>,
     deadline_header: Option<String>,
+    /// A deadline-capped timeout this long or longer is judged like any other.
+    deadline_counted_from: Duration,
 }
 
 /// What the policy decided for one request.
@@ -88,6 +90,7 @@ impl RoutePolicy {
             long_running_timeout_ms: timeout_value(timeouts.long_running.get()),
             long_running_prefixes: timeouts.long_running_prefixes.clone(),
             deadline_header: timeouts.deadline_header.clone(),
+            deadline_counted_from: timeouts.deadline_counted_from.get(),
         }
     }
 
@@ -134,8 +137,9 @@ impl RoutePolicy {
     /// The header edits: client router headers removed (unless trusted), then the retry
     /// policy and the timeout (capped by the deadline). `retry_granted`: false when the retry
     /// budget is spent or the request is a half-open trial (it goes out with no retries).
-    /// The flag: the timeout sent was lowered to fit the client's deadline, so the router's
-    /// 504 on it is the client's haste, not the upstream's failure.
+    /// The flag: the timeout sent was lowered to fit the client's deadline, below
+    /// `deadline_counted_from`, so the router's 504 on it is the client's haste, not the
+    /// upstream's failure.
     pub fn edits<'a>(
         &'a self,
         headers: &[(&[u8], &[u8])],
@@ -153,7 +157,10 @@ impl RoutePolicy {
             (self.default_timeout, &self.default_timeout_ms)
         };
         let (timeout_ms, capped): (Cow<'a, [u8]>, bool) = match deadline {
-            Deadline::In(left) if left < timeout => (Cow::Owned(timeout_value(left)), true),
+            Deadline::In(left) if left < timeout => (
+                Cow::Owned(timeout_value(left)),
+                left < self.deadline_counted_from,
+            ),
             _ => (Cow::Borrowed(formatted.as_slice()), false),
         };
         let mut edits = Vec::new();
@@ -345,7 +352,14 @@ mod tests {
         let in_ms = |ms| Deadline::In(Duration::from_millis(ms));
         let envoy = policy(json);
         assert!(envoy.edits(GET, in_ms(1), true).1);
+        assert!(envoy.edits(GET, in_ms(999), true).1);
+        // From `deadline_counted_from` (1s) on, a capped timeout is the upstream's to meet:
+        // a hung upstream still opens the circuit for callers that pass deadlines on.
+        assert!(!envoy.edits(GET, in_ms(1000), true).1);
         assert!(!envoy.edits(GET, in_ms(60_000), true).1);
+        let strict =
+            policy(r#"{"timeouts":{"deadline_header":"x-d","deadline_counted_from":"0s"}}"#);
+        assert!(!strict.edits(GET, in_ms(1), true).1);
         assert!(!envoy.edits(GET, Deadline::None, true).1);
         // Kong's router reads no timeout header: nothing was lowered.
         let kong = policy(r#"{"proxy":"kong","timeouts":{"deadline_header":"x-d"}}"#);
