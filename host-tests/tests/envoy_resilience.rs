@@ -141,6 +141,42 @@ fn the_circuit_opens_after_five_failures_fast_fails_half_opens_and_closes() {
     }
 }
 
+/// Envoy's own overflow 503 (the cluster's `circuit_breakers` refuse every request: a
+/// DestinationRule's `connectionPool` in Istio) tried no upstream: the plugin tells it by its
+/// response code details and never opens the circuit on it, in real Envoy.
+#[test]
+fn envoys_own_overflow_never_opens_the_circuit() {
+    let test = EnvoyTest::start_edited(
+        vec![Filter::new(
+            plugins::find("resilience").unwrap(),
+            r#"{"retry":{"max_retries":0}}"#,
+        )],
+        |config| {
+            let clusters = config["static_resources"]["clusters"]
+                .as_array_mut()
+                .unwrap();
+            let upstream = clusters
+                .iter_mut()
+                .find(|c| c["name"] == "upstream")
+                .unwrap();
+            upstream["circuit_breakers"] = serde_json::json!({"thresholds": [{"max_requests": 0}]});
+        },
+    );
+    for i in 0..8 {
+        let (status, response) = request(&test, &[]);
+        assert_eq!(status, 503, "request {i}: {response}");
+        assert!(
+            response
+                .to_ascii_lowercase()
+                .contains("x-envoy-overloaded: true"),
+            "Envoy's overflow, not the plugin's refusal: {response}"
+        );
+    }
+    assert!(test.upstream.seen().is_empty());
+    assert_eq!(stat(&test, "palisade_resilience.circuit_opened"), Some(0));
+    assert_eq!(stat(&test, "palisade_resilience.circuit_rejected"), Some(0));
+}
+
 #[test]
 fn a_burst_of_client_aborts_leaks_no_slot() {
     let test = resilience(r#"{"concurrency":{"max_requests":50}}"#);
