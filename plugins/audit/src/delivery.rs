@@ -66,6 +66,8 @@ struct Batch {
 struct InFlight {
     batch: Batch,
     sent_ms: u64,
+    /// The body's length, remembered if the collector refuses it as too large.
+    body_len: usize,
 }
 
 /// An HTTP request the adapter dispatches: answer it with [`DeliveryQueue::on_answer`] and the
@@ -120,6 +122,9 @@ pub struct DeliveryQueue {
     totals: Totals,
     /// What the held events weigh ([`weight`]): waiting, in flight and waiting for a retry.
     held_bytes: usize,
+    /// The smallest body the collector refused as too large (413): later batches stay under
+    /// it, so one refusal does not cost every batch a round of splits.
+    refused_body_len: Option<usize>,
 }
 
 /// What an event costs the worker's memory while held.
@@ -141,6 +146,7 @@ impl DeliveryQueue {
             next_batch_id: 1,
             totals: Totals::default(),
             held_bytes: 0,
+            refused_body_len: None,
         }
     }
 
@@ -247,12 +253,27 @@ impl DeliveryQueue {
         (sends, expired)
     }
 
-    /// Up to `max_events` of the oldest event's topic (Kafka), or the oldest `max_events`.
+    /// Up to `max_events` of the oldest event's topic (Kafka), or the oldest `max_events`;
+    /// fewer if their body would reach one the collector refused as too large (at least one).
     fn take_batch(&mut self) -> Batch {
         let max = self.settings.max_events;
+        let limit = self.refused_body_len.unwrap_or(usize::MAX);
+        // What an event adds to a body, with its record's framing.
+        let size = |event: &QueuedEvent| event.json.len() + event.key.len() + 32;
         let events = match &self.settings.format {
             Format::Ndjson { .. } => {
-                let n = max.min(self.pending.len());
+                let mut body = 0usize;
+                let n = self
+                    .pending
+                    .iter()
+                    .take(max)
+                    .take_while(|event| {
+                        body = body.saturating_add(size(event));
+                        body < limit
+                    })
+                    .count()
+                    .max(1)
+                    .min(self.pending.len());
                 self.pending.drain(..n).collect()
             }
             Format::KafkaRest { .. } => {
@@ -263,9 +284,17 @@ impl DeliveryQueue {
                     .unwrap_or_default();
                 let mut taken = Vec::new();
                 let mut kept = VecDeque::with_capacity(self.pending.len());
+                let mut body = 0usize;
+                let mut full = false;
                 for event in self.pending.drain(..) {
-                    if taken.len() < max && event.topic == topic {
-                        taken.push(event);
+                    if !full && taken.len() < max && event.topic == topic {
+                        body = body.saturating_add(size(&event));
+                        if body >= limit && !taken.is_empty() {
+                            full = true;
+                            kept.push_back(event);
+                        } else {
+                            taken.push(event);
+                        }
                     } else {
                         kept.push_back(event);
                     }
@@ -298,6 +327,7 @@ impl DeliveryQueue {
             InFlight {
                 batch,
                 sent_ms: now_ms,
+                body_len: body.len(),
             },
         );
         Send {
@@ -382,6 +412,8 @@ impl DeliveryQueue {
             // request limit): the halves may pass, so both go again at once, the attempt
             // unchanged. Halving ends at one event, which is dropped if still too large.
             Some((413, body)) if batch.events.len() > 1 => {
+                let refused = self.refused_body_len.get_or_insert(flight.body_len);
+                *refused = (*refused).min(flight.body_len);
                 let second = batch.events.split_off(batch.events.len() / 2);
                 result.problem = Some(format!(
                     "{}: batch of {n} split in two and sent again",
@@ -815,6 +847,14 @@ mod tests {
             (2, 5, 1)
         );
         assert_eq!(q.buffered(), 0);
+        accounted(&q);
+        // Later batches stay under the smallest body refused (two events): one event each,
+        // no round of splits per batch.
+        for i in 3..6 {
+            q.push(event("audit", i, 8));
+        }
+        let (later, _) = q.poll(8 + 1000, &mut rng);
+        assert_eq!(later.iter().map(|s| s.events).collect::<Vec<_>>(), [1, 1]);
         accounted(&q);
     }
 

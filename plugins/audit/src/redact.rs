@@ -109,7 +109,11 @@ fn parameters(query: &str) -> impl Iterator<Item = (char, &str)> {
 /// lives there) and the password of a `user:password@` removed. Any value with a `?` is read
 /// that way: over-redacting is the safe side.
 pub fn redact_header_value(value: &str, redaction: &Redaction) -> String {
-    let scheme_end = value.find("://").map(|at| at + 3);
+    // A protocol-relative `//user:password@host/...` has an authority too.
+    let scheme_end = value
+        .find("://")
+        .map(|at| at + 3)
+        .or_else(|| value.starts_with("//").then_some(2));
     let mut value = value;
     if scheme_end.is_some() || value.starts_with('/') {
         if let Some(at) = value.find('#') {
@@ -332,6 +336,10 @@ mod tests {
         assert_eq!(
             redact_header_value("https://bob:hunter2@db.example:8443/x?y", &values),
             "https://REDACTED@db.example:8443/x?REDACTED"
+        );
+        assert_eq!(
+            redact_header_value("//bob:hunter2@db.example/x", &values),
+            "//REDACTED@db.example/x"
         );
         // An `@` past the authority is not userinfo.
         assert_eq!(
