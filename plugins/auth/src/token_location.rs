@@ -51,7 +51,7 @@ fn candidates<'a>(
     let in_cookie = cookie.into_iter().flat_map(move |cookie| {
         values(headers, "cookie")
             .flat_map(|header| header.split(|&b| b == b';'))
-            .filter_map(move |pair| cookie_value(pair, cookie.as_bytes()))
+            .filter_map(move |pair| cookie_value(pair, cookie))
             .map(|v| {
                 v.strip_prefix(b"\"")
                     .and_then(|v| v.strip_suffix(b"\""))
@@ -77,11 +77,13 @@ pub fn is_repeated(location: &TokenLocation, headers: &Fields<'_>) -> bool {
 }
 
 /// The value of a cookie pair named `name`. Names are compared with the spaces around them
-/// trimmed, as Go's `net/http`, Node's `cookie` and Python's `SimpleCookie` read them: `session
-/// =x` is a `session` cookie to them, so it must be one here too, or it would survive removal.
-fn cookie_value<'a>(pair: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+/// trimmed, as Go's `net/http`, Node's `cookie` and Python's `SimpleCookie` read them (`session
+/// =x` is a `session` cookie to them), and percent-decoded with `.` and a space read as `_`, as
+/// PHP reads them (`s%65ssion`): a copy spelled so must be one here too, or it would survive
+/// removal.
+fn cookie_value<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
     let at = pair.iter().position(|&b| b == b'=')?;
-    (pair.get(..at)?.trim_ascii() == name)
+    palisade_kit::query::name_is(pair.get(..at)?.trim_ascii(), name)
         .then(|| pair.get(at + 1..))
         .flatten()
         .map(<[u8]>::trim_ascii)
@@ -138,7 +140,7 @@ pub fn removal(location: &TokenLocation, headers: &Fields<'_>) -> Option<Edit<'s
                 .flat_map(|header| header.split(|&b| b == b';'))
                 .map(<[u8]>::trim_ascii)
                 .filter(|pair| !pair.is_empty())
-                .filter(|pair| cookie_value(pair, cookie.as_bytes()).is_none())
+                .filter(|pair| cookie_value(pair, cookie).is_none())
                 .collect();
             Some(if kept.is_empty() {
                 Edit::Remove(Cow::Borrowed("cookie"))
@@ -263,9 +265,12 @@ mod tests {
         // One cookie set for two paths arrives twice, the same.
         let same: Vec<(&[u8], &[u8])> = vec![(b"cookie", b"session=a; session=a")];
         assert!(!is_repeated(&c, &same));
-        // Spaces around a name do not make it another cookie to upstreams.
+        // Spaces around a name, or an encoded letter, do not make it another cookie to
+        // upstreams (Go, Node, Python trim; PHP decodes).
         let spaced: Vec<(&[u8], &[u8])> = vec![(b"cookie", b"session =forged; session=a")];
         assert!(is_repeated(&c, &spaced));
+        let encoded: Vec<(&[u8], &[u8])> = vec![(b"cookie", b"s%65ssion=forged; session=a")];
+        assert!(is_repeated(&c, &encoded));
         // A name spelled as upstreams decode it is the same parameter.
         let encoded: Vec<(&[u8], &[u8])> = vec![(b":path", b"/x?access_token=a&access%5Ftoken=b")];
         assert!(is_repeated(&q, &encoded));
