@@ -122,8 +122,8 @@ pub struct DeliveryQueue {
     totals: Totals,
     /// What the held events weigh ([`weight`]): waiting, in flight and waiting for a retry.
     held_bytes: usize,
-    /// The smallest body the collector refused as too large (413): later batches stay under
-    /// it, so one refusal does not cost every batch a round of splits.
+    /// Half the smallest body the collector refused as too large (413): later batches stay
+    /// under it, so one refusal does not cost every batch a round of splits.
     refused_body_len: Option<usize>,
 }
 
@@ -412,8 +412,11 @@ impl DeliveryQueue {
             // request limit): the halves may pass, so both go again at once, the attempt
             // unchanged. Halving ends at one event, which is dropped if still too large.
             Some((413, body)) if batch.events.len() > 1 => {
-                let refused = self.refused_body_len.get_or_insert(flight.body_len);
-                *refused = (*refused).min(flight.body_len);
+                // Later batches stay at half the refused body, what its halves weigh: a limit at
+                // the refused size would let the next batch, one event smaller, be refused too.
+                let half = flight.body_len / 2;
+                let limit = self.refused_body_len.get_or_insert(half);
+                *limit = (*limit).min(half);
                 let second = batch.events.split_off(batch.events.len() / 2);
                 result.problem = Some(format!(
                     "{}: batch of {n} split in two and sent again",
@@ -848,8 +851,8 @@ mod tests {
         );
         assert_eq!(q.buffered(), 0);
         accounted(&q);
-        // Later batches stay under the smallest body refused (two events): one event each,
-        // no round of splits per batch.
+        // Later batches stay under half the smallest body refused (two events): one event
+        // each, no round of splits per batch.
         for i in 3..6 {
             q.push(event("audit", i, 8));
         }

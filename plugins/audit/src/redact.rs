@@ -109,11 +109,18 @@ fn parameters(query: &str) -> impl Iterator<Item = (char, &str)> {
 /// lives there) and the password of a `user:password@` removed. Any value with a `?` is read
 /// that way: over-redacting is the safe side.
 pub fn redact_header_value(value: &str, redaction: &Redaction) -> String {
-    // A protocol-relative `//user:password@host/...` has an authority too.
-    let scheme_end = value
-        .find("://")
+    // A protocol-relative `//user:password@host/...` has an authority too; a `://` counts only
+    // before any `/`, `?` or `#` (not one in the query: `/cb?next=https://app/`).
+    let scheme_end = if value.starts_with("//") {
+        Some(2)
+    } else {
+        value.find("://").filter(|&at| {
+            value
+                .get(..at)
+                .is_some_and(|scheme| !scheme.contains(['/', '?', '#']))
+        })
         .map(|at| at + 3)
-        .or_else(|| value.starts_with("//").then_some(2));
+    };
     let mut value = value;
     if scheme_end.is_some() || value.starts_with('/') {
         if let Some(at) = value.find('#') {
@@ -340,6 +347,10 @@ mod tests {
         assert_eq!(
             redact_header_value("//bob:hunter2@db.example/x", &values),
             "//REDACTED@db.example/x"
+        );
+        assert_eq!(
+            redact_header_value("//bob:hunter2@db.example/cb?next=https://app/", &values),
+            "//REDACTED@db.example/cb?next=REDACTED"
         );
         // An `@` past the authority is not userinfo.
         assert_eq!(

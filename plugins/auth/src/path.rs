@@ -37,11 +37,12 @@ pub struct PathNormalizationConfig {
 #[serde(rename_all = "snake_case")]
 pub enum PathParameters {
     /// Rules match each segment without its parameters, as Java servlet containers map it
-    /// (`/admin;x=1/users` is `/admin/users`, `/public/..;/admin` is `/admin`). The request goes
-    /// on with them.
+    /// (`/admin;x=1/users` is `/admin/users`). The request goes on with them. A `.` or `..`
+    /// segment with parameters (`..;x`) is refused with 400: servlet containers read it as a
+    /// dot segment, Envoy, Kong and most other upstreams as a name, so no reading of it is safe.
     Strip,
     /// `;` is an ordinary byte, as for Envoy's route matching; a `.` or `..` segment with
-    /// parameters (`..;x`), which upstreams disagree on, is refused with 400.
+    /// parameters is refused with 400, as under `strip`.
     Keep,
     /// Any `;` in the path is refused with 400.
     Reject,
@@ -203,17 +204,18 @@ impl PathNormalizer {
         }
         let (decoded, unescaped_slash) = self.decode(path)?;
         let stripped = if decoded.contains(&b';') {
+            if self.config.path_parameters == PathParameters::Reject {
+                return Err(PathRejection::Parameters);
+            }
+            // `/admin/..;/public` is `/public` to Tomcat and under `/admin` to Envoy's router:
+            // whichever the rules read, one side is bypassed.
+            if decoded.split(|&b| b == b'/').any(|segment| {
+                segment.contains(&b';') && matches!(without_parameters(segment), b"." | b"..")
+            }) {
+                return Err(PathRejection::DotSegmentParameters);
+            }
             match self.config.path_parameters {
-                PathParameters::Reject => return Err(PathRejection::Parameters),
-                PathParameters::Keep => {
-                    if decoded
-                        .split(|&b| b == b'/')
-                        .any(|segment| matches!(without_parameters(segment), b"." | b".."))
-                    {
-                        return Err(PathRejection::DotSegmentParameters);
-                    }
-                    None
-                }
+                PathParameters::Reject | PathParameters::Keep => None,
                 PathParameters::Strip => {
                     let bare: Vec<u8> = decoded
                         .split(|&b| b == b'/')
@@ -673,9 +675,8 @@ mod tests {
                 "/admin/users",
                 "/admin;jsessionid=x/users",
             ),
-            ("/public/..;/admin", "/admin", "/public/..;/admin"),
-            ("/public/.;x/a", "/public/a", "/public/.;x/a"),
             ("/;/admin", "/admin", "/;/admin"),
+            ("/a;/b;", "/a/b", "/a;/b;"),
             ("/a%3Bb/c", "/a%3Bb/c", "/a%3Bb/c"),
         ] {
             let out = n.normalize(raw.as_bytes()).unwrap();
@@ -685,6 +686,15 @@ mod tests {
         let plain = n.normalize(b"/orders").unwrap();
         assert_eq!(plain.stripped, None);
         assert_eq!(plain.rule_path(), "/orders");
+        // A dot segment with parameters is `..` to a servlet container and a name to Envoy's
+        // router: `/admin/..;/public/x` must pass neither a `/public` nor an `/admin` rule.
+        for raw in ["/admin/..;/public/x", "/public/..;/admin", "/a/.;x/b", "/a/%2e%2e;/b"] {
+            assert_eq!(
+                n.normalize(raw.as_bytes()),
+                Err(PathRejection::DotSegmentParameters),
+                "{raw}"
+            );
+        }
     }
 
     #[test]
