@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use palisade_auth::path::{EscapedSlashesAction, PathDisposition, PathNormalizationConfig};
+use palisade_auth::path::{
+    EscapedSlashesAction, PathDisposition, PathNormalizationConfig, PathParameters,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&switches, raw)) = data.split_first() else {
@@ -18,6 +20,11 @@ fuzz_target!(|data: &[u8]| {
             2 => EscapedSlashesAction::UnescapeAndRedirect,
             _ => EscapedSlashesAction::UnescapeAndForward,
         },
+        path_parameters: match (switches >> 4) & 3 {
+            0 => PathParameters::Keep,
+            1 => PathParameters::Reject,
+            _ => PathParameters::Strip,
+        },
     };
     let normalizer = config.compile();
     let Ok(once) = normalizer.normalize(raw) else {
@@ -25,11 +32,21 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(once.path.is_ascii());
     assert!(once.path.starts_with('/') || once.path == "*");
+    assert!(once.rule_path().is_ascii());
     if config.normalize {
         assert!(
             once.path.split('/').all(|s| s != "." && s != ".."),
             "{:?}",
             once.path
+        );
+        // What rules match has no dot segment either, with or without its parameters.
+        assert!(
+            once.rule_path().split('/').all(|s| {
+                let bare = s.split(';').next().unwrap_or_default();
+                bare != "." && bare != ".."
+            }),
+            "{:?}",
+            once.rule_path()
         );
         let twice = normalizer
             .normalize(once.path.as_bytes())
