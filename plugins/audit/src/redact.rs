@@ -114,12 +114,14 @@ pub fn redact_header_value(value: &str, redaction: &Redaction) -> String {
     let scheme_end = if value.starts_with("//") {
         Some(2)
     } else {
-        value.find("://").filter(|&at| {
-            value
-                .get(..at)
-                .is_some_and(|scheme| !scheme.contains(['/', '?', '#']))
-        })
-        .map(|at| at + 3)
+        value
+            .find("://")
+            .filter(|&at| {
+                value
+                    .get(..at)
+                    .is_some_and(|scheme| !scheme.contains(['/', '?', '#']))
+            })
+            .map(|at| at + 3)
     };
     let mut value = value;
     if scheme_end.is_some() || value.starts_with('/') {

@@ -441,10 +441,7 @@ impl KongTarget {
     fn edits<'e>(&self, edits: &[Edit<'e>]) -> Result<Vec<Edit<'e>>, KongRefusal> {
         let (raw_path, raw_query) = split_query(&self.raw);
         // A fragment is not part of nginx's `r->args` (nor of the rules' query).
-        let raw_query = raw_query
-            .split(|&b| b == b'#')
-            .next()
-            .unwrap_or_default();
+        let raw_query = raw_query.split(|&b| b == b'#').next().unwrap_or_default();
         let mut out = Vec::with_capacity(edits.len());
         for edit in edits {
             let Edit::Set(name, value) = edit else {

@@ -688,7 +688,12 @@ mod tests {
         assert_eq!(plain.rule_path(), "/orders");
         // A dot segment with parameters is `..` to a servlet container and a name to Envoy's
         // router: `/admin/..;/public/x` must pass neither a `/public` nor an `/admin` rule.
-        for raw in ["/admin/..;/public/x", "/public/..;/admin", "/a/.;x/b", "/a/%2e%2e;/b"] {
+        for raw in [
+            "/admin/..;/public/x",
+            "/public/..;/admin",
+            "/a/.;x/b",
+            "/a/%2e%2e;/b",
+        ] {
             assert_eq!(
                 n.normalize(raw.as_bytes()),
                 Err(PathRejection::DotSegmentParameters),
