@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use palisade_host_tests::audit_events;
 use palisade_host_tests::wasm_host::{
-    CalloutReply, Failure, Host, HttpCall, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome,
-    Plugin, PluginVms, Profile, Request, Response,
+    CalloutReply, Failure, Host, HttpCall, KongVersion, MetricValue, Outcome, Plugin, PluginVms,
+    Profile, Request, Response,
 };
-use plugin_support::{assert_rejected, load};
+use plugin_support::{assert_rejected, load, plugin_warnings};
 use serde_json::Value;
 
 const SECRET: &str = "s3cr3t-Zq9";
@@ -113,11 +113,7 @@ fn events(call: &HttpCall) -> Vec<Value> {
 
 /// The plugin's own lines at `warn` or above.
 fn warnings(vms: &PluginVms) -> Vec<String> {
-    vms.logs()
-        .into_iter()
-        .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
-        .map(|e| e.message)
-        .collect()
+    plugin_warnings(vms.logs())
 }
 
 fn counter(host: &Host, name: &str) -> u64 {

@@ -9,10 +9,10 @@ use base64::Engine;
 use jsonwebtoken::EncodingKey;
 use palisade_host_tests::auth_tokens::{self, claims, config, Signer, ISSUER, RSA2};
 use palisade_host_tests::wasm_host::{
-    Failure, Headers, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome, Plugin, PluginVms,
-    Profile, Request, START_UNIX_SECS,
+    Failure, Headers, KongVersion, LogOrigin, MetricValue, Outcome, Plugin, PluginVms, Profile,
+    Request, START_UNIX_SECS,
 };
-use plugin_support::{assert_rejected, load, PROFILES};
+use plugin_support::{assert_rejected, load, plugin_warnings, PROFILES};
 use serde_json::{json, Value};
 
 const NOW: u64 = START_UNIX_SECS;
@@ -479,12 +479,7 @@ fn kong_before_3_9_refuses_a_credential_it_cannot_take_out_of_the_query() -> Res
             json!({"error": "credentials in the query string are not accepted", "status": 400, "request_id": null})
         );
     }
-    let warnings: Vec<String> = host
-        .logs()
-        .into_iter()
-        .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
-        .map(|e| e.message)
-        .collect();
+    let warnings = plugin_warnings(host.logs());
     assert_eq!(
         warnings,
         ["[palisade-auth] Kong before 3.9 cannot take a parameter out of the query: requests with their credential in the query are refused with 400 (send it in a header, or forward it: forward_token / api_keys.forward)"]

@@ -12,7 +12,7 @@ use palisade_host_tests::wasm_host::{
     CalloutReply, Failure, Host, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome, Plugin,
     PluginVms, Profile, Request, Response, SharedDataFault, START_UNIX_SECS,
 };
-use plugin_support::{assert_rejected, PROFILES};
+use plugin_support::{assert_rejected, plugin_warnings, PROFILES};
 use serde_json::{json, Value};
 
 const NOW: u64 = START_UNIX_SECS;
@@ -92,11 +92,7 @@ fn assert_status(outcome: &Outcome, status: u16, error: &str, ctx: &str) {
 }
 
 fn warnings(host: &Host) -> Vec<String> {
-    host.logs()
-        .into_iter()
-        .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
-        .map(|e| e.message)
-        .collect()
+    plugin_warnings(host.logs())
 }
 
 #[test]

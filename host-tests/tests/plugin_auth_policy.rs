@@ -7,10 +7,10 @@ mod plugin_support;
 
 use palisade_host_tests::auth_tokens::{self, claims, Signer};
 use palisade_host_tests::wasm_host::{
-    CalloutReply, Failure, Headers, Host, KongVersion, LogLevel, LogOrigin, MetricValue, Outcome,
-    Plugin, PluginVms, Profile, Request, Response, START_UNIX_SECS,
+    CalloutReply, Failure, Headers, Host, KongVersion, LogOrigin, MetricValue, Outcome, Plugin,
+    PluginVms, Profile, Request, Response, START_UNIX_SECS,
 };
-use plugin_support::{assert_rejected, load, PROFILES};
+use plugin_support::{assert_rejected, load, plugin_warnings, PROFILES};
 use serde_json::{json, Value};
 
 const NOW: u64 = START_UNIX_SECS;
@@ -874,12 +874,7 @@ fn kong_before_3_9_resuming_a_failed_introspection_refuses_its_response() -> Res
             Response::status(200).header("content-type", "text/plain"),
             false,
         )?;
-        let errors: Vec<String> = host
-            .logs()
-            .into_iter()
-            .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
-            .map(|e| e.message)
-            .collect();
+        let errors = plugin_warnings(host.logs());
         if version == KongVersion::V3_8 {
             assert_reply(
                 &outcome,

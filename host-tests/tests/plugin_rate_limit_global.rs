@@ -8,10 +8,10 @@ mod plugin_support;
 use std::time::Duration;
 
 use palisade_host_tests::wasm_host::{
-    CallState, CalloutReply, Failure, GrpcReply, Host, LocalReply, LogLevel, LogOrigin,
-    MetricValue, Outcome, Plugin, PluginVms, Profile, Request, Response,
+    CallState, CalloutReply, Failure, GrpcReply, Host, LocalReply, MetricValue, Outcome, Plugin,
+    PluginVms, Profile, Request, Response,
 };
-use plugin_support::{assert_rejected, finish_at_upstream, headers, PROFILES};
+use plugin_support::{assert_rejected, finish_at_upstream, headers, plugin_warnings, PROFILES};
 
 fn grpc_config(extra: &str) -> String {
     format!(
@@ -436,12 +436,7 @@ fn kong_before_3_9_resumes_a_failed_dispatch_itself() -> Result<(), Failure> {
     let reply = send(&host, &vms, 0, tenant("acme"), Duration::from_millis(1))?;
     assert_eq!(reply, None);
     assert_eq!(host.http_calls().len(), 1);
-    let warnings: Vec<String> = vms
-        .logs()
-        .into_iter()
-        .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
-        .map(|e| e.message)
-        .collect();
+    let warnings = plugin_warnings(vms.logs());
     assert_eq!(
         warnings,
         ["[palisade-rate-limit] the rate-limit service failed: no answer (timeout, reset or refused connection); requests get the failure mode without a call for 1050ms"]

@@ -4,9 +4,17 @@
 #![allow(dead_code)] // each test file uses its share
 
 use palisade_host_tests::wasm_host::{
-    Configured, Failure, Headers, Host, HttpStream, LocalReply, LogLevel, LogOrigin, Outcome,
-    Plugin, PluginVms, Profile, Request, Response,
+    Configured, Failure, Headers, Host, HttpStream, LocalReply, LogEntry, LogLevel, LogOrigin,
+    Outcome, Plugin, PluginVms, Profile, Request, Response,
 };
+
+/// The plugin's own lines at `warn` or above, from a host's or a plugin's log.
+pub fn plugin_warnings(logs: Vec<LogEntry>) -> Vec<String> {
+    logs.into_iter()
+        .filter(|e| e.origin == LogOrigin::Plugin && e.level >= LogLevel::Warn)
+        .map(|e| e.message)
+        .collect()
+}
 
 /// Envoy, and the newest Kong.
 pub const PROFILES: [Profile; 2] = [
