@@ -387,7 +387,8 @@ enum KongRefusal {
     PathKept,
 }
 
-/// The path and the query of a target.
+/// The path and the query of a target, split at the first `?` as nginx splits `r->args` off
+/// (a `#` before it does not end the target there, unlike `palisade_kit::query::split_target`).
 fn split_query(target: &[u8]) -> (&[u8], &[u8]) {
     match target.iter().position(|&b| b == b'?') {
         Some(at) => (
@@ -461,7 +462,8 @@ impl KongTarget {
             if query == raw_query {
                 continue;
             }
-            if !kong_sets_query() {
+            // Kong sets the query from a `:path` with a `?` from ngx_wasm_module d6ac8f84 (3.9).
+            if !host::kong_version_at_least(3, 9) {
                 return Err(KongRefusal::QueryKept);
             }
             let args = host::property(&["request", "query"])
@@ -495,15 +497,6 @@ impl KongTarget {
         }
         Ok(out)
     }
-}
-
-/// Whether this Kong sets the query from a `:path` with a `?` (ngx_wasm_module d6ac8f84, Kong
-/// 3.9); asked only when a credential must leave the query.
-fn kong_sets_query() -> bool {
-    host::property(&["kong", "version"])
-        .ok()
-        .flatten()
-        .is_some_and(|v| palisade_kit::route_name::kong_version_at_least(&v, 3, 9))
 }
 
 fn refuse(reply: &ErrorReply, headers: &Fields<'_>) -> Action {
@@ -828,10 +821,7 @@ impl Stream {
         if let Some(metrics) = worker.metrics.as_ref() {
             metrics.denied(source, &rejection);
         }
-        let can_reply = host::property(&["kong", "version"])
-            .ok()
-            .flatten()
-            .is_some_and(|v| palisade_kit::route_name::kong_version_at_least(&v, 3, 7));
+        let can_reply = host::kong_version_at_least(3, 7);
         log::error!(
             "[{NAME}] the {what} call-out failed and the host sent the request upstream without calling the plugin back (Kong before 3.9): the request went without identity, and its response is replaced by {}",
             if can_reply { "this plugin's refusal" } else { "Kong's 500" }

@@ -380,6 +380,15 @@ pub fn is_kong() -> bool {
     })
 }
 
+/// Whether this is Kong at `major.minor` or later (asked in a request: `kong.version`, from
+/// Kong 3.6; an older Kong, or Envoy, is not).
+pub fn kong_version_at_least(major: u32, minor: u32) -> bool {
+    property(&["kong", "version"])
+        .ok()
+        .flatten()
+        .is_some_and(|v| crate::route_name::kong_version_at_least(&v, major, minor))
+}
+
 /// Where this host's request maps hold the client's Host (see [`ClientHost`]). Ask it in a
 /// request: in the root context Kong answers the probe with an `[error]` log line per VM (it
 /// still reads as Kong); after the first request it is a remembered answer.
