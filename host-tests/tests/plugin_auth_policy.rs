@@ -821,6 +821,39 @@ fn opaque_tokens_are_introspected_cached_and_refused_when_inactive() -> Result<(
     Ok(())
 }
 
+/// `client_id` and `username` are not subjects (RFC 7662 §2.2): a client registered as
+/// `alice` must not reach the upstream as the user whose `sub` is `alice`.
+#[test]
+fn an_answer_without_sub_names_no_subject() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let host = Host::new(profile);
+        let vms = host.load(Plugin::Auth, &introspection_config("closed"))?;
+        host.script_http_call(
+            INTROSPECT,
+            CalloutReply::status(200).body(
+                json!({"active": true, "client_id": "alice", "username": "alice",
+                       "iss": "https://idp.example", "scope": "reports:read", "exp": NOW + 600})
+                .to_string(),
+            ),
+        );
+        let (outcome, upstream) = send(
+            &vms,
+            opaque("client-token")
+                .header("x-palisade-subject", "alice")
+                .header("x-palisade-consumer", "https://idp.example/alice"),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}: {:?}", host.logs());
+        assert_eq!(
+            upstream.get("x-palisade-auth-provider"),
+            Some("introspection")
+        );
+        assert!(!upstream.contains("x-palisade-subject"), "{upstream:?}");
+        assert!(!upstream.contains("x-palisade-consumer"), "{upstream:?}");
+        assert_eq!(count(&host, "palisade_auth.allowed.introspection"), 1);
+    }
+    Ok(())
+}
+
 #[test]
 fn fail_open_lets_requests_through_anonymous_when_the_endpoint_is_down() -> Result<(), Failure> {
     for profile in PROFILES {

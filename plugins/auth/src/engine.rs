@@ -1767,8 +1767,6 @@ mod policy_tests {
         let info = |scope: &str| TokenInfo {
             sub: Some("svc".into()),
             iss: None,
-            client_id: None,
-            username: None,
             scope: Some(scope.into()),
             exp: Some(NOW + 60),
             claims: json!({"active": true, "sub": "svc", "scope": scope}),

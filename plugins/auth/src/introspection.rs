@@ -424,8 +424,6 @@ impl Introspector {
         let info = TokenInfo {
             sub: string("sub")?,
             iss: iss.clone(),
-            client_id: string("client_id")?,
-            username: string("username")?,
             scope: string("scope")?,
             exp,
             claims: value.clone(),
@@ -491,8 +489,6 @@ pub struct TokenInfo {
     pub sub: Option<String>,
     /// The issuer the endpoint names (checked against `issuer` when one is configured).
     pub iss: Option<String>,
-    pub client_id: Option<String>,
-    pub username: Option<String>,
     /// Space-separated scopes.
     pub scope: Option<String>,
     /// Expiry, Unix seconds.
@@ -503,13 +499,10 @@ pub struct TokenInfo {
 }
 
 impl TokenInfo {
-    /// Who the token stands for: `sub`, else `username`, else `client_id` (client-credentials
-    /// tokens have no user).
+    /// Who the token stands for: `sub` alone. `username` and `client_id` name other things
+    /// (RFC 7662 §2.2): a client whose id equals a user's `sub` must not become that user.
     pub fn subject(&self) -> Option<&str> {
-        self.sub
-            .as_deref()
-            .or(self.username.as_deref())
-            .or(self.client_id.as_deref())
+        self.sub.as_deref()
     }
 }
 
@@ -832,28 +825,23 @@ mod tests {
             panic!("expected active");
         };
         assert_eq!(info.subject(), Some("u1"));
-        assert_eq!(info.client_id.as_deref(), Some("app"));
         assert_eq!(info.scope.as_deref(), Some("read write"));
         assert_eq!(info.exp, Some(NOW + 60));
         assert_eq!(info.claims["tier"], "gold");
     }
 
     #[test]
-    fn the_subject_falls_back_to_username_then_client_id() {
+    fn only_sub_names_the_subject() {
         let i = introspector("");
-        let Ok(Introspected::Active(info)) = parse(&i, &json!({"active":true,"client_id":"svc"}))
-        else {
-            panic!()
-        };
-        assert_eq!(info.subject(), Some("svc"));
-        assert_eq!(info.exp, None);
         let Ok(Introspected::Active(info)) = parse(
             &i,
             &json!({"active":true,"username":"ann","client_id":"svc"}),
         ) else {
             panic!()
         };
-        assert_eq!(info.subject(), Some("ann"));
+        assert_eq!(info.subject(), None);
+        assert_eq!(info.exp, None);
+        assert_eq!(info.claims["client_id"], "svc");
     }
 
     #[test]
