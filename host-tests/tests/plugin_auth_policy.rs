@@ -581,6 +581,53 @@ fn a_forwarded_key_goes_on_without_its_unchecked_copies() -> Result<(), Failure>
     Ok(())
 }
 
+/// A key won, so the tokens beside it were never checked: they do not reach an upstream that
+/// reads the tokens its provider forwards (a valid low key plus a forged admin token).
+#[test]
+fn tokens_beside_an_accepted_key_do_not_go_upstream() -> Result<(), Failure> {
+    let forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9.";
+    for profile in PROFILES {
+        let mut config: Value = serde_json::from_str(&auth_tokens::config(json!({
+            "forward_token": true,
+            "token_locations": [{"header": {"name": "authorization", "prefix": "Bearer "}},
+                                {"query": "access_token"}, {"cookie": "session"}]
+        })))
+        .unwrap();
+        config["api_keys"] = api_keys();
+        config["rules"] = rules();
+        let (_host, vms) = load(profile, Plugin::Auth, &config.to_string())?;
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get(&format!(
+                "/api/v1/x?access_token={forged}&page=2&api_key={READER_KEY}"
+            ))
+            .authority("api.example.com")
+            .header("authorization", format!("Bearer {forged}"))
+            .header("cookie", format!("theme=dark; session={forged}")),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert_eq!(upstream.get("x-palisade-consumer"), Some("reader"));
+        assert_eq!(
+            upstream.get(":path"),
+            Some("/api/v1/x?page=2"),
+            "{profile:?}"
+        );
+        assert_eq!(upstream.get("authorization"), None, "{profile:?}");
+        assert_eq!(upstream.get("cookie"), Some("theme=dark"), "{profile:?}");
+        // Another scheme in the token's header is no token of this plugin's: it stays.
+        let (outcome, upstream) = send(
+            &vms,
+            Request::get("/api/v1/x")
+                .authority("api.example.com")
+                .header("x-api-key", READER_KEY)
+                .header("authorization", "Basic dTpw"),
+        )?;
+        assert_eq!(outcome, Outcome::Continue, "{profile:?}");
+        assert_eq!(upstream.get("authorization"), Some("Basic dTpw"));
+    }
+    Ok(())
+}
+
 #[test]
 fn no_match_may_allow_anonymous_access() -> Result<(), Failure> {
     let mut config: Value = serde_json::from_str(&policy_config()).unwrap();

@@ -660,8 +660,46 @@ impl Authenticator {
                 }
             }
         }
+        self.remove_unchecked_tokens(requirement, headers, raw_path, &mut edits);
         self.finish_path(&mut edits, raw_path, rewrite, !api_keys.forward());
         Some(Verdict::Allow(Allowed::new(Source::ApiKey, edits, None)))
+    }
+
+    /// Tokens the requirement would also read, beside the key that won: nobody checked them,
+    /// and an upstream that trusts the tokens a provider forwards would take a forged one.
+    /// A query parameter's removal is left as a `:path` edit for [`Self::finish_path`].
+    fn remove_unchecked_tokens(
+        &self,
+        requirement: &Requirement,
+        headers: &Fields<'_>,
+        raw_path: Option<&[u8]>,
+        edits: &mut Vec<Edit<'static>>,
+    ) {
+        let mut path: Option<Vec<u8>> = None;
+        for (index, location) in self.locations.iter().enumerate() {
+            if !self.reads(requirement, index) || token_location::find(location, headers).is_none()
+            {
+                continue;
+            }
+            if let TokenLocation::Query(param) = location {
+                if let Some(kept) = path
+                    .as_deref()
+                    .or(raw_path)
+                    .and_then(|p| token_location::without_parameter(p, param))
+                {
+                    path = Some(kept);
+                }
+                continue;
+            }
+            for edit in token_location::removals(location, headers, false).unwrap_or_default() {
+                if !edits.contains(&edit) {
+                    edits.push(edit);
+                }
+            }
+        }
+        if let Some(path) = path {
+            edits.push(Edit::Set(Cow::Borrowed(":path"), Cow::Owned(path)));
+        }
     }
 
     /// An opaque token to introspect (or, without introspection, a token nobody reads here).

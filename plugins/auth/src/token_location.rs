@@ -89,6 +89,21 @@ fn cookie_value<'a>(pair: &'a [u8], name: &str) -> Option<&'a [u8]> {
         .map(<[u8]>::trim_ascii)
 }
 
+/// `path` without any copy of the query parameter `param` (`;`-separated ones too, see
+/// `palisade_kit::query`); `None` when it has no query.
+pub fn without_parameter(path: &[u8], param: &str) -> Option<Vec<u8>> {
+    let (base, query) = palisade_kit::query::split_target(path);
+    let kept = palisade_kit::query::without(query?, |pair| {
+        palisade_kit::query::value_of(pair, param).is_some()
+    });
+    let mut new_path = base.to_vec();
+    if !kept.is_empty() {
+        new_path.push(b'?');
+        new_path.extend_from_slice(&kept);
+    }
+    Some(new_path)
+}
+
 /// A token that appears twice, differently, where it would be forwarded.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Repeated;
@@ -122,17 +137,7 @@ pub fn removal(location: &TokenLocation, headers: &Fields<'_>) -> Option<Edit<'s
         TokenLocation::Header { name, .. } => Some(Edit::Remove(Cow::Owned(name.clone()))),
         TokenLocation::Query(param) => {
             let path = values(headers, ":path").next()?;
-            let (base, query) = palisade_kit::query::split_target(path);
-            let query = query?;
-            // Every copy goes, `;`-separated ones too (see `palisade_kit::query`).
-            let kept = palisade_kit::query::without(query, |pair| {
-                palisade_kit::query::value_of(pair, param).is_some()
-            });
-            let mut new_path = base.to_vec();
-            if !kept.is_empty() {
-                new_path.push(b'?');
-                new_path.extend_from_slice(&kept);
-            }
+            let new_path = without_parameter(path, param)?;
             Some(Edit::Set(Cow::Borrowed(":path"), Cow::Owned(new_path)))
         }
         TokenLocation::Cookie(cookie) => {
