@@ -195,7 +195,9 @@ impl RoutePolicy {
         } else {
             &self.retry_on_non_idempotent
         };
-        if !trusted(MAX_RETRIES) {
+        // A spent budget or a half-open trial overrides a trusted hop too: the budget is what
+        // stops a retry storm, and a trial is one probe.
+        if !trusted(MAX_RETRIES) || !retry_granted {
             let max: &[u8] = if retry_granted && !retry_on.is_empty() {
                 &self.max_retries
             } else {
@@ -397,6 +399,11 @@ mod tests {
                 "x-envoy-retry-on",
                 "connect-failure,refused-stream,reset,gateway-error"
             )])
+        );
+        // No retry granted (budget spent, or a trial): the trusted hop's 50 becomes 0.
+        assert_eq!(
+            trusting.decide(sent, 0, false),
+            RouteDecision::Forward(vec![set("x-envoy-max-retries", "0")])
         );
     }
 
