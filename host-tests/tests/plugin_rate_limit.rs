@@ -344,11 +344,25 @@ fn shared_data_stays_within_the_configured_slots() -> Result<(), Failure> {
             send(&vms, i % 2, request)?;
             host.advance_clock(Duration::from_millis(300))?;
         }
-        let slots: Vec<bool> = (0..9)
-            .map(|n| {
-                host.shared_data(&format!("palisade/rate-limit/ip/{n}"))
-                    .is_some()
+        // One table, `palisade/rate-limit/ip/<definition>/`, and the proxy's fingerprint key.
+        let keys = host.shared_data_keys();
+        let table = keys
+            .iter()
+            .find_map(|key| {
+                let rest = key.strip_prefix("palisade/rate-limit/ip/")?;
+                Some(format!(
+                    "palisade/rate-limit/ip/{}/",
+                    rest.split_once('/')?.0
+                ))
             })
+            .expect("the limit's table");
+        assert!(
+            keys.iter()
+                .all(|key| key.starts_with(&table) || key == "palisade/rate-limit/hash-key"),
+            "{keys:?}"
+        );
+        let slots: Vec<bool> = (0..9)
+            .map(|n| host.shared_data(&format!("{table}{n}")).is_some())
             .collect();
         assert_eq!(
             slots,

@@ -84,14 +84,30 @@ fn slot_keys(host: &Host) -> Vec<String> {
         .into_iter()
         .partition(|key| key == "palisade/rate-limit/hash-key");
     assert_eq!(hash_key.len(), 1, "the proxy's one fingerprint key");
+    let table = keys.first().map(|key| table_of(key));
     for key in &keys {
+        assert_eq!(Some(table_of(key)), table, "one table: {key}");
         let n: usize = key
-            .strip_prefix("palisade/rate-limit/per-ip/")
-            .and_then(|n| n.parse().ok())
+            .rsplit_once('/')
+            .and_then(|(_, n)| n.parse().ok())
             .unwrap_or_else(|| panic!("a key outside the limit's slots: {key}"));
         assert!(n < SLOTS, "{key}");
     }
     keys
+}
+
+/// The table a slot key is in: `palisade/rate-limit/per-ip/<definition, 8 hex digits>/`.
+fn table_of(key: &str) -> String {
+    let scope = key
+        .strip_prefix("palisade/rate-limit/per-ip/")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(scope, _)| scope)
+        .unwrap_or_else(|| panic!("a key outside the limit's slots: {key}"));
+    assert!(
+        scope.len() == 8 && scope.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{key}"
+    );
+    format!("palisade/rate-limit/per-ip/{scope}/")
 }
 
 /// Sends clients `range` once each, alternating workers; counts what each outcome got.
@@ -200,8 +216,9 @@ fn rate_limit_under_kong_survives_evicted_slots_and_stays_bounded() -> Result<()
     assert_eq!(first.admitted, SLOTS, "{first:?}");
 
     // The shm zone evicts half the slots (every other one), as slru does under pressure.
+    let table = table_of(&slot_keys(&host)[0]);
     for n in (0..SLOTS).step_by(2) {
-        assert!(host.evict_shared_data(&format!("palisade/rate-limit/per-ip/{n}"))?);
+        assert!(host.evict_shared_data(&format!("{table}{n}"))?);
     }
     assert_eq!(slot_keys(&host).len(), SLOTS / 2);
 

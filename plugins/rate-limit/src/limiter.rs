@@ -74,7 +74,11 @@ impl CompiledLimit {
             _ => None,
         };
         let constant_fingerprint = key::constant_fingerprint(hash_key, &limit.key);
-        let table = SlotTable::new(&limit.name, limit.slots)
+        // Limits of one name in different configurations (Kong's chains share one zone, Envoy's
+        // plugins one VM) meet in shared data: each definition gets its own table, so a 1/min
+        // limit's state is never read, or reclaimed, by a 100/s one of the same name.
+        let scope = definition_scope(hash_key, limit, rate, period, burst);
+        let table = SlotTable::new(&format!("{}/{scope:08x}", limit.name), limit.slots)
             .with_horizon(gcra.map_or(Nanos::MAX, |gcra| gcra.horizon()));
         let salt = key::fingerprint(hash_key, limit.name.as_bytes());
         Self {
@@ -95,6 +99,42 @@ impl CompiledLimit {
             salt,
         }
     }
+}
+
+/// A keyed hash of what a limit counts and how (the numbers in force, its mode, key and
+/// slots), cut to 32 bits: enough to keep two definitions of one name apart.
+fn definition_scope(
+    hash_key: &HashKey,
+    limit: &Limit,
+    rate: Option<u32>,
+    period: Option<Duration>,
+    burst: u32,
+) -> u32 {
+    let mut hasher = key::KeyHasher::new(hash_key);
+    let period = period.map_or(0, |p| u64::try_from(p.as_nanos()).unwrap_or(u64::MAX));
+    for number in [
+        rate.map_or(0, u64::from),
+        period,
+        u64::from(burst),
+        u64::from(limit.mode == Mode::Global),
+        u64::from(limit.slots),
+    ] {
+        hasher.present(&number.to_le_bytes());
+    }
+    for part in &limit.key {
+        let (tag, value): (u8, &str) = match part {
+            KeyPart::Consumer => (0, ""),
+            KeyPart::ClientIp => (1, ""),
+            KeyPart::Path => (2, ""),
+            KeyPart::Method => (3, ""),
+            KeyPart::Route => (4, ""),
+            KeyPart::Header(name) => (5, name),
+            KeyPart::Constant(value) => (6, value),
+        };
+        hasher.present(&[tag]);
+        hasher.present(value.as_bytes());
+    }
+    hasher.finish() as u32
 }
 
 /// One `RateLimit-Policy` item. `w` is whole seconds, rounded up: a client pacing itself by
@@ -1305,27 +1345,31 @@ mod tests {
 
     /// Kong 3.8+ finds a shared-data key by its CRC32 alone: here every key of limit `b` is
     /// limit `a`'s key, as if each pair had the same CRC32.
-    struct Aliasing<'a>(&'a MemoryStore);
+    struct Aliasing<'a> {
+        store: &'a MemoryStore,
+        /// Limit `b`'s table prefix, and `a`'s it reads as.
+        b: String,
+        a: String,
+    }
 
     impl Aliasing<'_> {
-        fn alias(key: &str) -> String {
-            key.replace("/rate-limit/b/", "/rate-limit/a/")
+        fn alias(&self, key: &str) -> String {
+            key.replace(&self.b, &self.a)
         }
     }
 
     impl SharedStore for Aliasing<'_> {
         fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-            self.0.get(&Self::alias(key))
+            self.store.get(&self.alias(key))
         }
         fn set(&self, key: &str, value: &[u8], expected: Option<Cas>) -> Result<Write, StoreError> {
-            self.0.set(&Self::alias(key), value, expected)
+            self.store.set(&self.alias(key), value, expected)
         }
     }
 
     #[test]
     fn a_slot_shared_with_another_limit_never_reads_as_this_limits() {
         let store = MemoryStore::with(BlindWrite::Refused, usize::MAX);
-        let aliasing = Aliasing(&store);
         // The same client key in both. Without the limit in the fingerprint, `b` would read
         // `a`'s entry as its own client's (a TAT `a` moved, at `a`'s pace) and refuse a first
         // request.
@@ -1335,6 +1379,11 @@ mod tests {
                 {"name":"b","rate":1,"period":"60s","key":[{"header":"x-tenant"}],"slots":1}]}"#,
             &store,
         );
+        let aliasing = Aliasing {
+            store: &store,
+            b: limiter.limits[1].table.prefix().to_owned(),
+            a: limiter.limits[0].table.prefix().to_owned(),
+        };
         for second in 0..3 {
             let (decision, tallies) = limiter.decide(
                 &mut get("/").header("x-tenant", "acme"),
@@ -1464,6 +1513,36 @@ mod tests {
         }
     }
 
+    /// Two configurations (two Kong routes' chains on one zone) each name a limit `per-ip`:
+    /// the 100/s one must neither reset nor reclaim the 1/min one's state.
+    #[test]
+    fn limits_of_one_name_in_two_configurations_keep_apart() {
+        let store = MemoryStore::with(BlindWrite::Refused, usize::MAX);
+        let strict = prepared(
+            r#"{"limits":[{"name":"per-ip","rate":1,"period":"60s","key":[{"constant":"x"}],"slots":1}]}"#,
+            &store,
+        );
+        let loose = prepared(
+            r#"{"limits":[{"name":"per-ip","rate":100,"period":"1s","key":[{"constant":"x"}],"slots":1}]}"#,
+            &store,
+        );
+        assert!(is_allowed(&strict.decide(&mut get("/"), &store, at(0.0)).0));
+        for step in 1..5 {
+            let now = at(f64::from(step) * 0.5);
+            assert!(is_allowed(&loose.decide(&mut get("/"), &store, now).0));
+            assert!(
+                !is_allowed(&strict.decide(&mut get("/"), &store, now).0),
+                "step {step}"
+            );
+        }
+        // One definition in both: one budget, as one limit.
+        let again = prepared(
+            r#"{"limits":[{"name":"per-ip","rate":1,"period":"60s","key":[{"constant":"x"}],"slots":1}]}"#,
+            &store,
+        );
+        assert!(!is_allowed(&again.decide(&mut get("/"), &store, at(3.0)).0));
+    }
+
     #[test]
     fn a_store_failure_that_denies_gives_back_the_limits_already_written() {
         let both = r#"{"on_store_failure":"deny","limits":[
@@ -1548,7 +1627,7 @@ mod tests {
                 assert!(is_allowed(&decision));
             }
             let name = names.next().unwrap();
-            let slot = |index: u64| format!("palisade/rate-limit/t/{index}");
+            let slot = |index: u64| limit.table.key(index as u32).into_owned();
             Self {
                 fingerprint: fingerprint(&name),
                 tenant: name,

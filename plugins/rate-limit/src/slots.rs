@@ -228,7 +228,13 @@ impl SlotTable {
         key
     }
 
-    fn key(&self, index: u32) -> Cow<'_, str> {
+    /// Every slot key starts with this: `palisade/rate-limit/<table>/`.
+    #[cfg(test)]
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn key(&self, index: u32) -> Cow<'_, str> {
         match self.prebuilt.iter().find(|(i, _)| *i == index) {
             Some((_, key)) => Cow::Borrowed(key),
             None => Cow::Owned(self.build_key(index)),
