@@ -192,7 +192,7 @@ impl Audit {
         let event_type = match security {
             Some(_) => EventType::Security,
             // On the normalised path, so `//admin` is still an admin operation.
-            None => self.classify(&method, &crate::pattern::normalize(bare_path)),
+            None => self.classify(&method, &palisade_kit::path::normalize_str(bare_path)),
         };
         let keep = match event_type {
             EventType::ApiCall => self.keep[0],

@@ -282,13 +282,14 @@ pub struct RouteLimits {
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatch {
-    /// The path (without its query) equals this.
+    /// The path (without its query, normalised: unreserved escapes decoded, `;` parameters cut,
+    /// dot segments resolved, slashes merged) equals this, give or take one trailing slash.
     #[serde(default)]
     pub path: Option<String>,
-    /// The path (without its query) starts with this.
+    /// The path (without its query, normalised as for `path`) starts with this.
     #[serde(default)]
     pub path_prefix: Option<String>,
-    /// The method is one of these (upper case).
+    /// The method is one of these (upper case; `GET` also matches `HEAD`).
     #[serde(default)]
     pub methods: Vec<String>,
     /// The host's route name equals this.
@@ -483,8 +484,21 @@ impl PluginConfig for RateLimitConfig {
                     }
                     p.field("match", |p| {
                         for (field, value) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
-                            if value.as_ref().is_some_and(|v| !v.starts_with('/')) {
-                                p.push_at(field, "must start with '/'");
+                            match value {
+                                Some(v) if !v.starts_with('/') => {
+                                    p.push_at(field, "must start with '/'");
+                                }
+                                // Requests are matched normalised: another spelling never would.
+                                Some(v) if *palisade_kit::path::normalize_str(v) != **v => {
+                                    p.push_at(
+                                        field,
+                                        format!(
+                                            "must be written normalised, as {:?}",
+                                            palisade_kit::path::normalize_str(v)
+                                        ),
+                                    );
+                                }
+                                _ => {}
                             }
                         }
                         for (j, method) in m.methods.iter().enumerate() {
@@ -601,7 +615,8 @@ mod tests {
             br#"{"limits":[{"name":"a","rate":1,"period":"1s","key":["path"]}],
                  "routes":[{"match":{},"limits":[]},
                            {"match":{"path_prefix":"api","methods":["get"]},
-                            "limits":[{"name":"a","rate":1,"period":"1s","key":["path"]}]}]}"#,
+                            "limits":[{"name":"a","rate":1,"period":"1s","key":["path"]}]},
+                           {"match":{"path":"/a//b;x"},"limits":[]}]}"#,
         )
         .unwrap_err();
         assert_eq!(
@@ -609,7 +624,8 @@ mod tests {
             "routes[0].match: must give at least one of path, path_prefix, methods, route; \
              routes[1].match.path_prefix: must start with '/'; \
              routes[1].match.methods[0]: \"get\" is not an upper-case method; \
-             routes[1].limits[0].name: duplicate limit name \"a\""
+             routes[1].limits[0].name: duplicate limit name \"a\"; \
+             routes[2].match.path: must be written normalised, as \"/a/b\""
         );
     }
 

@@ -35,6 +35,8 @@ struct Read<'n> {
     headers: Vec<(&'n str, Option<Vec<u8>>)>,
     client_ip: Option<Option<String>>,
     route: Option<Option<Vec<u8>>>,
+    /// The normalised path once asked; `Some(None)` when it is the path as sent.
+    normalized_path: Option<Option<Vec<u8>>>,
 }
 
 impl<'v, 'n, V: RequestView> RequestParts<'v, 'n, V> {
@@ -61,13 +63,44 @@ impl<'v, 'n, V: RequestView> RequestParts<'v, 'n, V> {
             .and_then(|(_, value)| value.as_deref())
     }
 
-    /// The path without its query.
-    pub fn path(&mut self) -> Option<&[u8]> {
+    /// The path without its query, as sent.
+    fn bare_path(&mut self) -> Option<&[u8]> {
         let path = self.header(":path")?;
         Some(match path.iter().position(|b| *b == b'?') {
             Some(cut) => path.get(..cut).unwrap_or(path),
             None => path,
         })
+    }
+
+    /// The path without its query, normalised as the servers behind resolve it
+    /// ([`palisade_kit::path::normalize`]): `/login;x=1`, `//login` and `/a/../login` are all
+    /// `/login`, so neither a route's limits nor a path key's budget is dodged by spelling.
+    pub fn path(&mut self) -> Option<&[u8]> {
+        let asked = self
+            .read
+            .as_ref()
+            .is_some_and(|r| r.normalized_path.is_some());
+        if !asked {
+            let normalized = self
+                .bare_path()
+                .and_then(|bare| match palisade_kit::path::normalize(bare) {
+                    std::borrow::Cow::Owned(normalized) => Some(normalized),
+                    std::borrow::Cow::Borrowed(_) => None,
+                });
+            self.read.get_or_insert_with(Read::default).normalized_path = Some(normalized);
+        }
+        let changed = self
+            .read
+            .as_ref()
+            .is_some_and(|r| matches!(r.normalized_path, Some(Some(_))));
+        if changed {
+            self.read
+                .as_ref()
+                .and_then(|r| r.normalized_path.as_ref())
+                .and_then(|p| p.as_deref())
+        } else {
+            self.bare_path()
+        }
     }
 
     pub fn method(&mut self) -> Option<&[u8]> {
@@ -110,7 +143,11 @@ impl<'v, 'n, V: RequestView> RequestParts<'v, 'n, V> {
                 .header(palisade_kit::identity::CONSUMER)
                 .filter(|v| !v.is_empty()),
             KeyPart::ClientIp => self.client_ip().map(str::as_bytes),
-            KeyPart::Path => self.path(),
+            // One trailing slash is the same resource to most servers: one budget.
+            KeyPart::Path => self.path().map(|path| match path {
+                [rest @ .., b'/'] if !rest.is_empty() => rest,
+                path => path,
+            }),
             KeyPart::Method => self.method(),
             KeyPart::Route => self.route(),
             KeyPart::Header(name) => self.header(name),

@@ -101,6 +101,18 @@ impl CompiledLimit {
     }
 }
 
+/// An exact route path against a (normalised) request path: one trailing slash either way is
+/// the same resource to most servers (Spring before 6, Express), so `/login/` is `/login`.
+fn same_resource(path: &[u8], configured: &[u8]) -> bool {
+    let trim = |p: &[u8]| -> usize {
+        match p {
+            [rest @ .., b'/'] if !rest.is_empty() => rest.len(),
+            _ => p.len(),
+        }
+    };
+    path.get(..trim(path)) == configured.get(..trim(configured))
+}
+
 /// A keyed hash of what a limit counts and how (the numbers in force, its mode, key and
 /// slots), cut to 32 bits: enough to keep two definitions of one name apart.
 fn definition_scope(
@@ -498,14 +510,20 @@ impl RateLimiter {
             let m = &route.matches;
             let path_ok = |request: &mut RequestParts<'_, 's, V>| {
                 let path = request.path().unwrap_or_default();
-                m.path.as_ref().is_none_or(|p| path == p.as_bytes())
+                m.path
+                    .as_ref()
+                    .is_none_or(|p| same_resource(path, p.as_bytes()))
                     && m.path_prefix
                         .as_ref()
                         .is_none_or(|p| path.starts_with(p.as_bytes()))
             };
             let method_ok = |request: &mut RequestParts<'_, 's, V>| {
                 m.methods.is_empty() || {
-                    let method = request.method().unwrap_or_default();
+                    // Servers answer HEAD with the GET handler: a GET route's limits hold.
+                    let method = match request.method().unwrap_or_default() {
+                        b"HEAD" => b"GET".as_slice(),
+                        method => method,
+                    };
                     m.methods.iter().any(|x| x.as_bytes() == method)
                 }
             };
@@ -2250,6 +2268,51 @@ mod tests {
         admin.route = Some("admin".into());
         assert!(allowed(&mut admin.clone()));
         assert!(!allowed(&mut admin));
+    }
+
+    /// A login limit is not dodged by spelling the path as the upstream still reads it, nor a
+    /// path key's budget multiplied by such spellings.
+    #[test]
+    fn routes_and_path_keys_see_the_path_as_servers_resolve_it() {
+        let store = MemoryStore::new();
+        let limiter = prepared(
+            r#"{"limits":[],
+                "routes":[
+                  {"match":{"path":"/login","methods":["GET"]},
+                   "limits":[{"name":"login","rate":1,"period":"60s","burst":1,"key":[{"constant":"l"}],"slots":4}]},
+                  {"match":{"path_prefix":"/api/"},
+                   "limits":[{"name":"per-path","rate":1,"period":"60s","key":["path"],"slots":16}]}]}"#,
+            &store,
+        );
+        let allowed =
+            |request: &mut FakeRequest| is_allowed(&limiter.decide(request, &store, at(0.0)).0);
+        assert!(allowed(&mut get("/login")));
+        assert!(allowed(&mut FakeRequest::new(
+            "HEAD",
+            "/login;jsessionid=1"
+        )));
+        for dodge in [
+            "/login;x=1",
+            "//login",
+            "/a/../login",
+            "/%6cogin",
+            "/login/",
+            "/login/?q",
+        ] {
+            assert!(!allowed(&mut get(dodge)), "{dodge}");
+        }
+        assert!(allowed(&mut get("/api/orders")));
+        for dodge in [
+            "/api/orders;1",
+            "/api//orders",
+            "/api/./orders",
+            "/api/orders/",
+        ] {
+            assert!(!allowed(&mut get(dodge)), "{dodge}");
+        }
+        // Other paths stay apart.
+        assert!(allowed(&mut get("/api/orders/1")));
+        assert!(allowed(&mut get("/login2")) && allowed(&mut get("/login2")));
     }
 
     #[test]
