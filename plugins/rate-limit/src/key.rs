@@ -298,6 +298,9 @@ impl std::fmt::Debug for HashKey {
 /// Where the proxy's [`HashKey`] lives in shared data.
 pub const HASH_KEY: &str = "palisade/rate-limit/hash-key";
 
+/// What the stored [`HashKey`] starts with.
+const HASH_KEY_TAG: &[u8] = b"palisade-hk1";
+
 impl HashKey {
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         let (k0, k1) = bytes.split_at(8);
@@ -309,12 +312,19 @@ impl HashKey {
         HashKey([word(k0), word(k1)])
     }
 
-    fn to_bytes(self) -> [u8; 16] {
-        let mut bytes = [0u8; 16];
-        let (k0, k1) = bytes.split_at_mut(8);
-        k0.copy_from_slice(&self.0[0].to_le_bytes());
-        k1.copy_from_slice(&self.0[1].to_le_bytes());
+    /// As stored: [`HASH_KEY_TAG`] and the 16 bytes. The tag makes it 28 bytes, a length no
+    /// slot has, so a slot that Kong 3.8+ aliases to this key (by CRC32) reads it as another's
+    /// entry and never overwrites it, and a slot's value is never loaded as the key.
+    fn to_stored(self) -> Vec<u8> {
+        let mut bytes = HASH_KEY_TAG.to_vec();
+        bytes.extend_from_slice(&self.0[0].to_le_bytes());
+        bytes.extend_from_slice(&self.0[1].to_le_bytes());
         bytes
+    }
+
+    fn from_stored(value: &[u8]) -> Option<HashKey> {
+        let key = value.strip_prefix(HASH_KEY_TAG)?;
+        <[u8; 16]>::try_from(key).ok().map(HashKey::from_bytes)
     }
 
     /// The key every worker uses: the one in shared data, or `fresh` stored there first. The
@@ -326,10 +336,10 @@ impl HashKey {
     ) -> Result<HashKey, UpdateError> {
         let fresh = HashKey::from_bytes(fresh());
         update(store, HASH_KEY, 4, |current| {
-            match current.and_then(|value| <[u8; 16]>::try_from(value).ok()) {
-                Some(stored) => Step::Keep(HashKey::from_bytes(stored)),
-                // Absent, or not a key (another version's value): ours goes in.
-                None => Step::Write(fresh.to_bytes().to_vec(), fresh),
+            match current.and_then(HashKey::from_stored) {
+                Some(stored) => Step::Keep(stored),
+                // Absent, or not a key (an earlier version's bare 16 bytes): ours goes in.
+                None => Step::Write(fresh.to_stored(), fresh),
             }
         })
     }
@@ -474,16 +484,22 @@ pub(crate) mod tests {
             assert_eq!(first, HashKey::from_bytes([7; 16]));
             // A later worker's fresh key is not used, nor stored.
             assert_eq!(HashKey::load_or_create(&store, || [9; 16]), Ok(first));
-            assert_eq!(store.get(HASH_KEY).unwrap().unwrap().value, [7; 16]);
-            // A value that is not a key (another version's) is replaced once.
-            let entry = store.get(HASH_KEY).unwrap().unwrap();
             assert_eq!(
-                store.set(HASH_KEY, b"junk", Some(entry.cas)),
-                Ok(Write::Stored)
+                store.get(HASH_KEY).unwrap().unwrap().value,
+                [&b"palisade-hk1"[..], &[7; 16]].concat()
             );
-            let replaced = HashKey::load_or_create(&store, || [3; 16]).unwrap();
-            assert_eq!(replaced, HashKey::from_bytes([3; 16]));
-            assert_eq!(HashKey::load_or_create(&store, || [4; 16]), Ok(replaced));
+            // A value that is not a key (junk, an earlier version's bare 16 bytes, a slot's
+            // value) is replaced once.
+            for junk in [&b"junk"[..], &[5; 16]] {
+                let entry = store.get(HASH_KEY).unwrap().unwrap();
+                assert_eq!(
+                    store.set(HASH_KEY, junk, Some(entry.cas)),
+                    Ok(Write::Stored)
+                );
+                let replaced = HashKey::load_or_create(&store, || [3; 16]).unwrap();
+                assert_eq!(replaced, HashKey::from_bytes([3; 16]));
+                assert_eq!(HashKey::load_or_create(&store, || [4; 16]), Ok(replaced));
+            }
         }
     }
 

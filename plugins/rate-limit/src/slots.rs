@@ -130,6 +130,13 @@ pub(crate) fn decode(value: &[u8]) -> Option<(u64, Nanos)> {
     Some((u64::from_le_bytes(*fingerprint), u64::from_le_bytes(*tat)))
 }
 
+/// A value no slot writes: another key's entry that Kong 3.8+ (which finds keys by their CRC32
+/// alone) hands over for this slot's key. Never a free slot: writing it would destroy that
+/// entry (another plugin's cache, the fingerprint key), and its owner would write it back.
+fn is_foreign(value: &[u8]) -> bool {
+    !value.is_empty() && decode(value).is_none()
+}
+
 /// The key's live TAT in `value`: `None` when another key holds it, or it is a [`MOVED`] copy.
 fn held_by(value: &[u8], fingerprint: u64) -> Option<Nanos> {
     decode(value).and_then(|(held, tat)| (held == fingerprint && tat != MOVED).then_some(tat))
@@ -341,6 +348,7 @@ impl SlotTable {
                             });
                         }
                     }
+                    None if is_foreign(&entry.value) => {}
                     // Never used (created empty): nothing of ours lies further on.
                     None => {
                         return Ok(Located::Slot(free.unwrap_or_else(|| Slot {
@@ -385,9 +393,13 @@ impl SlotTable {
             for attempt in 0..attempts {
                 if attempt > 0 {
                     *conflicts += 1;
-                    current = store
-                        .get(&key)?
-                        .map(|entry| (entry.cas, decode(&entry.value)));
+                    let entry = store.get(&key)?;
+                    if entry.as_ref().is_some_and(|e| is_foreign(&e.value)) {
+                        // Another entry's now: no key of ours goes there to seal against.
+                        sealed = true;
+                        break;
+                    }
+                    current = entry.map(|entry| (entry.cas, decode(&entry.value)));
                 }
                 let (value, expected) = match current {
                     None => (vacant(fingerprint), None),
@@ -661,6 +673,33 @@ pub(crate) mod tests {
         let fresh = MemoryStore::new();
         assert_eq!(table.prepare(&fresh), Ok(4));
         assert_eq!(fresh.get(&table.key(2)).unwrap().unwrap().value, b"");
+    }
+
+    /// Kong 3.8+ hands over another key's entry (the same CRC32) for a slot: it is skipped,
+    /// never taken or written, and does not end the search either.
+    #[test]
+    fn another_entry_in_a_slot_is_neither_free_nor_the_end() {
+        let store = MemoryStore::new();
+        let table = SlotTable::new("l", 4).with_horizon(1_000_000);
+        table.prepare(&store).unwrap();
+        let foreign =
+            b"palisade-hk1\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10";
+        let entry = store.get(&table.key(0)).unwrap().unwrap();
+        assert_eq!(
+            store.set(&table.key(0), foreign, Some(entry.cas)),
+            Ok(Write::Stored)
+        );
+        // A key whose home is slot 0 goes to slot 1.
+        assert!(take(&store, &table, 0, NOW + 500).ends_with("/1"));
+        // ... and is found there, past the foreign entry, which stays as it was.
+        let Located::Slot(slot) = table.locate(&store, 0, NOW).unwrap() else {
+            panic!("full")
+        };
+        assert_eq!(
+            (slot.key.as_ref(), slot.tat),
+            (table.key(1).as_ref(), Some(NOW + 500))
+        );
+        assert_eq!(store.get(&table.key(0)).unwrap().unwrap().value, foreign);
     }
 
     #[test]
