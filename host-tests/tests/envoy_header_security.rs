@@ -342,3 +342,103 @@ fn envoy_enforces_header_limits_and_control_characters_the_plugin_leaves_to_it()
     // An ordinary request still passes.
     assert_eq!(test.get("/", &[("x-a", "a\tb")]).status, 200);
 }
+
+/// Envoy hands a WebSocket's traffic to the filter as request body: past `max_body_bytes` in
+/// all, a healthy long-lived connection must not be cut. Before the upstream's 101, the same
+/// bytes are a body, and the limit holds.
+#[test]
+fn a_websockets_traffic_is_not_counted_as_a_body() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    const LIMIT: usize = 1000;
+    const SENT: usize = 8 * LIMIT;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // The upstream: answers the upgrade with 101, then counts what arrives.
+    let upstream = std::thread::spawn(move || -> usize {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        read_head(&mut conn);
+        conn.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        )
+        .unwrap();
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        while got < SENT {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        conn.write_all(format!("got {got}").as_bytes()).ok();
+        got
+    });
+    let config = format!(r#"{{"limits":{{"max_body_bytes":{LIMIT}}}}}"#);
+    let test = EnvoyTest::start_edited(
+        vec![Filter::new(
+            plugins::find("header-security").unwrap(),
+            &config,
+        )],
+        |bootstrap| {
+            let manager = palisade_host_tests::envoy_harness::hcm(bootstrap);
+            manager["upgrade_configs"] = serde_json::json!([{"upgrade_type": "websocket"}]);
+            manager["route_config"]["virtual_hosts"][0]["routes"]
+                .as_array_mut()
+                .unwrap()
+                .insert(
+                    0,
+                    serde_json::json!({"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}}),
+                );
+            bootstrap["static_resources"]["clusters"]
+                .as_array_mut()
+                .unwrap()
+                .push(palisade_host_tests::envoy_harness::static_cluster(
+                    "ws", port,
+                ));
+        },
+    );
+    let mut client = TcpStream::connect(("127.0.0.1", test.envoy.port())).unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    client
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+    let head = read_head(&mut client);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for _ in 0..SENT / 500 {
+        client.write_all(&[b'x'; 500]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut answer = [0u8; 64];
+    let n = client.read(&mut answer).unwrap_or(0);
+    assert_eq!(
+        String::from_utf8_lossy(&answer[..n]),
+        format!("got {SENT}"),
+        "the connection was cut; Envoy log:\n{}",
+        test.envoy.log()
+    );
+    assert_eq!(upstream.join().unwrap(), SENT);
+    // An ordinary streamed body past the limit is still refused.
+    let streamed = test.send("POST", "/upload", &[], Body::Chunked(vec![b'a'; SENT]));
+    assert_eq!(streamed.status, 413, "{}", streamed.body);
+}
+
+/// The head of an HTTP/1.1 message, up to its blank line.
+fn read_head(conn: &mut impl std::io::Read) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}

@@ -49,14 +49,50 @@ pub struct StreamState {
     /// taken off its response.
     cors_refused: bool,
     body_bytes: u64,
+    /// The request asked for a tunnel (an `upgrade` header, or CONNECT); see [`Tunnel`].
+    tunnel_asked: Option<Tunnel>,
+    /// The upstream opened it (a WebSocket's 101, a CONNECT's 2xx): what the client sends now
+    /// is the tunnel's traffic, not a body, and is not counted.
+    tunnel: bool,
     /// This plugin answered the request itself, with every header already on the reply.
     replied: bool,
+}
+
+/// A tunnel a request asks for. Envoy hands its traffic to the filter as request body once
+/// the upstream opens it: past `max_body_bytes` in all, a healthy long-lived WebSocket would be
+/// cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tunnel {
+    /// An `upgrade` header (HTTP/1.1; Envoy gives HTTP/2 and 3 WebSockets the same form):
+    /// open on 101.
+    Upgrade,
+    /// CONNECT: open on 2xx. (The adapter does not ask: CONNECT tunnels count as bodies.)
+    Connect,
 }
 
 impl StreamState {
     /// The request id kept or generated for this stream.
     pub fn request_id(&self) -> Option<&str> {
         self.request_id.as_str()
+    }
+
+    /// The request asks for a tunnel (its headers said so).
+    pub fn ask_tunnel(&mut self, tunnel: Tunnel) {
+        self.tunnel_asked = Some(tunnel);
+    }
+
+    /// The tunnel asked for, if any: the response's status then decides ([`Self::answered`]).
+    pub fn tunnel_asked(&self) -> Option<Tunnel> {
+        self.tunnel_asked
+    }
+
+    /// The response's status, for a stream that asked for a tunnel.
+    pub fn answered(&mut self, status: &[u8]) {
+        self.tunnel = match self.tunnel_asked {
+            Some(Tunnel::Upgrade) => status == b"101",
+            Some(Tunnel::Connect) => status.first() == Some(&b'2'),
+            None => false,
+        };
     }
 }
 
@@ -489,9 +525,9 @@ impl HeaderSecurity {
         RequestVerdict::Continue(edits)
     }
 
-    /// Counts a chunk of a streamed request body.
+    /// Counts a chunk of a streamed request body; an open tunnel's traffic is no body.
     pub fn on_request_body(&self, state: &mut StreamState, chunk_len: usize) -> Option<LocalReply> {
-        if state.replied {
+        if state.replied || state.tunnel {
             return None;
         }
         let mut total = state.body_bytes;
@@ -958,6 +994,29 @@ mod tests {
         let reply = e.on_request_body(&mut state, 1).unwrap();
         assert_eq!(reply.status, 413);
         assert_eq!(e.on_request_body(&mut state, 1), None);
+    }
+
+    #[test]
+    fn an_open_tunnels_traffic_is_not_a_body() {
+        let e = engine(r#"{"limits":{"max_body_bytes":10}}"#);
+        for (tunnel, status, open) in [
+            (Tunnel::Upgrade, &b"101"[..], true),
+            (Tunnel::Upgrade, b"200", false),
+            (Tunnel::Upgrade, b"", false),
+            (Tunnel::Connect, b"200", true),
+            (Tunnel::Connect, b"403", false),
+        ] {
+            let (_, mut state) = run(&e, &request(&[]));
+            state.ask_tunnel(tunnel);
+            assert_eq!(e.on_request_body(&mut state, 10), None);
+            state.answered(status);
+            let counted = e.on_request_body(&mut state, usize::MAX).is_some();
+            assert_eq!(counted, !open, "{tunnel:?} {status:?}");
+        }
+        // Without asking for one, a 101 opens nothing.
+        let (_, mut state) = run(&e, &request(&[]));
+        state.answered(b"101");
+        assert!(e.on_request_body(&mut state, 11).is_some());
     }
 
     const CORS: &str = r#"{"cors":{"allow_origins":[{"exact":"https://app.example.com"}],"allow_methods":["GET","POST"],

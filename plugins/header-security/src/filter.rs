@@ -15,7 +15,7 @@ use proxy_wasm::types::Action;
 
 use crate::config::HeaderSecurityConfig;
 use crate::engine::{
-    HeaderSecurity, HostValues, LocalReply, RequestVerdict, ResponseReads, StreamState,
+    HeaderSecurity, HostValues, LocalReply, RequestVerdict, ResponseReads, StreamState, Tunnel,
 };
 
 use crate::NAME;
@@ -101,6 +101,19 @@ fn lookup(map: Map, name: &str) -> Option<Vec<u8>> {
     })
 }
 
+/// The tunnel a request with more to come asks for: an `upgrade` header (Envoy gives HTTP/2
+/// and 3 WebSockets the same form). Envoy gives no request header in the body phase, so it is
+/// read with the headers, and only for a request not complete there: on Envoy a GET without a
+/// body pays nothing, a POST one lookup that misses (Kong 3.7+ says no request is complete
+/// there: one lookup each). Kong's filters never see a tunnel's traffic.
+fn tunnel_asked(end_of_stream: bool) -> Option<Tunnel> {
+    if end_of_stream {
+        return None;
+    }
+    lookup(Map::RequestHeaders, "upgrade")?;
+    (!host::is_kong()).then_some(Tunnel::Upgrade)
+}
+
 /// A header map as the host's raw answer; decode with [`fields`].
 fn read(map: Map) -> Vec<u8> {
     host::headers_raw(map).unwrap_or_else(|err| {
@@ -176,7 +189,10 @@ fn reply(local: &LocalReply, phase: Phase) -> Action {
 impl Context for Stream {}
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if let Some(tunnel) = tunnel_asked(end_of_stream) {
+            self.state.ask_tunnel(tunnel);
+        }
         let worker = Rc::clone(&self.worker);
         let engine = &worker.engine;
         let state = &mut self.state;
@@ -230,6 +246,10 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.state.tunnel_asked().is_some() {
+            let status = lookup(Map::ResponseHeaders, ":status").unwrap_or_default();
+            self.state.answered(&status);
+        }
         let worker = Rc::clone(&self.worker);
         // Reading the whole map makes the host serialise it and call back into the VM to
         // allocate (the dearest crossing in Envoy's V8): only for a rename. CORS needs `Vary`
