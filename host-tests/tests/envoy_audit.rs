@@ -488,3 +488,61 @@ fn a_cluster_with_no_endpoint_a_dead_port_or_a_silent_collector_drops_and_counts
         assert!(setup.collector.records().is_empty(), "{how:?}");
     }
 }
+
+/// Istio changes a `WasmPlugin` by pushing a new filter config (ECDS): Envoy tears the old
+/// root context down, which holds the events of the last batch interval and a batch in flight.
+/// Done at once, those would be counted dropped, and the batch in flight cancelled uncounted;
+/// the root delivers them first, then tells Envoy it is done.
+#[test]
+fn a_pushed_configuration_delivers_what_the_old_one_held() {
+    use palisade_host_tests::envoy_harness::{eventually, static_cluster, EnvoyTest};
+    let collector = KafkaRestCollector::start(0, &TOPICS).unwrap();
+    let audit = plugins::find("audit").unwrap();
+    // Batches leave only when full (1000) or a minute old: the events wait in the buffer.
+    let config = |marker: &str| {
+        json!({
+            "sink": {"kafka_rest": {"upstream": "kafka-rest",
+                "authority": collector.addr().to_string(), "timeout": "5s"}},
+            "batch": {"max_events": 1000, "max_interval": "60s"},
+            "capture_headers": [marker],
+        })
+        .to_string()
+    };
+    let port = collector.addr().port();
+    let test = EnvoyTest::start_edited(
+        vec![Filter::new(audit, config("x-one")).discovered()],
+        |bootstrap| {
+            bootstrap["static_resources"]["clusters"]
+                .as_array_mut()
+                .unwrap()
+                .push(static_cluster("kafka-rest", port));
+        },
+    );
+    for i in 0..40 {
+        let reply = test.get("/api/x", &[("x-request-id", &format!("held-{i}"))]);
+        assert_eq!(reply.status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(collector.records().is_empty(), "nothing due yet");
+    test.push_discovered(&Filter::new(audit, config("x-two")).discovered());
+    eventually(Duration::from_secs(10), "the held events delivered", || {
+        collector.records().len() >= 40
+    });
+    let ids: BTreeSet<String> = collector
+        .records()
+        .iter()
+        .map(|r| r.value["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, (0..40).map(|i| format!("held-{i}")).collect());
+    // Each worker that held events said so, and finished without a failure.
+    assert!(
+        !test.log_lines("delivering").is_empty(),
+        "{}",
+        test.envoy.log()
+    );
+    assert!(test.log_lines("could not finish shutting down").is_empty());
+    assert!(test.log_lines("counted as dropped").is_empty());
+    // The new configuration serves and ships as before.
+    let reply = test.get("/api/x", &[("x-request-id", "after")]);
+    assert_eq!(reply.status, 200);
+}

@@ -527,34 +527,91 @@ fn a_full_buffer_drops_new_events_and_counts_them() -> Result<(), Failure> {
     Ok(())
 }
 
+/// Envoy tears a root down when its configuration is replaced (every Istio push that changes
+/// the WasmPlugin) and cancels its call-outs if it is done at once. So the root answers "not
+/// yet", sends what waits at once, lets the batches in flight be answered, and then tells
+/// Envoy it is done: nothing is lost, nothing goes uncounted.
 #[test]
-fn events_buffered_at_shutdown_are_counted_dropped_and_those_in_flight_still_count(
-) -> Result<(), Failure> {
+fn shutting_down_delivers_what_is_held_then_finishes() -> Result<(), Failure> {
     let profile = Profile::Envoy;
     let (host, vms) = load(
         profile,
         Plugin::Audit,
         &config(profile, r#","batch":{"max_events":3,"max_interval":"5s"}"#),
     )?;
-    // The first batch is answered a second after it leaves; the rest never leave.
+    // The first batch is answered a second after it leaves, the second (the two events that
+    // were waiting) at once.
     host.script_http_call("kafka-rest", produced(3).after(Duration::from_secs(1)));
+    host.script_http_call("kafka-rest", produced(2));
     for _ in 0..5 {
         exchange(&vms, "GET", "/health", 200)?;
     }
     host.advance_clock(Duration::from_millis(100))?;
     assert_eq!(host.http_calls().len(), 1, "one full batch in flight");
-    assert!(vms.worker(0).shut_down()?, "done at once");
-    assert_eq!(totals(&host), [5, 0, 0, 2], "the two waiting events");
+    let worker = vms.worker(0);
+    assert!(!worker.shut_down()?, "not done: events are held");
     assert!(
-        vms.logs().iter().any(|l| l.message
-            == "[palisade-audit] shutting down: 2 buffered events counted as dropped, 3 in flight"),
+        worker
+            .logs()
+            .iter()
+            .any(|l| l.message
+                == "[palisade-audit] shutting down: delivering 5 buffered events first"),
         "{:?}",
-        vms.logs()
+        worker.logs()
     );
-    // Envoy still delivers the answer of a call made before: it is counted.
+    assert_eq!(host.http_calls().len(), 2, "what waited went out at once");
+    host.advance_clock(Duration::from_millis(100))?;
+    assert!(!worker.is_root_deleted()?, "the first batch is still out");
     host.advance_clock(Duration::from_secs(1))?;
-    assert_eq!(totals(&host), [5, 3, 0, 2], "sent + dropped == emitted");
+    assert_eq!(totals(&host), [5, 5, 0, 0], "sent == emitted");
+    assert!(worker.is_root_deleted()?, "proxy_done once nothing is held");
     assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+    Ok(())
+}
+
+/// A collector that never answers does not keep a torn-down root alive for good: each batch
+/// is retried within its settings, then counted dropped, and the root is done.
+#[test]
+fn shutting_down_against_a_silent_collector_ends_with_everything_counted() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(
+        profile,
+        Plugin::Audit,
+        &config(
+            profile,
+            r#","delivery":{"max_retries":1,"backoff_base":"100ms","backoff_max":"1s"}"#,
+        ),
+    )?;
+    for _ in 0..2 {
+        host.script_http_call("kafka-rest", CalloutReply::never());
+    }
+    for _ in 0..4 {
+        exchange(&vms, "GET", "/health", 200)?;
+    }
+    let worker = vms.worker(0);
+    assert!(!worker.shut_down()?);
+    // Each try waits twice the 2s timeout for an answer; one retry after a backoff.
+    host.advance_clock(Duration::from_secs(12))?;
+    assert_eq!(totals(&host), [4, 0, 4, 4], "retried once, then dropped");
+    assert!(worker.is_root_deleted()?);
+    assert_eq!(gauge(&host, "palisade_audit_queue_depth"), 0);
+    // Nothing more: no ticks, no calls.
+    let calls = host.http_calls().len();
+    host.advance_clock(Duration::from_secs(30))?;
+    assert_eq!(host.http_calls().len(), calls);
+    Ok(())
+}
+
+/// With nothing held, the root is done at once.
+#[test]
+fn shutting_down_with_nothing_held_is_done_at_once() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+    host.script_http_call("kafka-rest", produced(1));
+    exchange(&vms, "GET", "/health", 200)?;
+    host.advance_clock(Duration::from_secs(2))?;
+    assert_eq!(totals(&host), [1, 1, 0, 0]);
+    assert!(vms.worker(0).shut_down()?);
     Ok(())
 }
 

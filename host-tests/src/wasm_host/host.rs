@@ -250,6 +250,11 @@ impl Host {
         let vm = self.vm(call.worker)?;
         let mut vm = vm.borrow_mut();
         let context = call.context_id;
+        // A deleted root's call-outs are cancelled with it (Envoy's Context destructor), and
+        // every call-out is the root's (cpp-host makes them on `root_context()`).
+        if vm.store.data().root_deleted {
+            return Ok(());
+        }
         let is_stream = vm.store.data().streams.contains_key(&context);
         let failure = match &due {
             Due::Answer(HttpAnswer::Fail(reason)) => Some(reason.clone()),
@@ -320,6 +325,9 @@ impl Host {
         let vm = self.vm(call.worker)?;
         let mut vm = vm.borrow_mut();
         let context = call.context_id;
+        if vm.store.data().root_deleted {
+            return Ok(());
+        }
         let is_stream = vm.store.data().streams.contains_key(&context);
         let (callback, args) = match due {
             Due::Answer(GrpcAnswer::Message(message)) => {

@@ -130,6 +130,8 @@ impl Load {
             grpc_status: None,
             tick_period: None,
             next_tick: None,
+            pending_done: false,
+            root_deleted: false,
             fatal: None,
             stdout: Vec::new(),
             stderr: Vec::new(),
@@ -366,18 +368,33 @@ impl Worker {
         Ok(accepted != Some(0))
     }
 
-    /// Tears the plugin down as Envoy does when its configuration is replaced or removed: the
-    /// root context's `proxy_on_done`, and no more ticks. Returns the plugin's answer (true:
-    /// done now; false: it would call `proxy_done` later, which this host does not model).
+    /// Tears the plugin down as Envoy does when its configuration is replaced or removed
+    /// (cpp-host's `startShutdown`): the root context's `proxy_on_done`. True: done now, the
+    /// root is deleted (no more ticks; its call-outs are cancelled, never answered). False: it
+    /// lives on, ticking and answered, until it calls `proxy_done` ([`Self::is_root_deleted`]).
     pub fn shut_down(&self) -> Result<bool> {
         let vm = self.host.vm(self.vm)?;
         let mut vm = vm.borrow_mut();
-        let state = vm.store.data_mut();
-        let root = state.root_context;
-        state.tick_period = None;
-        state.next_tick = None;
+        let root = vm.store.data().root_context;
         let (done, _) = vm.call(Callback::Done, root, &[root])?;
-        Ok(done != Some(0))
+        let done = done != Some(0);
+        let state = vm.store.data_mut();
+        if done {
+            state.root_deleted = true;
+            state.tick_period = None;
+            state.next_tick = None;
+        } else {
+            state.pending_done = true;
+        }
+        Ok(done)
+    }
+
+    /// Whether the root context is gone: done at once in `proxy_on_done`, or later through
+    /// `proxy_done`.
+    pub fn is_root_deleted(&self) -> Result<bool> {
+        let vm = self.host.vm(self.vm)?;
+        let deleted = vm.borrow().store.data().root_deleted;
+        Ok(deleted)
     }
 
     /// Kills the VM as a trap does: no callback of it runs again (its ticks stop, its open

@@ -139,6 +139,12 @@ pub(crate) struct VmState {
     pub grpc_status: Option<(u32, String)>,
     pub tick_period: Option<Duration>,
     pub next_tick: Option<Duration>,
+    /// The root context's `proxy_on_done` returned false: it lives on (ticks, call-out answers)
+    /// until it calls `proxy_done` (cpp-host's `pending_done_`).
+    pub pending_done: bool,
+    /// The root context is deleted (cpp-host's `onDelete`): its call-outs are cancelled, never
+    /// answered, and it gets no more ticks.
+    pub root_deleted: bool,
     /// Set by a host function that fails the test; reported instead of the bare trap.
     pub fatal: Option<Failure>,
     pub stdout: Vec<u8>,

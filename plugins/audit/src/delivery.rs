@@ -125,6 +125,8 @@ pub struct DeliveryQueue {
     /// Half the smallest body the collector refused as too large (413): later batches stay
     /// under it, so one refusal does not cost every batch a round of splits.
     refused_body_len: Option<usize>,
+    /// The plugin is being torn down: whatever waits goes out now, not at `max_interval`.
+    draining: bool,
 }
 
 /// What an event costs the worker's memory while held.
@@ -147,7 +149,25 @@ impl DeliveryQueue {
             totals: Totals::default(),
             held_bytes: 0,
             refused_body_len: None,
+            draining: false,
         }
+    }
+
+    /// How long delivering what is held can take at most: every try of a batch gets its
+    /// answer deadline, and the backoffs between them. Past it, each batch has been sent or
+    /// counted dropped.
+    pub fn drain_bound_ms(&self) -> u64 {
+        let s = &self.settings;
+        let tries = u64::from(s.max_retries) + 1;
+        tries
+            .saturating_mul(s.answer_deadline_ms)
+            .saturating_add(u64::from(s.max_retries).saturating_mul(s.backoff_max_ms))
+    }
+
+    /// From now on every waiting event is due (the plugin is being torn down and delivers what
+    /// it holds first); retries keep their backoff.
+    pub fn drain(&mut self) {
+        self.draining = true;
     }
 
     /// How much of a collector's answer to read: enough for a Kafka REST offsets list of a
@@ -220,6 +240,7 @@ impl DeliveryQueue {
     /// Is a batch due now (full, or its oldest event old enough)?
     pub fn batch_due(&self, now_ms: u64) -> bool {
         self.pending.len() >= self.settings.max_events
+            || (self.draining && !self.pending.is_empty())
             || self.pending.front().is_some_and(|oldest| {
                 now_ms.saturating_sub(oldest.enqueued_ms) >= self.settings.max_interval_ms
             })
@@ -972,6 +993,33 @@ mod tests {
         );
         assert_eq!(q.totals().sent, 3);
         assert_eq!(q.buffered(), 0);
+        accounted(&q);
+    }
+
+    #[test]
+    fn draining_sends_what_waits_at_once_and_retries_keep_their_backoff() {
+        let mut q = kafka();
+        let mut rng = rng();
+        q.push(event("audit", 1, 0));
+        q.push(event("audit", 2, 0));
+        // Not full, not old: nothing goes yet.
+        assert!(q.poll(10, &mut rng).0.is_empty());
+        q.drain();
+        let (sends, _) = q.poll(10, &mut rng);
+        assert_eq!(sends.len(), 1);
+        assert_eq!(q.buffered(), 2, "in flight");
+        // It fails: retried after its backoff, not at once.
+        q.on_answer(sends[0].batch_id, Some((500, b"")), 20, &mut rng);
+        assert!(q.poll(21, &mut rng).0.is_empty());
+        let (retried, _) = q.poll(20 + 200, &mut rng);
+        assert_eq!(retried.len(), 1);
+        q.on_answer(
+            retried[0].batch_id,
+            Some((200, br#"{"offsets":[{},{}]}"#)),
+            230,
+            &mut rng,
+        );
+        assert_eq!((q.totals().sent, q.buffered()), (2, 0));
         accounted(&q);
     }
 }

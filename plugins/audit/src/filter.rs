@@ -344,7 +344,13 @@ struct AuditRoot {
     /// keep delivering under the configuration they were taken with, then go.
     workers: Workers<Worker>,
     tick: callout::RootTick,
+    /// Envoy is tearing this root down (`on_done` said not yet): when to give up delivering
+    /// what is held, counting it dropped.
+    draining_until: Option<u64>,
 }
+
+/// The longest a root being torn down keeps delivering, whatever its retry settings.
+const MAX_DRAIN_MS: u64 = 10 * 60 * 1000;
 
 impl Context for AuditRoot {
     fn on_http_call_response(
@@ -358,15 +364,53 @@ impl Context for AuditRoot {
             worker.on_answer(token_id, body_size);
         }
         self.workers.prune();
+        self.finish_drain();
     }
 
-    /// The plugin is going away (Envoy: its configuration was replaced or removed). Events not
-    /// yet sent are counted dropped rather than vanish with the VM.
+    /// The plugin is going away (Envoy: its configuration was replaced or removed; Kong never
+    /// calls this). Envoy keeps a root that answers false alive, ticks and call-out answers
+    /// included, until it calls `proxy_done`; answering true deletes it at once and cancels its
+    /// call-outs. So what is held is delivered first: waiting events go out now, batches in
+    /// flight are answered, retries run their course, within [`DeliveryQueue::drain_bound_ms`].
     fn on_done(&mut self) -> bool {
+        let now = HostClock.unix_millis();
+        let mut bound = 0;
+        for worker in self.workers.iter() {
+            let mut queue = worker.queue.borrow_mut();
+            queue.drain();
+            bound = bound.max(queue.drain_bound_ms());
+        }
+        for worker in self.workers.iter() {
+            worker.flush();
+        }
+        let held: usize = self.workers.iter().map(|w| w.buffered()).sum();
+        if held == 0 {
+            return true;
+        }
+        log::info!("[{NAME}] shutting down: delivering {held} buffered events first");
+        self.draining_until = Some(now.saturating_add(bound.min(MAX_DRAIN_MS)));
+        false
+    }
+}
+
+impl AuditRoot {
+    /// While torn down: once nothing is held (or the drain ran out of time, and what is left
+    /// is counted dropped), tells Envoy this root is done.
+    fn finish_drain(&mut self) {
+        let Some(until) = self.draining_until else {
+            return;
+        };
+        let held = self.workers.iter().any(|w| w.buffered() > 0);
+        if held && HostClock.unix_millis() < until {
+            return;
+        }
         for worker in self.workers.iter() {
             worker.abandon("shutting down");
         }
-        true
+        self.draining_until = None;
+        if let Err(err) = proxy_wasm::hostcalls::done() {
+            log::warn!("[{NAME}] could not finish shutting down: {err:?}");
+        }
     }
 }
 
@@ -417,6 +461,7 @@ impl RootContext for AuditRoot {
             worker.flush();
         }
         self.workers.prune();
+        self.finish_drain();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -594,5 +639,6 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(AuditRoot {
         workers: Workers::default(),
         tick: callout::RootTick::default(),
+        draining_until: None,
     }));
 }}

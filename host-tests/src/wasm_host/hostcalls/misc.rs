@@ -108,9 +108,18 @@ fn proxy_set_effective_context(mut caller: Caller<'_, VmState>, context: u32) ->
     Ok(status::OK)
 }
 
-/// cpp-host answers NotFound unless the root context's `on_done` returned false during VM
-/// shutdown, which this host never runs.
+/// cpp-host answers NotFound unless the root context's `on_done` returned false
+/// (`WasmBase::done`); then the root is deleted once the call returns: no more ticks, and its
+/// call-outs are cancelled.
 fn proxy_done(mut caller: Caller<'_, VmState>) -> Ret {
     enter(&mut caller, "proxy_done")?;
-    Ok(status::NOT_FOUND)
+    let state = caller.data_mut();
+    if !state.pending_done {
+        return Ok(status::NOT_FOUND);
+    }
+    state.pending_done = false;
+    state.root_deleted = true;
+    state.tick_period = None;
+    state.next_tick = None;
+    Ok(status::OK)
 }
