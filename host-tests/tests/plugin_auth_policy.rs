@@ -590,7 +590,8 @@ fn tokens_beside_an_accepted_key_do_not_go_upstream() -> Result<(), Failure> {
         let mut config: Value = serde_json::from_str(&auth_tokens::config(json!({
             "forward_token": true,
             "token_locations": [{"header": {"name": "authorization", "prefix": "Bearer "}},
-                                {"query": "access_token"}, {"cookie": "session"}]
+                                {"query": "access_token"}, {"cookie": "session"},
+                                {"cookie": "id_token"}]
         })))
         .unwrap();
         config["api_keys"] = api_keys();
@@ -603,7 +604,10 @@ fn tokens_beside_an_accepted_key_do_not_go_upstream() -> Result<(), Failure> {
             ))
             .authority("api.example.com")
             .header("authorization", format!("Bearer {forged}"))
-            .header("cookie", format!("theme=dark; session={forged}")),
+            .header(
+                "cookie",
+                format!("theme=dark; session={forged}; id_token={forged}"),
+            ),
         )?;
         assert_eq!(outcome, Outcome::Continue, "{profile:?}");
         assert_eq!(upstream.get("x-palisade-consumer"), Some("reader"));

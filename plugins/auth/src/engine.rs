@@ -675,27 +675,39 @@ impl Authenticator {
         raw_path: Option<&[u8]>,
         edits: &mut Vec<Edit<'static>>,
     ) {
+        // Query parameters and cookies are each taken out in one edit, every name at once:
+        // edits made one by one from the request would each undo the one before.
         let mut path: Option<Vec<u8>> = None;
+        let mut cookies: Vec<&str> = Vec::new();
         for (index, location) in self.locations.iter().enumerate() {
             if !self.reads(requirement, index) || token_location::find(location, headers).is_none()
             {
                 continue;
             }
-            if let TokenLocation::Query(param) = location {
-                if let Some(kept) = path
-                    .as_deref()
-                    .or(raw_path)
-                    .and_then(|p| token_location::without_parameter(p, param))
-                {
-                    path = Some(kept);
+            match location {
+                TokenLocation::Query(param) => {
+                    if let Some(kept) = path
+                        .as_deref()
+                        .or(raw_path)
+                        .and_then(|p| token_location::without_parameter(p, param))
+                    {
+                        path = Some(kept);
+                    }
                 }
-                continue;
-            }
-            for edit in token_location::removals(location, headers, false).unwrap_or_default() {
-                if !edits.contains(&edit) {
-                    edits.push(edit);
+                TokenLocation::Cookie(name) => cookies.push(name),
+                TokenLocation::Header { .. } => {
+                    for edit in
+                        token_location::removals(location, headers, false).unwrap_or_default()
+                    {
+                        if !edits.contains(&edit) {
+                            edits.push(edit);
+                        }
+                    }
                 }
             }
+        }
+        if !cookies.is_empty() {
+            edits.push(token_location::cookies_removal(headers, &cookies));
         }
         if let Some(path) = path {
             edits.push(Edit::Set(Cow::Borrowed(":path"), Cow::Owned(path)));

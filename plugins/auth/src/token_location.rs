@@ -140,19 +140,23 @@ pub fn removal(location: &TokenLocation, headers: &Fields<'_>) -> Option<Edit<'s
             let new_path = without_parameter(path, param)?;
             Some(Edit::Set(Cow::Borrowed(":path"), Cow::Owned(new_path)))
         }
-        TokenLocation::Cookie(cookie) => {
-            let kept: Vec<&[u8]> = values(headers, "cookie")
-                .flat_map(|header| header.split(|&b| b == b';'))
-                .map(<[u8]>::trim_ascii)
-                .filter(|pair| !pair.is_empty())
-                .filter(|pair| cookie_value(pair, cookie).is_none())
-                .collect();
-            Some(if kept.is_empty() {
-                Edit::Remove(Cow::Borrowed("cookie"))
-            } else {
-                Edit::Set(Cow::Borrowed("cookie"), Cow::Owned(kept.join(&b"; "[..])))
-            })
-        }
+        TokenLocation::Cookie(cookie) => Some(cookies_removal(headers, &[cookie.as_str()])),
+    }
+}
+
+/// The one `cookie` edit that takes every cookie named in `names` out of the request (one edit
+/// per name would each start from the request's header, and only the last would hold).
+pub fn cookies_removal(headers: &Fields<'_>, names: &[&str]) -> Edit<'static> {
+    let kept: Vec<&[u8]> = values(headers, "cookie")
+        .flat_map(|header| header.split(|&b| b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| names.iter().all(|name| cookie_value(pair, name).is_none()))
+        .collect();
+    if kept.is_empty() {
+        Edit::Remove(Cow::Borrowed("cookie"))
+    } else {
+        Edit::Set(Cow::Borrowed("cookie"), Cow::Owned(kept.join(&b"; "[..])))
     }
 }
 
