@@ -520,11 +520,10 @@ impl RateLimiter {
             let method_ok = |request: &mut RequestParts<'_, 's, V>| {
                 m.methods.is_empty() || {
                     // Servers answer HEAD with the GET handler: a GET route's limits hold.
-                    let method = match request.method().unwrap_or_default() {
-                        b"HEAD" => b"GET".as_slice(),
-                        method => method,
-                    };
-                    m.methods.iter().any(|x| x.as_bytes() == method)
+                    let method = request.method().unwrap_or_default();
+                    m.methods
+                        .iter()
+                        .any(|x| x.as_bytes() == method || (method == b"HEAD" && x == "GET"))
                 }
             };
             let route_ok = |request: &mut RequestParts<'_, 's, V>| {
@@ -2291,6 +2290,21 @@ mod tests {
             "HEAD",
             "/login;jsessionid=1"
         )));
+        // A route for HEAD itself still takes HEAD.
+        let head_only = prepared(
+            r#"{"routes":[{"match":{"methods":["HEAD"]},
+                "limits":[{"name":"head","rate":1,"period":"60s","key":[{"constant":"h"}],"slots":4}]}]}"#,
+            &store,
+        );
+        let head = || {
+            is_allowed(
+                &head_only
+                    .decide(&mut FakeRequest::new("HEAD", "/x"), &store, at(0.0))
+                    .0,
+            )
+        };
+        assert!(head());
+        assert!(!head(), "HEAD's own route");
         for dodge in [
             "/login;x=1",
             "//login",
