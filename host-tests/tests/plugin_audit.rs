@@ -602,6 +602,40 @@ fn shutting_down_against_a_silent_collector_ends_with_everything_counted() -> Re
     Ok(())
 }
 
+/// A drain that outlasts its bound (here the 10-minute cap, a batch still waiting for its
+/// answer) ends with everything counted: the batch in flight is counted dropped, since Envoy
+/// cancels it with the root.
+#[test]
+fn a_drain_past_its_bound_counts_the_batch_in_flight_dropped() -> Result<(), Failure> {
+    let profile = Profile::Envoy;
+    let (host, vms) = load(
+        profile,
+        Plugin::Audit,
+        &format!(
+            r#"{{"sink":{{"kafka_rest":{{"upstream":"kafka-rest","authority":"k:8082","timeout":"11m"}}}},
+                "delivery":{{"max_retries":3,"backoff_base":"5m","backoff_max":"5m"}}}}"#
+        ),
+    )?;
+    host.script_http_call("kafka-rest", CalloutReply::never());
+    for _ in 0..3 {
+        exchange(&vms, "GET", "/health", 200)?;
+    }
+    let worker = vms.worker(0);
+    assert!(!worker.shut_down()?);
+    host.advance_clock(Duration::from_secs(9 * 60))?;
+    assert!(!worker.is_root_deleted()?);
+    host.advance_clock(Duration::from_secs(61))?;
+    assert!(worker.is_root_deleted()?);
+    assert_eq!(totals(&host), [3, 0, 0, 3], "sent + dropped == emitted");
+    assert!(
+        worker.logs().iter().any(|l| l.message
+            == "[palisade-audit] shutting down: 3 buffered events counted as dropped, 0 in flight"),
+        "{:?}",
+        worker.logs()
+    );
+    Ok(())
+}
+
 /// With nothing held, the root is done at once.
 #[test]
 fn shutting_down_with_nothing_held_is_done_at_once() -> Result<(), Failure> {

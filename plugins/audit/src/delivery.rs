@@ -154,14 +154,34 @@ impl DeliveryQueue {
     }
 
     /// How long delivering what is held can take at most: every try of a batch gets its
-    /// answer deadline, and the backoffs between them. Past it, each batch has been sent or
-    /// counted dropped.
+    /// answer deadline, and the backoffs between them; the batches go `max_in_flight` at a
+    /// time. Past it, each batch has been sent or counted dropped.
     pub fn drain_bound_ms(&self) -> u64 {
         let s = &self.settings;
         let tries = u64::from(s.max_retries) + 1;
-        tries
+        let one_batch = tries
             .saturating_mul(s.answer_deadline_ms)
-            .saturating_add(u64::from(s.max_retries).saturating_mul(s.backoff_max_ms))
+            .saturating_add(u64::from(s.max_retries).saturating_mul(s.backoff_max_ms));
+        let batches = self.pending.len().div_ceil(s.max_events.max(1))
+            + self.in_flight.len()
+            + self.retrying.len();
+        let rounds = batches.div_ceil(s.max_in_flight.max(1)).max(1);
+        one_batch.saturating_mul(rounds as u64)
+    }
+
+    /// Gives up everything held, batches in flight included (counted dropped too): for a
+    /// plugin whose call-outs are about to be cancelled, so their answers will never come.
+    pub fn abandon_all(&mut self) -> Abandoned {
+        let mut abandoned = self.abandon();
+        let in_flight: u64 = std::mem::take(&mut self.in_flight)
+            .values()
+            .map(|f| f.batch.events.len() as u64)
+            .sum();
+        self.held_bytes = 0;
+        self.totals.dropped += in_flight;
+        abandoned.dropped += in_flight;
+        abandoned.in_flight = 0;
+        abandoned
     }
 
     /// From now on every waiting event is due (the plugin is being torn down and delivers what
@@ -1020,6 +1040,32 @@ mod tests {
             &mut rng,
         );
         assert_eq!((q.totals().sent, q.buffered()), (2, 0));
+        accounted(&q);
+    }
+
+    #[test]
+    fn the_drain_bound_counts_rounds_and_abandoning_all_counts_what_is_in_flight() {
+        let mut q = kafka();
+        let mut rng = rng();
+        // One try: 5 s answer deadline, 2 retries with at most 1 s of backoff: 17 s a batch.
+        assert_eq!(q.drain_bound_ms(), 17_000);
+        for i in 0..10 {
+            q.push(event("audit", i, 0));
+        }
+        // 4 batches of 3, 2 at a time: two rounds.
+        assert_eq!(q.drain_bound_ms(), 34_000);
+        q.drain();
+        let (sends, _) = q.poll(0, &mut rng);
+        assert_eq!(sends.len(), 2);
+        let abandoned = q.abandon_all();
+        assert_eq!(
+            abandoned,
+            Abandoned {
+                dropped: 10,
+                in_flight: 0
+            }
+        );
+        assert_eq!((q.totals().dropped, q.buffered()), (10, 0));
         accounted(&q);
     }
 }

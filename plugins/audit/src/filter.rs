@@ -207,10 +207,16 @@ impl Worker {
         self.report_depth();
     }
 
-    /// Gives up what was not handed to the host yet, counting it dropped (see
-    /// [`DeliveryQueue::abandon`]), with one log line when anything was buffered.
-    fn abandon(&self, why: &str) {
-        let abandoned = self.queue.borrow_mut().abandon();
+    /// Gives up everything held, batches in flight too (their call-outs are about to be
+    /// cancelled), counting it dropped ([`DeliveryQueue::abandon_all`]), with one log line
+    /// when anything was held.
+    fn abandon_all(&self, why: &str) {
+        let abandoned = self.queue.borrow_mut().abandon_all();
+        self.calls.borrow_mut().clear();
+        self.report_abandoned(why, &abandoned);
+    }
+
+    fn report_abandoned(&self, why: &str, abandoned: &delivery::Abandoned) {
         self.count(|m| m.dropped.add(abandoned.dropped));
         self.report_depth();
         if abandoned.dropped > 0 || abandoned.in_flight > 0 {
@@ -344,9 +350,9 @@ struct AuditRoot {
     /// keep delivering under the configuration they were taken with, then go.
     workers: Workers<Worker>,
     tick: callout::RootTick,
-    /// Envoy is tearing this root down (`on_done` said not yet): when to give up delivering
-    /// what is held, counting it dropped.
-    draining_until: Option<u64>,
+    /// Envoy is tearing this root down (`on_done` said not yet): since when, and when to give
+    /// up delivering what is held, counting it dropped.
+    draining: Option<(u64, u64)>,
 }
 
 /// The longest a root being torn down keeps delivering, whatever its retry settings.
@@ -388,7 +394,7 @@ impl Context for AuditRoot {
             return true;
         }
         log::info!("[{NAME}] shutting down: delivering {held} buffered events first");
-        self.draining_until = Some(now.saturating_add(bound.min(MAX_DRAIN_MS)));
+        self.draining = Some((now, now.saturating_add(bound.min(MAX_DRAIN_MS))));
         false
     }
 }
@@ -397,17 +403,20 @@ impl AuditRoot {
     /// While torn down: once nothing is held (or the drain ran out of time, and what is left
     /// is counted dropped), tells Envoy this root is done.
     fn finish_drain(&mut self) {
-        let Some(until) = self.draining_until else {
+        let Some((since, until)) = self.draining else {
             return;
         };
         let held = self.workers.iter().any(|w| w.buffered() > 0);
-        if held && HostClock.unix_millis() < until {
+        let now = HostClock.unix_millis();
+        // A clock stepped back ends the wait too: `until` would mean nothing.
+        if held && (since..until).contains(&now) {
             return;
         }
+        // What is still out is cancelled with the root: counted dropped now, or never.
         for worker in self.workers.iter() {
-            worker.abandon("shutting down");
+            worker.abandon_all("shutting down");
         }
-        self.draining_until = None;
+        self.draining = None;
         if let Err(err) = proxy_wasm::hostcalls::done() {
             log::warn!("[{NAME}] could not finish shutting down: {err:?}");
         }
@@ -639,6 +648,6 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(AuditRoot {
         workers: Workers::default(),
         tick: callout::RootTick::default(),
-        draining_until: None,
+        draining: None,
     }));
 }}
