@@ -611,10 +611,8 @@ fn a_drain_past_its_bound_counts_the_batch_in_flight_dropped() -> Result<(), Fai
     let (host, vms) = load(
         profile,
         Plugin::Audit,
-        &format!(
-            r#"{{"sink":{{"kafka_rest":{{"upstream":"kafka-rest","authority":"k:8082","timeout":"11m"}}}},
-                "delivery":{{"max_retries":3,"backoff_base":"5m","backoff_max":"5m"}}}}"#
-        ),
+        r#"{"sink":{"kafka_rest":{"upstream":"kafka-rest","authority":"k:8082","timeout":"11m"}},
+            "delivery":{"max_retries":3,"backoff_base":"5m","backoff_max":"5m"}}"#,
     )?;
     host.script_http_call("kafka-rest", CalloutReply::never());
     for _ in 0..3 {
