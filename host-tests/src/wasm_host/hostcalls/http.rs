@@ -473,6 +473,17 @@ fn proxy_get_buffer_bytes(
     };
     let start = usize::try_from(start).unwrap_or(usize::MAX);
     let max_size = usize::try_from(max_size).unwrap_or(usize::MAX);
+    // Kong copies a body held in several buffers past a length cut shorter than the body (the
+    // loop clears its counter instead of stopping): it writes beyond the buffer it allocated
+    // in the guest's memory. A body that large may always come in several buffers.
+    if caller.data().profile.is_kong() && max_size < bytes.len().saturating_sub(start) {
+        let version = caller.data().profile.describe();
+        let message = format!(
+            "{version} profile: proxy_get_buffer_bytes of {max_size} of a {}-byte body writes past the guest's buffer (ngx_proxy_wasm_hfuncs_get_buffer, ngx_proxy_wasm_host.c ≈413-434)",
+            bytes.len()
+        );
+        return Err(trap(&mut caller, FailureKind::HostCrash, message));
+    }
     let slice = bytes
         .get(start..)
         .map(|rest| rest.get(..max_size.min(rest.len())).unwrap_or(rest))

@@ -120,7 +120,11 @@ pub fn http_call_response(body_size: usize, max_body: usize) -> CalloutResponse 
                 .ok()
         })
         .filter(|status| (100..=599).contains(status));
-    let body = if body_size == 0 {
+    // Kong copies a body held in several buffers past a length cut shorter than the body
+    // (`ngx_proxy_wasm_hfuncs_get_buffer` clears its counter instead of stopping), writing
+    // beyond the buffer it allocated in this VM's memory: there a body over the cap is not
+    // read at all. Callers judge it too large by `body_size`, as when it is cut.
+    let body = if body_size == 0 || (body_size > max_body && super::is_kong()) {
         Vec::new()
     } else {
         buffer(BufferType::HttpCallResponseBody, body_size.min(max_body)).unwrap_or_default()

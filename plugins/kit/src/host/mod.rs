@@ -348,15 +348,21 @@ pub fn send_refusal(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(), HostError> {
-    let details = crate::reply::denial_details(plugin, reason);
     if is_kong() {
         let denied_by = crate::reply::denied_by(plugin, reason);
         let mut headers = headers.to_vec();
         headers.push((crate::reply::DENIED_BY, &denied_by));
-        return send_local(status, &headers, body, &details);
+        return send_local(status, &headers, body, KONG_DETAILS);
     }
+    let details = crate::reply::denial_details(plugin, reason);
     send_local(status, headers, body, &details)
 }
+
+/// The details a local reply gets on Kong: none. ngx_wasm_module makes them the status line's
+/// reason phrase (`HTTP/1.1 401 palisade-auth{missing_token}`,
+/// `ngx_http_wasm_local_response.c`), which would show the client why it was refused; empty,
+/// nginx writes the standard one.
+const KONG_DETAILS: &str = "";
 
 thread_local! {
     static ON_KONG: Cell<Option<bool>> = const { Cell::new(None) };
@@ -405,8 +411,13 @@ pub fn client_host() -> crate::header_pairs::ClientHost {
 /// Answers the request locally with this status, headers and body (not a refusal: a redirect,
 /// a preflight). The caller then returns `Action::Pause` from its callback.
 pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), HostError> {
-    // Shows as the response code details in Envoy's access log.
-    send_local(status, headers, body, "palisade_local_reply")
+    // Shows as the response code details in Envoy's access log; a reason phrase on Kong.
+    let details = if is_kong() {
+        KONG_DETAILS
+    } else {
+        "palisade_local_reply"
+    };
+    send_local(status, headers, body, details)
 }
 
 fn send_local(
