@@ -65,7 +65,17 @@ impl HttpStream {
                     data.kong_args = target.get(at + 1..).unwrap_or_default().to_vec();
                 }
             }
-            let count = num(headers.len());
+            // Kong counts the ordinary headers only (`ngx_http_wasm_req_headers_count`); its
+            // map puts the four pseudo-headers ahead of them.
+            let count = if profile.is_kong() {
+                num(headers
+                    .pairs()
+                    .iter()
+                    .filter(|(name, _)| !name.starts_with(b":"))
+                    .count())
+            } else {
+                num(headers.len())
+            };
             data.request_headers = Some(headers);
             data.request_eos = eos;
             let result = call(

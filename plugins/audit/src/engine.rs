@@ -164,6 +164,9 @@ impl Audit {
     /// identity headers it knows by name).
     pub fn headers_read_by_name(&self) -> impl Iterator<Item = &str> + '_ {
         [
+            ":method",
+            ":path",
+            ":authority",
             identity::SUBJECT,
             identity::CONSUMER,
             "host",

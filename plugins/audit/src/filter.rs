@@ -478,6 +478,7 @@ impl RootContext for AuditRoot {
             Some(worker) => Box::new(Stream {
                 worker: Rc::clone(worker),
                 started_ms: None,
+                request_headers: 0,
                 denial: None,
             }),
             // Audit never fails a request: an unconfigured audit lets traffic through.
@@ -490,9 +491,15 @@ impl RootContext for AuditRoot {
     }
 }
 
+/// Headers the plugins ahead of audit may add to a request (auth's identity and claim headers,
+/// header-security's transforms and request id): the margin its whole-map read keeps.
+const HEADERS_ADDED_BEFORE: usize = 16;
+
 struct Stream {
     worker: Rc<Worker>,
     started_ms: Option<u64>,
+    /// The request's header count when it came in (see `facts_and_event`).
+    request_headers: usize,
     denial: Option<Denial>,
 }
 
@@ -546,11 +553,22 @@ impl Stream {
         let now_ms = HostClock.unix_millis();
         // The request's headers in one read: the event needs most of the ones it carries
         // (method, path, host, identity, user agent, ids, captured headers).
-        let raw_request = host::headers_raw(Map::RequestHeaders).unwrap_or_default();
-        let mut request = decode_borrowed(&raw_request).unwrap_or_default();
+        // The request's count as the client sent it, plus room for the headers the plugins
+        // before this one add: past that, Kong's whole-map read could write beyond its buffer
+        // (`host::whole_map_readable`), so the event's headers are asked for by name.
+        let raw_request = host::headers_raw_capped(
+            Map::RequestHeaders,
+            self.request_headers.saturating_add(HEADERS_ADDED_BEFORE),
+        )
+        .unwrap_or_default();
+        let mut request = raw_request
+            .as_deref()
+            .and_then(decode_borrowed)
+            .unwrap_or_default();
         let unseen = host::unseen_headers(
             Map::RequestHeaders,
             &request,
+            raw_request.is_none(),
             worker.audit.headers_read_by_name(),
         );
         request.extend(host::as_fields(&unseen));
@@ -620,8 +638,9 @@ impl Stream {
 impl Context for Stream {}
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
         self.started_ms = Some(HostClock.unix_millis());
+        self.request_headers = num_headers;
         Action::Continue
     }
 

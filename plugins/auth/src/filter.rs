@@ -557,8 +557,8 @@ impl Stream {
                         headers,
                     );
                 }
+                // The query changed before this filter (a Lua plugin rewrote `r->args`).
                 Some(Err(KongRefusal::QueryChanged)) => {
-                    log::debug!("[{NAME}] the query changed before this filter; refusing");
                     strip_before_reply(&worker.engine, headers);
                     return refuse(
                         &ErrorReply::new(400, "credentials in the query string are not accepted"),
@@ -748,9 +748,11 @@ impl Context for Stream {
 }
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let raw = match host::headers_raw(Map::RequestHeaders) {
-            Ok(raw) => raw,
+    fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
+        let raw = match host::headers_raw_capped(Map::RequestHeaders, num_headers) {
+            Ok(Some(raw)) => raw,
+            // Kong would write past its buffer (`host::whole_map_readable`).
+            Ok(None) => return self.refuse_too_many_headers(&Fields::new()),
             Err(err) => {
                 log::error!("[{NAME}] could not read the request headers: {err}");
                 return refuse(
@@ -784,6 +786,22 @@ impl HttpContext for Stream {
 }
 
 impl Stream {
+    /// Kong hands over at most 100 header pairs (and cannot hand over a map near that at all,
+    /// `host::whole_map_readable`): a client could hide an identity header past them, where
+    /// stripping cannot see it. Envoy refuses over 100 headers by default too
+    /// (`max_request_headers_count`).
+    fn refuse_too_many_headers(&self, headers: &Fields<'_>) -> Action {
+        // Unseen copies go too: palisade-audit reads these headers by name past the cap.
+        self.worker.engine.for_each_identity_header(|name| {
+            // Best effort: the request is refused either way.
+            let _ = host::remove_header(Map::RequestHeaders, name);
+        });
+        refuse(
+            &ErrorReply::new(431, "request header fields too large"),
+            headers,
+        )
+    }
+
     /// The response of a request whose call-out was never answered (see
     /// `on_http_response_headers`): replaced by the refusal the failed call-out gets on Kong
     /// 3.9+ (Kong 3.7 and 3.8 send it from here; before 3.7 they cannot, and pausing makes Kong
@@ -851,20 +869,8 @@ impl Stream {
         if let Some(target) = &kong_raw {
             KongTarget::patch(target, &mut headers);
         }
-        // Kong hands over at most 100 header pairs: a client could hide an identity header
-        // past them, where stripping cannot see it. Envoy refuses over 100 headers by default
-        // too (max_request_headers_count).
         if host::header_map_may_be_truncated(headers.len()) {
-            log::debug!("[{NAME}] more request headers than the host hands over; refusing");
-            // Unseen copies go too: palisade-audit reads these headers by name past the cap.
-            self.worker.engine.for_each_identity_header(|name| {
-                // Best effort: the request is refused either way.
-                let _ = host::remove_header(Map::RequestHeaders, name);
-            });
-            return refuse(
-                &ErrorReply::new(431, "request header fields too large"),
-                &headers,
-            );
+            return self.refuse_too_many_headers(&headers);
         }
         // A clock the host cannot read would make every token look current: refuse instead.
         let Some(now_ms) = now_ms() else {

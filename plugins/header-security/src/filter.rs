@@ -114,11 +114,12 @@ fn tunnel_asked(end_of_stream: bool) -> Option<Tunnel> {
     (!host::is_kong()).then_some(Tunnel::Upgrade)
 }
 
-/// A header map as the host's raw answer; decode with [`fields`].
-fn read(map: Map) -> Vec<u8> {
-    host::headers_raw(map).unwrap_or_else(|err| {
+/// A header map as the host's raw answer (decode with [`fields`]); `None` when Kong cannot hand
+/// it over whole (`host::whole_map_readable`).
+fn read_capped(map: Map, num_headers: usize) -> Option<Vec<u8>> {
+    host::headers_raw_capped(map, num_headers).unwrap_or_else(|err| {
         log::warn!("[{NAME}] could not read headers: {err}");
-        Vec::new()
+        Some(Vec::new())
     })
 }
 
@@ -133,16 +134,16 @@ fn fields(raw: &[u8]) -> Fields<'_> {
 /// headers (`x-palisade-*`) a client sends; palisade-audit reads the request's headers when the
 /// stream ends. Removed here, so the audit trail never names whoever the client claimed to be.
 /// Only on a local reply: the whole map is read for it.
-fn strip_client_identity() {
-    let raw = read(Map::RequestHeaders);
-    let headers = fields(&raw);
+fn strip_client_identity(num_headers: usize) {
+    let raw = read_capped(Map::RequestHeaders, num_headers);
+    let headers = raw.as_deref().map(fields).unwrap_or_default();
     let owned = identity::client_copies(&headers, |_| false);
     host::warn_if_refused(
         NAME,
         host::apply_edits_one_by_one(Map::RequestHeaders, &owned),
     );
     // Past Kong's 100-pair cap the map hides the rest, and palisade-audit reads these by name.
-    if host::header_map_may_be_truncated(headers.len()) {
+    if raw.is_none() || host::header_map_may_be_truncated(headers.len()) {
         for name in identity::NAMES {
             // Best effort: the request is refused either way.
             let _ = host::remove_header(Map::RequestHeaders, name);
@@ -153,14 +154,15 @@ fn strip_client_identity() {
 /// Where a local reply is sent from.
 #[derive(PartialEq)]
 enum Phase {
-    RequestHeaders,
+    /// With the header count the callback was given.
+    RequestHeaders(usize),
     /// palisade-auth has run by now: the identity headers are its own, for the audit trail.
     RequestBody,
 }
 
 fn reply(local: &LocalReply, phase: Phase) -> Action {
-    if phase == Phase::RequestHeaders {
-        strip_client_identity();
+    if let Phase::RequestHeaders(num_headers) = phase {
+        strip_client_identity(num_headers);
     }
     let headers: Vec<(&str, &str)> = local
         .headers
@@ -189,7 +191,7 @@ fn reply(local: &LocalReply, phase: Phase) -> Action {
 impl Context for Stream {}
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, num_headers: usize, end_of_stream: bool) -> Action {
         if let Some(tunnel) = tunnel_asked(end_of_stream) {
             self.state.ask_tunnel(tunnel);
         }
@@ -214,13 +216,16 @@ impl HttpContext for Stream {
                         );
                         Action::Continue
                     }
-                    RequestVerdict::Reply(local) => reply(&local, Phase::RequestHeaders),
+                    RequestVerdict::Reply(local) => {
+                        reply(&local, Phase::RequestHeaders(num_headers))
+                    }
                 }
             });
         }
-        let raw = read(Map::RequestHeaders);
-        let headers = fields(&raw);
-        let complete = !host::header_map_may_be_truncated(headers.len());
+        // Unread (Kong could not hand it over, `host::whole_map_readable`): incomplete.
+        let raw = read_capped(Map::RequestHeaders, num_headers);
+        let headers = raw.as_deref().map(fields).unwrap_or_default();
+        let complete = raw.is_some() && !host::header_map_may_be_truncated(headers.len());
         match engine.on_request_headers(&headers, complete, &mut rng, &mut host_values, state) {
             RequestVerdict::Continue(edits) => {
                 host::warn_if_refused(
@@ -229,7 +234,7 @@ impl HttpContext for Stream {
                 );
                 Action::Continue
             }
-            RequestVerdict::Reply(local) => reply(&local, Phase::RequestHeaders),
+            RequestVerdict::Reply(local) => reply(&local, Phase::RequestHeaders(num_headers)),
         }
     }
 
@@ -245,7 +250,7 @@ impl HttpContext for Stream {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
         if self.state.tunnel_asked().is_some() {
             let status = lookup(Map::ResponseHeaders, ":status").unwrap_or_default();
             self.state.answered(&status);
@@ -261,8 +266,9 @@ impl HttpContext for Stream {
         } else {
             None
         };
+        // A map Kong cannot hand over whole is left unread: renames see no header then.
         let raw = if reads == ResponseReads::All {
-            read(Map::ResponseHeaders)
+            read_capped(Map::ResponseHeaders, num_headers).unwrap_or_default()
         } else {
             Vec::new()
         };

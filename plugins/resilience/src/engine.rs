@@ -318,9 +318,10 @@ impl Resilience {
     /// these one by one, so a deadline, a fault header or a gRPC content type is still seen.
     pub fn headers_read_by_name(&self) -> impl Iterator<Item = &str> + '_ {
         let grpc = self.circuit.as_ref().map(|_| "content-type");
-        self.policy
-            .deadline_header()
+        // The pseudo-headers too, for a map left unread (`host::headers_raw_capped`).
+        [":method", ":path", ":authority"]
             .into_iter()
+            .chain(self.policy.deadline_header())
             .chain(self.faults.as_ref().and_then(|f| f.only_with_header()))
             .chain(grpc)
     }

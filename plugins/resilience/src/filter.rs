@@ -378,17 +378,21 @@ impl Context for Stream {
 }
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
         let worker = Rc::clone(&self.worker);
-        let raw = host::headers_raw(Map::RequestHeaders).unwrap_or_else(|err| {
-            log::warn!("[{NAME}] could not read request headers: {err}");
-            Vec::new()
-        });
+        let raw =
+            host::headers_raw_capped(Map::RequestHeaders, num_headers).unwrap_or_else(|err| {
+                log::warn!("[{NAME}] could not read request headers: {err}");
+                Some(Vec::new())
+            });
+        let unread = raw.is_none();
+        let raw = raw.unwrap_or_default();
         let mut headers = fields(&raw);
-        let truncated = host::header_map_may_be_truncated(headers.len());
+        let truncated = unread || host::header_map_may_be_truncated(headers.len());
         let unseen = host::unseen_headers(
             Map::RequestHeaders,
             &headers,
+            unread,
             worker.engine.headers_read_by_name(),
         );
         headers.extend(host::as_fields(&unseen));

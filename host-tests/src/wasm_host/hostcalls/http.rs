@@ -180,7 +180,10 @@ fn proxy_get_header_map_pairs(
 ) -> Ret {
     enter(&mut caller, "proxy_get_header_map_pairs")?;
     let cap = caller.data().profile.header_map_pairs_cap();
+    let kong = caller.data().profile.is_kong();
+    let mut cut = false;
     let encoded = with_map(caller.data_mut(), map_type, false, |headers| {
+        cut = kong && headers.pairs().len() > cap;
         let pairs: Vec<(&[u8], &[u8])> = headers
             .pairs()
             .iter()
@@ -189,6 +192,15 @@ fn proxy_get_header_map_pairs(
             .collect();
         header_pairs::encode(&pairs)
     });
+    // Kong sizes the buffer of a map it cuts from the first 100 ordinary headers and one
+    // pseudo-header, but writes every pseudo-header first: past the buffer, into the guest's
+    // memory, when the last headers are short (`ngx_proxy_wasm_pairs_size` vs `_marshal`,
+    // every pin). A plugin must not ask for such a map at all (`host::whole_map_readable`).
+    if cut {
+        let version = caller.data().profile.describe();
+        let message = format!("{version} profile: proxy_get_header_map_pairs of a map over {cap} pairs writes past the guest's buffer (ngx_proxy_wasm_pairs_size sizes what ngx_proxy_wasm_pairs_marshal does not write)");
+        return Err(trap(&mut caller, FailureKind::HostCrash, message));
+    }
     match encoded {
         Ok(bytes) => memory::return_bytes(&mut caller, &bytes, ret_ptr, ret_size),
         Err(err) => map_error(&mut caller, "proxy_get_header_map_pairs", err),

@@ -83,15 +83,41 @@ pub fn header_map_may_be_truncated(pairs: usize) -> bool {
     pairs >= KONG_MAX_HEADER_PAIRS && is_kong()
 }
 
-/// Past Kong's header cap ([`header_map_may_be_truncated`]): those of `names` a plugin reads that
-/// the cut `seen` map lacks, each asked for by name (the host finds a header wherever it sits).
-/// Empty when the map is whole. Add them to the map with [`as_fields`].
+/// Pseudo-headers Kong puts ahead of a map's ordinary headers: `:path`, `:method`, `:scheme`,
+/// `:authority` (a response's `:status` and shim headers are fewer than that beyond the count
+/// its callback is given).
+const KONG_MAP_EXTRAS: usize = 4;
+
+/// Whether a whole header map may be read with [`headers_raw_capped`], given the header count
+/// the map's callback was given. On Kong a map Kong would cut at [`KONG_MAX_HEADER_PAIRS`]
+/// may not: the host sizes its buffer from the first 100 ordinary headers and one
+/// pseudo-header, but writes every pseudo-header first, then cuts the ordinary ones
+/// (`ngx_proxy_wasm_pairs_size` vs `ngx_proxy_wasm_pairs_marshal`, every pin). When the last
+/// headers are short, it writes the client's bytes past the buffer, into this VM's memory.
+pub fn whole_map_readable(num_headers: usize) -> bool {
+    num_headers.saturating_add(KONG_MAP_EXTRAS) <= KONG_MAX_HEADER_PAIRS || !is_kong()
+}
+
+/// [`headers_raw`] for a map whose callback was given `num_headers`: `None`, unread, when it
+/// is not [`whole_map_readable`] (then read the headers needed by name, [`unseen_headers`]).
+pub fn headers_raw_capped(map: Map, num_headers: usize) -> Result<Option<Vec<u8>>, HostError> {
+    if !whole_map_readable(num_headers) {
+        return Ok(None);
+    }
+    headers_raw(map).map(Some)
+}
+
+/// Past Kong's header cap (a map left unread, [`headers_raw_capped`], or one cut short,
+/// [`header_map_may_be_truncated`]): those of `names` a plugin reads that the `seen` map lacks,
+/// each asked for by name (the host finds a header wherever it sits). Empty when the map is
+/// whole. Add them to the map with [`as_fields`].
 pub fn unseen_headers<'n>(
     map: Map,
     seen: &[(&[u8], &[u8])],
+    unread: bool,
     names: impl Iterator<Item = &'n str>,
 ) -> Vec<(&'n str, Vec<u8>)> {
-    if !header_map_may_be_truncated(seen.len()) {
+    if !unread && !header_map_may_be_truncated(seen.len()) {
         return Vec::new();
     }
     names
