@@ -1272,3 +1272,34 @@ fn a_per_try_timeout_envoy_would_ignore_is_refused_with_one_line() -> Result<(),
         "[palisade-resilience] configuration rejected: retry.per_try_timeout: must be shorter than timeouts.default (1m), or Envoy ignores it",
     )
 }
+
+/// Kong traps on a metric name past 256 bytes with its `pw:<filter>:` prefix: a circuit named
+/// after a long Kong service gets a gauge cut to a bounded name with a hash, not a trap per
+/// request.
+#[test]
+fn a_long_upstream_name_gets_a_bounded_gauge_on_kong() -> Result<(), Failure> {
+    let service = format!("svc-{}", "a".repeat(240));
+    let (host, vms) = start(Profile::Kong(KongVersion::V3_10), r#"{"proxy":"kong"}"#)?;
+    let request = || {
+        Request::get("/orders")
+            .property("kong.service_name", service.as_str())
+            .property("kong.route_name", "orders")
+    };
+    for i in 0..5 {
+        let mut s = vms.worker(i % 2).http_request(request())?;
+        assert_eq!(s.send_request_headers(true)?, Outcome::Continue);
+        s.send_response_headers(Response::status(503), true)?;
+        s.finish()?;
+    }
+    let mut refused = vms.worker(1).http_request(request())?;
+    let Outcome::LocalReply(reply) = refused.send_request_headers(true)? else {
+        panic!("open")
+    };
+    assert_eq!(reply.status, 503);
+    let name =
+        palisade_kit::metric_name::bounded(&format!("palisade_resilience.circuit.{service}"))
+            .into_owned();
+    assert_eq!(name.len(), palisade_kit::metric_name::MAX_NAME);
+    assert_eq!(metric(&host, &name), Some(MetricValue::Gauge(1)));
+    Ok(())
+}

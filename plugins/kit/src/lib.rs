@@ -12,6 +12,7 @@ pub mod duration;
 pub mod header_pairs;
 pub mod hex;
 pub mod identity;
+pub mod metric_name;
 pub mod path;
 pub mod query;
 pub mod random;
