@@ -1299,7 +1299,7 @@ fn a_long_upstream_name_gets_a_bounded_gauge_on_kong() -> Result<(), Failure> {
     let name =
         palisade_kit::metric_name::bounded(&format!("palisade_resilience.circuit.{service}"))
             .into_owned();
-    assert_eq!(name.len(), palisade_kit::metric_name::MAX_NAME);
+    assert!(name.len() <= palisade_kit::metric_name::MAX_NAME, "{name}");
     assert_eq!(metric(&host, &name), Some(MetricValue::Gauge(1)));
     Ok(())
 }

@@ -26,7 +26,8 @@ const CEILINGS: [(&str, u64); 5] = [
     ("palisade_rate_limit.wasm", 470_000),
     // 410,785: +1.1 KB to remember a share whose write failed and rewrite it at the next
     // renewal (a failed release had other workers shed against it for a whole lease).
-    ("palisade_resilience.wasm", 415_000),
+    // 415,127: +0.5 KB to bound gauge names built from upstream names (Kong traps past 256).
+    ("palisade_resilience.wasm", 420_000),
     ("palisade_header_security.wasm", 470_000),
     // 460,244 with the byte budget for buffered events; 467,320: +2.2 KB to redact URLs in
     // captured headers (a Referer's query), +1.1 KB to split a batch a collector refuses as

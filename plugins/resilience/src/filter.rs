@@ -121,7 +121,9 @@ impl Metrics {
                 }
             })
             .collect();
-        let gauge = Gauge::define(&format!("palisade_resilience.{kind}.{clean}"));
+        // Named after an upstream, so of any length: cut where Kong would trap.
+        let name = format!("palisade_resilience.{kind}.{clean}");
+        let gauge = Gauge::define(&palisade_kit::metric_name::bounded(&name));
         gauges.borrow_mut().insert(name.to_owned(), gauge);
         gauge
     }

@@ -13,7 +13,6 @@ const GAUGE: u32 = 1;
 const HISTOGRAM: u32 = 2;
 
 fn define(kind: u32, name: &str) -> Option<u32> {
-    let name = crate::metric_name::bounded(name);
     let mut id = 0;
     // SAFETY: pointers to a live string and a local.
     let status = unsafe { abi::proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
