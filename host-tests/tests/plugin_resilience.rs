@@ -1303,3 +1303,38 @@ fn a_long_upstream_name_gets_a_bounded_gauge_on_kong() -> Result<(), Failure> {
     assert_eq!(metric(&host, &name), Some(MetricValue::Gauge(1)));
     Ok(())
 }
+
+/// A gauge is defined once per VM, on first use, and found again after: not once per request
+/// (Envoy hands out a new metric id per definition).
+#[test]
+fn gauges_are_defined_once_per_vm() -> Result<(), Failure> {
+    let (_host, vms) = start(Profile::Envoy, r#"{"concurrency": {"max_requests": 100}}"#)?;
+    let defines = |stream: &HttpStream| {
+        stream
+            .host_calls()
+            .iter()
+            .filter(|(_, name)| *name == "proxy_define_metric")
+            .count()
+    };
+    // Two clusters taking turns, so the last-used gauge is never the one asked for.
+    let on = |cluster: &str| -> Result<HttpStream, Failure> {
+        let mut stream = vms.worker(0).http_request(
+            Request::get("/orders")
+                .property("xds.cluster_name", cluster)
+                .property("xds.route_name", "orders"),
+        )?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        stream.send_response_headers(Response::status(200), true)?;
+        stream.finish()?;
+        Ok(stream)
+    };
+    for cluster in ["a", "b"] {
+        let first = on(cluster)?;
+        assert!(defines(&first) > 0, "{cluster}: {:?}", first.host_calls());
+    }
+    for cluster in ["a", "b", "a", "b"] {
+        let again = on(cluster)?;
+        assert_eq!(defines(&again), 0, "{cluster}: {:?}", again.host_calls());
+    }
+    Ok(())
+}

@@ -122,8 +122,8 @@ impl Metrics {
             })
             .collect();
         // Named after an upstream, so of any length: cut where Kong would trap.
-        let name = format!("palisade_resilience.{kind}.{clean}");
-        let gauge = Gauge::define(&palisade_kit::metric_name::bounded(&name));
+        let full = format!("palisade_resilience.{kind}.{clean}");
+        let gauge = Gauge::define(&palisade_kit::metric_name::bounded(&full));
         gauges.borrow_mut().insert(name.to_owned(), gauge);
         gauge
     }
