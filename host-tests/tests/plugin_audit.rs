@@ -726,6 +726,38 @@ fn on_kong_the_identity_past_the_first_100_pairs_is_recorded() -> Result<(), Fai
     Ok(())
 }
 
+/// On Kong a request an earlier filter answered (auth's 431 for too many headers) reaches
+/// audit at its response: audit never saw the header count, so it reads what its event needs
+/// by name, never the whole map (Kong would write past its buffer, fact 11).
+#[test]
+fn on_kong_a_request_answered_before_audit_is_read_by_name() -> Result<(), Failure> {
+    let profile = Profile::Kong(KongVersion::V3_10);
+    let (host, vms) = load(profile, Plugin::Audit, &config(profile, ""))?;
+    host.script_http_call(upstream(profile), produced(1));
+    let mut request = Request::get("/api/orders").authority("shop.example.com");
+    for i in 0..110 {
+        request = request.header(&format!("x-filler-{i}"), "1");
+    }
+    let mut stream = vms.http_request(
+        request
+            .header("user-agent", "curl/8.5.0")
+            .header("x-request-id", "req-9"),
+    )?;
+    assert_eq!(stream.earlier_filter_replied()?, Outcome::Continue);
+    stream.send_response_headers(Response::status(431), true)?;
+    stream.finish()?;
+    host.advance_clock(Duration::from_secs(1))?;
+    let events = events(&host.http_calls()[0]);
+    assert_eq!(events.len(), 1);
+    let event = &events[0];
+    assert_eq!(event["method"], "GET", "{event}");
+    assert_eq!(event["path"], "/api/orders", "{event}");
+    assert_eq!(event["status"], 431, "{event}");
+    assert_eq!(event["request_id"], "req-9", "{event}");
+    assert_eq!(event["user_agent"], "curl/8.5.0", "{event}");
+    Ok(())
+}
+
 #[test]
 fn two_workers_batch_on_their_own_and_their_counts_add_up() -> Result<(), Failure> {
     let profile = Profile::Envoy;

@@ -119,6 +119,29 @@ impl HttpStream {
         })
     }
 
+    /// Kong: a filter before this one answered the request locally. This filter's request
+    /// callbacks never run (`ngx_proxy_wasm_resume` restarts the chain at the response step),
+    /// but its response and log callbacks do, with the local reply as the response: send it
+    /// with [`Self::send_response_headers`].
+    pub fn earlier_filter_replied(&mut self) -> Result<Outcome> {
+        self.drive(|vm, context| {
+            let profile = vm.store.data().profile;
+            if !profile.is_kong() {
+                return Err(Failure::usage(
+                    "Envoy runs no later filter's response phase for a local reply",
+                ));
+            }
+            let data = stream(vm, context)?;
+            if data.request_headers.is_some() {
+                return Err(Failure::usage("request headers were already sent"));
+            }
+            let headers = profile.request_map(&data.request.headers);
+            data.request_headers = Some(headers.clone());
+            data.to_upstream.headers = Some(headers);
+            Ok(())
+        })
+    }
+
     /// The upstream answers (`proxy_on_response_headers`); `eos` when there is no body.
     pub fn send_response_headers(&mut self, response: Response, eos: bool) -> Result<Outcome> {
         self.drive(|vm, context| {

@@ -478,7 +478,7 @@ impl RootContext for AuditRoot {
             Some(worker) => Box::new(Stream {
                 worker: Rc::clone(worker),
                 started_ms: None,
-                request_headers: 0,
+                request_headers: None,
                 denial: None,
             }),
             // Audit never fails a request: an unconfigured audit lets traffic through.
@@ -491,15 +491,17 @@ impl RootContext for AuditRoot {
     }
 }
 
-/// Headers the plugins ahead of audit may add to a request (auth's identity and claim headers,
-/// header-security's transforms and request id): the margin its whole-map read keeps.
-const HEADERS_ADDED_BEFORE: usize = 16;
+/// Headers filters after audit's request-headers callback may add to a request (later filters
+/// of a Kong chain; Kong counts the headers again for each filter, so those added before are
+/// in the count): the margin audit's whole-map read at the end of the stream keeps.
+const HEADERS_ADDED_AFTER: usize = 16;
 
 struct Stream {
     worker: Rc<Worker>,
     started_ms: Option<u64>,
-    /// The request's header count when it came in (see `facts_and_event`).
-    request_headers: usize,
+    /// The request's header count when it reached this filter; `None` when its request
+    /// headers callback never ran (see `facts_and_event`).
+    request_headers: Option<usize>,
     denial: Option<Denial>,
 }
 
@@ -553,12 +555,16 @@ impl Stream {
         let now_ms = HostClock.unix_millis();
         // The request's headers in one read: the event needs most of the ones it carries
         // (method, path, host, identity, user agent, ids, captured headers).
-        // The request's count as the client sent it, plus room for the headers the plugins
-        // before this one add: past that, Kong's whole-map read could write beyond its buffer
-        // (`host::whole_map_readable`), so the event's headers are asked for by name.
+        // The request's count when it reached this filter, plus room for the headers added
+        // after that (filters later in a Kong chain): past that, Kong's whole-map read could
+        // write beyond its buffer (`host::whole_map_readable`), so the event's headers are
+        // asked for by name.
         let raw_request = host::headers_raw_capped(
             Map::RequestHeaders,
-            self.request_headers.saturating_add(HEADERS_ADDED_BEFORE),
+            // Not seen (Kong skips it for a request a filter before this one answered): the
+            // count is unknown, so the map is not read whole.
+            self.request_headers
+                .map_or(usize::MAX, |n| n.saturating_add(HEADERS_ADDED_AFTER)),
         )
         .unwrap_or_default();
         let mut request = raw_request
@@ -640,7 +646,7 @@ impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
         self.started_ms = Some(HostClock.unix_millis());
-        self.request_headers = num_headers;
+        self.request_headers = Some(num_headers);
         Action::Continue
     }
 
