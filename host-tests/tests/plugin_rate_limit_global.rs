@@ -8,8 +8,8 @@ mod plugin_support;
 use std::time::Duration;
 
 use palisade_host_tests::wasm_host::{
-    CallState, CalloutReply, Failure, GrpcReply, Host, LocalReply, MetricValue, Outcome, Plugin,
-    PluginVms, Profile, Request, Response,
+    CallState, CalloutReply, Failure, GrpcReply, Host, KongVersion, LocalReply, MetricValue,
+    Outcome, Plugin, PluginVms, Profile, Request, Response,
 };
 use plugin_support::{assert_rejected, finish_at_upstream, headers, plugin_warnings, PROFILES};
 
@@ -289,6 +289,27 @@ fn http_json_answers_decide_on_envoy_and_kong() -> Result<(), Failure> {
         );
         assert!(host.grpc_calls().is_empty());
     }
+    Ok(())
+}
+
+/// An answer with more headers than Kong hands over whole (a proxy in front of the service
+/// adding many): its map is not read whole (Kong would write past its buffer), its status is
+/// read by name, and the answer still decides.
+#[test]
+fn an_answer_with_too_many_headers_for_kong_still_decides() -> Result<(), Failure> {
+    let profile = Profile::Kong(KongVersion::V3_10);
+    let (host, vms) = load(profile, &http_config("kong", ""))?;
+    let mut reply = CalloutReply::status(429).header("content-type", "application/json");
+    for i in 0..110 {
+        reply = reply.header(&format!("x-via-{i}"), "1");
+    }
+    host.script_http_call(
+        "ratelimit:8080",
+        reply.body(r#"{"overallCode":"OVER_LIMIT","statuses":[{"code":"OVER_LIMIT","currentLimit":{"requestsPerUnit":2,"unit":"MINUTE"},"durationUntilReset":"29s"}]}"#),
+    );
+    let refused = send(&host, &vms, 0, tenant("acme"), Duration::from_millis(1))?.expect("refused");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.headers.get("retry-after"), Some("29"));
     Ok(())
 }
 

@@ -232,13 +232,13 @@ impl Worker {
         self.calls.borrow().contains_key(&token)
     }
 
-    fn on_answer(&self, token: u32, body_size: usize) {
+    fn on_answer(&self, token: u32, num_headers: usize, body_size: usize) {
         let Some(batch_id) = self.calls.borrow_mut().remove(&token) else {
             return;
         };
         // Read only as far as error codes need (DeliveryQueue::answer_cap).
         let cap = self.queue.borrow().answer_cap();
-        let response = callout::http_call_response(body_size, cap);
+        let response = callout::http_call_response(num_headers, body_size, cap);
         let now = HostClock.unix_millis();
         let answered = {
             let mut rng = self.rng.borrow_mut();
@@ -362,12 +362,12 @@ impl Context for AuditRoot {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
         if let Some(worker) = self.workers.iter().find(|w| w.owns_call(token_id)) {
-            worker.on_answer(token_id, body_size);
+            worker.on_answer(token_id, num_headers, body_size);
         }
         self.workers.prune();
         self.finish_drain();

@@ -174,22 +174,24 @@ impl Worker {
         self.engine.providers().get(provider)?.remote()
     }
 
-    /// Takes the answer to a JWKS call-out made at `called_ms` (`None`: the dispatch itself
-    /// failed): new keys for every worker, or one warning line and the last good keys kept.
+    /// Takes the answer to a JWKS call-out made at `called_ms` (its header count and body size;
+    /// `None`: the dispatch itself failed): new keys for every worker, or one warning line and
+    /// the last good keys kept.
     fn jwks_answer(
         &self,
         provider: usize,
         trigger: Trigger,
         called_ms: u64,
-        body_size: Option<usize>,
+        answer: Option<(usize, usize)>,
     ) {
         let Some(remote) = self.remote(provider) else {
             return;
         };
         let now_ms = now_ms_or_zero();
-        let (status, body, size) = match body_size {
-            Some(size) => {
-                let response = callout::http_call_response(size, remote.max_response_bytes() + 1);
+        let (status, body, size) = match answer {
+            Some((num_headers, size)) => {
+                let response =
+                    callout::http_call_response(num_headers, size, remote.max_response_bytes() + 1);
                 (response.status, response.body, size)
             }
             None => (None, Vec::new(), 0),
@@ -307,10 +309,20 @@ impl Plugin for AuthPlugin {
         }
     }
 
-    fn on_root_http_call_response(worker: &Worker, token: u32, body_size: usize) {
+    fn on_root_http_call_response(
+        worker: &Worker,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+    ) {
         let provider = worker.refreshing.borrow_mut().remove(&token);
         if let Some((provider, _, called_ms)) = provider {
-            worker.jwks_answer(provider, Trigger::Interval, called_ms, Some(body_size));
+            worker.jwks_answer(
+                provider,
+                Trigger::Interval,
+                called_ms,
+                Some((num_headers, body_size)),
+            );
         }
     }
 
@@ -319,6 +331,7 @@ impl Plugin for AuthPlugin {
             worker,
             pending: None,
             kong_target: None,
+            request_headers: 0,
         })
     }
 }
@@ -329,6 +342,9 @@ struct Stream {
     pending: Option<Pending>,
     /// Kong: the request target as the client sent it, read once (see [`KongTarget`]).
     kong_target: Option<Rc<KongTarget>>,
+    /// The request's header count, for reading its map again after a call-out
+    /// (`host::headers_raw_capped`).
+    request_headers: usize,
 }
 
 enum Pending {
@@ -689,7 +705,7 @@ impl Context for Stream {
     fn on_http_call_response(
         &mut self,
         _token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
@@ -702,8 +718,12 @@ impl Context for Stream {
                 raw,
                 peer,
             }) => {
-                self.worker
-                    .jwks_answer(provider, trigger, called_ms, Some(body_size));
+                self.worker.jwks_answer(
+                    provider,
+                    trigger,
+                    called_ms,
+                    Some((num_headers, body_size)),
+                );
                 self.decide(raw, peer, false, true);
                 return;
             }
@@ -714,7 +734,7 @@ impl Context for Stream {
             return;
         };
         let max = introspector.max_response_bytes();
-        let response = callout::http_call_response(body_size, max.saturating_add(1));
+        let response = callout::http_call_response(num_headers, body_size, max.saturating_add(1));
         let now_ms = now_ms().unwrap_or_default();
         let parsed =
             introspector.parse_response(response.status, &response.body, body_size, now_ms);
@@ -737,7 +757,12 @@ impl Context for Stream {
             }
             Err(error) => worker.engine.introspected(pending, Answer::Failed(*error)),
         };
-        let raw = host::headers_raw(Map::RequestHeaders).unwrap_or_default();
+        // Readable: a request past Kong's cap was refused at its headers, and nothing adds
+        // headers to one paused here.
+        let raw = host::headers_raw_capped(Map::RequestHeaders, self.request_headers)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let mut headers = fields(&raw);
         let kong_raw = self.kong_target.as_ref().map(|target| target.raw.clone());
         if let Some(target) = &kong_raw {
@@ -749,6 +774,7 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, num_headers: usize, _end_of_stream: bool) -> Action {
+        self.request_headers = num_headers;
         let raw = match host::headers_raw_capped(Map::RequestHeaders, num_headers) {
             Ok(Some(raw)) => raw,
             // Kong would write past its buffer (`host::whole_map_readable`).

@@ -629,6 +629,12 @@ impl HeaderSecurity {
         headers
     }
 
+    /// 431 for a request whose headers the host cannot hand over whole (Kong past its cap,
+    /// `host::whole_map_readable`), when a check needs more than a few of them by name.
+    pub fn too_many_headers(&self, state: &mut StreamState) -> LocalReply {
+        self.refusal(state, &LimitExceeded::TooManyHeaders)
+    }
+
     fn refusal(&self, state: &mut StreamState, exceeded: &LimitExceeded) -> LocalReply {
         let mut reply = ErrorReply::new(exceeded.status(), exceeded.reason());
         if let LimitExceeded::MethodNotAllowed(allow) = exceeded {

@@ -222,10 +222,15 @@ impl HttpContext for Stream {
                 }
             });
         }
-        // Unread (Kong could not hand it over, `host::whole_map_readable`): incomplete.
-        let raw = read_capped(Map::RequestHeaders, num_headers);
-        let headers = raw.as_deref().map(fields).unwrap_or_default();
-        let complete = raw.is_some() && !host::header_map_may_be_truncated(headers.len());
+        // Kong cannot hand this map over whole (`host::whole_map_readable`), and the checks
+        // configured need more than a few headers by name: 431, as Envoy answers a request
+        // over its default 100 headers.
+        let Some(raw) = read_capped(Map::RequestHeaders, num_headers) else {
+            let local = engine.too_many_headers(state);
+            return reply(&local, Phase::RequestHeaders(num_headers));
+        };
+        let headers = fields(&raw);
+        let complete = !host::header_map_may_be_truncated(headers.len());
         match engine.on_request_headers(&headers, complete, &mut rng, &mut host_values, state) {
             RequestVerdict::Continue(edits) => {
                 host::warn_if_refused(

@@ -414,14 +414,14 @@ impl Context for Stream {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
         if !self.expects(token_id) {
             return;
         }
-        let response = callout::http_call_response(body_size, MAX_ANSWER);
+        let response = callout::http_call_response(num_headers, body_size, MAX_ANSWER);
         // lyft/ratelimit answers 200 for OK and 429 for OVER_LIMIT, both with the JSON body.
         let answer = match response.status {
             Some(200 | 429) => RateLimitResponse::from_json(&response.body)

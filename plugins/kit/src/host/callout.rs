@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use super::{abi, check, headers_raw, HostError, Map};
+use super::{abi, check, HostError, Map};
 use crate::header_pairs::{decode_borrowed, get, Fields};
 
 /// An HTTP call-out: where it goes and what it sends.
@@ -107,11 +107,27 @@ impl CalloutResponse {
     }
 }
 
-/// Reads the current call-out's answer. `body_size` is the size the host passed to
-/// `on_http_call_response`; bodies larger than `max_body` are cut to it (check the length
+/// Reads the current call-out's answer. `num_headers` and `body_size` are what the host passed
+/// to `on_http_call_response`; bodies larger than `max_body` are cut to it (check the length
 /// against `body_size` to see it happened).
-pub fn http_call_response(body_size: usize, max_body: usize) -> CalloutResponse {
-    let headers = headers_raw(Map::HttpCallResponseHeaders).unwrap_or_default();
+pub fn http_call_response(
+    num_headers: usize,
+    body_size: usize,
+    max_body: usize,
+) -> CalloutResponse {
+    // A map Kong would cut is not read whole (it writes past its buffer, `whole_map_readable`):
+    // then only `:status`, by name.
+    let headers = match super::headers_raw_capped(Map::HttpCallResponseHeaders, num_headers) {
+        Ok(Some(headers)) => headers,
+        Ok(None) => super::header(Map::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .map(|status| {
+                crate::header_pairs::encode(&[(b":status".as_slice(), status.as_slice())])
+            })
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
     let status = decode_borrowed(&headers)
         .and_then(|fields| {
             std::str::from_utf8(get(&fields, ":status")?)

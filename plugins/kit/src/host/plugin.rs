@@ -34,7 +34,13 @@ pub trait Plugin: 'static {
 
     /// The answer to an HTTP call-out the root context made (from `on_tick`): both hosts
     /// deliver it to the root context. Read it with `callout::http_call_response`.
-    fn on_root_http_call_response(_engine: &Self::Engine, _token: u32, _body_size: usize) {}
+    fn on_root_http_call_response(
+        _engine: &Self::Engine,
+        _token: u32,
+        _num_headers: usize,
+        _body_size: usize,
+    ) {
+    }
 }
 
 /// Sets up logging and registers the plugin's root context. Call from `proxy_wasm::main!`.
@@ -57,12 +63,12 @@ impl<P: Plugin> Context for PluginRoot<P> {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
         if let Some(engine) = &self.engine {
-            P::on_root_http_call_response(engine, token_id, body_size);
+            P::on_root_http_call_response(engine, token_id, num_headers, body_size);
         }
     }
 }
