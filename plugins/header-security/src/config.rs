@@ -105,7 +105,8 @@ pub struct LimitsConfig {
     pub allowed_methods: Vec<String>,
     /// Hosts served (403 for others, and for a Host that is not a host name or bracketed IPv6
     /// address with an optional numeric port): `api.example.com`, `*.example.com`, optionally
-    /// with `:port`. Empty: any host.
+    /// with `:port` (an entry without one matches any port; `:80` and `:443` are refused, since
+    /// clients leave a default port out). Empty: any host.
     pub allowed_hosts: Vec<String>,
 }
 

@@ -135,6 +135,16 @@ impl RequestLimits {
         problems.field("allowed_hosts", |p| {
             for (i, host) in config.allowed_hosts.iter().enumerate() {
                 match HostPattern::parse(host) {
+                    // Clients leave a default port out of Host (RFC 9110 §4.2), so such an
+                    // entry would refuse every request it was written for.
+                    Some(HostPattern {
+                        port: Some(port @ (80 | 443)),
+                        ..
+                    }) => p.index(i, |p| {
+                        p.push(format!(
+                            "{host:?} names the default port :{port}, which clients leave out of Host: write the host alone (it matches any port)"
+                        ))
+                    }),
                     Some(pattern) => hosts.push(pattern),
                     None => p.index(i, |p| {
                         p.push(format!(
@@ -520,7 +530,7 @@ mod tests {
     #[test]
     fn bad_limits_are_refused() {
         let config: LimitsConfig = serde_json::from_str(
-            r#"{"max_body_bytes":0,"max_header_count":0,"allowed_methods":["get"],"allowed_hosts":["a.com:x",""]}"#,
+            r#"{"max_body_bytes":0,"max_header_count":0,"allowed_methods":["get"],"allowed_hosts":["a.com:x","","a.com:443","*.b.com:80"]}"#,
         )
         .unwrap();
         let mut problems = Problems::default();
@@ -529,7 +539,9 @@ mod tests {
             problems.into_result().unwrap_err().to_string(),
             "max_body_bytes: must be at least 1; max_header_count: must be at least 1; allowed_methods[0]: \"get\" is not an upper-case HTTP method; \
              allowed_hosts[0]: \"a.com:x\" is not a host, *.domain, optionally with :port; \
-             allowed_hosts[1]: \"\" is not a host, *.domain, optionally with :port"
+             allowed_hosts[1]: \"\" is not a host, *.domain, optionally with :port; \
+             allowed_hosts[2]: \"a.com:443\" names the default port :443, which clients leave out of Host: write the host alone (it matches any port); \
+             allowed_hosts[3]: \"*.b.com:80\" names the default port :80, which clients leave out of Host: write the host alone (it matches any port)"
         );
     }
 }
