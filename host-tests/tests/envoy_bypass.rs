@@ -338,23 +338,7 @@ fn normalize_path_resolves_dot_segments_and_decodes_unreserved() {
 #[test]
 fn merge_slashes_closes_the_double_slash_tricks() {
     let seen = observe(json!({"normalize_path": true, "merge_slashes": true}));
-    assert_eq!(
-        seen,
-        vec![
-            ("/public/../admin/users", Seen::Target),
-            ("/admin/./users", Seen::Target),
-            ("/public/%2e%2e/admin/users", Seen::Target),
-            ("/public/%2E%2E/admin/users", Seen::Target),
-            ("/%61dmin/users", Seen::Target),
-            ("//admin/users", Seen::Target),
-            ("/admin//users", Seen::Target),
-            ("/ADMIN/users", other("/ADMIN/users")),
-            ("/admin./users", other("/admin./users")),
-            ("/admin%2Fusers", other("/admin%2Fusers")),
-            ("/admin%2fusers", other("/admin%2fusers")),
-            ("/admin%5Cusers", other("/admin%5Cusers")),
-        ]
-    );
+    assert_eq!(seen, resolved_by_the_plugin());
 }
 
 /// Istio's `DECODE_AND_MERGE_SLASHES`: escaped slashes decoded too, and forwarded.
