@@ -12,22 +12,34 @@ use crate::plugins::PluginInfo;
 pub enum InputError {
     #[error("not JSON or YAML: {0}")]
     Syntax(String),
+    /// A file that starts as JSON is read as the plugin reads it: as JSON only. YAML would
+    /// accept trailing commas, comments and unquoted keys the plugin refuses.
+    #[error("not valid JSON: {0}")]
+    Json(String),
     #[error("a WasmPlugin has no spec")]
     NoSpec,
 }
 
-/// The configurations of `plugin` a file holds: the file itself (JSON or YAML object), or each
-/// `WasmPlugin` document's `spec.pluginConfig` (`{}` when absent), with a label for messages.
-/// A `WasmPlugin` whose `spec.url` names another Palisade plugin is skipped: a rendered
-/// manifest holds all five. YAML is read as Kubernetes reads it (YAML 1.1 scalars,
-/// [`crate::kube_yaml`]), and read as the plugin reads it, as [`Tree`]s: a key given twice is
-/// still there to be refused.
+/// The configurations of `plugin` a file holds: the file itself (JSON or YAML object; empty
+/// reads as `{}`, as the plugin reads it), or each `WasmPlugin`'s `spec.pluginConfig` (`{}`
+/// when absent or null, as Kubernetes drops a null field), in YAML or JSON (`kubectl get -o
+/// json`), with a label for messages. A `WasmPlugin` whose `spec.url` names another Palisade
+/// plugin is skipped: a rendered manifest holds all five. YAML is read as Kubernetes reads it
+/// (YAML 1.1 scalars, [`crate::kube_yaml`]), and read as the plugin reads it, as [`Tree`]s: a
+/// key given twice is still there to be refused.
 pub fn configs_in(text: &str, plugin: &PluginInfo) -> Result<Vec<(String, Tree)>, InputError> {
-    if let Ok(tree) = serde_json::from_str::<Tree>(text) {
-        return Ok(vec![(String::new(), tree)]);
+    if text.trim().is_empty() {
+        return Ok(vec![(String::new(), Tree::Object(Vec::new()))]);
     }
-    let documents =
-        crate::kube_yaml::documents(text).map_err(|err| InputError::Syntax(err.to_string()))?;
+    let documents = match serde_json::from_str::<Tree>(text) {
+        Ok(tree) => vec![tree],
+        Err(err) if text.trim_start().starts_with(['{', '[']) => {
+            return Err(InputError::Json(err.to_string()))
+        }
+        Err(_) => {
+            crate::kube_yaml::documents(text).map_err(|err| InputError::Syntax(err.to_string()))?
+        }
+    };
     let mut found = Vec::new();
     for (i, tree) in documents.into_iter().enumerate() {
         if tree == Tree::Null {
@@ -44,10 +56,10 @@ pub fn configs_in(text: &str, plugin: &PluginInfo) -> Result<Vec<(String, Tree)>
             if text(spec.get("url")).is_some_and(|url| names_another_plugin(&url, plugin)) {
                 continue;
             }
-            let config = spec
-                .get("pluginConfig")
-                .cloned()
-                .unwrap_or(Tree::Object(Vec::new()));
+            let config = match spec.get("pluginConfig") {
+                None | Some(Tree::Null) => Tree::Object(Vec::new()),
+                Some(config) => config.clone(),
+            };
             found.push((format!("WasmPlugin {name}: "), config));
         } else if tree.get("kind").is_none() {
             found.push((

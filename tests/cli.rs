@@ -129,6 +129,66 @@ fn validate_refuses_what_is_not_a_config() {
     );
 }
 
+/// A file that starts as JSON is read as the plugins read it, as JSON only: YAML would let a
+/// trailing comma, a comment or a single quote through, and Envoy would then refuse the config.
+#[test]
+fn validate_reads_json_as_the_plugin_does() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, json) in [
+        ("comma.json", r#"{"limits":[],}"#),
+        ("comment.json", "{\"limits\": [] # none\n}"),
+        ("quotes.json", "{'limits': []}"),
+    ] {
+        let file = write(&dir, name, json);
+        let out = palisade(&["validate", "rate-limit", &file]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(out.stdout.is_empty(), "{name}");
+        assert!(
+            text(&out.stderr).starts_with(&format!("{file}: not valid JSON: ")),
+            "{name}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+/// What the plugin reads as `{}` is `{}` here too: an empty file, and a WasmPlugin whose
+/// `pluginConfig` is null (Kubernetes drops the field). A WasmPlugin in JSON, as `kubectl get
+/// -o json` prints it, is read as a WasmPlugin.
+#[test]
+fn validate_reads_empty_configs_and_json_wasm_plugins_as_the_cluster_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(&dir, "empty.json", "\n");
+    let out = palisade(&["validate", "header-security", &empty]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{empty}: valid palisade-header-security configuration\n")
+    );
+
+    let null = write(
+        &dir,
+        "null.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: hs\nspec:\n  pluginConfig:\n    # all commented out\n",
+    );
+    let out = palisade(&["validate", "header-security", &null]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let json = write(
+        &dir,
+        "wasmplugin.json",
+        r#"{"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": {"name": "hs"},
+            "spec": {"pluginConfig": {"security_headers": {"preset": "loud"}}}}"#,
+    );
+    let out = palisade(&["validate", "header-security", &json]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{json}: WasmPlugin hs: security_headers.preset: ")),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn schema_is_json_that_refuses_unknown_fields() {
     let out = palisade(&["schema", "audit"]);
