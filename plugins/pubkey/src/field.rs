@@ -163,8 +163,8 @@ impl<const N: usize> Modulus<N> {
 }
 
 impl<const N: usize> Modulus<N> {
-    /// `a^-1 mod m` for a plain `0 < a < m`, plain; 0 if there is none (a = 0, or a not
-    /// below m). Binary extended Euclid: shifts and subtractions, 10-20 times cheaper than
+    /// `a^-1 mod m` for a plain `0 < a < m`, plain; 0 if there is none (a = 0, a not below
+    /// m, or, were m not prime, a sharing a factor with it). Binary extended Euclid: shifts and subtractions, 10-20 times cheaper than
     /// Fermat's exponentiation on wasm32, and fine in variable time on public values.
     pub(crate) fn invert_plain(&self, a: &[u32; N]) -> [u32; N] {
         let mut one = [0u32; N];
@@ -199,6 +199,10 @@ impl<const N: usize> Modulus<N> {
                 x2 = self.sub(&x2, &x1);
             } else {
                 u = sub(&u, &v).0;
+                // u = v, both odd and not 1, is a common factor: 0 would never stop halving.
+                if is_zero(&u) {
+                    return [0; N];
+                }
                 x1 = self.sub(&x1, &x2);
             }
         }
@@ -378,6 +382,16 @@ mod tests {
         // Below p: clear the top bit.
         x[7] &= 0x7fff_ffff;
         x
+    }
+
+    /// Every modulus here is prime, but a value sharing a factor with a composite one must
+    /// come back as "no inverse", not loop forever.
+    #[test]
+    fn a_value_without_an_inverse_gives_zero() {
+        let fifteen = Modulus::<1>::new([15]);
+        assert_eq!(fifteen.invert_plain(&[3]), [0]);
+        assert_eq!(fifteen.invert_plain(&[5]), [0]);
+        assert_eq!(fifteen.invert_plain(&[2]), [8]);
     }
 
     #[test]

@@ -463,6 +463,14 @@ mod tests {
         Jwt::PS512,
     ];
 
+    /// The keys are the sizes the tests rely on: OpenSSL 3 once rounded the 2049-bit key down
+    /// to 2048, and PSS's short encoding and the odd limb count went untested.
+    #[test]
+    fn the_test_keys_have_the_sizes_they_are_named_for() {
+        let bits: Vec<usize> = KEYS.iter().map(|der| public(der).0.bits()).collect();
+        assert_eq!(bits, [2048, 2049, 3072, 4096]);
+    }
+
     #[test]
     fn signatures_from_an_independent_signer_verify_for_every_key_size_and_algorithm() {
         for der in KEYS {
