@@ -3,7 +3,8 @@
 //! token, except the named cases where palisade-auth is deliberately stricter. Each exception is
 //! listed in `STRICTER` with its reason, and documented in docs/auth.md. (Envoy 1.40 accepts a
 //! signed token with a `crit` header, an `iat` an hour ahead and a 12 KB token; it refuses
-//! padded base64url and every other case here, as palisade-auth does.)
+//! padded base64url, a PS256 salt shorter than the hash and every other case here, as
+//! palisade-auth does.)
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -143,6 +144,11 @@ fn corpus() -> Vec<(&'static str, Option<String>)> {
             rs.sign(&with(json!({"pad": "x".repeat(9000)}))),
         ),
     ];
+    // RFC 7518 §3.5 fixes PSS's salt at the hash's length; jwt_authn holds to it too.
+    tokens.push((
+        "PS256 with an empty salt",
+        ps256_with_salt(0, &claims(now())),
+    ));
     // A crit header, validly signed: built by hand over the RS256 key.
     if let Some(entry) = tokens
         .iter_mut()
@@ -162,6 +168,53 @@ fn corpus() -> Vec<(&'static str, Option<String>)> {
     v.extend(tokens.into_iter().map(|(n, t)| (n, Some(t))));
     v
 }
+
+/// A PS256 token signed with a salt of `salt_len` bytes (jsonwebtoken always uses 32).
+fn ps256_with_salt(salt_len: usize, claims: &Value) -> String {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::sha2::{Digest, Sha256};
+    let header = b64(r#"{"alg":"PS256","kid":"rsa-1","typ":"JWT"}"#);
+    let signing_input = format!("{header}.{}", b64(&claims.to_string()));
+    let key = rsa::RsaPrivateKey::from_pkcs1_der(auth_tokens::RSA).unwrap();
+    let signature = key
+        .sign_with_rng(
+            &mut FixedRng(7),
+            rsa::Pss::new_with_salt::<Sha256>(salt_len),
+            &Sha256::digest(signing_input.as_bytes()),
+        )
+        .unwrap();
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+/// Deterministic bytes for the signer's blinding and salt: a test token needs no secrecy.
+struct FixedRng(u64);
+
+impl rsa::rand_core::RngCore for FixedRng {
+    fn next_u32(&mut self) -> u32 {
+        self.next_u64() as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        // xorshift64
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for byte in dest {
+            *byte = self.next_u64() as u8;
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rsa::rand_core::CryptoRng for FixedRng {}
 
 fn native_jwt_authn() -> Value {
     json!({"name": "envoy.filters.http.jwt_authn",
