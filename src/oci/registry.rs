@@ -115,16 +115,34 @@ impl Target {
 
     /// Is the host loopback (`localhost`, `127.0.0.0/8`, `[::1]`)?
     pub fn is_loopback(&self) -> bool {
-        let host = match self.host.rsplit_once(':') {
-            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-            _ => self.host.as_str(),
-        };
-        host == "localhost"
-            || host == "[::1]"
-            || host
-                .parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        is_loopback_authority(&self.host)
     }
+}
+
+/// Is `host[:port]` loopback (`localhost`, `127.0.0.0/8`, `[::1]`)?
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    host == "localhost"
+        || host == "[::1]"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Is `url` plain HTTP to a loopback host? (`http://127.0.0.1:5001/token`; a userinfo part
+/// does not count as the host.)
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    is_loopback_authority(host)
 }
 
 /// A client for one registry.
@@ -356,10 +374,10 @@ impl Registry {
             .find(|(k, _)| k == "realm")
             .map(|(_, v)| v.clone())
             .ok_or_else(|| PushError::Auth("bearer challenge without a realm".to_owned()))?;
-        // A token realm in clear is fine only next to a loopback registry.
-        let allowed =
-            realm.starts_with("https://") || (realm.starts_with("http://") && self.loopback);
-        if !allowed {
+        // Credentials go to a token realm in clear only on loopback, whatever the registry's
+        // own host: a loopback registry (a port-forward) may name a remote token service.
+        let allowed = realm.starts_with("https://") || is_loopback_http(&realm);
+        if !allowed && (basic.is_some() || !realm.starts_with("http://")) {
             return Err(PushError::Auth(format!(
                 "refusing the token realm {realm:?}: not HTTPS"
             )));
@@ -616,6 +634,42 @@ mod tests {
         assert_eq!(
             percent_encode("repository:a/b:pull,push"),
             "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
+    }
+
+    #[test]
+    fn a_token_realm_in_clear_is_loopback_or_refused() {
+        for realm in [
+            "http://127.0.0.1:5001/token",
+            "http://localhost/token?x=1",
+            "http://[::1]:5001/token",
+        ] {
+            assert!(is_loopback_http(realm), "{realm}");
+        }
+        for realm in [
+            "http://192.0.2.2:5598/token",
+            "http://localhost.example.com/token",
+            "http://127.0.0.1@evil.example/token",
+            "https://127.0.0.1/token",
+            "http://10.0.0.1",
+        ] {
+            assert!(!is_loopback_http(realm), "{realm}");
+        }
+        // A loopback registry (a port-forward) naming a remote token service in clear.
+        let registry = Registry::new(
+            &Target::parse("127.0.0.1:5000").unwrap(),
+            true,
+            Some(Credentials {
+                username: "u".into(),
+                password: "p".into(),
+            }),
+        );
+        let refused = registry
+            .answer(r#"Bearer realm="http://192.0.2.2:5598/token",service="r""#)
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            r#"refusing the token realm "http://192.0.2.2:5598/token": not HTTPS"#
         );
     }
 
