@@ -249,13 +249,27 @@ fn push(
             .iter()
             .map(|plugin| plugin.full_name)
             .chain([palisade::package::KONG_FILTERS_IMAGE]);
+        // Every layout read and every tag checked before the first push: a missing package or
+        // a taken tag must not leave the registry with some plugins of this build only.
+        let mut all = Vec::new();
         for name in names {
             let images = layout::read(&dir.join(name))
                 .map_err(|err| format!("{err}; run `palisade package` first"))?;
-            let repository = target.repository(name);
-            for (tag, image) in &images {
+            all.push((name, target.repository(name), images));
+        }
+        if !overwrite {
+            for (_, repository, images) in &all {
+                for (tag, image) in images {
+                    client
+                        .check_tag(repository, tag, image)
+                        .map_err(|err| err.to_string())?;
+                }
+            }
+        }
+        for (name, repository, images) in &all {
+            for (tag, image) in images {
                 let digest = client
-                    .push(&repository, tag, image, overwrite)
+                    .push(repository, tag, image, overwrite)
                     .map_err(|err| err.to_string())?;
                 println!("{}:{tag}@{digest}", target.image(name));
             }

@@ -339,10 +339,9 @@ fn packaging_twice_gives_the_same_bytes() {
 fn push_follows_a_bearer_challenge() {
     let registry = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let addr = registry.server_addr().to_ip().unwrap();
-    let layouts = tempfile::tempdir().unwrap();
+    let (layouts, packaged) = built_layouts();
     let plugin = &ALL[0];
-    let images = palisade::package::images(plugin, b"\0asm\x01\0\0\0", "test").unwrap();
-    palisade::oci::layout::write(&layouts.path().join(plugin.full_name), &images.tagged()).unwrap();
+    let images = &packaged.plugins[0];
 
     let server = std::thread::spawn(move || {
         let mut seen = Vec::new();
@@ -386,7 +385,8 @@ fn push_follows_a_bearer_challenge() {
                 tiny_http::Response::empty(202)
                     .with_header(header("Location", "/upload/1?_state=x"))
             } else if url.contains("/manifests/") {
-                let stop = url.ends_with("-compat");
+                // The Kong filters image goes last.
+                let stop = url.contains(palisade::package::KONG_FILTERS_IMAGE);
                 let _ = request.respond(tiny_http::Response::empty(201));
                 if stop {
                     return (seen, token_basic);
@@ -400,7 +400,6 @@ fn push_follows_a_bearer_challenge() {
         (seen, token_basic)
     });
 
-    // Only this plugin's layout exists: push stops with an error at the next one.
     let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args([
             "push",
@@ -410,7 +409,7 @@ fn push_follows_a_bearer_challenge() {
             "ci",
             "--dir",
         ])
-        .arg(layouts.path())
+        .arg(layouts.path().join("oci"))
         .env("PALISADE_REGISTRY_PASSWORD", "secret")
         .output()
         .unwrap();
@@ -435,9 +434,20 @@ fn push_follows_a_bearer_challenge() {
             .any(|s| s.starts_with("PUT /upload/1?_state=x&digest=sha256:")),
         "{seen:?}"
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.contains("run `palisade package` first"), "{stderr}");
+    assert_eq!(stdout.lines().count(), ALL.len() * 2 + 1, "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every layout `palisade package` writes, from the built plugins.
+fn built_layouts() -> (tempfile::TempDir, palisade::package::Packaged) {
+    let dir = tempfile::tempdir().unwrap();
+    let packaged = palisade::package::package(&wasm_dir(), &dir.path().join("oci")).unwrap();
+    (dir, packaged)
 }
 
 #[test]
@@ -472,15 +482,15 @@ fn push_refuses_a_url_for_a_registry_and_a_missing_layout() {
 }
 
 /// A tag holding an OCI index (or any manifest kind) is seen as taken: a registry answers 404
-/// when the request does not accept the stored kind, which must not read as a free tag.
+/// when the request does not accept the stored kind, which must not read as a free tag. Every
+/// tag is checked before anything is written: the last image's taken tag stops the push
+/// before the first upload.
 #[test]
 fn push_sees_a_tag_held_by_another_kind_of_manifest() {
     let registry = tiny_http::Server::http("127.0.0.1:0").unwrap();
     let addr = registry.server_addr().to_ip().unwrap();
-    let layouts = tempfile::tempdir().unwrap();
-    let plugin = &ALL[0];
-    let images = palisade::package::images(plugin, b"\0asm\x01\0\0\0", "test").unwrap();
-    palisade::oci::layout::write(&layouts.path().join(plugin.full_name), &images.tagged()).unwrap();
+    let (layouts, _) = built_layouts();
+    let taken = palisade::package::KONG_FILTERS_IMAGE;
     let index_digest = format!("sha256:{}", "ab".repeat(32));
     let held = index_digest.clone();
     let server = std::thread::spawn(move || {
@@ -496,6 +506,10 @@ fn push_sees_a_tag_held_by_another_kind_of_manifest() {
                 .iter()
                 .any(|h| h.field.equiv("accept") && h.value.as_str().contains("image.index"));
             if request.method().as_str() == "HEAD" && url.contains("/manifests/") {
+                if !url.contains(taken) {
+                    let _ = request.respond(tiny_http::Response::empty(404));
+                    continue;
+                }
                 // As Distribution does for a tag whose stored manifest is an index.
                 let response = if accepts_index {
                     tiny_http::Response::empty(200).with_header(
@@ -511,7 +525,7 @@ fn push_sees_a_tag_held_by_another_kind_of_manifest() {
                 let _ = request.respond(response);
                 return puts;
             }
-            if request.method().as_str() == "PUT" {
+            if matches!(request.method().as_str(), "PUT" | "POST") {
                 puts += 1;
             }
             let _ = request.respond(tiny_http::Response::empty(404));
@@ -520,16 +534,20 @@ fn push_sees_a_tag_held_by_another_kind_of_manifest() {
     });
     let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["push", &format!("{addr}/ns"), "--plain-http", "--dir"])
-        .arg(layouts.path())
+        .arg(layouts.path().join("oci"))
         .output()
         .unwrap();
     assert_eq!(server.join().unwrap(), 0, "nothing was written");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
         stderr.contains(&format!(
-            "ns/{}:{VERSION} already names {index_digest}",
-            plugin.full_name
+            "ns/{taken}:{VERSION} already names {index_digest}"
         )),
         "{stderr}"
     );

@@ -191,15 +191,7 @@ impl Registry {
         overwrite: bool,
     ) -> Result<Digest, PushError> {
         if !overwrite {
-            if let Some(existing) = self.tag_digest(repository, tag)? {
-                if existing != image.digest().to_string() {
-                    return Err(PushError::TagTaken {
-                        reference: format!("{repository}:{tag}"),
-                        existing,
-                        ours: image.digest().to_string(),
-                    });
-                }
-            }
+            self.check_tag(repository, tag, image)?;
         }
         for blob in image.blobs() {
             if !self.has_blob(repository, &blob.digest)? {
@@ -222,6 +214,25 @@ impl Registry {
                 )))
             }
             _ => Ok(image.digest().clone()),
+        }
+    }
+
+    /// Refuses a `tag` that already names content other than `image` (the same image again is
+    /// fine). Checked for every image before any is pushed, so a taken tag stops a push
+    /// before it half-happens.
+    pub fn check_tag(
+        &mut self,
+        repository: &str,
+        tag: &str,
+        image: &Image,
+    ) -> Result<(), PushError> {
+        match self.tag_digest(repository, tag)? {
+            Some(existing) if existing != image.digest().to_string() => Err(PushError::TagTaken {
+                reference: format!("{repository}:{tag}"),
+                existing,
+                ours: image.digest().to_string(),
+            }),
+            _ => Ok(()),
         }
     }
 
