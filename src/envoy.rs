@@ -88,6 +88,10 @@ pub fn wasm_filter_config(name: &str, wasm: &Path, configuration: &str) -> Value
     })
 }
 
+/// The cluster of a [`Bootstrap`]'s upstream: the route's, and the one a plugin's call-outs
+/// can name.
+pub const UPSTREAM_CLUSTER: &str = "upstream";
+
 /// An Envoy that answers every request itself (200, a small JSON body, and the headers an app
 /// server typically sends): an upstream that is never the bottleneck of a benchmark.
 pub fn direct_response_config(port: u16) -> Value {
@@ -196,7 +200,7 @@ impl Bootstrap {
                                     "routes": [{
                                         "name": "default",
                                         "match": {"prefix": "/"},
-                                        "route": {"cluster": "upstream"},
+                                        "route": {"cluster": UPSTREAM_CLUSTER},
                                         "typed_per_filter_config": self.route_filter_configs,
                                     }],
                                 }],
@@ -206,11 +210,11 @@ impl Bootstrap {
                     }]}],
                 }],
                 "clusters": [{
-                    "name": "upstream",
+                    "name": UPSTREAM_CLUSTER,
                     "type": "STATIC",
                     "connect_timeout": "1s",
                     "load_assignment": {
-                        "cluster_name": "upstream",
+                        "cluster_name": UPSTREAM_CLUSTER,
                         "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                             "address": self.upstream.ip().to_string(),
                             "port_value": self.upstream.port(),

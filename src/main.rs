@@ -3,6 +3,7 @@
 // A command line prints; it is not a request path.
 #![allow(clippy::print_stdout)]
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -336,6 +337,15 @@ fn validate_file(plugin: &PluginInfo, file: &std::path::Path) -> ExitCode {
 
 fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) -> ExitCode {
     let result = (|| -> Result<(), String> {
+        // Handled from the start: Ctrl-C, a `kill` or a closed terminal while Envoy starts or
+        // serves ends this function, whose drops kill Envoy and remove its directory. (Envoy
+        // ignores SIGHUP, and nothing else would stop it.)
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let stop = Arc::clone(&stop);
+            ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+                .map_err(|err| format!("cannot handle signals: {err}"))?;
+        }
         let binary = binary.unwrap_or_else(|| envoy::default_binary(std::path::Path::new(".")));
         let upstream =
             EchoUpstream::start_unrecorded(0).map_err(|err| format!("demo upstream: {err}"))?;
@@ -357,6 +367,10 @@ fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) 
         };
         let mut envoy = EnvoyProcess::start(&binary, &bootstrap, dir.path(), concurrency)
             .map_err(|err| err.to_string())?;
+        if stop.load(Ordering::SeqCst) {
+            envoy.stop();
+            return Ok(());
+        }
         let chain: Vec<_> = plugins::ALL.iter().map(|p| p.full_name).collect();
         // The port Envoy bound (`--port 0` lets the kernel choose).
         let port = envoy.port();
@@ -378,12 +392,6 @@ fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) 
         );
         println!();
         println!("Ctrl-C stops Envoy and the demo upstream.");
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let stop = Arc::clone(&stop);
-            ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
-                .map_err(|err| format!("cannot handle Ctrl-C: {err}"))?;
-        }
         while !stop.load(Ordering::SeqCst) {
             if let Some(status) = envoy.exited() {
                 // The log goes with the temporary directory: show its end.
@@ -398,7 +406,8 @@ fn run(port: u16, binary: Option<PathBuf>, wasm_dir: PathBuf, concurrency: u32) 
             std::thread::sleep(Duration::from_millis(100));
         }
         envoy.stop();
-        println!("\nstopped");
+        // Not println!: after SIGHUP the terminal may be gone, and a failed print panics.
+        let _ = writeln!(std::io::stdout(), "\nstopped");
         Ok(())
     })();
     match result {

@@ -36,18 +36,31 @@ pub struct PluginInfo {
 impl PluginInfo {
     /// The plugin's configuration in `palisade run`'s demo: its example, except that auth lets
     /// a request without credentials through (the example refuses it, as a deployment should),
-    /// so the demo's plain `curl`s reach the upstream.
+    /// so the demo's plain `curl`s reach the upstream, and audit ships to the demo upstream.
     pub fn demo_config(&self) -> String {
-        if self.name != "auth" {
+        let Ok(serde_json::Value::Object(mut config)) =
+            serde_json::from_str::<serde_json::Value>(self.example_config)
+        else {
             return self.example_config.to_owned();
-        }
-        match serde_json::from_str::<serde_json::Value>(self.example_config) {
-            Ok(serde_json::Value::Object(mut config)) => {
+        };
+        match self.name {
+            "auth" => {
                 config.insert("allow_missing".to_owned(), serde_json::Value::Bool(true));
-                serde_json::Value::Object(config).to_string()
             }
-            _ => self.example_config.to_owned(),
+            // The example ships to a Kafka REST proxy's cluster, which the demo's Envoy does
+            // not have: its batches go to the demo upstream instead (it answers 200).
+            "audit" => {
+                if let Some(sink) = config
+                    .get_mut("sink")
+                    .and_then(|sink| sink.get_mut("kafka_rest"))
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    sink.insert("upstream".to_owned(), crate::envoy::UPSTREAM_CLUSTER.into());
+                }
+            }
+            _ => return self.example_config.to_owned(),
         }
+        serde_json::Value::Object(config).to_string()
     }
 
     /// The JSON Schema of the plugin's configuration.
