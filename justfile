@@ -32,9 +32,9 @@ setup: setup-demo
     rustup target add wasm32-unknown-unknown >/dev/null
     rustup component add clippy rustfmt >/dev/null
     # The OCI registry test pushes to Debian's docker-registry on loopback and pulls with skopeo.
-    if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null; then
-        echo "installing docker-registry and skopeo (the OCI packaging test)"
-        "{{just_executable()}}" apt-install docker-registry skopeo
+    if ! command -v docker-registry >/dev/null || ! command -v skopeo >/dev/null || ! command -v openssl >/dev/null; then
+        echo "installing docker-registry, skopeo and openssl (the OCI packaging and push tests)"
+        "{{just_executable()}}" apt-install docker-registry skopeo openssl
     fi
     # palisade-rate-limit's global-mode tests run a loopback rate-limit service backed by redis.
     if ! command -v redis-server >/dev/null; then

@@ -86,6 +86,9 @@ enum Command {
         /// Where `palisade package` wrote the layouts.
         #[arg(long, default_value = "target/oci")]
         dir: PathBuf,
+        /// Trust only the CA certificates in this PEM file (a registry with a private CA).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// Registry username; the password comes from $PALISADE_REGISTRY_PASSWORD or stdin.
         #[arg(long)]
         username: Option<String>,
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
             registry,
             plain_http,
             dir,
+            ca_file,
             username,
             password_stdin,
             overwrite,
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
             &registry,
             plain_http,
             &dir,
+            ca_file.as_deref(),
             username,
             password_stdin,
             overwrite,
@@ -220,6 +225,7 @@ fn push(
     registry: &str,
     plain_http: bool,
     dir: &std::path::Path,
+    ca_file: Option<&std::path::Path>,
     username: Option<String>,
     password_stdin: bool,
     overwrite: bool,
@@ -246,6 +252,11 @@ fn push(
             }
         };
         let mut client = registry::Registry::new(&target, plain_http, credentials);
+        if let Some(ca_file) = ca_file {
+            let pem = std::fs::read(ca_file)
+                .map_err(|err| format!("--ca-file {}: {err}", ca_file.display()))?;
+            client = client.trusting(&pem).map_err(|err| err.to_string())?;
+        }
         let names = plugins::ALL
             .iter()
             .map(|plugin| plugin.full_name)

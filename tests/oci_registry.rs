@@ -552,3 +552,166 @@ fn push_sees_a_tag_held_by_another_kind_of_manifest() {
         "{stderr}"
     );
 }
+
+/// `openssl s_server` on a free loopback port with a certificate from a CA of its own; it
+/// closes each connection right after the handshake (its stdin is empty). Killed on drop.
+struct PrivateCaServer {
+    child: Child,
+    port: u16,
+    ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateCaServer {
+    fn start() -> Self {
+        require("openssl");
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            run(Command::new("openssl").args(args).current_dir(dir.path()));
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=palisade-test-ca",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign",
+                ],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "server.key",
+                    "-out",
+                    "server.csr",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            at("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+        ]);
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-cert",
+                "server.pem",
+                "-key",
+                "server.key",
+            ])
+            .args(["-accept", &format!("127.0.0.1:{port}")])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            assert!(Instant::now() < deadline, "openssl s_server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            ca: at("ca.pem"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PrivateCaServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registry whose certificate comes from a private CA: refused as an unknown issuer with the
+/// public roots, trusted with `--ca-file` (the handshake succeeds; this server then hangs up).
+#[test]
+fn push_trusts_a_private_ca_given_with_ca_file() {
+    let server = PrivateCaServer::start();
+    let (layouts, _) = built_layouts();
+    let push = |extra: &[&std::ffi::OsStr]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["push", &format!("127.0.0.1:{}/ns", server.port), "--dir"])
+            .arg(layouts.path().join("oci"))
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let refused = push(&[]);
+    assert!(
+        refused.ends_with("io: invalid peer certificate: UnknownIssuer\n"),
+        "{refused}"
+    );
+    let trusted = push(&["--ca-file".as_ref(), server.ca.as_os_str()]);
+    assert!(trusted.ends_with("io: Peer disconnected\n"), "{trusted}");
+
+    // A file without a certificate is refused before any connection.
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["push", "127.0.0.1:9/ns", "--ca-file"])
+        .arg(empty.path())
+        .args(["--dir"])
+        .arg(layouts.path().join("oci"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "palisade push: --ca-file: the CA file holds no certificate\n"
+    );
+}

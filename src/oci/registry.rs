@@ -33,6 +33,8 @@ pub enum PushError {
     Auth(String),
     #[error("{0}")]
     Protocol(String),
+    #[error("--ca-file: {0}")]
+    Tls(String),
     #[error(
         "{reference} already names {existing}, not this build's {ours}: a node that cached \
          the old image under this tag would keep running it. Bump the version, or pass \
@@ -145,6 +147,18 @@ fn is_loopback_http(url: &str) -> bool {
     is_loopback_authority(host)
 }
 
+/// The HTTP client: no redirects (credentials must not follow one to another host), statuses
+/// read as answers.
+fn agent(tls: ureq::tls::TlsConfig) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .max_redirects(0)
+        .tls_config(tls)
+        .build()
+        .into()
+}
+
 /// A client for one registry.
 pub struct Registry {
     base: String,
@@ -165,19 +179,36 @@ struct Response {
 impl Registry {
     pub fn new(target: &Target, plain_http: bool, credentials: Option<Credentials>) -> Self {
         let scheme = if plain_http { "http" } else { "https" };
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(120)))
-            .max_redirects(0)
-            .build()
-            .into();
         Self {
             base: format!("{scheme}://{}", target.host),
             loopback: target.is_loopback(),
             credentials,
-            agent,
+            agent: agent(ureq::tls::TlsConfig::default()),
             authorization: None,
         }
+    }
+
+    /// Trusts only the certificate authorities in `pem` (a registry with a private CA), as
+    /// curl's `--cacert` does, instead of the bundled public roots.
+    pub fn trusting(mut self, pem: &[u8]) -> Result<Self, PushError> {
+        let mut certs = Vec::new();
+        for item in ureq::tls::parse_pem(pem) {
+            match item {
+                Ok(ureq::tls::PemItem::Certificate(cert)) => certs.push(cert),
+                Ok(_) => {}
+                Err(err) => return Err(PushError::Tls(format!("not a PEM file: {err}"))),
+            }
+        }
+        if certs.is_empty() {
+            return Err(PushError::Tls(
+                "the CA file holds no certificate".to_owned(),
+            ));
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        self.agent = agent(tls);
+        Ok(self)
     }
 
     /// Pushes `image` to `repository` under `tag`; returns the manifest digest the registry
