@@ -61,7 +61,8 @@ enum Command {
     },
     /// Regenerate the Istio and Kong manifests from the code (manifests/istio, manifests/kong).
     Render {
-        /// Output directory (its istio/ and kong/ are replaced).
+        /// Output directory. Render owns its istio/ and kong/: files there it does not make
+        /// are removed (and listed).
         #[arg(long, default_value = "manifests")]
         out: PathBuf,
         /// Registry and namespace the WasmPlugins pull from.
@@ -210,7 +211,10 @@ fn render(
             }
             println!("{}: up to date", out.display());
         } else {
-            render::write(out, &files).map_err(|err| err.to_string())?;
+            let removed = render::write(out, &files).map_err(|err| err.to_string())?;
+            for path in &removed {
+                println!("{}: removed (render no longer makes it)", path.display());
+            }
             println!("{}: {} files rendered", out.display(), files.len());
         }
         Ok(ExitCode::SUCCESS)

@@ -194,14 +194,15 @@ pub fn render(options: &RenderOptions) -> Result<Vec<RenderedFile>, RenderError>
 }
 
 /// Writes `files` under `out`, first removing files in the owned directories that render no
-/// longer produces.
-pub fn write(out: &Path, files: &[RenderedFile]) -> Result<(), RenderError> {
+/// longer produces; returns those, for the operator to see.
+pub fn write(out: &Path, files: &[RenderedFile]) -> Result<Vec<PathBuf>, RenderError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| RenderError::Io { path, source }
     };
-    for stale in stale_files(out, files) {
-        std::fs::remove_file(&stale).map_err(io(&stale))?;
+    let removed = stale_files(out, files);
+    for stale in &removed {
+        std::fs::remove_file(stale).map_err(io(stale))?;
     }
     for rendered in files {
         let path = out.join(&rendered.path);
@@ -210,7 +211,7 @@ pub fn write(out: &Path, files: &[RenderedFile]) -> Result<(), RenderError> {
         }
         std::fs::write(&path, &rendered.contents).map_err(io(&path))?;
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Differences between `files` and what is under `out`: one line per file.

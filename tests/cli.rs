@@ -208,3 +208,28 @@ fn unknown_plugin_is_a_usage_error() {
         "unknown plugin \"waf\"; one of: header-security, auth, rate-limit, resilience, audit\n"
     );
 }
+
+/// Render owns `istio/` and `kong/` under `--out`: a file it does not make there is removed,
+/// and named, so an operator who pointed it at a tree of their own sees what went.
+#[test]
+fn render_names_each_file_it_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    std::fs::create_dir_all(dir.path().join("istio")).unwrap();
+    let theirs = write(&dir, "istio/team-gateway.yaml", "kind: Gateway\n");
+    let kept = write(&dir, "notes.md", "mine\n");
+    let run = palisade(&["render", "--out", out]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+    let stdout = text(&run.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "{theirs}: removed (render no longer makes it)\n{out}: "
+        )),
+        "{stdout}"
+    );
+    assert!(!std::path::Path::new(&theirs).exists());
+    assert!(std::path::Path::new(&kept).exists());
+    // A second render removes nothing.
+    let again = text(&palisade(&["render", "--out", out]).stdout);
+    assert!(!again.contains("removed"), "{again}");
+}
