@@ -72,14 +72,12 @@ pub struct Problems {
 }
 
 impl Problems {
+    // The generic methods are thin: each closure makes a copy of them (dozens per plugin), so
+    // the path is built out of line, once.
+
     /// Validates the fields of `name` inside `f`.
     pub fn field<R>(&mut self, name: &str, f: impl FnOnce(&mut Problems) -> R) -> R {
-        let segment = if self.path.is_empty() {
-            name.to_owned()
-        } else {
-            format!(".{name}")
-        };
-        self.path.push(segment);
+        self.enter_field(name);
         let result = f(self);
         self.path.pop();
         result
@@ -87,7 +85,7 @@ impl Problems {
 
     /// Validates the element `index` of a list inside `f`.
     pub fn index<R>(&mut self, index: usize, f: impl FnOnce(&mut Problems) -> R) -> R {
-        self.path.push(format!("[{index}]"));
+        self.enter(format!("[{index}]"));
         let result = f(self);
         self.path.pop();
         result
@@ -95,23 +93,40 @@ impl Problems {
 
     /// Validates the entry `key` of a map inside `f`.
     pub fn key<R>(&mut self, key: &str, f: impl FnOnce(&mut Problems) -> R) -> R {
-        self.path.push(format!("[{key:?}]"));
+        self.enter(format!("[{key:?}]"));
         let result = f(self);
         self.path.pop();
         result
     }
 
+    #[inline(never)]
+    fn enter_field(&mut self, name: &str) {
+        let segment = if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!(".{name}")
+        };
+        self.path.push(segment);
+    }
+
+    #[inline(never)]
+    fn enter(&mut self, segment: String) {
+        self.path.push(segment);
+    }
+
     /// Records a problem at the current path.
     pub fn push(&mut self, reason: impl Into<String>) {
+        self.push_reason(reason.into());
+    }
+
+    #[inline(never)]
+    fn push_reason(&mut self, reason: String) {
         let path = if self.path.is_empty() {
             ".".to_owned()
         } else {
             self.path.concat()
         };
-        self.found.push(Problem {
-            path,
-            reason: reason.into(),
-        });
+        self.found.push(Problem { path, reason });
     }
 
     /// Records a problem at `field` below the current path.
