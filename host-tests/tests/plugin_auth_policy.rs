@@ -931,19 +931,52 @@ fn fail_open_lets_requests_through_anonymous_when_the_endpoint_is_down() -> Resu
     Ok(())
 }
 
-/// Kong 3.4-3.8 resume the request when its call-out fails, without calling the plugin back
-/// (docs/auth.md "Kong"): the request reaches the upstream, with the identity headers stripped
-/// before the call. Its response is then refused as Kong 3.9+ refuse the request (3.7 and 3.8:
-/// the same 503; before 3.7 Kong can only answer 500), and for the call's timeout and a second
-/// introspection counts as down: the next requests are refused before the upstream.
+/// Kong 3.4–3.7 end a request whose call-out fails with nginx's own 500, before the upstream
+/// and without calling the plugin again (docs/kong-proxy-wasm.md §6): closed, whatever the
+/// plugin would have answered.
 #[test]
-fn kong_before_3_9_resuming_a_failed_introspection_refuses_its_response() -> Result<(), Failure> {
-    for version in [KongVersion::V3_6, KongVersion::V3_8] {
+fn kong_before_3_8_answers_a_failed_introspection_with_500() -> Result<(), Failure> {
+    for version in [KongVersion::V3_4, KongVersion::V3_6, KongVersion::V3_7] {
         let host = Host::new(Profile::Kong(version));
-        let mut config: Value = serde_json::from_str(&introspection_config("closed")).unwrap();
-        // Metrics arrived in Kong 3.8.
-        config["metrics"] = json!(version == KongVersion::V3_8);
+        let mut config: Value = serde_json::from_str(&introspection_config("open")).unwrap();
+        config["metrics"] = json!(false);
         let vms = host.load(Plugin::Auth, &config.to_string())?;
+        for _ in 0..2 {
+            host.script_http_call(INTROSPECT, CalloutReply::failure("connection refused"));
+            let mut stream = vms.http_request(opaque("opaque-1"))?;
+            let outcome = stream.send_request_headers(true)?;
+            let Outcome::LocalReply(reply) = outcome else {
+                panic!("{version:?}: {outcome:?}")
+            };
+            assert_eq!(reply.status, 500, "{version:?}");
+            assert!(
+                !stream.reached_upstream(),
+                "{version:?}: the upstream saw it"
+            );
+        }
+        // Not held: each request asks again (the plugin never learns the call failed).
+        assert_eq!(host.http_calls().len(), 2, "{version:?}");
+        assert!(host
+            .logs()
+            .iter()
+            .any(|e| e.origin == LogOrigin::Host
+                && e.message == "dispatch failed: connection refused"));
+    }
+    Ok(())
+}
+
+/// Kong 3.8 resumes the request when its call-out fails, without calling the plugin back
+/// (docs/auth.md "Kong"): the request reaches the upstream, with the identity headers stripped
+/// before the call. Its response is then refused as Kong 3.9+ refuse the request, with the
+/// reply's own headers (ngx_wasm_module keeps the upstream's unless the plugin replaces them),
+/// and for the call's timeout and a second introspection counts as down: the next requests are
+/// refused before the upstream.
+#[test]
+fn kong_3_8_resuming_a_failed_introspection_refuses_its_response() -> Result<(), Failure> {
+    {
+        let version = KongVersion::V3_8;
+        let host = Host::new(Profile::Kong(version));
+        let vms = host.load(Plugin::Auth, &introspection_config("closed"))?;
         host.script_http_call(INTROSPECT, CalloutReply::failure("connection refused"));
         let mut stream = vms.http_request(
             opaque("opaque-1")
@@ -955,37 +988,42 @@ fn kong_before_3_9_resuming_a_failed_introspection_refuses_its_response() -> Res
         assert!(!upstream.contains("x-palisade-subject"), "{upstream:?}");
         assert!(!upstream.contains("x-palisade-consumer"));
         let outcome = stream.send_response_headers(
-            Response::status(200).header("content-type", "text/plain"),
+            Response::status(200)
+                .header("content-type", "text/plain")
+                .header("set-cookie", "session=upstream"),
             false,
         )?;
         let errors = plugin_warnings(host.logs());
-        if version == KongVersion::V3_8 {
-            assert_reply(
-                &outcome,
-                503,
-                None,
-                "introspection endpoint unreachable",
-                "3.8",
-            );
-            assert_eq!(
-                count(
-                    &host,
-                    "palisade_auth.denied.introspection.introspection_unreachable"
-                ),
-                1
-            );
-            assert_eq!(errors, ["[palisade-auth] the introspection call-out failed and the host sent the request upstream without calling the plugin back (Kong before 3.9): the request went without identity, and its response is replaced by this plugin's refusal"]);
-        } else {
-            stream.send_response_body("protected", true)?;
-            assert_eq!(stream.response_status(), 500, "{version:?}");
-            assert!(
-                !String::from_utf8_lossy(&stream.response_body()).contains("protected"),
-                "the upstream's body stays away from the client"
-            );
-            assert!(host.logs().iter().any(|e| e.origin == LogOrigin::Host
-                && e.message == "bad \"on_response_headers\" return action: \"PAUSE\""));
-            assert_eq!(errors, ["[palisade-auth] the introspection call-out failed and the host sent the request upstream without calling the plugin back (Kong before 3.9): the request went without identity, and its response is replaced by Kong's 500"]);
-        }
+        assert_reply(
+            &outcome,
+            503,
+            None,
+            "introspection endpoint unreachable",
+            "3.8",
+        );
+        let Outcome::LocalReply(reply) = &outcome else {
+            unreachable!()
+        };
+        assert_eq!(
+            reply.headers.get("set-cookie"),
+            None,
+            "the upstream's cookie"
+        );
+        assert!(
+            reply
+                .headers
+                .get("x-palisade-denied-by")
+                .is_some_and(|by| by.starts_with("palisade-auth; reason=")),
+            "{reply:?}"
+        );
+        assert_eq!(
+            count(
+                &host,
+                "palisade_auth.denied.introspection.introspection_unreachable"
+            ),
+            1
+        );
+        assert_eq!(errors, ["[palisade-auth] the introspection call-out failed and the host sent the request upstream without calling the plugin back (Kong before 3.9): the request went without identity, and its response is replaced by this plugin's refusal"]);
         // Until the call's timeout (2s) and a second have passed, no call: refused at once.
         host.advance_clock(std::time::Duration::from_millis(2900))?;
         let (outcome, _) = send(&vms, opaque("opaque-2"))?;

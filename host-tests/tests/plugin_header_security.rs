@@ -205,6 +205,36 @@ fn a_body_over_the_limit_gets_a_local_413_through_the_response_callbacks() -> Re
     Ok(())
 }
 
+/// nginx keeps `authorization` as a single field: on Kong an add to it, present or removed
+/// earlier, does nothing though the host answers Ok (docs/kong-proxy-wasm.md, fact 19). A
+/// rename into it must still land.
+#[test]
+fn a_rename_into_a_field_kong_keeps_single_lands() -> Result<(), Failure> {
+    for profile in PROFILES {
+        let (_host, vms) = load(
+            profile,
+            Plugin::HeaderSecurity,
+            r#"{"transforms":{"request":[{"rename":{"from":"x-token","to":"authorization"}}]}}"#,
+        )?;
+        let mut stream = vms.http_request(
+            Request::get("/")
+                .header("x-token", "Bearer t0k")
+                .header("authorization", "Basic old"),
+        )?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Continue);
+        let upstream = stream.upstream_request_headers();
+        assert_eq!(
+            upstream.all("authorization"),
+            [b"Bearer t0k".as_slice()],
+            "{profile:?}"
+        );
+        assert!(!upstream.contains("x-token"), "{profile:?}");
+        stream.send_response_headers(Response::status(200), true)?;
+        stream.finish()?;
+    }
+    Ok(())
+}
+
 /// A request transform that renames reads the whole map: past what Kong can hand over whole
 /// (it would write past its buffer), the request is refused with 431 rather than renamed from
 /// an empty map.

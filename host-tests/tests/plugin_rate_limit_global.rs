@@ -684,3 +684,47 @@ fn call_per_limit_asks_once_per_limit_and_any_refusal_refuses() -> Result<(), Fa
     }
     Ok(())
 }
+
+/// Kong 3.4–3.6 resume a request at the first call's answer unless its callback sends another
+/// (ngx_wasm_module tracks one call per filter until 3.7), and 3.7 can crash when one of two
+/// pending calls fails (fixed in 3.8): with `call_per_limit` the calls go one at a time there,
+/// each from the previous one's answer, so the second limit's refusal still refuses. Kong 3.8+
+/// and Envoy send them together.
+#[test]
+fn call_per_limit_on_kong_before_3_8_sends_one_call_at_a_time() -> Result<(), Failure> {
+    let ok = || {
+        CalloutReply::status(200)
+            .body(r#"{"overallCode":"OK","statuses":[{"code":"OK"}]}"#)
+            .after(Duration::from_millis(2))
+    };
+    let over = || {
+        CalloutReply::status(429)
+            .body(r#"{"overallCode":"OVER_LIMIT","statuses":[{"code":"OVER_LIMIT","currentLimit":{"requestsPerUnit":2,"unit":"MINUTE"},"durationUntilReset":"29s"}]}"#)
+            .after(Duration::from_millis(2))
+    };
+    for (version, at_once) in [
+        (KongVersion::V3_4, 1),
+        (KongVersion::V3_6, 1),
+        (KongVersion::V3_7, 1),
+        (KongVersion::V3_8, 2),
+    ] {
+        let mut config: serde_json::Value =
+            serde_json::from_str(&two_limits("http", "ratelimit:8080", "kong", "")).unwrap();
+        config["metrics"] = serde_json::json!(false);
+        let (host, vms) = load(Profile::Kong(version), &config.to_string())?;
+        host.script_http_call("ratelimit:8080", ok());
+        host.script_http_call("ratelimit:8080", over());
+        let mut stream = vms.worker(0).http_request(tenant("acme"))?;
+        assert_eq!(stream.send_request_headers(true)?, Outcome::Pause);
+        assert_eq!(host.http_calls().len(), at_once, "{version:?}");
+        host.advance_clock(Duration::from_millis(2))?;
+        assert_eq!(host.http_calls().len(), 2, "{version:?}");
+        host.advance_clock(Duration::from_millis(2))?;
+        let Outcome::LocalReply(reply) = stream.outcome() else {
+            panic!("{version:?}: {:?}", stream.outcome())
+        };
+        assert_eq!(reply.status, 429, "{version:?}");
+        assert!(!stream.reached_upstream(), "{version:?}");
+    }
+    Ok(())
+}

@@ -276,13 +276,16 @@ impl Host {
             },
             (_, Some(reason)) if profile.is_kong() => {
                 if !profile.calls_back_failed_dispatch() {
-                    // Kong ≤ 3.8: logged, no callback, the request resumes.
+                    // Kong ≤ 3.8: logged, no callback; 3.8 resumes the request (ngx_wasm_module
+                    // b26106c4), 3.4–3.7 answer it 500 themselves.
                     vm.store.data().log(
                         LogOrigin::Host,
                         LogLevel::Error,
                         format!("dispatch failed: {reason}"),
                     );
-                    if is_stream {
+                    if is_stream && profile.fails_request_on_failed_dispatch() {
+                        stream::host_error_reply(&mut vm, context)?;
+                    } else if is_stream {
                         stream::resume_after_dispatch(&mut vm, context)?;
                     }
                     return Ok(());

@@ -458,6 +458,18 @@ impl Profile {
         self.kong_version().is_none_or(|v| v.at_least(9))
     }
 
+    /// Kong 3.4–3.6 track one call per filter: any answer whose callback dispatched nothing
+    /// resumes the request (ngx_wasm_module before 261bd71e, first in Kong 3.7).
+    pub(crate) fn tracks_one_call_per_filter(self) -> bool {
+        self.kong_version().is_some_and(|v| !v.at_least(7))
+    }
+
+    /// Kong 3.4–3.7 answer a request whose dispatch failed with 500 (ngx_wasm_module before
+    /// b26106c4, "dispatch errors do not interrupt filter chains", first in Kong 3.8).
+    pub(crate) fn fails_request_on_failed_dispatch(self) -> bool {
+        self.kong_version().is_some_and(|v| !v.at_least(8))
+    }
+
     /// Kong resumes a request by itself once all its dispatches are done; Envoy waits for
     /// `proxy_continue_stream`.
     pub(crate) fn resumes_after_dispatches(self) -> bool {

@@ -94,6 +94,11 @@ pub(crate) struct StreamData {
     /// Kong: nginx's `r->args`, the query Kong appends to the upstream's path (empty: none).
     /// Only a `:path` write with a `?` changes it (Kong 3.9+).
     pub kong_args: Vec<u8>,
+    /// Kong: single-field headers (`kong_single_field`) removed in this stream, by map type.
+    /// nginx keeps the field, marked deleted: adding to it later does nothing.
+    pub kong_removed_fields: std::collections::BTreeSet<(u32, Vec<u8>)>,
+    /// The plugin dispatched a call during the callback running now.
+    pub dispatched_in_callback: bool,
     /// Kong answered 500 from the header filter: nginx finalises the request, and the
     /// upstream's body never reaches the client (or the filter).
     pub response_discarded: bool,
@@ -281,16 +286,23 @@ pub(crate) fn after_callback(
         std::mem::take(&mut data.resume_request),
         std::mem::take(&mut data.resume_response),
     );
+    let new_call = std::mem::take(&mut data.dispatched_in_callback);
+    // Kong 3.7+ resumes once no call of the request is pending. Before, ngx_wasm_module
+    // tracks one call per filter (`pwexec->call`, until 261bd71e): any answer whose callback
+    // made no new call resumes the request, other calls still pending.
     let kong_done = profile.resumes_after_dispatches()
         && matches!(callback, Callback::HttpCallResponse)
-        && vm
-            .store
-            .data()
-            .world
-            .borrow()
-            .callouts
-            .pending_for(worker, context)
-            == 0;
+        && if profile.tracks_one_call_per_filter() {
+            !new_call
+        } else {
+            vm.store
+                .data()
+                .world
+                .borrow()
+                .callouts
+                .pending_for(worker, context)
+                == 0
+        };
     if request || kong_done {
         resume(vm, context, true)?;
     }
@@ -351,7 +363,7 @@ pub(crate) fn resume(vm: &mut Vm, context: u32, request: bool) -> Result<()> {
     }
 }
 
-/// Kong ≤ 3.8 after a failed dispatch: no callback, the request resumes once no dispatch of
+/// Kong 3.8 after a failed dispatch: no callback, the request resumes once no dispatch of
 /// the stream is pending.
 pub(crate) fn resume_after_dispatch(vm: &mut Vm, context: u32) -> Result<()> {
     let worker = vm.store.data().worker;
@@ -438,7 +450,20 @@ fn forward_response_trailers(data: &mut StreamData) {
 /// and body filters), or, sent from a response callback, replaces the response.
 fn local_reply(vm: &mut Vm, context: u32, callback: Callback, reply: LocalReply) -> Result<()> {
     let profile = vm.store.data().profile;
+    let in_request = !matches!(
+        callback,
+        Callback::ResponseHeaders | Callback::ResponseBody | Callback::ResponseTrailers
+    );
     let data = stream(vm, context)?;
+    let mut reply = reply;
+    if profile.is_kong() && !in_request {
+        // From a response callback ngx_wasm_module (3.7+) sets only the status and the body:
+        // the reply's headers are unmarshalled and dropped, the upstream's stay
+        // (ngx_proxy_wasm_hfuncs_send_local_response, `entered_header_filter` branch).
+        let mut kept = data.response_headers.clone().unwrap_or_default();
+        kept.remove(b":status");
+        reply.headers = kept;
+    }
     data.local_reply = Some(reply.clone());
     data.paused = None;
     data.held_request = None;
@@ -456,10 +481,6 @@ fn local_reply(vm: &mut Vm, context: u32, callback: Callback, reply: LocalReply)
     data.response_headers = Some(headers);
     data.response_body = reply.body.clone();
     data.response_eos = true;
-    let in_request = !matches!(
-        callback,
-        Callback::ResponseHeaders | Callback::ResponseBody | Callback::ResponseTrailers
-    );
     if in_request {
         let count = num(data.response_headers.as_ref().map_or(0, Headers::len));
         let eos = profile.header_eos(reply.body.is_empty());
@@ -482,6 +503,37 @@ fn local_reply(vm: &mut Vm, context: u32, callback: Callback, reply: LocalReply)
         }
     }
     let data = stream(vm, context)?;
+    data.to_client.headers = data.response_headers.clone();
+    flush_response_body(data);
+    Ok(())
+}
+
+/// Kong 3.4–3.7 end a request whose dispatch failed with a 500: the request never
+/// reaches the upstream, and the filter, in error, gets no more callbacks
+/// (`ngx_http_wasm_error` in ngx_http_proxy_wasm_dispatch.c; ngx_wasm_module's test
+/// `130-proxy_dispatch_http.t` TEST 9 expects `500 Internal Server Error`).
+pub(crate) fn host_error_reply(vm: &mut Vm, context: u32) -> Result<()> {
+    let data = stream(vm, context)?;
+    let body =
+        b"<html>\r\n<head><title>500 Internal Server Error</title></head>\r\n</html>\r\n".to_vec();
+    let reply = LocalReply {
+        status: 500,
+        headers: Headers::new().with("content-type", "text/html"),
+        body: body.clone(),
+        details: "dispatch failed".to_owned(),
+        grpc_status: None,
+    };
+    data.local_reply = Some(reply);
+    data.paused = None;
+    data.held_request = None;
+    data.held_response = None;
+    data.response_headers = Some(
+        Headers::new()
+            .with(":status", "500")
+            .with("content-type", "text/html"),
+    );
+    data.response_body = body;
+    data.response_eos = true;
     data.to_client.headers = data.response_headers.clone();
     flush_response_body(data);
     Ok(())

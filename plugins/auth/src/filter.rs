@@ -115,7 +115,7 @@ struct Worker {
     /// refreshes forever.
     refreshing: RefCell<HashMap<u32, (usize, u64, u64)>>,
     /// Until when (Unix ms) a call-out is taken as failed without being made: set when Kong
-    /// 3.4-3.8 let a request go on after its call-out failed, so that until then requests are
+    /// 3.8 lets a request go on after its call-out failed, so that until then requests are
     /// refused before the upstream instead of reaching it unauthenticated.
     held_until_ms: RefCell<HashMap<Callee, u64>>,
     /// The one warning for Kong before 3.9 refusing a credential in the query was logged.
@@ -666,7 +666,7 @@ impl Stream {
                 .introspected(pending, Answer::Failed(IntrospectionError::Unreachable));
             return self.apply(verdict, headers, false);
         }
-        // Kong 3.4-3.8 resume a request whose call-out fails without calling the plugin back:
+        // Kong 3.8 resumes a request whose call-out fails without calling the plugin back:
         // such a request must at least not carry a client's identity.
         let strip = worker.engine.strip_identity(headers);
         if let Err(err) = host::apply_edits(Map::RequestHeaders, headers, &strip) {
@@ -795,7 +795,7 @@ impl HttpContext for Stream {
         self.decide(raw, peer, true, false)
     }
 
-    /// A response to a request still waiting for its call-out: only Kong 3.4-3.8 get here,
+    /// A response to a request still waiting for its call-out: only Kong 3.8 gets here (3.4–3.7 answer 500 themselves),
     /// which let the request go on when the call-out fails, without calling the plugin back.
     /// It reached the upstream without identity; its response must not reach the client.
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -871,7 +871,10 @@ impl Stream {
             if can_reply { "this plugin's refusal" } else { "Kong's 500" }
         );
         if can_reply {
-            return refuse(&rejection.reply(), &Fields::new());
+            if let Err(err) = host::send_error_over_response(NAME, &rejection.reply(), None) {
+                log::error!("[{NAME}] could not replace the response: {err}");
+            }
+            return Action::Pause;
         }
         Action::Pause
     }
@@ -935,7 +938,7 @@ impl Stream {
                     return self.decide(raw, peer, false, resume);
                 }
                 if remote.claim(&HostStore, now_ms, trigger) {
-                    // Kong 3.4-3.8 resume a request whose call-out fails without calling the
+                    // Kong 3.8 resumes a request whose call-out fails without calling the
                     // plugin back: such a request must at least not carry a client's identity.
                     let strip = worker.engine.strip_identity(&headers);
                     if let Err(err) = host::apply_edits(Map::RequestHeaders, &headers, &strip) {

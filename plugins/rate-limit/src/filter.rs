@@ -49,7 +49,7 @@ struct Worker {
     failing: Cell<bool>,
     /// When a limit last could not be checked in shared data and it was logged (Unix ns).
     store_warned_at: Cell<Option<u64>>,
-    /// Until when (Unix ns) the service is taken as failing without a call: Kong 3.4-3.8 let
+    /// Until when (Unix ns) the service is taken as failing without a call: Kong 3.8 lets
     /// a request go on when its call fails, never calling the plugin back, and the SDK keeps
     /// such a call's token for good. So after one, requests get the failure mode at once for
     /// the call's timeout and a second, rather than each leaving a call behind.
@@ -142,6 +142,8 @@ struct Waiting {
     /// Each call's token (`None`: it could not be sent) and, once it came, its answer: one
     /// call in all, or one per descriptor with `call_per_limit`.
     calls: Vec<(Option<u32>, Option<Answer>)>,
+    /// How many calls the check needs: `calls` holds those sent so far.
+    needed: usize,
 }
 
 type Answer = Result<RateLimitResponse, CalloutError>;
@@ -152,6 +154,16 @@ impl Waiting {
         self.calls
             .iter()
             .any(|(t, a)| *t == Some(token) && a.is_none())
+    }
+
+    /// With calls sent one at a time: once every call sent so far has its answer, sends the
+    /// next, and the ones after it while they cannot be sent.
+    fn send_next(&mut self, service: &GlobalService) {
+        while self.calls.len() < self.needed && self.calls.iter().all(|(_, a)| a.is_some()) {
+            let next = self.calls.len();
+            let one = self.check.descriptors.get(next..=next).unwrap_or_default();
+            self.calls.push(sent(service, one));
+        }
     }
 
     /// Records `token`'s answer; `false` if it is not one of this request's calls.
@@ -171,7 +183,7 @@ impl Waiting {
 
     /// Every call's answer, in descriptor order, once all have come.
     fn answers(&mut self) -> Option<Vec<Answer>> {
-        if self.calls.iter().any(|(_, a)| a.is_none()) {
+        if self.calls.len() < self.needed || self.calls.iter().any(|(_, a)| a.is_none()) {
             return None;
         }
         Some(
@@ -296,6 +308,14 @@ fn dispatch(service: &GlobalService, descriptors: &[Descriptor]) -> Result<u32, 
     token.map_err(|err| err.to_string())
 }
 
+/// One call for `descriptors`: its token, or the answer it already has when it cannot be sent.
+fn sent(service: &GlobalService, descriptors: &[Descriptor]) -> (Option<u32>, Option<Answer>) {
+    match dispatch(service, descriptors) {
+        Ok(token) => (Some(token), None),
+        Err(err) => (None, Some(Err(CalloutError::Dispatch(err)))),
+    }
+}
+
 impl Stream {
     /// Applies a decision; `resume` when the request is held for a call-out.
     fn apply(&mut self, decision: Decision, resume: bool) -> Action {
@@ -353,16 +373,33 @@ impl Stream {
             let answers = (0..calls).map(|_| Err(CalloutError::Held)).collect();
             return self.conclude(&check, answers, false);
         }
-        let sent = |descriptors: &[Descriptor]| match dispatch(service, descriptors) {
-            Ok(token) => (Some(token), None),
-            Err(err) => (None, Some(Err(CalloutError::Dispatch(err)))),
-        };
-        let calls: Vec<_> = if service.call_per_limit {
-            check.descriptors.chunks(1).map(&sent).collect()
+        let (calls, needed) = if service.call_per_limit {
+            // Kong before 3.7 resumes the request at the first answer whose callback sends no
+            // other call (ngx_wasm_module tracks one call per filter until 261bd71e), and 3.7
+            // can crash when one of two pending calls fails (ngx_wasm_module #545, fixed by
+            // b26106c4 in 3.8): there, the calls go one at a time, each sent from the previous
+            // one's answer.
+            let one_at_a_time = check.descriptors.len() > 1
+                && host::is_kong()
+                && !host::kong_version_at_least(3, 8);
+            let first = if one_at_a_time {
+                check.descriptors.get(..1).unwrap_or_default()
+            } else {
+                check.descriptors.as_slice()
+            };
+            (
+                first.chunks(1).map(|one| sent(service, one)).collect(),
+                check.descriptors.len(),
+            )
         } else {
-            vec![sent(&check.descriptors)]
+            (vec![sent(service, &check.descriptors)], 1)
         };
-        let mut waiting = Waiting { check, calls };
+        let mut waiting = Waiting {
+            check,
+            calls,
+            needed,
+        };
+        waiting.send_next(service);
         match waiting.answers() {
             // Nothing could be sent: decide now.
             Some(answers) => self.conclude(&waiting.check, answers, false),
@@ -400,6 +437,9 @@ impl Stream {
         };
         if !waiting.record(token, answer) {
             return;
+        }
+        if let Some(service) = &self.worker.global {
+            waiting.send_next(service);
         }
         let Some(answers) = waiting.answers() else {
             return;
@@ -466,7 +506,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // A response while calls are pending: Kong 3.4-3.8 let the request go on after a call
+        // A response while calls are pending: Kong 3.8 lets the request go on after a call
         // failed (fail-open, as documented). Envoy always answers; a response there is its own
         // local reply, and the calls' answers, if they come, find nothing waiting.
         if self.waiting.take().is_some() && host::is_kong() {

@@ -351,6 +351,10 @@ fn check_header(p: &mut Problems, field: &str, name: &Option<String>) {
     }
 }
 
+/// Why `fault.delay` is refused on Kong (by `proxy: kong`, and by the filter on Kong).
+pub const KONG_NO_DELAY: &str =
+    "not available on Kong: ngx_wasm_module cannot resume a request from a timer";
+
 impl PluginConfig for ResilienceConfig {
     fn validate(&self, problems: &mut Problems) {
         problems.field("circuit_breaker", |p| {
@@ -471,7 +475,12 @@ impl PluginConfig for ResilienceConfig {
                 }
             }
             if let Some(delay) = &self.fault.delay {
-                if delay.duration.get().is_zero() || delay.duration.get() > Duration::from_secs(60)
+                if self.proxy == Proxy::Kong {
+                    // The delay resumes its request from the root's timer, which Kong cannot
+                    // do (docs/kong-proxy-wasm.md, fact 18); the filter checks the host too.
+                    p.push_at("delay", KONG_NO_DELAY);
+                } else if delay.duration.get().is_zero()
+                    || delay.duration.get() > Duration::from_secs(60)
                 {
                     p.push_at("delay.duration", "must be between 1ms and 60s");
                 }
@@ -536,6 +545,18 @@ mod tests {
             load::<ResilienceConfig>(br#"{"fault":{"delay":{"duration":"1s","percent":101}}}"#)
                 .unwrap_err();
         assert!(err.to_string().contains("101 is not a percentage"), "{err}");
+    }
+
+    /// Kong cannot resume a request from a timer: `palisade validate` refuses a delay for it,
+    /// as the filter does on Kong whatever `proxy` says.
+    #[test]
+    fn a_delay_is_refused_for_kong() {
+        let err = load::<ResilienceConfig>(
+            br#"{"proxy":"kong","circuit_breaker":{"key":"orders"},"fault":{"delay":{"duration":"1s","percent":1}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), format!("fault.delay: {KONG_NO_DELAY}"));
+        load::<ResilienceConfig>(br#"{"fault":{"delay":{"duration":"1s","percent":1}}}"#).unwrap();
     }
 
     #[test]

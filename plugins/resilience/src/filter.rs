@@ -135,6 +135,16 @@ impl Plugin for ResiliencePlugin {
     type Engine = Worker;
 
     fn compile(config: ResilienceConfig) -> Result<Worker, ConfigError> {
+        // A delay resumes its request from the root's timer. ngx_wasm_module's
+        // proxy_set_effective_context does nothing, so the resume would reach the root context,
+        // which has no request: Kong's worker crashes (docs/kong-proxy-wasm.md, fact 18).
+        if config.fault.delay.is_some() && host::is_kong() {
+            let mut problems = palisade_kit::config::Problems::default();
+            problems.field("fault", |p| {
+                p.push_at("delay", crate::config::KONG_NO_DELAY);
+            });
+            problems.into_result()?;
+        }
         // Delays resume from the root timer: fine enough to be a twentieth of the delay.
         let delay_tick = config.fault.delay.as_ref().map(|delay| {
             (delay.duration.get() / 20).clamp(Duration::from_millis(10), Duration::from_millis(100))

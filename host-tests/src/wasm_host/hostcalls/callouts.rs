@@ -190,6 +190,9 @@ fn proxy_http_call(
         });
         token
     };
+    if let Some(stream) = caller.data_mut().streams.get_mut(&context) {
+        stream.dispatched_in_callback = true;
+    }
     Ok(if memory::write_u32(&mut caller, ret_token, token) {
         status::OK
     } else {
@@ -255,6 +258,9 @@ fn proxy_grpc_call(
         });
         token
     };
+    if let Some(stream) = caller.data_mut().streams.get_mut(&context) {
+        stream.dispatched_in_callback = true;
+    }
     Ok(if memory::write_u32(&mut caller, ret_token, token) {
         status::OK
     } else {

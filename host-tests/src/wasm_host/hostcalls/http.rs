@@ -378,14 +378,121 @@ fn set_kong_path(
     }
 }
 
+/// ngx_wasm_module sets these request headers through nginx's single field for each
+/// (`ngx_http_wasm_set_builtin_header_handler` and its wrappers, `ngx_http_wasm_headers_request.c`,
+/// every pin; the WebDAV ones are not in Kong's build): adding one while the field exists, or
+/// after it was removed (the field stays, marked deleted), logs "cannot add new ... builtin
+/// request header" and changes nothing, though the call answers Ok. Response fields depend on
+/// how nginx's upstream module copied the response, and are not modelled.
+fn kong_single_field(map_type: u32, name: &[u8]) -> bool {
+    const REQUEST: [&str; 20] = [
+        "accept-encoding",
+        "authorization",
+        "connection",
+        "content-length",
+        "content-type",
+        "expect",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "keep-alive",
+        "range",
+        "referer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "via",
+        "x-real-ip",
+    ];
+    map_type == map::REQUEST_HEADERS
+        && REQUEST
+            .iter()
+            .any(|field| field.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Kong: is this add to a single field that nginx already holds (see [`kong_single_field`])?
+/// Then the add is logged and dropped.
+fn kong_drops_add(caller: &mut Caller<'_, VmState>, map_type: u32, key: (u32, u32)) -> bool {
+    if !caller.data().profile.is_kong() {
+        return false;
+    }
+    let Some(name) = memory::read(caller, key.0, key.1) else {
+        return false;
+    };
+    if !kong_single_field(map_type, &name) {
+        return false;
+    }
+    let name = name.to_ascii_lowercase();
+    let state = caller.data_mut();
+    let context = state.active_context;
+    let removed = state.streams.get(&context).is_some_and(|stream| {
+        stream
+            .kong_removed_fields
+            .contains(&(map_type, name.clone()))
+    });
+    let present = with_map(state, map_type, false, |headers| {
+        headers.first(&name).is_some()
+    })
+    .unwrap_or(false);
+    if !(removed || present) {
+        return false;
+    }
+    state.log(
+        LogOrigin::Host,
+        LogLevel::Error,
+        format!(
+            "cannot add new \"{}\" builtin request header",
+            String::from_utf8_lossy(&name)
+        ),
+    );
+    true
+}
+
+/// Kong: a single field removed while nginx holds it stays, marked deleted (`h->hash = 0`).
+fn kong_note_removed_field(caller: &mut Caller<'_, VmState>, map_type: u32, key: (u32, u32)) {
+    if !caller.data().profile.is_kong() {
+        return;
+    }
+    let Some(name) = memory::read(caller, key.0, key.1) else {
+        return;
+    };
+    if !kong_single_field(map_type, &name) {
+        return;
+    }
+    let name = name.to_ascii_lowercase();
+    let state = caller.data_mut();
+    let present = with_map(state, map_type, false, |headers| {
+        headers.first(&name).is_some()
+    })
+    .unwrap_or(false);
+    let context = state.active_context;
+    if let (true, Some(stream)) = (present, state.streams.get_mut(&context)) {
+        stream.kong_removed_fields.insert((map_type, name));
+    }
+}
+
 fn proxy_add_header_map_value(
-    caller: Caller<'_, VmState>,
+    mut caller: Caller<'_, VmState>,
     map_type: u32,
     k: u32,
     ks: u32,
     v: u32,
     vs: u32,
 ) -> Ret {
+    if kong_drops_add(&mut caller, map_type, (k, ks)) {
+        // Through the same checks as any edit (phase, injected faults), then nothing.
+        return edit(
+            caller,
+            "proxy_add_header_map_value",
+            map_type,
+            (k, ks),
+            Some((v, vs)),
+            |_, _, _| {},
+        );
+    }
     edit(
         caller,
         "proxy_add_header_map_value",
@@ -415,11 +522,12 @@ fn proxy_replace_header_map_value(
 }
 
 fn proxy_remove_header_map_value(
-    caller: Caller<'_, VmState>,
+    mut caller: Caller<'_, VmState>,
     map_type: u32,
     k: u32,
     ks: u32,
 ) -> Ret {
+    kong_note_removed_field(&mut caller, map_type, (k, ks));
     edit(
         caller,
         "proxy_remove_header_map_value",
@@ -648,6 +756,15 @@ fn continue_stream(caller: &mut Caller<'_, VmState>, stream_kind: u32) -> Ret {
     let state = caller.data_mut();
     let profile = state.profile;
     let context = state.active_context;
+    if profile.is_kong() && context == state.root_context {
+        // resume_http_request takes the request of the calling context
+        // (ngx_http_proxy_wasm_get_rctx): a root context has none, and the NULL is dereferenced.
+        let message = format!(
+            "{} profile: proxy_continue_stream from the root context (a timer, say) dereferences a NULL request context in ngx_wasm_module: the worker crashes",
+            profile.describe()
+        );
+        return Err(trap(caller, FailureKind::HostCrash, message));
+    }
     let Some(stream) = state.streams.get_mut(&context) else {
         return Ok(status::BAD_ARGUMENT);
     };

@@ -96,6 +96,11 @@ fn proxy_set_tick_period_milliseconds(mut caller: Caller<'_, VmState>, period: u
 fn proxy_set_effective_context(mut caller: Caller<'_, VmState>, context: u32) -> Ret {
     enter(&mut caller, "proxy_set_effective_context")?;
     let state = caller.data_mut();
+    // ngx_wasm_module answers Ok and changes nothing, on every pin
+    // (ngx_proxy_wasm_hfuncs_set_effective_context): the call stays in the current context.
+    if state.profile.is_kong() {
+        return Ok(status::OK);
+    }
     let live = context == state.root_context
         || state
             .streams

@@ -154,7 +154,8 @@ pub fn headers_raw(map: Map) -> Result<Vec<u8>, HostError> {
 }
 
 /// Replaces a whole map in one host call: cheaper than one call per edit once there are more
-/// than a couple (each call crosses the Wasm boundary). Envoy only: see [`apply_edits`].
+/// than a couple (each call crosses the Wasm boundary). Envoy only for a read map written
+/// back (see [`apply_edits`]): on Kong the write stops at the first pseudo-header it cannot set.
 pub fn set_headers(map: Map, fields: &[(&[u8], &[u8])]) -> Result<(), HostError> {
     let encoded = crate::header_pairs::encode(fields);
     // SAFETY: pointer to a live buffer.
@@ -237,8 +238,15 @@ pub fn set_header(map: Map, name: &str, value: &[u8]) -> Result<(), HostError> {
     check("proxy_replace_header_map_value", status)
 }
 
-/// Adds a header value, keeping those it had.
+/// Adds a header value, keeping those it had. On Kong a request header nginx keeps as a single
+/// field (`authorization`, `content-type`, `user-agent`...) cannot get a second value: adding
+/// one that is there, or was there and was removed, does nothing and still answers Ok
+/// (`ngx_http_wasm_set_builtin_header_handler`), so it is set instead (docs/kong-proxy-wasm.md,
+/// fact 19).
 pub fn add_header(map: Map, name: &str, value: &[u8]) -> Result<(), HostError> {
+    if kong_single_field(map, name) && is_kong() {
+        return set_header(map, name, value);
+    }
     // SAFETY: pointers to live slices.
     let status = unsafe {
         abi::proxy_add_header_map_value(
@@ -250,6 +258,50 @@ pub fn add_header(map: Map, name: &str, value: &[u8]) -> Result<(), HostError> {
         )
     };
     check("proxy_add_header_map_value", status)
+}
+
+/// Is `name` a request header nginx keeps as a single field on Kong (see [`add_header`])?
+/// The request headers ngx_wasm_module sets through nginx's own field for each
+/// (`ngx_http_wasm_headers_request.c`, handler `ngx_http_wasm_set_builtin_header_handler` and
+/// its wrappers, every pin; the WebDAV ones are not in Kong's build). Response fields are left
+/// alone: whether nginx holds one depends on how its upstream module copied the response
+/// (`WWW-Authenticate`, say, is copied without its field), so an add is sent as an add there.
+/// Asked on every add, on both hosts: a match on the lower-case name, no allocation unless it
+/// has capitals.
+pub fn kong_single_field(map: Map, name: &str) -> bool {
+    if map != Map::RequestHeaders {
+        return false;
+    }
+    let lower;
+    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        lower = name.to_ascii_lowercase();
+        lower.as_str()
+    } else {
+        name
+    };
+    matches!(
+        name,
+        "accept-encoding"
+            | "authorization"
+            | "connection"
+            | "content-length"
+            | "content-type"
+            | "expect"
+            | "host"
+            | "if-match"
+            | "if-modified-since"
+            | "if-none-match"
+            | "if-range"
+            | "if-unmodified-since"
+            | "keep-alive"
+            | "range"
+            | "referer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "user-agent"
+            | "via"
+            | "x-real-ip"
+    )
 }
 
 /// Removes every value of a header; removing an absent header succeeds.
@@ -350,15 +402,46 @@ pub fn send_error(
     reply: &ErrorReply,
     request_id: Option<&str>,
 ) -> Result<(), HostError> {
+    send_error_as(plugin, reply, request_id, Sent::Reply)
+}
+
+/// How a local reply goes out.
+#[derive(Clone, Copy, PartialEq)]
+enum Sent {
+    Reply,
+    /// From a response callback, in place of the upstream's response: on Kong its headers are
+    /// replaced by the reply's first (see [`send_error_over_response`]).
+    OverResponse,
+}
+
+fn send_error_as(
+    plugin: &str,
+    reply: &ErrorReply,
+    request_id: Option<&str>,
+    sent: Sent,
+) -> Result<(), HostError> {
     let mut headers: Vec<(&str, &str)> = vec![("content-type", CONTENT_TYPE)];
     headers.extend(reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    send_refusal(
+    send_refusal_as(
         plugin,
         &reply.error,
         reply.status,
         &headers,
         &reply.body(request_id),
+        sent,
     )
+}
+
+/// [`send_error`] from a response callback, in place of the upstream's response. There
+/// ngx_wasm_module (Kong 3.7+) takes only the reply's status and body and keeps the upstream's
+/// headers (its `set-cookie`, its `content-type`), so on Kong the response's headers are first
+/// replaced by the reply's (docs/kong-proxy-wasm.md, fact 20).
+pub fn send_error_over_response(
+    plugin: &str,
+    reply: &ErrorReply,
+    request_id: Option<&str>,
+) -> Result<(), HostError> {
+    send_error_as(plugin, reply, request_id, Sent::OverResponse)
 }
 
 /// Answers the request locally as `plugin`'s refusal for `reason`, recorded for palisade-audit
@@ -374,11 +457,22 @@ pub fn send_refusal(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(), HostError> {
+    send_refusal_as(plugin, reason, status, headers, body, Sent::Reply)
+}
+
+fn send_refusal_as(
+    plugin: &str,
+    reason: &str,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    sent: Sent,
+) -> Result<(), HostError> {
     if is_kong() {
         let denied_by = crate::reply::denied_by(plugin, reason);
         let mut headers = headers.to_vec();
         headers.push((crate::reply::DENIED_BY, &denied_by));
-        return send_local(status, &headers, body, KONG_DETAILS);
+        return send_local_as(status, &headers, body, KONG_DETAILS, sent);
     }
     let details = crate::reply::denial_details(plugin, reason);
     send_local(status, headers, body, &details)
@@ -452,11 +546,32 @@ fn send_local(
     body: &[u8],
     details: &str,
 ) -> Result<(), HostError> {
+    send_local_as(status, headers, body, details, Sent::Reply)
+}
+
+fn send_local_as(
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    details: &str,
+    sent: Sent,
+) -> Result<(), HostError> {
     let pairs: Vec<(&[u8], &[u8])> = headers
         .iter()
         .map(|(name, value)| (name.as_bytes(), value.as_bytes()))
         .collect();
     let headers = crate::header_pairs::encode(&pairs);
+    if sent == Sent::OverResponse {
+        // SAFETY: pointer to a live buffer.
+        let status = unsafe {
+            abi::proxy_set_header_map_pairs(
+                Map::ResponseHeaders as u32,
+                headers.as_ptr(),
+                headers.len(),
+            )
+        };
+        check("proxy_set_header_map_pairs", status)?;
+    }
     // SAFETY: pointers to live buffers.
     let status = unsafe {
         abi::proxy_send_local_response(
