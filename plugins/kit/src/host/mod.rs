@@ -178,7 +178,7 @@ pub fn apply_edits<'a>(
     const ONE_BY_ONE: usize = 6;
     // Never on Kong. ngx_wasm_module clears the map, then sets the pairs in order and stops at
     // the first read-only pseudo-header (`:scheme` and `:authority` have no setter, nor
-    // `:status` before Kong 3.8): every header after it is lost, and the call still answers Ok
+    // `:status` before Kong 3.7): every header after it is lost, and the call still answers Ok
     // (`ngx_proxy_wasm_maps_set_all`). A snapshot Kong cut at 100 pairs would lose the rest.
     if edits.len() > ONE_BY_ONE && !is_kong() {
         let mut fields = snapshot.to_vec();
