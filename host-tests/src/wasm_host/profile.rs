@@ -385,7 +385,7 @@ impl Profile {
         let version = self.kong_version()?;
         Some(match map_type {
             super::abi::map::REQUEST_HEADERS => &[b":scheme", b":authority"],
-            super::abi::map::RESPONSE_HEADERS if !version.at_least(8) => &[b":status"],
+            super::abi::map::RESPONSE_HEADERS if !version.at_least(7) => &[b":status"],
             _ => &[],
         })
     }
