@@ -157,7 +157,11 @@ pub fn headers_raw(map: Map) -> Result<Vec<u8>, HostError> {
 /// than a couple (each call crosses the Wasm boundary). Envoy only for a read map written
 /// back (see [`apply_edits`]): on Kong the write stops at the first pseudo-header it cannot set.
 pub fn set_headers(map: Map, fields: &[(&[u8], &[u8])]) -> Result<(), HostError> {
-    let encoded = crate::header_pairs::encode(fields);
+    set_encoded_headers(map, &crate::header_pairs::encode(fields))
+}
+
+/// [`set_headers`] for pairs already in the ABI's encoding.
+fn set_encoded_headers(map: Map, encoded: &[u8]) -> Result<(), HostError> {
     // SAFETY: pointer to a live buffer.
     let status =
         unsafe { abi::proxy_set_header_map_pairs(map as u32, encoded.as_ptr(), encoded.len()) };
@@ -562,15 +566,7 @@ fn send_local_as(
         .collect();
     let headers = crate::header_pairs::encode(&pairs);
     if sent == Sent::OverResponse {
-        // SAFETY: pointer to a live buffer.
-        let status = unsafe {
-            abi::proxy_set_header_map_pairs(
-                Map::ResponseHeaders as u32,
-                headers.as_ptr(),
-                headers.len(),
-            )
-        };
-        check("proxy_set_header_map_pairs", status)?;
+        set_encoded_headers(Map::ResponseHeaders, &headers)?;
     }
     // SAFETY: pointers to live buffers.
     let status = unsafe {
