@@ -413,19 +413,35 @@ fn kong_single_field(map_type: u32, name: &[u8]) -> bool {
             .any(|field| field.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// Kong: the edited header's lower-case name when it is a single field (see
+/// [`kong_single_field`]), with whether the map holds it now; `None` on Envoy or for another
+/// header.
+fn kong_single_field_edit(
+    caller: &mut Caller<'_, VmState>,
+    map_type: u32,
+    key: (u32, u32),
+) -> Option<(Vec<u8>, bool)> {
+    if !caller.data().profile.is_kong() {
+        return None;
+    }
+    let name = memory::read(caller, key.0, key.1)?;
+    if !kong_single_field(map_type, &name) {
+        return None;
+    }
+    let name = name.to_ascii_lowercase();
+    let present = with_map(caller.data_mut(), map_type, false, |headers| {
+        headers.first(&name).is_some()
+    })
+    .unwrap_or(false);
+    Some((name, present))
+}
+
 /// Kong: is this add to a single field that nginx already holds (see [`kong_single_field`])?
 /// Then the add is logged and dropped.
 fn kong_drops_add(caller: &mut Caller<'_, VmState>, map_type: u32, key: (u32, u32)) -> bool {
-    if !caller.data().profile.is_kong() {
-        return false;
-    }
-    let Some(name) = memory::read(caller, key.0, key.1) else {
+    let Some((name, present)) = kong_single_field_edit(caller, map_type, key) else {
         return false;
     };
-    if !kong_single_field(map_type, &name) {
-        return false;
-    }
-    let name = name.to_ascii_lowercase();
     let state = caller.data_mut();
     let context = state.active_context;
     let removed = state.streams.get(&context).is_some_and(|stream| {
@@ -433,10 +449,6 @@ fn kong_drops_add(caller: &mut Caller<'_, VmState>, map_type: u32, key: (u32, u3
             .kong_removed_fields
             .contains(&(map_type, name.clone()))
     });
-    let present = with_map(state, map_type, false, |headers| {
-        headers.first(&name).is_some()
-    })
-    .unwrap_or(false);
     if !(removed || present) {
         return false;
     }
@@ -453,23 +465,12 @@ fn kong_drops_add(caller: &mut Caller<'_, VmState>, map_type: u32, key: (u32, u3
 
 /// Kong: a single field removed while nginx holds it stays, marked deleted (`h->hash = 0`).
 fn kong_note_removed_field(caller: &mut Caller<'_, VmState>, map_type: u32, key: (u32, u32)) {
-    if !caller.data().profile.is_kong() {
-        return;
-    }
-    let Some(name) = memory::read(caller, key.0, key.1) else {
+    let Some((name, true)) = kong_single_field_edit(caller, map_type, key) else {
         return;
     };
-    if !kong_single_field(map_type, &name) {
-        return;
-    }
-    let name = name.to_ascii_lowercase();
     let state = caller.data_mut();
-    let present = with_map(state, map_type, false, |headers| {
-        headers.first(&name).is_some()
-    })
-    .unwrap_or(false);
     let context = state.active_context;
-    if let (true, Some(stream)) = (present, state.streams.get_mut(&context)) {
+    if let Some(stream) = state.streams.get_mut(&context) {
         stream.kong_removed_fields.insert((map_type, name));
     }
 }
