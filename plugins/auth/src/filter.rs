@@ -795,8 +795,9 @@ impl HttpContext for Stream {
         self.decide(raw, peer, true, false)
     }
 
-    /// A response to a request still waiting for its call-out: only Kong 3.8 gets here (3.4–3.7 answer 500 themselves),
-    /// which let the request go on when the call-out fails, without calling the plugin back.
+    /// A response to a request still waiting for its call-out: only Kong 3.8 gets here (3.4–3.7
+    /// answer 500 themselves), which lets the request go on when the call-out fails, without
+    /// calling the plugin back.
     /// It reached the upstream without identity; its response must not reach the client.
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         // Envoy always answers a call-out; a response reaching a request still paused on one
@@ -874,7 +875,6 @@ impl Stream {
             if let Err(err) = host::send_error_over_response(NAME, &rejection.reply(), None) {
                 log::error!("[{NAME}] could not replace the response: {err}");
             }
-            return Action::Pause;
         }
         Action::Pause
     }

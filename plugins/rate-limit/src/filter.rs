@@ -378,19 +378,20 @@ impl Stream {
             // other call (ngx_wasm_module tracks one call per filter until 261bd71e), and 3.7
             // can crash when one of two pending calls fails (ngx_wasm_module #545, fixed by
             // b26106c4 in 3.8): there, the calls go one at a time, each sent from the previous
-            // one's answer.
+            // one's answer (`Waiting::send_next` sends the first too).
             let one_at_a_time = check.descriptors.len() > 1
                 && host::is_kong()
                 && !host::kong_version_at_least(3, 8);
-            let first = if one_at_a_time {
-                check.descriptors.get(..1).unwrap_or_default()
+            let calls = if one_at_a_time {
+                Vec::new()
             } else {
-                check.descriptors.as_slice()
+                check
+                    .descriptors
+                    .chunks(1)
+                    .map(|one| sent(service, one))
+                    .collect()
             };
-            (
-                first.chunks(1).map(|one| sent(service, one)).collect(),
-                check.descriptors.len(),
-            )
+            (calls, check.descriptors.len())
         } else {
             (vec![sent(service, &check.descriptors)], 1)
         };
