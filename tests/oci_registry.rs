@@ -64,6 +64,15 @@ fn run(command: &mut Command) -> Output {
     out
 }
 
+/// A loopback port nothing listens on now (the kernel's choice, released at once).
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A `docker-registry` on a free loopback port, with its storage in a temp dir; killed on drop.
 struct LocalRegistry {
     child: Child,
@@ -75,11 +84,7 @@ impl LocalRegistry {
     fn start() -> Self {
         require("docker-registry");
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
         std::fs::write(
@@ -637,11 +642,7 @@ impl PrivateCaServer {
             "-extfile",
             "server.ext",
         ]);
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("openssl")
             .args([
                 "s_server",
